@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up amago_fast on a fresh Linux machine: system packages, a venv in .venv, torch (pinned
+# explicitly so pip never resolves an open torch requirement into a multi-GB CUDA build), the
+# package with its native extension, and the test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+# EnvPool's Procgen suite links Qt5; the C++ build needs a compiler, cmake and ninja.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=()
+  for pkg in libqt5gui5 g++ cmake ninja-build; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip
+"${PIP[@]}" install "$TORCH_SPEC"
+"${PIP[@]}" install "scikit-build-core>=0.10" "pybind11>=2.12"
+# Editable install: Python sources are used in place, csrc/ is compiled into amago_fast/_core.
+"${PIP[@]}" install --no-build-isolation -e ".[test]"
+.venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"
