@@ -1,0 +1,722 @@
+"""Causal (optionally sliding-window, optionally padded) multi-head attention for training.
+
+Layout: q, k, v are ``(B, L, H, D)`` (batch, time, heads, head dim), the layout a Transformer gets
+from ``Linear(d_model, 3 * H * D)`` without any transpose. Output has the same layout.
+
+Semantics (shared by the Triton kernel and :func:`causal_attention_reference`):
+
+* query ``i`` attends to keys ``j <= i`` (causal), and with ``window=C`` only to ``j > i - C``
+  (the last ``C`` keys, itself included: what a ring KV cache of capacity ``C`` holds);
+* with ``valid_mask`` ``(B, L)`` bool, padded queries attend to nothing (output exactly 0, so they
+  send no gradient anywhere) and valid queries attend only to valid keys.
+
+Structure (FlashAttention-2): ``_attn_fwd_kernel`` tiles over KV blocks with an online softmax and
+saves the log-sum-exp (base 2); the backward runs ``_attn_bwd_preprocess_kernel``
+(delta = rowsum(dO * O)), ``_attn_bwd_dkdv_kernel`` (one program per KV block, looping over the
+query blocks that can see it) and ``_attn_bwd_dq_kernel`` (one program per query block, looping over
+the KV blocks it sees). No atomics, so results are deterministic. Blocks that the causal/window
+bounds mask out completely are never visited; blocks that are fully visible skip the position mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from amago_fast.kernels._utils import autotune_configs, resolve_backend
+
+__all__ = [
+    "CausalAttention",
+    "CausalAttentionFunction",
+    "causal_attention",
+    "causal_attention_reference",
+    "SUPPORTED_HEAD_DIMS",
+]
+
+#: Head dims the Triton kernels are compiled for (the reference accepts any).
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks (shared by every backend: a rejected call raises before touching anything)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, valid_mask, window, softmax_scale) -> float:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"causal_attention: {name} must be a torch.Tensor, got {type(t)}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"causal_attention: {name} must be (B, L, H, D), got shape {tuple(t.shape)}"
+            )
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(
+                f"causal_attention: {name} dtype {t.dtype} not supported; use fp32, fp16 or bf16"
+            )
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            "causal_attention: q, k, v must have the same shape, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"causal_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    B, L, H, D = q.shape
+    if min(B, L, H, D) == 0:
+        raise ValueError(f"causal_attention: empty input shape {tuple(q.shape)}")
+    if valid_mask is not None:
+        if not isinstance(valid_mask, torch.Tensor) or valid_mask.dtype != torch.bool:
+            raise ValueError("causal_attention: valid_mask must be a bool tensor of shape (B, L)")
+        if tuple(valid_mask.shape) != (B, L):
+            raise ValueError(
+                f"causal_attention: valid_mask shape {tuple(valid_mask.shape)} != (B, L) = {(B, L)}"
+            )
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"causal_attention: window must be a positive int or None, got {window!r}")
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(D)
+    softmax_scale = float(softmax_scale)
+    if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+        raise ValueError(f"causal_attention: softmax_scale must be finite and > 0, got {softmax_scale}")
+    return softmax_scale
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (pure PyTorch). This is what CPU training runs.
+# --------------------------------------------------------------------------------------------
+
+
+def _allowed_mask(
+    L: int, window: int | None, valid_mask: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (B or 1, 1, L, L) mask of allowed (query, key) pairs, or None for plain causal."""
+    if window is None and valid_mask is None:
+        return None
+    pos = torch.arange(L, device=device)
+    rel = pos[:, None] - pos[None, :]  # query - key
+    allowed = rel >= 0
+    if window is not None:
+        allowed = allowed & (rel < window)
+    allowed = allowed[None, None]
+    if valid_mask is not None:
+        # Padded queries keep only their own (padded) key: a fully masked softmax row would be NaN
+        # in SDPA. Their output is zeroed afterwards, so nothing flows through that diagonal entry.
+        eye = torch.eye(L, dtype=torch.bool, device=device)[None, None]
+        allowed = (allowed & valid_mask[:, None, None, :]) | eye
+    return allowed
+
+
+def causal_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    window: int | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Pure-PyTorch causal attention with the semantics of :func:`causal_attention`.
+
+    Uses ``F.scaled_dot_product_attention`` (``is_causal=True`` when there is no mask or window,
+    an explicit boolean mask otherwise). Computes in the input dtype; padded queries get exact
+    zeros and no gradient flows through padded positions. Never produces NaN for fully masked rows.
+    """
+    scale = _check_inputs(q, k, v, valid_mask, window, softmax_scale)
+    B, L, H, D = q.shape
+    if window is not None and window >= L:
+        window = None
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D) views
+    allowed = _allowed_mask(L, window, valid_mask, q.device)
+    if allowed is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, scale=scale)
+    out = out.transpose(1, 2)
+    if valid_mask is not None:
+        out = out * valid_mask[:, :, None, None].to(out.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q, offs_m, valid_q,
+    K_base, V_base, Mask_base, stride_kl, stride_vl, stride_ml,
+    L, WINDOW, qk_scale, start_n, end_n,
+    POS_MASK: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax accumulation over KV blocks [start_n, end_n). POS_MASK: apply the causal,
+    window and length masks (boundary blocks); otherwise the blocks are fully visible."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in range(start_n, end_n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        in_len = offs_n < L
+        if POS_MASK:
+            k = tl.load(K_base + offs_n[:, None] * stride_kl + offs_d[None, :],
+                        mask=in_len[:, None], other=0.0)
+            v = tl.load(V_base + offs_n[:, None] * stride_vl + offs_d[None, :],
+                        mask=in_len[:, None], other=0.0)
+        else:
+            k = tl.load(K_base + offs_n[:, None] * stride_kl + offs_d[None, :])
+            v = tl.load(V_base + offs_n[:, None] * stride_vl + offs_d[None, :])
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if POS_MASK:
+            keep = (offs_n[None, :] <= offs_m[:, None]) & in_len[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > offs_m[:, None] - WINDOW)
+            if HAS_MASK:
+                valid_k = tl.load(Mask_base + offs_n * stride_ml, mask=in_len, other=0) != 0
+                keep = keep & valid_k[None, :] & valid_q[:, None]
+            qk = tl.where(keep, qk, float("-inf"))
+        elif HAS_MASK:
+            valid_k = tl.load(Mask_base + offs_n * stride_ml) != 0
+            qk = tl.where(valid_k[None, :] & valid_q[:, None], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # Rows that have seen no visible key yet keep m = -inf; shift by 0 instead to avoid NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+def _fwd_configs():
+    cuda = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+            (64, 32, 4, 4), (128, 128, 8, 2), (64, 64, 4, 2),
+        ]
+    ]
+    return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
+
+
+@triton.autotune(configs=_fwd_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Mask, Out, Lse,
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_ob, stride_ol, stride_oh,
+    stride_mb, stride_ml,
+    H, L, WINDOW, qk_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    DTYPE_KEY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_in = offs_m < L
+    Q_base = Q + b * stride_qb + h * stride_qh
+    K_base = K + b * stride_kb + h * stride_kh
+    V_base = V + b * stride_vb + h * stride_vh
+    Mask_base = Mask + b * stride_mb
+    q = tl.load(Q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=q_in[:, None], other=0.0)
+    if HAS_MASK:
+        valid_q = tl.load(Mask_base + offs_m * stride_ml, mask=q_in, other=0) != 0
+    else:
+        valid_q = q_in
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # KV range this query block can see: [lo, hi). Fully visible blocks: [full_lo, full_hi).
+    hi = tl.minimum(m0 + BLOCK_M, L)
+    full_hi = m0  # BLOCK_N divides BLOCK_M: every key block ending at or before m0 is <= all queries
+    if HAS_WINDOW:
+        lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(tl.maximum(full_lo, lo), full_hi)
+    else:
+        lo = 0
+        full_lo = 0
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, lo, full_lo,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, full_lo, full_hi,
+        False, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, full_hi, hi,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    seen = l_i > 0.0  # False only for padded queries
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    out = tl.where(seen[:, None], out, 0.0)
+    # Base-2 log-sum-exp of the scaled scores; 0 for padded rows (their p is masked in backward).
+    lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), 0.0)
+    O_base = Out + b * stride_ob + h * stride_oh
+    tl.store(O_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=q_in[:, None])
+    tl.store(Lse + pid_bh * L + offs_m, lse, mask=q_in)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    Out, DO, Delta,
+    stride_ob, stride_ol, stride_oh,
+    stride_db, stride_dl, stride_dh,
+    H, L,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_len = offs_m < L
+    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+                mask=in_len[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dl + offs_d[None, :],
+                 mask=in_len[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + pid_bh * L + offs_m, tl.sum(o * do, 1), mask=in_len)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, offs_n, valid_k,
+    Q_base, DO_base, Lse_base, Delta_base, Mask_base, stride_ql, stride_dl, stride_ml,
+    L, WINDOW, qk_scale, start_m, end_m,
+    POS_MASK: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for m0 in range(start_m, end_m, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        in_len = offs_m < L
+        if POS_MASK:
+            q = tl.load(Q_base + offs_m[:, None] * stride_ql + offs_d[None, :],
+                        mask=in_len[:, None], other=0.0)
+            do = tl.load(DO_base + offs_m[:, None] * stride_dl + offs_d[None, :],
+                         mask=in_len[:, None], other=0.0)
+            lse = tl.load(Lse_base + offs_m, mask=in_len, other=0.0)
+            delta = tl.load(Delta_base + offs_m, mask=in_len, other=0.0)
+        else:
+            q = tl.load(Q_base + offs_m[:, None] * stride_ql + offs_d[None, :])
+            do = tl.load(DO_base + offs_m[:, None] * stride_dl + offs_d[None, :])
+            lse = tl.load(Lse_base + offs_m)
+            delta = tl.load(Delta_base + offs_m)
+        # Transposed scores (keys x queries) so dk, dv accumulate without transposing back.
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        p_t = tl.math.exp2(qk_t - lse[None, :])
+        if POS_MASK:
+            keep = (offs_m[None, :] >= offs_n[:, None]) & in_len[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_m[None, :] < offs_n[:, None] + WINDOW)
+            if HAS_MASK:
+                valid_q = tl.load(Mask_base + offs_m * stride_ml, mask=in_len, other=0) != 0
+                keep = keep & valid_q[None, :] & valid_k[:, None]
+            p_t = tl.where(keep, p_t, 0.0)
+        elif HAS_MASK:
+            valid_q = tl.load(Mask_base + offs_m * stride_ml) != 0
+            p_t = tl.where(valid_q[None, :] & valid_k[:, None], p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+def _dkdv_configs():
+    cuda = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 4),
+        ]
+    ]
+    return autotune_configs(cuda, triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4))
+
+
+@triton.autotune(configs=_dkdv_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, Mask, Lse, Delta, DK, DV,
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_db, stride_dl, stride_dh,
+    stride_mb, stride_ml,
+    stride_gb, stride_gl, stride_gh,
+    H, L, WINDOW, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    DTYPE_KEY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program per KV block of BLOCK_N keys; loops over query blocks of BLOCK_M (which
+    divides BLOCK_N). dK and dV share the (B, L, H, D) strides ``stride_g*``."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_in = offs_n < L
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :],
+                mask=k_in[:, None], other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :],
+                mask=k_in[:, None], other=0.0)
+    Mask_base = Mask + b * stride_mb
+    if HAS_MASK:
+        valid_k = tl.load(Mask_base + offs_n * stride_ml, mask=k_in, other=0) != 0
+    else:
+        valid_k = k_in
+    Q_base = Q + b * stride_qb + h * stride_qh
+    DO_base = DO + b * stride_db + h * stride_dh
+    Lse_base = Lse + pid_bh * L
+    Delta_base = Delta + pid_bh * L
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    # Queries that can see this key block: [n0, hi). Diagonal blocks [n0, n0 + BLOCK_N) need the
+    # causal mask; then blocks fully inside the window and the length are unmasked; the rest masked.
+    if HAS_WINDOW:
+        hi = tl.minimum(n0 + BLOCK_N - 1 + WINDOW, L)
+        full_end = tl.minimum(n0 + WINDOW, L) // BLOCK_M * BLOCK_M
+    else:
+        hi = L
+        full_end = L // BLOCK_M * BLOCK_M
+    diag_end = tl.minimum(n0 + BLOCK_N, hi)
+    full_end = tl.maximum(full_end, diag_end)
+    full_end = tl.minimum(full_end, tl.cdiv(hi, BLOCK_M) * BLOCK_M)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, offs_n, valid_k, Q_base, DO_base, Lse_base, Delta_base, Mask_base,
+        stride_ql, stride_dl, stride_ml, L, WINDOW, qk_scale, n0, diag_end,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_M, HEAD_DIM, DOT_PRECISION,
+    )
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, offs_n, valid_k, Q_base, DO_base, Lse_base, Delta_base, Mask_base,
+        stride_ql, stride_dl, stride_ml, L, WINDOW, qk_scale, diag_end, full_end,
+        False, HAS_MASK, HAS_WINDOW, BLOCK_M, HEAD_DIM, DOT_PRECISION,
+    )
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, offs_n, valid_k, Q_base, DO_base, Lse_base, Delta_base, Mask_base,
+        stride_ql, stride_dl, stride_ml, L, WINDOW, qk_scale, full_end, hi,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_M, HEAD_DIM, DOT_PRECISION,
+    )
+    dk = dk * sm_scale
+    g_off = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gl + offs_d[None, :]
+    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=k_in[:, None])
+    tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=k_in[:, None])
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq, q, do, lse, delta, offs_m, valid_q,
+    K_base, V_base, Mask_base, stride_kl, stride_vl, stride_ml,
+    L, WINDOW, qk_scale, start_n, end_n,
+    POS_MASK: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in range(start_n, end_n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        in_len = offs_n < L
+        if POS_MASK:
+            k = tl.load(K_base + offs_n[:, None] * stride_kl + offs_d[None, :],
+                        mask=in_len[:, None], other=0.0)
+            v = tl.load(V_base + offs_n[:, None] * stride_vl + offs_d[None, :],
+                        mask=in_len[:, None], other=0.0)
+        else:
+            k = tl.load(K_base + offs_n[:, None] * stride_kl + offs_d[None, :])
+            v = tl.load(V_base + offs_n[:, None] * stride_vl + offs_d[None, :])
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        p = tl.math.exp2(qk - lse[:, None])
+        if POS_MASK:
+            keep = (offs_n[None, :] <= offs_m[:, None]) & in_len[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_n[None, :] > offs_m[:, None] - WINDOW)
+            if HAS_MASK:
+                valid_k = tl.load(Mask_base + offs_n * stride_ml, mask=in_len, other=0) != 0
+                keep = keep & valid_k[None, :] & valid_q[:, None]
+            p = tl.where(keep, p, 0.0)
+        elif HAS_MASK:
+            valid_k = tl.load(Mask_base + offs_n * stride_ml) != 0
+            p = tl.where(valid_k[None, :] & valid_q[:, None], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+def _dq_configs():
+    cuda = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 4),
+        ]
+    ]
+    return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
+
+
+@triton.autotune(configs=_dq_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, Mask, Lse, Delta, DQ,
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_db, stride_dl, stride_dh,
+    stride_mb, stride_ml,
+    stride_gb, stride_gl, stride_gh,
+    H, L, WINDOW, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    DTYPE_KEY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program per query block of BLOCK_M; loops over the KV blocks (BLOCK_N divides BLOCK_M)
+    it sees, with the same block ranges as the forward."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_in = offs_m < L
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=q_in[:, None], other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dl + offs_d[None, :],
+                 mask=q_in[:, None], other=0.0)
+    lse = tl.load(Lse + pid_bh * L + offs_m, mask=q_in, other=0.0)
+    delta = tl.load(Delta + pid_bh * L + offs_m, mask=q_in, other=0.0)
+    Mask_base = Mask + b * stride_mb
+    if HAS_MASK:
+        valid_q = tl.load(Mask_base + offs_m * stride_ml, mask=q_in, other=0) != 0
+    else:
+        valid_q = q_in
+    K_base = K + b * stride_kb + h * stride_kh
+    V_base = V + b * stride_vb + h * stride_vh
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    hi = tl.minimum(m0 + BLOCK_M, L)
+    full_hi = m0
+    if HAS_WINDOW:
+        lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N
+        full_lo = tl.minimum(tl.maximum(full_lo, lo), full_hi)
+    else:
+        lo = 0
+        full_lo = 0
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, lo, full_lo,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, full_lo, full_hi,
+        False, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, offs_m, valid_q, K_base, V_base, Mask_base, stride_kl, stride_vl,
+        stride_ml, L, WINDOW, qk_scale, full_hi, hi,
+        True, HAS_MASK, HAS_WINDOW, BLOCK_N, HEAD_DIM, DOT_PRECISION,
+    )
+    dq = dq * sm_scale
+    g_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gl + offs_d[None, :]
+    tl.store(DQ + g_off, dq.to(DQ.dtype.element_ty), mask=q_in[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _kernel_flags(q: torch.Tensor, window: int | None, L: int):
+    has_window = window is not None and window < L
+    dtype_key = str(q.dtype).removeprefix("torch.")
+    # fp32 inputs: exact fp32 products (PyTorch's fp32 matmul default), not TF32.
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    return has_window, (window if has_window else L), dtype_key, precision
+
+
+def _attn_fwd(q, k, v, valid_mask, window, scale):
+    """Launch the forward. Returns (out (B, L, H, D), lse (B, H, L) fp32 base-2)."""
+    B, L, H, D = q.shape
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"causal_attention: the Triton kernel supports head dims {SUPPORTED_HEAD_DIMS}, got {D}"
+        )
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+    has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
+    mask = valid_mask if valid_mask is not None else q  # dummy pointer when HAS_MASK is False
+    mstride = (valid_mask.stride(0), valid_mask.stride(1)) if valid_mask is not None else (0, 0)
+    grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+    _attn_fwd_kernel[grid](
+        q, k, v, mask, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        *mstride,
+        H, L, w, scale * _LOG2E,
+        HEAD_DIM=D, HAS_MASK=valid_mask is not None, HAS_WINDOW=has_window,
+        DTYPE_KEY=dtype_key, DOT_PRECISION=precision,
+    )
+    return out, lse
+
+
+def _attn_bwd(do, q, k, v, out, lse, valid_mask, window, scale):
+    B, L, H, D = q.shape
+    do = _last_dim_contiguous(do)
+    delta = torch.empty_like(lse)
+    _attn_bwd_preprocess_kernel[(triton.cdiv(L, 64), B * H)](
+        out, do, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        H, L, HEAD_DIM=D, BLOCK_M=64,
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
+    mask = valid_mask if valid_mask is not None else q
+    mstride = (valid_mask.stride(0), valid_mask.stride(1)) if valid_mask is not None else (0, 0)
+    common = (
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        *mstride,
+    )
+    flags = dict(
+        HEAD_DIM=D, HAS_MASK=valid_mask is not None, HAS_WINDOW=has_window,
+        DTYPE_KEY=dtype_key, DOT_PRECISION=precision,
+    )
+    assert dk.stride() == dv.stride()
+    grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * H)  # noqa: E731
+    _attn_bwd_dkdv_kernel[grid_kv](
+        q, k, v, do, mask, lse, delta, dk, dv, *common,
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        H, L, w, scale * _LOG2E, scale, **flags,
+    )
+    grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
+    _attn_bwd_dq_kernel[grid_q](
+        q, k, v, do, mask, lse, delta, dq, *common,
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        H, L, w, scale * _LOG2E, scale, **flags,
+    )
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd function, functional API, module
+# --------------------------------------------------------------------------------------------
+
+
+class CausalAttentionFunction(torch.autograd.Function):
+    """Triton causal attention: forward saves (q, k, v, out, lse); backward recomputes P."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, valid_mask, window, softmax_scale):
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        mask_u8 = valid_mask.to(torch.uint8).contiguous() if valid_mask is not None else None
+        out, lse = _attn_fwd(q, k, v, mask_u8, window, softmax_scale)
+        ctx.save_for_backward(q, k, v, out, lse, mask_u8)
+        ctx.window = window
+        ctx.softmax_scale = softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, mask_u8 = ctx.saved_tensors
+        dq, dk, dv = _attn_bwd(do, q, k, v, out, lse, mask_u8, ctx.window, ctx.softmax_scale)
+        return dq, dk, dv, None, None, None
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    window: int | None = None,
+    softmax_scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Causal multi-head attention over ``(B, L, H, D)`` tensors.
+
+    Args:
+        q, k, v: ``(B, L, H, D)``, fp32/fp16/bf16 (one dtype), same device. The Triton kernel needs
+            ``D`` in :data:`SUPPORTED_HEAD_DIMS`; accumulation is fp32.
+        valid_mask: optional ``(B, L)`` bool; False marks padded steps: they attend to nothing
+            (output exactly 0) and no gradient flows through them.
+        window: optional ``C``: query ``i`` sees keys in ``(i - C, i]`` (matches a ring KV cache of
+            capacity ``C``, see :mod:`amago_fast.kernels.decode`).
+        softmax_scale: defaults to ``1 / sqrt(D)``.
+        backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``(B, L, H, D)`` output in the input dtype.
+    """
+    scale = _check_inputs(q, k, v, valid_mask, window, softmax_scale)
+    tensors = [q, k, v] + ([valid_mask] if valid_mask is not None else [])
+    if resolve_backend(backend, tensors, "causal_attention") == "reference":
+        return causal_attention_reference(q, k, v, valid_mask, window, scale)
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"causal_attention: the Triton kernel supports head dims {SUPPORTED_HEAD_DIMS}, "
+            f"got {q.shape[-1]}; use backend='reference'"
+        )
+    return CausalAttentionFunction.apply(q, k, v, valid_mask, window, scale)
+
+
+class CausalAttention(torch.nn.Module):
+    """Module form of :func:`causal_attention`; holds ``softmax_scale``, ``window`` and ``backend``."""
+
+    def __init__(
+        self, softmax_scale: float | None = None, window: int | None = None, backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"CausalAttention: window must be a positive int or None, got {window!r}")
+        if softmax_scale is not None and not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"CausalAttention: softmax_scale must be finite and > 0, got {softmax_scale}")
+        if backend not in ("auto", "triton", "reference"):
+            raise ValueError(f"CausalAttention: unknown backend {backend!r}")
+        self.softmax_scale = softmax_scale
+        self.window = window
+        self.backend = backend
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        valid_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return causal_attention(q, k, v, valid_mask, self.window, self.softmax_scale, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"softmax_scale={self.softmax_scale}, window={self.window}, backend={self.backend!r}"
