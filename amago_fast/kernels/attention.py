@@ -41,6 +41,8 @@ __all__ = [
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
+# Retune per sequence length, head dim, dtype and masking mode.
+_AUTOTUNE_KEY = ["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,12 +83,16 @@ def _check_inputs(q, k, v, valid_mask, window, softmax_scale) -> float:
             )
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"causal_attention: window must be a positive int or None, got {window!r}")
+            raise ValueError(
+                f"causal_attention: window must be a positive int or None, got {window!r}"
+            )
     if softmax_scale is None:
         return 1.0 / math.sqrt(D)
     softmax_scale = float(softmax_scale)
     if not math.isfinite(softmax_scale) or softmax_scale <= 0:
-        raise ValueError(f"causal_attention: softmax_scale must be finite and > 0, got {softmax_scale}")
+        raise ValueError(
+            f"causal_attention: softmax_scale must be finite and > 0, got {softmax_scale}"
+        )
     return softmax_scale
 
 
@@ -207,7 +213,7 @@ def _fwd_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
 
 
-@triton.autotune(configs=_fwd_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse,
@@ -233,7 +239,8 @@ def _attn_fwd_kernel(
     K_base = K + b * stride_kb + h * stride_kh
     V_base = V + b * stride_vb + h * stride_vh
     Mask_base = Mask + b * stride_mb
-    q = tl.load(Q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=q_in[:, None], other=0.0)
+    q = tl.load(Q_base + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=q_in[:, None], other=0.0)
     if HAS_MASK:
         valid_q = tl.load(Mask_base + offs_m * stride_ml, mask=q_in, other=0) != 0
     else:
@@ -245,7 +252,8 @@ def _attn_fwd_kernel(
 
     # KV range this query block can see: [lo, hi). Fully visible blocks: [full_lo, full_hi).
     hi = tl.minimum(m0 + BLOCK_M, L)
-    full_hi = m0  # BLOCK_N divides BLOCK_M: every key block ending at or before m0 is <= all queries
+    # BLOCK_N divides BLOCK_M: every key block ending at or before m0 is <= all queries.
+    full_hi = m0
     if HAS_WINDOW:
         lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         full_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N
@@ -356,7 +364,7 @@ def _dkdv_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4))
 
 
-@triton.autotune(configs=_dkdv_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DK, DV,
@@ -478,7 +486,7 @@ def _dq_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
 
 
-@triton.autotune(configs=_dq_configs(), key=["L", "HEAD_DIM", "HAS_MASK", "HAS_WINDOW", "DTYPE_KEY"])
+@triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DQ,
@@ -696,16 +704,21 @@ def causal_attention(
 
 
 class CausalAttention(torch.nn.Module):
-    """Module form of :func:`causal_attention`; holds ``softmax_scale``, ``window`` and ``backend``."""
+    """Module form of :func:`causal_attention`; holds ``softmax_scale``, ``window``, ``backend``."""
 
     def __init__(
         self, softmax_scale: float | None = None, window: int | None = None, backend: str = "auto"
     ) -> None:
         super().__init__()
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(f"CausalAttention: window must be a positive int or None, got {window!r}")
+        bad_window = isinstance(window, bool) or not isinstance(window, int) or window < 1
+        if window is not None and bad_window:
+            raise ValueError(
+                f"CausalAttention: window must be a positive int or None, got {window!r}"
+            )
         if softmax_scale is not None and not (math.isfinite(softmax_scale) and softmax_scale > 0):
-            raise ValueError(f"CausalAttention: softmax_scale must be finite and > 0, got {softmax_scale}")
+            raise ValueError(
+                f"CausalAttention: softmax_scale must be finite and > 0, got {softmax_scale}"
+            )
         if backend not in ("auto", "triton", "reference"):
             raise ValueError(f"CausalAttention: unknown backend {backend!r}")
         self.softmax_scale = softmax_scale

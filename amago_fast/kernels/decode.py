@@ -80,7 +80,9 @@ class RingKVCache:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"RingKVCache: {name} must be a torch.Tensor, got {type(t)}")
         if tuple(t.shape) != expected:
-            raise ValueError(f"RingKVCache: {name} shape {tuple(t.shape)} != (N, H, D) = {expected}")
+            raise ValueError(
+                f"RingKVCache: {name} shape {tuple(t.shape)} != (N, H, D) = {expected}"
+            )
         if t.dtype != self.dtype:
             raise ValueError(f"RingKVCache: {name} dtype {t.dtype} != cache dtype {self.dtype}")
         if t.device != self.device:
@@ -156,7 +158,9 @@ def _check_decode(q: torch.Tensor, cache: RingKVCache, softmax_scale: float | No
         return 1.0 / math.sqrt(cache.head_dim)
     softmax_scale = float(softmax_scale)
     if not math.isfinite(softmax_scale) or softmax_scale <= 0:
-        raise ValueError(f"decode_attention: softmax_scale must be finite and > 0, got {softmax_scale}")
+        raise ValueError(
+            f"decode_attention: softmax_scale must be finite and > 0, got {softmax_scale}"
+        )
     return softmax_scale
 
 
@@ -257,7 +261,9 @@ def _decode_combine_kernel(
 def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float) -> torch.Tensor:
     N, H, D = q.shape
     if D & (D - 1) or D < 16:
-        raise ValueError(f"decode_attention: the Triton kernel needs a power-of-two head_dim >= 16, got {D}")
+        raise ValueError(
+            f"decode_attention: the Triton kernel needs a power-of-two head_dim >= 16, got {D}"
+        )
     C = cache.capacity
     q = q if q.stride(-1) == 1 else q.contiguous()
     block_n = 16 if INTERPRET else 64
