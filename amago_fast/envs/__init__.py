@@ -1,0 +1,122 @@
+"""Environments: the VectorEnv contract, EnvPool and gymnasium adapters, built-in tasks, registry.
+
+``make_env(name, num_envs, seed=0, **kwargs)`` builds any of ``list_envs()`` plus
+``envpool:<TaskId>`` (e.g. ``envpool:CartPole-v1``, ``envpool:BallInCupCatch-v1``; kwarg
+``batch_size`` for async) and ``gym:<gymnasium id>`` (kwarg ``vectorization`` = "sync"/"async").
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from amago_fast.envs.actuator_inversion import AIB_TASKS, ActuatorInversionEnv, make_aib_env
+from amago_fast.envs.bandit import BanditTrials
+from amago_fast.envs.base import EPISODE_START, BatchedTaskEnv, VectorEnv, check_actions
+from amago_fast.envs.envpool_env import EnvPoolEnv
+from amago_fast.envs.gym_adapter import GymVectorEnv
+from amago_fast.envs.key_door import DarkKeyToDoor
+from amago_fast.envs.maze_runner import MazeRunner
+from amago_fast.envs.tmaze import TMaze
+
+__all__ = [
+    "VectorEnv",
+    "BatchedTaskEnv",
+    "EPISODE_START",
+    "EnvPoolEnv",
+    "GymVectorEnv",
+    "TMaze",
+    "DarkKeyToDoor",
+    "MazeRunner",
+    "BanditTrials",
+    "ActuatorInversionEnv",
+    "check_actions",
+    "make_env",
+    "list_envs",
+]
+
+
+def _tmaze_passive(num_envs: int, seed: int = 0, corridor_length: int = 50,
+                   episodes_per_trial: int | None = 1, trial_max_steps: int | None = None):
+    return TMaze(num_envs, corridor_length=corridor_length, active=False, seed=seed,
+                 episodes_per_trial=episodes_per_trial, trial_max_steps=trial_max_steps)
+
+
+def _tmaze_active(num_envs: int, seed: int = 0, corridor_length: int = 50,
+                  episodes_per_trial: int | None = 1, trial_max_steps: int | None = None):
+    return TMaze(num_envs, corridor_length=corridor_length, active=True, seed=seed,
+                 episodes_per_trial=episodes_per_trial, trial_max_steps=trial_max_steps)
+
+
+def _key_to_door(num_envs: int, seed: int = 0, room_size: int = 9, episode_max_steps: int = 50,
+                 trial_max_steps: int | None = 500, episodes_per_trial: int | None = None):
+    return DarkKeyToDoor(num_envs, room_size=room_size, episode_max_steps=episode_max_steps,
+                         trial_max_steps=trial_max_steps, episodes_per_trial=episodes_per_trial,
+                         seed=seed)
+
+
+def _maze_runner(num_envs: int, seed: int = 0, k: int = 3, maze_size: int = 15,
+                 episode_max_steps: int | None = None, num_layouts: int = 64,
+                 loop_prob: float = 0.1):
+    return MazeRunner(num_envs, num_goals=k, maze_size=maze_size,
+                      episode_max_steps=episode_max_steps, num_layouts=num_layouts,
+                      loop_prob=loop_prob, seed=seed)
+
+
+def _bandit(num_envs: int, seed: int = 0, num_arms: int = 5, pulls_per_episode: int = 1,
+            episodes_per_trial: int = 10):
+    return BanditTrials(num_envs, num_arms=num_arms, pulls_per_episode=pulls_per_episode,
+                        episodes_per_trial=episodes_per_trial, seed=seed)
+
+
+def _aib(name: str) -> Callable[..., VectorEnv]:
+    def build(num_envs: int, seed: int = 0, split: str = "train", batch_size: int | None = None,
+              invert_prob: float = 0.5, subsets: str = "split"):
+        return make_aib_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
+                            invert_prob=invert_prob, subsets=subsets)
+
+    return build
+
+
+_REGISTRY: dict[str, Callable[..., VectorEnv]] = {
+    "tmaze-passive": _tmaze_passive,
+    "tmaze-active": _tmaze_active,
+    "key-to-door": _key_to_door,
+    "maze-runner": _maze_runner,
+    "bandit": _bandit,
+    **{name: _aib(name) for name in AIB_TASKS},
+}
+
+
+def list_envs() -> list[str]:
+    """Registered names (plus the prefixes ``envpool:<TaskId>`` and ``gym:<id>``)."""
+    return [*_REGISTRY, "envpool:<TaskId>", "gym:<gymnasium id>"]
+
+
+def _check_kwargs(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(fn).parameters
+    allowed = [p for p in params if p not in ("num_envs", "seed")]
+    bad = sorted(k for k in kwargs if k not in allowed)
+    if bad:
+        raise TypeError(f"make_env({name!r}): unknown keyword arguments {bad}; "
+                        f"valid: {allowed}")
+
+
+def make_env(name: str, num_envs: int, seed: int = 0, **kwargs: Any) -> VectorEnv:
+    """Build a registered env (see `list_envs()`), ``envpool:<TaskId>`` or ``gym:<id>``."""
+    if not isinstance(name, str):
+        raise TypeError(f"env name must be a string, got {name!r}")
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    if name.startswith("envpool:"):
+        task = name[len("envpool:"):]
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k in ("batch_size",)}
+        return EnvPoolEnv(task, num_envs, seed=seed, name=name, **extra, **kwargs)
+    if name.startswith("gym:"):
+        return GymVectorEnv(name[len("gym:"):], num_envs, seed=seed, name=name, **kwargs)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown env {name!r}; valid names: {list_envs()}")
+    fn = _REGISTRY[name]
+    _check_kwargs(name, fn, kwargs)
+    return fn(num_envs, seed=seed, **kwargs)

@@ -1,0 +1,195 @@
+"""Actuator inversion (AIB-style, after Benad et al. 2026) on EnvPool continuous-control tasks.
+
+Every episode of every env gets a latent context that is never observed: a binary flag
+``b ~ Bernoulli(invert_prob)`` (default 0.5) and, when b = 1, a subset S of the d actuators whose
+commands are sign-flipped (a_j -> -a_j for j in S) before they reach the simulator, and a gain g
+that scales the flipped commands (a_j -> -g a_j). The same action therefore has opposite effects
+depending on the hidden context, which the agent must infer from its recent history.
+
+How contexts are drawn (per env, at each of its episode starts, detected from the next-step
+autoreset: the step on which an env returns the first observation of a new episode):
+
+- Actuator subsets. All non-empty subsets of {0..d-1} are split by whether they contain
+  actuator 0: *train subsets* contain it (for d = 1 that is the single subset {0}), *held-out
+  subsets* do not.
+- ``split="train"`` and ``split="eval-in"``: b ~ Bernoulli(invert_prob); if b, S uniform over the
+  train subsets (with ``subsets="all"``: S = every actuator); g = 1. eval-in differs from train only
+  by its seed stream (same distribution, fresh episodes).
+- ``split="eval-out"``: b = 1 always (every episode is out of distribution);
+  for d >= 2, S uniform over the held-out subsets, g = 1; for d = 1 (Cartpole) there is no
+  held-out subset, so S = {0} with a held-out gain g ~ U(0.4, 0.7) (weaker, inverted actuator —
+  an actuator-strength range never seen in training).
+
+Tasks (``make_env`` names): aib-ballincup = BallInCupCatch-v1 (d=2), aib-walker = WalkerWalk-v1
+(d=6), aib-cartpole = CartpoleSwingup-v1 (d=1), aib-hopper = Hopper-v5 (gym, d=3). The wrapped
+env's ``info`` gains ``inverted`` (b for the envs of the batch) so evaluation can split returns by
+context. Resuming restarts the EnvPool envs (they cannot be snapshotted); the context RNG state is
+kept in ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.envs.envpool_env import EnvPoolEnv
+
+AIB_TASKS = {
+    "aib-ballincup": "BallInCupCatch-v1",
+    "aib-walker": "WalkerWalk-v1",
+    "aib-cartpole": "CartpoleSwingup-v1",
+    "aib-hopper": "Hopper-v5",
+}
+SPLITS = ("train", "eval-in", "eval-out")
+EVAL_OUT_GAIN = (0.4, 0.7)
+
+
+def actuator_subsets(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held_out) subsets of d actuators as boolean masks (num_subsets, d)."""
+    all_subsets = [
+        np.array([j in c for j in range(d)])
+        for r in range(1, d + 1)
+        for c in itertools.combinations(range(d), r)
+    ]
+    train = np.array([s for s in all_subsets if s[0]], dtype=np.bool_)
+    held = np.array([s for s in all_subsets if not s[0]], dtype=np.bool_).reshape(-1, d)
+    return train, held
+
+
+class ActuatorInversionEnv(VectorEnv):
+    """Wraps a continuous-action VectorEnv with hidden per-episode actuator inversion."""
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        split: str = "train",
+        invert_prob: float = 0.5,
+        subsets: str = "split",
+        seed: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if subsets not in ("split", "all"):
+            raise ValueError(f"subsets must be 'split' or 'all', got {subsets!r}")
+        if not 0.0 <= invert_prob <= 1.0:
+            raise ValueError(f"invert_prob must be in [0, 1], got {invert_prob}")
+        if env.spec.action.kind != "continuous":
+            raise ValueError(f"actuator inversion needs continuous actions, {env.spec.name} has "
+                             f"{env.spec.action.kind}")
+        self.env = env
+        self.split = split
+        self.invert_prob = float(invert_prob)
+        self.num_envs = env.num_envs
+        self.is_async = env.is_async
+        d = env.spec.action.shape[0]
+        self.d = d
+        train, held = actuator_subsets(d)
+        if subsets == "all":
+            train = np.ones((1, d), np.bool_)
+        self.train_subsets, self.heldout_subsets = train, held
+        # eval-in uses a different stream than train for the same seed.
+        stream = {"train": 0, "eval-in": 1, "eval-out": 2}[split]
+        self.rng = np.random.default_rng([seed, 0x414942, stream])
+        self.sign = np.ones((self.num_envs, d), np.float32)  # per-env action multiplier
+        self.inverted = np.zeros(self.num_envs, np.bool_)
+        self._episode_over = np.ones(self.num_envs, np.bool_)
+        base = env.spec
+        self.spec = type(base)(
+            base.name + f"[inv:{split}]",
+            base.observation,
+            base.action,
+            goals=base.goals,
+            max_episode_steps=base.max_episode_steps,
+            extra={**base.extra, "actuator_inversion": split},
+        )
+        self.last_env_ids = getattr(env, "last_env_ids", None)
+
+    @property
+    def batch_size(self) -> int:
+        return self.env.batch_size
+
+    def _draw_contexts(self, ids: np.ndarray) -> None:
+        n = ids.size
+        if n == 0:
+            return
+        if self.split == "eval-out":
+            b = np.ones(n, np.bool_)
+            if len(self.heldout_subsets):
+                s = self.heldout_subsets[self.rng.integers(len(self.heldout_subsets), size=n)]
+                gain = np.ones(n, np.float32)
+            else:
+                s = np.ones((n, self.d), np.bool_)
+                gain = self.rng.uniform(*EVAL_OUT_GAIN, size=n).astype(np.float32)
+        else:
+            b = self.rng.random(n) < self.invert_prob
+            s = self.train_subsets[self.rng.integers(len(self.train_subsets), size=n)]
+            gain = np.ones(n, np.float32)
+        flip = s & b[:, None]
+        self.sign[ids] = np.where(flip, -gain[:, None], 1.0).astype(np.float32)
+        self.inverted[ids] = b
+
+    def _after(self, ids: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
+        self._episode_over[ids] = term | trunc
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        obs = self.env.reset(seed)
+        ids = np.arange(self.num_envs)
+        if self.is_async:
+            ids = np.asarray(self.env.last_env_ids)
+            self._episode_over[:] = True  # envs not in the first batch start when they appear
+        self._draw_contexts(ids)
+        self._episode_over[ids] = False
+        self.last_env_ids = getattr(self.env, "last_env_ids", None)
+        return obs
+
+    def step(self, actions, env_ids=None):
+        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids, dtype=np.int64)
+        actions = check_actions(self.spec.action, actions, ids.size, self.spec.name)
+        low = np.asarray(self.spec.action.low, np.float32)
+        high = np.asarray(self.spec.action.high, np.float32)
+        # Flip about the centre of the bounds (0 for the symmetric [-1, 1] boxes used here).
+        centre = (low + high) / 2
+        applied = np.clip(centre + (actions - centre) * self.sign[ids], low, high)
+        obs, reward, term, trunc, info = self.env.step(applied, env_ids)
+        out_ids = np.asarray(info["env_id"]) if self.is_async else np.arange(self.num_envs)
+        # An env whose previous step ended its episode has just been autoreset: new context.
+        starts = out_ids[self._episode_over[out_ids]]
+        self._draw_contexts(starts)
+        self._after(out_ids, term, trunc)
+        info = dict(info)
+        info["inverted"] = self.inverted[out_ids].copy()
+        self.last_env_ids = getattr(self.env, "last_env_ids", None)
+        return obs, reward, term, trunc, info
+
+    def close(self) -> None:
+        self.env.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Context RNG state (the EnvPool envs themselves restart on resume)."""
+        import copy
+
+        return {"rng": copy.deepcopy(self.rng.bit_generator.state), "split": self.split}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("split") != self.split:
+            raise ValueError(f"state is for split {state.get('split')!r}, env is {self.split!r}")
+        import copy
+
+        rng = np.random.default_rng()
+        rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.rng = rng
+        self._episode_over[:] = True
+
+
+def make_aib_env(
+    name: str, num_envs: int, seed: int = 0, split: str = "train", batch_size: int | None = None,
+    **kwargs: Any,
+) -> ActuatorInversionEnv:
+    """One of the AIB tasks (`AIB_TASKS`) on EnvPool with actuator inversion."""
+    if name not in AIB_TASKS:
+        raise ValueError(f"unknown AIB task {name!r}; valid: {sorted(AIB_TASKS)}")
+    base = EnvPoolEnv(AIB_TASKS[name], num_envs, seed=seed, batch_size=batch_size, name=name)
+    return ActuatorInversionEnv(base, split=split, seed=seed, **kwargs)

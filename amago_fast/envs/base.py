@@ -1,0 +1,341 @@
+"""The vectorized environment contract and the NumPy-batched base for built-in tasks.
+
+Every env in amago_fast is a :class:`VectorEnv`: `num_envs` copies stepped together, observations
+returned as a dict of arrays whose keys, shapes and dtypes match ``spec.observation`` exactly.
+
+Autoreset is *next-step* everywhere (EnvPool's and gymnasium 1.x's ``NEXT_STEP`` mode): when env
+``i`` reports ``terminated | truncated`` at step t, ``obs[i]`` is the final observation of that
+episode; at step t+1 the action for env ``i`` is ignored and ``obs[i]`` is the first observation
+of a new episode, with reward 0 and both done flags False.
+
+:class:`BatchedTaskEnv` implements that contract once for the built-in NumPy tasks (T-Maze,
+Key-To-Door, MazeRunner, bandit), together with the generic meta-RL *trial* mechanism (several
+inner episodes of one sampled task form one rollout; see :mod:`amago_fast.envs.trials`) and
+``state_dict()`` / ``load_state_dict()`` for exact resume.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from typing import Any
+
+import numpy as np
+
+from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+
+EPISODE_START = "episode_start"
+
+
+class VectorEnv(abc.ABC):
+    """A batch of `num_envs` environments stepped together (see the module docstring).
+
+    Subclasses set `spec` and `num_envs`. Async envs (only EnvPool with ``batch_size < num_envs``)
+    set `is_async = True`, take ``step(actions, env_ids)`` and report ``info["env_id"]``.
+    """
+
+    spec: EnvSpec
+    num_envs: int
+    is_async: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        """How many envs one `step` returns (== num_envs unless async)."""
+        return self.num_envs
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Start new episodes in every env; returns the first observations (N, ...)."""
+
+    @abc.abstractmethod
+    def step(
+        self, actions: np.ndarray, env_ids: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step all envs (async: the envs `env_ids`); returns (obs, reward, term, trunc, info)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources (processes, threads). Idempotent."""
+
+    def __enter__(self) -> VectorEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env") -> np.ndarray:
+    """Validate a batch of `n` actions against `action` and return it in its storage dtype.
+
+    Raises ValueError (naming the env, the expected and the received shape) on a bad shape,
+    a non-finite continuous action or an out-of-range discrete action.
+    """
+    arr = np.asarray(actions)
+    field = action.field
+    expected = (n, *field.shape)
+    if arr.shape != expected:
+        raise ValueError(
+            f"{env_name}: actions have shape {arr.shape}, expected {expected} "
+            f"({action.kind} action space)"
+        )
+    if action.kind == "continuous":
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{env_name}: continuous actions must be numeric, got {arr.dtype}")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{env_name}: continuous actions contain NaN/inf")
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        if np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)):
+            pass  # integral floats are accepted (e.g. from a policy returning float tensors)
+        else:
+            raise ValueError(f"{env_name}: discrete actions must be integers, got {arr.dtype}")
+    arr = arr.astype(np.int32, copy=False)
+    upper = action.n if action.kind == "discrete" else np.asarray(action.nvec, dtype=np.int64)
+    if arr.size and ((arr < 0).any() or (arr >= upper).any()):
+        raise ValueError(f"{env_name}: discrete actions out of range [0, {upper}): {arr}")
+    return arr
+
+
+class BatchedTaskEnv(VectorEnv):
+    """NumPy-batched base for built-in tasks: next-step autoreset, meta-RL trials, exact resume.
+
+    A subclass describes one *inner episode* of a *task* through hooks that act on index arrays:
+
+    - ``_sample_tasks(idx)``: draw a new task for envs `idx` (cue, layout, arm probabilities...).
+    - ``_reset_episodes(idx)``: start a new inner episode of the current task in envs `idx`.
+    - ``_transition(actions, active)``: advance envs where `active` is True by one step; return
+      ``(reward f32 (N,), terminated bool (N,), success bool (N,))`` (values of inactive envs are
+      ignored). ``self.ep_t`` already counts the step being taken.
+    - ``_observe()``: the observation dict of the current state of all envs (without
+      ``episode_start``, which this base adds in trial mode).
+    - ``_state_fields``: names of the array attributes that hold the state (for state_dict).
+
+    Trials: with ``episodes_per_trial`` k > 1 or a ``trial_max_steps`` limit, one rollout (what the
+    agent and the buffer see) spans several inner episodes of the same task. Inner episodes reset
+    immediately (the step that ends an inner episode returns the first observation of the next one,
+    with the final reward of the ending one), ``episode_start`` = 1 marks those rows, and the trial
+    ends (terminated after k episodes, truncated at ``trial_max_steps``) only then. At a trial end
+    ``info["episode_returns"]`` (N, k_max) holds each inner episode's return (NaN past the last).
+    """
+
+    _state_fields: tuple[str, ...] = ()
+    task_name: str = "task"
+
+    def __init__(
+        self,
+        num_envs: int,
+        seed: int = 0,
+        episode_max_steps: int | None = None,
+        episodes_per_trial: int | None = 1,
+        trial_max_steps: int | None = None,
+    ) -> None:
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if episodes_per_trial is not None and episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial must be >= 1 or None, got {episodes_per_trial}")
+        if trial_max_steps is not None and trial_max_steps < 1:
+            raise ValueError(f"trial_max_steps must be >= 1 or None, got {trial_max_steps}")
+        if episodes_per_trial is None and trial_max_steps is None:
+            raise ValueError("a trial needs episodes_per_trial or trial_max_steps (or both)")
+        if episode_max_steps is not None and episode_max_steps < 1:
+            raise ValueError(f"episode_max_steps must be >= 1, got {episode_max_steps}")
+        self.num_envs = int(num_envs)
+        self.episode_max_steps = episode_max_steps
+        self.episodes_per_trial = episodes_per_trial
+        self.trial_max_steps = trial_max_steps
+        self.trial_mode = trial_max_steps is not None or (episodes_per_trial or 1) > 1
+        self._seed = seed
+        self.rng = np.random.default_rng(seed)
+        n = self.num_envs
+        self.ep_t = np.zeros(n, np.int64)  # steps taken in the current inner episode
+        self.trial_t = np.zeros(n, np.int64)  # steps taken in the current rollout
+        self.episode_index = np.zeros(n, np.int64)  # inner episode number within the trial
+        self.episode_start_flag = np.ones(n, np.float32)
+        self.needs_reset = np.ones(n, np.bool_)
+        self._k_max = self._max_episodes_per_trial()
+        self.episode_returns = np.zeros((n, self._k_max), np.float32)
+        self._closed = False
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abc.abstractmethod
+    def _sample_tasks(self, idx: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _reset_episodes(self, idx: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _transition(
+        self, actions: np.ndarray, active: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def _observe(self) -> dict[str, np.ndarray]: ...
+
+    # ------------------------------------------------------------------ spec helpers
+    def _max_episodes_per_trial(self) -> int:
+        if self.episodes_per_trial is not None:
+            return int(self.episodes_per_trial)
+        # Bounded by the trial length: an inner episode takes at least one step.
+        return int(self.trial_max_steps)
+
+    def _make_spec(
+        self,
+        name: str,
+        observation: list[FieldSpec],
+        action: ActionSpec,
+        goals: Any = None,
+        extra: dict | None = None,
+    ) -> EnvSpec:
+        obs = list(observation)
+        if self.trial_mode:
+            obs.append(FieldSpec(EPISODE_START, (1,), np.float32))
+        if self.trial_mode:
+            if self.trial_max_steps is not None:
+                max_steps = self.trial_max_steps
+            else:
+                max_steps = self.episodes_per_trial * self.episode_max_steps  # type: ignore[operator]
+        else:
+            max_steps = self.episode_max_steps
+        info = {
+            "episodes_per_trial": self.episodes_per_trial,
+            "trial_max_steps": self.trial_max_steps,
+            "episode_max_steps": self.episode_max_steps,
+            **(extra or {}),
+        }
+        return EnvSpec(
+            name, tuple(obs), action, goals=goals, max_episode_steps=max_steps, extra=info
+        )
+
+    def _full_obs(self) -> dict[str, np.ndarray]:
+        obs = self._observe()
+        if self.trial_mode:
+            obs[EPISODE_START] = self.episode_start_flag[:, None].copy()
+        return obs
+
+    # ------------------------------------------------------------------ VectorEnv API
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        self._check_open()
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        idx = np.arange(self.num_envs)
+        self._start_rollouts(idx)
+        return self._full_obs()
+
+    def _start_rollouts(self, idx: np.ndarray) -> None:
+        self._sample_tasks(idx)
+        self._reset_episodes(idx)
+        self.ep_t[idx] = 0
+        self.trial_t[idx] = 0
+        self.episode_index[idx] = 0
+        self.episode_returns[idx] = 0.0
+        self.episode_start_flag[idx] = 1.0
+        self.needs_reset[idx] = False
+
+    def step(
+        self, actions: np.ndarray, env_ids: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self._check_open()
+        if env_ids is not None:
+            raise ValueError(f"{self.spec.name} is a synchronous env: step() takes no env_ids")
+        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        n = self.num_envs
+        resetting = self.needs_reset.copy()
+        active = ~resetting
+        self.ep_t[active] += 1
+        self.trial_t[active] += 1
+        reward, inner_term, success = self._transition(actions, active)
+        reward = np.where(active, reward, 0.0).astype(np.float32)
+        inner_term = inner_term & active
+        inner_trunc = np.zeros(n, np.bool_)
+        if self.episode_max_steps is not None:
+            inner_trunc = active & ~inner_term & (self.ep_t >= self.episode_max_steps)
+        inner_done = inner_term | inner_trunc
+        info: dict[str, Any] = {"success": success & inner_done}
+        self.episode_start_flag[active] = 0.0
+        if not self.trial_mode:
+            terminated, truncated = inner_term, inner_trunc
+        else:
+            ep = self.episode_index
+            rows = np.nonzero(active)[0]
+            self.episode_returns[rows, np.minimum(ep[rows], self._k_max - 1)] += reward[rows]
+            ep_after = ep + inner_done
+            trial_term = np.zeros(n, np.bool_)
+            if self.episodes_per_trial is not None:
+                trial_term = inner_done & (ep_after >= self.episodes_per_trial)
+            trial_trunc = np.zeros(n, np.bool_)
+            if self.trial_max_steps is not None:
+                trial_trunc = active & ~trial_term & (self.trial_t >= self.trial_max_steps)
+            trial_done = trial_term | trial_trunc
+            # Inner episodes that ended inside a trial restart at once, on the same task.
+            inner_restart = np.nonzero(inner_done & ~trial_done)[0]
+            if inner_restart.size:
+                self._reset_episodes(inner_restart)
+                self.ep_t[inner_restart] = 0
+                self.episode_index[inner_restart] += 1
+                self.episode_start_flag[inner_restart] = 1.0
+            if trial_done.any():
+                returns = np.full((n, self._k_max), np.nan, np.float32)
+                done_rows = np.nonzero(trial_done)[0]
+                counts = self.episode_index[done_rows] + 1
+                for r, c in zip(done_rows, counts):  # only at trial ends: rare
+                    returns[r, :c] = self.episode_returns[r, :c]
+                info["episode_returns"] = returns
+            terminated, truncated = trial_term, trial_trunc
+        reset_idx = np.nonzero(resetting)[0]
+        if reset_idx.size:
+            self._start_rollouts(reset_idx)
+        self.needs_reset = terminated | truncated
+        obs = self._full_obs()
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+
+    # ------------------------------------------------------------------ resume
+    _base_state_fields = (
+        "ep_t",
+        "trial_t",
+        "episode_index",
+        "episode_start_flag",
+        "needs_reset",
+        "episode_returns",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically: RNG state and every state array."""
+        arrays = {
+            name: np.array(getattr(self, name), copy=True)
+            for name in (*self._base_state_fields, *self._state_fields)
+        }
+        return {
+            "class": type(self).__name__,
+            "num_envs": self.num_envs,
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "arrays": arrays,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()`; checks class, num_envs and every array shape first."""
+        if state.get("class") != type(self).__name__:
+            raise ValueError(f"state is for {state.get('class')!r}, not {type(self).__name__}")
+        if state.get("num_envs") != self.num_envs:
+            raise ValueError(f"state has num_envs={state.get('num_envs')}, env has {self.num_envs}")
+        arrays = state["arrays"]
+        names = (*self._base_state_fields, *self._state_fields)
+        missing = [k for k in names if k not in arrays]
+        if missing:
+            raise ValueError(f"state is missing arrays {missing}")
+        for k in names:
+            cur = np.asarray(getattr(self, k))
+            if np.asarray(arrays[k]).shape != cur.shape:
+                raise ValueError(f"state array {k!r} has shape {np.shape(arrays[k])}, "
+                                 f"expected {cur.shape}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = copy.deepcopy(state["rng"])
+        for k in names:
+            setattr(self, k, np.array(arrays[k], dtype=np.asarray(getattr(self, k)).dtype))
+        self.rng = rng

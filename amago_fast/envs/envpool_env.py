@@ -1,0 +1,235 @@
+"""EnvPool's C++ vectorized environments as a :class:`~amago_fast.envs.base.VectorEnv`.
+
+``EnvPoolEnv("CartPole-v1", num_envs=64)`` wraps ``envpool.make(..., env_type="gymnasium")``.
+Conversions at the boundary (the only per-step Python work besides the C++ step):
+
+- a Box observation becomes the key ``observation``; a Dict (dm_control) keeps its keys;
+- float64 (dm_control) -> float32; scalar entries () -> (1,); uint8 images stay uint8 and
+  channel-first frames (C, H, W) with C < W, e.g. Atari's stacked frames, become HWC;
+- rewards -> float32, done flags -> bool; ``info`` keeps EnvPool's ``env_id`` and
+  ``elapsed_step``.
+
+Sync mode (``batch_size`` None or == num_envs): ``step(actions)`` for all envs.
+Async mode (``batch_size < num_envs``): ``reset()`` returns the first batch, whose env ids are in
+``last_env_ids``; ``step(actions, env_ids)`` sends the actions of the envs of the previous batch
+and returns the next batch (``info["env_id"]`` / ``last_env_ids`` say which envs it holds).
+
+EnvPool autoresets on the step after done (reward 0, action ignored) — exactly our contract.
+EnvPool envs cannot be snapshotted: resuming from a checkpoint restarts them with ``reset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+
+
+def _import_envpool():
+    try:
+        import envpool
+    except ImportError as e:  # pragma: no cover - envpool is a dependency on Linux x86_64
+        raise ImportError(
+            "envpool is not installed (Linux x86_64, Python <= 3.11 only); "
+            "use gym:<id> envs or the built-in tasks instead"
+        ) from e
+    return envpool
+
+
+def list_envpool_tasks() -> list[str]:
+    """Every task id EnvPool registers."""
+    return list(_import_envpool().list_all_envs())
+
+
+def _action_spec(space: Any, task_id: str) -> ActionSpec:
+    from gymnasium import spaces as gs
+
+    if isinstance(space, gs.Discrete):
+        if int(space.start) != 0:
+            raise ValueError(f"{task_id}: Discrete action space with start={space.start} is "
+                             "not supported (actions must start at 0)")
+        return ActionSpec("discrete", n=int(space.n))
+    if isinstance(space, gs.MultiDiscrete):
+        return ActionSpec("multidiscrete", nvec=tuple(int(v) for v in np.ravel(space.nvec)))
+    if isinstance(space, gs.Box) and len(space.shape) == 1:
+        low = np.broadcast_to(space.low, space.shape).astype(np.float64)
+        high = np.broadcast_to(space.high, space.shape).astype(np.float64)
+        return ActionSpec(
+            "continuous", shape=space.shape, low=tuple(low.tolist()), high=tuple(high.tolist())
+        )
+    raise ValueError(f"{task_id}: unsupported action space {space!r}")
+
+
+class _ObsConverter:
+    """Maps a gymnasium-style observation space to FieldSpecs and converts batches to them."""
+
+    def __init__(self, space: Any, task_id: str) -> None:
+        from gymnasium import spaces as gs
+
+        self.task_id = task_id
+        self.fields: list[FieldSpec] = []
+        self.plan: list[tuple[str | None, str, np.dtype, bool, tuple[int, ...]]] = []
+        if isinstance(space, gs.Dict):
+            items = list(space.spaces.items())
+        elif isinstance(space, gs.Box):
+            items = [(None, space)]
+        else:
+            raise ValueError(f"{task_id}: unsupported observation space {space!r}")
+        for key, sub in items:
+            if not isinstance(sub, gs.Box):
+                raise ValueError(f"{task_id}: unsupported observation sub-space {key}: {sub!r}")
+            name = "observation" if key is None else str(key)
+            shape = tuple(int(s) for s in sub.shape)
+            transpose = False
+            if sub.dtype == np.uint8:
+                dtype = np.dtype(np.uint8)
+                if len(shape) == 3 and shape[0] < shape[2]:
+                    transpose = True
+                    shape = (shape[1], shape[2], shape[0])
+            elif np.issubdtype(sub.dtype, np.integer):
+                dtype = np.dtype(np.int32)
+            else:
+                dtype = np.dtype(np.float32)
+            if shape == ():
+                shape = (1,)
+            self.fields.append(FieldSpec(name, shape, dtype))
+            self.plan.append((key, name, dtype, transpose, shape))
+
+    def __call__(self, obs: Any) -> dict[str, np.ndarray]:
+        out = {}
+        for key, name, dtype, transpose, shape in self.plan:
+            arr = obs if key is None else obs[key]
+            arr = np.asarray(arr)
+            if transpose:
+                arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            if arr.shape[1:] != shape:
+                arr = arr.reshape(arr.shape[0], *shape)
+            out[name] = arr
+        return out
+
+
+class EnvPoolEnv(VectorEnv):
+    """An EnvPool task as a VectorEnv (see the module docstring)."""
+
+    def __init__(
+        self,
+        task_id: str,
+        num_envs: int,
+        seed: int = 0,
+        batch_size: int | None = None,
+        name: str | None = None,
+        **envpool_kwargs: Any,
+    ) -> None:
+        envpool = _import_envpool()
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        known = envpool.list_all_envs()
+        if task_id not in known:
+            close = [t for t in known if task_id.lower().split("-")[0] in t.lower()][:10]
+            raise ValueError(f"unknown EnvPool task {task_id!r}; similar ids: {close}")
+        if batch_size is not None and not (1 <= batch_size <= num_envs):
+            raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], got {batch_size}")
+        self.task_id = task_id
+        self.num_envs = int(num_envs)
+        self._batch_size = int(batch_size) if batch_size is not None else self.num_envs
+        self.is_async = self._batch_size < self.num_envs
+        self._seed = seed
+        try:
+            self.pool = envpool.make(
+                task_id,
+                env_type="gymnasium",
+                num_envs=self.num_envs,
+                batch_size=self._batch_size,
+                seed=seed,
+                **envpool_kwargs,
+            )
+        except TypeError as e:
+            raise ValueError(f"envpool.make({task_id!r}) rejected the options "
+                             f"{sorted(envpool_kwargs)}: {e}") from e
+        self._obs = _ObsConverter(self.pool.observation_space, task_id)
+        action = _action_spec(self.pool.action_space, task_id)
+        max_steps = getattr(self.pool.spec.config, "max_episode_steps", None)
+        self.spec = EnvSpec(
+            name or f"envpool:{task_id}",
+            tuple(self._obs.fields),
+            action,
+            max_episode_steps=int(max_steps) if max_steps is not None else None,
+            extra={"task_id": task_id, "backend": "envpool"},
+        )
+        self._act_dtype = np.int32 if action.is_discrete else np.float64
+        self.last_env_ids = np.arange(self._batch_size, dtype=np.int64)
+        self._closed = False
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        self._check_open()
+        if seed is not None and seed != self._seed:
+            raise ValueError(
+                "EnvPool seeds are fixed at construction; build a new EnvPoolEnv(seed=...) "
+                f"(constructed with seed={self._seed}, reset asked for {seed})"
+            )
+        if self.is_async:
+            self.pool.async_reset()
+            obs, _, _, _, info = self.pool.recv()
+        else:
+            obs, info = self.pool.reset()
+        self.last_env_ids = np.asarray(info["env_id"], dtype=np.int64)
+        return self._obs(obs)
+
+    def step(self, actions, env_ids=None):
+        self._check_open()
+        if self.is_async:
+            if env_ids is None:
+                raise ValueError(f"{self.spec.name} is async (batch_size={self._batch_size} < "
+                                 f"num_envs={self.num_envs}): step(actions, env_ids) needs env_ids")
+            env_ids = np.asarray(env_ids, dtype=np.int64)
+            if env_ids.shape != (self._batch_size,) or (env_ids < 0).any() or (
+                env_ids >= self.num_envs
+            ).any():
+                raise ValueError(f"{self.spec.name}: env_ids must be {self._batch_size} ids in "
+                                 f"[0, {self.num_envs}), got {env_ids}")
+            n = self._batch_size
+        else:
+            if env_ids is not None:
+                ids = np.asarray(env_ids)
+                if not np.array_equal(ids, np.arange(self.num_envs)):
+                    raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
+            n = self.num_envs
+        actions = check_actions(self.spec.action, actions, n, self.spec.name)
+        actions = actions.astype(self._act_dtype, copy=False)
+        if self.is_async:
+            self.pool.send(actions, env_ids.astype(np.int32))
+            obs, reward, term, trunc, info = self.pool.recv()
+        else:
+            obs, reward, term, trunc, info = self.pool.step(actions)
+        self.last_env_ids = np.asarray(info["env_id"], dtype=np.int64)
+        out_info = {"env_id": self.last_env_ids, "elapsed_step": info.get("elapsed_step")}
+        return (
+            self._obs(obs),
+            np.asarray(reward, dtype=np.float32),
+            np.asarray(term, dtype=np.bool_),
+            np.asarray(trunc, dtype=np.bool_),
+            out_info,
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self.pool, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - closing twice / already torn down is harmless
+                    pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.spec.name} is closed")

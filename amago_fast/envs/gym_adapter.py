@@ -1,0 +1,201 @@
+"""Any gymnasium env id or ``gymnasium.vector.VectorEnv`` as a :class:`VectorEnv`.
+
+``GymVectorEnv("CartPole-v1", num_envs=8, vectorization="sync" | "async")`` builds a gymnasium
+vector env with ``autoreset_mode=NEXT_STEP`` (our contract); an existing
+``gymnasium.vector.VectorEnv`` is accepted if its ``metadata["autoreset_mode"]`` is NEXT_STEP.
+
+Supported observation spaces (per single env): Box (float -> float32, uint8 kept, other ints ->
+int32; key ``observation``), Discrete (int32 (1,), value minus ``start``), MultiDiscrete (int32),
+MultiBinary (uint8), and a flat Dict of those (its keys, which must not clash with the buffer's
+reserved names). Actions: Discrete (start 0), MultiDiscrete, 1-d Box. Anything else (Text,
+Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
+
+
+def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
+    from gymnasium import spaces as gs
+
+    if isinstance(space, gs.Box):
+        if space.dtype == np.uint8:
+            dtype = np.dtype(np.uint8)
+        elif np.issubdtype(space.dtype, np.integer) or space.dtype == np.bool_:
+            dtype = np.dtype(np.int32)
+        else:
+            dtype = np.dtype(np.float32)
+        shape = tuple(space.shape) or (1,)
+        return FieldSpec(name, shape, dtype), ("box", dtype, shape)
+    if isinstance(space, gs.Discrete):
+        return FieldSpec(name, (1,), np.int32), ("discrete", int(space.start))
+    if isinstance(space, gs.MultiDiscrete):
+        if space.nvec.ndim != 1:
+            raise ValueError(f"{where}: unsupported observation space {space!r} "
+                             "(MultiDiscrete must be 1-d)")
+        return FieldSpec(name, (len(space.nvec),), np.int32), ("box", np.dtype(np.int32),
+                                                                (len(space.nvec),))
+    if isinstance(space, gs.MultiBinary):
+        shape = tuple(np.atleast_1d(space.n).tolist())
+        return FieldSpec(name, shape, np.uint8), ("box", np.dtype(np.uint8), shape)
+    raise ValueError(f"{where}: unsupported observation space {type(space).__name__}: {space!r}")
+
+
+def observation_fields(space: Any, where: str = "gymnasium env") -> tuple[list[FieldSpec], list]:
+    """FieldSpecs for a single-env observation space, and the conversion plan."""
+    from gymnasium import spaces as gs
+
+    if isinstance(space, gs.Dict):
+        fields, plan = [], []
+        for key, sub in space.spaces.items():
+            if isinstance(sub, (gs.Dict, gs.Tuple)):
+                raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}")
+            if key in RESERVED_FIELDS:
+                raise ValueError(f"{where}: observation key {key!r} is reserved by the buffer")
+            f, p = _leaf_field(str(key), sub, f"{where} key {key!r}")
+            fields.append(f)
+            plan.append((key, f.name, p))
+        return fields, plan
+    f, p = _leaf_field("observation", space, where)
+    return [f], [(None, "observation", p)]
+
+
+def convert_observation(obs: Any, plan: list) -> dict[str, np.ndarray]:
+    """Batched gymnasium observation -> our obs dict, following `plan`."""
+    out = {}
+    for key, name, p in plan:
+        arr = np.asarray(obs if key is None else obs[key])
+        if p[0] == "discrete":
+            arr = (arr.astype(np.int64) - p[1]).astype(np.int32).reshape(-1, 1)
+        else:
+            _, dtype, shape = p
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            if arr.shape[1:] != shape:
+                arr = arr.reshape(arr.shape[0], *shape)
+        out[name] = arr
+    return out
+
+
+def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSpec:
+    """Our ActionSpec for a single-env gymnasium action space (or ValueError naming it)."""
+    from gymnasium import spaces as gs
+
+    if isinstance(space, gs.Discrete):
+        if int(space.start) != 0:
+            raise ValueError(f"{where}: unsupported action space {space!r} (start must be 0)")
+        return ActionSpec("discrete", n=int(space.n))
+    if isinstance(space, gs.MultiDiscrete) and space.nvec.ndim == 1:
+        return ActionSpec("multidiscrete", nvec=tuple(int(v) for v in space.nvec))
+    if isinstance(space, gs.Box) and len(space.shape) == 1:
+        low = np.broadcast_to(space.low, space.shape).astype(np.float64)
+        high = np.broadcast_to(space.high, space.shape).astype(np.float64)
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ValueError(f"{where}: unsupported action space {space!r} (unbounded Box)")
+        return ActionSpec("continuous", shape=space.shape, low=tuple(low.tolist()),
+                          high=tuple(high.tolist()))
+    raise ValueError(f"{where}: unsupported action space {type(space).__name__}: {space!r}")
+
+
+class GymVectorEnv(VectorEnv):
+    """A gymnasium env id or vector env as a VectorEnv (see the module docstring)."""
+
+    def __init__(
+        self,
+        env: str | Any,
+        num_envs: int | None = None,
+        seed: int = 0,
+        vectorization: str = "sync",
+        name: str | None = None,
+        **make_kwargs: Any,
+    ) -> None:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode
+
+        if isinstance(env, str):
+            if vectorization not in ("sync", "async"):
+                raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+            if num_envs is None or num_envs < 1:
+                raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+            if env not in gym.registry:
+                raise ValueError(f"unknown gymnasium id {env!r}")
+            self.vec = gym.make_vec(
+                env,
+                num_envs=int(num_envs),
+                vectorization_mode=vectorization,
+                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+                **make_kwargs,
+            )
+            env_name = name or f"gym:{env}"
+        elif isinstance(env, gym.vector.VectorEnv):
+            if make_kwargs:
+                raise ValueError(f"make kwargs {sorted(make_kwargs)} given with a built vector env")
+            mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+            if mode != AutoresetMode.NEXT_STEP:
+                raise ValueError(
+                    f"vector env uses autoreset_mode={mode}; amago_fast needs NEXT_STEP"
+                )
+            if num_envs is not None and num_envs != env.num_envs:
+                raise ValueError(f"num_envs={num_envs} but the vector env has {env.num_envs}")
+            self.vec = env
+            spec_id = getattr(getattr(env, "spec", None), "id", None)
+            env_name = name or f"gym:{spec_id or type(env).__name__}"
+        else:
+            raise TypeError(
+                f"env must be a gymnasium id or gymnasium.vector.VectorEnv, got {env!r}"
+            )
+        try:
+            fields, self._plan = observation_fields(self.vec.single_observation_space, env_name)
+            action = action_spec_from_space(self.vec.single_action_space, env_name)
+        except ValueError:
+            self.vec.close()
+            raise
+        self.num_envs = int(self.vec.num_envs)
+        self._seed = seed
+        self._next_seed: int | None = seed
+        max_steps = getattr(getattr(self.vec, "spec", None), "max_episode_steps", None)
+        self.spec = EnvSpec(env_name, tuple(fields), action, max_episode_steps=max_steps,
+                            extra={"backend": "gymnasium"})
+        self._closed = False
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        self._check_open()
+        s = seed if seed is not None else self._next_seed
+        self._next_seed = None  # later resets continue the env's own RNG streams
+        obs, _ = self.vec.reset(seed=s)
+        return convert_observation(obs, self._plan)
+
+    def step(self, actions, env_ids=None):
+        self._check_open()
+        all_ids = np.arange(self.num_envs)
+        if env_ids is not None and not np.array_equal(np.asarray(env_ids), all_ids):
+            raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
+        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        if self.spec.action.is_discrete:
+            actions = actions.astype(np.int64)
+        obs, reward, term, trunc, info = self.vec.step(actions)
+        out_info = {}
+        if isinstance(info, dict) and "success" in info:
+            out_info["success"] = np.asarray(info["success"], dtype=np.bool_)
+        return (
+            convert_observation(obs, self._plan),
+            np.asarray(reward, dtype=np.float32),
+            np.asarray(term, dtype=np.bool_),
+            np.asarray(trunc, dtype=np.bool_),
+            out_info,
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.vec.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.spec.name} is closed")
