@@ -27,6 +27,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, resolve_backend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton ships with the package on Linux
+    triton = None
+
 __all__ = [
     "CriticParams",
     "CriticEnsemble",
@@ -167,7 +175,438 @@ def critic_ensemble_tiled_reference(
     return q.view(e, n, g, -1).permute(1, 0, 2, 3)
 
 
-_BACKENDS = ("auto", "reference", "triton")
+_BACKENDS = ("auto", "reference", "triton")  # same names as _utils.BACKENDS
+
+# ----------------------------------------------------------------------------------------------
+# Triton path
+# ----------------------------------------------------------------------------------------------
+#
+# Work split (rows = timesteps n; every program owns one critic e):
+#   forward          grid (cdiv(N, BLOCK_N), E): P = state @ W_s[e] once for the row block, then
+#                    for each gamma g: z1 = a_g @ W_a[e] + P + b1[e, g] (W_a[e] stays in registers),
+#                    and layer 2 in column chunks of BLOCK_H whose outputs feed layer 3 right away,
+#                    so neither h1 nor h2 ever reaches memory. P (fp32) is saved for the backward.
+#   backward, rows   grid (cdiv(N, BLOCK_N), E): recomputes z1, z2 per gamma, propagates dq to
+#                    dz1; writes dP = sum_g dz1 (N, E, H), per-critic action grads, and per-block
+#                    partial sums for dW_a and db1.
+#   backward, W2/W3  grid (E, H / BLOCK_H, SPLITS): each program owns a column chunk of W2 (and
+#                    the matching rows of W3) and a fixed, strided share of the row blocks;
+#                    per-split partial sums.
+#   host             sums of the partials over blocks/splits/critics (fixed order: deterministic,
+#                    no atomics), and the two GEMMs dW_s = state^T dP, d_state = dP W_s^T.
+
+
+# Triton-path limits: beyond them the per-program register tiles (rows x hidden) would spill;
+# backend="auto" then uses the reference and backend="triton" raises.
+_MAX_HIDDEN = 512
+_MAX_ACTION_DIM = 128
+_MAX_OUT_DIM = 128
+
+
+def _pow2_at_least_16(x: int) -> int:
+    return max(16, 1 << (int(x) - 1).bit_length())
+
+
+if triton is not None:
+
+    @triton.jit
+    def _leaky(x, NEG_SLOPE: tl.constexpr):
+        return tl.where(x > 0, x, x * NEG_SLOPE)
+
+    @triton.jit
+    def _critic_fwd_kernel(
+        S, A, WS, WA, B1, W2, B2, W3, B3, Q, P_OUT,
+        N, G, D_S, D_A, H, O, E,
+        NEG_SLOPE: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, D_A_PAD: tl.constexpr,
+        H_PAD: tl.constexpr, BLOCK_H: tl.constexpr, O_PAD: tl.constexpr,
+        SAVE_P: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One (row block, critic): q[rows, e, :, :] for all gammas. All tensors contiguous."""
+        pid_n = tl.program_id(0)
+        e = tl.program_id(1).to(tl.int64)
+        cd = S.dtype.element_ty  # compute dtype of the tl.dot operands: the input dtype
+        rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        offs_h = tl.arange(0, H_PAD)
+        h_ok = offs_h < H
+        # State projection, shared by all gammas.
+        p = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
+        for k0 in range(0, D_S, BLOCK_DS):
+            offs_k = k0 + tl.arange(0, BLOCK_DS)
+            k_ok = offs_k < D_S
+            s = tl.load(S + rows[:, None] * D_S + offs_k[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            ws = tl.load(WS + e * D_S * H + offs_k[:, None] * H + offs_h[None, :],
+                         mask=k_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+            p = tl.dot(s, ws, p, input_precision=PRECISION)
+        if SAVE_P:
+            tl.store(P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :], p,
+                     mask=row_ok[:, None] & h_ok[None, :])
+        offs_a = tl.arange(0, D_A_PAD)
+        a_ok = offs_a < D_A
+        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+        offs_o = tl.arange(0, O_PAD)
+        o_ok = offs_o < O
+        b3 = tl.load(B3 + e * O + offs_o, mask=o_ok, other=0.0).to(tl.float32)
+        for g in range(0, G):
+            a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                        mask=row_ok[:, None] & a_ok[None, :], other=0.0)
+            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+            z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
+            h1 = _leaky(z1, NEG_SLOPE).to(cd)
+            q = tl.zeros((BLOCK_N, O_PAD), dtype=tl.float32)
+            for j0 in range(0, H_PAD, BLOCK_H):
+                offs_j = j0 + tl.arange(0, BLOCK_H)
+                j_ok = offs_j < H
+                w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+                             mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
+                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
+                h2 = _leaky(tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :], NEG_SLOPE)
+                w3 = tl.load(W3 + e * H * O + offs_j[:, None] * O + offs_o[None, :],
+                             mask=j_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+                q = tl.dot(h2.to(cd), w3, q, input_precision=PRECISION)
+            q += b3[None, :]
+            tl.store(Q + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
+                     q.to(Q.dtype.element_ty), mask=row_ok[:, None] & o_ok[None, :])
+
+    @triton.jit
+    def _critic_bwd_rows_kernel(
+        A, P, WA, B1, W2, B2, W3, DQ,
+        DP, DA_PART, DWA_PART, DB1_PART,
+        N, G, D_A, H, O, E,
+        NEG_SLOPE: tl.constexpr,
+        BLOCK_N: tl.constexpr, D_A_PAD: tl.constexpr, H_PAD: tl.constexpr,
+        BLOCK_H: tl.constexpr, O_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One (row block, critic): dz1 for every gamma → dP, d_action (per critic), and the
+        block's partial sums of dW_a and db1."""
+        pid_n = tl.program_id(0)
+        e = tl.program_id(1).to(tl.int64)
+        cd = A.dtype.element_ty
+        rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        offs_h = tl.arange(0, H_PAD)
+        h_ok = offs_h < H
+        offs_a = tl.arange(0, D_A_PAD)
+        a_ok = offs_a < D_A
+        offs_o = tl.arange(0, O_PAD)
+        o_ok = offs_o < O
+        p = tl.load(P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                    mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+        dp = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
+        dwa = tl.zeros((D_A_PAD, H_PAD), dtype=tl.float32)
+        for g in range(0, G):
+            a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                        mask=row_ok[:, None] & a_ok[None, :], other=0.0)
+            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+            z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
+            h1 = _leaky(z1, NEG_SLOPE).to(cd)
+            # Rows past N load dq = 0, so they contribute nothing below.
+            dq = tl.load(DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
+                         mask=row_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+            dh1 = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
+            for j0 in range(0, H_PAD, BLOCK_H):
+                offs_j = j0 + tl.arange(0, BLOCK_H)
+                j_ok = offs_j < H
+                w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+                             mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
+                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
+                z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
+                w3t = tl.load(W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
+                              mask=j_ok[None, :] & o_ok[:, None], other=0.0).to(cd)
+                dh2 = tl.dot(dq, w3t, input_precision=PRECISION)
+                dz2 = tl.where(z2 > 0, dh2, dh2 * NEG_SLOPE).to(cd)
+                dh1 = tl.dot(dz2, tl.trans(w2), dh1, input_precision=PRECISION)
+            dz1 = tl.where(z1 > 0, dh1, dh1 * NEG_SLOPE)
+            tl.store(DB1_PART + ((pid_n * E + e) * G + g) * H + offs_h, tl.sum(dz1, axis=0),
+                     mask=h_ok)
+            dp += dz1
+            dz1c = dz1.to(cd)
+            dwa = tl.dot(tl.trans(a), dz1c, dwa, input_precision=PRECISION)
+            da = tl.dot(dz1c, tl.trans(wa), input_precision=PRECISION)
+            tl.store(DA_PART + e * N * G * D_A + rows[:, None] * (G * D_A) + g * D_A
+                     + offs_a[None, :], da, mask=row_ok[:, None] & a_ok[None, :])
+        tl.store(DP + rows[:, None] * (E * H) + e * H + offs_h[None, :], dp,
+                 mask=row_ok[:, None] & h_ok[None, :])
+        tl.store(DWA_PART + (pid_n * E + e) * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+                 dwa, mask=a_ok[:, None] & h_ok[None, :])
+
+    @triton.jit
+    def _critic_bwd_weights_kernel(
+        A, P, WA, B1, W2, B2, W3, DQ,
+        DW2_PART, DW3_PART, DB2_PART,
+        N, G, D_A, H, O, E, SPLITS,
+        NEG_SLOPE: tl.constexpr,
+        BLOCK_N: tl.constexpr, D_A_PAD: tl.constexpr, H_PAD: tl.constexpr,
+        BLOCK_H: tl.constexpr, O_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One (critic, column chunk of W2, split): partial dW2[:, chunk], dW3[chunk, :], db2."""
+        e = tl.program_id(0).to(tl.int64)
+        pid_j = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        cd = A.dtype.element_ty
+        offs_h = tl.arange(0, H_PAD)
+        h_ok = offs_h < H
+        offs_a = tl.arange(0, D_A_PAD)
+        a_ok = offs_a < D_A
+        offs_o = tl.arange(0, O_PAD)
+        o_ok = offs_o < O
+        offs_j = pid_j * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_ok = offs_j < H
+        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+        w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+                     mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
+        b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
+        w3t = tl.load(W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
+                      mask=j_ok[None, :] & o_ok[:, None], other=0.0).to(cd)
+        acc_w2 = tl.zeros((H_PAD, BLOCK_H), dtype=tl.float32)
+        acc_w3 = tl.zeros((BLOCK_H, O_PAD), dtype=tl.float32)
+        acc_b2 = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        num_blocks = tl.cdiv(N, BLOCK_N)
+        for blk in range(pid_s, num_blocks, SPLITS):
+            rows = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # N < 2**31
+            row_ok = rows < N
+            p = tl.load(P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                        mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+            for g in range(0, G):
+                a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                            mask=row_ok[:, None] & a_ok[None, :], other=0.0)
+                b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0)
+                z1 = tl.dot(a, wa, p + b1.to(tl.float32)[None, :], input_precision=PRECISION)
+                h1 = _leaky(z1, NEG_SLOPE).to(cd)
+                z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
+                h2 = _leaky(z2, NEG_SLOPE).to(cd)
+                dq = tl.load(
+                    DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
+                    mask=row_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+                dh2 = tl.dot(dq, w3t, input_precision=PRECISION)
+                dz2 = tl.where(z2 > 0, dh2, dh2 * NEG_SLOPE)
+                acc_b2 += tl.sum(dz2, axis=0)
+                acc_w2 = tl.dot(tl.trans(h1), dz2.to(cd), acc_w2, input_precision=PRECISION)
+                acc_w3 = tl.dot(tl.trans(h2), dq, acc_w3, input_precision=PRECISION)
+        base = pid_s * E + e
+        tl.store(DW2_PART + base * H * H + offs_h[:, None] * H + offs_j[None, :], acc_w2,
+                 mask=h_ok[:, None] & j_ok[None, :])
+        tl.store(DW3_PART + base * H * O + offs_j[:, None] * O + offs_o[None, :], acc_w3,
+                 mask=j_ok[:, None] & o_ok[None, :])
+        tl.store(DB2_PART + base * H + offs_j, acc_b2, mask=j_ok)
+
+    @triton.jit
+    def _td_reduce_kernel(
+        Q, SUBSET, MIN_OUT, MEAN_OUT, ARG_OUT, M, TOTAL,
+        E: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        """q (N, E, M) → min over the critics flagged in SUBSET (first index wins ties, NaN
+        propagates), mean over all E, and the argmin (for the backward)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < TOTAL
+        n = offs // M
+        r = offs % M
+        base = Q + n * (E * M) + r
+        q_min = tl.full((BLOCK,), float("inf"), dtype=tl.float32)
+        arg = tl.zeros((BLOCK,), dtype=tl.int32)
+        have = tl.zeros((BLOCK,), dtype=tl.int32)
+        total = tl.zeros((BLOCK,), dtype=tl.float32)
+        for e in tl.static_range(E):
+            v = tl.load(base + e * M, mask=ok, other=0.0).to(tl.float32)
+            total += v
+            flag = tl.load(SUBSET + e)
+            take = (flag != 0) & ((have == 0) | (v < q_min) | ((v != v) & (q_min == q_min)))
+            q_min = tl.where(take, v, q_min)
+            arg = tl.where(take, e, arg)
+            have = tl.where(flag != 0, 1, have)
+        tl.store(MIN_OUT + offs, q_min.to(MIN_OUT.dtype.element_ty), mask=ok)
+        tl.store(MEAN_OUT + offs, (total / E).to(MEAN_OUT.dtype.element_ty), mask=ok)
+        tl.store(ARG_OUT + offs, arg, mask=ok)
+
+
+class _Config(NamedTuple):
+    block_n: int
+    block_ds: int
+    d_a_pad: int
+    h_pad: int
+    block_h: int
+    o_pad: int
+    precision: str
+    num_warps: int
+
+
+def _config(state: torch.Tensor, action: torch.Tensor, params: CriticParams) -> _Config:
+    d_s = state.shape[1]
+    d_a = action.shape[2]
+    h = params.w2.shape[1]
+    o = params.w3.shape[2]
+    h_pad = _pow2_at_least_16(h)
+    # Rows per program: the (rows x hidden) fp32 tiles P, z1 and dh1 live in registers;
+    # 64 x 256 is 64 KiB each, spread over 8 warps.
+    block_n = 16 if INTERPRET else (64 if h_pad <= 256 else 32)
+    # fp32 inputs: TF32 tensor cores only where PyTorch's own matmuls may use them too, so the
+    # kernel's error stays within the tolerance rule against PyTorch at the same setting.
+    if state.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        precision = "ieee"
+    else:
+        precision = "tf32"
+    return _Config(
+        block_n=block_n,
+        block_ds=min(64, _pow2_at_least_16(d_s)),
+        d_a_pad=_pow2_at_least_16(d_a),
+        h_pad=h_pad,
+        block_h=min(h_pad, 64),
+        o_pad=_pow2_at_least_16(o),
+        precision=precision,
+        num_warps=4 if INTERPRET else 8,
+    )
+
+
+def _triton_supported(action: torch.Tensor, params: CriticParams) -> str | None:
+    """Why the Triton path cannot take these shapes/dtypes (None if it can)."""
+    if triton is None:
+        return "triton is not installed"
+    h = params.w2.shape[1]
+    if h > _MAX_HIDDEN:
+        return f"hidden_dim {h} > {_MAX_HIDDEN}"
+    if action.shape[2] > _MAX_ACTION_DIM:
+        return f"action dim {action.shape[2]} > {_MAX_ACTION_DIM}"
+    if params.w3.shape[2] > _MAX_OUT_DIM:
+        return f"out_dim {params.w3.shape[2]} > {_MAX_OUT_DIM}"
+    if action.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {action.dtype} (fp32, fp16 or bf16 only)"
+    return None
+
+
+def _critic_forward_launch(
+    state: torch.Tensor,
+    action: torch.Tensor,
+    params: CriticParams,
+    negative_slope: float,
+    save_p: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel: ``q (N, E, G, O)`` in the input dtype, and P (N, E, H) fp32."""
+    cfg = _config(state, action, params)
+    n, d_s = state.shape
+    _, g, d_a = action.shape
+    e, _, h = params.w_state.shape
+    o = params.w3.shape[2]
+    q = torch.empty((n, e, g, o), dtype=state.dtype, device=state.device)
+    p_out = torch.empty((n, e, h), dtype=torch.float32, device=state.device) if save_p else q
+    grid = (triton.cdiv(n, cfg.block_n), e)
+    _critic_fwd_kernel[grid](
+        state, action, *params, q, p_out,
+        n, g, d_s, d_a, h, o, e,
+        NEG_SLOPE=negative_slope,
+        BLOCK_N=cfg.block_n, BLOCK_DS=cfg.block_ds, D_A_PAD=cfg.d_a_pad,
+        H_PAD=cfg.h_pad, BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad,
+        SAVE_P=save_p, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return q, (p_out if save_p else None)
+
+
+def _critic_backward_launch(
+    dq: torch.Tensor,
+    state: torch.Tensor,
+    action: torch.Tensor,
+    params: CriticParams,
+    p: torch.Tensor,
+    negative_slope: float,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients for (state, action, *params); ``None`` where ``needs`` is False."""
+    cfg = _config(state, action, params)
+    n, d_s = state.shape
+    _, g, d_a = action.shape
+    e, _, h = params.w_state.shape
+    o = params.w3.shape[2]
+    dev = state.device
+    f32 = torch.float32
+    num_blocks = triton.cdiv(n, cfg.block_n)
+    need_state, need_action, need_ws, need_wa, need_b1, need_w2, need_b2, need_w3, need_b3 = needs
+    grads: list[torch.Tensor | None] = [None] * 9
+    consts = dict(
+        NEG_SLOPE=negative_slope, BLOCK_N=cfg.block_n, D_A_PAD=cfg.d_a_pad, H_PAD=cfg.h_pad,
+        BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    if need_state or need_action or need_ws or need_wa or need_b1:
+        dp = torch.empty((n, e, h), dtype=f32, device=dev)
+        da_part = torch.empty((e, n, g, d_a), dtype=f32, device=dev)
+        dwa_part = torch.empty((num_blocks, e, d_a, h), dtype=f32, device=dev)
+        db1_part = torch.empty((num_blocks, e, g, h), dtype=f32, device=dev)
+        _critic_bwd_rows_kernel[(num_blocks, e)](
+            action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
+            dp, da_part, dwa_part, db1_part,
+            n, g, d_a, h, o, e, **consts,
+        )  # fmt: skip
+        dp_flat = dp.view(n, e * h)
+        if need_state:  # sum over critics happens inside the GEMM's K dimension
+            ws_t = params.w_state.to(f32).transpose(1, 2).reshape(e * h, d_s)
+            grads[0] = (dp_flat @ ws_t).to(state.dtype)
+        if need_action:
+            grads[1] = da_part.sum(0).to(action.dtype)
+        if need_ws:
+            dws = state.to(f32).t() @ dp_flat  # (d_s, E*H)
+            grads[2] = dws.view(d_s, e, h).permute(1, 0, 2).to(params.w_state.dtype)
+        if need_wa:
+            grads[3] = dwa_part.sum(0).to(params.w_action.dtype)
+        if need_b1:
+            grads[4] = db1_part.sum(0).to(params.b1.dtype)
+    if need_w2 or need_b2 or need_w3:
+        num_chunks = triton.cdiv(cfg.h_pad, cfg.block_h)
+        # Enough programs to fill the GPU ~4 times over; a pure function of shape and device,
+        # so the summation order (and the result) is the same every run.
+        # Under the interpreter (no SMs to fill) use up to 3 splits so that tests exercise the
+        # strided split loop and the partial-sum reduction.
+        if dev.type == "cuda":
+            splits = max(1, min(num_blocks, -(-4 * cuda_sm_count(dev) // (e * num_chunks))))
+        else:
+            splits = min(num_blocks, 3)
+        dw2_part = torch.empty((splits, e, h, h), dtype=f32, device=dev)
+        dw3_part = torch.empty((splits, e, h, o), dtype=f32, device=dev)
+        db2_part = torch.empty((splits, e, h), dtype=f32, device=dev)
+        _critic_bwd_weights_kernel[(e, num_chunks, splits)](
+            action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
+            dw2_part, dw3_part, db2_part,
+            n, g, d_a, h, o, e, splits, **consts,
+        )  # fmt: skip
+        if need_w2:
+            grads[5] = dw2_part.sum(0).to(params.w2.dtype)
+        if need_b2:
+            grads[6] = db2_part.sum(0).to(params.b2.dtype)
+        if need_w3:
+            grads[7] = dw3_part.sum(0).to(params.w3.dtype)
+    if need_b3:
+        grads[8] = dq.to(f32).sum(dim=(0, 2)).to(params.b3.dtype)
+    return tuple(grads)
+
+
+class CriticEnsembleFunction(torch.autograd.Function):
+    """Fused forward/backward of the critic ensemble (Triton). Inputs must be contiguous and
+    validated (see :func:`critic_ensemble`); parameters may be in any float dtype (they are
+    converted to the input dtype inside the kernels, gradients come back in their own dtype)."""
+
+    @staticmethod
+    def forward(ctx, state, action, w_state, w_action, b1, w2, b2, w3, b3, negative_slope):
+        params = CriticParams(w_state, w_action, b1, w2, b2, w3, b3)
+        needs_grad = any(ctx.needs_input_grad[:9])
+        q, p = _critic_forward_launch(state, action, params, negative_slope, save_p=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(state, action, *params, p)
+        ctx.negative_slope = negative_slope
+        return q
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dq):
+        state, action, *params, p = ctx.saved_tensors
+        with torch.autocast(device_type=state.device.type, enabled=False):
+            grads = _critic_backward_launch(
+                dq.contiguous(), state, action, CriticParams(*params), p,
+                ctx.negative_slope, tuple(ctx.needs_input_grad[:9]),
+            )  # fmt: skip
+        return (*grads, None)
 
 
 def critic_ensemble(
@@ -177,15 +616,39 @@ def critic_ensemble(
     negative_slope: float = 0.01,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """E critics × G gammas: ``q (N, E, G, O)``.
+    """E critics × G gammas: ``q (N, E, G, O)`` for ``state (N, d_s)``, ``action (N, G, d_a)``.
 
-    ``backend``: ``"reference"`` (pure PyTorch), ``"triton"`` (the fused kernels) or ``"auto"``.
+    ``backend``: ``"auto"`` (Triton for CUDA tensors, the reference for CPU tensors and for
+    shapes beyond the Triton path's limits), ``"triton"`` (the fused kernels; on CPU only under
+    ``TRITON_INTERPRET=1``), or ``"reference"``. Under autocast, fp32 state/action are cast to the
+    autocast dtype first (what the reference's matmuls would do). Non-finite inputs are not
+    checked here (that would cost a device sync per call); they propagate to q.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("the Triton critic path is not in this commit yet")
-    return critic_ensemble_reference(state, action, params, negative_slope)
+    if not isinstance(params, CriticParams):
+        if isinstance(params, (tuple, list)) and len(params) == 7:
+            params = CriticParams(*params)
+        else:
+            raise TypeError("params must be a CriticParams (w_state, w_action, b1, w2, b2, w3, b3)")
+    _check_inputs(state, action, params)
+    if not (0.0 <= float(negative_slope) < 1.0):
+        raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
+    chosen = resolve_backend(backend, [state, action, *params], "critic_ensemble")
+    if chosen == "triton":
+        why_not = _triton_supported(action, params)
+        if why_not is not None:
+            if backend == "triton":
+                raise ValueError(f"critic_ensemble: the Triton path does not support {why_not}")
+            chosen = "reference"
+    if chosen == "reference":
+        return critic_ensemble_reference(state, action, params, negative_slope)
+    device_type = state.device.type
+    if torch.is_autocast_enabled(device_type) and state.dtype == torch.float32:
+        dtype = torch.get_autocast_dtype(device_type)
+        state, action = state.to(dtype), action.to(dtype)
+    return CriticEnsembleFunction.apply(
+        state.contiguous(), action.contiguous(), *(t.contiguous() for t in params),
+        float(negative_slope),
+    )  # fmt: skip
 
 
 class CriticEnsemble(nn.Module):
@@ -317,15 +780,71 @@ def td_target_reduce_reference(
     return q_min, q_mean
 
 
+def _td_reduce_launch(
+    q_next: torch.Tensor, subset_flags: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch ``_td_reduce_kernel``: (min, mean) in q's dtype and the argmin (int32), (N, G, O)."""
+    q_next = q_next.contiguous()
+    n, e, g, o = q_next.shape
+    q_min = torch.empty((n, g, o), dtype=q_next.dtype, device=q_next.device)
+    q_mean = torch.empty_like(q_min)
+    arg = torch.empty((n, g, o), dtype=torch.int32, device=q_next.device)
+    total = n * g * o
+    block = 1024
+    _td_reduce_kernel[(triton.cdiv(total, block),)](
+        q_next, subset_flags, q_min, q_mean, arg, g * o, total, E=e, BLOCK=block, num_warps=4
+    )
+    return q_min, q_mean, arg
+
+
+class TDTargetReduceFunction(torch.autograd.Function):
+    """Fused (subset-min, mean) over the ensemble; backward routes the min's gradient to the
+    chosen critic and spreads the mean's evenly."""
+
+    @staticmethod
+    def forward(ctx, q_next, subset_flags):
+        q_min, q_mean, arg = _td_reduce_launch(q_next, subset_flags)
+        ctx.save_for_backward(arg)
+        ctx.num_critics = q_next.shape[1]
+        ctx.mark_non_differentiable(arg)
+        return q_min, q_mean, arg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_min, d_mean, _d_arg):
+        (arg,) = ctx.saved_tensors
+        e = ctx.num_critics
+        n, g, o = arg.shape
+        if d_mean is None:
+            grad = torch.zeros((n, e, g, o), dtype=d_min.dtype, device=d_min.device)
+        else:
+            grad = (d_mean / e).unsqueeze(1).expand(n, e, g, o).contiguous()
+        if d_min is not None:
+            grad.scatter_add_(1, arg.long().unsqueeze(1), d_min.unsqueeze(1).to(grad.dtype))
+        return grad, None
+
+
 def td_target_reduce(
     q_next: torch.Tensor,
     subset_size: int,
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused TD-target reductions; see :func:`td_target_reduce_reference` for the contract."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError("the Triton td_target_reduce path is not in this commit yet")
-    return td_target_reduce_reference(q_next, subset_size, generator)
+    """``(min over a random subset of subset_size critics, mean over all E)``, each ``(N, G, O)``.
+
+    One pass over ``q_next (N, E, G, O)`` on the Triton path (both reductions fused), the
+    reference otherwise (see :func:`td_target_reduce_reference`; same subset for the same
+    generator state, so both backends agree exactly in fp32 up to summation order of the mean).
+    """
+    _check_q_next(q_next)
+    chosen = resolve_backend(backend, [q_next], "td_target_reduce")
+    if chosen == "reference" or triton is None:
+        if backend == "triton":
+            raise ValueError("td_target_reduce: backend='triton' needs triton installed")
+        return td_target_reduce_reference(q_next, subset_size, generator)
+    e = q_next.shape[1]
+    subset = _draw_subset(e, subset_size, generator).to(q_next.device)
+    flags = torch.zeros(e, dtype=torch.int32, device=q_next.device)
+    flags[subset] = 1
+    q_min, q_mean, _ = TDTargetReduceFunction.apply(q_next, flags)
+    return q_min, q_mean
