@@ -1,0 +1,162 @@
+"""The public trajectory buffer: :class:`TrajectoryBuffer`, backed by the native core.
+
+Semantics (rows layout, cuts, eviction, sampling, relabeling, persistence) are documented in
+:mod:`amago_fast.buffer_reference` and :mod:`amago_fast.relabel`; this class shares validation,
+persistence and interop with the NumPy reference and replaces its storage engine with the C++
+core (``amago_fast._core.TrajectoryStore``): per-env staging of open trajectories, commits and
+evictions under the write side of a reader/writer lock, window gathers (and native hindsight
+relabeling) under the read side on a pool of ``num_threads`` threads, GIL released.
+
+If the extension is missing, importing this module warns once and ``TrajectoryBuffer`` is the
+NumPy engine (same results, slower). ``AMAGO_FAST_CORE_PATH=/path/to/_core*.so`` loads the core
+from that file instead (scripts/sanitize.sh uses it for the ASan/UBSan build).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import warnings
+from types import ModuleType
+
+import numpy as np
+
+from amago_fast import relabel as rl
+from amago_fast.buffer_reference import (
+    ReferenceTrajectoryBuffer,
+    SnapshotError,
+)
+from amago_fast.relabel import RelabelConfig
+from amago_fast.spaces import REWARD, TERMINATED, TRUNCATED
+
+__all__ = ["TrajectoryBuffer", "RelabelConfig", "SnapshotError", "NATIVE_AVAILABLE"]
+
+_CORE_ABI = 2
+
+
+def _load_core() -> ModuleType | None:
+    path = os.environ.get("AMAGO_FAST_CORE_PATH")
+    try:
+        if path:
+            loader = importlib.machinery.ExtensionFileLoader("amago_fast._core", path)
+            spec = importlib.util.spec_from_file_location("amago_fast._core", path, loader=loader)
+            if spec is None:
+                raise ImportError(f"cannot load {path}")
+            mod = importlib.util.module_from_spec(spec)
+            loader.exec_module(mod)
+        else:
+            from amago_fast import _core as mod  # type: ignore[attr-defined]
+    except ImportError as e:
+        warnings.warn(
+            f"amago_fast._core is not available ({e}); TrajectoryBuffer uses the NumPy reference "
+            "engine (slow). Build it with `pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    if getattr(mod, "ABI_VERSION", None) != _CORE_ABI or not hasattr(mod, "TrajectoryStore"):
+        warnings.warn(
+            f"amago_fast._core has ABI {getattr(mod, 'ABI_VERSION', None)}, expected "
+            f"{_CORE_ABI}: rebuild it (`pip install --no-build-isolation -e .`); using the NumPy "
+            "reference engine",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return mod
+
+
+_core = _load_core()
+NATIVE_AVAILABLE = _core is not None
+
+_MODES = {"timesteps": 0, "trajectories": 1}
+
+
+class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
+    """ReferenceTrajectoryBuffer with the storage engine replaced by the C++ core."""
+
+    engine = "native"
+
+    def _store_init(self) -> None:
+        names = [f.name for f in self.fields]
+        g = self.goals
+        goal_cfg = None
+        if g is not None:
+            goal_cfg = (
+                names.index(g.goal_field), names.index(g.achieved_field),
+                names.index(g.active_field), names.index(g.completed_field),
+                g.k, g.goal_dim, g.goal_dtype.char, g.match == "tolerance", float(g.eps),
+                float(np.float32(g.goal_reward)),
+            )
+        self._names = names
+        self._obs_idx = [names.index(n) for n in self._obs_names]
+        self._core = _core.TrajectoryStore(
+            [self._ring[n] for n in names],
+            self.capacity_steps, self.num_envs, self._max_rows, self.seed, self.num_threads,
+            names.index(REWARD), names.index(TERMINATED), names.index(TRUNCATED), goal_cfg,
+        )
+
+    def _store_used_rows(self) -> int:
+        return self._core.used_rows()
+
+    def _store_num_pieces(self) -> int:
+        return self._core.num_pieces()
+
+    def _store_open_lengths(self) -> np.ndarray:
+        return self._core.open_lengths()
+
+    def _store_pieces(self) -> np.ndarray:
+        return self._core.pieces()
+
+    def _store_commit(self, rows: dict, offset: int) -> None:
+        self._core.commit([rows[n] for n in self._names], offset)
+
+    def _store_reset(self, ids: np.ndarray, rows: dict) -> None:
+        self._core.reset(ids, [rows[n] for n in self._obs_names], self._obs_idx)
+
+    def _store_append(self, ids: np.ndarray, rows: dict) -> None:
+        self._core.append(ids, [rows[n] for n in self._names])
+
+    def _store_get_state(self) -> dict:
+        pieces, open_len, open_offset, write_pos, next_id, open_rows = self._core.get_state()
+        return {"pieces": pieces, "open_len": open_len, "open_offset": open_offset,
+                "write_pos": write_pos, "next_id": next_id,
+                "open_rows": dict(zip(self._names, open_rows))}
+
+    def _store_set_state(self, state: dict) -> None:
+        self._core.set_state(
+            np.ascontiguousarray(state["pieces"], dtype=np.int64),
+            np.ascontiguousarray(state["open_len"], dtype=np.int64),
+            np.ascontiguousarray(state["open_offset"], dtype=np.int64),
+            int(state["write_pos"]), int(state["next_id"]),
+            [np.ascontiguousarray(state["open_rows"][n]) for n in self._names],
+        )
+
+    def _store_sample(self, B: int, L: int, mode: str, relabel, out: dict, counter: int) -> None:
+        relabel_cfg = None
+        match_cb = None
+        if relabel is not None:
+            relabel_cfg = (rl.STRATEGY_CODES[relabel.strategy], relabel.probability)
+            if relabel.match_fn is not None:
+                goals, fn = self.goals, relabel.match_fn
+
+                def match_cb(achieved: np.ndarray, instruction: np.ndarray) -> np.ndarray:
+                    return np.ascontiguousarray(
+                        rl.match_matrix(goals, achieved, instruction, fn), dtype=np.bool_
+                    )
+
+        self._core.sample(
+            B, L, _MODES[mode], counter, relabel_cfg, match_cb,
+            [out[n] for n in self._names], out["mask"], out["time_index"],
+            out["trajectory_id"], out["start"],
+        )
+
+
+_Engine: type[ReferenceTrajectoryBuffer] = (
+    _NativeEngineBuffer if NATIVE_AVAILABLE else ReferenceTrajectoryBuffer
+)
+
+
+class TrajectoryBuffer(_Engine):  # type: ignore[valid-type,misc]
+    __doc__ = ReferenceTrajectoryBuffer.__doc__
