@@ -1,0 +1,251 @@
+"""The AMAGO agent: timestep encoder → trajectory encoder → actor and multi-gamma critics.
+
+``Agent`` holds the online networks and implements the ``Policy`` protocol of docs/DESIGN.md
+(``init_state`` / ``reset_state`` / ``act``) with incremental decoding: a ring KV cache per
+Transformer layer (GRU: its hidden state), so a rollout step costs the same at step 10 and step
+10 000. The learning update lives in ``amago_fast.learner``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amago_fast.kernels.critic import CriticEnsemble
+from amago_fast.nets.heads import ActorHead
+from amago_fast.nets.timestep import TimestepEncoder
+from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
+from amago_fast.spaces import EnvSpec
+
+# Multi-gamma set: AMAGO public reference default for both action kinds, plus the main 0.999.
+DEFAULT_GAMMAS = (0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
+
+
+@dataclass
+class AgentConfig:
+    """Architecture of the agent. Defaults and their sources: docs/HYPERPARAMETERS.md."""
+
+    traj_encoder: str = "transformer"
+    """Sequence model: "transformer" (AMAGO), "gru" or "ff" (memory-free) for ablations."""
+    d_model: int = 256
+    """Width of the trajectory encoder and of the state embedding fed to the heads."""
+    num_layers: int = 3
+    """Transformer (or GRU / FF) layers."""
+    num_heads: int = 8
+    """Attention heads (d_model must be divisible by it)."""
+    d_ff: int | None = None
+    """Transformer feed-forward width; None means 4 * d_model."""
+    context_len: int = 128
+    """Attention window C = rollout KV-cache capacity: each step sees itself and C-1 before it."""
+    pos_emb: str = "sinusoidal"
+    """Position embedding on the global time index: "sinusoidal" or "learned"."""
+    max_time_index: int = 10_000
+    """Rows of the learned position table (larger time indices share the last row)."""
+    dropout_emb: float = 0.05
+    """Dropout on the embedded input sequence."""
+    dropout_ff: float = 0.05
+    """Dropout inside and after the Transformer feed-forward block."""
+    dropout_attn_out: float = 0.0
+    """Dropout on the attention block's output."""
+    sigma_reparam: bool = True
+    """σ-reparam (Zhai et al. 2023) Transformer linears."""
+    normformer_norms: bool = True
+    """NormFormer's extra LayerNorms (after attention, inside the FF block)."""
+    tstep_hidden: int = 256
+    """Timestep-encoder MLP width."""
+    tstep_out: int = 128
+    """Timestep embedding width."""
+    tstep_layers: int = 2
+    """Timestep-encoder hidden layers."""
+    normalize_inputs: bool = True
+    """Running mean/std normalisation of vector observations (from valid training rows)."""
+    image_features: int = 128
+    """Embedding width of each image key's CNN."""
+    actor_hidden: int = 256
+    """Actor MLP width."""
+    actor_layers: int = 2
+    """Actor MLP hidden layers."""
+    critic_hidden: int = 256
+    """Critic MLP width (CriticEnsemble hidden size)."""
+    num_critics: int = 4
+    """Critic ensemble size E."""
+    gammas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_GAMMAS)
+    """Discount factors trained in parallel; the last one is the one the policy acts with."""
+    critic_type: str = "scalar"
+    """"scalar" (AMAGO: regression + PopArt) or "twohot" (AMAGO-2: symlog two-hot classes)."""
+    num_bins: int = 64
+    """Classes of the two-hot critic."""
+    twohot_range: float = 10.0
+    """Bins span [-range, range] in symlog space (|value| up to e^range - 1)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field."""
+        def bad(name: str, why: str):
+            raise ValueError(f"AgentConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.traj_encoder not in ("transformer", "gru", "ff"):
+            bad("traj_encoder", "must be 'transformer', 'gru' or 'ff'")
+        for name in ("d_model", "num_layers", "num_heads", "context_len", "max_time_index",
+                     "tstep_hidden", "tstep_out", "image_features", "actor_hidden",
+                     "critic_hidden", "num_critics"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be a positive integer")
+        for name in ("tstep_layers", "actor_layers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                bad(name, "must be a non-negative integer")
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
+            bad("d_ff", "must be None or a positive integer")
+        if self.traj_encoder == "transformer" and self.d_model % self.num_heads:
+            bad("num_heads", f"must divide d_model={self.d_model}")
+        if self.pos_emb not in ("sinusoidal", "learned"):
+            bad("pos_emb", "must be 'sinusoidal' or 'learned'")
+        for name in ("dropout_emb", "dropout_ff", "dropout_attn_out"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                bad(name, "must be in [0, 1)")
+        self.gammas = tuple(float(g) for g in self.gammas)
+        if not self.gammas or not all(0.0 <= g < 1.0 for g in self.gammas):
+            bad("gammas", "needs at least one discount factor, each in [0, 1)")
+        if self.critic_type not in ("scalar", "twohot"):
+            bad("critic_type", "must be 'scalar' or 'twohot'")
+        if not isinstance(self.num_bins, int) or self.num_bins < 3:
+            bad("num_bins", "must be an integer >= 3")
+        if not (self.twohot_range > 0 and np.isfinite(self.twohot_range)):
+            bad("twohot_range", "must be a positive finite number")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class AgentState:
+    """Rollout memory for ``num_envs`` envs: per-layer ring KV caches, a GRU hidden state or
+    nothing (memory-free encoder)."""
+
+    num_envs: int
+    memory: Any
+
+
+class Agent(nn.Module):
+    """Online networks + the ``Policy`` protocol.
+
+    Args:
+        spec: the environment spec (observation keys, action space, goals).
+        config: :class:`AgentConfig`.
+    """
+
+    def __init__(self, spec: EnvSpec, config: AgentConfig | None = None) -> None:
+        super().__init__()
+        config = config or AgentConfig()
+        config.validate()
+        self.spec, self.config = spec, config
+        self.obs_keys = [f.name for f in spec.observation]
+        self.tstep_encoder = TimestepEncoder(
+            spec, config.tstep_hidden, config.tstep_out, config.tstep_layers,
+            config.normalize_inputs, config.image_features,
+        )
+        d_in = config.tstep_out
+        if config.traj_encoder == "transformer":
+            self.traj_encoder: nn.Module = TransformerTrajEncoder(
+                d_in, config.d_model, config.num_layers, config.num_heads,
+                config.d_ff or 4 * config.d_model, config.context_len, config.pos_emb,
+                config.max_time_index, config.dropout_emb, config.dropout_ff,
+                config.dropout_attn_out, config.sigma_reparam, config.normformer_norms,
+            )
+        elif config.traj_encoder == "gru":
+            self.traj_encoder = GRUTrajEncoder(d_in, config.d_model, config.num_layers,
+                                               config.dropout_emb)
+        else:
+            self.traj_encoder = FFTrajEncoder(d_in, config.d_model, config.num_layers,
+                                              config.dropout_ff)
+        self.num_gammas = len(config.gammas)
+        self.register_buffer("gammas", torch.tensor(config.gammas, dtype=torch.float32))
+        self.actor = ActorHead(config.d_model, spec.action, self.num_gammas, config.actor_hidden,
+                               config.actor_layers)
+        out_dim = config.num_bins if config.critic_type == "twohot" else 1
+        self.critics = CriticEnsemble(
+            config.d_model, self.actor.critic_action_dim, num_critics=config.num_critics,
+            num_gammas=self.num_gammas, hidden_dim=config.critic_hidden, out_dim=out_dim,
+        )
+        if config.critic_type == "twohot":
+            bins = torch.linspace(-config.twohot_range, config.twohot_range, config.num_bins)
+        else:
+            bins = torch.zeros(0)
+        self.register_buffer("twohot_bins", bins)
+
+    @property
+    def device(self) -> torch.device:
+        return self.gammas.device
+
+    # ----------------------------------------------------------------------------- training
+    def encode(
+        self, rows: dict[str, torch.Tensor], time_index: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Windows (B, L, …) → state embeddings (B, L, d_model)."""
+        emb = self.tstep_encoder(rows, time_index)
+        return self.traj_encoder(emb, time_index, mask)
+
+    # ------------------------------------------------------------------------------- policy
+    def init_state(self, num_envs: int) -> AgentState:
+        """Empty rollout memory for ``num_envs`` envs."""
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"init_state: num_envs must be a positive integer, got {num_envs!r}")
+        return AgentState(int(num_envs), self.traj_encoder.init_state(int(num_envs), self.device))
+
+    def reset_state(self, state: AgentState, env_ids: np.ndarray) -> AgentState:
+        """Clear the memory of the envs in ``env_ids`` (a new rollout starts there)."""
+        ids = np.asarray(env_ids).reshape(-1)
+        if ids.size == 0:
+            return state
+        if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= state.num_envs:
+            raise ValueError(f"reset_state: env_ids must be integers in [0, {state.num_envs}), "
+                             f"got {ids}")
+        state.memory = self.traj_encoder.reset_state(
+            state.memory, torch.as_tensor(ids, dtype=torch.long, device=self.device))
+        return state
+
+    def _rows_to_tensors(self, rows: dict[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
+        needed = [*self.obs_keys, "action", "reward", "time_index"]
+        missing = [k for k in needed if k not in rows]
+        if missing:
+            raise ValueError(f"act: rows are missing keys {missing}")
+        out = {}
+        field_shapes = {f.name: f.shape for f in self.spec.buffer_fields()}
+        field_shapes["time_index"] = ()
+        for k in needed:
+            arr = np.asarray(rows[k])
+            if arr.shape != (n, *field_shapes[k]):
+                raise ValueError(f"act: rows[{k!r}] has shape {arr.shape}, expected "
+                                 f"{(n, *field_shapes[k])}")
+            out[k] = torch.as_tensor(arr, device=self.device)
+        return out
+
+    @torch.no_grad()
+    def act(self, rows: dict[str, np.ndarray], state: AgentState, sample: bool):
+        """One step for every env: rows (N, …) as in a training row → (actions, state).
+
+        Actions are NumPy: int32 (N,) discrete, int32 (N, k) multi-discrete, float32 (N, d)
+        continuous within the env's bounds; taken from the main (last) gamma's head.
+        """
+        t = self._rows_to_tensors(rows, state.num_envs)
+        time_index = t["time_index"].long()
+        emb = self.tstep_encoder(t, time_index)
+        h, state.memory = self.traj_encoder.step(emb, time_index, state.memory)
+        params = self.actor(h)[:, -1]
+        action = self.actor.act(params, sample)
+        spec = self.spec.action
+        if spec.kind == "continuous":
+            low = torch.tensor(spec.low, device=action.device)
+            high = torch.tensor(spec.high, device=action.device)
+            action = low + (action + 1.0) * 0.5 * (high - low)
+            return action.float().cpu().numpy(), state
+        return action.to(torch.int32).cpu().numpy(), state
