@@ -1,0 +1,226 @@
+"""The `amago-fast` command (also `python -m amago_fast`).
+
+    amago-fast train [--preset NAME] [--run-dir DIR] [--resume RUN_DIR] [--<field> VALUE ...]
+    amago-fast eval RUN_DIR [--episodes N] [--num-envs N] [--device DEV]
+    amago-fast bench [--only NAME,...] [--quick] [--json PATH]
+    amago-fast plot RUN_DIR... [--out DIR] [--metric NAME]
+    amago-fast presets
+
+`amago-fast train` with no arguments trains the default preset (passive T-Maze, a small
+Transformer) on CPU in minutes. Any field of TrainConfig can be overridden with its dotted name:
+`--learner.lr 3e-4`, `--env.num_envs 16`, `--env.kwargs '{"corridor_length": 50}'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_train(sub) -> None:
+    from amago_fast.config import TrainConfig, add_dataclass_arguments
+    from amago_fast.presets import DEFAULT_PRESET, list_presets
+
+    p = sub.add_parser(
+        "train",
+        help="train an agent (default: the T-Maze preset)",
+        description="Train an agent. Any TrainConfig field can be overridden with --<dotted.name>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=list_presets(),
+        help=f"starting config (default {DEFAULT_PRESET}; ignored with --resume)",
+    )
+    p.add_argument("--run-dir", default=None, help="run directory (default: <log_dir>/<run_name>)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR from its newest complete checkpoint "
+        "(its saved config; overrides given here are applied on top)",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as JSON and exit"
+    )
+    add_dataclass_arguments(p, TrainConfig())
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a run's newest checkpoint with greedy episodes")
+    p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
+    p.add_argument("--episodes", type=int, default=32, help="greedy episodes to run")
+    p.add_argument(
+        "--num-envs", type=int, default=None, help="parallel eval envs (default: config)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--seed", type=int, default=12345, help="eval env seed")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="run the benchmarks that exist (buffer, collect, update, attention, critic)"
+    )
+    p.add_argument("--only", default=None, help="comma-separated benchmark names")
+    p.add_argument("--quick", action="store_true", help="smaller cases (smoke run)")
+    p.add_argument("--json", default=None, help="also write the JSON results to this file")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="PNG learning curves comparing runs")
+    p.add_argument("run_dirs", nargs="+", help="run directories")
+    p.add_argument("--out", default=None, help="output directory (default: the first run dir)")
+    p.add_argument(
+        "--metric", default=None, help="eval.csv column to plot (default: return / mean return)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of `amago-fast`."""
+    parser = argparse.ArgumentParser(
+        prog="amago-fast",
+        description="Fast in-context off-policy RL (AMAGO): train, evaluate, benchmark, plot.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_plot(sub)
+    sub.add_parser("presets", help="list the training presets")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from amago_fast.config import (
+        ConfigError,
+        apply_overrides,
+        config_to_dict,
+        load_config,
+        overrides_from_namespace,
+        validate,
+    )
+    from amago_fast.presets import DEFAULT_PRESET, get_preset
+    from amago_fast.trainer import Trainer, TrainingError
+
+    overrides = overrides_from_namespace(args)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.json").is_file():
+                print(
+                    f"amago-fast: {run_dir} has no config.json (not a run directory)",
+                    file=sys.stderr,
+                )
+                return 2
+            cfg = apply_overrides(load_config(run_dir / "config.json"), overrides)
+        else:
+            cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
+            run_dir = Path(args.run_dir) if args.run_dir else None
+        validate(cfg)
+    except ConfigError as e:
+        print(f"amago-fast: invalid config: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        return 0
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+    try:
+        result = trainer.train()
+    except TrainingError as e:
+        print(f"amago-fast: training stopped: {e}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.dist.shutdown()
+    if trainer.dist.is_main:
+        print(json.dumps(result, indent=2, default=float))
+        if result["interrupted"]:
+            print(
+                f"amago-fast: interrupted; checkpoint written. Continue with: "
+                f"amago-fast train --resume {result['run_dir']}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from amago_fast.trainer import evaluate_run
+
+    try:
+        stats = evaluate_run(
+            args.run_dir,
+            episodes=args.episodes,
+            num_envs=args.num_envs,
+            device=args.device,
+            seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"amago-fast: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats, indent=2, default=float))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from amago_fast.bench.suite import run_suite
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    try:
+        results = run_suite(only=only, quick=args.quick, print_table=True)
+    except KeyError as e:
+        print(f"amago-fast: {e.args[0]}", file=sys.stderr)
+        return 2
+    text = json.dumps(results, indent=2, default=float)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from amago_fast.plot import plot_runs
+
+    try:
+        paths = plot_runs(args.run_dirs, out_dir=args.out, metric=args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"amago-fast: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from amago_fast.presets import PRESETS
+
+    for name, overrides in sorted(PRESETS.items()):
+        print(f"{name:15s} env={overrides.get('env.name')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `amago-fast` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["train"]  # the main job: `amago-fast` alone trains the default preset
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "bench": _cmd_bench,
+        "plot": _cmd_plot,
+        "presets": _cmd_presets,
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

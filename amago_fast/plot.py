@@ -1,0 +1,103 @@
+"""Learning-curve PNGs comparing runs (`amago-fast plot RUN_DIR...`).
+
+Reads each run's `eval.csv` (greedy evaluation returns) — or, for runs without evaluations yet,
+the `recent_return` column of `train.csv` — and writes two figures: return vs env steps and
+return vs wall-clock training time. Uses matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from amago_fast.logger import read_csv
+
+__all__ = ["plot_runs", "load_curve"]
+
+# Column names tried, in order, when no --metric is given.
+_EVAL_METRICS = ("return", "mean_return", "episode_return", "return_mean")
+
+
+def load_curve(run_dir: str | os.PathLike, metric: str | None = None) -> tuple[str, dict]:
+    """(metric name, {"env_steps", "wall_time", "value"}) for one run; raises on missing data."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    candidates: list[tuple[Path, tuple[str, ...]]] = []
+    if metric is not None:
+        candidates = [(run_dir / "eval.csv", (metric,)), (run_dir / "train.csv", (metric,))]
+    else:
+        candidates = [
+            (run_dir / "eval.csv", _EVAL_METRICS),
+            (run_dir / "train.csv", ("recent_return",)),
+        ]
+    for path, names in candidates:
+        if not path.is_file():
+            continue
+        cols = read_csv(path)
+        for name in names:
+            if name in cols:
+                keep = [i for i, v in enumerate(cols[name]) if not math.isnan(v)]
+                if not keep:
+                    continue
+                return name, {
+                    "env_steps": [cols["env_steps"][i] for i in keep],
+                    "wall_time": [cols["wall_time"][i] for i in keep],
+                    "value": [cols[name][i] for i in keep],
+                }
+        if metric is None and path.name == "eval.csv":
+            # eval.csv without a known return column: fall back to any "*return*" column.
+            for name, values in cols.items():
+                if "return" in name and any(not math.isnan(v) for v in values):
+                    keep = [i for i, v in enumerate(values) if not math.isnan(v)]
+                    return name, {
+                        "env_steps": [cols["env_steps"][i] for i in keep],
+                        "wall_time": [cols["wall_time"][i] for i in keep],
+                        "value": [values[i] for i in keep],
+                    }
+    wanted = metric or " / ".join(_EVAL_METRICS)
+    raise ValueError(f"{run_dir}: no logged values of {wanted} in eval.csv or train.csv")
+
+
+def plot_runs(
+    run_dirs: list[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    metric: str | None = None,
+) -> list[Path]:
+    """Write `curves_env_steps.png` and `curves_wall_clock.png`; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise ValueError("give at least one run directory")
+    curves = []
+    for rd in run_dirs:
+        name, curve = load_curve(rd, metric)
+        curves.append((Path(rd).name or str(rd), name, curve))
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for x_key, x_label, fname in (
+        ("env_steps", "environment steps", "curves_env_steps.png"),
+        ("wall_time", "wall-clock training time (s)", "curves_wall_clock.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+        for label, name, curve in curves:
+            ax.plot(
+                curve[x_key], curve["value"], marker="o", markersize=3, label=f"{label} ({name})"
+            )
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric or "return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / fname
+        tmp = path.with_name(path.stem + ".tmp.png")
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

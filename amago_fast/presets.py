@@ -1,0 +1,199 @@
+"""Named starting points for `amago-fast train --preset NAME` (command-line overrides win).
+
+| preset | env | notes |
+|---|---|---|
+| tmaze (default) | tmaze-passive, corridor 20 | small Transformer; minutes on a laptop CPU |
+| tmaze-active | tmaze-active, corridor 20 | the cue must be fetched first |
+| key-to-door | key-to-door | meta-RL: several episodes per trial, context kept across them |
+| maze-runner | maze-runner | k sequential goals; hindsight instruction relabeling on |
+| bandit | bandit | k-armed bandit trials (quick meta-RL check) |
+| aib-ballincup, -walker, -cartpole, -hopper | actuator inversion | continuous control |
+| popgym | gym:popgym-RepeatPreviousEasy-v0 | needs `pip install popgym` |
+| envpool, gym | any `envpool:<TaskId>` / `gym:<id>` | give the id with --env.name |
+
+Each preset is a dict of dotted overrides applied to the `TrainConfig` defaults, so
+`amago-fast train --preset NAME --help` shows the resolved values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amago_fast.config import TrainConfig, apply_overrides
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "list_presets"]
+
+# A Transformer small enough for a laptop CPU: 2 layers of width 64.
+_SMALL_MODEL: dict[str, Any] = {
+    "agent.d_model": 64,
+    "agent.num_layers": 2,
+    "agent.num_heads": 4,
+    "agent.tstep_hidden": 64,
+    "agent.tstep_out": 64,
+    "agent.actor_hidden": 64,
+    "agent.critic_hidden": 64,
+}
+
+# Mid-size model for the longer suites (AMAGO's reported sizes are larger; use a GPU for those).
+_MEDIUM_MODEL: dict[str, Any] = {
+    "agent.d_model": 128,
+    "agent.num_layers": 3,
+    "agent.num_heads": 8,
+    "agent.tstep_hidden": 128,
+    "agent.tstep_out": 128,
+    "agent.actor_hidden": 256,
+    "agent.critic_hidden": 256,
+}
+
+
+def _tmaze(active: bool) -> dict[str, Any]:
+    corridor = 20
+    horizon = corridor + (2 if active else 1)
+    return {
+        **_SMALL_MODEL,
+        "env.name": "tmaze-active" if active else "tmaze-passive",
+        "env.kwargs": {"corridor_length": corridor},
+        "env.num_envs": 8,
+        "env.eval_num_envs": 8,
+        "agent.context_len": horizon + 1,
+        "window_len": horizon,
+        "batch_size": 24,
+        "buffer.capacity_steps": 100_000,
+        "total_env_steps": 30_000,
+        "learning_starts": 1_000,
+        "collect_steps_per_iter": horizon,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 5_000,
+        "eval_episodes": 16,
+        "checkpoint_interval": 10_000,
+        "log_interval": 1_000,
+    }
+
+
+def _continuous(env_name: str) -> dict[str, Any]:
+    return {
+        **_MEDIUM_MODEL,
+        "env.name": env_name,
+        "env.num_envs": 16,
+        "agent.context_len": 256,
+        "window_len": 256,
+        "batch_size": 24,
+        "buffer.capacity_steps": 1_000_000,
+        "total_env_steps": 2_000_000,
+        "learning_starts": 10_000,
+        "collect_steps_per_iter": 64,
+        "updates_per_env_step": 0.02,
+        "eval_interval": 50_000,
+        "eval_episodes": 16,
+        "checkpoint_interval": 100_000,
+        "log_interval": 5_000,
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tmaze": _tmaze(active=False),
+    "tmaze-active": _tmaze(active=True),
+    "key-to-door": {
+        **_SMALL_MODEL,
+        "env.name": "key-to-door",
+        "env.num_envs": 8,
+        "agent.context_len": 256,
+        "window_len": 128,
+        "total_env_steps": 300_000,
+        "learning_starts": 5_000,
+        "collect_steps_per_iter": 32,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 25_000,
+        "checkpoint_interval": 50_000,
+        "log_interval": 2_000,
+    },
+    "maze-runner": {
+        **_SMALL_MODEL,
+        "env.name": "maze-runner",
+        "env.num_envs": 8,
+        "agent.context_len": 256,
+        "window_len": 128,
+        "buffer.relabel": "some",
+        "buffer.relabel_prob": 0.8,
+        "total_env_steps": 300_000,
+        "learning_starts": 5_000,
+        "collect_steps_per_iter": 32,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 25_000,
+        "checkpoint_interval": 50_000,
+        "log_interval": 2_000,
+    },
+    "bandit": {
+        **_SMALL_MODEL,
+        "env.name": "bandit",
+        "env.num_envs": 8,
+        "agent.context_len": 128,
+        "window_len": 64,
+        "total_env_steps": 50_000,
+        "learning_starts": 2_000,
+        "collect_steps_per_iter": 16,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 10_000,
+        "checkpoint_interval": 25_000,
+    },
+    "aib-ballincup": _continuous("aib-ballincup"),
+    "aib-walker": _continuous("aib-walker"),
+    "aib-cartpole": _continuous("aib-cartpole"),
+    "aib-hopper": _continuous("aib-hopper"),
+    "popgym": {
+        **_SMALL_MODEL,
+        "env.name": "gym:popgym-RepeatPreviousEasy-v0",
+        "env.num_envs": 8,
+        "agent.context_len": 128,
+        "window_len": 64,
+        "total_env_steps": 500_000,
+        "learning_starts": 5_000,
+        "collect_steps_per_iter": 32,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 50_000,
+        "checkpoint_interval": 100_000,
+        "log_interval": 5_000,
+    },
+    "envpool": {
+        **_MEDIUM_MODEL,
+        "env.name": "envpool:CartPole-v1",
+        "env.num_envs": 16,
+        "agent.context_len": 128,
+        "window_len": 128,
+        "total_env_steps": 500_000,
+        "learning_starts": 5_000,
+        "collect_steps_per_iter": 32,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 50_000,
+        "checkpoint_interval": 100_000,
+        "log_interval": 5_000,
+    },
+    "gym": {
+        **_MEDIUM_MODEL,
+        "env.name": "gym:CartPole-v1",
+        "env.num_envs": 8,
+        "agent.context_len": 128,
+        "window_len": 128,
+        "total_env_steps": 500_000,
+        "learning_starts": 5_000,
+        "collect_steps_per_iter": 32,
+        "updates_per_env_step": 0.03,
+        "eval_interval": 50_000,
+        "checkpoint_interval": 100_000,
+        "log_interval": 5_000,
+    },
+}
+
+DEFAULT_PRESET = "tmaze"
+
+
+def list_presets() -> list[str]:
+    """Preset names."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str = DEFAULT_PRESET) -> TrainConfig:
+    """The TrainConfig of preset `name` (a fresh copy). Unknown names raise KeyError."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+    return apply_overrides(TrainConfig(), PRESETS[name])

@@ -1,0 +1,641 @@
+"""The training loop (CleanRL style: `Trainer.train` reads top to bottom).
+
+    cfg = presets.get("tmaze"); Trainer(cfg, run_dir="runs/demo").train()
+
+One iteration: collect `collect_steps_per_iter` vectorized env steps into the buffer, then run
+as many gradient updates as `updates_per_env_step` says are owed, then log / evaluate /
+checkpoint when their intervals are crossed. With `overlap_collection` a background thread
+collects (with its own copy of the policy, refreshed from the learner after every collection
+call) while the main thread samples and learns; the buffer's thread contract (one appender,
+concurrent samplers) makes that safe, and a condition variable keeps the update/env-step ratio.
+
+A run directory holds config.json, train.csv / eval.csv / collect.csv, tb/ (TensorBoard) and
+checkpoints/ (see amago_fast.checkpoint). `Trainer.resume(run_dir)` continues a run from its
+newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amago_fast import checkpoint as ckpt
+from amago_fast.config import TrainConfig, config_to_dict, load_config, save_config, validate
+from amago_fast.distributed import DistContext, init_distributed, wrap_ddp
+from amago_fast.logger import RunLogger
+
+__all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many updates skipped for non-finite values)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda if available else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """`<log_dir>/<run_name or env-name-timestamp>`."""
+    name = cfg.run_name or (
+        cfg.env.name.replace(":", "_").replace("/", "_") + time.strftime("-%Y%m%d-%H%M%S")
+    )
+    return Path(cfg.log_dir) / name
+
+
+def rng_state() -> dict:
+    """The global RNG states: python, numpy, torch CPU and CUDA."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()` output."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_agent(spec: Any, cfg: TrainConfig, device: torch.device):
+    """The agent for `spec`, built with the model seed shared by every rank."""
+    from amago_fast.agent import Agent
+
+    torch.manual_seed(cfg.seed)
+    return Agent(spec, cfg.agent).to(device)
+
+
+def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=non_blocking)
+        for k, v in batch.items()
+    }
+
+
+def _steps_collected(stats: dict, cfg: TrainConfig) -> int:
+    """Transitions a `collect` call added (its own count when it reports one)."""
+    return int(stats.get("env_steps", cfg.collect_steps_per_iter * cfg.env.num_envs))
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else math.nan
+
+
+class Trainer:
+    """Builds env, buffer, agent, learner and collector from a TrainConfig and trains.
+
+    Args:
+        cfg: the config (validated here, before anything is built).
+        run_dir: where logs and checkpoints go (default: `default_run_dir(cfg)`).
+        resume: continue from the newest complete checkpoint in `run_dir`.
+        dist: the distributed context (default: join torchrun's job when launched by it).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | os.PathLike | None = None,
+        *,
+        resume: bool = False,
+        dist: DistContext | None = None,
+    ) -> None:
+        self.cfg = validate(cfg)
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+        self.resume_requested = resume
+        self.device = resolve_device(cfg.device)
+        self.dist = dist if dist is not None else init_distributed(str(self.device))
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # Counters (per rank; env_steps here counts this rank's transitions).
+        self.env_steps = 0
+        self.updates = 0
+        self.skipped_updates = 0
+        self.train_seconds = 0.0  # wall time spent in train(), summed across resumes
+        self.next_log = 0
+        self.next_eval = 0
+        self.next_checkpoint = 0
+        self.last_eval: dict[str, float] = {}
+        self._stop_signal: int | None = None
+        # Every rank collects the same number of steps (and so makes the same number of updates,
+        # which DDP needs).
+        self.total_per_rank = math.ceil(cfg.total_env_steps / self.dist.world_size)
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, overrides: dict | None = None) -> Trainer:
+        """A Trainer continuing the run in `run_dir` (its saved config, plus `overrides`)."""
+        from amago_fast.config import apply_overrides
+
+        cfg = load_config(Path(run_dir) / "config.json")
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+        return cls(cfg, run_dir, resume=True)
+
+    # ------------------------------------------------------------------------------ build
+    def build(self) -> None:
+        """Create env, eval env, buffer, agent, learner, exploration and collectors."""
+        from amago_fast.buffer import TrajectoryBuffer
+        from amago_fast.collector import Collector
+        from amago_fast.envs import make_env
+        from amago_fast.exploration import make_exploration
+        from amago_fast.learner import Learner
+
+        cfg, rank = self.cfg, self.dist.rank
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        env_seed = cfg.seed + 1000 * rank
+        self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed, **cfg.env.kwargs)
+        self.eval_env = make_env(
+            cfg.env.name, cfg.env.eval_num_envs, seed=env_seed + 500, **cfg.env.kwargs
+        )
+        spec = self.env.spec
+        self.spec = spec
+        if cfg.buffer.relabel != "none" and spec.goals is None:
+            raise ValueError(
+                f"buffer.relabel={cfg.buffer.relabel!r} needs a multi-goal env; "
+                f"{cfg.env.name} has no goals"
+            )
+        self.buffer = TrajectoryBuffer.from_env_spec(
+            spec,
+            cfg.buffer.capacity_steps,
+            cfg.env.num_envs,
+            max_trajectory_len=cfg.buffer.max_trajectory_len,
+            seed=cfg.seed + rank,
+        )
+        self.agent = build_agent(spec, cfg, self.device)
+        seed_everything(cfg.seed + rank)  # collection/sampling randomness differs per rank
+        self.learner = Learner(
+            self.agent, cfg.learner, wrap_module=wrap_ddp(self.dist, self.device)
+        )
+        self.exploration = make_exploration(spec, cfg.env.num_envs, seed=cfg.seed + rank)
+        if cfg.overlap_collection:
+            # The collector thread acts with its own copy so it never reads weights mid-update.
+            self.policy = copy.deepcopy(self.agent)
+        else:
+            self.policy = self.agent
+        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
+        self.eval_collector = Collector(self.eval_env, self.agent, None, None)
+        self.relabel = (
+            None
+            if cfg.buffer.relabel == "none"
+            else {"strategy": cfg.buffer.relabel, "prob": cfg.buffer.relabel_prob}
+        )
+
+    # ------------------------------------------------------------------------- train
+    def train(self) -> dict:
+        """Train until `total_env_steps` (or a stop signal); return the final evaluation stats."""
+        cfg, dist = self.cfg, self.dist
+        # --- run dir, config, components, resume ---------------------------------------
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume_requested and ckpt.latest_checkpoint(self.run_dir) is not None:
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run; use --resume {self.run_dir} "
+                    "to continue it or pick another run_name"
+                )
+            save_config(cfg, self.run_dir / "config.json")
+        dist.barrier()
+        self.build()
+        resumed_from = None
+        if self.resume_requested:
+            resumed_from = self.load_checkpoint()
+        world = dist.world_size
+        total_per_rank = self.total_per_rank
+        self.logger = RunLogger(
+            self.run_dir,
+            tensorboard=cfg.tensorboard,
+            wandb=cfg.wandb,
+            wandb_project=cfg.wandb_project,
+            config=config_to_dict(cfg),
+            resume_env_steps=self.env_steps * world if resumed_from else None,
+            enabled=dist.is_main,
+        )
+        # --- signals: checkpoint and stop at the next iteration boundary ----------------
+        old_handlers = self._install_signal_handlers()
+        progress = None
+        if cfg.progress_bar and dist.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(
+                total=cfg.total_env_steps,
+                initial=self.env_steps * world,
+                unit="step",
+                dynamic_ncols=True,
+            )
+        recent_returns: deque[float] = deque(maxlen=100)
+        recent_success: deque[float] = deque(maxlen=100)
+        window_t0, window_steps, window_updates = time.perf_counter(), 0, 0
+        t_start = time.perf_counter()
+        t_offset = self.train_seconds
+        pending: dict[str, list[float]] = {}
+        thread = _CollectorThread(self) if cfg.overlap_collection else None
+        interrupted = False
+        try:
+            if thread is not None:
+                thread.start()
+            while self.env_steps < total_per_rank:
+                # --- 1. collect --------------------------------------------------------
+                if thread is None:
+                    stats = self.collector.collect(cfg.collect_steps_per_iter)
+                    new_steps = _steps_collected(stats, cfg)
+                    self.env_steps += new_steps
+                else:
+                    stats, new_steps = thread.wait_for_data(self)
+                window_steps += new_steps
+                recent_returns.extend(stats.get("episode_returns", []))
+                recent_success.extend(stats.get("episode_successes", []))
+                # --- 2. learn: as many updates as the ratio says are owed ----------------
+                owed = self._updates_owed()
+                while owed > 0 and len(self.buffer) > 0:
+                    batch = self.buffer.sample_windows(
+                        cfg.batch_size, cfg.window_len, relabel=self.relabel
+                    )
+                    if thread is not None:
+                        with thread.weights_lock:
+                            metrics = self.learner.update(_to_torch(batch, self.device))
+                    else:
+                        metrics = self.learner.update(_to_torch(batch, self.device))
+                    self.updates += 1
+                    window_updates += 1
+                    owed -= 1
+                    if metrics.get("skipped_nonfinite"):
+                        self.skipped_updates += 1
+                        if self.skipped_updates > cfg.max_skipped_updates:
+                            raise TrainingError(
+                                f"{self.skipped_updates} updates were skipped because the loss "
+                                f"or gradients were NaN/inf (max_skipped_updates="
+                                f"{cfg.max_skipped_updates}); last metrics: "
+                                f"{ {k: v for k, v in metrics.items() if isinstance(v, float)} }"
+                            )
+                    for k, v in metrics.items():
+                        pending.setdefault(k, []).append(float(v))
+                if thread is not None:
+                    thread.notify_learner_progress()
+                # --- 3. progress, logs, eval, checkpoint --------------------------------
+                now = time.perf_counter()
+                self.train_seconds = t_offset + (now - t_start)
+                global_steps = self.env_steps * world
+                if progress is not None:
+                    progress.update(global_steps - progress.n)
+                if global_steps >= self.next_log:
+                    dt = max(now - window_t0, 1e-9)
+                    sps = window_steps * world / dt
+                    ups = window_updates / dt
+                    row = {k: _mean(v) for k, v in pending.items()}
+                    row |= {
+                        "env_steps_per_s": sps,
+                        "updates_per_s": ups,
+                        "updates": self.updates,
+                        "skipped_updates": self.skipped_updates,
+                        "buffer_rows": len(self.buffer),
+                        "buffer_fill": len(self.buffer) / cfg.buffer.capacity_steps,
+                        "recent_return": _mean(recent_returns),
+                        "recent_success": _mean(recent_success),
+                    }
+                    self.logger.log("train", row, global_steps, self.train_seconds)
+                    if progress is not None:
+                        progress.set_postfix(
+                            sps=f"{sps:.0f}", ups=f"{ups:.1f}",
+                            ret=f"{_mean(recent_returns):.3f}",
+                        )
+                    pending.clear()
+                    window_t0, window_steps, window_updates = now, 0, 0
+                    while self.next_log <= global_steps:
+                        self.next_log += cfg.log_interval or cfg.total_env_steps
+                if cfg.eval_interval and global_steps >= self.next_eval:
+                    while self.next_eval <= global_steps:
+                        self.next_eval += cfg.eval_interval
+                    self.evaluate_and_log(thread)
+                if cfg.checkpoint_interval and global_steps >= self.next_checkpoint:
+                    while self.next_checkpoint <= global_steps:
+                        self.next_checkpoint += cfg.checkpoint_interval
+                    self.save_checkpoint(thread)
+                if dist.any_true(self._stop_signal is not None):
+                    interrupted = True
+                    break
+            # --- end: final checkpoint and evaluation -----------------------------------
+            if thread is not None:
+                thread.stop()
+            self.save_checkpoint(None)
+            if not interrupted:
+                self.evaluate_and_log(None)
+        finally:
+            if thread is not None:
+                thread.stop()
+            self._restore_signal_handlers(old_handlers)
+            if progress is not None:
+                progress.close()
+            self.logger.close()
+        result = {
+            "env_steps": self.env_steps * world,
+            "updates": self.updates,
+            "skipped_updates": self.skipped_updates,
+            "train_seconds": self.train_seconds,
+            "interrupted": interrupted,
+            "run_dir": str(self.run_dir),
+            "eval": dict(self.last_eval),
+        }
+        return result
+
+    def _updates_owed(self) -> int:
+        cfg = self.cfg
+        if self.env_steps < cfg.learning_starts:
+            return 0
+        target = int((self.env_steps - cfg.learning_starts) * cfg.updates_per_env_step)
+        return max(0, target - self.updates)
+
+    # ------------------------------------------------------------------------- eval
+    def evaluate(self) -> dict[str, float]:
+        """Greedy episodes (no exploration) on the eval envs; returns their statistics."""
+        if self.cfg.eval_episodes == 0:
+            return {}
+        return dict(self.eval_collector.evaluate(self.cfg.eval_episodes))
+
+    def evaluate_and_log(self, thread: _CollectorThread | None) -> dict[str, float]:
+        """Run `evaluate` (pausing the collector thread if any) and log the result."""
+        if thread is not None:
+            with thread.weights_lock:
+                stats = self.evaluate()
+        else:
+            stats = self.evaluate()
+        stats = {k: float(v) for k, v in stats.items() if _is_number(v)}
+        self.last_eval = stats
+        self.logger.log("eval", stats, self.env_steps * self.dist.world_size, self.train_seconds)
+        return stats
+
+    # -------------------------------------------------------------------- checkpoints
+    def _rank_state(self) -> dict:
+        state = {
+            "rng": rng_state(),
+            "counters": {
+                "env_steps": self.env_steps,
+                "updates": self.updates,
+                "skipped_updates": self.skipped_updates,
+                "train_seconds": self.train_seconds,
+                "next_log": self.next_log,
+                "next_eval": self.next_eval,
+                "next_checkpoint": self.next_checkpoint,
+            },
+            "last_eval": self.last_eval,
+        }
+        for name in ("collector", "env", "eval_env", "exploration", "eval_collector"):
+            obj = getattr(self, name)
+            if hasattr(obj, "state_dict"):
+                state[name] = obj.state_dict()
+        return state
+
+    def save_checkpoint(self, thread: _CollectorThread | None) -> Path | None:
+        """Write a full checkpoint (every rank its own part; rank 0 commits)."""
+        if thread is not None:
+            thread.pause()
+        try:
+            step = self.env_steps * self.dist.world_size
+            dist = self.dist
+            tmp = ckpt.begin_checkpoint(self.run_dir, step) if dist.is_main else None
+            dist.barrier()
+            if tmp is None:
+                tmp = ckpt.begin_checkpoint(self.run_dir, step, clean=False)
+            rank_dir = tmp / f"rank{dist.rank}"
+            rank_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(self._rank_state(), rank_dir / "state.pt")
+            self.buffer.save(rank_dir / "buffer")
+            if dist.is_main:
+                torch.save(
+                    {"learner": self.learner.state_dict(), "world_size": dist.world_size},
+                    tmp / "learner.pt",
+                )
+            dist.barrier()
+            final = ckpt.commit_checkpoint(self.run_dir, tmp, step) if dist.is_main else None
+            dist.barrier()
+            return final
+        finally:
+            if thread is not None:
+                thread.resume()
+
+    def load_checkpoint(self) -> Path | None:
+        """Restore everything from the run's newest complete checkpoint (None if it has none)."""
+        from amago_fast.buffer import TrajectoryBuffer
+
+        path = ckpt.latest_checkpoint(self.run_dir)
+        path = self.dist.broadcast_object(str(path) if path is not None else None)
+        if path is None:
+            return None
+        path = Path(path)
+        shared = torch.load(path / "learner.pt", map_location=self.device, weights_only=False)
+        if shared["world_size"] != self.dist.world_size:
+            raise ckpt.CheckpointError(
+                f"{path} was written by {shared['world_size']} ranks; this job has "
+                f"{self.dist.world_size} (resume with the same --nproc_per_node)"
+            )
+        rank_dir = path / f"rank{self.dist.rank}"
+        state = torch.load(rank_dir / "state.pt", map_location="cpu", weights_only=False)
+        self.learner.load_state_dict(shared["learner"])
+        if self.policy is not self.agent:
+            self.policy.load_state_dict(self.agent.state_dict())
+        self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
+        self.collector.buffer = self.buffer
+        for name in ("collector", "env", "eval_env", "exploration", "eval_collector"):
+            obj = getattr(self, name)
+            if name in state and hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(state[name])
+        c = state["counters"]
+        self.env_steps = c["env_steps"]
+        self.updates = c["updates"]
+        self.skipped_updates = c["skipped_updates"]
+        self.train_seconds = c["train_seconds"]
+        self.next_log, self.next_eval = c["next_log"], c["next_eval"]
+        self.next_checkpoint = c["next_checkpoint"]
+        self.last_eval = state["last_eval"]
+        set_rng_state(state["rng"])
+        return path
+
+    # ------------------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now, no checkpoint
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old: dict) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+class _CollectorThread:
+    """Collects in the background while the main thread learns, keeping the update ratio.
+
+    The thread runs `collector.collect` in chunks. After each chunk it copies the learner's
+    latest weights into its policy copy (under `weights_lock`, which the learner holds during an
+    update). It stops collecting when it is more than `slack` env steps ahead of what the
+    learner has consumed (so the ratio holds however fast either side is).
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        self.weights_lock = threading.Lock()
+        self.cv = threading.Condition()
+        self.stats: list[dict] = []
+        self.new_steps = 0
+        self.stopping = False
+        self.paused = False
+        self.busy = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="amago-collector", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _ahead(self) -> bool:
+        t, cfg = self.t, self.t.cfg
+        if cfg.updates_per_env_step <= 0 or t.env_steps < cfg.learning_starts:
+            return False
+        slack = 2 * cfg.collect_steps_per_iter * cfg.env.num_envs
+        return t._updates_owed() * 1.0 > slack * cfg.updates_per_env_step + 1
+
+    def _run(self) -> None:
+        t, cfg = self.t, self.t.cfg
+        try:
+            while True:
+                with self.cv:
+                    while not self.stopping and (self.paused or self._ahead()):
+                        self.cv.wait(0.05)
+                    if self.stopping or t.env_steps >= t.total_per_rank:
+                        return
+                    self.busy = True
+                stats = t.collector.collect(cfg.collect_steps_per_iter)
+                n = _steps_collected(stats, cfg)
+                with self.weights_lock:
+                    t.policy.load_state_dict(t.agent.state_dict())
+                with self.cv:
+                    self.busy = False
+                    t.env_steps += n
+                    self.new_steps += n
+                    self.stats.append(stats)
+                    self.cv.notify_all()
+        except BaseException as e:  # surfaced in the main thread
+            with self.cv:
+                self.error = e
+                self.busy = False
+                self.cv.notify_all()
+
+    def wait_for_data(self, trainer: Trainer) -> tuple[dict, int]:
+        """Block until the thread has collected something (or learning is owed); merge stats."""
+        with self.cv:
+            while (
+                self.error is None
+                and self.new_steps == 0
+                and trainer._updates_owed() == 0
+                and trainer.env_steps < trainer.total_per_rank
+            ):
+                self.cv.wait(0.05)
+            if self.error is not None:
+                raise RuntimeError("the collector thread failed") from self.error
+            stats_list, self.stats = self.stats, []
+            n, self.new_steps = self.new_steps, 0
+        merged: dict[str, Any] = {"episode_returns": [], "episode_successes": []}
+        for s in stats_list:
+            merged["episode_returns"].extend(s.get("episode_returns", []))
+            merged["episode_successes"].extend(s.get("episode_successes", []))
+        return merged, n
+
+    def notify_learner_progress(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def pause(self) -> None:
+        """Stop collecting after the current chunk and wait for it to finish."""
+        with self.cv:
+            self.paused = True
+            while self.busy:
+                self.cv.wait(0.05)
+
+    def resume(self) -> None:
+        with self.cv:
+            self.paused = False
+            self.cv.notify_all()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join()
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    episodes: int = 32,
+    num_envs: int | None = None,
+    device: str = "cpu",
+    seed: int = 12345,
+) -> dict[str, float]:
+    """Load a run's newest checkpoint and run `episodes` greedy episodes; return their stats."""
+    from amago_fast.collector import Collector
+    from amago_fast.envs import make_env
+    from amago_fast.learner import Learner
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory)")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
+    cfg = load_config(run_dir / "config.json")
+    dev = resolve_device(device)
+    env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **cfg.env.kwargs)
+    try:
+        agent = build_agent(env.spec, cfg, dev)
+        learner = Learner(agent, cfg.learner)
+        shared = torch.load(path / "learner.pt", map_location=dev, weights_only=False)
+        learner.load_state_dict(shared["learner"])
+        stats = Collector(env, agent, None, None).evaluate(episodes)
+    finally:
+        env.close()
+    out = {k: float(v) for k, v in dict(stats).items() if _is_number(v)}
+    out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])
+    return out

@@ -1,0 +1,161 @@
+"""Config tree: dataclass→argparse mapping, overrides, validation naming the field, JSON I/O."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from amago_fast.config import (
+    BufferConfig,
+    ConfigError,
+    EnvConfig,
+    TrainConfig,
+    add_dataclass_arguments,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    field_docs,
+    load_config,
+    overrides_from_namespace,
+    save_config,
+    validate,
+)
+
+
+@dataclass
+class _Inner:
+    """Inner."""
+
+    lr: float = 1e-3
+    """Learning rate."""
+    steps: int = 10
+    """Steps."""
+    name: str | None = None
+    """Optional name."""
+    sizes: tuple[int, ...] = (1, 2)
+    """Sizes."""
+    flag: bool = False
+    """A flag."""
+
+
+@dataclass
+class _Outer:
+    """Outer."""
+
+    inner: _Inner = field(default_factory=_Inner)
+    """The inner block."""
+    kwargs: dict = field(default_factory=dict)
+    """Free-form kwargs."""
+
+
+def _parse(cfg, argv):
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, cfg)
+    return apply_overrides(cfg, overrides_from_namespace(p.parse_args(argv))), p
+
+
+def test_field_docs_come_from_attribute_docstrings():
+    docs = field_docs(_Inner)
+    assert docs["lr"] == "Learning rate."
+    assert docs["flag"] == "A flag."
+    assert field_docs(EnvConfig)["num_envs"].startswith("Parallel environments")
+    # every TrainConfig-owned field is documented
+    for cls in (TrainConfig, EnvConfig, BufferConfig):
+        from dataclasses import fields
+
+        missing = [f.name for f in fields(cls) if not field_docs(cls).get(f.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_argparse_mapping_parses_by_type_and_keeps_the_original():
+    base = _Outer()
+    cfg, parser = _parse(
+        base,
+        ["--inner.lr", "3e-4", "--inner.steps", "1e3", "--inner.name", "none",
+         "--inner.sizes", "[4, 5]", "--inner.flag", "true", "--kwargs", '{"a": 1}'],
+    )
+    assert cfg.inner.lr == pytest.approx(3e-4)
+    assert cfg.inner.steps == 1000 and isinstance(cfg.inner.steps, int)
+    assert cfg.inner.name is None
+    assert cfg.inner.sizes == (4, 5)
+    assert cfg.inner.flag is True
+    assert cfg.kwargs == {"a": 1}
+    assert base.inner.lr == 1e-3 and base.kwargs == {}  # original untouched
+    help_text = parser.format_help()
+    assert "--inner.lr" in help_text and "Learning rate." in help_text
+
+
+def test_untyped_options_keep_defaults():
+    cfg, _ = _parse(_Outer(), [])
+    assert cfg == _Outer()
+
+
+@pytest.mark.parametrize(
+    "overrides, field_name",
+    [
+        ({"inner.steps": "1.5"}, "inner.steps"),
+        ({"inner.flag": "maybe"}, "inner.flag"),
+        ({"inner.nope": "1"}, "inner.nope"),
+        ({"kwargs": "{not json"}, "kwargs"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides, field_name):
+    base = _Outer()
+    with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
+        apply_overrides(base, overrides)
+    assert base == _Outer()
+
+
+def test_train_config_json_round_trip(tmp_path):
+    cfg = apply_overrides(
+        TrainConfig(), {"batch_size": "7", "env.kwargs": '{"x": 2}'}
+    )
+    cfg.agent.gammas = (0.9, 0.99)
+    save_config(cfg, tmp_path / "config.json")
+    back = load_config(tmp_path / "config.json")
+    assert config_to_dict(back) == config_to_dict(cfg)
+    assert back.agent.gammas == (0.9, 0.99)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["bogus"] = 1
+    with pytest.raises(ConfigError, match="bogus"):
+        config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "overrides, field_name",
+    [
+        ({"env.num_envs": 0}, "env.num_envs"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"window_len": 100, "buffer.capacity_steps": 50}, "buffer.capacity_steps"),
+        ({"buffer.relabel": "sometimes"}, "buffer.relabel"),
+        ({"buffer.relabel_prob": 1.5}, "buffer.relabel_prob"),
+        ({"updates_per_env_step": float("nan")}, "updates_per_env_step"),
+        ({"device": "tpu"}, "device"),
+        ({"total_env_steps": "many"}, "total_env_steps"),
+        ({"agent.d_model": 0}, "agent.d_model"),
+        ({"agent.num_heads": 3}, "agent.num_heads"),
+    ],
+)
+def test_validate_names_the_bad_field(overrides, field_name):
+    cfg = TrainConfig()
+    for k, v in overrides.items():
+        obj = cfg
+        *path, last = k.split(".")
+        for p in path:
+            obj = getattr(obj, p)
+        setattr(obj, last, v)
+    with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_presets_are_valid():
+    from amago_fast.presets import get_preset, list_presets
+
+    assert "tmaze" in list_presets()
+    for name in list_presets():
+        validate(get_preset(name))
+    with pytest.raises(KeyError, match="unknown preset"):
+        get_preset("nope")
