@@ -1,0 +1,214 @@
+"""Ring-buffer KV cache decode: Triton (interpreted on CPU) and reference vs full-sequence
+windowed causal attention over rollouts longer than the cache, with envs reset at different
+times; ring bookkeeping; bad input leaves the cache unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amago_fast.kernels import _utils
+from amago_fast.kernels.attention import causal_attention, causal_attention_reference
+from amago_fast.kernels.decode import RingKVCache, decode_attention, decode_attention_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_OK = _utils.INTERPRET or torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(not TRITON_OK, reason="needs TRITON_INTERPRET=1 or a GPU")
+
+
+def rollout(N, C, H, D, T, resets, dtype, backend, device=DEVICE, seed=0):
+    """Drive a cache through T steps. ``resets[n]`` = steps at which env n resets before its
+    append. Returns (decode outputs (N, T, H, D), per-step segment starts, q, k, v)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(N, T, H, D, generator=gen).to(device, dtype) for _ in range(3))
+    cache = RingKVCache(N, C, H, D, dtype=dtype, device=device)
+    seg_start = np.zeros(N, dtype=np.int64)
+    starts = np.zeros((N, T), dtype=np.int64)
+    outs = []
+    for t in range(T):
+        ids = [n for n, ts in resets.items() if t in ts]
+        if ids:
+            cache.reset(np.array(ids))
+            seg_start[ids] = t
+        starts[:, t] = seg_start
+        cache.append(k[:, t], v[:, t])
+        outs.append(decode_attention(q[:, t], cache, backend=backend))
+    return torch.stack(outs, 1), starts, q, k, v
+
+
+def full_sequence_outputs(q, k, v, starts, C, backend):
+    """For each env and step t: causal_attention(window=C) over the env's current segment
+    [start, t], last position."""
+    N, T = starts.shape
+    out = torch.empty_like(q)
+    for n in range(N):
+        t = 0
+        while t < T:  # one full-sequence call per segment; its every position is one decode step
+            s = int(starts[n, t])
+            e = t
+            while e + 1 < T and starts[n, e + 1] == s:
+                e += 1
+            seg = slice(s, e + 1)
+            full = causal_attention(q[n : n + 1, seg], k[n : n + 1, seg], v[n : n + 1, seg],
+                                    window=C, backend=backend)[0]
+            out[n, t : e + 1] = full[t - s :]
+            t = e + 1
+    return out
+
+
+RESETS = {1: [5], 2: [3, 17], 3: [11, 12]}  # env 0 never resets; env 3 resets twice in a row
+
+
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("triton", marks=needs_triton)]
+)
+@pytest.mark.parametrize("D", [32, 64])
+def test_decode_matches_full_sequence_fp32(backend, D):
+    N, C, H, T = 4, 8, 2, 26  # rollout > 3x the cache capacity
+    outs, starts, q, k, v = rollout(N, C, H, D, T, RESETS, torch.float32, backend)
+    full = full_sequence_outputs(q, k, v, starts, C, "reference")
+    torch.testing.assert_close(outs, full, atol=2e-6, rtol=1e-5)
+    if backend == "triton":  # and vs the training kernel itself
+        full_triton = full_sequence_outputs(q, k, v, starts, C, "triton")
+        torch.testing.assert_close(outs, full_triton, atol=2e-6, rtol=1e-5)
+
+
+@needs_triton
+def test_decode_fp16_tolerance_rule():
+    N, C, H, D, T = 3, 20, 1, 32, 45  # capacity not a multiple of the split tile
+    resets = {0: [30], 2: [7]}
+    outs, starts, q, k, v = rollout(N, C, H, D, T, resets, torch.float16, "triton", seed=1)
+    ref16, *_ = rollout(N, C, H, D, T, resets, torch.float16, "reference", seed=1)
+    oracle = full_sequence_outputs(q.float(), k.float(), v.float(), starts, C, "reference").double()
+    err_kernel = (outs.double() - oracle).abs().max().item()
+    err_torch = (ref16.double() - oracle).abs().max().item()
+    assert err_kernel <= 2 * err_torch + 2e-3, (err_kernel, err_torch)
+
+
+@needs_triton
+def test_decode_large_capacity_split_path_and_determinism():
+    """Capacity spanning several split chunks; partially filled and wrapped caches."""
+    N, C, H, D = 2, 40, 2, 32
+    gen = torch.Generator().manual_seed(3)
+    cache = RingKVCache(N, C, H, D, device=DEVICE)
+    for _ in range(50):
+        cache.append(*(torch.randn(N, H, D, generator=gen).to(DEVICE) for _ in range(2)))
+        if int(cache.counts[1]) == 23:
+            cache.reset([1])
+    q = torch.randn(N, H, D, generator=gen).to(DEVICE)
+    a = decode_attention(q, cache, backend="triton")
+    b = decode_attention(q, cache, backend="triton")
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, decode_attention_reference(q, cache), atol=2e-6, rtol=1e-5)
+
+
+def test_ring_bookkeeping_no_shift():
+    N, C, H, D = 2, 4, 1, 16
+    cache = RingKVCache(N, C, H, D)
+    for t in range(C + 3):
+        step = torch.full((N, H, D), float(t))
+        cache.append(step, -step)
+    assert cache.counts.tolist() == [C + 3, C + 3]
+    assert cache.lengths().tolist() == [C, C]
+    # Step t lives in slot t % C: steps 4, 5, 6 overwrote slots 0, 1, 2; slot 3 still holds 3.
+    assert cache.k[0, :, 0, 0].tolist() == [4.0, 5.0, 6.0, 3.0]
+    assert cache.v[1, :, 0, 0].tolist() == [-4.0, -5.0, -6.0, -3.0]
+    cache.reset(np.array([1]))
+    assert cache.counts.tolist() == [C + 3, 0]
+    assert (cache.k[1] == 0).all() and (cache.k[0] != 0).any()
+    cache.append(torch.ones(N, H, D), torch.ones(N, H, D))
+    assert cache.counts.tolist() == [C + 4, 1]
+    assert cache.k[1, 0, 0, 0] == 1 and cache.k[0, (C + 3) % C, 0, 0] == 1
+    cache.reset(torch.tensor([True, False]))  # bool masks accepted too
+    assert cache.counts.tolist() == [0, 1]
+    cache.reset([])  # no-op
+    cache.reset_all()
+    assert cache.counts.tolist() == [0, 0] and (cache.k == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_empty_cache_gives_zeros(backend):
+    cache = RingKVCache(3, 8, 2, 32, device=DEVICE)
+    cache.append(torch.ones(3, 2, 32, device=DEVICE), torch.ones(3, 2, 32, device=DEVICE))
+    cache.reset([0, 2])
+    out = decode_attention(torch.randn(3, 2, 32, device=DEVICE), cache, backend=backend)
+    assert (out[0] == 0).all() and (out[2] == 0).all()
+    torch.testing.assert_close(out[1], torch.ones(2, 32, device=DEVICE))
+
+
+def snapshot(cache):
+    return cache.k.clone(), cache.v.clone(), cache.counts.clone()
+
+
+def assert_unchanged(cache, snap):
+    k, v, c = snap
+    assert torch.equal(cache.k, k) and torch.equal(cache.v, v) and torch.equal(cache.counts, c)
+
+
+def test_bad_inputs_raise_and_leave_cache_unchanged():
+    N, C, H, D = 3, 5, 2, 32
+    cache = RingKVCache(N, C, H, D)
+    for _ in range(7):
+        cache.append(torch.randn(N, H, D), torch.randn(N, H, D))
+    snap = snapshot(cache)
+    good = torch.randn(N, H, D)
+    with pytest.raises(ValueError, match="shape"):
+        cache.append(torch.randn(N, H, D + 1), good)
+    with pytest.raises(ValueError, match="shape"):
+        cache.append(good, torch.randn(N - 1, H, D))
+    with pytest.raises(ValueError, match="dtype"):
+        cache.append(good.half(), good.half())
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        cache.reset([0, 3])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        cache.reset(np.array([-1]))
+    with pytest.raises(ValueError, match="integers"):
+        cache.reset(np.array([0.5]))
+    with pytest.raises(ValueError, match="bool env mask"):
+        cache.reset(np.array([True, False]))
+    with pytest.raises(ValueError, match="shape"):
+        decode_attention(torch.randn(N, H + 1, D), cache)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention(good.half(), cache)
+    with pytest.raises(ValueError, match="backend"):
+        decode_attention(good, cache, backend="fast")
+    with pytest.raises(TypeError, match="RingKVCache"):
+        decode_attention(good, "cache")
+    assert_unchanged(cache, snap)
+    for bad in (dict(num_envs=0), dict(capacity=-1), dict(head_dim=2.0), dict(num_heads=True)):
+        kwargs = dict(num_envs=1, capacity=2, num_heads=1, head_dim=16) | bad
+        with pytest.raises(ValueError):
+            RingKVCache(**kwargs)
+    with pytest.raises(ValueError, match="dtype"):
+        RingKVCache(1, 2, 1, 16, dtype=torch.float64)
+
+
+def test_reference_decode_equals_windowed_reference_attention_long_context():
+    """Reference path only (fast on CPU): a long rollout with a large cache."""
+    N, C, H, D, T = 2, 64, 2, 16, 150
+    outs, starts, q, k, v = rollout(N, C, H, D, T, {1: [70]}, torch.float32, "reference",
+                                    device="cpu")
+    full = torch.stack(
+        [causal_attention_reference(q[n : n + 1], k[n : n + 1], v[n : n + 1], window=C)[0]
+         for n in range(N)]
+    )
+    torch.testing.assert_close(outs[0], full[0], atol=2e-6, rtol=1e-5)  # env 0 never reset
+    seg = slice(70, T)
+    full1 = causal_attention_reference(q[1:2, seg], k[1:2, seg], v[1:2, seg], window=C)[0]
+    torch.testing.assert_close(outs[1, seg], full1, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_decode_matches_full(dtype):
+    N, C, H, D, T = 16, 300, 4, 64, 700
+    resets = {n: [50 * n + 13] for n in range(0, N, 3)}
+    outs, starts, q, k, v = rollout(N, C, H, D, T, resets, dtype, "triton", device="cuda")
+    ref, *_ = rollout(N, C, H, D, T, resets, dtype, "reference", device="cuda")
+    oracle = full_sequence_outputs(q.float(), k.float(), v.float(), starts, C, "reference").double()
+    err_kernel = (outs.double() - oracle).abs().max().item()
+    err_torch = (ref.double() - oracle).abs().max().item()
+    atol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert err_kernel <= 2 * err_torch + atol
