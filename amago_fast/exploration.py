@@ -1,0 +1,166 @@
+"""Exploration applied by the collector on top of the policy's actions (training only).
+
+- :class:`EpsilonGreedy` (discrete / multi-discrete): with probability eps_i an env's action is
+  replaced by a uniform random one. eps anneals linearly from `eps_start` to `eps_end` over
+  `anneal_steps` env steps; as in AMAGO each env i has its own multiplier u_i ~ U(0, 1), redrawn
+  at each of its rollout starts, so eps_i = eps(t) * u_i and some envs explore much more than
+  others (``randomize=False`` gives every env u_i = 1).
+- :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
+  policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
+  same per-env multiplier scheme.
+
+Both are seeded, count env steps through :meth:`advance`, and save/restore with
+``state_dict()`` / ``load_state_dict()``. Evaluation simply does not call them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from amago_fast.spaces import ActionSpec
+
+
+class _Annealed:
+    kind = "annealed"
+
+    def __init__(
+        self, num_envs: int, start: float, end: float, anneal_steps: int, randomize: bool, seed: int
+    ) -> None:
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if not (0.0 <= end and 0.0 <= start):
+            raise ValueError(f"exploration start/end must be >= 0, got {start}, {end}")
+        if anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be >= 0, got {anneal_steps}")
+        self.num_envs = int(num_envs)
+        self.start, self.end, self.anneal_steps = float(start), float(end), int(anneal_steps)
+        self.randomize = bool(randomize)
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+        self.scale = self._draw_scale(self.num_envs)
+
+    def _draw_scale(self, n: int) -> np.ndarray:
+        if self.randomize:
+            return self.rng.random(n)
+        return np.ones(n)
+
+    def current(self) -> float:
+        """The annealed value before the per-env multiplier."""
+        if self.anneal_steps == 0:
+            return self.end
+        frac = min(1.0, self.steps / self.anneal_steps)
+        return self.start + (self.end - self.start) * frac
+
+    def per_env(self, env_ids: np.ndarray | None = None) -> np.ndarray:
+        s = self.scale if env_ids is None else self.scale[env_ids]
+        return self.current() * s
+
+    def advance(self, env_steps: int) -> None:
+        """Count `env_steps` environment steps toward the annealing schedule."""
+        self.steps += int(env_steps)
+
+    def reset_envs(self, env_ids: np.ndarray) -> None:
+        """New rollouts in `env_ids`: redraw their multipliers."""
+        ids = np.asarray(env_ids)
+        if ids.size:
+            self.scale[ids] = self._draw_scale(ids.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "steps": self.steps,
+            "scale": self.scale.copy(),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"state is for {state.get('kind')!r} exploration, not {self.kind!r}")
+        scale = np.asarray(state["scale"], dtype=np.float64)
+        if scale.shape != (self.num_envs,):
+            raise ValueError(f"state scale has shape {scale.shape}, expected ({self.num_envs},)")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.steps, self.scale, self.rng = int(state["steps"]), scale.copy(), rng
+
+
+class EpsilonGreedy(_Annealed):
+    """Per-env ε-greedy with an annealed ε and a per-env random multiplier (discrete actions)."""
+
+    kind = "epsilon_greedy"
+
+    def __init__(
+        self,
+        action: ActionSpec,
+        num_envs: int,
+        eps_start: float = 1.0,
+        eps_end: float = 0.05,
+        anneal_steps: int = 1_000_000,
+        randomize: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not action.is_discrete:
+            raise ValueError("EpsilonGreedy needs a discrete or multi-discrete action space")
+        if not (0.0 <= eps_end <= 1.0 and 0.0 <= eps_start <= 1.0):
+            raise ValueError(f"eps must be in [0, 1], got start={eps_start}, end={eps_end}")
+        self.action = action
+        super().__init__(num_envs, eps_start, eps_end, anneal_steps, randomize, seed)
+
+    def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
+        """Actions (n, ...) of the envs `env_ids` (all if None) with ε-greedy replacement."""
+        actions = np.asarray(actions)
+        n = actions.shape[0]
+        eps = self.per_env(env_ids)
+        if eps.shape[0] != n:
+            raise ValueError(f"{n} actions for {eps.shape[0]} envs")
+        replace = self.rng.random(n) < eps
+        if self.action.kind == "discrete":
+            rand = self.rng.integers(0, self.action.n, size=n, dtype=np.int32)
+            return np.where(replace, rand, actions).astype(np.int32)
+        nvec = np.asarray(self.action.nvec)
+        rand = (self.rng.random((n, nvec.size)) * nvec).astype(np.int32)
+        return np.where(replace[:, None], rand, actions).astype(np.int32)
+
+
+class GaussianNoise(_Annealed):
+    """Annealed Gaussian noise, per-env std multiplier, clipped to bounds (continuous actions)."""
+
+    kind = "gaussian"
+
+    def __init__(
+        self,
+        action: ActionSpec,
+        num_envs: int,
+        std_start: float = 0.5,
+        std_end: float = 0.05,
+        anneal_steps: int = 1_000_000,
+        randomize: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if action.kind != "continuous":
+            raise ValueError("GaussianNoise needs a continuous action space")
+        self.action = action
+        self.low = np.asarray(action.low, np.float32)
+        self.high = np.asarray(action.high, np.float32)
+        self.half_range = (self.high - self.low) / 2
+        super().__init__(num_envs, std_start, std_end, anneal_steps, randomize, seed)
+
+    def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
+        actions = np.asarray(actions, dtype=np.float32)
+        n = actions.shape[0]
+        std = self.per_env(env_ids)
+        if std.shape[0] != n:
+            raise ValueError(f"{n} actions for {std.shape[0]} envs")
+        noise = self.rng.standard_normal(actions.shape).astype(np.float32)
+        noisy = actions + noise * (std[:, None].astype(np.float32) * self.half_range)
+        return np.clip(noisy, self.low, self.high).astype(np.float32)
+
+
+def make_exploration(action: ActionSpec, num_envs: int, seed: int = 0, **kwargs: Any):
+    """EpsilonGreedy for discrete actions, GaussianNoise for continuous ones."""
+    if action.is_discrete:
+        return EpsilonGreedy(action, num_envs, seed=seed, **kwargs)
+    return GaussianNoise(action, num_envs, seed=seed, **kwargs)
