@@ -579,6 +579,11 @@ def _attn_fwd(q, k, v, valid_mask, window, scale):
         raise ValueError(
             f"causal_attention: the Triton kernel supports head dims {SUPPORTED_HEAD_DIMS}, got {D}"
         )
+    # Kernel offsets are int32: refuse inputs whose element offsets would overflow.
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.numel() >= 2**31 or max(t.stride(i) * (t.shape[i] - 1) for i in range(4)) >= 2**31:
+            raise ValueError(f"causal_attention: {name} too large for the Triton kernel (>= 2**31 "
+                             "elements); split the batch")
     out = torch.empty_like(q)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     has_window, w, dtype_key, precision = _kernel_flags(q, window, L)

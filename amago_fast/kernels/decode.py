@@ -173,15 +173,18 @@ def decode_attention_reference(
     Computes in fp32 and returns ``q.dtype``. An env with an empty cache gets zeros.
     """
     scale = _check_decode(q, cache, softmax_scale)
-    qf = q.float()
-    scores = torch.einsum("nhd,nchd->nhc", qf, cache.k.float()) * scale
+    # Batched matmuls over (N, H) on transposed views: ~1.5x faster on CPU than the einsum
+    # formulation (N=24, C=2048, H=4, D=32), which copies the cache into (N, H, C, D) first.
+    kt = cache.k.float().transpose(1, 2)  # (N, H, C, D)
+    vt = cache.v.float().transpose(1, 2)
+    scores = torch.matmul(kt, q.float()[..., None]).squeeze(-1) * scale  # (N, H, C)
     filled = torch.arange(cache.capacity, device=q.device)[None, :] < cache.lengths()[:, None]
     scores = scores.masked_fill(~filled[:, None, :], float("-inf"))
     has_any = filled.any(dim=1)
     # Empty caches would give an all -inf row (NaN softmax): give them a zero row, zero output.
     scores = torch.where(has_any[:, None, None], scores, torch.zeros_like(scores))
     probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("nhc,nchd->nhd", probs, cache.v.float())
+    out = torch.matmul(probs[:, :, None, :], vt).squeeze(2)  # (N, H, D)
     out = out * has_any[:, None, None].to(out.dtype)
     return out.to(q.dtype)
 
