@@ -138,7 +138,6 @@ class _Rollouts:
         self.time_index = np.zeros(n, np.int64)
         self.pending_reset = np.ones(n, np.bool_)
         self.ep_return = np.zeros(n, np.float64)
-        self.ep_length = np.zeros(n, np.int64)
         self.batch_ids: np.ndarray | None = None  # async: the envs whose rows are current
         self.pstate = policy.init_state(n)
         self.started = False
@@ -211,10 +210,12 @@ class _Rollouts:
         # Non-finite values: decide before anything reaches the buffer.
         bad = None
         for k in self.float_obs:
-            if not np.isfinite(obs[k]).all():
+            # sum is one reduction; it is finite iff every element is (barring overflow,
+            # which the exact check below then rules in or out).
+            if not np.isfinite(obs[k].sum()) and not np.isfinite(obs[k]).all():
                 bad_k = ~np.isfinite(obs[k]).reshape(m, -1).all(axis=1)
                 bad = bad_k if bad is None else bad | bad_k
-        if not np.isfinite(reward).all():
+        if not np.isfinite(reward.sum()) and not np.isfinite(reward).all():
             bad_r = ~np.isfinite(reward)
             bad = bad_r if bad is None else bad | bad_r
         if bad is not None:
@@ -230,81 +231,131 @@ class _Rollouts:
             reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
             if log is not None:
                 log.nonfinite += int(bad.sum())
-        all_sync = not self.env.is_async
-        new = self.pending_reset[out_ids] if not all_sync else self.pending_reset
-        any_new = bool(new.any())
-        stored = 0
-        if any_new:
-            cont = ~new
-            r_ids = out_ids[new]
-            first_rows = {k: obs[k][new] for k in self.obs_names}
+        if self.env.is_async:
+            return self._absorb_subset(obs, reward, term, trunc, info, out_ids, actions, log)
+        return self._absorb_all(obs, reward, term, trunc, info, actions, log)
+
+    def _absorb_all(self, obs, reward, term, trunc, info, actions, log) -> int:
+        """Sync envs: masked whole-array updates (no per-env indexing on the common path)."""
+        new = self.pending_reset
+        new_ids = np.nonzero(new)[0]
+        n_new = new_ids.size
+        if actions is None:  # the reset observation of every env
+            cont_ids = new_ids[:0]
+        elif n_new:
+            cont_ids = np.nonzero(~new)[0]
+        else:
+            cont_ids = None  # all envs continue
+        if self.buffer is not None:
+            if n_new:
+                self.buffer.reset_envs({k: obs[k][new_ids] for k in self.obs_names}, new_ids)
+            if cont_ids is None:
+                rows = dict(obs)
+                rows[ACTION] = actions
+                rows[REWARD] = reward
+                rows[TERMINATED] = term
+                rows[TRUNCATED] = trunc
+                self.buffer.append_step(rows, None)
+            elif cont_ids.size:
+                rows = {k: obs[k][cont_ids] for k in self.obs_names}
+                rows[ACTION] = actions[cont_ids]
+                rows[REWARD] = reward[cont_ids]
+                rows[TERMINATED] = term[cont_ids]
+                rows[TRUNCATED] = trunc[cont_ids]
+                self.buffer.append_step(rows, cont_ids)
+        # Whole-array bookkeeping: a new rollout's row is its first observation with zero
+        # previous action/reward and time_index 0; a continuing one takes this step's values.
+        self.rows = {k: np.array(obs[k], copy=True) for k in self.obs_names}
+        if actions is None:
+            self.prev_action[:] = 0
+            self.prev_reward[:] = 0.0
+            self.time_index[:] = 0
+            self.ep_return[:] = 0.0
+            self.pending_reset[:] = False
+        else:
+            if n_new:
+                keep = ~new
+                act_mask = keep.reshape(-1, *([1] * (actions.ndim - 1)))
+                self.prev_action = np.where(act_mask, actions, 0).astype(self.prev_action.dtype)
+                self.prev_reward = np.where(keep, reward, np.float32(0.0)).astype(np.float32)
+                self.time_index = np.where(keep, self.time_index + 1, 0)
+                self.ep_return = np.where(keep, self.ep_return + reward, 0.0)
+            else:
+                self.prev_action = np.array(actions, dtype=self.prev_action.dtype, copy=True)
+                self.prev_reward = np.array(reward, dtype=np.float32, copy=True)
+                self.time_index += 1
+                self.ep_return += reward
+        if n_new:
+            self.pstate = self.policy.reset_state(self.pstate, new_ids)
+            if self.exploration is not None:
+                self.exploration.reset_envs(new_ids)
+        if actions is None:
+            return 0
+        done = term | trunc  # False for envs that were just reset (next-step rule)
+        self.pending_reset = done
+        if log is not None and done.any():
+            d_ids = np.nonzero(done)[0]
+            self._log_done(log, d_ids, d_ids, info)
+        return self.n - n_new
+
+    def _log_done(self, log, d_ids, d_pos, info) -> None:
+        """Record finished rollouts of envs `d_ids` (at positions `d_pos` of this step's batch)."""
+        log.returns.extend(self.ep_return[d_ids].tolist())
+        log.lengths.extend(self.time_index[d_ids].tolist())  # transitions in the rollout
+        succ = info.get("success")
+        if succ is not None:
+            log.successes.extend(np.asarray(succ)[d_pos].astype(np.float64).tolist())
+        ep_ret = info.get("episode_returns")
+        if ep_ret is not None:
+            log.trial_episode_returns.append(np.asarray(ep_ret)[d_pos])
+
+    def _absorb_subset(self, obs, reward, term, trunc, info, out_ids, actions, log) -> int:
+        """Async envs: the batch holds the envs `out_ids` only."""
+        new = self.pending_reset[out_ids]
+        new_pos = np.nonzero(new)[0]
+        r_ids = out_ids[new_pos]
+        if r_ids.size:
+            first_rows = {k: obs[k][new_pos] for k in self.obs_names}
             if self.buffer is not None:
                 self.buffer.reset_envs(first_rows, r_ids)
             self.prev_action[r_ids] = 0
             self.prev_reward[r_ids] = 0.0
             self.time_index[r_ids] = 0
             self.ep_return[r_ids] = 0.0
-            self.ep_length[r_ids] = 0
             self.pending_reset[r_ids] = False
             for k in self.obs_names:
                 self.rows[k][r_ids] = first_rows[k]
             self.pstate = self.policy.reset_state(self.pstate, r_ids)
             if self.exploration is not None:
                 self.exploration.reset_envs(r_ids)
-            if actions is None or not cont.any():
-                return 0
-            c_ids = out_ids[cont]
-            c_obs = {k: obs[k][cont] for k in self.obs_names}
-            c_act, c_rew, c_term, c_trunc = actions[cont], reward[cont], term[cont], trunc[cont]
-            c_sel = cont
-        else:
-            if actions is None:
-                return 0
-            c_ids, c_obs, c_act, c_rew, c_term, c_trunc = out_ids, obs, actions, reward, term, trunc
-            c_sel = None
+        if actions is None:
+            return 0
+        c_pos = np.nonzero(~new)[0]
+        if c_pos.size == 0:
+            return 0
+        c_ids = out_ids[c_pos]
+        c_obs = {k: obs[k][c_pos] for k in self.obs_names}
+        c_act, c_rew = actions[c_pos], reward[c_pos]
+        c_term, c_trunc = term[c_pos], trunc[c_pos]
         if self.buffer is not None:
             rows = dict(c_obs)
             rows[ACTION] = c_act
             rows[REWARD] = c_rew
             rows[TERMINATED] = c_term
             rows[TRUNCATED] = c_trunc
-            self.buffer.append_step(rows, None if (all_sync and c_sel is None) else c_ids)
-        stored = len(c_ids)
-        if all_sync and c_sel is None:
-            # Fast path: every env continued its rollout; swap arrays in without fancy indexing.
-            self.rows = {k: np.array(c_obs[k], copy=True) for k in self.obs_names}
-            self.prev_action = np.array(c_act, dtype=self.prev_action.dtype, copy=True)
-            self.prev_reward = c_rew.astype(np.float32, copy=True)
-            self.time_index += 1
-            self.ep_return += c_rew
-            self.ep_length += 1
-        else:
-            for k in self.obs_names:
-                self.rows[k][c_ids] = c_obs[k]
-            self.prev_action[c_ids] = c_act
-            self.prev_reward[c_ids] = c_rew
-            self.time_index[c_ids] += 1
-            self.ep_return[c_ids] += c_rew
-            self.ep_length[c_ids] += 1
+            self.buffer.append_step(rows, c_ids)
+        for k in self.obs_names:
+            self.rows[k][c_ids] = c_obs[k]
+        self.prev_action[c_ids] = c_act
+        self.prev_reward[c_ids] = c_rew
+        self.time_index[c_ids] += 1
+        self.ep_return[c_ids] += c_rew
         done = c_term | c_trunc
         if done.any():
-            d_ids = c_ids[done]
-            self.pending_reset[d_ids] = True
+            self.pending_reset[c_ids[done]] = True
             if log is not None:
-                log.returns.extend(self.ep_return[d_ids].tolist())
-                log.lengths.extend(self.ep_length[d_ids].tolist())
-                succ = info.get("success")
-                if succ is not None:
-                    s = np.asarray(succ)
-                    s = s if c_sel is None else s[c_sel]
-                    log.successes.extend(s[done].astype(np.float64).tolist())
-                ep_ret = info.get("episode_returns")
-                if ep_ret is not None:
-                    er = np.asarray(ep_ret)
-                    er = er if c_sel is None else er[c_sel]
-                    log.trial_episode_returns.append(er[done])
-        return stored
-
+                self._log_done(log, c_ids[done], c_pos[done], info)
+        return int(c_ids.size)
     # -------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -314,7 +365,6 @@ class _Rollouts:
             "time_index": self.time_index.copy(),
             "pending_reset": self.pending_reset.copy(),
             "ep_return": self.ep_return.copy(),
-            "ep_length": self.ep_length.copy(),
             "batch_ids": None if self.batch_ids is None else self.batch_ids.copy(),
             "policy_state": copy.deepcopy(self.pstate),
             "started": self.started,
@@ -332,7 +382,6 @@ class _Rollouts:
         self.time_index = sd["time_index"].copy()
         self.pending_reset = sd["pending_reset"].copy()
         self.ep_return = sd["ep_return"].copy()
-        self.ep_length = sd["ep_length"].copy()
         self.batch_ids = None if sd["batch_ids"] is None else sd["batch_ids"].copy()
         self.pstate = copy.deepcopy(sd["policy_state"])
         self.started = bool(sd["started"])

@@ -69,30 +69,40 @@ def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env
     Raises ValueError (naming the env, the expected and the received shape) on a bad shape,
     a non-finite continuous action or an out-of-range discrete action.
     """
-    arr = np.asarray(actions)
-    field = action.field
-    expected = (n, *field.shape)
+    arr = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
+    kind = action.kind
+    if kind == "discrete":
+        expected: tuple[int, ...] = (n,)
+    elif kind == "multidiscrete":
+        expected = (n, len(action.nvec))
+    else:
+        expected = (n, *action.shape)
     if arr.shape != expected:
         raise ValueError(
             f"{env_name}: actions have shape {arr.shape}, expected {expected} "
-            f"({action.kind} action space)"
+            f"({kind} action space)"
         )
-    if action.kind == "continuous":
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+    if kind == "continuous":
+        if arr.dtype.kind not in "fiu":
             raise ValueError(f"{env_name}: continuous actions must be numeric, got {arr.dtype}")
         arr = arr.astype(np.float32, copy=False)
-        if not np.isfinite(arr).all():
+        if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
             raise ValueError(f"{env_name}: continuous actions contain NaN/inf")
         return arr
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        if np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)):
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
             pass  # integral floats are accepted (e.g. from a policy returning float tensors)
         else:
             raise ValueError(f"{env_name}: discrete actions must be integers, got {arr.dtype}")
     arr = arr.astype(np.int32, copy=False)
-    upper = action.n if action.kind == "discrete" else np.asarray(action.nvec, dtype=np.int64)
-    if arr.size and ((arr < 0).any() or (arr >= upper).any()):
-        raise ValueError(f"{env_name}: discrete actions out of range [0, {upper}): {arr}")
+    if arr.size == 0:
+        return arr
+    if kind == "discrete":
+        # One reduction: negative int32 values become huge as uint32.
+        if arr.view(np.uint32).max() >= action.n:
+            raise ValueError(f"{env_name}: discrete actions out of range [0, {action.n}): {arr}")
+    elif (arr.view(np.uint32) >= np.asarray(action.nvec, np.uint32)).any():
+        raise ValueError(f"{env_name}: discrete actions out of range [0, {action.nvec}): {arr}")
     return arr
 
 
