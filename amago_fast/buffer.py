@@ -92,10 +92,25 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
         self._names = names
         self._obs_idx = [names.index(n) for n in self._obs_names]
         self._core = _core.TrajectoryStore(
-            [self._ring[n] for n in names],
-            self.capacity_steps, self.num_envs, self._max_rows, self.seed, self.num_threads,
-            names.index(REWARD), names.index(TERMINATED), names.index(TRUNCATED), goal_cfg,
+            names, [self._ring[n] for n in names], self.capacity_steps, self.num_envs,
+            self._max_rows, self.seed, self.num_threads, names.index(REWARD),
+            names.index(TERMINATED), names.index(TRUNCATED), self._obs_idx,
+            self.allow_nonfinite_rewards, goal_cfg,
         )
+
+    # The adapter validates rows (dtype, shape, env ids, finite rewards, goal_active range) in
+    # C++ before anything changes, so the hot path skips the Python checks.
+    def reset_envs(self, rows, env_ids=None) -> None:
+        with self._lock:
+            self._core.reset(rows, env_ids)
+
+    def append_step(self, rows, env_ids=None) -> None:
+        with self._lock:
+            self._total_steps_added += self._core.append(rows, env_ids)
+
+    def _check_out(self, out, B: int, L: int) -> None:
+        if not isinstance(out, dict):
+            raise TypeError("out must be a dict of NumPy arrays (see allocate_batch)")
 
     def _store_used_rows(self) -> int:
         return self._core.used_rows()
@@ -111,12 +126,6 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
 
     def _store_commit(self, rows: dict, offset: int) -> None:
         self._core.commit([rows[n] for n in self._names], offset)
-
-    def _store_reset(self, ids: np.ndarray, rows: dict) -> None:
-        self._core.reset(ids, [rows[n] for n in self._obs_names], self._obs_idx)
-
-    def _store_append(self, ids: np.ndarray, rows: dict) -> None:
-        self._core.append(ids, [rows[n] for n in self._names])
 
     def _store_get_state(self) -> dict:
         pieces, open_len, open_offset, write_pos, next_id, open_rows = self._core.get_state()
@@ -146,11 +155,7 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
                         rl.match_matrix(goals, achieved, instruction, fn), dtype=np.bool_
                     )
 
-        self._core.sample(
-            B, L, _MODES[mode], counter, relabel_cfg, match_cb,
-            [out[n] for n in self._names], out["mask"], out["time_index"],
-            out["trajectory_id"], out["start"],
-        )
+        self._core.sample(B, L, _MODES[mode], counter, relabel_cfg, match_cb, out)
 
 
 _Engine: type[ReferenceTrajectoryBuffer] = (

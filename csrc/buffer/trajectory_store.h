@@ -1,0 +1,506 @@
+// TrajectoryStore: the native engine of amago_fast.TrajectoryBuffer. Pure C++17, no Python.
+//
+// Storage is one preallocated ring per field (memory owned by the caller), `capacity` rows.
+// Committed trajectory pieces are contiguous modulo the capacity and evicted oldest first.
+// Open trajectories live in per-env staging and are copied into the ring when they end or
+// reach `max_rows` rows (a cut keeps the boundary row on both sides).
+//
+// Concurrency: one collector thread calls Reset/Append/Commit while any number of threads call
+// Sample. Commits and evictions take `ring_mu_` exclusively; gathers hold it shared for the
+// whole gather, so a window never mixes rows of different commits (no torn or overwritten rows).
+// Staging is guarded by `staging_mu_` (taken before `ring_mu_`), so GetState sees a consistent
+// picture while the collector appends.
+#ifndef AMAGO_FAST_BUFFER_TRAJECTORY_STORE_H_
+#define AMAGO_FAST_BUFFER_TRAJECTORY_STORE_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "buffer/goals.h"
+#include "buffer/rng.h"
+#include "buffer/thread_pool.h"
+
+namespace amago {
+
+struct FieldBuffer {
+  uint8_t* ring = nullptr;  // capacity * row_bytes, owned by the caller
+  size_t row_bytes = 0;
+};
+
+struct Piece {
+  int64_t id = 0, pos = 0, rows = 0, offset = 0;
+  int64_t cum_end = 0;  // transitions in all pieces up to and including this one
+};
+
+struct SampleOutputs {
+  std::vector<uint8_t*> fields;  // (B, L+1, row_bytes) each
+  uint8_t* mask = nullptr;       // (B, L+1) bool
+  int64_t* time_index = nullptr;  // (B, L+1)
+  int64_t* trajectory_id = nullptr;  // (B,)
+  int64_t* start = nullptr;          // (B,)
+};
+
+struct StoreState {
+  std::vector<Piece> pieces;  // cum_end is recomputed on restore
+  std::vector<int64_t> open_len, open_offset;
+  int64_t write_pos = 0, next_id = 0;
+  std::vector<std::vector<uint8_t>> open_rows;  // per field: open rows of every env, env order
+};
+
+enum class SampleMode : int { kTimesteps = 0, kTrajectories = 1 };
+
+class TrajectoryStore {
+ public:
+  TrajectoryStore(std::vector<FieldBuffer> fields, int64_t capacity, int num_envs,
+                  int64_t max_rows, uint64_t seed, int num_threads, int reward_field,
+                  int terminated_field, int truncated_field, std::optional<GoalConfig> goals)
+      : fields_(std::move(fields)),
+        capacity_(capacity),
+        num_envs_(num_envs),
+        max_rows_(max_rows),
+        seed_(seed),
+        reward_field_(reward_field),
+        terminated_field_(terminated_field),
+        truncated_field_(truncated_field),
+        goals_(std::move(goals)),
+        pool_(std::max(1, num_threads)) {
+    if (capacity_ < 2) throw std::invalid_argument("capacity must be >= 2 rows");
+    if (max_rows_ < 2 || max_rows_ > capacity_) {
+      throw std::invalid_argument("max_rows must be in [2, capacity]");
+    }
+    if (num_envs_ < 1) throw std::invalid_argument("num_envs must be >= 1");
+    const int nf = static_cast<int>(fields_.size());
+    for (int f : {reward_field_, terminated_field_, truncated_field_}) {
+      if (f < 0 || f >= nf) throw std::invalid_argument("flag field index out of range");
+    }
+    if (goals_) {
+      for (int f : {goals_->goal_field, goals_->achieved_field, goals_->active_field,
+                    goals_->completed_field}) {
+        if (f < 0 || f >= nf) throw std::invalid_argument("goal field index out of range");
+      }
+      const size_t es = GoalDTypeSize(goals_->dtype);
+      if (fields_[goals_->goal_field].row_bytes != es * goals_->k * goals_->dim ||
+          fields_[goals_->achieved_field].row_bytes != es * goals_->dim ||
+          fields_[goals_->active_field].row_bytes != 4 ||
+          fields_[goals_->completed_field].row_bytes != static_cast<size_t>(goals_->k)) {
+        throw std::invalid_argument("goal field sizes do not match the goal config");
+      }
+    }
+    staging_.resize(num_envs_);
+    for (auto& env : staging_) env.resize(fields_.size());
+    open_len_.assign(num_envs_, 0);
+    open_offset_.assign(num_envs_, 0);
+    stage_cap_.assign(num_envs_, 0);
+  }
+
+  int num_fields() const { return static_cast<int>(fields_.size()); }
+  int num_envs() const { return num_envs_; }
+  int num_threads() const { return pool_.size(); }
+
+  int64_t used_rows() const {
+    std::shared_lock<std::shared_mutex> lock(ring_mu_);
+    return used_;
+  }
+  int64_t num_pieces() const {
+    std::shared_lock<std::shared_mutex> lock(ring_mu_);
+    return static_cast<int64_t>(pieces_.size());
+  }
+  std::vector<Piece> pieces() const {
+    std::shared_lock<std::shared_mutex> lock(ring_mu_);
+    return {pieces_.begin(), pieces_.end()};
+  }
+  std::vector<int64_t> open_lengths() const {
+    std::lock_guard<std::mutex> lock(staging_mu_);
+    return open_len_;
+  }
+
+  // Opens trajectories for `env_ids` with row 0 = the given fields (others zero). rows[j] holds
+  // n rows of field field_ids[j]. An open trajectory with >= 1 transition is committed first.
+  void Reset(const int64_t* env_ids, int64_t n, const std::vector<const uint8_t*>& rows,
+             const std::vector<int>& field_ids) {
+    CheckEnvIds(env_ids, n);
+    std::lock_guard<std::mutex> lock(staging_mu_);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = env_ids[i];
+      if (open_len_[e] >= 2) CommitOpen(e);
+      EnsureStage(e, 1);
+      for (size_t f = 0; f < fields_.size(); ++f) {
+        std::memset(staging_[e][f].data(), 0, fields_[f].row_bytes);
+      }
+      for (size_t j = 0; j < field_ids.size(); ++j) {
+        const size_t rb = fields_[field_ids[j]].row_bytes;
+        std::memcpy(staging_[e][field_ids[j]].data(), rows[j] + i * rb, rb);
+      }
+      open_len_[e] = 1;
+      open_offset_[e] = 0;
+    }
+  }
+
+  // Appends one full row per env (rows[f] holds n rows of field f). Commits an env's trajectory
+  // when its row is terminated or truncated, cuts it at max_rows rows. Throws (and changes
+  // nothing) if an env has no open trajectory.
+  void Append(const int64_t* env_ids, int64_t n, const std::vector<const uint8_t*>& rows) {
+    CheckEnvIds(env_ids, n);
+    if (rows.size() != fields_.size()) throw std::invalid_argument("append: wrong field count");
+    std::lock_guard<std::mutex> lock(staging_mu_);
+    for (int64_t i = 0; i < n; ++i) {
+      if (open_len_[env_ids[i]] == 0) {
+        throw std::invalid_argument("append_step: env " + std::to_string(env_ids[i]) +
+                                    " has no open trajectory (call reset_envs)");
+      }
+    }
+    const uint8_t* term = rows[terminated_field_];
+    const uint8_t* trunc = rows[truncated_field_];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = env_ids[i];
+      const int64_t t = open_len_[e];
+      EnsureStage(e, t + 1);
+      for (size_t f = 0; f < fields_.size(); ++f) {
+        const size_t rb = fields_[f].row_bytes;
+        std::memcpy(staging_[e][f].data() + t * rb, rows[f] + i * rb, rb);
+      }
+      open_len_[e] = t + 1;
+      if (term[i] || trunc[i]) {
+        CommitOpen(e);
+        open_len_[e] = 0;
+      } else if (t + 1 == max_rows_) {
+        CommitOpen(e);
+        for (size_t f = 0; f < fields_.size(); ++f) {
+          const size_t rb = fields_[f].row_bytes;
+          std::memmove(staging_[e][f].data(), staging_[e][f].data() + t * rb, rb);
+        }
+        open_len_[e] = 1;
+        open_offset_[e] += t;
+      }
+    }
+  }
+
+  // Commits n (2 <= n <= max_rows) contiguous rows per field as one piece.
+  void Commit(const std::vector<const uint8_t*>& rows, int64_t n, int64_t offset) {
+    if (rows.size() != fields_.size()) throw std::invalid_argument("commit: wrong field count");
+    if (n < 2 || n > max_rows_) throw std::invalid_argument("commit: piece length out of range");
+    std::unique_lock<std::shared_mutex> lock(ring_mu_);
+    CommitLocked(rows, n, offset);
+  }
+
+  // Gathers B windows of L steps (L+1 rows) into `out`. `relabel` null = stored rows.
+  // `match` non-null = user predicate (runs on the calling thread only).
+  void Sample(int64_t B, int64_t L, SampleMode mode, uint64_t counter,
+              const RelabelParams* relabel, const MatchMatrixFn* match,
+              const SampleOutputs& out) const {
+    if (B < 1 || L < 1) throw std::invalid_argument("batch size and length must be >= 1");
+    if (L + 1 > capacity_) throw std::invalid_argument("window longer than the capacity");
+    if (out.fields.size() != fields_.size()) throw std::invalid_argument("wrong output count");
+    if (relabel && !goals_) throw std::invalid_argument("relabel needs a goal config");
+    std::shared_lock<std::shared_mutex> lock(ring_mu_);
+    if (pieces_.empty()) {
+      throw std::invalid_argument("sample_windows: no committed trajectory yet");
+    }
+    auto one = [&](int64_t b) { GatherWindow(b, L, mode, counter, relabel, match, out); };
+    // Below ~64 KiB per call thread hand-off costs more than it saves.
+    int64_t bytes = 0;
+    for (const auto& f : fields_) bytes += static_cast<int64_t>(f.row_bytes);
+    bytes *= B * (L + 1);
+    if (match != nullptr || bytes < (64 << 10)) {
+      for (int64_t b = 0; b < B; ++b) one(b);
+    } else {
+      pool_.ParallelFor(B, one);
+    }
+  }
+
+  StoreState GetState() const {
+    std::lock_guard<std::mutex> slock(staging_mu_);
+    std::shared_lock<std::shared_mutex> lock(ring_mu_);
+    StoreState s;
+    s.pieces.assign(pieces_.begin(), pieces_.end());
+    s.open_len = open_len_;
+    s.open_offset = open_offset_;
+    s.write_pos = write_pos_;
+    s.next_id = next_id_;
+    s.open_rows.resize(fields_.size());
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      const size_t rb = fields_[f].row_bytes;
+      for (int e = 0; e < num_envs_; ++e) {
+        const uint8_t* p = staging_[e][f].data();
+        s.open_rows[f].insert(s.open_rows[f].end(), p, p + open_len_[e] * rb);
+      }
+    }
+    return s;
+  }
+
+  // Replaces all bookkeeping (the ring's contents belong to the caller). The caller validated
+  // the state (amago_fast.buffer_reference._check_state); the sizes are re-checked here.
+  void SetState(const StoreState& s) {
+    if (static_cast<int>(s.open_len.size()) != num_envs_ ||
+        static_cast<int>(s.open_offset.size()) != num_envs_ ||
+        s.open_rows.size() != fields_.size()) {
+      throw std::invalid_argument("set_state: wrong number of envs or fields");
+    }
+    int64_t total_open = 0, used = 0;
+    for (int64_t v : s.open_len) {
+      if (v < 0 || v > max_rows_) throw std::invalid_argument("set_state: bad open length");
+      total_open += v;
+    }
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      if (s.open_rows[f].size() != static_cast<size_t>(total_open) * fields_[f].row_bytes) {
+        throw std::invalid_argument("set_state: open rows have the wrong size");
+      }
+    }
+    for (const Piece& p : s.pieces) {
+      if (p.rows < 2 || p.rows > max_rows_ || p.pos < 0 || p.pos >= capacity_) {
+        throw std::invalid_argument("set_state: bad piece");
+      }
+      used += p.rows;
+    }
+    if (used > capacity_ || s.write_pos < 0 || s.write_pos >= capacity_) {
+      throw std::invalid_argument("set_state: pieces exceed the capacity");
+    }
+    std::lock_guard<std::mutex> slock(staging_mu_);
+    std::unique_lock<std::shared_mutex> lock(ring_mu_);
+    pieces_.clear();
+    int64_t cum = 0;
+    for (Piece p : s.pieces) {
+      cum += p.rows - 1;
+      p.cum_end = cum;
+      pieces_.push_back(p);
+    }
+    used_ = used;
+    write_pos_ = s.write_pos;
+    next_id_ = s.next_id;
+    std::vector<int64_t> at(fields_.size(), 0);
+    for (int e = 0; e < num_envs_; ++e) {
+      open_len_[e] = s.open_len[e];
+      open_offset_[e] = s.open_offset[e];
+      if (s.open_len[e] == 0) continue;
+      EnsureStage(e, s.open_len[e]);
+      for (size_t f = 0; f < fields_.size(); ++f) {
+        const size_t bytes = s.open_len[e] * fields_[f].row_bytes;
+        std::memcpy(staging_[e][f].data(), s.open_rows[f].data() + at[f], bytes);
+        at[f] += static_cast<int64_t>(bytes);
+      }
+    }
+  }
+
+ private:
+  void CheckEnvIds(const int64_t* ids, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) {
+      if (ids[i] < 0 || ids[i] >= num_envs_) {
+        throw std::out_of_range("env id " + std::to_string(ids[i]) + " out of range [0, " +
+                                std::to_string(num_envs_) + ")");
+      }
+    }
+  }
+
+  // Staging grows by doubling up to max_rows (preallocating max_rows for every env could be
+  // num_envs * capacity rows).
+  void EnsureStage(int64_t e, int64_t rows) {
+    if (stage_cap_[e] >= rows) return;
+    const int64_t cap = std::min(max_rows_, std::max({rows, int64_t{16}, 2 * stage_cap_[e]}));
+    for (size_t f = 0; f < fields_.size(); ++f) staging_[e][f].resize(cap * fields_[f].row_bytes);
+    stage_cap_[e] = cap;
+  }
+
+  void CommitOpen(int64_t e) {
+    std::vector<const uint8_t*> rows(fields_.size());
+    for (size_t f = 0; f < fields_.size(); ++f) rows[f] = staging_[e][f].data();
+    std::unique_lock<std::shared_mutex> lock(ring_mu_);
+    CommitLocked(rows, open_len_[e], open_offset_[e]);
+  }
+
+  void CommitLocked(const std::vector<const uint8_t*>& rows, int64_t n, int64_t offset) {
+    while (used_ + n > capacity_) {
+      used_ -= pieces_.front().rows;
+      pieces_.pop_front();
+    }
+    const int64_t first = std::min(n, capacity_ - write_pos_);
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      const size_t rb = fields_[f].row_bytes;
+      std::memcpy(fields_[f].ring + write_pos_ * rb, rows[f], first * rb);
+      if (first < n) std::memcpy(fields_[f].ring, rows[f] + first * rb, (n - first) * rb);
+    }
+    Piece p;
+    p.id = next_id_++;
+    p.pos = write_pos_;
+    p.rows = n;
+    p.offset = offset;
+    p.cum_end = (pieces_.empty() ? 0 : pieces_.back().cum_end) + n - 1;
+    pieces_.push_back(p);
+    used_ += n;
+    write_pos_ = (write_pos_ + n) % capacity_;
+  }
+
+  const uint8_t* RingRow(int f, int64_t pos, int64_t t) const {
+    return fields_[f].ring + ((pos + t) % capacity_) * fields_[f].row_bytes;
+  }
+
+  void GatherWindow(int64_t b, int64_t L, SampleMode mode, uint64_t counter,
+                    const RelabelParams* relabel, const MatchMatrixFn* match,
+                    const SampleOutputs& out) const {
+    const uint64_t w = static_cast<uint64_t>(b);
+    size_t idx;
+    const uint64_t x0 = Draw(seed_, counter, w, kDrawTrajectory);
+    if (mode == SampleMode::kTimesteps) {
+      const Piece& front = pieces_.front();
+      const int64_t base = front.cum_end - (front.rows - 1);
+      const int64_t total = pieces_.back().cum_end - base;
+      const int64_t target = base + static_cast<int64_t>(UniformInt(x0, total));
+      auto it = std::upper_bound(pieces_.begin(), pieces_.end(), target,
+                                 [](int64_t v, const Piece& p) { return v < p.cum_end; });
+      idx = static_cast<size_t>(it - pieces_.begin());
+    } else {
+      idx = static_cast<size_t>(UniformInt(x0, pieces_.size()));
+    }
+    const Piece& p = pieces_[idx];
+    const int64_t T = p.rows - 1;
+    const int64_t s = static_cast<int64_t>(
+        UniformInt(Draw(seed_, counter, w, kDrawStart), std::max<int64_t>(T - L, 0) + 1));
+    const int64_t valid = std::min(L, T - s) + 1;
+    const int64_t R = L + 1;
+    // Rows [pos+s, pos+s+valid) modulo capacity: at most two contiguous runs.
+    const int64_t begin = (p.pos + s) % capacity_;
+    const int64_t first = std::min(valid, capacity_ - begin);
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      const size_t rb = fields_[f].row_bytes;
+      uint8_t* dst = out.fields[f] + b * R * rb;
+      std::memcpy(dst, fields_[f].ring + begin * rb, first * rb);
+      if (first < valid) std::memcpy(dst + first * rb, fields_[f].ring, (valid - first) * rb);
+      if (valid < R) std::memset(dst + valid * rb, 0, (R - valid) * rb);
+    }
+    uint8_t* mask = out.mask + b * R;
+    int64_t* tidx = out.time_index + b * R;
+    for (int64_t r = 0; r < R; ++r) {
+      mask[r] = r < valid ? 1 : 0;
+      tidx[r] = r < valid ? p.offset + s + r : 0;
+    }
+    out.trajectory_id[b] = p.id;
+    out.start[b] = s;
+    if (relabel != nullptr) RelabelWindow(*relabel, match, counter, b, p, s, valid, L, out);
+  }
+
+  // amago_fast/relabel.py, steps 1-3 (see its docstring).
+  void RelabelWindow(const RelabelParams& params, const MatchMatrixFn* match, uint64_t counter,
+                     int64_t b, const Piece& p, int64_t s, int64_t valid, int64_t L,
+                     const SampleOutputs& out) const {
+    const GoalConfig& g = *goals_;
+    const int k = g.k;
+    const int64_t T = p.rows - 1;
+    const int64_t last = s + valid - 1;
+    const size_t goal_bytes = fields_[g.goal_field].row_bytes;
+    const size_t ach_bytes = fields_[g.achieved_field].row_bytes;
+    const size_t elem = GoalDTypeSize(g.dtype);
+    std::vector<uint8_t> instr(RingRow(g.goal_field, p.pos, 0),
+                               RingRow(g.goal_field, p.pos, 0) + goal_bytes);
+    int32_t active0;
+    std::memcpy(&active0, RingRow(g.active_field, p.pos, 0), 4);
+    std::vector<uint8_t> completed(RingRow(g.completed_field, p.pos, 0),
+                                   RingRow(g.completed_field, p.pos, 0) + k);
+
+    // The user predicate sees contiguous achieved rows; the built-in one reads the ring.
+    std::vector<uint8_t> ach_rows, matrix;
+    auto compute_matrix = [&](int64_t n) {
+      if (ach_rows.empty()) {
+        ach_rows.resize((T + 1) * ach_bytes);
+        for (int64_t t = 0; t <= T; ++t) {
+          std::memcpy(ach_rows.data() + t * ach_bytes, RingRow(g.achieved_field, p.pos, t),
+                      ach_bytes);
+        }
+      }
+      matrix.assign(n * k, 0);
+      (*match)(ach_rows.data(), instr.data(), n, matrix.data());
+    };
+    auto hit = [&](int64_t t, int goal) -> bool {
+      if (match != nullptr) return matrix[t * k + goal] != 0;
+      return BuiltinMatch(g, RingRow(g.achieved_field, p.pos, t), instr.data() + goal * g.dim * elem);
+    };
+
+    // Step 1: replay the original instruction over the whole piece.
+    if (match != nullptr) compute_matrix(T + 1);
+    int c = active0;
+    int64_t r = 0;
+    for (int64_t t = 1; t <= T && c < k; ++t) {
+      if (hit(t, c)) {
+        ++c;
+        r = t;
+      }
+    }
+    // Step 2: choose replacement goals.
+    const auto plan = PlanRelabel(params, seed_, counter, static_cast<uint64_t>(b), active0, c, k,
+                                  r, T, s);
+    if (!plan.empty()) {
+      for (const auto& [goal, row] : plan) {
+        std::memcpy(instr.data() + goal * g.dim * elem, RingRow(g.achieved_field, p.pos, row),
+                    ach_bytes);
+      }
+      if (match != nullptr) compute_matrix(last + 1);
+    }
+    // Step 3: replay the (new) instruction and rewrite the window's goal fields.
+    const int64_t R = L + 1;
+    int active = active0;
+    int64_t cut = -1;
+    for (int64_t t = 0; t <= last; ++t) {
+      bool reached = false;
+      if (t >= 1 && active < k && hit(t, active)) {
+        completed[active] = 1;
+        ++active;
+        reached = true;
+      }
+      if (t < s) continue;
+      const int64_t row = b * R + (t - s);
+      std::memcpy(out.fields[g.goal_field] + row * goal_bytes, instr.data(), goal_bytes);
+      const int32_t a32 = active;
+      std::memcpy(out.fields[g.active_field] + row * 4, &a32, 4);
+      std::memcpy(out.fields[g.completed_field] + row * k, completed.data(), k);
+      if (t >= 1) {
+        const float rew = reached ? g.goal_reward : 0.0f;
+        std::memcpy(out.fields[reward_field_] + row * 4, &rew, 4);
+        out.fields[terminated_field_][row] = active == k ? 1 : 0;
+        if (active == k) {
+          cut = t - s + 1;
+          break;
+        }
+      }
+    }
+    if (cut >= 0 && cut < valid) {
+      for (size_t f = 0; f < fields_.size(); ++f) {
+        const size_t rb = fields_[f].row_bytes;
+        std::memset(out.fields[f] + (b * R + cut) * rb, 0, (valid - cut) * rb);
+      }
+      for (int64_t w = cut; w < valid; ++w) {
+        out.mask[b * R + w] = 0;
+        out.time_index[b * R + w] = 0;
+      }
+    }
+  }
+
+  const std::vector<FieldBuffer> fields_;
+  const int64_t capacity_;
+  const int num_envs_;
+  const int64_t max_rows_;
+  const uint64_t seed_;
+  const int reward_field_, terminated_field_, truncated_field_;
+  const std::optional<GoalConfig> goals_;
+
+  mutable std::shared_mutex ring_mu_;  // ring contents + pieces: commits vs gathers
+  std::deque<Piece> pieces_;
+  int64_t used_ = 0, write_pos_ = 0, next_id_ = 0;
+
+  mutable std::mutex staging_mu_;  // open trajectories
+  std::vector<std::vector<std::vector<uint8_t>>> staging_;  // [env][field] rows
+  std::vector<int64_t> open_len_, open_offset_, stage_cap_;
+
+  mutable ThreadPool pool_;
+};
+
+}  // namespace amago
+
+#endif  // AMAGO_FAST_BUFFER_TRAJECTORY_STORE_H_
