@@ -97,6 +97,7 @@ CASES = [
     (2, 45, 2, 32, 20, True),  # window spanning blocks, masked
     (1, 33, 1, 128, None, True),
     (1, 16, 2, 64, 16, False),  # window == L behaves as no window
+    (1, 120, 1, 32, 60, True),  # window wider than a block pair: unmasked interior blocks
 ]
 
 
