@@ -104,6 +104,9 @@ class TrainConfig:
     """The learning update (amago_fast.learner.LearnerConfig)."""
     buffer: BufferConfig = field(default_factory=BufferConfig)
     """The replay buffer."""
+    exploration: dict = field(default_factory=dict)
+    """Keyword arguments of `amago_fast.exploration.make_exploration`, as JSON: eps_start,
+    eps_end, anneal_steps, randomize (discrete) or std_start, std_end, anneal_steps (continuous)."""
     batch_size: int = 24
     """Windows per gradient update (per rank when distributed)."""
     window_len: int = 64
@@ -472,12 +475,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_types(cfg)
     e = cfg.env
     _check(bool(e.name.strip()), "env.name", "must be a non-empty environment name")
+    if not e.name.startswith(("envpool:", "gym:")):
+        from amago_fast.envs import list_envs
+
+        known = [n for n in list_envs() if "<" not in n]
+        _check(e.name in known, "env.name", f"unknown env {e.name!r}; valid: {list_envs()}")
     _check(e.num_envs >= 1, "env.num_envs", f"must be >= 1, got {e.num_envs}")
     _check(e.eval_num_envs >= 1, "env.eval_num_envs", f"must be >= 1, got {e.eval_num_envs}")
     try:
         json.dumps(e.kwargs)
     except TypeError as err:
         raise ConfigError(f"env.kwargs: must be JSON-serializable: {err}") from None
+    try:
+        json.dumps(cfg.exploration)
+    except TypeError as err:
+        raise ConfigError(f"exploration: must be JSON-serializable: {err}") from None
     b = cfg.buffer
     _check(b.capacity_steps >= 1, "buffer.capacity_steps", f"must be >= 1, got {b.capacity_steps}")
     _check(

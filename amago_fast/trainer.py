@@ -32,7 +32,12 @@ import torch
 
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import TrainConfig, config_to_dict, load_config, save_config, validate
-from amago_fast.distributed import DistContext, init_distributed, wrap_ddp
+from amago_fast.distributed import (
+    DistContext,
+    broadcast_module_state,
+    init_distributed,
+    wrap_ddp,
+)
 from amago_fast.logger import RunLogger
 
 __all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent"]
@@ -91,6 +96,13 @@ def build_agent(spec: Any, cfg: TrainConfig, device: torch.device):
 
     torch.manual_seed(cfg.seed)
     return Agent(spec, cfg.agent).to(device)
+
+
+def _learner_config(cfg: TrainConfig, device: torch.device):
+    """The learner config with the trainer's device (the learner places the agent there)."""
+    lc = copy.deepcopy(cfg.learner)
+    lc.device = str(device)
+    return lc
 
 
 def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -163,7 +175,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ build
     def build(self) -> None:
         """Create env, eval env, buffer, agent, learner, exploration and collectors."""
-        from amago_fast.buffer import TrajectoryBuffer
+        from amago_fast.buffer import RelabelConfig, TrajectoryBuffer
         from amago_fast.collector import Collector
         from amago_fast.envs import make_env
         from amago_fast.exploration import make_exploration
@@ -193,28 +205,33 @@ class Trainer:
         )
         self.agent = build_agent(spec, cfg, self.device)
         seed_everything(cfg.seed + rank)  # collection/sampling randomness differs per rank
-        self.learner = Learner(
-            self.agent, cfg.learner, wrap_module=wrap_ddp(self.dist, self.device)
-        )
-        self.exploration = make_exploration(spec, cfg.env.num_envs, seed=cfg.seed + rank)
+        wrap = wrap_ddp(self.dist, self.device)
+        self.learner = Learner(self.agent, _learner_config(cfg, self.device), wrap_module=wrap)
+        try:
+            self.exploration = make_exploration(
+                spec.action, cfg.env.num_envs, seed=cfg.seed + rank, **cfg.exploration
+            )
+        except TypeError as e:
+            raise ValueError(f"exploration: {e}") from None
         if cfg.overlap_collection:
             # The collector thread acts with its own copy so it never reads weights mid-update.
             self.policy = copy.deepcopy(self.agent)
         else:
             self.policy = self.agent
         self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
-        self.eval_collector = Collector(self.eval_env, self.agent, None, None)
+        self.eval_collector = Collector(self.eval_env, self.agent)
         self.relabel = (
             None
             if cfg.buffer.relabel == "none"
-            else {"strategy": cfg.buffer.relabel, "prob": cfg.buffer.relabel_prob}
+            else RelabelConfig(strategy=cfg.buffer.relabel, probability=cfg.buffer.relabel_prob)
         )
 
     # ------------------------------------------------------------------------- train
     def train(self) -> dict:
         """Train until `total_env_steps` (or a stop signal); return the final evaluation stats."""
         cfg, dist = self.cfg, self.dist
-        # --- run dir, config, components, resume ---------------------------------------
+        # --- components, run dir, config, resume ---------------------------------------
+        self.build()
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume_requested and ckpt.latest_checkpoint(self.run_dir) is not None:
@@ -224,7 +241,6 @@ class Trainer:
                 )
             save_config(cfg, self.run_dir / "config.json")
         dist.barrier()
-        self.build()
         resumed_from = None
         if self.resume_requested:
             resumed_from = self.load_checkpoint()
@@ -271,8 +287,9 @@ class Trainer:
                 else:
                     stats, new_steps = thread.wait_for_data(self)
                 window_steps += new_steps
-                recent_returns.extend(stats.get("episode_returns", []))
-                recent_success.extend(stats.get("episode_successes", []))
+                recent_returns.extend(stats.get("returns", []))
+                if "success" in stats:
+                    recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
                 # --- 2. learn: as many updates as the ratio says are owed ----------------
                 owed = self._updates_owed()
                 while owed > 0 and len(self.buffer) > 0:
@@ -284,6 +301,8 @@ class Trainer:
                             metrics = self.learner.update(_to_torch(batch, self.device))
                     else:
                         metrics = self.learner.update(_to_torch(batch, self.device))
+                    if dist.enabled:
+                        broadcast_module_state(dist, self.learner.loss_module.popart)
                     self.updates += 1
                     window_updates += 1
                     owed -= 1
@@ -378,7 +397,7 @@ class Trainer:
         """Greedy episodes (no exploration) on the eval envs; returns their statistics."""
         if self.cfg.eval_episodes == 0:
             return {}
-        return dict(self.eval_collector.evaluate(self.cfg.eval_episodes))
+        return flatten_episode_stats(self.eval_collector.evaluate(self.cfg.eval_episodes))
 
     def evaluate_and_log(self, thread: _CollectorThread | None) -> dict[str, float]:
         """Run `evaluate` (pausing the collector thread if any) and log the result."""
@@ -387,7 +406,6 @@ class Trainer:
                 stats = self.evaluate()
         else:
             stats = self.evaluate()
-        stats = {k: float(v) for k, v in stats.items() if _is_number(v)}
         self.last_eval = stats
         self.logger.log("eval", stats, self.env_steps * self.dist.world_size, self.train_seconds)
         return stats
@@ -407,10 +425,9 @@ class Trainer:
             },
             "last_eval": self.last_eval,
         }
-        for name in ("collector", "env", "eval_env", "exploration", "eval_collector"):
-            obj = getattr(self, name)
-            if hasattr(obj, "state_dict"):
-                state[name] = obj.state_dict()
+        # The collector's state holds the open rollouts, the policy's rollout memory, the
+        # exploration state and (built-in envs) the env state. The eval env is rebuilt fresh.
+        state["collector"] = self.collector.state_dict()
         return state
 
     def save_checkpoint(self, thread: _CollectorThread | None) -> Path | None:
@@ -444,6 +461,7 @@ class Trainer:
     def load_checkpoint(self) -> Path | None:
         """Restore everything from the run's newest complete checkpoint (None if it has none)."""
         from amago_fast.buffer import TrajectoryBuffer
+        from amago_fast.collector import Collector
 
         path = ckpt.latest_checkpoint(self.run_dir)
         path = self.dist.broadcast_object(str(path) if path is not None else None)
@@ -462,11 +480,8 @@ class Trainer:
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
         self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
-        self.collector.buffer = self.buffer
-        for name in ("collector", "env", "eval_env", "exploration", "eval_collector"):
-            obj = getattr(self, name)
-            if name in state and hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(state[name])
+        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
+        self.collector.load_state_dict(state["collector"])
         c = state["counters"]
         self.env_steps = c["env_steps"]
         self.updates = c["updates"]
@@ -497,6 +512,18 @@ class Trainer:
     def _restore_signal_handlers(old: dict) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def flatten_episode_stats(stats: dict) -> dict[str, float]:
+    """Numeric episode statistics of a collect/evaluate call, per-env ones as `<env>/<key>`."""
+    out = {k: float(v) for k, v in stats.items() if _is_number(v)}
+    per_env = stats.get("per_env", {})
+    if len(per_env) > 1:
+        for name, sub in per_env.items():
+            for k, v in sub.items():
+                if _is_number(v):
+                    out[f"{name}/{k}"] = float(v)
+    return out
 
 
 def _is_number(v: Any) -> bool:
@@ -574,10 +601,16 @@ class _CollectorThread:
                 raise RuntimeError("the collector thread failed") from self.error
             stats_list, self.stats = self.stats, []
             n, self.new_steps = self.new_steps, 0
-        merged: dict[str, Any] = {"episode_returns": [], "episode_successes": []}
+        returns: list[float] = []
+        successes: list[float] = []
         for s in stats_list:
-            merged["episode_returns"].extend(s.get("episode_returns", []))
-            merged["episode_successes"].extend(s.get("episode_successes", []))
+            returns.extend(s.get("returns", []))
+            if "success" in s:
+                successes.extend([s["success"]] * int(s.get("episodes", 0)))
+        merged: dict[str, Any] = {"returns": returns, "episodes": len(returns)}
+        if successes:
+            merged["success"] = float(np.mean(successes))
+            merged["episodes"] = len(successes)
         return merged, n
 
     def notify_learner_progress(self) -> None:
@@ -630,12 +663,12 @@ def evaluate_run(
     env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **cfg.env.kwargs)
     try:
         agent = build_agent(env.spec, cfg, dev)
-        learner = Learner(agent, cfg.learner)
+        learner = Learner(agent, _learner_config(cfg, dev))
         shared = torch.load(path / "learner.pt", map_location=dev, weights_only=False)
         learner.load_state_dict(shared["learner"])
-        stats = Collector(env, agent, None, None).evaluate(episodes)
+        stats = Collector(env, agent).evaluate(episodes)
     finally:
         env.close()
-    out = {k: float(v) for k, v in dict(stats).items() if _is_number(v)}
+    out = flatten_episode_stats(stats)
     out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])
     return out
