@@ -71,7 +71,9 @@ def generate_maze(size: int, rng: np.random.Generator, loop_prob: float) -> np.n
 class MazeRunner(BatchedTaskEnv):
     """Multi-goal maze navigation over `num_envs` envs (see the module docstring)."""
 
-    _state_fields = ("layout", "pos", "goals", "active_goal", "completed")
+    # The layouts are part of the state: a run resumed into an env built with another seed
+    # continues in the checkpoint's mazes.
+    _state_fields = ("walls", "layout", "pos", "goals", "active_goal", "completed")
 
     def __init__(
         self,
@@ -118,6 +120,10 @@ class MazeRunner(BatchedTaskEnv):
             goals=self.goal_spec,
             extra={"maze_size": self.maze_size, "num_layouts": num_layouts},
         )
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.free = [np.argwhere(w == 0) for w in self.walls]
 
     def _sample_tasks(self, idx: np.ndarray) -> None:
         pass  # every episode draws its own layout, start and goals in _reset_episodes

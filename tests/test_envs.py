@@ -1,0 +1,561 @@
+"""Environments: registry, observation contract, next-step autoreset, task rules vs references."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from amago_fast.envs import (
+    BanditTrials,
+    DarkKeyToDoor,
+    EnvPoolEnv,
+    GymVectorEnv,
+    MazeRunner,
+    TMaze,
+    list_envs,
+    make_env,
+)
+from amago_fast.envs.actuator_inversion import (
+    EVAL_OUT_GAIN,
+    ActuatorInversionEnv,
+    actuator_subsets,
+)
+from amago_fast.envs.trials import first_vs_later, make_trial_env
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
+
+
+def random_actions(spec, n, rng):
+    a = spec.action
+    if a.kind == "discrete":
+        return rng.integers(0, a.n, n).astype(np.int32)
+    return rng.uniform(a.low, a.high, (n, *a.shape)).astype(np.float32)
+
+
+def assert_obs_matches(spec, obs, n):
+    assert set(obs) == {f.name for f in spec.observation}
+    for f in spec.observation:
+        assert obs[f.name].dtype == f.dtype, f.name
+        assert obs[f.name].shape == (n, *f.shape), f.name
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_names_and_errors():
+    names = list_envs()
+    for n in ["tmaze-passive", "tmaze-active", "key-to-door", "maze-runner", "bandit",
+              "aib-ballincup", "aib-walker", "aib-cartpole", "aib-hopper"]:
+        assert n in names
+    with pytest.raises(ValueError, match="tmaze-passive"):
+        make_env("no-such-env", 2)
+    with pytest.raises(TypeError, match="corridor"):
+        make_env("tmaze-passive", 2, corridor=5)
+    with pytest.raises(ValueError, match="num_envs"):
+        make_env("tmaze-passive", 0)
+    with pytest.raises(ValueError, match="unknown EnvPool task"):
+        make_env("envpool:NoSuchTask-v9", 2)
+    with pytest.raises(ValueError, match="unknown gymnasium id"):
+        make_env("gym:NoSuchTask-v9", 2)
+    with pytest.raises(ValueError, match="split"):
+        make_env("aib-cartpole", 2, split="test")
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("tmaze-passive", {"corridor_length": 6}),
+        ("tmaze-active", {"corridor_length": 6}),
+        ("key-to-door", {}),
+        ("maze-runner", {"k": 2}),
+        ("bandit", {}),
+        ("envpool:CartPole-v1", {}),
+        ("envpool:BallInCupCatch-v1", {}),
+        ("aib-cartpole", {}),
+        ("gym:CartPole-v1", {}),
+        ("gym:Pendulum-v1", {}),
+    ],
+)
+def test_observation_contract(name, kwargs):
+    n = 3
+    env = make_env(name, n, seed=1, **kwargs)
+    rng = np.random.default_rng(0)
+    try:
+        obs = env.reset()
+        assert_obs_matches(env.spec, obs, n)
+        for _ in range(40):
+            obs, r, te, tr, info = env.step(random_actions(env.spec, n, rng))
+            assert_obs_matches(env.spec, obs, n)
+            assert r.dtype == np.float32 and r.shape == (n,)
+            assert te.dtype == np.bool_ and tr.dtype == np.bool_
+        with pytest.raises(ValueError, match="shape"):
+            env.step(random_actions(env.spec, n + 1, rng))
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------- T-Maze
+class ScalarTMaze:
+    """Plain per-env reference of the T-Maze rules in the module docstring."""
+
+    def __init__(self, h, active, cue):
+        self.h, self.active, self.cue = h, active, cue
+        self.x, self.y, self.t = (1 if active else 0), 0, 0
+        self.horizon = h + (2 if active else 1)
+
+    def obs(self):
+        if self.x == self.h:
+            return [1.0, float(self.y)]
+        if self.x == 0 and (self.active or self.t == 0):
+            return [self.cue, 0.0]
+        return [0.0, 0.0]
+
+    def step(self, a):
+        r = 0.0
+        if self.x < self.h and a != 0 and not (self.active and a == 2 and self.x == 1):
+            r -= 1.0 / self.h
+        if self.x == self.h and self.y == 0:
+            self.y = {1: 1, 3: -1}.get(a, 0)
+        elif self.y == 0:
+            self.x = min(max(self.x + {0: 1, 2: -1}.get(a, 0), 0), self.h)
+        self.t += 1
+        done = self.t >= self.horizon
+        success = done and self.y == self.cue
+        return r + (1.0 if success else 0.0), done, success
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_tmaze_matches_scalar_reference_with_autoreset(active):
+    h, n = 4, 16
+    env = TMaze(n, corridor_length=h, active=active, seed=3)
+    obs = env.reset()
+    refs = [ScalarTMaze(h, active, env.cue[i]) for i in range(n)]
+    rng = np.random.default_rng(0)
+    pending = np.zeros(n, bool)
+    for _ in range(60):
+        # Bias towards "right" so junctions and arms are reached often.
+        a = np.where(rng.random(n) < 0.6, 0, rng.integers(0, 4, n)).astype(np.int32)
+        obs, r, te, tr, info = env.step(a)
+        for i in range(n):
+            if pending[i]:  # next-step autoreset: action ignored, reward 0, new episode
+                assert r[i] == 0 and not te[i] and not tr[i]
+                refs[i] = ScalarTMaze(h, active, env.cue[i])
+                np.testing.assert_allclose(obs["observation"][i], refs[i].obs())
+                continue
+            rr, done, success = refs[i].step(int(a[i]))
+            np.testing.assert_allclose(r[i], rr, rtol=1e-6, atol=1e-7)
+            assert te[i] == done and not tr[i]
+            assert info["success"][i] == success
+            np.testing.assert_allclose(obs["observation"][i], refs[i].obs())
+        pending = te | tr
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_tmaze_optimal_return_is_one(active):
+    h, n = 7, 6
+    env = make_env("tmaze-active" if active else "tmaze-passive", n, seed=0, corridor_length=h)
+    obs = env.reset()
+    if not active:
+        cue = obs["observation"][:, 0].copy()
+        assert set(np.unique(np.abs(cue))) == {1.0}
+        plan = [np.zeros(n, np.int32)] * h
+    else:
+        np.testing.assert_array_equal(obs["observation"], 0.0)  # no cue at the start
+        obs, *_ = env.step(np.full(n, 2, np.int32))  # step back onto the oracle cell
+        cue = obs["observation"][:, 0].copy()
+        plan = [np.zeros(n, np.int32)] * h
+    total = np.zeros(n)
+    for a in plan:
+        obs, r, te, *_ = env.step(a)
+        total += r
+        assert not te.any()
+    np.testing.assert_array_equal(obs["observation"], np.tile([1.0, 0.0], (n, 1)))
+    turn = np.where(cue > 0, 1, 3).astype(np.int32)
+    obs, r, te, tr, info = env.step(turn)
+    total += r
+    assert te.all() and info["success"].all()
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    # Wrong turns score 0 (no penalty at the junction).
+    env.reset()
+    cue = env.cue.copy()
+    if active:
+        env.step(np.full(n, 2, np.int32))
+    for a in plan:
+        env.step(a)
+    _, r, te, _, info = env.step(np.where(cue > 0, 3, 1).astype(np.int32))
+    assert te.all() and not info["success"].any()
+    np.testing.assert_allclose(r, 0.0)
+
+
+# ----------------------------------------------------------------------------- MazeRunner
+def goal_rule(goal, achieved, k):
+    """The GoalSpec rule of amago_fast.spaces, recomputed along one episode's rows."""
+    active, completed, rewards, terms = 0, np.zeros(k, bool), [0.0], [False]
+    actives, comps = [0], [completed.copy()]
+    for t in range(1, len(achieved)):
+        r = 0.0
+        if active < k and np.array_equal(achieved[t], goal[active]):
+            completed[active] = True
+            r = 1.0
+            active += 1
+        rewards.append(r)
+        terms.append(active == k)
+        actives.append(active)
+        comps.append(completed.copy())
+    return np.array(rewards), np.array(terms), np.array(actives), np.array(comps)
+
+
+def test_maze_runner_rewards_follow_goal_spec_rule():
+    k, n = 2, 8
+    env = MazeRunner(n, num_goals=k, maze_size=7, episode_max_steps=60, num_layouts=4, seed=2)
+    assert env.spec.goals is not None and env.spec.goals.k == k
+    obs = env.reset()
+    rows = [[{key: v[i].copy() for key, v in obs.items()}] for i in range(n)]
+    rewards, terms = [[0.0] for _ in range(n)], [[False] for _ in range(n)]
+    rng = np.random.default_rng(1)
+    episodes = 0
+    pending = np.zeros(n, bool)
+    for _ in range(600):
+        obs, r, te, tr, info = env.step(rng.integers(0, 4, n).astype(np.int32))
+        for i in range(n):
+            if pending[i]:
+                rows[i] = [{key: v[i].copy() for key, v in obs.items()}]
+                rewards[i], terms[i] = [0.0], [False]
+                continue
+            rows[i].append({key: v[i].copy() for key, v in obs.items()})
+            rewards[i].append(float(r[i]))
+            terms[i].append(bool(te[i]))
+            if te[i] or tr[i]:
+                goal = rows[i][0]["goal"]
+                ach = np.stack([row["achieved"] for row in rows[i]])
+                # the instruction is constant along the episode
+                for row in rows[i]:
+                    np.testing.assert_array_equal(row["goal"], goal)
+                ref_r, ref_t, ref_a, ref_c = goal_rule(goal, ach, k)
+                np.testing.assert_array_equal(np.array(rewards[i]), ref_r)
+                np.testing.assert_array_equal(np.array(terms[i]), ref_t)
+                np.testing.assert_array_equal([row["goal_active"] for row in rows[i]], ref_a)
+                np.testing.assert_array_equal(
+                    np.stack([row["goal_completed"] for row in rows[i]]), ref_c
+                )
+                assert info["success"][i] == bool(te[i])
+                episodes += 1
+        pending = te | tr
+    assert episodes >= n
+
+
+def test_maze_runner_goals_rare_by_chance():
+    env = make_env("maze-runner", 32, seed=0)  # defaults: 15x15, k=3
+    env.reset()
+    rng = np.random.default_rng(0)
+    ends = full = 0
+    first_goal = 0
+    pending = np.zeros(32, bool)
+    for _ in range(env.spec.max_episode_steps * 2 + 2):
+        obs, r, te, tr, info = env.step(rng.integers(0, 4, 32).astype(np.int32))
+        done = (te | tr) & ~pending
+        ends += done.sum()
+        full += te.sum()
+        first_goal += (done & (obs["goal_active"] >= 1)).sum()
+        pending = te | tr
+    assert ends >= 32
+    assert full == 0 and first_goal / ends < 0.5
+
+
+def test_maze_walls_block_and_layouts_connected():
+    env = MazeRunner(2, maze_size=9, num_layouts=5, seed=4)
+    for w in env.walls:
+        assert w[0].all() and w[-1].all() and w[:, 0].all() and w[:, -1].all()
+        free = {tuple(c) for c in np.argwhere(w == 0)}
+        start = next(iter(free))
+        seen, stack = {start}, [start]
+        while stack:
+            x, y = stack.pop()
+            for dx, dy in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                c = (x + dx, y + dy)
+                if c in free and c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+        assert seen == free
+
+
+# ----------------------------------------------------------------------------- trials
+def test_key_to_door_trial_structure_and_scripted_agent():
+    n = 4
+    env = DarkKeyToDoor(n, room_size=5, episode_max_steps=20, trial_max_steps=60, seed=0)
+    obs = env.reset()
+    assert "episode_start" in obs and (obs["episode_start"] == 1).all()
+    key0, door0 = env.key.copy(), env.door.copy()
+    trial_return = np.zeros(n)
+    starts = np.zeros(n)
+    for t in range(60):
+        target = np.where(env.has_key[:, None], env.door, env.key)
+        d = target - env.pos
+        a = np.where(d[:, 0] > 0, 1, np.where(d[:, 0] < 0, 3, np.where(d[:, 1] > 0, 0, 2)))
+        obs, r, te, tr, info = env.step(a.astype(np.int32))
+        trial_return += r
+        if t < 59:
+            np.testing.assert_array_equal(env.key, key0)  # layout fixed within the trial
+            np.testing.assert_array_equal(env.door, door0)
+            assert not (te | tr).any()
+        starts += obs["episode_start"][:, 0]
+    assert tr.all() and not te.any()
+    ep = info["episode_returns"]
+    np.testing.assert_allclose(np.nansum(ep, axis=1), trial_return, rtol=1e-6)
+    # A layout-aware agent completes every episode (key then door = 2 per episode).
+    finished = (~np.isnan(ep)).sum(axis=1)
+    assert (finished >= 3).all()
+    assert (np.nan_to_num(ep)[:, : 3] == 2).all()
+    assert (starts >= 3).all()
+    # next step: autoreset into a new trial with a fresh layout draw
+    obs, r, te, tr, _ = env.step(np.zeros(n, np.int32))
+    assert (r == 0).all() and (obs["episode_start"] == 1).all()
+
+
+def test_bandit_trials_returns_and_meta_signal():
+    n, k = 64, 6
+    env = BanditTrials(n, num_arms=4, episodes_per_trial=k, seed=0)
+    env.reset()
+    best = env.probs.argmax(axis=1).astype(np.int32)
+    total = np.zeros(n)
+    for t in range(k):
+        obs, r, te, tr, info = env.step(best)
+        total += r
+        # each pull is an episode: every row but the trial's final one starts an episode
+        assert (obs["episode_start"] == 1).all() == (t < k - 1)
+        assert te.all() == (t == k - 1)
+        assert info["success"].all()
+    np.testing.assert_allclose(info["episode_returns"].sum(axis=1), total)
+    stats = first_vs_later([info["episode_returns"]])
+    assert stats["num_trials"] == n
+    # the oracle arm pays more than chance on average
+    assert total.mean() / k > 0.6
+
+
+def test_make_trial_env_generic():
+    env = make_trial_env("tmaze", 3, episodes_per_trial=3, corridor_length=2)
+    assert env.spec.max_episode_steps == 9
+    obs = env.reset()
+    cue = env.cue.copy()
+    flags = [obs["episode_start"][:, 0].copy()]
+    for t in range(9):
+        obs, r, te, tr, info = env.step(np.zeros(3, np.int32))
+        flags.append(obs["episode_start"][:, 0].copy())
+        if t < 8:
+            np.testing.assert_array_equal(env.cue, cue)
+            assert not te.any()
+    assert te.all()
+    flags = np.stack(flags)
+    assert flags[[0, 3, 6], :].all() and flags.sum() == 9
+    with pytest.raises(ValueError, match="trial"):
+        make_trial_env("tmaze", 2, episodes_per_trial=1)
+    with pytest.raises(ValueError, match="unknown trial task"):
+        make_trial_env("nope", 2)
+
+
+# ----------------------------------------------------------------------------- resume / input
+@pytest.mark.parametrize("cls,kw", [(TMaze, {"corridor_length": 3}), (DarkKeyToDoor, {}),
+                                    (MazeRunner, {"maze_size": 7}), (BanditTrials, {})])
+def test_state_dict_resume_is_exact(cls, kw):
+    n = 5
+    a_env = cls(n, seed=7, **kw)
+    a_env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(13):
+        a_env.step(random_actions(a_env.spec, n, rng))
+    sd = a_env.state_dict()
+    b_env = cls(n, seed=123, **kw)
+    b_env.load_state_dict(sd)
+    for _ in range(40):
+        act = random_actions(a_env.spec, n, rng)
+        oa, ra, ta, ua, _ = a_env.step(act)
+        ob, rb, tb, ub, _ = b_env.step(act)
+        for key in oa:
+            np.testing.assert_array_equal(oa[key], ob[key])
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(ta | ua, tb | ub)
+    with pytest.raises(ValueError):
+        cls(n + 1, seed=0, **kw).load_state_dict(sd)
+
+
+def test_bad_action_leaves_state_unchanged():
+    env = TMaze(4, corridor_length=3, seed=0)
+    env.reset()
+    before = env.state_dict()
+    for bad in [np.zeros(3, np.int32), np.full(4, 4, np.int32), np.full(4, -1, np.int32),
+                np.full(4, 0.5)]:
+        with pytest.raises(ValueError):
+            env.step(bad)
+    after = env.state_dict()
+    for k in before["arrays"]:
+        np.testing.assert_array_equal(before["arrays"][k], after["arrays"][k])
+    assert before["rng"] == after["rng"]
+
+
+# ----------------------------------------------------------------------------- EnvPool
+def test_envpool_autoreset_and_async_ids():
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0)
+    env.reset()
+    pending = np.zeros(4, bool)
+    seen_reset = 0
+    for _ in range(80):
+        obs, r, te, tr, info = env.step(np.zeros(4, np.int32))  # always left: short episodes
+        assert (r[pending] == 0).all() and not (te | tr)[pending].any()
+        assert (info["elapsed_step"][pending] == 0).all()
+        seen_reset += pending.sum()
+        pending = te | tr
+    assert seen_reset > 4
+    a = EnvPoolEnv("CartPole-v1", 6, seed=0, batch_size=3)
+    a.reset()
+    ids = a.last_env_ids
+    assert ids.shape == (3,)
+    with pytest.raises(ValueError, match="env_ids"):
+        a.step(np.zeros(3, np.int32))
+    covered = set(ids.tolist())
+    for _ in range(10):
+        obs, r, te, tr, info = a.step(np.zeros(3, np.int32), ids)
+        ids = info["env_id"]
+        covered |= set(ids.tolist())
+        assert obs["observation"].shape == (3, 4)
+    assert covered == set(range(6))
+
+
+def test_envpool_dmc_dict_to_float32():
+    env = EnvPoolEnv("BallInCupCatch-v1", 2, seed=0)
+    obs = env.reset()
+    assert set(obs) == {"position", "velocity"}
+    assert all(v.dtype == np.float32 for v in obs.values())
+    assert env.spec.action.kind == "continuous" and env.spec.action.shape == (2,)
+    with pytest.raises(ValueError, match="seed"):
+        env.reset(seed=5)
+
+
+# ----------------------------------------------------------------------------- gymnasium
+class _TextObsEnv(gym.Env):
+    observation_space = gym.spaces.Text(5)
+    action_space = gym.spaces.Discrete(2)
+
+
+class _TupleObsEnv(gym.Env):
+    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+    action_space = gym.spaces.Discrete(2)
+
+
+class _DictObsEnv(gym.Env):
+    observation_space = gym.spaces.Dict({
+        "pos": gym.spaces.Box(-1, 1, (2,), np.float64),
+        "room": gym.spaces.Discrete(4, start=1),
+        "bits": gym.spaces.MultiBinary(3),
+    })
+    action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action.sum()), self.t >= 3, False, {}
+
+
+@pytest.mark.parametrize("space_env,name", [(_TextObsEnv, "Text"), (_TupleObsEnv, "Tuple")])
+def test_gym_unsupported_space_names_it(space_env, name):
+    vec = gym.vector.SyncVectorEnv([space_env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    with pytest.raises(ValueError, match=name):
+        GymVectorEnv(vec)
+
+
+def test_gym_dict_obs_multidiscrete_actions_and_autoreset():
+    vec = gym.vector.SyncVectorEnv([_DictObsEnv] * 2,
+                                   autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    env = GymVectorEnv(vec)
+    obs = env.reset()
+    assert_obs_matches(env.spec, obs, 2)
+    assert env.spec.action.kind == "multidiscrete"
+    assert ((obs["room"] >= 0) & (obs["room"] < 4)).all()
+    act = np.array([[1, 2], [0, 1]], np.int32)
+    for t in range(4):
+        obs, r, te, tr, _ = env.step(act)
+        if t < 2:
+            np.testing.assert_allclose(r, [3, 1])
+        if t == 2:
+            assert te.all()
+        if t == 3:  # the next-step autoreset
+            assert (r == 0).all() and not te.any()
+    same = gym.vector.SyncVectorEnv([_DictObsEnv],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    with pytest.raises(ValueError, match="NEXT_STEP"):
+        GymVectorEnv(same)
+
+
+def test_gym_async_matches_sync():
+    rng = np.random.default_rng(0)
+    acts = [rng.integers(0, 2, 2).astype(np.int32) for _ in range(30)]
+    out = []
+    for mode in ("sync", "async"):
+        env = make_env("gym:CartPole-v1", 2, seed=3, vectorization=mode)
+        obs = [env.reset()["observation"]]
+        rs = []
+        for a in acts:
+            o, r, te, tr, _ = env.step(a)
+            obs.append(o["observation"])
+            rs.append(r)
+        env.close()
+        out.append((np.stack(obs), np.stack(rs)))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+# ----------------------------------------------------------------------------- actuator inversion
+def test_actuator_subsets_split():
+    train, held = actuator_subsets(2)
+    assert {tuple(s) for s in train} == {(True, False), (True, True)}
+    assert {tuple(s) for s in held} == {(False, True)}
+    train, held = actuator_subsets(1)
+    assert train.shape == (1, 1) and held.shape == (0, 1)
+    assert len(actuator_subsets(6)[0]) == 32 and len(actuator_subsets(6)[1]) == 31
+
+
+def test_actuator_inversion_flips_sign_against_plain_env():
+    n = 2
+    rng = np.random.default_rng(0)
+    acts = [rng.uniform(-1, 1, (n, 2)).astype(np.float32) for _ in range(25)]
+    plain = EnvPoolEnv("BallInCupCatch-v1", n, seed=5)
+    inv = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", n, seed=5), invert_prob=1.0,
+                               subsets="all")
+    same = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", n, seed=5), invert_prob=0.0)
+    p0, i0 = plain.reset(), inv.reset()
+    same.reset()
+    np.testing.assert_array_equal(p0["position"], i0["position"])
+    for a in acts:
+        po, *_ = plain.step(-a)
+        io, _, _, _, info = inv.step(a)
+        so, *_ = same.step(-a)
+        assert info["inverted"].all()
+        np.testing.assert_array_equal(po["position"], io["position"])
+        np.testing.assert_array_equal(po["velocity"], so["velocity"])
+
+
+def test_actuator_inversion_contexts_change_only_at_episode_starts():
+    base = EnvPoolEnv("CartpoleSwingup-v1", 4, seed=0, max_episode_steps=5)
+    env = ActuatorInversionEnv(base, split="train", seed=1)
+    env.reset()
+    prev = env.inverted.copy()
+    pending = np.zeros(4, bool)
+    flips = 0
+    for _ in range(60):
+        _, _, te, tr, info = env.step(np.zeros((4, 1), np.float32))
+        changed = info["inverted"] != prev
+        assert not (changed & ~pending).any()  # only on the autoreset step
+        flips += changed.sum()
+        prev = info["inverted"].copy()
+        pending = te | tr
+    assert flips > 0
+    out = ActuatorInversionEnv(EnvPoolEnv("CartpoleSwingup-v1", 3, seed=0), split="eval-out")
+    out.reset()
+    assert out.inverted.all()
+    g = -out.sign[:, 0]
+    assert ((g >= EVAL_OUT_GAIN[0]) & (g <= EVAL_OUT_GAIN[1])).all()
+    bic = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", 3, seed=0), split="eval-out")
+    bic.reset()
+    np.testing.assert_array_equal(bic.sign, np.tile([1.0, -1.0], (3, 1)))  # held-out subset {1}
