@@ -235,41 +235,65 @@ if triton is not None:
         for k0 in range(0, D_S, BLOCK_DS):
             offs_k = k0 + tl.arange(0, BLOCK_DS)
             k_ok = offs_k < D_S
-            s = tl.load(S + rows[:, None] * D_S + offs_k[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            ws = tl.load(WS + e * D_S * H + offs_k[:, None] * H + offs_h[None, :],
-                         mask=k_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+            s = tl.load(
+                S + rows[:, None] * D_S + offs_k[None, :],
+                mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            ws = tl.load(
+                WS + e * D_S * H + offs_k[:, None] * H + offs_h[None, :],
+                mask=k_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            ).to(cd)
             p = tl.dot(s, ws, p, input_precision=PRECISION)
         if SAVE_P:
-            tl.store(P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :], p,
-                     mask=row_ok[:, None] & h_ok[None, :])
+            tl.store(
+                P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                p,
+                mask=row_ok[:, None] & h_ok[None, :],
+            )
         offs_a = tl.arange(0, D_A_PAD)
         a_ok = offs_a < D_A
-        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+        wa = tl.load(
+            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+            mask=a_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        ).to(cd)
         offs_o = tl.arange(0, O_PAD)
         o_ok = offs_o < O
-        b3 = tl.load(B3 + e * O + offs_o, mask=o_ok, other=0.0).to(tl.float32)
+        b3 = tl.load(B3 + e * O + offs_o, mask=o_ok, other=0.0).to(cd).to(tl.float32)
         for g in range(0, G):
-            a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                        mask=row_ok[:, None] & a_ok[None, :], other=0.0)
-            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+            a = tl.load(
+                A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                mask=row_ok[:, None] & a_ok[None, :],
+                other=0.0,
+            )
+            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
             z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             q = tl.zeros((BLOCK_N, O_PAD), dtype=tl.float32)
             for j0 in range(0, H_PAD, BLOCK_H):
                 offs_j = j0 + tl.arange(0, BLOCK_H)
                 j_ok = offs_j < H
-                w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-                             mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
-                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
+                w2 = tl.load(
+                    W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+                    mask=h_ok[:, None] & j_ok[None, :],
+                    other=0.0,
+                ).to(cd)
+                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
                 h2 = _leaky(tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :], NEG_SLOPE)
-                w3 = tl.load(W3 + e * H * O + offs_j[:, None] * O + offs_o[None, :],
-                             mask=j_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+                w3 = tl.load(
+                    W3 + e * H * O + offs_j[:, None] * O + offs_o[None, :],
+                    mask=j_ok[:, None] & o_ok[None, :],
+                    other=0.0,
+                ).to(cd)
                 q = tl.dot(h2.to(cd), w3, q, input_precision=PRECISION)
             q += b3[None, :]
-            tl.store(Q + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                     q.to(Q.dtype.element_ty), mask=row_ok[:, None] & o_ok[None, :])
+            tl.store(
+                Q + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
+                q.to(Q.dtype.element_ty),
+                mask=row_ok[:, None] & o_ok[None, :],
+            )
 
     @triton.jit
     def _critic_bwd_rows_kernel(
@@ -293,47 +317,75 @@ if triton is not None:
         a_ok = offs_a < D_A
         offs_o = tl.arange(0, O_PAD)
         o_ok = offs_o < O
-        p = tl.load(P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                    mask=row_ok[:, None] & h_ok[None, :], other=0.0)
-        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
+        p = tl.load(
+            P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+            mask=row_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        )
+        wa = tl.load(
+            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+            mask=a_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        ).to(cd)
         dp = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
         dwa = tl.zeros((D_A_PAD, H_PAD), dtype=tl.float32)
         for g in range(0, G):
-            a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                        mask=row_ok[:, None] & a_ok[None, :], other=0.0)
-            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+            a = tl.load(
+                A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                mask=row_ok[:, None] & a_ok[None, :],
+                other=0.0,
+            )
+            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
             z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             # Rows past N load dq = 0, so they contribute nothing below.
-            dq = tl.load(DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                         mask=row_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+            dq = tl.load(
+                DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
+                mask=row_ok[:, None] & o_ok[None, :],
+                other=0.0,
+            ).to(cd)
             dh1 = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
             for j0 in range(0, H_PAD, BLOCK_H):
                 offs_j = j0 + tl.arange(0, BLOCK_H)
                 j_ok = offs_j < H
-                w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-                             mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
-                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
+                w2 = tl.load(
+                    W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+                    mask=h_ok[:, None] & j_ok[None, :],
+                    other=0.0,
+                ).to(cd)
+                b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
                 z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
-                w3t = tl.load(W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
-                              mask=j_ok[None, :] & o_ok[:, None], other=0.0).to(cd)
+                w3t = tl.load(
+                    W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
+                    mask=j_ok[None, :] & o_ok[:, None],
+                    other=0.0,
+                ).to(cd)
                 dh2 = tl.dot(dq, w3t, input_precision=PRECISION)
                 dz2 = tl.where(z2 > 0, dh2, dh2 * NEG_SLOPE).to(cd)
                 dh1 = tl.dot(dz2, tl.trans(w2), dh1, input_precision=PRECISION)
             dz1 = tl.where(z1 > 0, dh1, dh1 * NEG_SLOPE)
-            tl.store(DB1_PART + ((pid_n * E + e) * G + g) * H + offs_h, tl.sum(dz1, axis=0),
-                     mask=h_ok)
+            tl.store(
+                DB1_PART + ((pid_n * E + e) * G + g) * H + offs_h, tl.sum(dz1, axis=0), mask=h_ok
+            )
             dp += dz1
             dz1c = dz1.to(cd)
             dwa = tl.dot(tl.trans(a), dz1c, dwa, input_precision=PRECISION)
             da = tl.dot(dz1c, tl.trans(wa), input_precision=PRECISION)
-            tl.store(DA_PART + e * N * G * D_A + rows[:, None] * (G * D_A) + g * D_A
-                     + offs_a[None, :], da, mask=row_ok[:, None] & a_ok[None, :])
-        tl.store(DP + rows[:, None] * (E * H) + e * H + offs_h[None, :], dp,
-                 mask=row_ok[:, None] & h_ok[None, :])
-        tl.store(DWA_PART + (pid_n * E + e) * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-                 dwa, mask=a_ok[:, None] & h_ok[None, :])
+            tl.store(
+                DA_PART + e * N * G * D_A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                da,
+                mask=row_ok[:, None] & a_ok[None, :],
+            )
+        tl.store(
+            DP + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+            dp,
+            mask=row_ok[:, None] & h_ok[None, :],
+        )
+        tl.store(
+            DWA_PART + (pid_n * E + e) * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+            dwa,
+            mask=a_ok[:, None] & h_ok[None, :],
+        )
 
     @triton.jit
     def _critic_bwd_weights_kernel(
@@ -357,13 +409,22 @@ if triton is not None:
         o_ok = offs_o < O
         offs_j = pid_j * BLOCK_H + tl.arange(0, BLOCK_H)
         j_ok = offs_j < H
-        wa = tl.load(WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-                     mask=a_ok[:, None] & h_ok[None, :], other=0.0).to(cd)
-        w2 = tl.load(W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-                     mask=h_ok[:, None] & j_ok[None, :], other=0.0).to(cd)
-        b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(tl.float32)
-        w3t = tl.load(W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
-                      mask=j_ok[None, :] & o_ok[:, None], other=0.0).to(cd)
+        wa = tl.load(
+            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
+            mask=a_ok[:, None] & h_ok[None, :],
+            other=0.0,
+        ).to(cd)
+        w2 = tl.load(
+            W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
+            mask=h_ok[:, None] & j_ok[None, :],
+            other=0.0,
+        ).to(cd)
+        b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
+        w3t = tl.load(
+            W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
+            mask=j_ok[None, :] & o_ok[:, None],
+            other=0.0,
+        ).to(cd)
         acc_w2 = tl.zeros((H_PAD, BLOCK_H), dtype=tl.float32)
         acc_w3 = tl.zeros((BLOCK_H, O_PAD), dtype=tl.float32)
         acc_b2 = tl.zeros((BLOCK_H,), dtype=tl.float32)
@@ -371,29 +432,43 @@ if triton is not None:
         for blk in range(pid_s, num_blocks, SPLITS):
             rows = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # N < 2**31
             row_ok = rows < N
-            p = tl.load(P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                        mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+            p = tl.load(
+                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                mask=row_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            )
             for g in range(0, G):
-                a = tl.load(A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                            mask=row_ok[:, None] & a_ok[None, :], other=0.0)
+                a = tl.load(
+                    A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
+                    mask=row_ok[:, None] & a_ok[None, :],
+                    other=0.0,
+                )
                 b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0)
-                z1 = tl.dot(a, wa, p + b1.to(tl.float32)[None, :], input_precision=PRECISION)
+                z1 = tl.dot(a, wa, p + b1.to(cd).to(tl.float32)[None, :], input_precision=PRECISION)
                 h1 = _leaky(z1, NEG_SLOPE).to(cd)
                 z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
                 h2 = _leaky(z2, NEG_SLOPE).to(cd)
                 dq = tl.load(
                     DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                    mask=row_ok[:, None] & o_ok[None, :], other=0.0).to(cd)
+                    mask=row_ok[:, None] & o_ok[None, :],
+                    other=0.0,
+                ).to(cd)
                 dh2 = tl.dot(dq, w3t, input_precision=PRECISION)
                 dz2 = tl.where(z2 > 0, dh2, dh2 * NEG_SLOPE)
                 acc_b2 += tl.sum(dz2, axis=0)
                 acc_w2 = tl.dot(tl.trans(h1), dz2.to(cd), acc_w2, input_precision=PRECISION)
                 acc_w3 = tl.dot(tl.trans(h2), dq, acc_w3, input_precision=PRECISION)
         base = pid_s * E + e
-        tl.store(DW2_PART + base * H * H + offs_h[:, None] * H + offs_j[None, :], acc_w2,
-                 mask=h_ok[:, None] & j_ok[None, :])
-        tl.store(DW3_PART + base * H * O + offs_j[:, None] * O + offs_o[None, :], acc_w3,
-                 mask=j_ok[:, None] & o_ok[None, :])
+        tl.store(
+            DW2_PART + base * H * H + offs_h[:, None] * H + offs_j[None, :],
+            acc_w2,
+            mask=h_ok[:, None] & j_ok[None, :],
+        )
+        tl.store(
+            DW3_PART + base * H * O + offs_j[:, None] * O + offs_o[None, :],
+            acc_w3,
+            mask=j_ok[:, None] & o_ok[None, :],
+        )
         tl.store(DB2_PART + base * H + offs_j, acc_b2, mask=j_ok)
 
     @triton.jit
