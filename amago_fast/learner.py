@@ -236,7 +236,7 @@ class AMAGOLoss(nn.Module):
             t_params = self.target_actor(h_det)
             a_next = self.target_actor.critic_input(t_params, generator)
             q_next = self.target_critics(h_det.reshape(B * L1, d),
-                                         a_next.reshape(B * L1, G, -1))
+                                         a_next.reshape(B * L1, G, -1).to(h.dtype))
             if self.twohot:
                 v_next = twohot_expectation(q_next, agent.twohot_bins)
             else:
@@ -250,7 +250,8 @@ class AMAGOLoss(nn.Module):
         a_buf = batch["action"][:, 1:]
         a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
         a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
-        q_buf = agent.critics(h[:, :-1].reshape(B * L, d), a_feat.reshape(B * L, G, -1))
+        q_buf = agent.critics(h[:, :-1].reshape(B * L, d),
+                              a_feat.reshape(B * L, G, -1).to(h.dtype))
         q_buf = q_buf.reshape(B, L, E, G, -1)
         tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
         if self.twohot:
@@ -266,8 +267,8 @@ class AMAGOLoss(nn.Module):
 
         # ---- actor: DPG through a parameter-detached critic + filtered BC.
         a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
-        q_pi = agent.critics(h.detach().reshape(B * L1, d), a_pi.reshape(B * L1, G, -1),
-                             detach_params=True)
+        q_pi = agent.critics(h.detach().reshape(B * L1, d),
+                             a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
         v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)  # (B, L1, G)
         row_mask = mask.unsqueeze(-1)
         dpg_per_gamma = _masked_mean(-v_pi, row_mask, (0, 1))
@@ -412,6 +413,9 @@ class Learner:
         batch = self._to_tensors(batch)
         if cfg.check_batch:
             self._check_batch(batch)
+        # Buffers the forward pass moves (σ-reparam power iteration, input statistics) are
+        # restored if the step is skipped, so a skipped step changes nothing.
+        buffers_before = [b.detach().clone() for b in self.agent.buffers()]
         self.agent.tstep_encoder.update_normalizer(batch, batch["mask"])
         traj = self.agent.traj_encoder
         want_entropy = (cfg.attention_entropy_every > 0
@@ -434,6 +438,9 @@ class Learner:
         metrics: dict[str, float] = {"skipped_nonfinite": 0.0 if finite else 1.0}
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.agent.buffers(), buffers_before):
+                    b.copy_(saved)
             metrics["loss"] = float(loss.detach())
             metrics["grad_norm"] = float(grad_norm)
             return metrics

@@ -53,13 +53,14 @@ class SigmaReparamLinear(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """The weight actually applied: ``γ / σ(W) · W`` (σ through u, v treated as constants)."""
+        # Elementwise products + sums rather than matmuls: autocast leaves them in fp32.
         if stochastic(self):
             with torch.no_grad():
-                u = F.normalize(self.weight @ self.v, dim=0)
-                v = F.normalize(self.weight.t() @ u, dim=0)
+                u = F.normalize((self.weight * self.v).sum(1), dim=0)
+                v = F.normalize((self.weight * u[:, None]).sum(0), dim=0)
                 self.u.copy_(u)
                 self.v.copy_(v)
-        sigma = torch.dot(self.u, self.weight @ self.v)
+        sigma = (self.u[:, None] * self.weight * self.v[None, :]).sum()
         return self.weight * (self.gamma / sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
