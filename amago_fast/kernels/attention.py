@@ -584,7 +584,7 @@ def _attn_fwd(q, k, v, valid_mask, window, scale):
         if t.numel() >= 2**31 or max(t.stride(i) * (t.shape[i] - 1) for i in range(4)) >= 2**31:
             raise ValueError(f"causal_attention: {name} too large for the Triton kernel (>= 2**31 "
                              "elements); split the batch")
-    out = torch.empty_like(q)
+    out = torch.empty((B, L, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
     mask = valid_mask if valid_mask is not None else q  # dummy pointer when HAS_MASK is False
@@ -614,9 +614,8 @@ def _attn_bwd(do, q, k, v, out, lse, valid_mask, window, scale):
         do.stride(0), do.stride(1), do.stride(2),
         H, L, HEAD_DIM=D, BLOCK_M=64,
     )
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    # Contiguous gradients whatever the input strides (dK and dV share one stride set).
+    dq, dk, dv = (torch.empty((B, L, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
     has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
     mask = valid_mask if valid_mask is not None else q
     mstride = (valid_mask.stride(0), valid_mask.stride(1)) if valid_mask is not None else (0, 0)
@@ -631,7 +630,6 @@ def _attn_bwd(do, q, k, v, out, lse, valid_mask, window, scale):
         HEAD_DIM=D, HAS_MASK=valid_mask is not None, HAS_WINDOW=has_window,
         DTYPE_KEY=dtype_key, DOT_PRECISION=precision,
     )
-    assert dk.stride() == dv.stride()
     grid_kv = lambda meta: (triton.cdiv(L, meta["BLOCK_N"]), B * H)  # noqa: E731
     _attn_bwd_dkdv_kernel[grid_kv](
         q, k, v, do, mask, lse, delta, dk, dv, *common,
@@ -666,6 +664,7 @@ class CausalAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, out, lse, mask_u8 = ctx.saved_tensors
         dq, dk, dv = _attn_bwd(do, q, k, v, out, lse, mask_u8, ctx.window, ctx.softmax_scale)
