@@ -1,0 +1,210 @@
+"""The native core against the NumPy oracle (exact), thread-count independence, concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amago_fast._buffer_testing import GoalRollouts, drive, goal_env_spec, plain_env_spec
+from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
+from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+
+pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
+
+STRATEGIES = [None, "none", "all", "some", "final", "future"]
+
+
+def _pair(spec, **kw):
+    return (TrajectoryBuffer.from_env_spec(spec, **kw),
+            ReferenceTrajectoryBuffer.from_env_spec(spec, **kw))
+
+
+def _assert_equal_batches(x, y, what=""):
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=f"{what} {k}")
+
+
+@pytest.mark.parametrize(
+    "goal_dtype,match,eps",
+    [(np.float32, "exact", 0.0), (np.float32, "tolerance", 0.2), (np.float16, "tolerance", 0.2),
+     (np.uint8, "exact", 0.0), (np.int32, "tolerance", 1.0), (np.int64, "exact", 0.0)],
+)
+def test_native_equals_reference_exactly(goal_dtype, match, eps):
+    spec = goal_env_spec(k=3, goal_dim=2, match=match, eps=eps, goal_dtype=goal_dtype)
+    # small capacity: wrap-around, evictions and max-length cuts all happen
+    native, ref = _pair(spec, capacity_steps=97, num_envs=3, max_trajectory_len=17, seed=123)
+    roll = GoalRollouts(spec, 3, seed=7, p_truncate=0.04, values=2)
+    drive([native, ref], roll, 120)
+    for _ in range(2):
+        drive([native, ref], roll, 37, started=True)
+        assert len(native) == len(ref) and native.num_trajectories == ref.num_trajectories
+        np.testing.assert_array_equal(native._store_pieces(), ref._store_pieces())
+        np.testing.assert_array_equal(native._store_open_lengths(), ref._store_open_lengths())
+        for strategy in STRATEGIES:
+            rel = None if strategy is None else RelabelConfig(strategy, 0.7)
+            for L, mode in ((1, "timesteps"), (9, "trajectories"), (40, "timesteps")):
+                x = native.sample_windows(11, L, relabel=rel, mode=mode)
+                y = ref.sample_windows(11, L, relabel=rel, mode=mode)
+                _assert_equal_batches(x, y, f"{strategy} L={L} {mode}")
+    for k in native._ring:
+        np.testing.assert_array_equal(native._ring[k], ref._ring[k])
+
+
+def test_native_match_fn_slow_path_equals_reference():
+    spec = goal_env_spec(k=2, goal_dim=3)
+    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=1)
+    drive([native, ref], GoalRollouts(spec, 2, seed=3, values=2), 120)
+
+    def near(achieved, goals):  # L1 distance <= 1: a predicate the built-ins do not offer
+        return np.abs(achieved - goals).sum(-1) <= 1.0
+
+    for strategy in ("all", "future"):
+        rel = RelabelConfig(strategy, 1.0, match_fn=near)
+        _assert_equal_batches(native.sample_windows(9, 12, relabel=rel),
+                              ref.sample_windows(9, 12, relabel=rel), strategy)
+
+    def broken(achieved, goals):
+        raise RuntimeError("user predicate failed")
+
+    counter = native.sample_counter
+    with pytest.raises(RuntimeError, match="user predicate failed"):
+        native.sample_windows(3, 4, relabel=RelabelConfig("all", match_fn=broken))
+    assert native.sample_counter == counter
+    with pytest.raises(ValueError, match="match_fn"):
+        native.sample_windows(3, 4, relabel=RelabelConfig("all", match_fn=lambda a, g: a))
+    native.sample_windows(3, 4)  # not deadlocked, still usable
+
+
+def test_gather_threads_do_not_change_results():
+    spec = plain_env_spec(obs_dim=16, image=(16, 16, 3))
+    bufs = [TrajectoryBuffer.from_env_spec(spec, capacity_steps=3000, num_envs=4, seed=9,
+                                           num_threads=n) for n in (1, 2, 4)]
+    assert [b._core.num_threads() for b in bufs] == [1, 2, 4]
+    drive(bufs, GoalRollouts(spec, 4, seed=1, p_truncate=0.01), 400)
+    for _ in range(3):  # > 64 KiB per call: the pool is used
+        outs = [b.sample_windows(24, 64) for b in bufs]
+        for o in outs[1:]:
+            _assert_equal_batches(outs[0], o)
+
+
+def test_big_batch_equals_reference_with_images():
+    spec = plain_env_spec(obs_dim=16, image=(8, 8, 3))
+    native, ref = _pair(spec, capacity_steps=1500, num_envs=4, seed=2, num_threads=3)
+    drive([native, ref], GoalRollouts(spec, 4, seed=4, p_truncate=0.02), 300)
+    _assert_equal_batches(native.sample_windows(24, 100), ref.sample_windows(24, 100))
+    out = native.allocate_batch(24, 100)
+    native.sample_windows(24, 100, out=out)
+    _assert_equal_batches(out, ref.sample_windows(24, 100))
+
+
+def test_core_path_override_loads_that_module():
+    from amago_fast.buffer import _core
+
+    code = ("import amago_fast.buffer as b; assert b.NATIVE_AVAILABLE; "
+            "print(b._core.__file__)")
+    env = {**os.environ, "AMAGO_FAST_CORE_PATH": _core.__file__}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == _core.__file__
+    env["AMAGO_FAST_CORE_PATH"] = "/nonexistent/_core.so"
+    code = "import amago_fast.buffer as b; assert not b.NATIVE_AVAILABLE"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and "NumPy reference" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- concurrency
+
+D = 96  # wide rows make torn copies likely to show
+
+
+def _row(uid, t):
+    """Row t of rollout uid: every value derives from (uid, t)."""
+    obs = np.full(D, uid * 1000 + t, np.float32)
+    obs[0], obs[1] = uid, t
+    return obs
+
+
+def test_append_while_sampling_never_tears_or_overwrites():
+    spec = EnvSpec("count", (FieldSpec("obs", (D,), np.float32),), ActionSpec("discrete", n=5))
+    num_envs = 4
+    buf = TrajectoryBuffer.from_env_spec(spec, capacity_steps=400, num_envs=num_envs,
+                                         max_trajectory_len=25, seed=0, num_threads=2)
+    stop = threading.Event()
+    errors: list[str] = []
+    checked = [0]
+
+    def collector():
+        rng = np.random.default_rng(0)
+        uid = np.arange(num_envs)
+        t = np.zeros(num_envs, np.int64)
+        next_uid = num_envs
+        buf.reset_envs({"obs": np.stack([_row(u, 0) for u in uid])})
+        try:
+            for _ in range(3000):
+                t += 1
+                done = rng.random(num_envs) < 0.04
+                buf.append_step({
+                    "obs": np.stack([_row(u, s) for u, s in zip(uid, t)]),
+                    "action": ((uid * 7 + t) % 5).astype(np.int32),
+                    "reward": t.astype(np.float32),
+                    "terminated": done,
+                    "truncated": np.zeros(num_envs, bool),
+                })
+                ids = np.nonzero(done)[0]
+                if len(ids):
+                    uid[ids] = np.arange(next_uid, next_uid + len(ids))
+                    next_uid += len(ids)
+                    t[ids] = 0
+                    buf.reset_envs({"obs": np.stack([_row(u, 0) for u in uid[ids]])}, ids)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(f"collector: {e!r}")
+        finally:
+            stop.set()
+
+    def sampler(seed):
+        out = buf.allocate_batch(8, 30)
+        owner: dict[int, int] = {}
+        try:
+            while buf.num_trajectories == 0 and not stop.is_set():
+                time.sleep(0.001)
+            while not stop.is_set():
+                buf.sample_windows(8, 30, out=out)
+                for b in range(8):
+                    m = out["mask"][b]
+                    v = int(m.sum())
+                    assert v >= 2 and m[:v].all() and not m[v:].any()
+                    obs = out["obs"][b, :v]
+                    uid, t = int(obs[0, 0]), obs[:, 1].astype(np.int64)
+                    expect = np.stack([_row(uid, s) for s in t])
+                    np.testing.assert_array_equal(obs, expect)
+                    np.testing.assert_array_equal(t, out["time_index"][b, :v])
+                    assert (np.diff(t) == 1).all()
+                    np.testing.assert_array_equal(out["action"][b, 1:v], (uid * 7 + t[1:]) % 5)
+                    np.testing.assert_array_equal(out["reward"][b, 1:v], t[1:])
+                    assert not out["obs"][b, v:].any()
+                    tid = int(out["trajectory_id"][b])
+                    assert owner.setdefault(tid, uid) == uid  # an id names one trajectory
+                    checked[0] += 1
+        except Exception as e:
+            errors.append(f"sampler {seed}: {e!r}")
+            stop.set()
+
+    threads = [threading.Thread(target=collector)] + [
+        threading.Thread(target=sampler, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors, errors
+    assert checked[0] > 50
+    assert buf.total_steps_added == 3000 * num_envs
