@@ -115,8 +115,9 @@ class TrainConfig:
     """Stop after this many environment transitions (summed over envs and ranks' own envs)."""
     learning_starts: int = 1_000
     """Environment transitions collected before the first gradient update."""
-    collect_steps_per_iter: int = 16
-    """Vectorized env steps per collection call (each is num_envs transitions)."""
+    collect_steps_per_iter: int = 64
+    """Transitions (summed over this rank's envs) stored per collection call; learning, logging,
+    evaluation and checkpoints are checked between calls."""
     updates_per_env_step: float = 0.05
     """Gradient updates per environment transition (the collection/learning ratio)."""
     overlap_collection: bool = False

@@ -61,7 +61,7 @@ def _tmaze(active: bool) -> dict[str, Any]:
         "buffer.capacity_steps": 100_000,
         "total_env_steps": 30_000,
         "learning_starts": 1_000,
-        "collect_steps_per_iter": horizon,
+        "collect_steps_per_iter": 64,
         "updates_per_env_step": 0.03,
         "eval_interval": 5_000,
         "eval_episodes": 16,

@@ -154,8 +154,8 @@ class Trainer:
         self.skipped_updates = 0
         self.train_seconds = 0.0  # wall time spent in train(), summed across resumes
         self.next_log = 0
-        self.next_eval = 0
-        self.next_checkpoint = 0
+        self.next_eval = cfg.eval_interval
+        self.next_checkpoint = cfg.checkpoint_interval
         self.last_eval: dict[str, float] = {}
         self._stop_signal: int | None = None
         # Every rank collects the same number of steps (and so makes the same number of updates,
@@ -374,6 +374,8 @@ class Trainer:
             if progress is not None:
                 progress.close()
             self.logger.close()
+            self.env.close()
+            self.eval_env.close()
         result = {
             "env_steps": self.env_steps * world,
             "updates": self.updates,
@@ -428,6 +430,8 @@ class Trainer:
         # The collector's state holds the open rollouts, the policy's rollout memory, the
         # exploration state and (built-in envs) the env state. The eval env is rebuilt fresh.
         state["collector"] = self.collector.state_dict()
+        if hasattr(self.eval_env, "state_dict"):
+            state["eval_env"] = self.eval_env.state_dict()
         return state
 
     def save_checkpoint(self, thread: _CollectorThread | None) -> Path | None:
@@ -482,6 +486,8 @@ class Trainer:
         self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
         self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
         self.collector.load_state_dict(state["collector"])
+        if "eval_env" in state:
+            self.eval_env.load_state_dict(state["eval_env"])
         c = state["counters"]
         self.env_steps = c["env_steps"]
         self.updates = c["updates"]
