@@ -134,6 +134,7 @@ class _Rollouts:
             f.name: np.zeros((n, *f.shape), f.dtype) for f in self.spec.observation
         }
         self.prev_action = np.zeros((n, *act.shape), act.dtype)
+        self.sent_action = np.zeros((n, *act.shape), act.dtype)  # async: last action sent
         self.prev_reward = np.zeros(n, np.float32)
         self.time_index = np.zeros(n, np.int64)
         self.pending_reset = np.ones(n, np.bool_)
@@ -183,7 +184,14 @@ class _Rollouts:
                 f"env {self.spec.name!r} raised during step: {type(e).__name__}: {e}; "
                 "committed trajectories are intact, the open rollouts will restart"
             ) from e
-        out_ids = np.asarray(info["env_id"], dtype=np.int64) if env.is_async else self.all_ids
+        if env.is_async:
+            out_ids = np.asarray(info["env_id"], dtype=np.int64)
+            # The returned batch need not be the envs that just acted: each env's transition
+            # carries the action last *sent* to it.
+            self.sent_action[ids] = actions
+            actions = self.sent_action[out_ids]
+        else:
+            out_ids = self.all_ids
         stored = self._absorb(obs, reward, term, trunc, info, out_ids, actions, log)
         if env.is_async:
             self.batch_ids = out_ids

@@ -1,0 +1,375 @@
+"""Collector: every stored trajectory is the env's real episode, async ids, faults, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amago_fast.buffer import TrajectoryBuffer
+from amago_fast.collector import Collector, RandomPolicy
+from amago_fast.envs import EnvPoolEnv, VectorEnv, make_env
+from amago_fast.exploration import EpsilonGreedy, GaussianNoise, make_exploration
+from amago_fast.spaces import ActionSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
+
+
+class RowRecorder:
+    """Test oracle for the buffer calls: rebuilds trajectories per the DESIGN row layout."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.n = num_envs
+        self.open: dict[int, list[dict] | None] = {i: None for i in range(num_envs)}
+        self.trajectories: list[tuple[int, list[dict]]] = []
+        self.calls: list[tuple[str, list[int], dict]] = []
+
+    def _ids(self, env_ids):
+        return list(range(self.n)) if env_ids is None else [int(i) for i in env_ids]
+
+    def reset_envs(self, rows, env_ids=None):
+        ids = self._ids(env_ids)
+        self.calls.append(("reset", ids, {k: v.copy() for k, v in rows.items()}))
+        for j, i in enumerate(ids):
+            if self.open[i] is not None and len(self.open[i]) > 1:
+                self.trajectories.append((i, self.open[i]))  # cut, like the buffer
+            self.open[i] = [{k: np.array(v[j]) for k, v in rows.items()}]
+
+    def append_step(self, rows, env_ids=None):
+        ids = self._ids(env_ids)
+        self.calls.append(("append", ids, {k: np.array(v, copy=True) for k, v in rows.items()}))
+        for j, i in enumerate(ids):
+            assert self.open[i] is not None, f"append to env {i} without an open rollout"
+            row = {k: np.array(v[j]) for k, v in rows.items()}
+            self.open[i].append(row)
+            if row["terminated"] or row["truncated"]:
+                self.trajectories.append((i, self.open[i]))
+                self.open[i] = None
+
+
+class Tee:
+    """Sends the collector's calls to the real buffer and to the recorder."""
+
+    def __init__(self, *sinks):
+        self.sinks = sinks
+
+    def reset_envs(self, rows, env_ids=None):
+        for s in self.sinks:
+            s.reset_envs(rows, env_ids)
+
+    def append_step(self, rows, env_ids=None):
+        for s in self.sinks:
+            s.append_step(rows, env_ids)
+
+
+class LoggingPolicy(RandomPolicy):
+    """RandomPolicy that remembers what it was asked and what it answered."""
+
+    def __init__(self, spec, seed=0):
+        super().__init__(spec, seed)
+        self.log: list[tuple[np.ndarray | None, dict, np.ndarray]] = []
+
+    def act(self, rows, state, sample=True, env_ids=None):
+        actions, state = super().act(rows, state, sample, env_ids)
+        self.log.append((None if env_ids is None else np.array(env_ids),
+                         {k: np.array(v, copy=True) for k, v in rows.items()}, actions.copy()))
+        return actions, state
+
+
+def hand_episodes(env: VectorEnv, actions: list[np.ndarray]):
+    """Step `env` by hand with `actions`; return the complete episodes per env as row lists."""
+    obs = env.reset()
+    n = env.num_envs
+    cur = [[{k: v[i] for k, v in obs.items()}] for i in range(n)]
+    done_eps = []
+    pending = np.zeros(n, bool)
+    for a in actions:
+        obs, r, te, tr, _ = env.step(a)
+        for i in range(n):
+            if pending[i]:
+                cur[i] = [{k: v[i] for k, v in obs.items()}]
+                continue
+            row = {k: v[i] for k, v in obs.items()}
+            row.update(action=a[i], reward=r[i], terminated=te[i], truncated=tr[i])
+            cur[i].append(row)
+            if te[i] or tr[i]:
+                done_eps.append((i, cur[i]))
+        pending = te | tr
+    return done_eps
+
+
+def assert_same_trajectory(got, want, keys):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for k in keys:
+            if k in w:
+                np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+def test_sync_trajectories_equal_hand_stepped_episodes():
+    n = 4
+    env = EnvPoolEnv("CartPole-v1", n, seed=11)
+    real = TrajectoryBuffer.from_env_spec(env.spec, 20_000, n)
+    rec = RowRecorder(n)
+    policy = LoggingPolicy(env.spec, seed=2)
+    col = Collector(env, policy, Tee(real, rec))
+    stats = col.collect(600)
+    actions = [a for _, _, a in policy.log]
+    want = hand_episodes(EnvPoolEnv("CartPole-v1", n, seed=11), actions)
+    assert len(want) == len(rec.trajectories) == stats["episodes"] > 10
+    key = lambda e: (e[0], len(e[1]), float(e[1][0]["observation"][0]))  # noqa: E731
+    got_sorted = sorted(rec.trajectories, key=key)
+    for (gi, g), (wi, w) in zip(got_sorted, sorted(want, key=key)):
+        assert gi == wi
+        assert_same_trajectory(g, w, ["observation", "action", "reward", "terminated",
+                                      "truncated"])
+        assert not any(r["terminated"] or r["truncated"] for r in g[1:-1])
+    # stats agree with the trajectories
+    lengths = sorted(len(t) - 1 for _, t in rec.trajectories)
+    assert sorted(stats["returns"]) == sorted(float(sum(r["reward"] for r in t[1:]))
+                                              for _, t in rec.trajectories)
+    assert stats["length"] == pytest.approx(np.mean(lengths))
+    # the real buffer holds exactly the committed rows
+    assert real.num_trajectories == len(rec.trajectories)
+    assert len(real) == sum(len(t) for _, t in rec.trajectories)
+    # the rows the policy saw are training rows: previous action/reward, time_index
+    _, rows0, a0 = policy.log[0]
+    assert (rows0["time_index"] == 0).all() and (rows0["action"] == 0).all()
+    _, rows1, _ = policy.log[1]
+    np.testing.assert_array_equal(rows1["action"], a0)
+    assert (rows1["time_index"] == 1).all() and (rows1["reward"] == 1).all()
+
+
+def test_async_envpool_trajectories_match_per_env_replay():
+    n, b = 6, 3
+    env = EnvPoolEnv("CartPole-v1", n, seed=5, batch_size=b)
+    rec = RowRecorder(n)
+    policy = LoggingPolicy(env.spec, seed=1)
+    col = Collector(env, policy, rec)
+    col.collect(500)
+    per_env_actions = {i: [] for i in range(n)}
+    for ids, _, acts in policy.log:
+        assert ids.shape == (b,)
+        for i, a in zip(ids, acts):
+            per_env_actions[int(i)].append(a)
+    # Envs are independent: replay each env's own action sequence in a sync pool.
+    steps = max(len(v) for v in per_env_actions.values())
+    seq = [np.array([per_env_actions[i][t] if t < len(per_env_actions[i]) else 0
+                     for i in range(n)], np.int32) for t in range(steps)]
+    want = hand_episodes(EnvPoolEnv("CartPole-v1", n, seed=5), seq)
+    want_by_env = {i: [e for j, e in want if j == i] for i in range(n)}
+    got_by_env = {i: [t for j, t in rec.trajectories if j == i] for i in range(n)}
+    total = 0
+    for i in range(n):
+        got = got_by_env[i]
+        assert len(got) >= 1
+        for g, w in zip(got, want_by_env[i][: len(got)]):
+            assert_same_trajectory(g, w, ["observation", "action", "reward", "terminated"])
+        total += len(got)
+    assert total > 10
+
+
+def test_policy_without_env_ids_rejected_for_async():
+    class PlainPolicy:
+        def init_state(self, n):
+            return None
+
+        def reset_state(self, s, ids):
+            return s
+
+        def act(self, rows, state, sample):
+            return np.zeros(len(rows["time_index"]), np.int32), state
+
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="env_ids"):
+        Collector(env, PlainPolicy())
+    Collector(EnvPoolEnv("CartPole-v1", 2, seed=0), PlainPolicy()).collect(10)
+
+
+def test_trial_env_is_one_trajectory_with_episode_starts():
+    env = make_env("bandit", 4, seed=0, episodes_per_trial=5)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 4)
+    rec = RowRecorder(4)
+    col = Collector(env, RandomPolicy(env.spec), Tee(buf, rec))
+    stats = col.collect(60)
+    for _, t in rec.trajectories:
+        assert len(t) == 6  # 5 one-pull episodes -> 5 transitions, 6 rows
+        flags = [float(r["episode_start"][0]) for r in t]
+        assert flags == [1, 1, 1, 1, 1, 0]
+    ter = stats["trial_episode_returns"]
+    assert ter.shape == (stats["episodes"], 5)
+    np.testing.assert_allclose(ter.sum(axis=1), stats["returns"])
+
+
+class FaultyEnv(VectorEnv):
+    """A real TMaze whose step `fault_at` returns NaN observations or raises."""
+
+    def __init__(self, mode, fault_at, num_envs=3):
+        self.inner = make_env("tmaze-passive", num_envs, seed=0, corridor_length=3)
+        self.spec, self.num_envs = self.inner.spec, num_envs
+        self.mode, self.fault_at, self.t = mode, fault_at, 0
+
+    def reset(self, seed=None):
+        return self.inner.reset(seed)
+
+    def step(self, actions, env_ids=None):
+        out = self.inner.step(actions)
+        self.t += 1
+        if self.t == self.fault_at:
+            if self.mode == "raise":
+                raise OSError("simulator crashed")
+            out[0]["observation"][1, 0] = np.nan
+        return out
+
+
+def test_nan_observation_rejected_buffer_untouched():
+    env = FaultyEnv("nan", fault_at=14)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 3)
+    col = Collector(env, RandomPolicy(env.spec), buf)
+    col.collect(15)  # < 14 vector steps: no fault yet
+    assert env.t < 14
+    with pytest.raises(ValueError, match="non-finite"):
+        col.collect(30)
+    assert env.t == 14
+    # A twin without the fault, stopped after step 13: exactly the same data was stored.
+    twin_env = FaultyEnv("none", fault_at=-1)
+    twin_buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 3)
+    twin = Collector(twin_env, RandomPolicy(env.spec), twin_buf)
+    while twin_env.t < 13:
+        twin.collect(1)
+    assert twin_env.t == 13
+    assert buf.total_steps_added == twin_buf.total_steps_added
+    assert (len(buf), buf.num_trajectories) == (len(twin_buf), twin_buf.num_trajectories)
+    committed = len(buf)
+    col.collect(30)  # restarts the rollouts and goes on
+    assert len(buf) >= committed
+
+
+def test_nan_observation_flagged():
+    env = FaultyEnv("nan", fault_at=3)
+    rec = RowRecorder(3)
+    col = Collector(env, RandomPolicy(env.spec), rec, nan_policy="flag")
+    stats = col.collect(30)
+    assert stats["nonfinite_steps"] == 1
+    for _kind, _, rows in rec.calls:
+        if "observation" in rows:
+            assert np.isfinite(rows["observation"]).all()
+
+
+def test_env_raising_mid_rollout_keeps_committed_data():
+    env = FaultyEnv("raise", fault_at=20)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 3)
+    col = Collector(env, RandomPolicy(env.spec), buf)
+    col.collect(45)
+    before = (len(buf), buf.num_trajectories)
+    with pytest.raises(RuntimeError, match="simulator crashed"):
+        col.collect(60)
+    assert buf.num_trajectories >= before[1] and len(buf) >= before[0]
+    n_before = buf.num_trajectories
+    col.collect(30)
+    assert buf.num_trajectories >= n_before
+
+
+def test_bad_policy_action_shape_is_a_clear_error():
+    class BadPolicy(RandomPolicy):
+        def act(self, rows, state, sample=True, env_ids=None):
+            return np.zeros((len(rows["time_index"]), 2), np.int32), state
+
+    env = make_env("tmaze-passive", 2, corridor_length=3)
+    rec = RowRecorder(2)
+    col = Collector(env, BadPolicy(env.spec), rec)
+    with pytest.raises(RuntimeError, match="shape"):
+        col.collect(4)
+    assert not any(kind == "append" for kind, _, _ in rec.calls)
+
+
+def test_resume_continues_identically():
+    def build(seed):
+        env = make_env("tmaze-passive", 4, seed=seed, corridor_length=4)
+        expl = EpsilonGreedy(env.spec.action, 4, anneal_steps=200, seed=seed)
+        rec = RowRecorder(4)
+        return Collector(env, RandomPolicy(env.spec, seed=seed), rec, expl, seed=seed), rec
+
+    a, rec_a = build(0)
+    a.collect(37)
+    sd = a.state_dict()
+    mark = len(rec_a.calls)
+    a.collect(120)
+    b, rec_b = build(99)
+    b.load_state_dict(sd)
+    b.collect(120)
+    calls_a = rec_a.calls[mark:]
+    assert len(calls_a) == len(rec_b.calls) > 20
+    for (ka, ia, ra), (kb, ib, rb) in zip(calls_a, rec_b.calls):
+        assert ka == kb and ia == ib
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k])
+
+
+def test_evaluate_writes_nothing_and_training_resumes():
+    env = make_env("tmaze-passive", 4, seed=0, corridor_length=3)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 4)
+    col = Collector(env, RandomPolicy(env.spec), buf, make_exploration(env.spec.action, 4))
+    col.collect(20)
+    added = buf.total_steps_added
+    ev = col.evaluate(10)
+    assert ev["episodes"] >= 10 and buf.total_steps_added == added
+    assert ev["per_env"]["tmaze-passive"]["episodes"] == ev["episodes"]
+    col.collect(20)
+    assert buf.total_steps_added > added
+    other = make_env("tmaze-passive", 2, seed=1, corridor_length=3)
+    ev2 = Collector(env, RandomPolicy(env.spec), buf, eval_env=other).evaluate(3)
+    assert ev2["episodes"] >= 3
+
+
+# ----------------------------------------------------------------------------- exploration
+def test_epsilon_greedy_schedule_scales_and_state():
+    spec = ActionSpec("discrete", n=5)
+    e = EpsilonGreedy(spec, 1000, eps_start=1.0, eps_end=0.1, anneal_steps=100, seed=0)
+    assert e.current() == 1.0
+    e.advance(50)
+    assert abs(e.current() - 0.55) < 1e-9
+    e.advance(500)
+    assert abs(e.current() - 0.1) < 1e-9
+    assert 0.4 < e.scale.mean() < 0.6 and e.scale.min() >= 0 and e.scale.max() <= 1
+    greedy = np.zeros(1000, np.int32)
+    out = e.apply(greedy)
+    changed = (out != 0).mean()
+    # expected fraction replaced by a non-zero action: mean(eps_i) * 4/5
+    assert abs(changed - 0.1 * e.scale.mean() * 0.8) < 0.03
+    old = e.scale[:10].copy()
+    e.reset_envs(np.arange(10))
+    assert not np.array_equal(old, e.scale[:10])
+    sd = e.state_dict()
+    x = e.apply(greedy)
+    e2 = EpsilonGreedy(spec, 1000, eps_start=1.0, eps_end=0.1, anneal_steps=100, seed=7)
+    e2.load_state_dict(sd)
+    np.testing.assert_array_equal(x, e2.apply(greedy))
+    e0 = EpsilonGreedy(spec, 8, eps_start=0.0, eps_end=0.0, seed=0)
+    np.testing.assert_array_equal(e0.apply(np.full(8, 3)), 3)
+    md = EpsilonGreedy(ActionSpec("multidiscrete", nvec=(2, 7)), 500, eps_start=1.0,
+                       randomize=False, anneal_steps=10, seed=0)
+    y = md.apply(np.zeros((500, 2), np.int32))
+    assert y[:, 1].max() == 6 and y[:, 0].max() == 1
+    with pytest.raises(ValueError):
+        EpsilonGreedy(ActionSpec("continuous", shape=(2,)), 4)
+
+
+def test_gaussian_noise_clipped_and_annealed():
+    spec = ActionSpec("continuous", shape=(3,), low=(-1, -2, 0), high=(1, 2, 5))
+    g = GaussianNoise(spec, 200, std_start=2.0, std_end=0.0, anneal_steps=10, seed=0)
+    a = np.zeros((200, 3), np.float32) + np.array([0, 0, 2.5], np.float32)
+    y = g.apply(a)
+    assert (y >= np.array(spec.low)).all() and (y <= np.array(spec.high)).all()
+    assert (y != a).any()
+    g.advance(10)
+    np.testing.assert_array_equal(g.apply(a), a)
+    assert isinstance(make_exploration(spec, 4), GaussianNoise)
+
+
+def test_collect_with_exploration_and_continuous_env():
+    env = make_env("envpool:BallInCupCatch-v1", 2, seed=0)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 5000, 2)
+    expl = make_exploration(env.spec.action, 2, seed=0)
+    col = Collector(env, RandomPolicy(env.spec), buf, expl)
+    s = col.collect(50)
+    assert s["env_steps"] >= 50 and expl.steps >= 50
