@@ -114,12 +114,13 @@ class TrainConfig:
     total_env_steps: int = 20_000
     """Stop after this many environment transitions (summed over envs and ranks' own envs)."""
     learning_starts: int = 1_000
-    """Environment transitions collected before the first gradient update."""
+    """Transitions collected (per rank) before the first gradient update."""
     collect_steps_per_iter: int = 64
     """Transitions (summed over this rank's envs) stored per collection call; learning, logging,
     evaluation and checkpoints are checked between calls."""
     updates_per_env_step: float = 0.05
-    """Gradient updates per environment transition (the collection/learning ratio)."""
+    """Gradient updates per environment transition collected by a rank (the collection/learning
+    ratio; with DDP every update averages the gradients of all ranks' batches)."""
     overlap_collection: bool = False
     """Collect in a background thread (with a copy of the policy, synced after every collection
     call) while the main thread learns; otherwise collection and updates interleave."""

@@ -426,6 +426,9 @@ class Trainer:
                 "next_checkpoint": self.next_checkpoint,
             },
             "last_eval": self.last_eval,
+            # Every rank records a digest of its model: equal digests across ranks show DDP kept
+            # them identical (tests compare them; resume checks them).
+            "model_fingerprint": model_fingerprint(self.learner.loss_module),
         }
         # The collector's state holds the open rollouts, the policy's rollout memory, the
         # exploration state and (built-in envs) the env state. The eval env is rebuilt fresh.
@@ -481,6 +484,12 @@ class Trainer:
         rank_dir = path / f"rank{self.dist.rank}"
         state = torch.load(rank_dir / "state.pt", map_location="cpu", weights_only=False)
         self.learner.load_state_dict(shared["learner"])
+        saved = state.get("model_fingerprint")
+        if saved is not None and saved != model_fingerprint(self.learner.loss_module):
+            raise ckpt.CheckpointError(
+                f"{path}: rank {self.dist.rank}'s model differs from rank 0's in this checkpoint "
+                "(the ranks had drifted apart before it was written)"
+            )
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
         self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
@@ -530,6 +539,20 @@ def flatten_episode_stats(stats: dict) -> dict[str, float]:
                 if _is_number(v):
                     out[f"{name}/{k}"] = float(v)
     return out
+
+
+def model_fingerprint(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over every parameter and buffer of `module` (or of a state dict): names, dtypes,
+    shapes and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    sd = module if isinstance(module, dict) else module.state_dict()
+    for name, t in sd.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _is_number(v: Any) -> bool:
