@@ -13,6 +13,8 @@ Sync mode (``batch_size`` None or == num_envs): ``step(actions)`` for all envs.
 Async mode (``batch_size < num_envs``): ``reset()`` returns the first batch, whose env ids are in
 ``last_env_ids``; ``step(actions, env_ids)`` sends the actions of the envs of the previous batch
 and returns the next batch (``info["env_id"]`` / ``last_env_ids`` say which envs it holds).
+A second ``reset()`` of an async pool rebuilds the pool (same seed): EnvPool cannot reset while
+other batches are in flight.
 
 EnvPool autoresets on the step after done (reward 0, action ignored) — exactly our contract.
 EnvPool envs cannot be snapshotted: resuming from a checkpoint restarts them with ``reset``.
@@ -139,18 +141,9 @@ class EnvPoolEnv(VectorEnv):
         self._batch_size = int(batch_size) if batch_size is not None else self.num_envs
         self.is_async = self._batch_size < self.num_envs
         self._seed = seed
-        try:
-            self.pool = envpool.make(
-                task_id,
-                env_type="gymnasium",
-                num_envs=self.num_envs,
-                batch_size=self._batch_size,
-                seed=seed,
-                **envpool_kwargs,
-            )
-        except TypeError as e:
-            raise ValueError(f"envpool.make({task_id!r}) rejected the options "
-                             f"{sorted(envpool_kwargs)}: {e}") from e
+        self._make_kwargs = dict(envpool_kwargs)
+        self.pool = self._make_pool()
+        self._started = False
         self._obs = _ObsConverter(self.pool.observation_space, task_id)
         action = _action_spec(self.pool.action_space, task_id)
         max_steps = getattr(self.pool.spec.config, "max_episode_steps", None)
@@ -165,6 +158,21 @@ class EnvPoolEnv(VectorEnv):
         self.last_env_ids = np.arange(self._batch_size, dtype=np.int64)
         self._closed = False
 
+    def _make_pool(self):
+        envpool = _import_envpool()
+        try:
+            return envpool.make(
+                self.task_id,
+                env_type="gymnasium",
+                num_envs=self.num_envs,
+                batch_size=self._batch_size,
+                seed=self._seed,
+                **self._make_kwargs,
+            )
+        except TypeError as e:
+            raise ValueError(f"envpool.make({self.task_id!r}) rejected the options "
+                             f"{sorted(self._make_kwargs)}: {e}") from e
+
     @property
     def batch_size(self) -> int:
         return self._batch_size
@@ -177,6 +185,14 @@ class EnvPoolEnv(VectorEnv):
                 f"(constructed with seed={self._seed}, reset asked for {seed})"
             )
         if self.is_async:
+            if self._started:
+                # Envs of other batches are still in flight inside the pool; EnvPool cannot
+                # async_reset over them, so a re-reset of an async pool rebuilds it.
+                close = getattr(self.pool, "close", None)
+                if close is not None:
+                    close()
+                self.pool = self._make_pool()
+            self._started = True
             self.pool.async_reset()
             obs, _, _, _, info = self.pool.recv()
         else:
