@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -351,11 +352,20 @@ class Learner:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self.updates = 0
+        # Target-network EMA: one foreach call (swappable for the per-parameter baseline).
+        self.ema_fn: Callable = ema_update_
+        # Seconds spent in each phase of the last update (forward, backward, optimizer).
+        self.last_timings: dict[str, float] = {}
         self._ema_pairs = (
             list(self.loss_module.target_actor.parameters())
             + list(self.loss_module.target_critics.parameters()),
             list(self.agent.actor.parameters()) + list(self.agent.critics.parameters()),
         )
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # ------------------------------------------------------------------------------ batches
     def _to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -424,6 +434,7 @@ class Learner:
         if want_entropy:
             traj.set_record_entropy(True)
         self.model.train()
+        t0 = self._clock()
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, aux = self.model(batch, self.generator)
@@ -431,10 +442,12 @@ class Learner:
             if want_entropy:
                 entropies = traj.recorded_entropy()
                 traj.set_record_entropy(False)
+        t1 = self._clock()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
         finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        t2 = self._clock()
         metrics: dict[str, float] = {"skipped_nonfinite": 0.0 if finite else 1.0}
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -446,9 +459,11 @@ class Learner:
             return metrics
         self.optimizer.step()
         self.scheduler.step()
-        ema_update_(*self._ema_pairs, cfg.tau)
+        self.ema_fn(*self._ema_pairs, cfg.tau)
         self.loss_module.popart.update(aux["target_mean"], aux["target_sq_mean"])
         self.updates += 1
+        t3 = self._clock()
+        self.last_timings = {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
 
         G = self.agent.num_gammas
         per_gamma = torch.stack([aux["critic_loss_per_gamma"], aux["dpg_per_gamma"],

@@ -53,6 +53,9 @@ class TransformerLayer(nn.Module):
         self.drop_ff_mid = Dropout(dropout_ff)
         self.ff2 = make_linear(d_ff, d_model, sigma_reparam)
         self.drop_ff_out = Dropout(dropout_ff)
+        # The training attention op (swappable, e.g. for the materialising baseline in
+        # amago_fast.bench.update); same signature as causal_attention.
+        self.attention_fn = causal_attention
         # Set by the encoder when an attention-entropy measurement is requested.
         self.record_entropy = False
         self.last_entropy: torch.Tensor | None = None
@@ -74,7 +77,7 @@ class TransformerLayer(nn.Module):
         q, k, v = self._split_qkv(self.norm_attn_in(x))
         if self.record_entropy:
             self.last_entropy = attention_entropy(q, k, mask, window)
-        attn = causal_attention(q, k, v, valid_mask=mask, window=window)
+        attn = self.attention_fn(q, k, v, valid_mask=mask, window=window)
         return self._feed_forward(self._attn_out(x, attn))
 
     def step(self, x: torch.Tensor, cache: RingKVCache) -> torch.Tensor:

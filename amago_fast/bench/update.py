@@ -1,0 +1,188 @@
+"""Gradient updates per second of the AMAGO learner, with a same-run "reference-style" baseline.
+
+Two stated model sizes (issue 4): ``small`` = 2 layers, d_model 128, 4 heads, L=128, B=24 and
+``large`` = 3 layers, d_model 256, 8 heads, L=512, B=24. Each update is timed in phases:
+``sample`` (``TrajectoryBuffer.sample_windows`` from a filled buffer + conversion to tensors),
+``forward``, ``backward``, ``optimizer`` (clip, AdamW, EMA, PopArt).
+
+The baseline is the same model and loss computed the way the public AMAGO reference does it:
+attention materialising the (L × L) score matrix, every critic's input tiled G×E times
+(``critic_ensemble_tiled_reference``), and a per-parameter Python loop for the target EMA
+(``ema_update_reference``). Both run in the same process, alternating, on the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from amago_fast.agent import Agent, AgentConfig
+from amago_fast.buffer import TrajectoryBuffer
+from amago_fast.kernels.critic import CriticEnsemble, critic_ensemble_tiled_reference
+from amago_fast.kernels.ema import ema_update_reference
+from amago_fast.learner import Learner, LearnerConfig
+from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+
+SIZES: dict[str, dict[str, int]] = {
+    "small": dict(num_layers=2, d_model=128, num_heads=4, window=128, batch=24),
+    "large": dict(num_layers=3, d_model=256, num_heads=8, window=512, batch=24),
+}
+
+
+def materialized_attention(q, k, v, valid_mask=None, window=None, softmax_scale=None):
+    """Reference-style attention: explicit (B, H, L, L) scores, masked softmax, then @ V."""
+    B, L, H, D = q.shape
+    scale = softmax_scale or 1.0 / math.sqrt(D)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    scores = (qt @ kt.transpose(-1, -2)) * scale
+    i = torch.arange(L, device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed = allowed & (i[:, None] - i[None, :] < window)
+    allowed = allowed[None, None]
+    if valid_mask is not None:
+        allowed = allowed & valid_mask[:, None, None, :] & valid_mask[:, None, :, None]
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # fully-masked (padded) query rows
+    return (probs @ vt).transpose(1, 2)
+
+
+class TiledCriticEnsemble(CriticEnsemble):
+    """The same critic parameters evaluated the naive way (input tiled G×E times)."""
+
+    def forward(self, state, action, detach_params: bool = False):
+        params = self.params.detached() if detach_params else self.params
+        return critic_ensemble_tiled_reference(state, action, params, self.negative_slope)
+
+
+def bench_spec(obs_dim: int = 16, num_actions: int = 4) -> EnvSpec:
+    return EnvSpec("bench", (FieldSpec("obs", (obs_dim,), np.float32),),
+                   ActionSpec("discrete", n=num_actions))
+
+
+def filled_buffer(spec: EnvSpec, window: int, num_trajectories: int, seed: int):
+    """A real TrajectoryBuffer holding random trajectories of 1-2 windows each."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(window, 2 * window, size=num_trajectories)
+    buf = TrajectoryBuffer.from_env_spec(spec, int(lengths.sum() + num_trajectories) + 16, 1,
+                                         seed=seed)
+    for T in lengths:
+        rows = {
+            "obs": rng.normal(size=(T + 1, spec.observation[0].shape[0])).astype(np.float32),
+            "action": rng.integers(0, spec.action.n, size=T + 1).astype(np.int32),
+            "reward": rng.normal(size=T + 1).astype(np.float32),
+            "terminated": np.zeros(T + 1, bool),
+            "truncated": np.zeros(T + 1, bool),
+        }
+        rows["action"][0], rows["reward"][0] = 0, 0.0
+        rows["terminated"][-1] = True
+        buf.add_trajectory(rows)
+    return buf
+
+
+def build(size: str, baseline: bool, device: str, seed: int = 0) -> Learner:
+    s = SIZES[size]
+    spec = bench_spec()
+    torch.manual_seed(seed)
+    cfg = AgentConfig(d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
+                      context_len=s["window"] + 1)
+    agent = Agent(spec, cfg)
+    if baseline:
+        for layer in agent.traj_encoder.layers:
+            layer.attention_fn = materialized_attention
+        tiled = TiledCriticEnsemble(agent.critics.state_dim, agent.critics.action_dim,
+                                    agent.critics.num_gammas, agent.critics.num_critics,
+                                    agent.critics.hidden_dim, agent.critics.out_dim)
+        tiled.load_state_dict(agent.critics.state_dict())
+        agent.critics = tiled
+    learner = Learner(agent, LearnerConfig(device=device, warmup_steps=10, seed=seed))
+    if baseline:
+        learner.ema_fn = ema_update_reference
+    return learner
+
+
+def _sample(buf: TrajectoryBuffer, B: int, L: int, device: torch.device):
+    t0 = time.perf_counter()
+    batch = buf.sample_windows(B, L)
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+    return out, time.perf_counter() - t0
+
+
+def run(
+    sizes: tuple[str, ...] = ("small", "large"),
+    iters: int | None = None,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str = "cpu",
+    quick: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median phase times and updates/s for each size, ours vs the reference-style baseline.
+
+    ``iters`` timed updates per implementation (default 10 small / 3 large; ``quick``: 4 / 2).
+    The two implementations alternate update by update so machine noise hits both alike.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device}
+    for size in sizes:
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
+        s = SIZES[size]
+        n = iters or ((4 if size == "small" else 2) if quick else (10 if size == "small" else 3))
+        buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
+        impls = {"ours": build(size, False, device, seed), "baseline": build(size, True, device,
+                                                                                seed)}
+        times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
+        for i in range(warmup + n):
+            batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
+            for name, learner in impls.items():
+                t0 = time.perf_counter()
+                m = learner.update(batch)
+                total = time.perf_counter() - t0
+                if i < warmup:
+                    continue
+                if m["skipped_nonfinite"]:
+                    raise RuntimeError(f"bench update {name} produced a non-finite loss")
+                phases = dict(learner.last_timings, sample=t_sample, update_total=total)
+                for k, v in phases.items():
+                    times[name].setdefault(k, []).append(v)
+        row: dict[str, Any] = {"config": dict(s), "iters": n}
+        for name, ph in times.items():
+            med = {k: statistics.median(v) for k, v in ph.items()}
+            per_update = med["sample"] + med["update_total"]
+            row[name] = {
+                "updates_per_s": 1.0 / per_update,
+                "breakdown_ms": {k: 1000 * med[k] for k in
+                                 ("sample", "forward", "backward", "optimizer")},
+            }
+        row["updates_per_s"] = row["ours"]["updates_per_s"]
+        row["baseline_updates_per_s"] = row["baseline"]["updates_per_s"]
+        row["ratio"] = row["updates_per_s"] / row["baseline_updates_per_s"]
+        results[size] = row
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=["small", "large"], choices=sorted(SIZES))
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick),
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
