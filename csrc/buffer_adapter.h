@@ -319,7 +319,7 @@ class PyTrajectoryStore {
                                         const char* what, std::vector<py::array>* keep) const {
     if (!py::isinstance<py::dict>(rows_obj)) {
       throw py::type_error(std::string(what) + ": rows must be a dict of arrays, got " +
-                           py::str(rows_obj.get_type().attr("__name__")).cast<std::string>());
+                           py::str(rows_obj.attr("__class__").attr("__name__")).cast<std::string>());
     }
     py::dict rows = py::reinterpret_borrow<py::dict>(rows_obj);
     std::vector<const uint8_t*> ptrs(names_.size(), nullptr);

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds csrc/ with AddressSanitizer + UndefinedBehaviorSanitizer into build/sanitize (the
+# installed amago_fast/_core is not touched) and runs the buffer tests against that module
+# (amago_fast.buffer loads it through AMAGO_FAST_CORE_PATH). Any sanitizer report fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+BUILD=build/sanitize
+GEN=()
+command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
+cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Debug -DAMAGO_FAST_SANITIZE=ON \
+  -DPython_EXECUTABLE="$PY" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >/dev/null
+cmake --build "$BUILD" -j 2
+SO=$(ls "$PWD/$BUILD"/_core*.so | head -n 1)
+
+export AMAGO_FAST_CORE_PATH="$SO"
+# The interpreter is not instrumented, so the runtimes must be loaded first.
+export LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libubsan.so)"
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+"$PY" -c "import amago_fast.buffer as b; assert b.NATIVE_AVAILABLE and b._core.__file__ == '$SO', b._core; print('sanitized core:', b._core.__file__)"
+"$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
+  tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py "$@"
