@@ -373,3 +373,22 @@ def test_collect_with_exploration_and_continuous_env():
     col = Collector(env, RandomPolicy(env.spec), buf, expl)
     s = col.collect(50)
     assert s["env_steps"] >= 50 and expl.steps >= 50
+
+
+def test_collect_with_the_agent_policy():
+    agent_mod = pytest.importorskip("amago_fast.agent")
+    import torch
+
+    env = make_env("tmaze-passive", 3, seed=0, corridor_length=3)
+    cfg = agent_mod.AgentConfig(d_model=32, num_layers=1, num_heads=2, context_len=16,
+                                tstep_hidden=32, tstep_out=32, actor_hidden=32,
+                                critic_hidden=32)
+    agent = agent_mod.Agent(env.spec, cfg)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 5000, 3)
+    col = Collector(env, agent, buf, make_exploration(env.spec.action, 3, seed=0))
+    with torch.no_grad():
+        stats = col.collect(30)
+        ev = col.evaluate(3)
+    assert stats["episodes"] >= 6 and buf.num_trajectories == stats["episodes"]
+    assert len(buf) == buf.num_trajectories * 5  # horizon 4 -> 5 rows per trajectory
+    assert ev["episodes"] >= 3

@@ -465,6 +465,27 @@ def test_gym_unsupported_space_names_it(space_env, name):
         GymVectorEnv(vec)
 
 
+class _DictWithTextEnv(_DictObsEnv):
+    observation_space = gym.spaces.Dict({
+        "pos": gym.spaces.Box(-1, 1, (2,), np.float64),
+        "mission": gym.spaces.Text(8),
+    })
+
+
+def test_gym_ignore_keys_drops_unsupported_entries():
+    def vec():
+        return gym.vector.SyncVectorEnv([_DictWithTextEnv],
+                                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+    with pytest.raises(ValueError, match="mission"):
+        GymVectorEnv(vec())
+    env = GymVectorEnv(vec(), ignore_keys=("mission",))
+    assert [f.name for f in env.spec.observation] == ["pos"]
+    assert set(env.reset()) == {"pos"}
+    with pytest.raises(ValueError, match="not observation keys"):
+        GymVectorEnv(vec(), ignore_keys=("nope",))
+
+
 def test_gym_dict_obs_multidiscrete_actions_and_autoreset():
     vec = gym.vector.SyncVectorEnv([_DictObsEnv] * 2,
                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -8,7 +8,8 @@ Supported observation spaces (per single env): Box (float -> float32, uint8 kept
 int32; key ``observation``), Discrete (int32 (1,), value minus ``start``), MultiDiscrete (int32),
 MultiBinary (uint8), and a flat Dict of those (its keys, which must not clash with the buffer's
 reserved names). Actions: Discrete (start 0), MultiDiscrete, 1-d Box. Anything else (Text,
-Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space.
+Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space;
+``ignore_keys`` drops Dict entries the agent should not see (e.g. MiniGrid's Text "mission").
 """
 
 from __future__ import annotations
@@ -47,13 +48,23 @@ def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
     raise ValueError(f"{where}: unsupported observation space {type(space).__name__}: {space!r}")
 
 
-def observation_fields(space: Any, where: str = "gymnasium env") -> tuple[list[FieldSpec], list]:
-    """FieldSpecs for a single-env observation space, and the conversion plan."""
+def observation_fields(
+    space: Any, where: str = "gymnasium env", ignore_keys: tuple[str, ...] = ()
+) -> tuple[list[FieldSpec], list]:
+    """FieldSpecs for a single-env observation space, and the conversion plan.
+
+    `ignore_keys`: Dict entries to drop (e.g. MiniGrid's Text ``mission``).
+    """
     from gymnasium import spaces as gs
 
     if isinstance(space, gs.Dict):
+        unknown = sorted(set(ignore_keys) - set(space.spaces))
+        if unknown:
+            raise ValueError(f"{where}: ignore_keys {unknown} are not observation keys")
         fields, plan = [], []
         for key, sub in space.spaces.items():
+            if key in ignore_keys:
+                continue
             if isinstance(sub, (gs.Dict, gs.Tuple)):
                 raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}")
             if key in RESERVED_FIELDS:
@@ -62,6 +73,8 @@ def observation_fields(space: Any, where: str = "gymnasium env") -> tuple[list[F
             fields.append(f)
             plan.append((key, f.name, p))
         return fields, plan
+    if ignore_keys:
+        raise ValueError(f"{where}: ignore_keys needs a Dict observation space, got {space!r}")
     f, p = _leaf_field("observation", space, where)
     return [f], [(None, "observation", p)]
 
@@ -113,6 +126,7 @@ class GymVectorEnv(VectorEnv):
         seed: int = 0,
         vectorization: str = "sync",
         name: str | None = None,
+        ignore_keys: tuple[str, ...] = (),
         **make_kwargs: Any,
     ) -> None:
         import gymnasium as gym
@@ -151,7 +165,9 @@ class GymVectorEnv(VectorEnv):
                 f"env must be a gymnasium id or gymnasium.vector.VectorEnv, got {env!r}"
             )
         try:
-            fields, self._plan = observation_fields(self.vec.single_observation_space, env_name)
+            fields, self._plan = observation_fields(
+                self.vec.single_observation_space, env_name, tuple(ignore_keys)
+            )
             action = action_spec_from_space(self.vec.single_action_space, env_name)
         except ValueError:
             self.vec.close()
