@@ -67,6 +67,16 @@ class DistContext:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
+    def all_min(self, values: list[int]) -> list[int]:
+        """Element-wise minimum of integer `values` over ranks (one all-reduce)."""
+        if not self.enabled:
+            return [int(v) for v in values]
+        t = torch.tensor([int(v) for v in values], dtype=torch.int64)
+        if self.backend == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return [int(v) for v in t.tolist()]
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
         if not self.enabled:

@@ -278,7 +278,8 @@ class Trainer:
         try:
             if thread is not None:
                 thread.start()
-            while self.env_steps < total_per_rank:
+            min_steps = self.env_steps
+            while min_steps < total_per_rank:
                 # --- 1. collect --------------------------------------------------------
                 if thread is None:
                     stats = self.collector.collect(cfg.collect_steps_per_iter)
@@ -290,39 +291,18 @@ class Trainer:
                 recent_returns.extend(stats.get("returns", []))
                 if "success" in stats:
                     recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
+                # Ranks agree (one all-reduce) on the slowest rank's env steps, the updates all
+                # of them owe and whether any got a stop signal, so every rank makes the same
+                # number of DDP updates and the same checkpoint/stop decisions.
+                min_steps, owed, stop = self._sync_counters()
                 # --- 2. learn: as many updates as the ratio says are owed ----------------
-                owed = self._updates_owed()
-                while owed > 0 and len(self.buffer) > 0:
-                    batch = self.buffer.sample_windows(
-                        cfg.batch_size, cfg.window_len, relabel=self.relabel
-                    )
-                    if thread is not None:
-                        with thread.weights_lock:
-                            metrics = self.learner.update(_to_torch(batch, self.device))
-                    else:
-                        metrics = self.learner.update(_to_torch(batch, self.device))
-                    if dist.enabled:
-                        broadcast_module_state(dist, self.learner.loss_module.popart)
-                    self.updates += 1
-                    window_updates += 1
-                    owed -= 1
-                    if metrics.get("skipped_nonfinite"):
-                        self.skipped_updates += 1
-                        if self.skipped_updates > cfg.max_skipped_updates:
-                            raise TrainingError(
-                                f"{self.skipped_updates} updates were skipped because the loss "
-                                f"or gradients were NaN/inf (max_skipped_updates="
-                                f"{cfg.max_skipped_updates}); last metrics: "
-                                f"{ {k: v for k, v in metrics.items() if isinstance(v, float)} }"
-                            )
-                    for k, v in metrics.items():
-                        pending.setdefault(k, []).append(float(v))
+                window_updates += self.learn_owed(pending, thread, owed)
                 if thread is not None:
                     thread.notify_learner_progress()
                 # --- 3. progress, logs, eval, checkpoint --------------------------------
                 now = time.perf_counter()
                 self.train_seconds = t_offset + (now - t_start)
-                global_steps = self.env_steps * world
+                global_steps = min_steps * world
                 if progress is not None:
                     progress.update(global_steps - progress.n)
                 if global_steps >= self.next_log:
@@ -358,12 +338,14 @@ class Trainer:
                     while self.next_checkpoint <= global_steps:
                         self.next_checkpoint += cfg.checkpoint_interval
                     self.save_checkpoint(thread)
-                if dist.any_true(self._stop_signal is not None):
+                if stop:
                     interrupted = True
                     break
             # --- end: final checkpoint and evaluation -----------------------------------
             if thread is not None:
                 thread.stop()
+                if not interrupted:  # what the thread collected last is still owed updates
+                    self.learn_owed(pending, None, self._sync_counters()[1])
             self.save_checkpoint(None)
             if not interrupted:
                 self.evaluate_and_log(None)
@@ -386,6 +368,48 @@ class Trainer:
             "eval": dict(self.last_eval),
         }
         return result
+
+    def _sync_counters(self) -> tuple[int, int, bool]:
+        """(min env steps over ranks, updates owed by every rank, stop requested on any rank)."""
+        owed = self._updates_owed() if len(self.buffer) > 0 else 0
+        stop = 1 if self._stop_signal is not None else 0
+        min_steps, owed, neg_stop = self.dist.all_min([self.env_steps, owed, -stop])
+        return min_steps, owed, neg_stop < 0
+
+    def learn_owed(
+        self, pending: dict[str, list[float]], thread: _CollectorThread | None, owed: int
+    ) -> int:
+        """Run `owed` gradient updates (what the collection ratio says is owed); return how many.
+
+        Metrics are appended to `pending`. Updates skipped by the learner for non-finite values
+        are counted; past `max_skipped_updates` training stops with TrainingError.
+        """
+        cfg, dist = self.cfg, self.dist
+        done = 0
+        while owed > 0:
+            batch = self.buffer.sample_windows(cfg.batch_size, cfg.window_len, relabel=self.relabel)
+            if thread is not None:  # the collector thread copies weights between updates only
+                with thread.weights_lock:
+                    metrics = self.learner.update(_to_torch(batch, self.device))
+            else:
+                metrics = self.learner.update(_to_torch(batch, self.device))
+            if dist.enabled:
+                broadcast_module_state(dist, self.learner.loss_module.popart)
+            self.updates += 1
+            done += 1
+            owed -= 1
+            if metrics.get("skipped_nonfinite"):
+                self.skipped_updates += 1
+                if self.skipped_updates > cfg.max_skipped_updates:
+                    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+                    raise TrainingError(
+                        f"{self.skipped_updates} updates were skipped because the loss or "
+                        f"gradients were NaN/inf (max_skipped_updates={cfg.max_skipped_updates}); "
+                        f"last metrics: {shown}"
+                    )
+            for k, v in metrics.items():
+                pending.setdefault(k, []).append(float(v))
+        return done
 
     def _updates_owed(self) -> int:
         cfg = self.cfg
@@ -442,8 +466,9 @@ class Trainer:
         if thread is not None:
             thread.pause()
         try:
-            step = self.env_steps * self.dist.world_size
             dist = self.dist
+            # Named by the slowest rank's steps so every rank writes into the same directory.
+            step = dist.all_min([self.env_steps])[0] * dist.world_size
             tmp = ckpt.begin_checkpoint(self.run_dir, step) if dist.is_main else None
             dist.barrier()
             if tmp is None:
