@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from amago_fast.envs.base import VectorEnv
+from amago_fast.envs.base import VectorEnv, check_actions
 from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, EnvSpec
 
 
@@ -173,6 +173,9 @@ class _Rollouts:
             rows["time_index"] = self.time_index
             actions, self.pstate = self.policy.act(rows, self.pstate, sample)
         actions = np.asarray(actions.detach().cpu() if hasattr(actions, "detach") else actions)
+        m = self.n if ids is None else len(ids)
+        # Validate and convert to the stored dtype (e.g. int64 -> int32) before anything moves.
+        actions = check_actions(self.spec.action, actions, m, f"policy for {self.spec.name}")
         if explore and self.exploration is not None:
             actions = self.exploration.apply(actions, ids)
         try:

@@ -277,9 +277,21 @@ def test_bad_policy_action_shape_is_a_clear_error():
     env = make_env("tmaze-passive", 2, corridor_length=3)
     rec = RowRecorder(2)
     col = Collector(env, BadPolicy(env.spec), rec)
-    with pytest.raises(RuntimeError, match="shape"):
+    with pytest.raises(ValueError, match="policy for tmaze-passive: actions have shape"):
         col.collect(4)
     assert not any(kind == "append" for kind, _, _ in rec.calls)
+
+
+def test_policy_int64_actions_stored_as_int32():
+    class Int64Policy(RandomPolicy):
+        def act(self, rows, state, sample=True, env_ids=None):
+            a, state = super().act(rows, state, sample, env_ids)
+            return a.astype(np.int64), state
+
+    env = make_env("tmaze-passive", 2, corridor_length=3)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 1000, 2)
+    Collector(env, Int64Policy(env.spec), buf).collect(20)
+    assert buf.num_trajectories >= 4
 
 
 def test_resume_continues_identically():
