@@ -40,6 +40,9 @@ struct FieldBuffer {
 struct Piece {
   int64_t id = 0, pos = 0, rows = 0, offset = 0;
   int64_t cum_end = 0;  // transitions in all pieces up to and including this one
+  // With goals: rows at which the stored instruction's goals active0, active0+1, ... are
+  // completed under the built-in match (the replay of relabeling step 1, done once at commit).
+  std::vector<int64_t> reach;
 };
 
 struct SampleOutputs {
@@ -272,7 +275,8 @@ class TrajectoryStore {
     for (Piece p : s.pieces) {
       cum += p.rows - 1;
       p.cum_end = cum;
-      pieces_.push_back(p);
+      ReplayStored(&p);
+      pieces_.push_back(std::move(p));
     }
     used_ = used;
     write_pos_ = s.write_pos;
@@ -334,9 +338,29 @@ class TrajectoryStore {
     p.rows = n;
     p.offset = offset;
     p.cum_end = (pieces_.empty() ? 0 : pieces_.back().cum_end) + n - 1;
-    pieces_.push_back(p);
+    ReplayStored(&p);
+    pieces_.push_back(std::move(p));
     used_ += n;
     write_pos_ = (write_pos_ + n) % capacity_;
+  }
+
+  // Relabeling step 1 for the built-in match, once per piece: where the stored instruction's
+  // goals are completed. Makes a relabeled window O(L + distance to the last success) instead
+  // of O(piece length).
+  void ReplayStored(Piece* p) const {
+    p->reach.clear();
+    if (!goals_) return;
+    const GoalConfig& g = *goals_;
+    const size_t elem = GoalDTypeSize(g.dtype);
+    const uint8_t* instr = RingRow(g.goal_field, p->pos, 0);
+    int32_t active;
+    std::memcpy(&active, RingRow(g.active_field, p->pos, 0), 4);
+    for (int64_t t = 1; t < p->rows && active < g.k; ++t) {
+      if (BuiltinMatch(g, RingRow(g.achieved_field, p->pos, t), instr + active * g.dim * elem)) {
+        p->reach.push_back(t);
+        ++active;
+      }
+    }
   }
 
   const uint8_t* RingRow(int f, int64_t pos, int64_t t) const {
@@ -423,15 +447,21 @@ class TrajectoryStore {
       return BuiltinMatch(g, RingRow(g.achieved_field, p.pos, t), instr.data() + goal * g.dim * elem);
     };
 
-    // Step 1: replay the original instruction over the whole piece.
-    if (match != nullptr) compute_matrix(T + 1);
+    // Step 1: replay the original instruction over the whole piece (cached at commit for the
+    // built-in match).
     int c = active0;
     int64_t r = 0;
-    for (int64_t t = 1; t <= T && c < k; ++t) {
-      if (hit(t, c)) {
-        ++c;
-        r = t;
+    if (match != nullptr) {
+      compute_matrix(T + 1);
+      for (int64_t t = 1; t <= T && c < k; ++t) {
+        if (hit(t, c)) {
+          ++c;
+          r = t;
+        }
       }
+    } else {
+      c = active0 + static_cast<int>(p.reach.size());
+      if (!p.reach.empty()) r = p.reach.back();
     }
     // Step 2: choose replacement goals.
     const auto plan = PlanRelabel(params, seed_, counter, static_cast<uint64_t>(b), active0, c, k,
@@ -444,12 +474,25 @@ class TrajectoryStore {
       if (match != nullptr) compute_matrix(last + 1);
     }
     // Step 3: replay the (new) instruction and rewrite the window's goal fields.
+    // Goals < c are unchanged, so up to row r the new replay equals the cached one: start at
+    // row t0 = min(s, r) from the cached state (row 0 without a cache).
     const int64_t R = L + 1;
     int active = active0;
     int64_t cut = -1;
-    for (int64_t t = 0; t <= last; ++t) {
-      bool reached = false;
-      if (t >= 1 && active < k && hit(t, active)) {
+    int64_t t0 = 0;
+    bool reached_t0 = false;
+    if (match == nullptr) {
+      t0 = std::min(s, r);
+      for (int64_t row : p.reach) {
+        if (row > t0) break;
+        completed[active] = 1;
+        ++active;
+        reached_t0 = row == t0;
+      }
+    }
+    for (int64_t t = t0; t <= last; ++t) {
+      bool reached = t == t0 && reached_t0;
+      if (t > t0 && active < k && hit(t, active)) {
         completed[active] = 1;
         ++active;
         reached = true;
