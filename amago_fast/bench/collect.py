@@ -97,7 +97,10 @@ def _random_actions(spec, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _time_raw(env: VectorEnv, seconds: float) -> float:
-    """Env steps/s of the env itself with random actions (EnvPool: its own pool API)."""
+    """Env steps/s of the env itself with random actions (EnvPool: its own pool API).
+
+    `env` must be fresh: an async EnvPool pool cannot be reset while batches are in flight.
+    """
     rng = np.random.default_rng(0)
     pool = getattr(env, "pool", None)
     spec = env.spec
@@ -222,8 +225,9 @@ def run(
                 def fresh(name=name, n=n, kw=kw, extra=extra):
                     return make_env(name, n, seed=0, **kw, **extra)
 
-                env = fresh()
-                spec = env.spec
+                probe = fresh()
+                spec = probe.spec
+                probe.close()
                 cols = {
                     "collector_random": Collector(fresh(), RandomPolicy(spec)),
                     "collector_random_buffer": Collector(fresh(), RandomPolicy(spec),
@@ -239,10 +243,11 @@ def run(
                 times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
                 with torch.no_grad():
                     for _ in range(repeats):
-                        times["raw"].append(_time_raw(env, seconds))
+                        raw_env = fresh()
+                        times["raw"].append(_time_raw(raw_env, seconds))
+                        raw_env.close()
                         for k, c in cols.items():
                             times[k].append(_time_collector(c, seconds))
-                env.close()
                 for c in cols.values():
                     c.env.close()
                 med = {k: float(np.median(v)) for k, v in times.items()}
