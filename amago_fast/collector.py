@@ -110,7 +110,13 @@ class _EpisodeLog:
         if self.successes:
             out["success"] = float(np.mean(self.successes))
         if self.trial_episode_returns:
-            out["trial_episode_returns"] = np.concatenate(self.trial_episode_returns)
+            ter = np.concatenate(self.trial_episode_returns)
+            out["trial_episode_returns"] = ter
+            # The meta-RL check: is the first episode of a trial worse than the later ones?
+            out["trial_first_episode_return"] = float(np.nanmean(ter[:, 0]))
+            later = ter[:, 1:]
+            if np.isfinite(later).any():
+                out["trial_later_episode_return"] = float(np.nanmean(later))
         return out
 
 

@@ -198,6 +198,8 @@ def test_trial_env_is_one_trajectory_with_episode_starts():
     ter = stats["trial_episode_returns"]
     assert ter.shape == (stats["episodes"], 5)
     np.testing.assert_allclose(ter.sum(axis=1), stats["returns"])
+    assert stats["trial_first_episode_return"] == pytest.approx(ter[:, 0].mean())
+    assert stats["trial_later_episode_return"] == pytest.approx(ter[:, 1:].mean())
 
 
 class FaultyEnv(VectorEnv):
