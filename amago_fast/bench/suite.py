@@ -42,11 +42,30 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _call_run(fn, quick: bool) -> dict:
+# Smaller cases for `--quick` (a smoke run of every code path); only the keywords a module's
+# run() accepts are passed.
+QUICK_KWARGS: dict[str, dict[str, Any]] = {
+    "buffer": {"quick": True},
+    "collect": {
+        "num_envs": (8,),
+        "modes": ("sync",),
+        "seconds": 0.2,
+        "repeats": 1,
+        "context_check": False,
+    },
+    "update": {"quick": True, "sizes": ("small",)},
+    "attention": {"quick": True},
+    "critic": {"quick": True},
+}
+
+
+def _call_run(name: str, fn, quick: bool) -> dict:
     params = inspect.signature(fn).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     kwargs = {}
-    if quick and "quick" in params:
-        kwargs["quick"] = True
+    if quick:
+        wanted = QUICK_KWARGS.get(name, {"quick": True})
+        kwargs = {k: v for k, v in wanted.items() if takes_any or k in params}
     return fn(**kwargs)
 
 
@@ -74,7 +93,7 @@ def run_suite(
             raise
         t0 = time.perf_counter()
         try:
-            res = _call_run(mod.run, quick)
+            res = _call_run(name, mod.run, quick)
             results[name] = {"status": "ok", "seconds": time.perf_counter() - t0, "result": res}
         except Exception as e:  # one broken benchmark must not hide the others' figures
             results[name] = {
@@ -88,26 +107,54 @@ def run_suite(
     return out
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _label(item: dict, index: int) -> str:
+    """A list item's name: its string entries and small integer settings (num_envs, L, ...)."""
+    parts = [
+        f"{k}={v}"
+        for k, v in item.items()
+        if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool) and v < 10**6)
+    ]
+    return ",".join(parts)[:48] or str(index)
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, float], float]]:
-    """(row name, {figure: value}, ratio) for every dict holding a numeric `ratio`."""
+    """(row name, {figure: value}, ratio) for every ratio found in the results.
+
+    A key `ratio` makes its whole dict one row (every other number is a figure). A key like
+    `<what>_ratio_vs_<baseline>` (or `<what>_ratio`) makes one row with the numbers whose keys
+    start with `<what>` or `<baseline>`.
+    """
     rows: list[tuple[str, dict[str, float], float]] = []
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
-            ratio = node.get("ratio")
-            if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
-                figures = {
-                    k: float(v)
-                    for k, v in node.items()
-                    if k != "ratio" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            nums = {k: float(v) for k, v in node.items() if _is_num(v)}
+            plain = {k: v for k, v in nums.items() if "ratio" not in k}
+            for k, v in nums.items():
+                if "ratio" not in k:
+                    continue
+                if k == "ratio":
+                    rows.append((path, plain, v))
+                    continue
+                what = k.split("_ratio")[0]
+                base = k.split("_vs_", 1)[1] if "_vs_" in k else None
+                figs = {
+                    kk: vv
+                    for kk, vv in plain.items()
+                    if (what and kk.startswith(what)) or (base and kk.startswith(base))
                 }
-                rows.append((path, figures, float(ratio)))
+                rows.append((f"{path}.{what}" if what else path, figs, v))
             for k, v in node.items():
                 if isinstance(v, (dict, list)):
-                    walk(v, f"{path}.{k}" if path else str(k))
+                    # a generic container name adds nothing to the row name
+                    walk(v, path if k in ("results", "cases") else f"{path}.{k}")
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                label = v.get("name", v.get("case", i)) if isinstance(v, dict) else i
+                label = _label(v, i) if isinstance(v, dict) else str(i)
                 walk(v, f"{path}[{label}]")
 
     for name, entry in results.get("results", {}).items():
@@ -126,15 +173,15 @@ def _fmt(v: float) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table: one row per figure with its same-run baseline and the ratio."""
-    lines = [f"{'benchmark / case':60s} {'ratio':>9s}  figures (value and same-run baseline)"]
-    lines.append("-" * 110)
+    lines = [f"{'benchmark / case':72s} {'ratio':>9s}  figures (value and same-run baseline)"]
+    lines.append("-" * 120)
     for path, figures, ratio in table_rows(results):
         figs = ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items())
-        lines.append(f"{path[:60]:60s} {_fmt(ratio):>9s}  {figs}")
+        lines.append(f"{path[-72:]:72s} {_fmt(ratio):>9s}  {figs}")
     for name, entry in results.get("results", {}).items():
         if entry.get("status") != "ok":
             why = entry.get("reason") or entry.get("error", "")
-            lines.append(f"{name:60s} {entry.get('status'):>9s}  {why}")
+            lines.append(f"{name:72s} {entry.get('status'):>9s}  {why}")
     return "\n".join(lines)
 
 
