@@ -1,0 +1,96 @@
+"""The `amago-fast` command: train (print-config, overrides, bad config), eval, presets, bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from amago_fast.bench.suite import format_table, table_rows
+from amago_fast.cli import main
+from tests.test_trainer_resume import TINY
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _overrides(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return out
+
+
+def test_print_config_applies_preset_and_overrides(capsys):
+    assert main(["train", "--preset", "tmaze-active", "--print-config",
+                 "--learner.lr", "3e-4", "--env.kwargs", '{"corridor_length": 7}']) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["env"]["name"] == "tmaze-active"
+    assert cfg["env"]["kwargs"] == {"corridor_length": 7}
+    assert cfg["learner"]["lr"] == pytest.approx(3e-4)
+
+
+def test_bad_config_exits_2_naming_the_field(capsys, tmp_path):
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--batch_size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--agent.num_heads", "5"]) == 2
+    assert "agent.num_heads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--no.such.field", "1"])
+    assert e.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_every_field_with_its_docstring():
+    out = subprocess.run([sys.executable, "-m", "amago_fast", "train", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert "--learner.lr" in out.stdout and "AdamW learning rate" in out.stdout
+    assert "--env.num_envs" in out.stdout and "--resume" in out.stdout
+    script = Path(sys.executable).parent / "amago-fast"
+    if script.exists() or shutil.which("amago-fast"):
+        out = subprocess.run([str(script) if script.exists() else "amago-fast", "presets"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "tmaze" in out.stdout
+
+
+def test_train_then_eval_prints_json(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "--run-dir", str(run_dir),
+            *_overrides({**TINY, "total_env_steps": 32, "checkpoint_interval": 0})]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["env_steps"] >= 32 and (run_dir / "config.json").is_file()
+    assert main(["eval", str(run_dir), "--episodes", "3"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["episodes"] >= 3 and "return" in stats
+    assert stats["checkpoint_env_steps"] == result["env_steps"]
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_bench_table_and_unknown_name(capsys):
+    results = {"results": {
+        "x": {"status": "ok", "result": {"cases": [
+            {"case": "a", "ours": 2.0, "baseline": 1.0, "ratio": 2.0},
+            {"env": "e", "fast_steps_per_s": 4.0, "raw_steps_per_s": 8.0,
+             "fast_ratio_vs_raw": 0.5},
+        ]}},
+        "y": {"status": "missing", "reason": "not built"},
+    }}
+    rows = table_rows(results)
+    assert ("x[case=a]", {"ours": 2.0, "baseline": 1.0}, 2.0) in rows
+    assert ("x[env=e].fast", {"fast_steps_per_s": 4.0, "raw_steps_per_s": 8.0}, 0.5) in rows
+    text = format_table(results)
+    assert "missing" in text and "not built" in text
+    assert main(["bench", "--only", "nope"]) == 2
+    assert "unknown benchmarks" in capsys.readouterr().err
