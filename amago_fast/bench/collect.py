@@ -12,8 +12,9 @@ and each mode (sync; async = EnvPool with batch_size N/2), in one run and interl
   sync only.
 
 Steps/s count env steps processed (vector steps x batch size), the same unit as the raw loop.
-Each figure is the median of `repeats` interleaved timings of ~`seconds` each; ratios are
-against ``raw`` of the same env/N/mode. ``policy_context``: the Agent's per-step ``act`` cost at
+Each figure is the median over `repeats` rounds of short interleaved slices (~`seconds` each,
+every method once per round, the shared machine's load changing on a scale of seconds); ratios
+are against ``raw`` of the same env/N/mode. ``policy_context``: the Agent's per-step ``act`` cost at
 rollout time ~64 vs ~1024 with context_len 1024 (should stay flat with a ring KV cache).
 """
 
@@ -96,51 +97,55 @@ def _random_actions(spec, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(a.low, a.high, (n, *a.shape))
 
 
-def _time_raw(env: VectorEnv, seconds: float) -> float:
-    """Env steps/s of the env itself with random actions (EnvPool: its own pool API).
+class RawStepper:
+    """Steps an env directly with uniform random actions (EnvPool: its own pool API), keeping
+    its state between timing slices so slices can be interleaved with the collectors'."""
 
-    `env` must be fresh: an async EnvPool pool cannot be reset while batches are in flight.
-    """
-    rng = np.random.default_rng(0)
-    pool = getattr(env, "pool", None)
-    spec = env.spec
-    steps = 0
-    if pool is not None and env.is_async:
-        pool.async_reset()
-        _, _, _, _, info = pool.recv()
+    def __init__(self, env: VectorEnv) -> None:
+        self.env = env
+        self.rng = np.random.default_rng(0)
+        self.pool = getattr(env, "pool", None)
+        self.info = None
+        if self.pool is not None and env.is_async:
+            self.pool.async_reset()
+            _, _, _, _, self.info = self.pool.recv()
+        elif self.pool is not None:
+            self.pool.reset()
+        else:
+            env.reset()
+        dtype = np.int32 if env.spec.action.is_discrete else np.float32
+        self.cast = (lambda a: a.astype(dtype)) if self.pool is None else (lambda a: a)
+
+    def slice(self, seconds: float) -> tuple[int, float]:
+        """Step for ~`seconds` (at least 10 vector steps); returns (env steps, elapsed)."""
+        env, pool, spec, rng = self.env, self.pool, self.env.spec, self.rng
+        steps = 0
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(20):
-                pool.send(_random_actions(spec, env.batch_size, rng), info["env_id"])
-                _, _, _, _, info = pool.recv()
-            steps += 20 * env.batch_size
-    elif pool is not None:
-        pool.reset()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(20):
-                pool.step(_random_actions(spec, env.num_envs, rng))
-            steps += 20 * env.num_envs
-    else:
-        env.reset()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(20):
-                env.step(_random_actions(spec, env.num_envs, rng).astype(
-                    np.int32 if spec.action.is_discrete else np.float32))
-            steps += 20 * env.num_envs
-    return steps / (time.perf_counter() - t0)
+        while True:
+            for _ in range(10):
+                if pool is not None and env.is_async:
+                    pool.send(_random_actions(spec, env.batch_size, rng), self.info["env_id"])
+                    _, _, _, _, self.info = pool.recv()
+                elif pool is not None:
+                    pool.step(_random_actions(spec, env.num_envs, rng))
+                else:
+                    env.step(self.cast(_random_actions(spec, env.num_envs, rng)))
+            steps += 10 * env.batch_size
+            dt = time.perf_counter() - t0
+            if dt >= seconds:
+                return steps, dt
 
 
-def _time_collector(col: Collector, seconds: float) -> float:
-    env = col.env
-    chunk = 20 * env.batch_size
-    col.collect(chunk)  # warm (first reset, buffer allocation)
+def _collector_slice(col: Collector, seconds: float) -> tuple[int, float]:
+    """Collect for ~`seconds` (at least 5 vector steps); returns (env steps, elapsed)."""
+    chunk = 5 * col.env.batch_size
     vec = 0
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    while True:
         vec += col.collect(chunk)["vector_steps"]
-    return vec * env.batch_size / (time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return vec * col.env.batch_size, dt
 
 
 def _buffer(spec, n):
@@ -197,8 +202,8 @@ def run(
     envs: tuple[str, ...] = tuple(ENVS),
     num_envs: tuple[int, ...] = (8, 64),
     modes: tuple[str, ...] = ("sync", "async"),
-    seconds: float = 0.4,
-    repeats: int = 3,
+    seconds: float = 0.05,
+    repeats: int = 15,
     agents: bool = True,
     context_check: bool = True,
     torch_threads: int = 1,
@@ -240,14 +245,22 @@ def run(
                         if ag is not None:
                             cols[f"collector_agent_{size}"] = Collector(fresh(), ag,
                                                                         _buffer(spec, n))
+                raw_env = fresh()
+                raw = RawStepper(raw_env)
                 times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
                 with torch.no_grad():
+                    raw.slice(0.0)  # warm-up: first reset, buffer allocation
+                    for c in cols.values():
+                        _collector_slice(c, 0.0)
+                    # Short slices, interleaved, many times: the shared machine's load changes
+                    # on a scale of seconds, so each method sees the same mix of it.
                     for _ in range(repeats):
-                        raw_env = fresh()
-                        times["raw"].append(_time_raw(raw_env, seconds))
-                        raw_env.close()
+                        steps, dt = raw.slice(seconds)
+                        times["raw"].append(steps / dt)
                         for k, c in cols.items():
-                            times[k].append(_time_collector(c, seconds))
+                            steps, dt = _collector_slice(c, seconds)
+                            times[k].append(steps / dt)
+                raw_env.close()
                 for c in cols.values():
                     c.env.close()
                 med = {k: float(np.median(v)) for k, v in times.items()}
@@ -274,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     p.add_argument("--num-envs", nargs="+", type=int, default=[8, 64])
     p.add_argument("--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"])
-    p.add_argument("--seconds", type=float, default=0.4)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=0.05, help="length of one timing slice")
+    p.add_argument("--repeats", type=int, default=15, help="interleaved slices per method")
     p.add_argument("--no-agents", action="store_true")
     p.add_argument("--no-context-check", action="store_true")
     p.add_argument("--torch-threads", type=int, default=1)
