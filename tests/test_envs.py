@@ -58,6 +58,10 @@ def test_registry_names_and_errors():
         make_env("gym:NoSuchTask-v9", 2)
     with pytest.raises(ValueError, match="split"):
         make_env("aib-cartpole", 2, split="test")
+    assert make_env("maze-runner", 1, num_goals=2).spec.goals.k == 2
+    assert make_env("maze-runner", 1, k=4).spec.goals.k == 4
+    with pytest.raises(ValueError, match="disagree"):
+        make_env("maze-runner", 1, k=4, num_goals=2)
 
 
 @pytest.mark.parametrize(

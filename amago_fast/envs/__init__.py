@@ -56,10 +56,13 @@ def _key_to_door(num_envs: int, seed: int = 0, room_size: int = 9, episode_max_s
                          seed=seed)
 
 
-def _maze_runner(num_envs: int, seed: int = 0, k: int = 3, maze_size: int = 15,
-                 episode_max_steps: int | None = None, num_layouts: int = 64,
-                 loop_prob: float = 0.1):
-    return MazeRunner(num_envs, num_goals=k, maze_size=maze_size,
+def _maze_runner(num_envs: int, seed: int = 0, k: int | None = None, num_goals: int | None = None,
+                 maze_size: int = 15, episode_max_steps: int | None = None,
+                 num_layouts: int = 64, loop_prob: float = 0.1):
+    if k is not None and num_goals is not None and k != num_goals:
+        raise ValueError(f"maze-runner: k={k} and num_goals={num_goals} disagree (same thing)")
+    goals = k if k is not None else (num_goals if num_goals is not None else 3)
+    return MazeRunner(num_envs, num_goals=goals, maze_size=maze_size,
                       episode_max_steps=episode_max_steps, num_layouts=num_layouts,
                       loop_prob=loop_prob, seed=seed)
 
