@@ -199,18 +199,37 @@ class PyTrajectoryStore {
                    match ? &*match : nullptr, o);
   }
 
-  int64_t UsedRows() const { return store_->used_rows(); }
-  int64_t NumPieces() const { return store_->num_pieces(); }
+  // Every call that takes a store lock releases the GIL first: a thread blocked on a lock must
+  // never hold the GIL that a match_fn callback (run under the read lock) needs.
+  int64_t UsedRows() const {
+    py::gil_scoped_release release;
+    return store_->used_rows();
+  }
+  int64_t NumPieces() const {
+    py::gil_scoped_release release;
+    return store_->num_pieces();
+  }
   int NumThreads() const { return store_->num_threads(); }
 
   py::array_t<int64_t> OpenLengths() const {
-    auto v = store_->open_lengths();
+    std::vector<int64_t> v;
+    {
+      py::gil_scoped_release release;
+      v = store_->open_lengths();
+    }
     py::array_t<int64_t> a(static_cast<ssize_t>(v.size()));
     std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
     return a;
   }
 
-  py::array_t<int64_t> Pieces() const { return PiecesArray(store_->pieces()); }
+  py::array_t<int64_t> Pieces() const {
+    std::vector<Piece> ps;
+    {
+      py::gil_scoped_release release;
+      ps = store_->pieces();
+    }
+    return PiecesArray(ps);
+  }
 
   py::tuple GetState() const {
     StoreState s;

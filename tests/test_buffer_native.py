@@ -208,3 +208,38 @@ def test_append_while_sampling_never_tears_or_overwrites():
     assert not errors, errors
     assert checked[0] > 50
     assert buf.total_steps_added == 3000 * num_envs
+
+
+def test_match_fn_sampling_with_concurrent_appends_does_not_deadlock():
+    """A match_fn runs under the read lock and needs the GIL; appends (waiting writers) and
+    other threads' metadata calls must not hold the GIL while they wait for the lock."""
+    spec = goal_env_spec(k=2)
+    buf = TrajectoryBuffer.from_env_spec(spec, capacity_steps=300, num_envs=4,
+                                         max_trajectory_len=20, num_threads=2)
+    roll = GoalRollouts(spec, 4, seed=0, p_truncate=0.1, values=2)
+    drive([buf], roll, 30)
+    rel = RelabelConfig("all", 1.0, match_fn=lambda a, g: np.all(a == g, axis=-1))
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def run(fn):
+        try:
+            while not stop.is_set():
+                fn()
+        except Exception as e:
+            errors.append(repr(e))
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(f,), daemon=True) for f in (
+        lambda: buf.sample_windows(4, 8, relabel=rel),
+        lambda: buf.sample_windows(4, 8, relabel=rel),
+        lambda: (len(buf), buf.num_trajectories, buf._store_pieces()),
+    )]
+    for th in threads:
+        th.start()
+    drive([buf], roll, 300, started=True)
+    stop.set()
+    for th in threads:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in threads), "deadlock"
+    assert not errors, errors

@@ -71,35 +71,6 @@ inline size_t GoalDTypeSize(GoalDType t) {
   throw std::invalid_argument("unsupported goal dtype");
 }
 
-inline double GoalValue(GoalDType t, const uint8_t* p, int64_t i) {
-  switch (t) {
-    case GoalDType::kFloat32: {
-      float v;
-      std::memcpy(&v, p + 4 * i, 4);
-      return v;
-    }
-    case GoalDType::kFloat16: {
-      uint16_t v;
-      std::memcpy(&v, p + 2 * i, 2);
-      return HalfToFloat(v);
-    }
-    case GoalDType::kUInt8:
-    case GoalDType::kBool:
-      return p[i];
-    case GoalDType::kInt32: {
-      int32_t v;
-      std::memcpy(&v, p + 4 * i, 4);
-      return v;
-    }
-    case GoalDType::kInt64: {
-      int64_t v;
-      std::memcpy(&v, p + 8 * i, 8);
-      return static_cast<double>(v);
-    }
-  }
-  return 0.0;
-}
-
 struct GoalConfig {
   int goal_field = -1, achieved_field = -1, active_field = -1, completed_field = -1;
   int k = 0, dim = 0;
@@ -109,28 +80,59 @@ struct GoalConfig {
   float goal_reward = 1.0f;
 };
 
-// Does achieved vector `a` reach goal `g` (dim elements each, raw bytes of the goal dtype)?
-inline bool BuiltinMatch(const GoalConfig& cfg, const uint8_t* a, const uint8_t* g) {
+template <typename T>
+inline T LoadAs(const uint8_t* p, int i) {
+  T v;
+  std::memcpy(&v, p + sizeof(T) * i, sizeof(T));
+  return v;
+}
+
+// Exact: equality of the values in their own type (so -0 == 0 and NaN never matches, as in
+// NumPy); tolerance: |a - g| <= eps in double, per element.
+template <typename T>
+inline bool MatchTyped(const GoalConfig& cfg, const uint8_t* a, const uint8_t* g) {
   if (!cfg.tolerance) {
-    if (cfg.dtype == GoalDType::kInt64) {  // exact without the double round trip
-      for (int i = 0; i < cfg.dim; ++i) {
-        int64_t x, y;
-        std::memcpy(&x, a + 8 * i, 8);
-        std::memcpy(&y, g + 8 * i, 8);
-        if (x != y) return false;
-      }
-      return true;
-    }
     for (int i = 0; i < cfg.dim; ++i) {
-      if (!(GoalValue(cfg.dtype, a, i) == GoalValue(cfg.dtype, g, i))) return false;
+      if (!(LoadAs<T>(a, i) == LoadAs<T>(g, i))) return false;
     }
     return true;
   }
   for (int i = 0; i < cfg.dim; ++i) {
-    double x = GoalValue(cfg.dtype, a, i), y = GoalValue(cfg.dtype, g, i);
+    const double x = static_cast<double>(LoadAs<T>(a, i));
+    const double y = static_cast<double>(LoadAs<T>(g, i));
     if (!(std::fabs(x - y) <= cfg.eps)) return false;
   }
   return true;
+}
+
+inline bool MatchHalf(const GoalConfig& cfg, const uint8_t* a, const uint8_t* g) {
+  for (int i = 0; i < cfg.dim; ++i) {
+    const float x = HalfToFloat(LoadAs<uint16_t>(a, i));
+    const float y = HalfToFloat(LoadAs<uint16_t>(g, i));
+    if (cfg.tolerance ? !(std::fabs(static_cast<double>(x) - static_cast<double>(y)) <= cfg.eps)
+                      : !(x == y)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Does achieved vector `a` reach goal `g` (dim elements each, raw bytes of the goal dtype)?
+inline bool BuiltinMatch(const GoalConfig& cfg, const uint8_t* a, const uint8_t* g) {
+  switch (cfg.dtype) {
+    case GoalDType::kFloat32:
+      return MatchTyped<float>(cfg, a, g);
+    case GoalDType::kFloat16:
+      return MatchHalf(cfg, a, g);
+    case GoalDType::kUInt8:
+    case GoalDType::kBool:
+      return MatchTyped<uint8_t>(cfg, a, g);
+    case GoalDType::kInt32:
+      return MatchTyped<int32_t>(cfg, a, g);
+    case GoalDType::kInt64:
+      return MatchTyped<int64_t>(cfg, a, g);
+  }
+  return false;
 }
 
 // Slow path: a user predicate computes the whole (n, k) match matrix at once.
