@@ -202,6 +202,25 @@ def _attn_fwd_inner(
     return acc, l_i, m_i
 
 
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop tiles too large for the operand width: fp32 operands (exact IEEE dots) take twice the
+    shared memory and registers of bf16/fp16, and D=128 doubles the K/V tiles, so the largest
+    tiles either exceed an H100's 228 KB of shared memory or spill and only cost compile time."""
+    if len(configs) <= 1:
+        return configs
+    bytes_per = 4 if kwargs.get("DTYPE_KEY", named_args.get("DTYPE_KEY")) == "float32" else 2
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64))
+    budget = 128 * 128 * 64 * 2  # largest bf16 D=64 tile product kept (BLOCK_M*BLOCK_N*D*bytes)
+    kept = [
+        c for c in configs
+        if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * head_dim * bytes_per <= budget
+    ]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+_PRUNE = {"early_config_prune": _prune_configs}
+
+
 def _fwd_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -213,7 +232,7 @@ def _fwd_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
 
 
-@triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY)
+@triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse,
@@ -364,7 +383,7 @@ def _dkdv_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4))
 
 
-@triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY)
+@triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DK, DV,
@@ -486,7 +505,7 @@ def _dq_configs():
     return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
 
 
-@triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY)
+@triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DQ,
