@@ -160,7 +160,9 @@ class RunLogger:
         for k, v in metrics.items():
             f = _to_float(v)
             if f is not None and not isinstance(v, str):
-                clean[k] = f
+                # a metric named like an index column (e.g. an eval's own env_steps) is kept
+                # under "<group>_<name>" so it cannot overwrite the x axis
+                clean[f"{group}_{k}" if k in _INDEX else k] = f
         if group not in self._groups:
             self._groups[group] = _CsvGroup(self.run_dir / f"{group}.csv", self._resume)
         row = {"env_steps": float(env_steps), "wall_time": float(wall_time), **clean}

@@ -157,6 +157,7 @@ class Trainer:
         self.next_eval = cfg.eval_interval
         self.next_checkpoint = cfg.checkpoint_interval
         self.last_eval: dict[str, float] = {}
+        self.last_eval_step = -1
         self._stop_signal: int | None = None
         # Every rank collects the same number of steps (and so makes the same number of updates,
         # which DDP needs).
@@ -347,7 +348,7 @@ class Trainer:
                 if not interrupted:  # what the thread collected last is still owed updates
                     self.learn_owed(pending, None, self._sync_counters()[1])
             self.save_checkpoint(None)
-            if not interrupted:
+            if not interrupted and self.last_eval_step != self.env_steps:
                 self.evaluate_and_log(None)
         finally:
             if thread is not None:
@@ -433,6 +434,7 @@ class Trainer:
         else:
             stats = self.evaluate()
         self.last_eval = stats
+        self.last_eval_step = self.env_steps
         self.logger.log("eval", stats, self.env_steps * self.dist.world_size, self.train_seconds)
         return stats
 
@@ -450,6 +452,7 @@ class Trainer:
                 "next_checkpoint": self.next_checkpoint,
             },
             "last_eval": self.last_eval,
+            "last_eval_step": self.last_eval_step,
             # Every rank records a digest of its model: equal digests across ranks show DDP kept
             # them identical (tests compare them; resume checks them).
             "model_fingerprint": model_fingerprint(self.learner.loss_module),
@@ -530,6 +533,7 @@ class Trainer:
         self.next_log, self.next_eval = c["next_log"], c["next_eval"]
         self.next_checkpoint = c["next_checkpoint"]
         self.last_eval = state["last_eval"]
+        self.last_eval_step = state.get("last_eval_step", -1)
         set_rng_state(state["rng"])
         return path
 

@@ -52,3 +52,11 @@ def test_plot_command_writes_pngs(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert main(["plot", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_metric_named_like_the_index_does_not_overwrite_it(tmp_path):
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log("eval", {"env_steps": 336, "return": 1.0}, env_steps=4000, wall_time=1.0)
+    log.close()
+    cols = read_csv(tmp_path / "eval.csv")
+    assert cols["env_steps"] == [4000] and cols["eval_env_steps"] == [336]
