@@ -214,23 +214,21 @@ if triton is not None:
         return tl.where(x > 0, x, x * NEG_SLOPE)
 
     @triton.jit
-    def _critic_fwd_kernel(
-        S, A, WS, WA, B1, W2, B2, W3, B3, Q, P_OUT,
-        N, G, D_S, D_A, H, O, E,
-        NEG_SLOPE: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, D_A_PAD: tl.constexpr,
-        H_PAD: tl.constexpr, BLOCK_H: tl.constexpr, O_PAD: tl.constexpr,
-        SAVE_P: tl.constexpr, PRECISION: tl.constexpr,
+    def _critic_state_proj_kernel(
+        S, WS, P_OUT,
+        N, D_S, E, H: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, H_PAD: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):  # fmt: skip
-        """One (row block, critic): q[rows, e, :, :] for all gammas. All tensors contiguous."""
+        """One (row block, critic): P[rows, e] = state[rows] @ W_s[e] in fp32, once for all
+        gammas (the sharing that replaces tiling the state G x E times)."""
         pid_n = tl.program_id(0)
         e = tl.program_id(1).to(tl.int64)
-        cd = S.dtype.element_ty  # compute dtype of the tl.dot operands: the input dtype
+        cd = S.dtype.element_ty
         rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         offs_h = tl.arange(0, H_PAD)
         h_ok = offs_h < H
-        # State projection, shared by all gammas.
         p = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
         for k0 in range(0, D_S, BLOCK_DS):
             offs_k = k0 + tl.arange(0, BLOCK_DS)
@@ -246,12 +244,32 @@ if triton is not None:
                 other=0.0,
             ).to(cd)
             p = tl.dot(s, ws, p, input_precision=PRECISION)
-        if SAVE_P:
-            tl.store(
-                P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                p,
-                mask=row_ok[:, None] & h_ok[None, :],
-            )
+        tl.store(
+            P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+            p,
+            mask=row_ok[:, None] & h_ok[None, :],
+        )
+
+    @triton.jit
+    def _critic_fwd_kernel(
+        A, P, WA, B1, W2, B2, W3, B3, Q,
+        N, G, D_A, O, E, H: tl.constexpr,
+        NEG_SLOPE: tl.constexpr,
+        BLOCK_N: tl.constexpr, D_A_PAD: tl.constexpr,
+        H_PAD: tl.constexpr, BLOCK_H: tl.constexpr, O_PAD: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One (row block, critic): q[rows, e, :, :] for all gammas. All tensors contiguous.
+
+        P is re-read for every gamma (from L2) rather than kept in registers: holding a
+        (rows x hidden) fp32 tile across the gamma loop made ptxas spill (sm_90, 64 x 256)."""
+        pid_n = tl.program_id(0)
+        e = tl.program_id(1).to(tl.int64)
+        cd = A.dtype.element_ty  # compute dtype of the tl.dot operands: the input dtype
+        rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        offs_h = tl.arange(0, H_PAD)
+        h_ok = offs_h < H
         offs_a = tl.arange(0, D_A_PAD)
         a_ok = offs_a < D_A
         wa = tl.load(
@@ -269,6 +287,11 @@ if triton is not None:
                 other=0.0,
             )
             b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
+            p = tl.load(
+                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                mask=row_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            )
             z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             q = tl.zeros((BLOCK_N, O_PAD), dtype=tl.float32)
@@ -299,7 +322,7 @@ if triton is not None:
     def _critic_bwd_rows_kernel(
         A, P, WA, B1, W2, B2, W3, DQ,
         DP, DA_PART, DWA_PART, DB1_PART,
-        N, G, D_A, H, O, E,
+        N, G, D_A, O, E, H: tl.constexpr,
         NEG_SLOPE: tl.constexpr,
         BLOCK_N: tl.constexpr, D_A_PAD: tl.constexpr, H_PAD: tl.constexpr,
         BLOCK_H: tl.constexpr, O_PAD: tl.constexpr, PRECISION: tl.constexpr,
@@ -317,11 +340,6 @@ if triton is not None:
         a_ok = offs_a < D_A
         offs_o = tl.arange(0, O_PAD)
         o_ok = offs_o < O
-        p = tl.load(
-            P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-            mask=row_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        )
         wa = tl.load(
             WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
             mask=a_ok[:, None] & h_ok[None, :],
@@ -336,6 +354,11 @@ if triton is not None:
                 other=0.0,
             )
             b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
+            p = tl.load(
+                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                mask=row_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            )
             z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             # Rows past N load dq = 0, so they contribute nothing below.
@@ -391,7 +414,7 @@ if triton is not None:
     def _critic_bwd_weights_kernel(
         A, P, WA, B1, W2, B2, W3, DQ,
         DW2_PART, DW3_PART, DB2_PART,
-        N, G, D_A, H, O, E, SPLITS,
+        N, G, D_A, O, E, SPLITS, H: tl.constexpr,
         NEG_SLOPE: tl.constexpr,
         BLOCK_N: tl.constexpr, D_A_PAD: tl.constexpr, H_PAD: tl.constexpr,
         BLOCK_H: tl.constexpr, O_PAD: tl.constexpr, PRECISION: tl.constexpr,
@@ -432,11 +455,6 @@ if triton is not None:
         for blk in range(pid_s, num_blocks, SPLITS):
             rows = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # N < 2**31
             row_ok = rows < N
-            p = tl.load(
-                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                mask=row_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            )
             for g in range(0, G):
                 a = tl.load(
                     A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
@@ -444,6 +462,11 @@ if triton is not None:
                     other=0.0,
                 )
                 b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0)
+                p = tl.load(
+                    P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
+                    mask=row_ok[:, None] & h_ok[None, :],
+                    other=0.0,
+                )
                 z1 = tl.dot(a, wa, p + b1.to(cd).to(tl.float32)[None, :], input_precision=PRECISION)
                 h1 = _leaky(z1, NEG_SLOPE).to(cd)
                 z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
@@ -501,7 +524,10 @@ if triton is not None:
 
 
 class _Config(NamedTuple):
-    block_n: int
+    block_n_proj: int
+    block_n_fwd: int
+    block_n_rows: int
+    block_n_weights: int
     block_ds: int
     d_a_pad: int
     h_pad: int
@@ -509,25 +535,38 @@ class _Config(NamedTuple):
     o_pad: int
     precision: str
     num_warps: int
+    num_stages_fwd: int
+    num_stages_bwd: int
 
 
 def _config(state: torch.Tensor, action: torch.Tensor, params: CriticParams) -> _Config:
+    """Tile sizes. Chosen by compiling for sm_90 (H100) with ptxas -v on a machine without a GPU
+    (hidden 256, bf16, d_a <= 16, out_dim <= 16), not by timing: rows per program such that the
+    (rows x hidden) fp32 tiles fit in registers. Spills at hidden 256: state projection 64 rows
+    / 8 warps: none; forward 32 / 8 / 2 stages: none (64 rows: 316 B); weight backward 32 / 8:
+    none; row backward 32 / 8 / 1 stage: ~1 KB (the smallest of the configs tried). Larger
+    hidden sizes halve the rows. Hidden is a compile-time constant so that the weight-tile masks
+    fold away when hidden is a power of two (runtime masks on 256 x 64 tiles cost ~2 KB of
+    spills)."""
     d_s = state.shape[1]
     d_a = action.shape[2]
     h = params.w2.shape[1]
     o = params.w3.shape[2]
     h_pad = _pow2_at_least_16(h)
-    # Rows per program: the (rows x hidden) fp32 tiles P, z1 and dh1 live in registers;
-    # 64 x 256 is 64 KiB each, spread over 8 warps.
-    block_n = 16 if INTERPRET else (64 if h_pad <= 256 else 32)
     # fp32 inputs: TF32 tensor cores only where PyTorch's own matmuls may use them too, so the
     # kernel's error stays within the tolerance rule against PyTorch at the same setting.
     if state.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         precision = "ieee"
     else:
         precision = "tf32"
+    if INTERPRET:  # tiny blocks: many programs exercise the row masks and split loops
+        rows = (16, 16, 16, 16)
+    elif h_pad <= 256:
+        rows = (64, 32, 32, 32)
+    else:
+        rows = (32, 16, 16, 16)
     return _Config(
-        block_n=block_n,
+        *rows,
         block_ds=min(64, _pow2_at_least_16(d_s)),
         d_a_pad=_pow2_at_least_16(d_a),
         h_pad=h_pad,
@@ -535,6 +574,8 @@ def _config(state: torch.Tensor, action: torch.Tensor, params: CriticParams) -> 
         o_pad=_pow2_at_least_16(o),
         precision=precision,
         num_warps=4 if INTERPRET else 8,
+        num_stages_fwd=2,
+        num_stages_bwd=1,
     )
 
 
@@ -568,17 +609,21 @@ def _critic_forward_launch(
     e, _, h = params.w_state.shape
     o = params.w3.shape[2]
     q = torch.empty((n, e, g, o), dtype=state.dtype, device=state.device)
-    p_out = torch.empty((n, e, h), dtype=torch.float32, device=state.device) if save_p else q
-    grid = (triton.cdiv(n, cfg.block_n), e)
-    _critic_fwd_kernel[grid](
-        state, action, *params, q, p_out,
-        n, g, d_s, d_a, h, o, e,
-        NEG_SLOPE=negative_slope,
-        BLOCK_N=cfg.block_n, BLOCK_DS=cfg.block_ds, D_A_PAD=cfg.d_a_pad,
-        H_PAD=cfg.h_pad, BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad,
-        SAVE_P=save_p, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+    p = torch.empty((n, e, h), dtype=torch.float32, device=state.device)
+    _critic_state_proj_kernel[(triton.cdiv(n, cfg.block_n_proj), e)](
+        state, params.w_state, p, n, d_s, e, H=h,
+        BLOCK_N=cfg.block_n_proj, BLOCK_DS=cfg.block_ds, H_PAD=cfg.h_pad,
+        PRECISION=cfg.precision, num_warps=cfg.num_warps,
     )  # fmt: skip
-    return q, (p_out if save_p else None)
+    _critic_fwd_kernel[(triton.cdiv(n, cfg.block_n_fwd), e)](
+        action, p, *params[1:], q,
+        n, g, d_a, o, e, H=h,
+        NEG_SLOPE=negative_slope,
+        BLOCK_N=cfg.block_n_fwd, D_A_PAD=cfg.d_a_pad,
+        H_PAD=cfg.h_pad, BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad,
+        PRECISION=cfg.precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages_fwd,
+    )  # fmt: skip
+    return q, (p if save_p else None)
 
 
 def _critic_backward_launch(
@@ -598,12 +643,13 @@ def _critic_backward_launch(
     o = params.w3.shape[2]
     dev = state.device
     f32 = torch.float32
-    num_blocks = triton.cdiv(n, cfg.block_n)
+    num_blocks = triton.cdiv(n, cfg.block_n_rows)
     need_state, need_action, need_ws, need_wa, need_b1, need_w2, need_b2, need_w3, need_b3 = needs
     grads: list[torch.Tensor | None] = [None] * 9
     consts = dict(
-        NEG_SLOPE=negative_slope, BLOCK_N=cfg.block_n, D_A_PAD=cfg.d_a_pad, H_PAD=cfg.h_pad,
+        H=h, NEG_SLOPE=negative_slope, D_A_PAD=cfg.d_a_pad, H_PAD=cfg.h_pad,
         BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages_bwd,
     )  # fmt: skip
     if need_state or need_action or need_ws or need_wa or need_b1:
         dp = torch.empty((n, e, h), dtype=f32, device=dev)
@@ -613,7 +659,7 @@ def _critic_backward_launch(
         _critic_bwd_rows_kernel[(num_blocks, e)](
             action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
             dp, da_part, dwa_part, db1_part,
-            n, g, d_a, h, o, e, **consts,
+            n, g, d_a, o, e, BLOCK_N=cfg.block_n_rows, **consts,
         )  # fmt: skip
         dp_flat = dp.view(n, e * h)
         if need_state:  # sum over critics happens inside the GEMM's K dimension
@@ -630,21 +676,23 @@ def _critic_backward_launch(
             grads[4] = db1_part.sum(0).to(params.b1.dtype)
     if need_w2 or need_b2 or need_w3:
         num_chunks = triton.cdiv(cfg.h_pad, cfg.block_h)
+        num_row_blocks = triton.cdiv(n, cfg.block_n_weights)
         # Enough programs to fill the GPU ~4 times over; a pure function of shape and device,
         # so the summation order (and the result) is the same every run.
         # Under the interpreter (no SMs to fill) use up to 3 splits so that tests exercise the
         # strided split loop and the partial-sum reduction.
         if dev.type == "cuda":
-            splits = max(1, min(num_blocks, -(-4 * cuda_sm_count(dev) // (e * num_chunks))))
+            splits = -(-4 * cuda_sm_count(dev) // (e * num_chunks))
+            splits = max(1, min(num_row_blocks, splits))
         else:
-            splits = min(num_blocks, 3)
+            splits = min(num_row_blocks, 3)
         dw2_part = torch.empty((splits, e, h, h), dtype=f32, device=dev)
         dw3_part = torch.empty((splits, e, h, o), dtype=f32, device=dev)
         db2_part = torch.empty((splits, e, h), dtype=f32, device=dev)
         _critic_bwd_weights_kernel[(e, num_chunks, splits)](
             action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
             dw2_part, dw3_part, db2_part,
-            n, g, d_a, h, o, e, splits, **consts,
+            n, g, d_a, o, e, splits, BLOCK_N=cfg.block_n_weights, **consts,
         )  # fmt: skip
         if need_w2:
             grads[5] = dw2_part.sum(0).to(params.w2.dtype)
