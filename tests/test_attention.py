@@ -377,3 +377,19 @@ def test_gpu_fp32_and_determinism():
     assert_tolerance_rule(a, torch_same, oracle, torch.float32)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+def test_benchmark_gpu_section_smoke_on_cpu():
+    """The GPU benchmark's code path end to end on CPU (interpreter, tiny sizes): every figure
+    and ratio key is produced and finite."""
+    from amago_fast.bench.attention import run_gpu
+
+    res = run_gpu(repeats=1, lengths=[32], tokens=32, heads=1, decode_contexts=(16, 32),
+                  device=DEVICE, dtype=torch.float32)
+    row = res["attention"][0]
+    for key in ("ours_vs_sdpa_flash_fwd_bwd_speedup", "ours_vs_reference_fwd_speedup",
+                "ours_fwd_bwd_tflops", "sdpa_flash_fwd_tflops"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert [d["context"] for d in res["decode"]] == [16, 32]
+    assert all(math.isfinite(d["triton_vs_reference_speedup"]) for d in res["decode"])
