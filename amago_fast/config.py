@@ -75,6 +75,9 @@ class EnvConfig:
     """Parallel environments used for training collection (per rank when distributed)."""
     eval_num_envs: int = 8
     """Parallel environments used for evaluation episodes."""
+    import_modules: list = field(default_factory=list)
+    """Python modules imported before the env is made, as JSON (e.g. '["popgym"]' registers
+    POPGym's gymnasium ids)."""
 
 
 @dataclass
@@ -484,6 +487,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check(e.name in known, "env.name", f"unknown env {e.name!r}; valid: {list_envs()}")
     _check(e.num_envs >= 1, "env.num_envs", f"must be >= 1, got {e.num_envs}")
     _check(e.eval_num_envs >= 1, "env.eval_num_envs", f"must be >= 1, got {e.eval_num_envs}")
+    _check(
+        isinstance(e.import_modules, list) and all(isinstance(m, str) for m in e.import_modules),
+        "env.import_modules",
+        f"must be a list of module names, got {e.import_modules!r}",
+    )
+    import importlib.util
+
+    for mod in e.import_modules:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        _check(found, "env.import_modules", f"cannot import {mod!r} (pip install {mod})")
     try:
         json.dumps(e.kwargs)
     except TypeError as err:

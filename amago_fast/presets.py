@@ -166,6 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "popgym": {
         **_SMALL_MODEL,
         "env.name": "gym:popgym-RepeatPreviousEasy-v0",
+        "env.import_modules": ["popgym"],
         "env.num_envs": 8,
         "agent.context_len": 128,
         "window_len": 64,

@@ -17,6 +17,7 @@ newest complete checkpoint.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import os
 import random
@@ -185,6 +186,8 @@ class Trainer:
         cfg, rank = self.cfg, self.dist.rank
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        for mod in cfg.env.import_modules:  # e.g. popgym registers its gymnasium ids on import
+            importlib.import_module(mod)
         env_seed = cfg.seed + 1000 * rank
         self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed, **cfg.env.kwargs)
         self.eval_env = make_env(
@@ -718,6 +721,8 @@ def evaluate_run(
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
     cfg = load_config(run_dir / "config.json")
     dev = resolve_device(device)
+    for mod in cfg.env.import_modules:
+        importlib.import_module(mod)
     env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **cfg.env.kwargs)
     try:
         agent = build_agent(env.spec, cfg, dev)
