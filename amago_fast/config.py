@@ -115,7 +115,7 @@ class TrainConfig:
     window_len: int = 64
     """Timesteps per sampled window (L; a window holds L+1 rows)."""
     total_env_steps: int = 20_000
-    """Stop after this many environment transitions (summed over envs and ranks' own envs)."""
+    """Stop after this many environment transitions (summed over all envs of all ranks)."""
     learning_starts: int = 1_000
     """Transitions collected (per rank) before the first gradient update."""
     collect_steps_per_iter: int = 64

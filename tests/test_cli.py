@@ -94,3 +94,20 @@ def test_bench_table_and_unknown_name(capsys):
     assert "missing" in text and "not built" in text
     assert main(["bench", "--only", "nope"]) == 2
     assert "unknown benchmarks" in capsys.readouterr().err
+
+
+def test_readme_documents_every_command_and_train_option():
+    from dataclasses import fields
+
+    from amago_fast.config import BufferConfig, EnvConfig, TrainConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for cmd in ("amago-fast train", "amago-fast eval", "amago-fast bench", "amago-fast plot",
+                "amago-fast presets", "--resume", "--preset", "--print-config", "torchrun",
+                "bash scripts/setup.sh && .venv/bin/amago-fast train", "bash scripts/test.sh"):
+        assert cmd in readme, cmd
+    for prefix, cls in (("", TrainConfig), ("env.", EnvConfig), ("buffer.", BufferConfig)):
+        for f in fields(cls):
+            if f.name in ("env", "buffer", "agent", "learner"):
+                continue
+            assert f"`--{prefix}{f.name}`" in readme, f"README misses --{prefix}{f.name}"
