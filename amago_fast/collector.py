@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from collections import defaultdict
 from typing import Any, Protocol
@@ -224,16 +225,27 @@ class _Rollouts:
         if not self.checked_obs:
             self._check_obs(obs, m)
             self.checked_obs = True
-        # Non-finite values: decide before anything reaches the buffer.
+        # Non-finite values: decide before anything reaches the buffer. Fast screen first: a
+        # sum is finite iff every element is (barring overflow, which the exact per-key check
+        # then rules in or out), so the common all-finite step costs one reduction per key.
+        total = float(reward.sum())
+        for k in self.float_obs:
+            total += float(obs[k].sum())
+        if not math.isfinite(total):
+            obs, reward = self._screen_nonfinite(obs, reward, out_ids, m, log)
+        if self.env.is_async:
+            return self._absorb_subset(obs, reward, term, trunc, info, out_ids, actions, log)
+        return self._absorb_all(obs, reward, term, trunc, info, actions, log)
+
+    def _screen_nonfinite(self, obs, reward, out_ids, m, log):
+        """Exact non-finite check: raise (nan_policy='raise') or zero and count ('flag')."""
         bad = None
         for k in self.float_obs:
-            # sum is one reduction; it is finite iff every element is (barring overflow,
-            # which the exact check below then rules in or out).
-            if not np.isfinite(obs[k].sum()) and not np.isfinite(obs[k]).all():
-                bad_k = ~np.isfinite(obs[k]).reshape(m, -1).all(axis=1)
+            bad_k = ~np.isfinite(obs[k]).reshape(m, -1).all(axis=1)
+            if bad_k.any():
                 bad = bad_k if bad is None else bad | bad_k
-        if not np.isfinite(reward.sum()) and not np.isfinite(reward).all():
-            bad_r = ~np.isfinite(reward)
+        bad_r = ~np.isfinite(reward)
+        if bad_r.any():
             bad = bad_r if bad is None else bad | bad_r
         if bad is not None:
             if self.nan_policy == "raise":
@@ -248,9 +260,7 @@ class _Rollouts:
             reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
             if log is not None:
                 log.nonfinite += int(bad.sum())
-        if self.env.is_async:
-            return self._absorb_subset(obs, reward, term, trunc, info, out_ids, actions, log)
-        return self._absorb_all(obs, reward, term, trunc, info, actions, log)
+        return obs, reward
 
     def _absorb_all(self, obs, reward, term, trunc, info, actions, log) -> int:
         """Sync envs: masked whole-array updates (no per-env indexing on the common path)."""
@@ -282,7 +292,9 @@ class _Rollouts:
                 self.buffer.append_step(rows, cont_ids)
         # Whole-array bookkeeping: a new rollout's row is its first observation with zero
         # previous action/reward and time_index 0; a continuing one takes this step's values.
-        self.rows = {k: np.array(obs[k], copy=True) for k in self.obs_names}
+        # No copy: rows are read by the next act() before the env steps again, the buffer
+        # copies what it stores and state_dict() copies.
+        self.rows = {k: obs[k] for k in self.obs_names}
         if actions is None:
             self.prev_action[:] = 0
             self.prev_reward[:] = 0.0
