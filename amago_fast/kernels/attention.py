@@ -221,6 +221,15 @@ def _prune_configs(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _prune_configs}
 
 
+def _checked(configs: list, inner: str, outer: str) -> list:
+    """The block-range arithmetic in the kernels needs the inner loop's block to divide the
+    program's block (e.g. BLOCK_N | BLOCK_M in the forward); refuse configs that break it."""
+    for c in configs:
+        if c.kwargs[outer] % c.kwargs[inner]:
+            raise ValueError(f"attention autotune config {c.kwargs}: {inner} must divide {outer}")
+    return configs
+
+
 def _fwd_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -229,7 +238,8 @@ def _fwd_configs():
             (64, 32, 4, 4), (128, 128, 8, 2), (64, 64, 4, 2),
         ]
     ]
-    return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
+    interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
+    return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
 
 
 @triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
@@ -380,7 +390,8 @@ def _dkdv_configs():
             (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 4),
         ]
     ]
-    return autotune_configs(cuda, triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4))
+    interp = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4)
+    return _checked(autotune_configs(cuda, interp), "BLOCK_M", "BLOCK_N")
 
 
 @triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
@@ -502,7 +513,8 @@ def _dq_configs():
             (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 4),
         ]
     ]
-    return autotune_configs(cuda, triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4))
+    interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
+    return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
 
 
 @triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
