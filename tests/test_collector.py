@@ -406,3 +406,15 @@ def test_collect_with_the_agent_policy():
     assert stats["episodes"] >= 6 and buf.num_trajectories == stats["episodes"]
     assert len(buf) == buf.num_trajectories * 5  # horizon 4 -> 5 rows per trajectory
     assert ev["episodes"] >= 3
+
+
+def test_async_evaluate_and_restart_after_borrowing():
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 4)
+    col = Collector(env, RandomPolicy(env.spec), buf)
+    col.collect(40)
+    added = buf.total_steps_added
+    ev = col.evaluate(4)  # borrows the async training env: its pool is rebuilt afterwards
+    assert ev["episodes"] >= 4 and buf.total_steps_added == added
+    col.collect(200)
+    assert buf.total_steps_added >= added + 200 and buf.num_trajectories >= 4
