@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from amago_fast import relabel
 from amago_fast.envs import (
     BanditTrials,
     DarkKeyToDoor,
@@ -235,6 +236,11 @@ def test_maze_runner_rewards_follow_goal_spec_rule():
                 for row in rows[i]:
                     np.testing.assert_array_equal(row["goal"], goal)
                 ref_r, ref_t, ref_a, ref_c = goal_rule(goal, ach, k)
+                # ... and the buffer's own replay of the rule (what relabeling recomputes)
+                m = relabel.match_matrix(env.spec.goals, ach, goal, None)
+                reached, final = relabel.replay(m, 0, k, len(ach) - 1)
+                np.testing.assert_array_equal(reached >= 0, np.array(rewards[i]) > 0)
+                assert final == rows[i][-1]["goal_active"]
                 np.testing.assert_array_equal(np.array(rewards[i]), ref_r)
                 np.testing.assert_array_equal(np.array(terms[i]), ref_t)
                 np.testing.assert_array_equal([row["goal_active"] for row in rows[i]], ref_a)
