@@ -256,7 +256,9 @@ class Trainer:
             wandb=cfg.wandb,
             wandb_project=cfg.wandb_project,
             config=config_to_dict(cfg),
-            resume_env_steps=self.env_steps * world if resumed_from else None,
+            # rows logged after the checkpoint we continue from (or, for a fresh start in a
+            # directory whose earlier attempt died before its first checkpoint, all rows) go
+            resume_env_steps=self.env_steps * world if resumed_from else 0,
             enabled=dist.is_main,
         )
         # --- signals: checkpoint and stop at the next iteration boundary ----------------
@@ -293,6 +295,11 @@ class Trainer:
                     stats, new_steps = thread.wait_for_data(self)
                 window_steps += new_steps
                 recent_returns.extend(stats.get("returns", []))
+                per_env = stats.get("per_env", {})
+                if len(per_env) > 1:  # several env names: each one's return in the train row
+                    for name, sub in per_env.items():
+                        if "return" in sub:
+                            pending.setdefault(f"return/{name}", []).append(sub["return"])
                 if "success" in stats:
                     recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
                 # Ranks agree (one all-reduce) on the slowest rank's env steps, the updates all
