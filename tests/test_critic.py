@@ -366,3 +366,22 @@ def test_gpu_triton_is_deterministic_at_scale():
 def test_env_flag_matches_utils():
     # conftest sets TRITON_INTERPRET before import; the dispatch helper must have seen it.
     assert _utils.INTERPRET == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """The interpreter does not type-check like the compiler does: compile every kernel for
+    sm_90 (ptxas ships with Triton; nothing runs) at the launcher's GPU tile sizes."""
+    from amago_fast.bench.critic import run_ptxas
+
+    report = run_ptxas(("bf16", "fp32"))
+    for dtype, kernels in report["kernels"].items():
+        assert isinstance(kernels, list), f"{dtype}: {kernels}"
+        assert {k["kernel"] for k in kernels} == {
+            "_critic_state_proj_kernel",
+            "_critic_fwd_kernel",
+            "_critic_bwd_rows_kernel",
+            "_critic_bwd_weights_kernel",
+            "_td_reduce_kernel",
+        }
+        assert all(k["registers"] is not None for k in kernels), kernels
