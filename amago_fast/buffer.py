@@ -108,6 +108,9 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
         with self._lock:
             self._total_steps_added += self._core.append(rows, env_ids)
 
+    reset_envs.__doc__ = ReferenceTrajectoryBuffer.reset_envs.__doc__
+    append_step.__doc__ = ReferenceTrajectoryBuffer.append_step.__doc__
+
     def _check_out(self, out, B: int, L: int) -> None:
         if not isinstance(out, dict):
             raise TypeError("out must be a dict of NumPy arrays (see allocate_batch)")

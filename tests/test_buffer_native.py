@@ -252,3 +252,40 @@ def test_match_fn_sampling_with_concurrent_appends_does_not_deadlock():
         th.join(timeout=30)
     assert not any(th.is_alive() for th in threads), "deadlock"
     assert not errors, errors
+
+
+def _torch_backed_out(buf, B, L, pin):
+    import torch
+
+    out = buf.allocate_batch(B, L)  # shapes and dtypes
+    tensors = {k: torch.zeros(v.shape, dtype=torch.from_numpy(v[:0]).dtype, pin_memory=pin)
+               for k, v in out.items()}
+    return tensors, {k: t.numpy() for k, t in tensors.items()}
+
+
+def test_sample_into_torch_backed_arrays_without_copies():
+    spec = goal_env_spec(k=2)
+    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=8)
+    drive([native, ref], GoalRollouts(spec, 2, seed=1), 80)
+    tensors, out = _torch_backed_out(native, 5, 9, pin=False)
+    native.sample_windows(5, 9, out=out, relabel=RelabelConfig("some", 0.5))
+    expect = ref.sample_windows(5, 9, relabel=RelabelConfig("some", 0.5))
+    for k, t in tensors.items():
+        np.testing.assert_array_equal(t.numpy(), expect[k], err_msg=k)
+
+
+@pytest.mark.gpu
+def test_sample_into_pinned_memory():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA for pinned memory")
+    spec = plain_env_spec(obs_dim=4)
+    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=8)
+    drive([native, ref], GoalRollouts(spec, 2, seed=1), 80)
+    out = native.allocate_batch(5, 9, pin_memory=True)
+    native.sample_windows(5, 9, out=out)
+    expect = ref.sample_windows(5, 9)
+    for k in out:
+        assert torch.from_numpy(out[k]).is_pinned()
+        np.testing.assert_array_equal(out[k], expect[k])
