@@ -555,9 +555,17 @@ class TrajectoryStore {
         if (++idx == capacity_) idx = 0;
       }
     }
-    for (int64_t t = std::max(t0, s); t <= last; ++t) {
+    const int64_t t_begin = std::max(t0, s);
+    int64_t ring_idx = p.pos + t_begin;
+    if (ring_idx >= capacity_) ring_idx -= capacity_;
+    const uint8_t* ach_ring = fields_[g.achieved_field].ring;
+    const size_t goal_stride = static_cast<size_t>(g.dim) * elem;
+    for (int64_t t = t_begin; t <= last; ++t, ring_idx = ring_idx + 1 == capacity_ ? 0 : ring_idx + 1) {
       bool reached = t == t0 && reached_t0;
-      if (t > t0 && active < k && hit(t, active)) {
+      if (t > t0 && active < k &&
+          (match != nullptr ? hit(t, active)
+                            : BuiltinMatch(g, ach_ring + ring_idx * ach_bytes,
+                                           instr.data() + active * goal_stride))) {
         completed[active] = 1;
         ++active;
         reached = true;
