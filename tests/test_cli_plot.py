@@ -60,3 +60,16 @@ def test_metric_named_like_the_index_does_not_overwrite_it(tmp_path):
     log.close()
     cols = read_csv(tmp_path / "eval.csv")
     assert cols["env_steps"] == [4000] and cols["eval_env_steps"] == [336]
+
+
+def test_wandb_is_only_imported_when_asked(tmp_path):
+    import importlib.util
+    import sys
+
+    import pytest
+
+    RunLogger(tmp_path / "a", tensorboard=False).close()
+    assert "wandb" not in sys.modules
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ImportError, match="pip install wandb"):
+            RunLogger(tmp_path / "b", tensorboard=False, wandb=True)
