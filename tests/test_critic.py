@@ -5,6 +5,8 @@ PyTorch's own error at the same input precision, plus a small atol.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -249,12 +251,28 @@ def test_bad_inputs_raise_clear_errors():
         CriticEnsemble(5, 2, 3, backend="fast")
 
 
-@pytest.mark.skipif(_utils.INTERPRET, reason="checks the error raised without the interpreter")
 def test_triton_on_cpu_without_interpreter_is_a_clear_error():
-    params = make_params(2, 3, 5, 2, 16, 1)
-    state, action = make_inputs(4, 3, 5, 2)
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        critic_ensemble(state, action, params, backend="triton")
+    """In a fresh process without TRITON_INTERPRET: auto → reference, triton → clear error."""
+    code = (
+        "import torch, sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_critic import make_params, make_inputs\n"
+        "from amago_fast.kernels.critic import critic_ensemble, critic_ensemble_reference\n"
+        "p = make_params(2, 3, 5, 2, 16, 1); s, a = make_inputs(4, 3, 5, 2)\n"
+        "assert torch.equal(critic_ensemble(s, a, p), critic_ensemble_reference(s, a, p))\n"
+        "try:\n"
+        "    critic_ensemble(s, a, p, backend='triton')\n"
+        "except ValueError as e:\n"
+        "    assert 'TRITON_INTERPRET' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
 
 
 def test_triton_limits_fall_back_or_raise():

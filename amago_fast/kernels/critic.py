@@ -14,9 +14,16 @@ The per-gamma bias ``b1[e, g]`` is exactly a one-hot gamma input through layer 1
 same function class as concatenating (state, action, onehot(gamma)).
 
 Module shape (see docs/CONTRIBUTING.md): ``critic_ensemble_reference`` (pure PyTorch, what CPU
-training runs) and the Triton path ``_critic_fwd_kernel`` / ``_critic_bwd_rows_kernel`` /
-``_critic_bwd_weights_kernel`` → launchers → ``CriticEnsembleFunction`` → functional
-``critic_ensemble`` + ``CriticEnsemble`` module. ``td_target_reduce`` has the same shape.
+training runs) and the Triton path ``_critic_state_proj_kernel`` / ``_critic_fwd_kernel`` /
+``_critic_bwd_rows_kernel`` / ``_critic_bwd_weights_kernel`` → launchers →
+``CriticEnsembleFunction`` → functional ``critic_ensemble`` + ``CriticEnsemble`` module.
+``td_target_reduce`` has the same shape (``_td_reduce_kernel`` → ``TDTargetReduceFunction``).
+
+GPU status: the Triton path is tested under ``TRITON_INTERPRET=1`` and compiles for sm_90
+(``python benchmarks/bench_critic.py --ptxas``), but has not been timed on a GPU yet. With
+fp32 inputs and ``torch.get_float32_matmul_precision() == "highest"`` the kernels use IEEE fp32
+dots, which ptxas reports as heavily spilling (row backward ~24 KB); bf16/fp16 inputs or
+TF32 ("high") are the intended GPU configurations.
 """
 
 from __future__ import annotations
