@@ -128,12 +128,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
+    from amago_fast.checkpoint import CheckpointError
+
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     try:
         result = trainer.train()
     except TrainingError as e:
         print(f"amago-fast: training stopped: {e}", file=sys.stderr)
         return 1
+    except (FileExistsError, CheckpointError) as e:
+        print(f"amago-fast: {e}", file=sys.stderr)
+        return 2
     finally:
         trainer.dist.shutdown()
     if trainer.dist.is_main:

@@ -76,6 +76,8 @@ def test_train_then_eval_prints_json(tmp_path, capsys):
     assert stats["checkpoint_env_steps"] == result["env_steps"]
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert main(args) == 2  # the same run dir again: refused, nothing overwritten
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_bench_table_and_unknown_name(capsys):
