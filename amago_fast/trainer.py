@@ -235,14 +235,14 @@ class Trainer:
         """Train until `total_env_steps` (or a stop signal); return the final evaluation stats."""
         cfg, dist = self.cfg, self.dist
         # --- components, run dir, config, resume ---------------------------------------
+        if not self.resume_requested and ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; use --resume {self.run_dir} "
+                "to continue it or pick another run_name"
+            )
         self.build()
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resume_requested and ckpt.latest_checkpoint(self.run_dir) is not None:
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run; use --resume {self.run_dir} "
-                    "to continue it or pick another run_name"
-                )
             save_config(cfg, self.run_dir / "config.json")
         dist.barrier()
         resumed_from = None
