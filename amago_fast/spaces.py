@@ -86,8 +86,11 @@ class ActionSpec:
             high = self.high or (1.0,) * d
             if len(low) != d or len(high) != d:
                 raise ValueError("continuous action bounds must match the action shape")
-            if not all(np.isfinite(lo) and np.isfinite(hi) and lo < hi for lo, hi in zip(low, high)):
-                raise ValueError(f"continuous action bounds must be finite with low < high: {low}, {high}")
+            bounds_ok = (np.isfinite(a) and np.isfinite(b) and a < b for a, b in zip(low, high))
+            if not all(bounds_ok):
+                raise ValueError(
+                    f"continuous action bounds must be finite with low < high: {low}, {high}"
+                )
             object.__setattr__(self, "low", tuple(float(x) for x in low))
             object.__setattr__(self, "high", tuple(float(x) for x in high))
         else:
@@ -137,7 +140,9 @@ class GoalSpec:
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.goal_dim < 1:
-            raise ValueError(f"GoalSpec needs k >= 1 and goal_dim >= 1, got {self.k}, {self.goal_dim}")
+            raise ValueError(
+                f"GoalSpec needs k >= 1 and goal_dim >= 1, got {self.k}, {self.goal_dim}"
+            )
         if self.match not in ("exact", "tolerance"):
             raise ValueError(f"unknown goal match {self.match!r}")
         if self.match == "tolerance" and not self.eps >= 0:
