@@ -135,6 +135,20 @@ def test_reference_matches_tiled_formulation():
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.3])
+def test_reference_grads_match_tiled_formulation(slope):
+    """The reference's in-place activations give the same grads as the out-of-place tiled one."""
+    params = [p.double() for p in make_params(2, 3, 7, 2, 24, 3)]
+    state, action = (t.double() for t in make_inputs(9, 3, 7, 2))
+    results = []
+    for fn in (critic_ensemble_reference, critic_ensemble_tiled_reference):
+        leaves = [t.clone().requires_grad_() for t in (state, action, *params)]
+        q = fn(leaves[0], leaves[1], CriticParams(*leaves[2:]), negative_slope=slope)
+        results.append([q, *torch.autograd.grad((q * q).sum(), leaves)])
+    for x, y in zip(*results):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
 def test_reference_matches_per_critic_per_gamma_mlp():
     """The reference against the definition, row by row, with explicit Python loops."""
     e, g, d_s, d_a, h, o, n = 2, 3, 5, 2, 8, 3, 4

@@ -130,22 +130,34 @@ def critic_ensemble_reference(
     """Pure PyTorch: ``q (N, E, G, O)`` from ``state (N, d_s)``, ``action (N, G, d_a)``.
 
     Computes in the input dtype (parameters are cast to it, gradients flow back to them in their
-    own dtype). Layout for speed on CPU: activations live as ``(E, N·G, H)`` so layers 2 and 3 are
-    one batched GEMM each (``baddbmm``), and the state projection is one GEMM of
-    ``(N, d_s) x (E, d_s, H)`` broadcast over critics, added to all G gammas by broadcasting.
+    own dtype). Layout for speed on CPU: activations live as ``(E, N·G, H)`` so every layer is one
+    batched GEMM. Layer 1 first writes the shared state projection plus the gamma bias,
+    ``P[e, n] + b1[e, g]`` (one broadcast pass), then accumulates the action GEMM into it
+    (``baddbmm``) and applies the activation in place: fewer full passes over the largest
+    tensor than "GEMM, add, add, activation". Measured at N=768, E=4, G=7, d_s=128, hidden 256
+    (1 thread, shared 2-core CPU): layer 1 alone 19.6 ms vs 59 ms for the add-then-activate
+    order and 57 ms for the tiled formulation; whole fwd+bwd 222 ms vs 292 ms (previous order)
+    and 277 ms (tiled).
     """
     _check_inputs(state, action, params)
     dtype = state.dtype
     ws, wa, b1, w2, b2, w3, b3 = (p.to(dtype) for p in params)
     n, g, d_a = action.shape
     e, _, h = ws.shape
-    p_state = torch.matmul(state, ws)  # (E, N, H): shared by every gamma
-    a_proj = torch.matmul(action.reshape(n * g, d_a), wa).view(e, n, g, h)  # (E, N, G, H)
-    z1 = a_proj + p_state.unsqueeze(2) + b1.unsqueeze(1)
-    h1 = torch.nn.functional.leaky_relu(z1, negative_slope).view(e, n * g, h)
-    h2 = torch.nn.functional.leaky_relu(torch.baddbmm(b2.unsqueeze(1), h1, w2), negative_slope)
+    z1 = (torch.matmul(state, ws).unsqueeze(2) + b1.unsqueeze(1)).view(e, n * g, h)
+    z1 = torch.baddbmm(z1, action.reshape(1, n * g, d_a).expand(e, -1, -1), wa)
+    h1 = _activation_(z1, negative_slope)
+    h2 = _activation_(torch.baddbmm(b2.unsqueeze(1), h1, w2), negative_slope)
     q = torch.baddbmm(b3.unsqueeze(1), h2, w3)  # (E, N·G, O)
     return q.view(e, n, g, -1).permute(1, 0, 2, 3)
+
+
+def _activation_(x: torch.Tensor, negative_slope: float) -> torch.Tensor:
+    """Leaky ReLU in place on a fresh intermediate (autograd keeps its output for the backward;
+    PyTorch's in-place leaky ReLU backward needs a positive slope, so slope 0 uses relu_)."""
+    if negative_slope > 0:
+        return torch.nn.functional.leaky_relu_(x, negative_slope)
+    return torch.relu_(x)
 
 
 def critic_ensemble_tiled_reference(
