@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amago_fast.agent import Agent, AgentConfig
+from amago_fast.agent import DEFAULT_GAMMAS, Agent, AgentConfig
 from amago_fast.buffer import TrajectoryBuffer
 from amago_fast.kernels.critic import CriticEnsemble, critic_ensemble_tiled_reference
 from amago_fast.kernels.ema import ema_update_reference
@@ -87,12 +87,16 @@ def filled_buffer(spec: EnvSpec, window: int, num_trajectories: int, seed: int):
     return buf
 
 
-def build(size: str, baseline: bool, device: str, seed: int = 0) -> Learner:
+def build(size: str, baseline: bool, device: str, seed: int = 0,
+          num_gammas: int | None = None, critic_hidden: int = 256) -> Learner:
+    """Learner of the stated size; ``num_gammas`` keeps that many of the default gammas (the
+    last ones, main gamma included); None keeps all 7 (AMAGO's default set)."""
     s = SIZES[size]
     spec = bench_spec()
     torch.manual_seed(seed)
+    gammas = DEFAULT_GAMMAS[-num_gammas:] if num_gammas else DEFAULT_GAMMAS
     cfg = AgentConfig(d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-                      context_len=s["window"] + 1)
+                      context_len=s["window"] + 1, gammas=gammas, critic_hidden=critic_hidden)
     agent = Agent(spec, cfg)
     if baseline:
         for layer in agent.traj_encoder.layers:
@@ -123,6 +127,8 @@ def run(
     device: str = "cpu",
     quick: bool = False,
     seed: int = 0,
+    num_gammas: int | None = None,
+    critic_hidden: int = 256,
 ) -> dict[str, Any]:
     """Median phase times and updates/s for each size, ours vs the reference-style baseline.
 
@@ -132,15 +138,17 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device}
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device,
+                               "num_gammas": num_gammas or len(DEFAULT_GAMMAS),
+                               "critic_hidden": critic_hidden}
     for size in sizes:
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
         s = SIZES[size]
         n = iters or ((4 if size == "small" else 2) if quick else (10 if size == "small" else 3))
         buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
-        impls = {"ours": build(size, False, device, seed), "baseline": build(size, True, device,
-                                                                                seed)}
+        impls = {name: build(size, name == "baseline", device, seed, num_gammas, critic_hidden)
+                 for name in ("ours", "baseline")}
         times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
         for i in range(warmup + n):
             batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
@@ -155,7 +163,8 @@ def run(
                 phases = dict(learner.last_timings, sample=t_sample, update_total=total)
                 for k, v in phases.items():
                     times[name].setdefault(k, []).append(v)
-        row: dict[str, Any] = {"config": dict(s), "iters": n}
+        params = sum(p.numel() for p in impls["ours"].agent.parameters())
+        row: dict[str, Any] = {"config": dict(s), "iters": n, "params": params}
         for name, ph in times.items():
             med = {k: statistics.median(v) for k, v in ph.items()}
             per_update = med["sample"] + med["update_total"]
@@ -179,9 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--num-gammas", type=int, default=None,
+                   help="keep the last N default gammas (default: all 7)")
+    p.add_argument("--critic-hidden", type=int, default=256)
     a = p.parse_args(argv)
-    print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick),
-                     indent=2))
+    print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
+                         num_gammas=a.num_gammas, critic_hidden=a.critic_hidden), indent=2))
 
 
 if __name__ == "__main__":
