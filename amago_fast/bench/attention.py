@@ -18,47 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from amago_fast.bench._timing import time_cpu, time_cuda
 from amago_fast.kernels.attention import causal_attention, causal_attention_reference
 from amago_fast.kernels.decode import RingKVCache, decode_attention
 
 CPU_SHAPES = [(24, 128, 4, 32), (24, 512, 8, 32)]  # (B, L, H, D): trainer's CPU configs
 GPU_LENGTHS = [512, 2048, 8192]
-
-
-def _time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    """Median CUDA-event time in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def _fwd_bwd(attn: Callable, q, k, v, g) -> Callable[[], None]:
@@ -128,7 +98,7 @@ def run_cpu(repeats: int = 7) -> dict:
     for B, L, H, D in CPU_SHAPES:
         q, k, v, g, mask = _inputs(B, L, H, D, torch.float32, "cpu", grad=True)
         row: dict = {"B": B, "L": L, "H": H, "D": D, "dtype": "float32"}
-        timings = _measure(_cpu_variants(mask, L // 2), q, k, v, g, _time_cpu, repeats)
+        timings = _measure(_cpu_variants(mask, L // 2), q, k, v, g, time_cpu, repeats)
         for name, (fwd, fwd_bwd) in timings.items():
             row[f"{name}_fwd_ms"] = fwd
             row[f"{name}_fwd_bwd_ms"] = fwd_bwd
@@ -150,7 +120,7 @@ def run_cpu(repeats: int = 7) -> dict:
             decode_attention(q, cache)
 
         decode.append({"N": N, "H": H, "D": D, "context": ctx,
-                       "reference_step_ms": _time_cpu(step, repeats * 3)})
+                       "reference_step_ms": time_cpu(step, repeats * 3)})
     base = decode[0]["reference_step_ms"]
     for d in decode:
         d["vs_context_128"] = d["reference_step_ms"] / base
@@ -175,7 +145,7 @@ def run_gpu(
     ``device``/``dtype`` other than CUDA/bf16 exist only to smoke-test this function on CPU under
     the Triton interpreter (tiny sizes); the figures are meaningful on a GPU only.
     """
-    timer = _time_cuda if device == "cuda" else _time_cpu
+    timer = time_cuda if device == "cuda" else time_cpu
     H, D = heads, 64
     results = []
     for L in lengths or GPU_LENGTHS:

@@ -24,15 +24,14 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 
+from amago_fast.bench._timing import time_cpu, time_cuda
 from amago_fast.kernels.critic import (
     CriticEnsemble,
     critic_ensemble,
@@ -42,35 +41,6 @@ from amago_fast.kernels.critic import (
     td_target_reduce_reference,
 )
 from amago_fast.kernels.ema import ema_update_, ema_update_reference
-
-
-def _time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time in ms."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    """Median CUDA-event time in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def _critic_case(n, g, d_s, d_a, e, h, dtype, device, seed=0):
@@ -97,7 +67,7 @@ def _fwd_and_fwdbwd(fn, module, state, action):
 
 def _bench_critic(n, g, d_s, d_a, e, h, dtype, device, repeats, variants) -> dict:
     module, state, action = _critic_case(n, g, d_s, d_a, e, h, dtype, device)
-    timer = _time_cuda if device == "cuda" else _time_cpu
+    timer = time_cuda if device == "cuda" else time_cpu
     out: dict = {"N": n, "E": e, "G": g, "d_s": d_s, "d_a": d_a, "hidden": h, "dtype": str(dtype)}
     for name, fn in variants.items():
         fwd, fwdbwd = _fwd_and_fwdbwd(fn, module, state, action)
@@ -128,7 +98,7 @@ def _bench_ema(device: str, repeats: int) -> dict:
     online = _ema_model(device)
     target = _ema_model(device)
     tp, op = list(target.parameters()), list(online.parameters())
-    timer = _time_cuda if device == "cuda" else _time_cpu
+    timer = time_cuda if device == "cuda" else time_cpu
     foreach_ms = timer(lambda: ema_update_(tp, op, 0.005), repeats)
     loop_ms = timer(lambda: ema_update_reference(tp, op, 0.005), repeats)
     return {
@@ -143,7 +113,7 @@ def _bench_ema(device: str, repeats: int) -> dict:
 def _bench_td(n, e, g, device, repeats, backend) -> dict:
     q = torch.randn(n, e, g, 1, device=device)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    timer = _time_cuda if device == "cuda" else _time_cpu
+    timer = time_cuda if device == "cuda" else time_cpu
     ref_ms = timer(lambda: td_target_reduce_reference(q, 2, gen), repeats)
     if backend == "reference":  # CPU: the trainer runs the reference; nothing fused to compare
         return {"N": n, "E": e, "G": g, "reference_ms": ref_ms}
