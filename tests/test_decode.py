@@ -203,6 +203,83 @@ def test_reference_decode_equals_windowed_reference_attention_long_context():
     torch.testing.assert_close(outs[1, seg], full1, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("triton", marks=needs_triton)]
+)
+def test_async_env_subsets_match_per_env_full_sequence(backend):
+    """Async collection: each step only a random subset of the envs (random order) appends and
+    decodes (``env_ids``); envs reset at random times. Every output equals the windowed causal
+    attention over that env's own current segment."""
+    N, C, H, D, T = 5, 6, 2, 16, 40
+    rng = np.random.default_rng(7)
+    gen = torch.Generator().manual_seed(7)
+    cache = RingKVCache(N, C, H, D, device=DEVICE)
+    segs = {n: [] for n in range(N)}  # env -> list of segments, each a list of (q, k, v, out)
+    for n in range(N):
+        segs[n].append([])
+    for _ in range(T):
+        ids = rng.permutation(N)[: rng.integers(1, N + 1)]
+        for n in ids:
+            if rng.random() < 0.1:
+                cache.reset([int(n)])
+                segs[int(n)].append([])
+        q, k, v = (torch.randn(len(ids), H, D, generator=gen).to(DEVICE) for _ in range(3))
+        cache.append(k, v, env_ids=ids)
+        out = decode_attention(q, cache, backend=backend, env_ids=ids)
+        for j, n in enumerate(ids):
+            segs[int(n)][-1].append((q[j], k[j], v[j], out[j]))
+    checked = 0
+    for n in range(N):
+        for seg in segs[n]:
+            if not seg:
+                continue
+            q, k, v, out = (torch.stack([s[i] for s in seg])[None] for i in range(4))
+            full = causal_attention_reference(q, k, v, window=C)
+            torch.testing.assert_close(out, full, atol=2e-6, rtol=1e-5)
+            checked += len(seg)
+    assert checked > T
+
+
+def test_env_ids_rejected_and_cache_unchanged():
+    N, C, H, D = 3, 4, 1, 16
+    cache = RingKVCache(N, C, H, D)
+    cache.append(torch.randn(N, H, D), torch.randn(N, H, D))
+    snap = snapshot(cache)
+    two = torch.randn(2, H, D)
+    with pytest.raises(ValueError, match="repeated"):
+        cache.append(two, two, env_ids=np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        cache.append(two, two, env_ids=np.array([0, 3]))
+    with pytest.raises(ValueError, match="integers"):
+        cache.append(two, two, env_ids=np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        cache.append(two, two, env_ids=np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        decode_attention(two, cache, env_ids=np.array([2]))
+    assert_unchanged(cache, snap)
+    # A subset's decode equals the same rows of the all-env decode.
+    q = torch.randn(N, H, D)
+    full = decode_attention(q, cache)
+    sub = decode_attention(q[[2, 0]], cache, env_ids=np.array([2, 0]))
+    torch.testing.assert_close(sub, full[[2, 0]])
+
+
+def test_cache_deepcopy_keeps_views_and_counts_in_sync():
+    import copy
+
+    cache = RingKVCache(2, 3, 1, 16)
+    for _ in range(4):
+        cache.append(torch.randn(2, 1, 16), torch.randn(2, 1, 16))
+    twin = copy.deepcopy(cache)
+    assert_unchanged(twin, snapshot(cache))
+    twin.append(torch.ones(2, 1, 16), torch.ones(2, 1, 16))
+    assert twin.counts.tolist() == [5, 5] and cache.counts.tolist() == [4, 4]
+    assert (twin.k[:, 4 % 3] == 1).all() and not (cache.k[:, 4 % 3] == 1).all()
+    q = torch.randn(2, 1, 16)
+    torch.testing.assert_close(decode_attention(q, twin),
+                               decode_attention_reference(q, twin))
+
+
 COMPILE_CHECK = """
 import os
 os.environ.pop("TRITON_INTERPRET", None)
@@ -212,8 +289,8 @@ from triton.compiler import ASTSource
 from amago_fast.kernels import decode as M
 
 target = GPUTarget("cuda", 90, 32)
-ptrs = dict(Q="*bf16", K="*bf16", V="*bf16", Counts="*i64", PartAcc="*fp32", PartM="*fp32",
-            PartL="*fp32", Out="*bf16")
+ptrs = dict(Q="*bf16", K="*bf16", V="*bf16", Counts="*i64", Ids="*i64", PartAcc="*fp32",
+            PartM="*fp32", PartL="*fp32", Out="*bf16")
 for fn, ce in ((M._decode_split_kernel, dict(HEAD_DIM=64, BLOCK_N=64)),
                (M._decode_combine_kernel, dict(HEAD_DIM=64, BLOCK_S=8))):
     sig = {n: "constexpr" if n in ce else ptrs.get(n, "fp32" if n.endswith("scale") else "i32")

@@ -27,7 +27,13 @@ import triton.language as tl
 
 from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, resolve_backend
 
-__all__ = ["RingKVCache", "decode_attention", "decode_attention_reference"]
+__all__ = [
+    "DecodeStep",
+    "RingKVCache",
+    "decode_attention",
+    "decode_attention_reference",
+    "decode_step_attention",
+]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
@@ -37,9 +43,18 @@ class RingKVCache:
     """Per-env ring buffer of keys and values for one attention layer.
 
     Attributes:
-        k, v: ``(num_envs, capacity, num_heads, head_dim)`` storage.
+        k, v: ``(num_envs, capacity, num_heads, head_dim)`` views of the storage (slot ``c`` of
+            env ``n`` is ``k[n, c]``). The storage itself is one ``(2, N, H, C, D)`` tensor, so a
+            step's keys and values are written by one indexed copy and each (env, head) reads a
+            contiguous ``(C, D)`` block in the attention matmuls (no transposed copy).
         counts: ``(num_envs,)`` int64 on the cache device: steps appended since each env's last
-            reset (not capped; the filled length is ``min(counts, capacity)``).
+            reset (not capped; the filled length is ``min(counts, capacity)``). On CPU it shares
+            memory with a NumPy array, so per-step bookkeeping needs no torch op.
+
+    The filled slots of an env are always the prefix ``[0, min(counts, C))`` (step ``t`` goes to
+    slot ``t % C`` and a reset empties the env), so attention only reads the first
+    ``max(lengths)`` slots: per-step cost grows with the filled length up to ``C`` and is then
+    constant however many steps were taken.
     """
 
     def __init__(
@@ -65,18 +80,44 @@ class RingKVCache:
         self.head_dim = int(head_dim)
         self.dtype = dtype
         self.device = torch.device(device)
-        shape = (self.num_envs, self.capacity, self.num_heads, self.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.counts = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-        self._env_index = torch.arange(self.num_envs, device=self.device)
+        N, C, H, D = self.num_envs, self.capacity, self.num_heads, self.head_dim
+        self.kv = torch.zeros((2, N, H, C, D), dtype=dtype, device=self.device)
+        self.k = self.kv[0].permute(0, 2, 1, 3)  # (N, C, H, D) view
+        self.v = self.kv[1].permute(0, 2, 1, 3)
+        self._kv_rows = self.kv.view(2 * N * H * C, D)
+        if self.device.type == "cpu":
+            self._counts_np: np.ndarray | None = np.zeros(N, dtype=np.int64)
+            self.counts = torch.from_numpy(self._counts_np)
+        else:
+            self._counts_np = None
+            self.counts = torch.zeros(N, dtype=torch.int64, device=self.device)
+        self._env_index = torch.arange(N, device=self.device)
+        # Row of kv_rows for (env n, k|v j, head h) at slot 0, laid out (N, 2, H): a step's new
+        # keys/values (N, 2, H, D) — the k and v thirds of a fused qkv projection — go to
+        # base[n] + slot(n) in one index_copy_.
+        base = ((np.arange(2)[None, :, None] * N + np.arange(N)[:, None, None]) * H
+                + np.arange(H)[None, None, :]) * C
+        self._row_base_np = base.astype(np.int64)
+        self._row_base = torch.as_tensor(self._row_base_np, device=self.device)
+        self._arange_c = np.arange(C, dtype=np.int64)
 
     def lengths(self) -> torch.Tensor:
         """``(num_envs,)`` number of filled slots, ``min(counts, capacity)``."""
         return self.counts.clamp(max=self.capacity)
 
-    def _check_step(self, name: str, t: torch.Tensor) -> None:
-        expected = (self.num_envs, self.num_heads, self.head_dim)
+    def __getstate__(self) -> dict:
+        # Views and NumPy aliases are rebuilt on unpickling/deepcopy so they keep sharing memory.
+        return {"kv": self.kv, "counts": self.counts, "dtype": self.dtype, "device": self.device}
+
+    def __setstate__(self, state: dict) -> None:
+        kv = state["kv"]
+        _, N, H, C, D = kv.shape
+        self.__init__(N, C, H, D, state["dtype"], state["device"])
+        self.kv.copy_(kv)
+        self.counts.copy_(state["counts"])
+
+    def _check_step(self, name: str, t: torch.Tensor, rows: int) -> None:
+        expected = (rows, self.num_heads, self.head_dim)
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"RingKVCache: {name} must be a torch.Tensor, got {type(t)}")
         if tuple(t.shape) != expected:
@@ -88,15 +129,68 @@ class RingKVCache:
         if t.device != self.device:
             raise ValueError(f"RingKVCache: {name} on {t.device}, cache on {self.device}")
 
+    def check_env_ids(self, env_ids: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
+        """Validate ``env_ids`` (None = all envs in order) → int64 NumPy array or None.
+
+        Raises ValueError for non-integers, out-of-range or repeated ids.
+        """
+        if env_ids is None:
+            return None
+        if isinstance(env_ids, torch.Tensor):
+            env_ids = env_ids.detach().cpu().numpy()
+        ids = np.asarray(env_ids).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"RingKVCache: env_ids must be integers, got {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_envs):
+            raise ValueError(
+                f"RingKVCache: env_ids must be in [0, {self.num_envs}), got {ids.tolist()}"
+            )
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"RingKVCache: env_ids has repeated ids: {ids.tolist()}")
+        return ids
+
+    def plan_step(self, env_ids: np.ndarray | None = None) -> DecodeStep:
+        """Bookkeeping of one append+decode step for ``env_ids`` (validated; None = all envs),
+        computed once and shared by every layer's cache (all layers hold the same counts)."""
+        return DecodeStep(self, env_ids)
+
     @torch.no_grad()
-    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
-        """Write one step ``(N, H, D)`` for every env at slot ``count % capacity``; count += 1."""
-        self._check_step("k_new", k_new)
-        self._check_step("v_new", v_new)
-        slots = self.counts % self.capacity
-        self.k[self._env_index, slots] = k_new
-        self.v[self._env_index, slots] = v_new
-        self.counts += 1
+    def write(self, step: DecodeStep, kv_new: torch.Tensor) -> None:
+        """Store one step's keys and values ``kv_new`` ``(b, 2, H, D)`` (``[:, 0]`` keys,
+        ``[:, 1]`` values; any strides) at the slots planned by ``step``. Unchecked fast path:
+        :meth:`append` is the checked public form."""
+        b = kv_new.shape[0]
+        self._kv_rows.index_copy_(0, step.rows, kv_new.reshape(b * 2 * self.num_heads,
+                                                               self.head_dim))
+
+    @torch.no_grad()
+    def commit(self, step: DecodeStep) -> None:
+        """Count the step written by :meth:`write` (count += 1 for its envs)."""
+        if self._counts_np is not None:
+            if step.ids is None:
+                self._counts_np += 1
+            else:
+                self._counts_np[step.ids] += 1
+        elif step.ids is None:
+            self.counts += 1
+        else:
+            self.counts[step.ids_t] += 1
+
+    @torch.no_grad()
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor,
+               env_ids: np.ndarray | torch.Tensor | None = None) -> None:
+        """Write one step ``(b, H, D)`` for the envs ``env_ids`` (None: all ``N`` envs, in order)
+        at slot ``count % capacity``; their count += 1."""
+        ids = self.check_env_ids(env_ids)
+        rows = self.num_envs if ids is None else ids.size
+        self._check_step("k_new", k_new, rows)
+        self._check_step("v_new", v_new, rows)
+        if rows == 0:
+            return
+        step = self.plan_step(ids)
+        self.write(step, torch.stack([k_new, v_new], dim=1))
+        self.commit(step)
 
     @torch.no_grad()
     def reset(self, env_ids: np.ndarray | torch.Tensor | list[int]) -> None:
@@ -125,14 +219,12 @@ class RingKVCache:
         ids = ids.to(self.device)
         self.counts[ids] = 0
         # Stale entries are never read (lengths mask them); zeroing keeps the state canonical.
-        self.k[ids] = 0
-        self.v[ids] = 0
+        self.kv[:, ids] = 0
 
     def reset_all(self) -> None:
         """Empty every env's cache."""
         self.counts.zero_()
-        self.k.zero_()
-        self.v.zero_()
+        self.kv.zero_()
 
     def __repr__(self) -> str:
         return (
@@ -142,12 +234,49 @@ class RingKVCache:
         )
 
 
-def _check_decode(q: torch.Tensor, cache: RingKVCache, softmax_scale: float | None) -> float:
+class DecodeStep:
+    """One planned append+decode step of a set of envs (see :meth:`RingKVCache.plan_step`).
+
+    Attributes:
+        ids: NumPy int64 env ids, or None for all envs in order; ``ids_t`` the same on device.
+        rows: ``(b * 2 * H,)`` int64 rows of the cache storage the new keys/values go to.
+        length: (CPU) slots to read after the append, ``max(min(count + 1, C))`` over the envs.
+        bias: (CPU) None when every env has ``length`` filled slots, else an additive
+            ``(b, 1, 1, length)`` float mask (0 filled, -inf empty).
+    """
+
+    def __init__(self, cache: RingKVCache, ids: np.ndarray | None) -> None:
+        self.ids = ids
+        C = cache.capacity
+        if cache._counts_np is not None:  # CPU: NumPy bookkeeping, tensors share its memory
+            counts = cache._counts_np if ids is None else cache._counts_np[ids]
+            base = cache._row_base_np if ids is None else cache._row_base_np[ids]
+            self.ids_t = None if ids is None else torch.from_numpy(ids)
+            self.rows = torch.from_numpy((base + (counts % C)[:, None, None]).reshape(-1))
+            lens = np.minimum(counts + 1, C)
+            self.length = int(lens.max()) if lens.size else 0
+            if lens.size and int(lens.min()) != self.length:
+                bias = np.where(cache._arange_c[None, : self.length] < lens[:, None],
+                                np.float32(0.0), np.float32(-np.inf))
+                self.bias = torch.from_numpy(bias).to(cache.dtype)[:, None, None, :]
+            else:
+                self.bias = None
+        else:  # CUDA: device ops (the Triton kernel reads counts and ids itself)
+            self.ids_t = None if ids is None else torch.as_tensor(ids, device=cache.device)
+            counts = cache.counts if ids is None else cache.counts[self.ids_t]
+            base = cache._row_base if ids is None else cache._row_base[self.ids_t]
+            self.rows = (base + (counts % C)[:, None, None]).reshape(-1)
+            self.length = C
+            self.bias = None
+
+
+def _check_decode(q: torch.Tensor, cache: RingKVCache, softmax_scale: float | None,
+                  rows: int | None = None) -> float:
     if not isinstance(cache, RingKVCache):
         raise TypeError(f"decode_attention: cache must be a RingKVCache, got {type(cache)}")
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"decode_attention: q must be a torch.Tensor, got {type(q)}")
-    expected = (cache.num_envs, cache.num_heads, cache.head_dim)
+    expected = (cache.num_envs if rows is None else rows, cache.num_heads, cache.head_dim)
     if tuple(q.shape) != expected:
         raise ValueError(f"decode_attention: q shape {tuple(q.shape)} != (N, H, D) = {expected}")
     if q.dtype != cache.dtype:
@@ -164,50 +293,86 @@ def _check_decode(q: torch.Tensor, cache: RingKVCache, softmax_scale: float | No
     return softmax_scale
 
 
+def _attend(q: torch.Tensor, cache: RingKVCache, ids_t: torch.Tensor | None, length: int,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention of pre-scaled ``q`` (b, H, D) over the first ``length`` slots of the
+    envs ``ids_t`` (None: all), with the additive mask ``bias`` (b, 1, 1, length) or None when
+    every env has ``length`` filled slots. Three matmul-sized ops: O(length), not O(capacity)."""
+    keys = cache.kv[0, :, :, :length] if ids_t is None else cache.kv[0, ids_t, :, :length]
+    vals = cache.kv[1, :, :, :length] if ids_t is None else cache.kv[1, ids_t, :, :length]
+    scores = torch.matmul(q.unsqueeze(2), keys.transpose(-1, -2))  # (b, H, 1, length)
+    if bias is not None:
+        scores = scores + bias
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, vals).squeeze(2)
+
+
 @torch.no_grad()
 def decode_attention_reference(
-    q: torch.Tensor, cache: RingKVCache, softmax_scale: float | None = None
+    q: torch.Tensor, cache: RingKVCache, softmax_scale: float | None = None,
+    env_ids: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pure-PyTorch decode: ``q`` ``(N, H, D)`` attends to the filled slots of ``cache``.
+    """Pure-PyTorch decode: ``q`` ``(b, H, D)`` attends to the filled slots of the envs
+    ``env_ids`` of ``cache`` (None: all ``N`` envs, in order).
 
-    Computes in fp32 and returns ``q.dtype``. An env with an empty cache gets zeros.
+    Computes in fp32 and returns ``q.dtype``. An env with an empty cache gets zeros. Reads only
+    the first ``max(lengths)`` slots (the filled prefix of the ring).
     """
-    scale = _check_decode(q, cache, softmax_scale)
-    # Batched matmuls over (N, H) on transposed views: ~1.5x faster on CPU than the einsum
-    # formulation (N=24, C=2048, H=4, D=32), which copies the cache into (N, H, C, D) first.
-    kt = cache.k.float().transpose(1, 2)  # (N, H, C, D)
-    vt = cache.v.float().transpose(1, 2)
-    scores = torch.matmul(kt, q.float()[..., None]).squeeze(-1) * scale  # (N, H, C)
-    filled = torch.arange(cache.capacity, device=q.device)[None, :] < cache.lengths()[:, None]
-    scores = scores.masked_fill(~filled[:, None, :], float("-inf"))
-    has_any = filled.any(dim=1)
+    if not isinstance(cache, RingKVCache):
+        raise TypeError(f"decode_attention: cache must be a RingKVCache, got {type(cache)}")
+    ids = cache.check_env_ids(env_ids)
+    scale = _check_decode(q, cache, softmax_scale, None if ids is None else ids.size)
+    ids_t = None if ids is None else torch.as_tensor(ids, device=cache.device)
+    lens = cache.lengths() if ids_t is None else cache.lengths()[ids_t]
+    if lens.numel() == 0:
+        return torch.zeros_like(q)
+    length = int(lens.max())
+    if length == 0:
+        return torch.zeros_like(q)
+    filled = torch.arange(length, device=q.device)[None, :] < lens[:, None]
+    bias = torch.zeros(filled.shape, device=q.device).masked_fill_(~filled, float("-inf"))
+    has_any = lens > 0
     # Empty caches would give an all -inf row (NaN softmax): give them a zero row, zero output.
-    scores = torch.where(has_any[:, None, None], scores, torch.zeros_like(scores))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs[:, :, None, :], vt).squeeze(2)  # (N, H, D)
+    bias = torch.where(has_any[:, None], bias, torch.zeros_like(bias))
+    sub = RingKVCache.__new__(RingKVCache)  # an fp32 view of the cache for the computation
+    sub.kv = cache.kv.float()
+    out = _attend(q.float() * scale, sub, ids_t, length, bias[:, None, None, :])
     out = out * has_any[:, None, None].to(out.dtype)
     return out.to(q.dtype)
 
 
+@torch.no_grad()
+def decode_step_attention(q: torch.Tensor, cache: RingKVCache, step: DecodeStep) -> torch.Tensor:
+    """Unchecked fast path for the policy step: ``q`` (b, H, D) *already scaled* by the softmax
+    scale, after ``cache.write(step, ...)`` and ``cache.commit(step)``; returns (b, H, D).
+    Triton on CUDA, the reference formulation (in the cache dtype) on CPU."""
+    if cache.device.type == "cuda":
+        ids_t = cache._env_index if step.ids_t is None else step.ids_t
+        return _decode_launch(q, cache, 1.0, ids_t)
+    return _attend(q, cache, step.ids_t, step.length, step.bias)
+
+
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, Counts, PartAcc, PartM, PartL,
+    Q, K, V, Counts, Ids, PartAcc, PartM, PartL,
     stride_qn, stride_qh,
     stride_kn, stride_kc, stride_kh,
     stride_vn, stride_vc, stride_vh,
     H, C, SPLIT_SIZE, NUM_SPLITS, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Program (env*head, split): partial softmax over slots [split*SPLIT_SIZE, +SPLIT_SIZE)."""
+    """Program (row*head, split): partial softmax over slots [split*SPLIT_SIZE, +SPLIT_SIZE) of
+    env Ids[row]."""
     pid_nh = tl.program_id(0)
     pid_s = tl.program_id(1)
-    n = pid_nh // H
+    row = pid_nh // H
     h = pid_nh % H
+    n = tl.load(Ids + row)
     offs_d = tl.arange(0, HEAD_DIM)
     length = tl.minimum(tl.load(Counts + n), C).to(tl.int32)
     start = pid_s * SPLIT_SIZE
     end = tl.minimum(start + SPLIT_SIZE, length)
-    q = tl.load(Q + n * stride_qn + h * stride_qh + offs_d).to(tl.float32)
+    q = tl.load(Q + row * stride_qn + h * stride_qh + offs_d).to(tl.float32)
     K_base = K + n * stride_kn + h * stride_kh
     V_base = V + n * stride_vn + h * stride_vh
     m_i = tl.full([1], float("-inf"), dtype=tl.float32)
@@ -261,7 +426,9 @@ def _decode_combine_kernel(
     tl.store(Out + n * stride_on + h * stride_oh + offs_d, out.to(Out.dtype.element_ty))
 
 
-def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float) -> torch.Tensor:
+def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float,
+                   ids_t: torch.Tensor) -> torch.Tensor:
+    """q (b, H, D) for the envs ``ids_t`` (b,) int64 on the cache device."""
     N, H, D = q.shape
     if D & (D - 1) or D < 16:
         raise ValueError(
@@ -283,7 +450,7 @@ def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float) -> torch.T
     part_l = torch.empty((N * H * num_splits,), device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
     _decode_split_kernel[(N * H, num_splits)](
-        q, cache.k, cache.v, cache.counts, part_acc, part_m, part_l,
+        q, cache.k, cache.v, cache.counts, ids_t, part_acc, part_m, part_l,
         q.stride(0), q.stride(1),
         cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
         cache.v.stride(0), cache.v.stride(1), cache.v.stride(2),
@@ -303,14 +470,22 @@ def decode_attention(
     cache: RingKVCache,
     softmax_scale: float | None = None,
     backend: str = "auto",
+    env_ids: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One decode step: ``q`` ``(N, H, D)`` attends over the last ``min(count, C)`` cached steps
-    of its env (append the step's k/v first). Returns ``(N, H, D)`` in ``q.dtype``; an env with an
-    empty cache gets zeros. Inference only (no autograd).
+    """One decode step: ``q`` ``(b, H, D)`` attends over the last ``min(count, C)`` cached steps
+    of its env (append the step's k/v first). ``env_ids`` (b,) names the envs of the rows (async
+    collection); None means all ``N`` envs in order. Returns ``(b, H, D)`` in ``q.dtype``; an env
+    with an empty cache gets zeros. Inference only (no autograd).
 
     ``backend``: ``"auto"`` (Triton for CUDA, reference for CPU), ``"triton"`` or ``"reference"``.
     """
-    scale = _check_decode(q, cache, softmax_scale)
+    if not isinstance(cache, RingKVCache):
+        raise TypeError(f"decode_attention: cache must be a RingKVCache, got {type(cache)}")
+    ids = cache.check_env_ids(env_ids)
+    scale = _check_decode(q, cache, softmax_scale, None if ids is None else ids.size)
     if resolve_backend(backend, [q, cache.k], "decode_attention") == "reference":
-        return decode_attention_reference(q, cache, scale)
-    return _decode_launch(q, cache, scale)
+        return decode_attention_reference(q, cache, scale, ids)
+    if q.shape[0] == 0:
+        return torch.empty_like(q)
+    ids_t = cache._env_index if ids is None else torch.as_tensor(ids, device=cache.device)
+    return _decode_launch(q, cache, scale, ids_t)
