@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_fast.kernels.critic import CriticEnsemble
+from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
 from amago_fast.nets.heads import ActorHead
 from amago_fast.nets.timestep import TimestepEncoder
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
@@ -81,6 +81,13 @@ class AgentConfig:
     """Classes of the two-hot critic."""
     twohot_range: float = 10.0
     """Bins span [-range, range] in symlog space (|value| up to e^range - 1)."""
+    discrete_critic: str = "state"
+    """Critic form for discrete action spaces: "state" — Q(s, ·) for every action from the state
+    only (``StateCriticEnsemble``: N·E critic rows per pass, policy values by Σ_a π·Q without a
+    second critic pass) — or "action_input" — the critic reads the action (one-hot for buffer
+    actions, the probability vector for the policy), as in the public AMAGO reference
+    (``CriticEnsemble``: N·G·E rows). Continuous and multi-discrete spaces always use
+    "action_input"."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +128,8 @@ class AgentConfig:
             bad("num_bins", "must be an integer >= 3")
         if not (self.twohot_range > 0 and np.isfinite(self.twohot_range)):
             bad("twohot_range", "must be a positive finite number")
+        if self.discrete_critic not in ("state", "action_input"):
+            bad("discrete_critic", "must be 'state' or 'action_input'")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -172,10 +181,18 @@ class Agent(nn.Module):
         self.actor = ActorHead(config.d_model, spec.action, self.num_gammas, config.actor_hidden,
                                config.actor_layers)
         out_dim = config.num_bins if config.critic_type == "twohot" else 1
-        self.critics = CriticEnsemble(
-            config.d_model, self.actor.critic_action_dim, num_critics=config.num_critics,
-            num_gammas=self.num_gammas, hidden_dim=config.critic_hidden, out_dim=out_dim,
-        )
+        # True: ``critics(state) -> (N, E, G, A, out)``; False: ``critics(state, action)``.
+        self.state_critic = spec.action.kind == "discrete" and config.discrete_critic == "state"
+        if self.state_critic:
+            self.critics: nn.Module = StateCriticEnsemble(
+                config.d_model, spec.action.n, num_gammas=self.num_gammas,
+                num_critics=config.num_critics, hidden_dim=config.critic_hidden, out_dim=out_dim,
+            )
+        else:
+            self.critics = CriticEnsemble(
+                config.d_model, self.actor.critic_action_dim, num_critics=config.num_critics,
+                num_gammas=self.num_gammas, hidden_dim=config.critic_hidden, out_dim=out_dim,
+            )
         if config.critic_type == "twohot":
             bins = torch.linspace(-config.twohot_range, config.twohot_range, config.num_bins)
         else:

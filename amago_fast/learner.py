@@ -217,6 +217,14 @@ class AMAGOLoss(nn.Module):
             return self.popart.w.detach() * raw + self.popart.b.detach()
         return self.popart.normalized(raw)
 
+    @torch.no_grad()
+    def _return_values(self, q: torch.Tensor) -> torch.Tensor:
+        """Target-critic outputs (…, G, out) → values in return units (…, G): PopArt
+        denormalised for scalar critics, the two-hot expectation for two-hot critics."""
+        if self.twohot:
+            return twohot_expectation(q, self.agent.twohot_bins)
+        return self.popart.denormalize(self.popart.normalized(q[..., 0].float()))
+
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
         cfg, agent = self.config, self.agent
         mask = batch["mask"]
@@ -231,17 +239,28 @@ class AMAGOLoss(nn.Module):
         d = h.shape[-1]
         params = agent.actor(h)  # (B, L1, G, P)
 
+        state_critic = agent.state_critic
+        if state_critic:
+            # Q(s, ·) for every row and action in one online pass: the critic loss reads the
+            # buffer action's entry, the actor's DPG term and the BC advantage reuse it detached.
+            A = agent.critics.num_actions
+            q_all = agent.critics(h.reshape(B * L1, d))  # (B·L1, E, G, A, O)
+            q_all = q_all.reshape(B, L1, E, G, A, -1).transpose(3, 4)  # (B, L1, E, A, G, O)
+
         # ---- TD targets (no gradient): target actor at every row, target critics.
         with torch.no_grad():
             h_det = h.detach()
             t_params = self.target_actor(h_det)
-            a_next = self.target_actor.critic_input(t_params, generator)
-            q_next = self.target_critics(h_det.reshape(B * L1, d),
-                                         a_next.reshape(B * L1, G, -1).to(h.dtype))
-            if self.twohot:
-                v_next = twohot_expectation(q_next, agent.twohot_bins)
+            if state_critic:
+                q_next = self.target_critics(h_det.reshape(B * L1, d)).transpose(2, 3)
+                v_next_a = self._return_values(q_next)  # (B·L1, E, A, G)
+                probs_next = F.softmax(t_params.float(), -1).reshape(B * L1, 1, G, A)
+                v_next = (v_next_a * probs_next.transpose(-1, -2)).sum(-2)  # (B·L1, E, G)
             else:
-                v_next = self.popart.denormalize(self.popart.normalized(q_next[..., 0].float()))
+                a_next = self.target_actor.critic_input(t_params, generator)
+                q_next = self.target_critics(h_det.reshape(B * L1, d),
+                                             a_next.reshape(B * L1, G, -1).to(h.dtype))
+                v_next = self._return_values(q_next)  # (B·L1, E, G)
             v_min, v_mean = td_target_reduce(v_next.unsqueeze(-1), cfg.num_critics_td, generator)
             v_boot = (v_min if cfg.dpg_coeff > 0 else v_mean).reshape(B, L1, G)
             y = nstep_targets(batch["reward"], batch["terminated"], mask, v_boot.float(),
@@ -249,11 +268,16 @@ class AMAGOLoss(nn.Module):
 
         # ---- critic on buffer actions (transition t: state row t, action from row t+1).
         a_buf = batch["action"][:, 1:]
-        a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
-        a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
-        q_buf = agent.critics(h[:, :-1].reshape(B * L, d),
-                              a_feat.reshape(B * L, G, -1).to(h.dtype))
-        q_buf = q_buf.reshape(B, L, E, G, -1)
+        if state_critic:
+            q_rows = q_all[:, :-1]  # (B, L, E, A, G, O)
+            idx = a_buf.long().reshape(B, L, 1, 1, 1, 1).expand(B, L, E, 1, G, q_rows.shape[-1])
+            q_buf = q_rows.gather(3, idx).squeeze(3)  # (B, L, E, G, O)
+        else:
+            a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
+            a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
+            q_buf = agent.critics(h[:, :-1].reshape(B * L, d),
+                                  a_feat.reshape(B * L, G, -1).to(h.dtype))
+            q_buf = q_buf.reshape(B, L, E, G, -1)
         tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
         if self.twohot:
             target_dist = twohot_encode(y, agent.twohot_bins)  # (B, L, G, K)
@@ -267,10 +291,16 @@ class AMAGOLoss(nn.Module):
         critic_loss = critic_per_gamma.mean()
 
         # ---- actor: DPG through a parameter-detached critic + filtered BC.
-        a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
-        q_pi = agent.critics(h.detach().reshape(B * L1, d),
-                             a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
-        v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)  # (B, L1, G)
+        if state_critic:
+            # −Σ_a π(a|s)·Q(s, a) with Q detached: the gradient reaches the actor only.
+            probs = F.softmax(params.float(), -1).transpose(-1, -2)  # (B, L1, A, G)
+            q_vals = self._values(q_all.detach(), detach_popart=True).mean(2)  # (B, L1, A, G)
+            v_pi = (probs * q_vals).sum(-2)  # (B, L1, G)
+        else:
+            a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
+            q_pi = agent.critics(h.detach().reshape(B * L1, d),
+                                 a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
+            v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)
         row_mask = mask.unsqueeze(-1)
         dpg_per_gamma = _masked_mean(-v_pi, row_mask, (0, 1))
         with torch.no_grad():
@@ -298,6 +328,8 @@ class AMAGOLoss(nn.Module):
                 "dpg_per_gamma": dpg_per_gamma.detach(),
                 "bc_per_gamma": bc_per_gamma.detach(),
                 "accept_rate": _masked_mean(accept, tmask_g, (0, 1)).mean(),
+                "td_target": y,
+                "target_count": ym.sum((0, 1)),
                 "target_mean": (y * ym).sum((0, 1)) / count,
                 "target_sq_mean": (y.pow(2) * ym).sum((0, 1)) / count,
                 "q_stats": torch.stack([qv.mean(), qv.std(), qv.min(), qv.max()])
@@ -446,7 +478,21 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        finite_t = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        target_mean, target_sq_mean = aux["target_mean"], aux["target_sq_mean"]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # PopArt must move identically on every rank: all-reduce the batch moments
+            # (weighted by each rank's valid-transition count, so the result is the moment of
+            # the global batch) and the "skip this step" flag in one collective.
+            count = aux["target_count"].float()
+            packed = torch.cat([target_mean.float() * count, target_sq_mean.float() * count,
+                                count, (~finite_t).float().reshape(1)])
+            torch.distributed.all_reduce(packed)
+            G = target_mean.numel()
+            total = packed[2 * G:3 * G].clamp_min(1.0)
+            target_mean, target_sq_mean = packed[:G] / total, packed[G:2 * G] / total
+            finite_t = packed[-1] == 0
+        finite = bool(finite_t)
         t2 = self._clock()
         metrics: dict[str, float] = {"skipped_nonfinite": 0.0 if finite else 1.0}
         if not finite:
@@ -460,7 +506,7 @@ class Learner:
         self.optimizer.step()
         self.scheduler.step()
         self.ema_fn(*self._ema_pairs, cfg.tau)
-        self.loss_module.popart.update(aux["target_mean"], aux["target_sq_mean"])
+        self.loss_module.popart.update(target_mean, target_sq_mean)
         self.updates += 1
         t3 = self._clock()
         self.last_timings = {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}

@@ -15,6 +15,7 @@ from amago_fast.kernels import _utils
 from amago_fast.kernels.critic import (
     CriticEnsemble,
     CriticParams,
+    StateCriticEnsemble,
     critic_ensemble,
     critic_ensemble_reference,
     critic_ensemble_tiled_reference,
@@ -52,7 +53,7 @@ def make_params(e, g, d_s, d_a, h, o, seed=0, device="cpu", margin=False):
     if margin:
         return CriticParams(
             rnd(e, d_s, h, scale=0.06 * d_s**-0.5),
-            rnd(e, d_a, h, scale=0.06 * d_a**-0.5),
+            rnd(e, d_a, h, scale=0.06 * max(d_a, 1) ** -0.5),
             bias(e, g, h),
             rnd(e, h, h, scale=0.08 * h**-0.5),
             bias(e, h),
@@ -61,7 +62,7 @@ def make_params(e, g, d_s, d_a, h, o, seed=0, device="cpu", margin=False):
         )
     return CriticParams(
         rnd(e, d_s, h, scale=d_s**-0.5),
-        rnd(e, d_a, h, scale=d_a**-0.5),
+        rnd(e, d_a, h, scale=max(d_a, 1) ** -0.5),
         rnd(e, g, h, scale=0.3),
         rnd(e, h, h, scale=h**-0.5),
         rnd(e, h, scale=0.3),
@@ -85,7 +86,9 @@ def outputs_and_grads(fn, state, action, params, dq, dtype):
     a = action.detach().to(dtype).requires_grad_(True)
     ps = [p.detach().clone().requires_grad_(True) for p in params]
     q = fn(s, a, CriticParams(*ps))
-    grads = torch.autograd.grad(q, [s, a, *ps], dq.to(q.dtype))
+    # allow_unused: with action_dim 0 (the state-only critic) the reference never reads action.
+    grads = torch.autograd.grad(q, [s, a, *ps], dq.to(q.dtype), allow_unused=True)
+    grads = [torch.zeros_like(x) if g_ is None else g_ for g_, x in zip(grads, [s, a, *ps])]
     return [q.detach().double()] + [g_.double() for g_ in grads]
 
 
@@ -115,6 +118,8 @@ def check_against_reference(e, g, o, d_s, d_a, h, n, dtype, device=DEVICE, margi
     names = ["q", "d_state", "d_action", *CriticParams._fields]
     for name, x_oracle, x_torch, x_ours in zip(names, oracle, torch_same, ours):
         assert x_ours.shape == x_oracle.shape, name
+        if x_oracle.numel() == 0:  # d_action / w_action with action_dim 0
+            continue
         scale = x_oracle.abs().max().item()
         err_torch = (x_torch - x_oracle).abs().max().item()
         err_ours = (x_ours - x_oracle).abs().max().item()
@@ -393,6 +398,70 @@ def test_gpu_triton_is_deterministic_at_scale():
     second = outputs_and_grads(fn, state, action, params, dq, torch.bfloat16)
     for x, y in zip(first, second):
         assert torch.equal(x, y)
+
+
+# ---------------------------------------------------------------------------- state-only critic
+
+
+def test_state_critic_matches_per_critic_mlp_loop():
+    """StateCriticEnsemble against its definition: per critic one MLP over the state whose
+    output units are (gamma, action, out), checked row by row with Python loops (fp64)."""
+    torch.manual_seed(0)
+    e, g, a, o, d_s, h, n = 2, 3, 4, 2, 5, 8, 6
+    m = StateCriticEnsemble(d_s, a, g, num_critics=e, hidden_dim=h, out_dim=o,
+                            negative_slope=0.2).double()
+    with torch.no_grad():
+        m.w3.normal_()
+        m.b3.normal_()
+    state = torch.randn(n, d_s, dtype=torch.float64)
+    q = m(state)
+    assert q.shape == (n, e, g, a, o)
+    leaky = torch.nn.LeakyReLU(0.2)
+    for i in range(n):
+        for c in range(e):
+            h1 = leaky(state[i] @ m.w_state[c] + m.b1[c, 0])
+            h2 = leaky(h1 @ m.w2[c] + m.b2[c])
+            out = (h2 @ m.w3[c] + m.b3[c]).reshape(g, a, o)
+            torch.testing.assert_close(q[i, c], out)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("e,o", [(4, 28), (1, 5)])
+def test_triton_state_only_matches_reference(e, o, dtype):
+    """action_dim 0, one gamma slot: the fused kernels as a plain per-critic MLP (what
+    StateCriticEnsemble runs); all grads, odd row count, same tolerance rule."""
+    check_against_reference(e=e, g=1, o=o, d_s=24, d_a=0, h=32, n=37, dtype=dtype, device=DEVICE)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_state_critic_module_grads_and_detach(backend):
+    torch.manual_seed(1)
+    m = StateCriticEnsemble(16, 3, 2, num_critics=2, hidden_dim=32, out_dim=1,
+                            backend=backend).to(DEVICE)
+    state = torch.randn(19, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(19, 2, 2, 3, 1, device=DEVICE)
+    (m(state) * w).sum().backward()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in m.parameters())
+    for p in m.parameters():
+        p.grad = None
+    state.grad = None
+    (m(state, detach_params=True) * w).sum().backward()
+    assert all(p.grad is None for p in m.parameters())
+    assert state.grad is not None and torch.count_nonzero(state.grad) > 0
+
+
+def test_state_critic_bad_input():
+    with pytest.raises(ValueError, match="num_actions"):
+        StateCriticEnsemble(8, 0, 2)
+    with pytest.raises(ValueError, match="backend"):
+        StateCriticEnsemble(8, 3, 2, backend="cuda")
+    m = StateCriticEnsemble(8, 3, 2, num_critics=2, hidden_dim=16)
+    with pytest.raises(ValueError, match="state must be"):
+        m(torch.randn(4, 2, 8))
+    with pytest.raises(ValueError, match="w_state"):
+        m(torch.randn(4, 7))
 
 
 def test_env_flag_matches_utils():

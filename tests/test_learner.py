@@ -376,3 +376,133 @@ def test_cuda_update_bf16_and_decode_match_full_forward():
         full = agent.encode(seq, seq["time_index"], torch.ones(N, T, dtype=torch.bool,
                                                                device="cuda"))
     torch.testing.assert_close(inc, full, rtol=2e-3, atol=2e-3)
+
+
+# ------------------------------------------------------- discrete critic Q(s, ·) from the state
+NO_DROPOUT = dict(dropout_emb=0.0, dropout_ff=0.0)
+
+
+def _eval_forward(learner, batch):
+    """The loss in eval mode (no dropout, no power-iteration step: the oracle's encoder pass
+    sees the same weights), the generator state before it, and the batch as tensors."""
+    tb = learner._to_tensors(batch)
+    learner.loss_module.eval()
+    gen_state = learner.generator.get_state()
+    loss, aux = learner.loss_module(tb, learner.generator)
+    return loss, aux, gen_state, tb
+
+
+def _trained_learner(**kw):
+    learner = make_learner(agent_kw=dict(NO_DROPOUT), n_step=1, **kw)
+    batch = make_batch(learner.agent.spec)
+    for _ in range(3):  # PopArt statistics, w, b and the critics move away from their init
+        learner.update(batch)
+    return learner, batch
+
+
+def test_default_discrete_critic_is_state_only_and_multidiscrete_is_not():
+    from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
+
+    assert isinstance(make_learner().agent.critics, StateCriticEnsemble)
+    assert make_learner().agent.state_critic
+    assert isinstance(make_learner(agent_kw=dict(discrete_critic="action_input")).agent.critics,
+                      CriticEnsemble)
+    for kind in ("multidiscrete", "continuous"):
+        assert isinstance(make_learner(kind).agent.critics, CriticEnsemble)
+    with pytest.raises(ValueError, match="discrete_critic"):
+        AgentConfig(discrete_critic="onehot")
+
+
+def test_state_critic_td_targets_match_loop_oracle():
+    """y = R·r + γ·(1 − term)·min_{e ∈ subset} Σ_a π_target(a|s')·Q_target,e(s', a), in return
+    units (PopArt denormalised), checked with Python loops over windows, steps and gammas."""
+    learner, batch = _trained_learner()
+    _, aux, gen_state, tb = _eval_forward(learner, batch)
+    agent, lm, cfg = learner.agent, learner.loss_module, learner.config
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(gen_state)
+    subset = torch.randperm(agent.config.num_critics, generator=gen)[:cfg.num_critics_td].sort()
+    subset = subset.values
+    with torch.no_grad():
+        h = agent.encode(tb, tb["time_index"], tb["mask"])
+        B, L1, d = h.shape
+        probs = torch.softmax(lm.target_actor(h), -1)  # (B, L1, G, A)
+        q = lm.target_critics(h.reshape(-1, d))
+        q = q.reshape(B, L1, *q.shape[1:])  # (B, L1, E, G, A, 1)
+        pa = lm.popart
+        y_oracle = torch.zeros(B, L1 - 1, agent.num_gammas)
+        for b in range(B):
+            for t in range(L1 - 1):
+                for g in range(agent.num_gammas):
+                    vals = (pa.w[g] * q[b, t + 1, :, g, :, 0] + pa.b[g]) * pa.sigma[g] + pa.mu[g]
+                    v_e = (vals * probs[b, t + 1, g]).sum(-1)  # (E,)
+                    v = v_e[subset].min()
+                    r = cfg.reward_multiplier * tb["reward"][b, t + 1]
+                    alive = 0.0 if bool(tb["terminated"][b, t + 1]) else 1.0
+                    y_oracle[b, t, g] = r + agent.gammas[g] * alive * v
+    valid = tb["mask"][:, 1:]
+    torch.testing.assert_close(aux["td_target"][valid], y_oracle[valid], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("critic_type", ["scalar", "twohot"])
+def test_state_critic_dpg_and_filtered_bc_match_oracle(critic_type):
+    """DPG = −mean over rows of Σ_a π(a|s)·Q̄(s, a); BC advantage Q̄(s, a_buf) − Σ_a π·Q̄, with
+    Q̄ the ensemble mean of the (PopArt-normalised / two-hot symlog) values."""
+    kw = dict(agent_kw=dict(NO_DROPOUT, critic_type=critic_type, num_bins=21), n_step=1)
+    learner = make_learner(**kw)
+    batch = make_batch(learner.agent.spec)
+    for _ in range(3):
+        learner.update(batch)
+    _, aux, _, tb = _eval_forward(learner, batch)
+    agent, lm = learner.agent, learner.loss_module
+    with torch.no_grad():
+        h = agent.encode(tb, tb["time_index"], tb["mask"])
+        B, L1, d = h.shape
+        logp = torch.log_softmax(agent.actor(h).float(), -1)  # (B, L1, G, A)
+        q = agent.critics(h.reshape(-1, d))
+        q = q.reshape(B, L1, *q.shape[1:])  # (B, L1, E, G, A, O)
+        if critic_type == "twohot":
+            vals = (torch.softmax(q, -1) * agent.twohot_bins).sum(-1)
+        else:
+            vals = lm.popart.w[:, None] * q[..., 0] + lm.popart.b[:, None]
+        q_bar = vals.mean(2)  # (B, L1, G, A)
+        v_pi = (logp.exp() * q_bar).sum(-1)  # (B, L1, G)
+        mask, valid = tb["mask"], tb["mask"][:, 1:]
+        dpg = torch.stack([-(v_pi[..., g][mask]).mean() for g in range(agent.num_gammas)])
+        a_buf = tb["action"][:, 1:].long()
+        G = agent.num_gammas
+        idx = a_buf[:, :, None, None].expand(B, L1 - 1, G, 1)
+        adv = q_bar[:, :-1].gather(-1, idx)[..., 0] - v_pi[:, :-1]
+        accept = (adv > 0).float()
+        logp_buf = logp[:, :-1].gather(-1, idx)[..., 0]
+        bc = torch.stack([-(accept[..., g] * logp_buf[..., g])[valid].mean() for g in range(G)])
+    torch.testing.assert_close(aux["dpg_per_gamma"], dpg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux["bc_per_gamma"], bc, rtol=1e-5, atol=1e-6)
+    assert 0.0 < float(aux["accept_rate"]) < 1.0
+    torch.testing.assert_close(aux["accept_rate"], accept[valid].mean(), rtol=1e-6, atol=1e-6)
+
+
+def test_state_critic_dpg_gives_no_critic_gradient_and_bc_none_to_the_critic():
+    for kw in (dict(critic_loss_weight=0.0, bc_coeff=0.0, dpg_coeff=1.0),
+               dict(critic_loss_weight=0.0, bc_coeff=1.0, dpg_coeff=0.0)):
+        learner = make_learner(**kw)
+        assert learner.agent.state_critic
+        grads = _grads(learner, make_batch(learner.agent.spec))
+        critic = [g for n, g in grads.items() if n.startswith("critics.")]
+        assert all(g is None or torch.count_nonzero(g) == 0 for g in critic), kw
+        actor = [g for n, g in grads.items() if n.startswith("actor.")]
+        assert any(g is not None and torch.count_nonzero(g) > 0 for g in actor), kw
+
+
+@pytest.mark.parametrize("critic_type", ["scalar", "twohot"])
+def test_action_input_discrete_critic_still_learns(critic_type):
+    learner = make_learner(agent_kw=dict(discrete_critic="action_input", critic_type=critic_type,
+                                         num_bins=21))
+    assert not learner.agent.state_critic
+    grads = _grads(learner, make_batch(learner.agent.spec))
+    assert grads["critics.w_action"] is not None
+    batch = make_batch(learner.agent.spec)
+    first = learner.update(batch)
+    for _ in range(15):
+        last = learner.update(batch)
+    assert np.isfinite(last["q_mean"]) and last["critic_loss"] < first["critic_loss"]

@@ -31,7 +31,10 @@ def test_materialized_attention_matches_causal_attention():
 def test_baseline_learner_matches_fast_learner(monkeypatch):
     monkeypatch.setitem(SIZES, "tiny", dict(num_layers=1, d_model=32, num_heads=2, window=8,
                                             batch=3))
-    fast, base = build("tiny", False, "cpu"), build("tiny", True, "cpu")
+    # Same critic form on both sides (the baseline's, action input); the default discrete
+    # critic of "ours" (state only) is a different function and is checked below.
+    fast = build("tiny", False, "cpu", discrete_critic="action_input")
+    base = build("tiny", True, "cpu")
     base.agent.load_state_dict(fast.agent.state_dict())
     buf = filled_buffer(fast.agent.spec, 8, 6, seed=0)
     batch = {k: torch.from_numpy(v) for k, v in buf.sample_windows(3, 8).items()}
@@ -42,3 +45,12 @@ def test_baseline_learner_matches_fast_learner(monkeypatch):
     assert mf["loss"] == pytest.approx(mb["loss"], rel=1e-4)
     for (n, p), q in zip(fast.agent.named_parameters(), base.agent.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_bench_ours_uses_the_state_critic_and_baseline_the_action_input_one(monkeypatch):
+    monkeypatch.setitem(SIZES, "tiny", dict(num_layers=1, d_model=32, num_heads=2, window=8,
+                                            batch=3))
+    assert build("tiny", False, "cpu").agent.state_critic
+    assert not build("tiny", True, "cpu").agent.state_critic
+    with pytest.raises(ValueError, match="action_input"):
+        build("tiny", True, "cpu", discrete_critic="state")

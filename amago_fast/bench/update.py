@@ -5,10 +5,15 @@ Two stated model sizes (issue 4): ``small`` = 2 layers, d_model 128, 4 heads, L=
 ``sample`` (``TrajectoryBuffer.sample_windows`` from a filled buffer + conversion to tensors),
 ``forward``, ``backward``, ``optimizer`` (clip, AdamW, EMA, PopArt).
 
-The baseline is the same model and loss computed the way the public AMAGO reference does it:
-attention materialising the (L × L) score matrix, every critic's input tiled G×E times
-(``critic_ensemble_tiled_reference``), and a per-parameter Python loop for the target EMA
-(``ema_update_reference``). Both run in the same process, alternating, on the same batches.
+The baseline is the same model size and loss computed the way the public AMAGO reference does
+it: attention materialising the (L × L) score matrix; for the (discrete) bench actions, a critic
+that reads the action — the one-hot buffer action for the critic loss, the actor's probability
+vector for the policy value — with every critic's input ``[state, action, onehot(gamma)]`` tiled
+G×E times (``discrete_critic="action_input"`` + ``critic_ensemble_tiled_reference``), so three
+critic passes over N·G·E rows per update (online, target, DPG); and a per-parameter Python loop
+for the target EMA (``ema_update_reference``). Ours uses the default discrete critic
+(``discrete_critic="state"``: Q(s, ·) from the state, one online and one target pass over N·E
+rows). Both run in the same process, alternating, on the same batches.
 """
 
 from __future__ import annotations
@@ -88,15 +93,23 @@ def filled_buffer(spec: EnvSpec, window: int, num_trajectories: int, seed: int):
 
 
 def build(size: str, baseline: bool, device: str, seed: int = 0,
-          num_gammas: int | None = None, critic_hidden: int = 256) -> Learner:
+          num_gammas: int | None = None, critic_hidden: int = 256,
+          discrete_critic: str | None = None) -> Learner:
     """Learner of the stated size; ``num_gammas`` keeps that many of the default gammas (the
-    last ones, main gamma included); None keeps all 7 (AMAGO's default set)."""
+    last ones, main gamma included); None keeps all 7 (AMAGO's default set).
+    ``discrete_critic``: None means "state" for ours and "action_input" for the baseline (the
+    public reference's form); the baseline must use "action_input"."""
+    if discrete_critic is None:
+        discrete_critic = "action_input" if baseline else "state"
+    if baseline and discrete_critic != "action_input":
+        raise ValueError("the reference-style baseline uses discrete_critic='action_input'")
     s = SIZES[size]
     spec = bench_spec()
     torch.manual_seed(seed)
     gammas = DEFAULT_GAMMAS[-num_gammas:] if num_gammas else DEFAULT_GAMMAS
     cfg = AgentConfig(d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-                      context_len=s["window"] + 1, gammas=gammas, critic_hidden=critic_hidden)
+                      context_len=s["window"] + 1, gammas=gammas, critic_hidden=critic_hidden,
+                      discrete_critic=discrete_critic)
     agent = Agent(spec, cfg)
     if baseline:
         for layer in agent.traj_encoder.layers:

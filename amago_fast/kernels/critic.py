@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - triton ships with the package on Linux
 __all__ = [
     "CriticParams",
     "CriticEnsemble",
+    "StateCriticEnsemble",
     "critic_ensemble",
     "critic_ensemble_reference",
     "critic_ensemble_tiled_reference",
@@ -144,8 +145,14 @@ def critic_ensemble_reference(
     ws, wa, b1, w2, b2, w3, b3 = (p.to(dtype) for p in params)
     n, g, d_a = action.shape
     e, _, h = ws.shape
-    z1 = (torch.matmul(state, ws).unsqueeze(2) + b1.unsqueeze(1)).view(e, n * g, h)
-    z1 = torch.baddbmm(z1, action.reshape(1, n * g, d_a).expand(e, -1, -1), wa)
+    if g == 1:
+        # One gamma slot (the state-only critic): bias + state GEMM in one batched call; the
+        # broadcast-add-then-view path below costs two extra (E, N, H) copies in the backward.
+        z1 = torch.baddbmm(b1, state.unsqueeze(0).expand(e, n, -1), ws)
+    else:
+        z1 = (torch.matmul(state, ws).unsqueeze(2) + b1.unsqueeze(1)).view(e, n * g, h)
+    if d_a:  # d_a = 0: the state-only critic (StateCriticEnsemble), no action GEMM
+        z1 = torch.baddbmm(z1, action.reshape(1, n * g, d_a).expand(e, -1, -1), wa)
     h1 = _activation_(z1, negative_slope)
     h2 = _activation_(torch.baddbmm(b2.unsqueeze(1), h1, w2), negative_slope)
     q = torch.baddbmm(b3.unsqueeze(1), h2, w3)  # (E, N·G, O)
@@ -615,6 +622,12 @@ def _triton_supported(action: torch.Tensor, params: CriticParams) -> str | None:
     return None
 
 
+def _ptr_arg(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a one-element stand-in when ``t`` is empty (action_dim = 0: every access
+    to it is masked off inside the kernels, but the launcher still needs a valid pointer)."""
+    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
+
+
 def _critic_forward_launch(
     state: torch.Tensor,
     action: torch.Tensor,
@@ -636,7 +649,7 @@ def _critic_forward_launch(
         PRECISION=cfg.precision, num_warps=cfg.num_warps,
     )  # fmt: skip
     _critic_fwd_kernel[(triton.cdiv(n, cfg.block_n_fwd), e)](
-        action, p, *params[1:], q,
+        _ptr_arg(action), p, _ptr_arg(params.w_action), *params[2:], q,
         n, g, d_a, o, e, H=h,
         NEG_SLOPE=negative_slope,
         BLOCK_N=cfg.block_n_fwd, D_A_PAD=cfg.d_a_pad,
@@ -677,8 +690,8 @@ def _critic_backward_launch(
         dwa_part = torch.empty((num_blocks, e, d_a, h), dtype=f32, device=dev)
         db1_part = torch.empty((num_blocks, e, g, h), dtype=f32, device=dev)
         _critic_bwd_rows_kernel[(num_blocks, e)](
-            action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
-            dp, da_part, dwa_part, db1_part,
+            _ptr_arg(action), p, _ptr_arg(params.w_action), params.b1, params.w2, params.b2,
+            params.w3, dq, dp, _ptr_arg(da_part), _ptr_arg(dwa_part), db1_part,
             n, g, d_a, o, e, BLOCK_N=cfg.block_n_rows, **consts,
         )  # fmt: skip
         dp_flat = dp.view(n, e * h)
@@ -710,8 +723,8 @@ def _critic_backward_launch(
         dw3_part = torch.empty((splits, e, h, o), dtype=f32, device=dev)
         db2_part = torch.empty((splits, e, h), dtype=f32, device=dev)
         _critic_bwd_weights_kernel[(e, num_chunks, splits)](
-            action, p, params.w_action, params.b1, params.w2, params.b2, params.w3, dq,
-            dw2_part, dw3_part, db2_part,
+            _ptr_arg(action), p, _ptr_arg(params.w_action), params.b1, params.w2, params.b2,
+            params.w3, dq, dw2_part, dw3_part, db2_part,
             n, g, d_a, o, e, splits, BLOCK_N=cfg.block_n_weights, **consts,
         )  # fmt: skip
         if need_w2:
@@ -878,6 +891,105 @@ class CriticEnsemble(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"state_dim={self.state_dim}, action_dim={self.action_dim}, "
+            f"num_gammas={self.num_gammas}, num_critics={self.num_critics}, "
+            f"hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
+        )
+
+
+class StateCriticEnsemble(nn.Module):
+    """E discrete-action critics over G discount factors that read the state only:
+    ``Q(s, ·)`` for every action at once, ``q (N, E, G, A, out_dim)`` from ``state (N, d_s)``.
+
+    The standard discrete Q-network form: per critic one MLP trunk over the state (two hidden
+    layers, leaky ReLU) whose output layer has one unit block per (gamma, action). Compared with
+    :class:`CriticEnsemble` fed the action, the hidden layers run on N·E rows instead of N·G·E
+    (7× fewer at AMAGO's 7 gammas), and a policy's value Σ_a π(a|s) Q(s, a) needs no second
+    critic pass. It is computed by :func:`critic_ensemble` with ``action_dim = 0`` and a single
+    "gamma" slot whose outputs are all (gamma, action, out) units, so the Triton path and the
+    PyTorch reference are the same ones the action-input critic uses (Triton limits: G·A·out_dim
+    ≤ 128 output units; beyond, ``backend="auto"`` takes the reference).
+
+    Initialization: ``w_state``, ``b1`` ~ U(±1/sqrt(d_s)) (``nn.Linear``'s default), ``w2``,
+    ``b2`` ~ U(±1/sqrt(H)), ``w3`` ~ U(±3e-3), ``b3 = 0`` (small initial values, as in
+    :class:`CriticEnsemble`).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        num_actions: int,
+        num_gammas: int,
+        num_critics: int = 4,
+        hidden_dim: int = 256,
+        out_dim: int = 1,
+        negative_slope: float = 0.01,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, v in (
+            ("state_dim", state_dim),
+            ("num_actions", num_actions),
+            ("num_gammas", num_gammas),
+            ("num_critics", num_critics),
+            ("hidden_dim", hidden_dim),
+            ("out_dim", out_dim),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not (0.0 <= negative_slope < 1.0):
+            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.state_dim, self.num_actions = state_dim, num_actions
+        self.num_gammas, self.num_critics = num_gammas, num_critics
+        self.hidden_dim, self.out_dim = hidden_dim, out_dim
+        self.negative_slope, self.backend = negative_slope, backend
+        e, h = num_critics, hidden_dim
+        units = num_gammas * num_actions * out_dim
+        self.w_state = nn.Parameter(torch.empty(e, state_dim, h))
+        self.b1 = nn.Parameter(torch.empty(e, 1, h))
+        self.w2 = nn.Parameter(torch.empty(e, h, h))
+        self.b2 = nn.Parameter(torch.empty(e, h))
+        self.w3 = nn.Parameter(torch.empty(e, h, units))
+        self.b3 = nn.Parameter(torch.empty(e, units))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-draw all parameters with the documented initialization."""
+        bound1 = 1.0 / math.sqrt(self.state_dim)
+        self.w_state.uniform_(-bound1, bound1)
+        self.b1.uniform_(-bound1, bound1)
+        bound2 = 1.0 / math.sqrt(self.hidden_dim)
+        self.w2.uniform_(-bound2, bound2)
+        self.b2.uniform_(-bound2, bound2)
+        self.w3.uniform_(-3e-3, 3e-3)
+        self.b3.zero_()
+
+    @property
+    def params(self) -> CriticParams:
+        """The parameters as a :class:`CriticParams` with an empty ``w_action (E, 0, H)``."""
+        w_action = self.w_state.new_zeros((self.num_critics, 0, self.hidden_dim))
+        return CriticParams(self.w_state, w_action, self.b1, self.w2, self.b2, self.w3, self.b3)
+
+    def forward(self, state: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """``q (N, E, G, A, out_dim)`` for ``state (N, d_s)``.
+
+        ``detach_params=True`` cuts the parameters from autograd (gradients reach ``state``
+        only). To evaluate a policy without any critic gradient, detach the output instead.
+        """
+        if not isinstance(state, torch.Tensor) or state.dim() != 2:
+            raise ValueError("StateCriticEnsemble: state must be a (N, d_s) tensor, got "
+                             f"{getattr(state, 'shape', type(state).__name__)}")
+        params = self.params.detached() if detach_params else self.params
+        no_action = state.new_zeros((state.shape[0], 1, 0))
+        q = critic_ensemble(state, no_action, params, self.negative_slope, self.backend)
+        return q.reshape(state.shape[0], self.num_critics, self.num_gammas, self.num_actions,
+                         self.out_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"state_dim={self.state_dim}, num_actions={self.num_actions}, "
             f"num_gammas={self.num_gammas}, num_critics={self.num_critics}, "
             f"hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
         )
