@@ -484,7 +484,7 @@ class Learner:
             # PopArt must move identically on every rank: all-reduce the batch moments
             # (weighted by each rank's valid-transition count, so the result is the moment of
             # the global batch) and the "skip this step" flag in one collective.
-            count = aux["target_count"].float()
+            count = aux["target_count"].float().expand_as(target_mean)
             packed = torch.cat([target_mean.float() * count, target_sq_mean.float() * count,
                                 count, (~finite_t).float().reshape(1)])
             torch.distributed.all_reduce(packed)
