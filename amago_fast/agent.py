@@ -198,6 +198,12 @@ class Agent(nn.Module):
         else:
             bins = torch.zeros(0)
         self.register_buffer("twohot_bins", bins)
+        # Rollout (act) caches: see _rollout_plans / refresh_inference_cache.
+        self._inference_plan: tuple | None = None
+        self._inference_tensors: list[torch.Tensor] | None = None
+        self._row_shapes: dict[str, tuple] | None = None
+        self._act_low: torch.Tensor | None = None
+        self._act_half_range: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -230,39 +236,133 @@ class Agent(nn.Module):
             state.memory, torch.as_tensor(ids, dtype=torch.long, device=self.device))
         return state
 
-    def _rows_to_tensors(self, rows: dict[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
-        needed = [*self.obs_keys, "action", "reward", "time_index"]
-        missing = [k for k in needed if k not in rows]
+    def _check_env_ids(self, env_ids: Any, state: AgentState) -> np.ndarray | None:
+        """``env_ids`` of an ``act`` call → validated int64 array, or None for all envs."""
+        if env_ids is None:
+            return None
+        ids = np.asarray(env_ids).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"act: env_ids must be integers, got {ids.dtype}")
+        ids = ids.astype(np.int64, copy=False)
+        if ids.size and (ids.min() < 0 or ids.max() >= state.num_envs):
+            raise ValueError(f"act: env_ids must be in [0, {state.num_envs}), got {ids.tolist()}")
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"act: env_ids has repeated ids: {ids.tolist()}")
+        return ids
+
+    def _check_rows(self, rows: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Validate the rows of an ``act`` call (keys, shapes, finite time_index) → NumPy dict."""
+        shapes = self._row_shapes
+        if shapes is None:
+            shapes = {f.name: f.shape for f in self.spec.buffer_fields()}
+            shapes["time_index"] = ()
+            shapes = {k: shapes[k] for k in (*self.obs_keys, "action", "reward", "time_index")}
+            self._row_shapes = shapes
+        missing = [k for k in shapes if k not in rows]
         if missing:
             raise ValueError(f"act: rows are missing keys {missing}")
         out = {}
-        field_shapes = {f.name: f.shape for f in self.spec.buffer_fields()}
-        field_shapes["time_index"] = ()
-        for k in needed:
-            arr = np.asarray(rows[k])
-            if arr.shape != (n, *field_shapes[k]):
+        for k, shape in shapes.items():
+            arr = rows[k]
+            if not isinstance(arr, np.ndarray):
+                arr = np.asarray(arr.cpu() if isinstance(arr, torch.Tensor) else arr)
+            if arr.shape[1:] != shape or arr.shape[0] != n:
                 raise ValueError(f"act: rows[{k!r}] has shape {arr.shape}, expected "
-                                 f"{(n, *field_shapes[k])}")
-            out[k] = torch.as_tensor(arr, device=self.device)
+                                 f"{(n, *shape)}")
+            out[k] = arr
+        ti = out["time_index"]
+        if not np.issubdtype(ti.dtype, np.integer):
+            raise ValueError(f"act: rows['time_index'] must be integers, got {ti.dtype}")
+        if n and ti.min() < 0:
+            raise ValueError("act: rows['time_index'] must be >= 0")
+        out["time_index"] = ti.astype(np.int64, copy=False)
         return out
 
-    @torch.no_grad()
-    def act(self, rows: dict[str, np.ndarray], state: AgentState, sample: bool):
-        """One step for every env: rows (N, …) as in a training row → (actions, state).
+    def _rows_to_tensors(self, rows: dict[str, np.ndarray], n: int) -> dict[str, torch.Tensor]:
+        """Validated rows as tensors on the agent's device (the generic, non-CPU path)."""
+        return {k: torch.as_tensor(v, device=self.device)
+                for k, v in self._check_rows(rows, n).items()}
 
-        Actions are NumPy: int32 (N,) discrete, int32 (N, k) multi-discrete, float32 (N, d)
-        continuous within the env's bounds; taken from the main (last) gamma's head.
+    def _inference_key(self) -> tuple:
+        """Identity of every tensor the policy step reads: (storage pointer, in-place version).
+        Optimizer steps, ``load_state_dict`` and normaliser updates bump versions in place;
+        ``.to()`` changes pointers. Computed per ``act`` (~10 µs for the default agent)."""
+        tensors = self._inference_tensors
+        if tensors is None:
+            mods = (self.tstep_encoder, self.traj_encoder, self.actor)
+            tensors = [t for m in mods for t in (*m.parameters(), *m.buffers())]
+            self._inference_tensors = tensors
+        return tuple([(t.data_ptr(), t._version) for t in tensors])
+
+    def refresh_inference_cache(self) -> None:
+        """Drop the cached rollout plans (parameter-derived tensors: σ-reparam effective weights,
+        positions, normaliser constants). Needed only after *replacing* parameter objects
+        (in-place changes — optimizer steps, ``load_state_dict``, normaliser updates, ``.to()``
+        — are detected automatically)."""
+        self._inference_plan = None
+        self._inference_tensors = None
+        self._act_low = self._act_half_range = None
+
+    def _rollout_plans(self) -> tuple:
+        key = self._inference_key()
+        plan = self._inference_plan
+        if plan is None or plan[0] != key:
+            # Built outside inference mode: normal tensors, safe to deep-copy with the agent.
+            with torch.inference_mode(False), torch.no_grad():
+                plan = (key, self.tstep_encoder.rollout_plan(), self.traj_encoder.rollout_plan())
+            self._inference_plan = plan
+        return plan
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.refresh_inference_cache()  # a copy has its own tensors: rebuild lazily
+
+    @torch.inference_mode()
+    def act(self, rows: dict[str, np.ndarray], state: AgentState, sample: bool,
+            env_ids: np.ndarray | None = None):
+        """One step: rows (b, …) as in a training row → (actions, state).
+
+        ``env_ids`` (b,) names the envs the rows belong to (async collection); None means all
+        ``state.num_envs`` envs in order. Actions are NumPy: int32 (b,) discrete, int32 (b, k)
+        multi-discrete, float32 (b, d) continuous within the env's bounds; taken from the main
+        (last) gamma's head. No critic is evaluated. A rejected call leaves ``state`` unchanged.
+
+        Speed (CPU): parameter-derived tensors are cached per parameter version (see
+        :meth:`refresh_inference_cache`), features are assembled by NumPy into preallocated
+        memory, and each layer runs ~15 aten ops over the filled prefix of its ring KV cache.
         """
-        t = self._rows_to_tensors(rows, state.num_envs)
-        time_index = t["time_index"].long()
-        emb = self.tstep_encoder(t, time_index)
-        h, state.memory = self.traj_encoder.step(emb, time_index, state.memory)
+        ids = self._check_env_ids(env_ids, state)
+        n = state.num_envs if ids is None else ids.size
+        r = self._check_rows(rows, n)
+        ti = r["time_index"]
+        if n == 0:
+            return self._empty_actions(), state
+        if self.device.type == "cpu":
+            _, tplan, jplan = self._rollout_plans()
+            emb = self.tstep_encoder.rollout_forward(tplan, r, ti)
+            h, state.memory = self.traj_encoder.rollout_step(jplan, emb, ti, state.memory, ids)
+        else:
+            _, _, jplan = self._rollout_plans()
+            t = {k: torch.as_tensor(v, device=self.device) for k, v in r.items()}
+            emb = self.tstep_encoder(t, t["time_index"])
+            h, state.memory = self.traj_encoder.rollout_step(jplan, emb, ti, state.memory, ids)
+        # Through the module call, so forward hooks/overrides on the actor see h.
         params = self.actor(h)[:, -1]
         action = self.actor.act(params, sample)
         spec = self.spec.action
         if spec.kind == "continuous":
-            low = torch.tensor(spec.low, device=action.device)
-            high = torch.tensor(spec.high, device=action.device)
-            action = low + (action + 1.0) * 0.5 * (high - low)
+            if self._act_low is None:
+                self._act_low = torch.tensor(spec.low, device=action.device)
+                self._act_half_range = 0.5 * (torch.tensor(spec.high, device=action.device)
+                                              - self._act_low)
+            action = self._act_low + (action + 1.0) * self._act_half_range
             return action.float().cpu().numpy(), state
         return action.to(torch.int32).cpu().numpy(), state
+
+    def _empty_actions(self) -> np.ndarray:
+        a = self.spec.action
+        if a.kind == "continuous":
+            return np.zeros((0, *a.shape), np.float32)
+        if a.kind == "multidiscrete":
+            return np.zeros((0, len(a.nvec)), np.int32)
+        return np.zeros(0, np.int32)

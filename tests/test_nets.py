@@ -215,7 +215,8 @@ def test_incremental_decoding_equals_full_forward(encoder):
         rows = _random_rows(spec, N, rng)
         rows["time_index"] = time_index.copy()
         actions, state = agent.act(rows, state, sample=False)
-        params = agent.actor(captured[-1])[:, -1]
+        with torch.no_grad():
+            params = agent.actor(captured[-1])[:, -1]
         for i in range(N):
             logged[i].append((len([r for r in resets[i] if r <= t]), {k: v[i] for k, v in
                               rows.items()}, params[i]))
@@ -279,3 +280,129 @@ def test_act_continuous_within_bounds_and_bad_rows_rejected():
 def test_agent_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         AgentConfig(**{field: value})
+
+
+def _module_path_params(agent: Agent, rows: dict[str, np.ndarray], state) -> torch.Tensor:
+    """Oracle: the actor parameters of one step through the plain modules (``forward`` of the
+    timestep encoder, ``TransformerTrajEncoder.step``, no rollout caches), on a copy of state."""
+    import copy
+
+    memory = copy.deepcopy(state.memory)
+    with torch.no_grad():
+        t = {k: torch.as_tensor(v) for k, v in rows.items()}
+        ti = t["time_index"].long()
+        h, _ = agent.traj_encoder.step(agent.tstep_encoder(t, ti), ti, memory)
+        return agent.actor(h)[:, -1]
+
+
+def _capture_actor(agent: Agent) -> list[torch.Tensor]:
+    captured: list[torch.Tensor] = []
+    orig = agent.actor.forward
+    agent.actor.forward = lambda h: captured.append(orig(h)) or captured[-1]
+    return captured
+
+
+@pytest.mark.parametrize("pos_emb", ["sinusoidal", "learned"])
+def test_rollout_path_equals_module_path_and_follows_parameter_changes(pos_emb):
+    """The cached rollout plans (σ-reparam effective weights, folded softmax scale, position
+    table, normaliser constants) give the module path's outputs, and are rebuilt after an
+    optimizer step, a load_state_dict and a normaliser update (parameter versions)."""
+    torch.manual_seed(0)
+    spec = vec_spec()
+    agent = Agent(spec, AgentConfig(pos_emb=pos_emb, **SMALL))
+    other = Agent(spec, AgentConfig(pos_emb=pos_emb, **SMALL))
+    captured = _capture_actor(agent)
+    rng = np.random.default_rng(0)
+    state = agent.init_state(3)
+    opt = torch.optim.AdamW(agent.parameters(), lr=1e-2)
+    for t in range(14):
+        rows = _random_rows(spec, 3, rng)
+        rows["time_index"] = np.full(3, t, np.int64)
+        expected = _module_path_params(agent, rows, state)
+        agent.act(rows, state, sample=False)
+        torch.testing.assert_close(captured[-1][:, -1], expected, rtol=1e-4, atol=1e-5)
+        if t == 3:  # an optimizer step changes every parameter in place
+            for p in agent.parameters():
+                p.grad = torch.randn_like(p)
+            opt.step()
+        elif t == 6:
+            agent.load_state_dict(other.state_dict())
+        elif t == 9:
+            agent.tstep_encoder.update_normalizer(
+                {"obs": torch.randn(20, 5) * 3 + 2}, torch.ones(20, dtype=torch.bool))
+
+
+def test_act_with_env_ids_equals_per_env_full_forward():
+    """Async collection: each call acts for a random subset of the envs (``env_ids``, random
+    order), envs reset at random times; every env's outputs equal the full-sequence forward over
+    its own rollout. The sync call (env_ids=None) equals the call with all ids in order."""
+    torch.manual_seed(0)
+    spec = vec_spec()
+    agent = Agent(spec, AgentConfig(**SMALL))
+    agent.tstep_encoder.normalizer.update(torch.randn(50, 5))
+    captured = _capture_actor(agent)
+    rng = np.random.default_rng(1)
+    N = 5
+    state = agent.init_state(N)
+    t_env = np.zeros(N, np.int64)
+    rollouts = {n: [[]] for n in range(N)}  # env -> rollouts -> [(row, params)]
+    for _ in range(40):
+        ids = rng.permutation(N)[: rng.integers(1, N + 1)]
+        restart = ids[rng.random(ids.size) < 0.08]
+        if restart.size:
+            state = agent.reset_state(state, restart)
+            t_env[restart] = 0
+            for n in restart:
+                rollouts[int(n)].append([])
+        rows = _random_rows(spec, ids.size, rng)
+        rows["time_index"] = t_env[ids].copy()
+        actions, state = agent.act(rows, state, sample=False, env_ids=ids)
+        assert actions.shape == (ids.size,)
+        for j, n in enumerate(ids):
+            rollouts[int(n)][-1].append(({k: v[j] for k, v in rows.items()},
+                                         captured[-1][j, -1]))
+        t_env[ids] += 1
+    checked = 0
+    with torch.no_grad():
+        for n in range(N):
+            for steps in rollouts[n]:
+                if not steps:
+                    continue
+                seq = {k: torch.as_tensor(np.stack([s[0][k] for s in steps]))[None]
+                       for k in steps[0][0]}
+                h = agent.encode(seq, seq["time_index"],
+                                 torch.ones(1, len(steps), dtype=torch.bool))
+                full = agent.actor(h)[0, :, -1]
+                torch.testing.assert_close(torch.stack([s[1] for s in steps]), full,
+                                           rtol=1e-4, atol=1e-5)
+                checked += len(steps)
+    assert checked > 40
+    # Sync call == all ids in order, from identical states.
+    import copy
+
+    rows = _random_rows(spec, N, rng)
+    rows["time_index"] = t_env.copy()
+    twin = copy.deepcopy(state)
+    agent.act(rows, state, sample=False)
+    a = captured[-1].clone()
+    agent.act(rows, twin, sample=False, env_ids=np.arange(N))
+    torch.testing.assert_close(captured[-1], a)
+
+
+def test_act_bad_env_ids_rejected_state_unchanged():
+    agent = Agent(vec_spec(), AgentConfig(**SMALL))
+    state = agent.init_state(3)
+    rows = _random_rows(agent.spec, 2, np.random.default_rng(0))
+    rows["time_index"] = np.zeros(2, np.int64)
+    agent.act(rows, state, sample=True, env_ids=np.array([2, 0]))
+    counts = [c.counts.clone() for c in state.memory]
+    kv = [c.kv.clone() for c in state.memory]
+    for bad, match in (([1, 1], "repeated"), ([0, 3], r"\[0, 3\)"), ([0.0, 1.0], "integers"),
+                       ([0, 1, 2], "shape")):
+        with pytest.raises(ValueError, match=match):
+            agent.act(rows, state, sample=True, env_ids=np.array(bad))
+    with pytest.raises(ValueError, match="time_index"):
+        agent.act(dict(rows, time_index=np.array([0.5, 1.0])), state, sample=True,
+                  env_ids=np.array([0, 1]))
+    assert all(torch.equal(c.counts, k) for c, k in zip(state.memory, counts))
+    assert all(torch.equal(c.kv, k) for c, k in zip(state.memory, kv))

@@ -297,14 +297,20 @@ def _attend(q: torch.Tensor, cache: RingKVCache, ids_t: torch.Tensor | None, len
             bias: torch.Tensor | None) -> torch.Tensor:
     """Softmax attention of pre-scaled ``q`` (b, H, D) over the first ``length`` slots of the
     envs ``ids_t`` (None: all), with the additive mask ``bias`` (b, 1, 1, length) or None when
-    every env has ``length`` filled slots. Three matmul-sized ops: O(length), not O(capacity)."""
-    keys = cache.kv[0, :, :, :length] if ids_t is None else cache.kv[0, ids_t, :, :length]
-    vals = cache.kv[1, :, :, :length] if ids_t is None else cache.kv[1, ids_t, :, :length]
-    scores = torch.matmul(q.unsqueeze(2), keys.transpose(-1, -2))  # (b, H, 1, length)
+    every env has ``length`` filled slots. Two ``bmm`` over (env, head) on views of the storage
+    (the async subset gathers its ``length`` slots): O(length), not O(capacity)."""
+    b, H, D = q.shape
+    if ids_t is None:
+        keys, vals = cache.kv[0, :, :, :length], cache.kv[1, :, :, :length]
+    else:
+        keys, vals = cache.kv[0, ids_t, :, :length], cache.kv[1, ids_t, :, :length]
+    keys = keys.reshape(b * H, length, D)  # a view: (env, head) blocks are evenly strided
+    vals = vals.reshape(b * H, length, D)
+    scores = torch.bmm(q.reshape(b * H, 1, D), keys.transpose(1, 2))  # (b*H, 1, length)
     if bias is not None:
-        scores = scores + bias
+        scores = (scores.view(b, H, 1, length) + bias).view(b * H, 1, length)
     probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, vals).squeeze(2)
+    return torch.bmm(probs, vals).view(b, H, D)
 
 
 @torch.no_grad()

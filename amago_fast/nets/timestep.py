@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amago_fast.nets.layers import RunningNorm, mlp
+from amago_fast.nets.layers import Dropout, RunningNorm, mlp
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
 
@@ -123,6 +123,19 @@ class TimestepEncoder(nn.Module):
         self.in_dim = in_dim
         self.d_out = d_out
         self.net = mlp(in_dim, d_hidden, d_out, num_layers, dropout=dropout, out_norm=True)
+        # Rollout path (see rollout_forward): per-key widths, action constants, and one
+        # preallocated float32 feature matrix per batch size (filled by NumPy each step).
+        self.image_features = image_features
+        self._flat_dims = {k: int(np.prod(s)) for k, s in self.field_shapes.items()}
+        a = spec.action
+        if a.kind == "discrete":
+            self._arange_n = [np.arange(a.n)]
+        elif a.kind == "multidiscrete":
+            self._arange_n = [np.arange(n) for n in a.nvec]
+        else:
+            self._act_low = np.asarray(a.low, np.float32)
+            self._act_range = np.asarray(a.high, np.float32) - self._act_low
+        self._rollout_buffers: dict[int, np.ndarray] = {}
 
     def _vector(self, rows: dict[str, torch.Tensor], keys: list[str], lead: torch.Size):
         if not keys:
@@ -160,3 +173,123 @@ class TimestepEncoder(nn.Module):
         feats.append(symlog(rows["reward"].to(torch.float32)).unsqueeze(-1) * exists)
         feats.append(boundary)
         return self.net(torch.cat(feats, dim=-1))
+
+    def rollout_plan(self) -> TimestepRolloutPlan:
+        """Parameter-derived tensors for :meth:`rollout_forward` (rebuild after any change)."""
+        return TimestepRolloutPlan(self)
+
+    def rollout_forward(
+        self, plan: TimestepRolloutPlan, rows: dict[str, np.ndarray], time_index: np.ndarray
+    ) -> torch.Tensor:
+        """Rollout step on CPU: NumPy rows (b, …) as validated by the agent, ``time_index``
+        (b,) int64 → (b, d_out), equal to ``forward`` on the same rows. Features are assembled
+        by NumPy into a preallocated matrix shared with torch (no per-key tensor conversion),
+        then the MLP runs one aten op per module."""
+        return _timestep_rollout_forward(self, plan, rows, time_index)
+
+
+def _mlp_plan(net: nn.Sequential) -> list[tuple]:
+    """Parameter-derived tensors of an :func:`mlp` for the unchecked rollout path: per module
+    ("linear", bias, Wᵀ) / ("norm", shape, weight, bias, eps) / ("leaky", slope); dropout is
+    skipped (rollouts are deterministic, see ``amago_fast.nets.layers``)."""
+    plan: list[tuple] = []
+    for m in net:
+        if isinstance(m, nn.Linear):
+            plan.append(("linear", m.bias.detach(), m.weight.detach().t()))
+        elif isinstance(m, nn.LayerNorm):
+            plan.append(("norm", m.normalized_shape, m.weight.detach(), m.bias.detach(), m.eps))
+        elif isinstance(m, nn.LeakyReLU):
+            plan.append(("leaky", m.negative_slope))
+        elif not isinstance(m, (Dropout, nn.Dropout)):
+            raise TypeError(f"rollout path: unexpected module {type(m).__name__} in the MLP")
+    return plan
+
+
+def run_mlp_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
+    """Apply :func:`_mlp_plan` (one aten op per module; activations in place)."""
+    for op in plan:
+        if op[0] == "linear":
+            x = torch.addmm(op[1], x, op[2])
+        elif op[0] == "norm":
+            x = F.layer_norm(x, op[1], op[2], op[3], op[4])
+        else:
+            x = F.leaky_relu_(x, op[1])
+    return x
+
+
+class TimestepRolloutPlan:
+    """What :meth:`TimestepEncoder.rollout_forward` needs, derived from the parameters once per
+    parameter version: the normaliser's float32 mean/std as NumPy arrays and the MLP plan."""
+
+    def __init__(self, enc: TimestepEncoder) -> None:
+        if enc.normalizer is not None and float(enc.normalizer.count) >= 2:
+            norm = enc.normalizer
+            self.norm_mean = norm.mean.to(torch.float32).cpu().numpy()
+            self.norm_std = torch.sqrt(norm.var + norm.eps).to(torch.float32).cpu().numpy()
+        else:
+            self.norm_mean = self.norm_std = None
+        self.clip = np.float32(enc.normalizer.clip) if enc.normalizer is not None else None
+        self.mlp = _mlp_plan(enc.net)
+
+
+def _timestep_rollout_forward(
+    enc: TimestepEncoder, plan: TimestepRolloutPlan, rows: dict[str, np.ndarray],
+    time_index: np.ndarray,
+) -> torch.Tensor:
+    """See :meth:`TimestepEncoder.rollout_forward`."""
+    b = time_index.shape[0]
+    feats = enc._rollout_buffers.get(b)
+    if feats is None:
+        feats = np.zeros((b, enc.in_dim), np.float32)
+        enc._rollout_buffers[b] = feats
+    col = 0
+    # The same features, in the same order and float32 arithmetic, as ``forward``.
+    if enc.norm_keys:
+        w = sum(enc._flat_dims[k] for k in enc.norm_keys)
+        seg = feats[:, col:col + w]
+        c = col
+        for k in enc.norm_keys:
+            d = enc._flat_dims[k]
+            seg_k = feats[:, c:c + d]
+            seg_k[...] = rows[k].reshape(b, d)
+            c += d
+        if plan.clip is not None:
+            if plan.norm_mean is not None:
+                np.subtract(seg, plan.norm_mean, out=seg)
+                np.divide(seg, plan.norm_std, out=seg)
+            np.clip(seg, -plan.clip, plan.clip, out=seg)
+        col += w
+    for k in enc.raw_keys:
+        d = enc._flat_dims[k]
+        feats[:, col:col + d] = rows[k].reshape(b, d)
+        col += d
+    first = None
+    if enc.image_keys:
+        first = col
+        col += len(enc.image_keys) * enc.image_features
+    exists = (time_index != 0).astype(np.float32)
+    a = enc.spec.action
+    action = rows["action"]
+    if a.kind == "discrete":
+        feats[:, col:col + a.n] = (action.reshape(b, 1) == enc._arange_n[0]) * exists[:, None]
+        col += a.n
+    elif a.kind == "multidiscrete":
+        for i, n in enumerate(a.nvec):
+            feats[:, col:col + n] = (action[:, i:i + 1] == enc._arange_n[i]) * exists[:, None]
+            col += n
+    else:
+        d = a.shape[0]
+        x = 2.0 * (action.astype(np.float32) - enc._act_low) / enc._act_range - 1.0
+        feats[:, col:col + d] = np.clip(x, -1.0, 1.0) * exists[:, None]
+        col += d
+    r = rows["reward"].astype(np.float32, copy=False)
+    feats[:, col] = np.sign(r) * np.log1p(np.abs(r)) * exists
+    feats[:, col + 1] = 1.0 - exists
+    x = torch.from_numpy(feats)
+    if enc.image_keys:
+        x = x.clone()
+        for j, k in enumerate(enc.image_keys):
+            img = torch.from_numpy(np.ascontiguousarray(rows[k]))
+            s = first + j * enc.image_features
+            x[:, s:s + enc.image_features] = enc.image_encoders[k](img)
+    return run_mlp_plan(plan.mlp, x)
