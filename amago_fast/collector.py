@@ -12,7 +12,8 @@ Per vector step (all NumPy-batched, no per-env Python loop on the hot path):
 
 Async EnvPool (``env.is_async``): each step holds only the envs of the batch (``info["env_id"]``);
 the policy is then called with ``act(rows_of_batch, state, sample, env_ids=ids)`` — a policy must
-accept that keyword to drive an async env (checked at construction).
+accept that keyword to drive an async env (checked at construction; the Agent does, keeping one
+rollout memory per env id).
 
 Faults: a non-finite observation or reward raises ValueError before anything of that step reaches
 the buffer (``nan_policy="raise"``, the default) or is replaced by 0 and counted
@@ -48,7 +49,13 @@ class Policy(Protocol):
 
     def reset_state(self, state: Any, env_ids: np.ndarray) -> Any: ...
 
-    def act(self, rows: dict[str, np.ndarray], state: Any, sample: bool) -> tuple[Any, Any]: ...
+    def act(
+        self, rows: dict[str, np.ndarray], state: Any, sample: bool,
+        env_ids: np.ndarray | None = None,
+    ) -> tuple[Any, Any]:
+        """Actions for the envs ``env_ids`` (None: all, in order). A policy that only drives sync
+        envs may leave ``env_ids`` out of its signature (the collector checks)."""
+        ...
 
 
 class RandomPolicy:
