@@ -13,6 +13,13 @@ DistributedDataParallel):
 - Actor, per gamma: ``dpg_coeff · (−Q(s, a~π))`` through the critic with ``detach_params=True``
   (the critic receives no gradient from it) + ``bc_coeff · (−1[A>0]·log π(a_buffer|s))`` with
   A = Q(s, a_buffer) − Q(s, a~π). Both terms reach the shared sequence model through the actor.
+- Discrete actions with the default state-only critic (``AgentConfig.discrete_critic="state"``):
+  one online pass gives Q(s, ·) for all actions; the critic loss reads Q(s, a_buffer); the
+  bootstrap value is the expectation Σ_a π_target(a|s')·Q_target(s', a) per critic (then the
+  subset min); the DPG term is −Σ_a π(a|s)·Q(s, a) with Q(s, ·) detached (no second critic pass)
+  and the BC advantage Q(s, a_buffer) − Σ_a π(a|s)·Q(s, a).
+- Under ``torch.distributed`` the TD-target moments PopArt moves with are all-reduced
+  (count-weighted) in :meth:`Learner.update`, so PopArt stays identical on every rank.
 - Total = actor + critic_loss_weight · critic. Target actor/critics follow the online ones by EMA.
 
 The sequence model has no target copy: targets are computed from the (detached) online state

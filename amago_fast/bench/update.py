@@ -142,11 +142,14 @@ def run(
     seed: int = 0,
     num_gammas: int | None = None,
     critic_hidden: int = 256,
+    with_action_input: bool = False,
 ) -> dict[str, Any]:
     """Median phase times and updates/s for each size, ours vs the reference-style baseline.
 
     ``iters`` timed updates per implementation (default 10 small / 3 large; ``quick``: 4 / 2).
-    The two implementations alternate update by update so machine noise hits both alike.
+    The implementations alternate update by update so machine noise hits them alike.
+    ``with_action_input`` adds a third one, ``ours_action_input``: our kernels with the
+    reference's critic form (separates the critic-form gain from the rest).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -162,6 +165,9 @@ def run(
         buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
         impls = {name: build(size, name == "baseline", device, seed, num_gammas, critic_hidden)
                  for name in ("ours", "baseline")}
+        if with_action_input:
+            impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
+                                               critic_hidden, discrete_critic="action_input")
         times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
         for i in range(warmup + n):
             batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
@@ -189,6 +195,9 @@ def run(
         row["updates_per_s"] = row["ours"]["updates_per_s"]
         row["baseline_updates_per_s"] = row["baseline"]["updates_per_s"]
         row["ratio"] = row["updates_per_s"] / row["baseline_updates_per_s"]
+        if with_action_input:
+            row["ours_action_input_ratio_vs_baseline"] = (
+                row["ours_action_input"]["updates_per_s"] / row["baseline_updates_per_s"])
         results[size] = row
     return results
 
@@ -204,9 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-gammas", type=int, default=None,
                    help="keep the last N default gammas (default: all 7)")
     p.add_argument("--critic-hidden", type=int, default=256)
+    p.add_argument("--with-action-input", action="store_true",
+                   help="also time ours with discrete_critic='action_input'")
     a = p.parse_args(argv)
     print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
-                         num_gammas=a.num_gammas, critic_hidden=a.critic_hidden), indent=2))
+                         num_gammas=a.num_gammas, critic_hidden=a.critic_hidden,
+                         with_action_input=a.with_action_input), indent=2))
 
 
 if __name__ == "__main__":

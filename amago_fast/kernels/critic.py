@@ -19,6 +19,10 @@ training runs) and the Triton path ``_critic_state_proj_kernel`` / ``_critic_fwd
 ``CriticEnsembleFunction`` → functional ``critic_ensemble`` + ``CriticEnsemble`` module.
 ``td_target_reduce`` has the same shape (``_td_reduce_kernel`` → ``TDTargetReduceFunction``).
 
+``StateCriticEnsemble`` (the default critic for discrete actions) is the same computation with
+``action_dim = 0`` and one gamma slot whose output units are all (gamma, action) pairs: Q(s, ·)
+from the state, per critic one MLP over N rows instead of N·G.
+
 GPU status: the Triton path is tested under ``TRITON_INTERPRET=1`` and compiles for sm_90
 (``python benchmarks/bench_critic.py --ptxas``), but has not been timed on a GPU yet. With
 fp32 inputs and ``torch.get_float32_matmul_precision() == "highest"`` the kernels use IEEE fp32
