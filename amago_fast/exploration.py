@@ -5,6 +5,13 @@
   `anneal_steps` env steps; as in AMAGO each env i has its own multiplier u_i ~ U(0, 1), redrawn
   at each of its rollout starts, so eps_i = eps(t) * u_i and some envs explore much more than
   others (``randomize=False`` gives every env u_i = 1).
+  Optionally ε applies only in a window of each rollout's steps (``horizon``, ``explore_first``,
+  ``explore_last``): steps t < explore_first or t >= horizon - explore_last explore, the others
+  take the policy's own action. This is for tasks such as passive T-Maze, whose H - 1
+  deterministic corridor steps make per-step ε-greedy the worst case: a useful exploratory turn
+  at the junction needs a random action at the last step and none in the H - 1 steps before it,
+  at most ~1.2% of episodes for corridor 20 whatever the ε schedule (max over ε of
+  (1 - 3ε/4)^20 · ε/2). AMAGO's T-Maze experiments use the same kind of windowed schedule.
 - :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
   same per-env multiplier scheme.
@@ -101,13 +108,57 @@ class EpsilonGreedy(_Annealed):
         anneal_steps: int = 1_000_000,
         randomize: bool = True,
         seed: int = 0,
+        horizon: int | None = None,
+        explore_first: int = 0,
+        explore_last: int = 0,
     ) -> None:
         if not action.is_discrete:
             raise ValueError("EpsilonGreedy needs a discrete or multi-discrete action space")
         if not (0.0 <= eps_end <= 1.0 and 0.0 <= eps_start <= 1.0):
             raise ValueError(f"eps must be in [0, 1], got start={eps_start}, end={eps_end}")
+        for name, v in (("explore_first", explore_first), ("explore_last", explore_last)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if horizon is not None:
+            if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) \
+                    or horizon < 1:
+                raise ValueError(f"horizon must be a positive integer or None, got {horizon!r}")
+            if explore_first + explore_last == 0:
+                raise ValueError("horizon given but explore_first = explore_last = 0: "
+                                 "no step would ever explore")
+        elif explore_first or explore_last:
+            raise ValueError("explore_first/explore_last need the rollout horizon (horizon=...)")
         self.action = action
+        self.horizon = None if horizon is None else int(horizon)
+        self.explore_first, self.explore_last = int(explore_first), int(explore_last)
         super().__init__(num_envs, eps_start, eps_end, anneal_steps, randomize, seed)
+        # steps each env has acted in its current rollout (only used with a window)
+        self.rollout_t = np.zeros(self.num_envs, np.int64)
+
+    def reset_envs(self, env_ids: np.ndarray) -> None:
+        """New rollouts in `env_ids`: redraw their multipliers and restart their step count."""
+        super().reset_envs(env_ids)
+        ids = np.asarray(env_ids)
+        if ids.size:
+            self.rollout_t[ids] = 0
+
+    def in_window(self, env_ids: np.ndarray | None = None) -> np.ndarray:
+        """Whether each env's current rollout step is one where ε applies (all True without a
+        window)."""
+        t = self.rollout_t if env_ids is None else self.rollout_t[env_ids]
+        if self.horizon is None:
+            return np.ones(t.shape, bool)
+        return (t < self.explore_first) | (t >= self.horizon - self.explore_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rollout_t": self.rollout_t.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        t = np.asarray(state.get("rollout_t", np.zeros(self.num_envs)), dtype=np.int64)
+        if t.shape != (self.num_envs,):
+            raise ValueError(f"state rollout_t has shape {t.shape}, expected ({self.num_envs},)")
+        super().load_state_dict(state)
+        self.rollout_t = t.copy()
 
     def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
         """Actions (n, ...) of the envs `env_ids` (all if None) with ε-greedy replacement."""
@@ -116,7 +167,11 @@ class EpsilonGreedy(_Annealed):
         eps = self.per_env(env_ids)
         if eps.shape[0] != n:
             raise ValueError(f"{n} actions for {eps.shape[0]} envs")
-        replace = self.rng.random(n) < eps
+        replace = (self.rng.random(n) < eps) & self.in_window(env_ids)
+        if env_ids is None:
+            self.rollout_t += 1
+        else:
+            self.rollout_t[env_ids] += 1
         if self.action.kind == "discrete":
             rand = self.rng.integers(0, self.action.n, size=n, dtype=np.int32)
             return np.where(replace, rand, actions).astype(np.int32)
