@@ -406,3 +406,38 @@ def test_act_bad_env_ids_rejected_state_unchanged():
                   env_ids=np.array([0, 1]))
     assert all(torch.equal(c.counts, k) for c, k in zip(state.memory, counts))
     assert all(torch.equal(c.kv, k) for c, k in zip(state.memory, kv))
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_actor_rollout_path_matches_actor_head(kind):
+    """Without hooks on the actor, act runs the main gamma's MLP from the cached plan and
+    draws in NumPy: greedy actions equal the ActorHead's, sampled frequencies / moments match
+    its distribution."""
+    torch.manual_seed(0)
+    action = (ActionSpec("discrete", n=3) if kind == "discrete" else
+              ActionSpec("continuous", shape=(2,), low=(-2.0, 0.0), high=(2.0, 1.0)))
+    spec = vec_spec(action)
+    agent = Agent(spec, AgentConfig(**SMALL))
+    assert agent._actor_plain()
+    rng = np.random.default_rng(0)
+    N = 2000
+    rows = _random_rows(spec, N, rng)
+    rows["time_index"] = rng.integers(0, 5, N)
+    params = _module_path_params(agent, rows, agent.init_state(N))
+    greedy, _ = agent.act(rows, agent.init_state(N), sample=False)
+    sampled, _ = agent.act(rows, agent.init_state(N), sample=True)
+    if kind == "discrete":
+        np.testing.assert_array_equal(greedy, params.argmax(-1).numpy())
+        probs = torch.softmax(params, -1).numpy()
+        for a in range(3):  # mean indicator vs mean probability, ~5 sigma
+            assert abs((sampled == a).mean() - probs[:, a].mean()) < 0.05
+        assert greedy.dtype == sampled.dtype == np.int32
+    else:
+        mean, log_std = params.chunk(2, -1)
+        low, high = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
+        want = low + (np.tanh(mean.numpy()) + 1) * 0.5 * (high - low)
+        np.testing.assert_allclose(greedy, want, rtol=1e-5, atol=1e-5)
+        u = np.arctanh(np.clip((sampled - low) / (high - low) * 2 - 1, -1 + 1e-6, 1 - 1e-6))
+        z = (u - mean.numpy()) / np.exp(log_std.clamp(-5, 2).numpy())
+        assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
+        assert greedy.dtype == sampled.dtype == np.float32

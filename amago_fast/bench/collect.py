@@ -8,14 +8,16 @@ and each mode (sync; async = EnvPool with batch_size N/2), in one run and interl
 - ``collector_random``: our Collector + RandomPolicy, no buffer (framework overhead);
 - ``collector_random_buffer``: the same writing into a TrajectoryBuffer;
 - ``collector_mlp``: a small torch MLP policy (2x64) with a buffer;
-- ``collector_agent_tiny`` / ``collector_agent_default``: the amago_fast Agent (if importable),
-  sync only.
+- ``collector_agent_tiny`` / ``collector_agent_default``: the amago_fast Agent (if importable);
+  async mode passes ``env_ids`` to ``Agent.act``.
 
 Steps/s count env steps processed (vector steps x batch size), the same unit as the raw loop.
 Each figure is the median over `repeats` rounds of short interleaved slices (~`seconds` each,
 every method once per round, the shared machine's load changing on a scale of seconds); ratios
-are against ``raw`` of the same env/N/mode. ``policy_context``: the Agent's per-step ``act`` cost at
-rollout time ~64 vs ~1024 with context_len 1024 (should stay flat with a ring KV cache).
+are against ``raw`` of the same env/N/mode. ``act_step``: per-step ``Agent.act`` vs the same step
+through the plain modules (baseline). ``policy_context``: per-step ``act`` cost at rollout step
+~64 vs ~1024, with capacity 1024 and with the model's default context (see
+:func:`policy_context_cost` for what "flat" means).
 """
 
 from __future__ import annotations
@@ -169,33 +171,104 @@ def _agent_policy(spec, size: str, context_len: int | None = None):
     return agent
 
 
-def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 32) -> dict:
-    """Per-step Agent.act time at rollout time ~steps_lo vs ~steps_hi (context_len = steps_hi)."""
+def _rollout_step_times(agent, env, steps: int, record) -> None:
+    """Drive ``agent`` through ``steps`` sync steps of ``env`` (8 envs, no resets: the corridor
+    is longer than the run), timing each ``act``; ``record(t, seconds)``."""
     import torch
 
-    env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
-    agent = _agent_policy(env.spec, "tiny", context_len=steps_hi)
-    if agent is None:
-        return {"skipped": "amago_fast.agent not importable"}
+    n = env.num_envs
     obs = env.reset()
-    state = agent.init_state(8)
-    act = np.zeros(8, np.int32)
-    rew = np.zeros(8, np.float32)
-    t_lo, t_hi = [], []
+    state = agent.init_state(n)
+    act = np.zeros(n, np.int32)
+    rew = np.zeros(n, np.float32)
     with torch.no_grad():
-        for t in range(steps_hi + measure):
-            rows = dict(obs, action=act, reward=rew, time_index=np.full(8, t, np.int64))
+        for t in range(steps):
+            rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
             t0 = time.perf_counter()
             act, state = agent.act(rows, state, sample=True)
-            dt = time.perf_counter() - t0
-            if steps_lo <= t < steps_lo + measure:
-                t_lo.append(dt)
-            if t >= steps_hi:
-                t_hi.append(dt)
+            record(t, time.perf_counter() - t0)
             obs, rew, *_ = env.step(np.asarray(act, np.int32))
-    lo, hi = float(np.median(t_lo)), float(np.median(t_hi))
-    return {"context_len": steps_hi, f"ms_per_step_at_t{steps_lo}": lo * 1e3,
-            f"ms_per_step_at_t{steps_hi}": hi * 1e3, "ratio": hi / lo}
+
+
+def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 32,
+                        sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
+    """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi.
+
+    Two settings per model size: the cache capacity (context_len) = ``steps_hi`` — attention
+    reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at t=steps_lo —
+    and the model's default context_len — both times are past the capacity, so "flat" (cost
+    set by the capacity C, not by the steps taken) means a ratio ~1.
+    """
+    out: dict[str, Any] = {}
+    for size in sizes:
+        for label, ctx in (("capacity_hi", steps_hi), ("default_context", None)):
+            if size == "default" and label == "capacity_hi":
+                continue  # ~10 ms/step x 1100 steps on this machine; the tiny model shows it
+            env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+            agent = _agent_policy(env.spec, size, context_len=ctx)
+            if agent is None:
+                return {"skipped": "amago_fast.agent not importable"}
+            t_lo: list[float] = []
+            t_hi: list[float] = []
+
+            def record(t, dt, t_lo=t_lo, t_hi=t_hi):
+                if steps_lo <= t < steps_lo + measure:
+                    t_lo.append(dt)
+                if t >= steps_hi:
+                    t_hi.append(dt)
+
+            _rollout_step_times(agent, env, steps_hi + measure, record)
+            lo, hi = float(np.median(t_lo)), float(np.median(t_hi))
+            out[f"{size}_{label}"] = {
+                "context_len": agent.config.context_len,
+                f"ms_per_step_at_t{steps_lo}": lo * 1e3,
+                f"ms_per_step_at_t{steps_hi}": hi * 1e3,
+                "ratio": hi / lo,
+            }
+    return out
+
+
+def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
+    """Per-step ``Agent.act`` (8 envs, sync, steps 100..``steps``, past the cache capacity) vs
+    the same step through the plain modules — ``TimestepEncoder.forward``,
+    ``TransformerTrajEncoder.step`` (σ-reparam weights recomputed, per-key tensor conversion)
+    and the actor — interleaved call by call on twin states; medians and the speedup."""
+    import copy
+
+    import torch
+
+    out: dict[str, Any] = {}
+    for size in sizes:
+        env = make_env("tmaze-passive", 8, corridor_length=4 * steps)
+        agent = _agent_policy(env.spec, size)
+        if agent is None:
+            return {"skipped": "amago_fast.agent not importable"}
+        n = env.num_envs
+        obs = env.reset()
+        state = agent.init_state(n)
+        twin = copy.deepcopy(state)
+        act = np.zeros(n, np.int32)
+        rew = np.zeros(n, np.float32)
+        fast, plain = [], []
+        with torch.no_grad():
+            for t in range(steps):
+                rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
+                t0 = time.perf_counter()
+                act, state = agent.act(rows, state, sample=True)
+                t1 = time.perf_counter()
+                tr = {k: torch.as_tensor(v) for k, v in rows.items()}
+                ti = tr["time_index"]
+                h, twin.memory = agent.traj_encoder.step(agent.tstep_encoder(tr, ti), ti,
+                                                         twin.memory)
+                agent.actor.act(agent.actor(h)[:, -1], True).numpy()
+                t2 = time.perf_counter()
+                if t >= 100:
+                    fast.append(t1 - t0)
+                    plain.append(t2 - t1)
+                obs, rew, *_ = env.step(np.asarray(act, np.int32))
+        f, p = float(np.median(fast)), float(np.median(plain))
+        out[size] = {"act_ms": f * 1e3, "module_path_ms": p * 1e3, "speedup": p / f}
+    return out
 
 
 def run(
@@ -239,7 +312,7 @@ def run(
                                                          _buffer(spec, n)),
                     "collector_mlp": Collector(fresh(), MLPPolicy(spec), _buffer(spec, n)),
                 }
-                if agents and mode == "sync" and env_key != "BallInCupCatch-v1":
+                if agents and env_key != "BallInCupCatch-v1":
                     for size in ("tiny", "default"):
                         ag = _agent_policy(spec, size)
                         if ag is not None:
@@ -278,6 +351,7 @@ def run(
         "results": results,
     }
     if context_check and agents:
+        out["act_step"] = act_step_cost()
         out["policy_context"] = policy_context_cost()
     return out
 
@@ -292,7 +366,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-agents", action="store_true")
     p.add_argument("--no-context-check", action="store_true")
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--context-only", action="store_true",
+                   help="only the Agent step checks (act_step, policy_context)")
     a = p.parse_args(argv)
+    if a.context_only:
+        import torch
+
+        torch.set_num_threads(a.torch_threads)
+        print(json.dumps({"machine": f"{os.cpu_count()} CPU cores, torch threads "
+                          f"{torch.get_num_threads()}", "act_step": act_step_cost(),
+                          "policy_context": policy_context_cost()}, indent=1))
+        return
     res = run(tuple(a.envs), tuple(a.num_envs), tuple(a.modes), a.seconds, a.repeats,
               not a.no_agents, not a.no_context_check, a.torch_threads)
     print(json.dumps(res, indent=1))

@@ -188,7 +188,7 @@ class TimestepEncoder(nn.Module):
         return _timestep_rollout_forward(self, plan, rows, time_index)
 
 
-def _mlp_plan(net: nn.Sequential) -> list[tuple]:
+def mlp_plan(net: nn.Sequential) -> list[tuple]:
     """Parameter-derived tensors of an :func:`mlp` for the unchecked rollout path: per module
     ("linear", bias, Wᵀ) / ("norm", shape, weight, bias, eps) / ("leaky", slope); dropout is
     skipped (rollouts are deterministic, see ``amago_fast.nets.layers``)."""
@@ -206,7 +206,7 @@ def _mlp_plan(net: nn.Sequential) -> list[tuple]:
 
 
 def run_mlp_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
-    """Apply :func:`_mlp_plan` (one aten op per module; activations in place)."""
+    """Apply :func:`mlp_plan` (one aten op per module; activations in place)."""
     for op in plan:
         if op[0] == "linear":
             x = torch.addmm(op[1], x, op[2])
@@ -229,7 +229,7 @@ class TimestepRolloutPlan:
         else:
             self.norm_mean = self.norm_std = None
         self.clip = np.float32(enc.normalizer.clip) if enc.normalizer is not None else None
-        self.mlp = _mlp_plan(enc.net)
+        self.mlp = mlp_plan(enc.net)
 
 
 def _timestep_rollout_forward(
