@@ -84,10 +84,11 @@ class AgentConfig:
     discrete_critic: str = "state"
     """Critic form for discrete action spaces: "state" — Q(s, ·) for every action from the state
     only (``StateCriticEnsemble``: N·E critic rows per pass, policy values by Σ_a π·Q without a
-    second critic pass) — or "action_input" — the critic reads the action (one-hot for buffer
-    actions, the probability vector for the policy), as in the public AMAGO reference
-    (``CriticEnsemble``: N·G·E rows). Continuous and multi-discrete spaces always use
-    "action_input"."""
+    second critic pass; the same function as the public AMAGO reference's discrete critic, which
+    contracts G·A state outputs with the action vector) — or "action_input" — the critic reads
+    (state, action, gamma) as for continuous actions (one-hot for buffer actions, the
+    probability vector for the policy; ``CriticEnsemble``: N·G·E rows). Continuous and
+    multi-discrete spaces always use "action_input"."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amago_fast.bench.update import SIZES, build, filled_buffer, materialized_attention
+from amago_fast.bench.update import (
+    SIZES,
+    ReferenceDiscreteCritic,
+    build,
+    filled_buffer,
+    materialized_attention,
+)
 from amago_fast.kernels.attention import causal_attention
+from amago_fast.kernels.critic import StateCriticEnsemble
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +38,9 @@ def test_materialized_attention_matches_causal_attention():
 def test_baseline_learner_matches_fast_learner(monkeypatch):
     monkeypatch.setitem(SIZES, "tiny", dict(num_layers=1, d_model=32, num_heads=2, window=8,
                                             batch=3))
-    # Same critic form on both sides (the baseline's, action input); the default discrete
-    # critic of "ours" (state only) is a different function and is checked below.
-    fast = build("tiny", False, "cpu", discrete_critic="action_input")
-    base = build("tiny", True, "cpu")
+    # Ours' state-only discrete critic and the reference's (state trunk contracted with the
+    # one-hot / probability action, a trunk pass per call) are the same function.
+    fast, base = build("tiny", False, "cpu"), build("tiny", True, "cpu")
     base.agent.load_state_dict(fast.agent.state_dict())
     buf = filled_buffer(fast.agent.spec, 8, 6, seed=0)
     batch = {k: torch.from_numpy(v) for k, v in buf.sample_windows(3, 8).items()}
@@ -47,10 +53,25 @@ def test_baseline_learner_matches_fast_learner(monkeypatch):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_bench_ours_uses_the_state_critic_and_baseline_the_action_input_one(monkeypatch):
+def test_bench_critic_forms(monkeypatch):
     monkeypatch.setitem(SIZES, "tiny", dict(num_layers=1, d_model=32, num_heads=2, window=8,
                                             batch=3))
     assert build("tiny", False, "cpu").agent.state_critic
-    assert not build("tiny", True, "cpu").agent.state_critic
-    with pytest.raises(ValueError, match="action_input"):
+    base = build("tiny", True, "cpu")
+    assert isinstance(base.agent.critics, ReferenceDiscreteCritic)
+    assert not base.agent.state_critic  # three trunk passes: buffer action, policy, target
+    assert not build("tiny", False, "cpu", discrete_critic="action_input").agent.state_critic
+    with pytest.raises(ValueError, match="fixed critic form"):
         build("tiny", True, "cpu", discrete_critic="state")
+
+
+def test_reference_discrete_critic_contracts_the_state_critic_with_the_action():
+    torch.manual_seed(0)
+    ref = ReferenceDiscreteCritic(6, 3, 2, num_critics=2, hidden_dim=8).double()
+    with torch.no_grad():
+        ref.w3.normal_()
+    state = torch.randn(5, 6, dtype=torch.float64)
+    action = torch.softmax(torch.randn(5, 2, 3, dtype=torch.float64), -1)
+    q_all = StateCriticEnsemble.forward(ref, state)  # (5, 2, 2, 3, 1)
+    expected = (q_all[..., 0] * action.unsqueeze(1)).sum(-1, keepdim=True)
+    torch.testing.assert_close(ref(state, action), expected)

@@ -5,15 +5,18 @@ Two stated model sizes (issue 4): ``small`` = 2 layers, d_model 128, 4 heads, L=
 ``sample`` (``TrajectoryBuffer.sample_windows`` from a filled buffer + conversion to tensors),
 ``forward``, ``backward``, ``optimizer`` (clip, AdamW, EMA, PopArt).
 
-The baseline is the same model size and loss computed the way the public AMAGO reference does
-it: attention materialising the (L × L) score matrix; for the (discrete) bench actions, a critic
-that reads the action — the one-hot buffer action for the critic loss, the actor's probability
-vector for the policy value — with every critic's input ``[state, action, onehot(gamma)]`` tiled
-G×E times (``discrete_critic="action_input"`` + ``critic_ensemble_tiled_reference``), so three
-critic passes over N·G·E rows per update (online, target, DPG); and a per-parameter Python loop
-for the target EMA (``ema_update_reference``). Ours uses the default discrete critic
-(``discrete_critic="state"``: Q(s, ·) from the state, one online and one target pass over N·E
-rows). Both run in the same process, alternating, on the same batches.
+The baseline is the same model size and loss computed the way the public AMAGO reference does it
+(UT-Austin-RPL/amago v3.x, facts only, no code copied): attention materialising the (L × L) score
+matrix; for the (discrete) bench actions the reference's discrete critic — an ensemble MLP over the
+state with G·A outputs, contracted with an action vector (one-hot buffer action, the actor's
+probabilities for the policy value, the target actor's for the TD target), so three trunk passes
+per update (``ReferenceDiscreteCritic``, einsum layers as the reference's ensemble layers); and a
+per-parameter Python loop for the target EMA (``ema_update_reference``). The baseline's loss is the
+same function as ours (tested), ours evaluates Q(s, ·) once and reuses it (two trunk passes:
+online and target). ``with_action_input`` adds our action-input critic
+(``discrete_critic="action_input"``: state, one-hot / probability action and gamma through one
+MLP per (critic, gamma) row), the form AMAGO uses for continuous actions. Both (all) run in the
+same process, alternating, on the same batches.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from amago_fast.agent import DEFAULT_GAMMAS, Agent, AgentConfig
 from amago_fast.buffer import TrajectoryBuffer
-from amago_fast.kernels.critic import CriticEnsemble, critic_ensemble_tiled_reference
+from amago_fast.kernels.critic import StateCriticEnsemble
 from amago_fast.kernels.ema import ema_update_reference
 from amago_fast.learner import Learner, LearnerConfig
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
@@ -59,12 +63,22 @@ def materialized_attention(q, k, v, valid_mask=None, window=None, softmax_scale=
     return (probs @ vt).transpose(1, 2)
 
 
-class TiledCriticEnsemble(CriticEnsemble):
-    """The same critic parameters evaluated the naive way (input tiled G×E times)."""
+class ReferenceDiscreteCritic(StateCriticEnsemble):
+    """The public reference's discrete critic on our :class:`StateCriticEnsemble` parameters:
+    per critic an MLP over the state (einsum ensemble layers) with G·A outputs, contracted with
+    an action vector per gamma. Called like ``CriticEnsemble``: ``(state (N, d), action (N, G, A))
+    -> q (N, E, G, 1)``; every call runs the whole trunk. Scalar critics only (bench use)."""
 
-    def forward(self, state, action, detach_params: bool = False):
-        params = self.params.detached() if detach_params else self.params
-        return critic_ensemble_tiled_reference(state, action, params, self.negative_slope)
+    def forward(self, state, action, detach_params: bool = False):  # type: ignore[override]
+        if self.out_dim != 1:
+            raise ValueError("ReferenceDiscreteCritic: scalar critics only (out_dim 1)")
+        ws, _, b1, w2, b2, w3, b3 = self.params.detached() if detach_params else self.params
+        slope = self.negative_slope
+        h1 = F.leaky_relu(torch.einsum("nd,cdh->nch", state, ws) + b1[:, 0], slope)
+        h2 = F.leaky_relu(torch.einsum("nch,chk->nck", h1, w2) + b2, slope)
+        out = torch.einsum("nch,cho->nco", h2, w3) + b3
+        out = out.reshape(state.shape[0], self.num_critics, self.num_gammas, self.num_actions)
+        return (out * action.unsqueeze(1)).sum(-1, keepdim=True)
 
 
 def bench_spec(obs_dim: int = 16, num_actions: int = 4) -> EnvSpec:
@@ -97,12 +111,12 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
           discrete_critic: str | None = None) -> Learner:
     """Learner of the stated size; ``num_gammas`` keeps that many of the default gammas (the
     last ones, main gamma included); None keeps all 7 (AMAGO's default set).
-    ``discrete_critic``: None means "state" for ours and "action_input" for the baseline (the
-    public reference's form); the baseline must use "action_input"."""
-    if discrete_critic is None:
-        discrete_critic = "action_input" if baseline else "state"
-    if baseline and discrete_critic != "action_input":
-        raise ValueError("the reference-style baseline uses discrete_critic='action_input'")
+    ``discrete_critic``: ours' critic form ("state", default, or "action_input"); the baseline
+    always uses :class:`ReferenceDiscreteCritic` (the reference's form) and rejects it."""
+    if baseline and discrete_critic is not None:
+        raise ValueError("the reference-style baseline has a fixed critic form; "
+                         "discrete_critic applies to ours only")
+    discrete_critic = discrete_critic or "state"
     s = SIZES[size]
     spec = bench_spec()
     torch.manual_seed(seed)
@@ -114,11 +128,13 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
     if baseline:
         for layer in agent.traj_encoder.layers:
             layer.attention_fn = materialized_attention
-        tiled = TiledCriticEnsemble(agent.critics.state_dim, agent.critics.action_dim,
-                                    agent.critics.num_gammas, agent.critics.num_critics,
-                                    agent.critics.hidden_dim, agent.critics.out_dim)
-        tiled.load_state_dict(agent.critics.state_dict())
-        agent.critics = tiled
+        c = agent.critics
+        ref = ReferenceDiscreteCritic(c.state_dim, c.num_actions, c.num_gammas, c.num_critics,
+                                      c.hidden_dim, c.out_dim, c.negative_slope)
+        ref.load_state_dict(c.state_dict())
+        agent.critics = ref
+        # The learner's action-input path: critic(state, one-hot / probability vector) per call.
+        agent.state_critic = False
     learner = Learner(agent, LearnerConfig(device=device, warmup_steps=10, seed=seed))
     if baseline:
         learner.ema_fn = ema_update_reference
