@@ -24,7 +24,6 @@ __all__ = [
     "init_distributed",
     "launched_by_torchrun",
     "wrap_ddp",
-    "broadcast_module_state",
 ]
 
 
@@ -132,18 +131,3 @@ def wrap_ddp(ctx: DistContext, device: torch.device):
         return DistributedDataParallel(module)
 
     return wrap
-
-
-@torch.no_grad()
-def broadcast_module_state(ctx: DistContext, module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers of `module` to every rank (in place).
-
-    The learner updates PopArt's statistics and rescales its affine output layer after the
-    optimizer step from this rank's own batch targets; DDP only averages gradients, so those
-    tensors would drift apart between ranks. Broadcasting them from rank 0 after each update
-    keeps every rank's model identical (a few floats per gamma).
-    """
-    if not ctx.enabled:
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        torch.distributed.broadcast(t.data, src=0)

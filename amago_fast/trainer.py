@@ -35,7 +35,6 @@ from amago_fast import checkpoint as ckpt
 from amago_fast.config import TrainConfig, config_to_dict, load_config, save_config, validate
 from amago_fast.distributed import (
     DistContext,
-    broadcast_module_state,
     init_distributed,
     wrap_ddp,
 )
@@ -395,7 +394,7 @@ class Trainer:
         Metrics are appended to `pending`. Updates skipped by the learner for non-finite values
         are counted; past `max_skipped_updates` training stops with TrainingError.
         """
-        cfg, dist = self.cfg, self.dist
+        cfg = self.cfg
         done = 0
         while owed > 0:
             batch = self.buffer.sample_windows(cfg.batch_size, cfg.window_len, relabel=self.relabel)
@@ -404,8 +403,6 @@ class Trainer:
                     metrics = self.learner.update(_to_torch(batch, self.device))
             else:
                 metrics = self.learner.update(_to_torch(batch, self.device))
-            if dist.enabled:
-                broadcast_module_state(dist, self.learner.loss_module.popart)
             self.updates += 1
             done += 1
             owed -= 1
