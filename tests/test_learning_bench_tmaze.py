@@ -1,0 +1,38 @@
+"""benchmarks/bench_tmaze.py logic: stops at the first perfect greedy evaluation or the limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amago_fast.bench import tmaze
+
+
+def test_bench_tmaze_reports_time_to_solved_or_the_limit(tmp_path, capsys):
+    tmaze.main(["--corridor", "3", "--seeds", "0", "--time-limit", "15", "--eval-interval", "256",
+                "--eval-episodes", "8", "--log-dir", str(tmp_path),
+                "--override", "learning_starts=256", "--override", "env.num_envs=4"])
+    out = json.loads(capsys.readouterr().out)
+    run = out["runs"][0]
+    assert out["corridor_length"] == 3 and out["seeds"] == 1
+    assert out["overrides"] == {"learning_starts": 256, "env.num_envs": 4}
+    history = run["eval_history"]
+    assert history and run["env_steps"] > 0
+    if run["solved"]:  # stopped at the first evaluation with success 1.0, and said when
+        assert history[-1]["success"] == 1.0
+        assert all(h["success"] < 1.0 for h in history[:-1])
+        assert run["env_steps_to_solved"] == history[-1]["env_steps"]
+        assert out["median_seconds_to_solved"] == run["seconds_to_solved"]
+    else:  # the time limit stopped it
+        assert run["total_wall_seconds"] >= 15
+        assert out["median_seconds_to_solved"] is None
+    cfg = json.loads((tmp_path / "corridor3_seed0" / "config.json").read_text())
+    assert cfg["window_len"] == 4 and cfg["agent"]["context_len"] == 5
+    assert cfg["exploration"]["horizon"] == 4
+
+
+@pytest.mark.parametrize("kwargs", [{"corridor_length": 0}, {"time_limit_s": 0}])
+def test_bench_tmaze_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        tmaze.run(**kwargs)
