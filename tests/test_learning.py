@@ -1,9 +1,11 @@
 """End-to-end learning checks with the real envs, buffer, collector and Trainer.
 
-Budgets are chosen so each check takes about a minute of CPU on 2 cores (measured with
-``/usr/bin/time``: see the per-test notes). The models are small (d_model 32, 2 layers) and only
-two discount factors are trained: the check is that the AMAGO update learns memory, meta-RL and
-relabeled multi-goal tasks, not a reproduction of the paper's scale.
+Budgets: T-Maze and bandit take 30-60 s of user CPU each, the MazeRunner check ~130 s (two
+training runs); wall clock is close to that on a quiet box (1 intra-op thread), 1.5-3x it on the
+shared one (per-test notes, per-seed results in docs/LEARNING.md). The models are small
+(d_model 32, 2 layers) and only two discount factors are trained: the check is that the AMAGO
+update learns memory, meta-RL and relabeled multi-goal tasks, not a reproduction of the paper's
+scale.
 """
 
 from __future__ import annotations
