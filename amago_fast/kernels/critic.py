@@ -811,6 +811,17 @@ def critic_ensemble(
     )  # fmt: skip
 
 
+def _check_ensemble_args(negative_slope: float, backend: str, **dims: int) -> None:
+    """Constructor checks shared by the critic modules: positive int sizes, slope, backend."""
+    for name, v in dims.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not (0.0 <= negative_slope < 1.0):
+        raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
 class CriticEnsemble(nn.Module):
     """E critics over G discount factors with a state projection shared across gammas.
 
@@ -834,20 +845,11 @@ class CriticEnsemble(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("state_dim", state_dim),
-            ("action_dim", action_dim),
-            ("num_gammas", num_gammas),
-            ("num_critics", num_critics),
-            ("hidden_dim", hidden_dim),
-            ("out_dim", out_dim),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (0.0 <= negative_slope < 1.0):
-            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_ensemble_args(
+            negative_slope, backend, state_dim=state_dim, action_dim=action_dim,
+            num_gammas=num_gammas, num_critics=num_critics, hidden_dim=hidden_dim,
+            out_dim=out_dim,
+        )
         self.state_dim, self.action_dim = state_dim, action_dim
         self.num_gammas, self.num_critics = num_gammas, num_critics
         self.hidden_dim, self.out_dim = hidden_dim, out_dim
@@ -930,20 +932,11 @@ class StateCriticEnsemble(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("state_dim", state_dim),
-            ("num_actions", num_actions),
-            ("num_gammas", num_gammas),
-            ("num_critics", num_critics),
-            ("hidden_dim", hidden_dim),
-            ("out_dim", out_dim),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (0.0 <= negative_slope < 1.0):
-            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_ensemble_args(
+            negative_slope, backend, state_dim=state_dim, num_actions=num_actions,
+            num_gammas=num_gammas, num_critics=num_critics, hidden_dim=hidden_dim,
+            out_dim=out_dim,
+        )
         self.state_dim, self.num_actions = state_dim, num_actions
         self.num_gammas, self.num_critics = num_gammas, num_critics
         self.hidden_dim, self.out_dim = hidden_dim, out_dim
