@@ -125,6 +125,21 @@ def _continuous(env_name: str) -> dict[str, Any]:
     }
 
 
+# Any EnvPool / gymnasium id: a medium model and budgets for a generic task (name the id with
+# --env.name).
+_ANY_ENV_ID: dict[str, Any] = {
+    **_MEDIUM_MODEL,
+    "agent.context_len": 128,
+    "window_len": 128,
+    "total_env_steps": 500_000,
+    "learning_starts": 5_000,
+    "collect_steps_per_iter": 32,
+    "updates_per_env_step": 0.03,
+    "eval_interval": 50_000,
+    "checkpoint_interval": 100_000,
+    "log_interval": 5_000,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tmaze": _tmaze(active=False),
     "tmaze-active": _tmaze(active=True),
@@ -190,34 +205,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_interval": 100_000,
         "log_interval": 5_000,
     },
-    "envpool": {
-        **_MEDIUM_MODEL,
-        "env.name": "envpool:CartPole-v1",
-        "env.num_envs": 16,
-        "agent.context_len": 128,
-        "window_len": 128,
-        "total_env_steps": 500_000,
-        "learning_starts": 5_000,
-        "collect_steps_per_iter": 32,
-        "updates_per_env_step": 0.03,
-        "eval_interval": 50_000,
-        "checkpoint_interval": 100_000,
-        "log_interval": 5_000,
-    },
-    "gym": {
-        **_MEDIUM_MODEL,
-        "env.name": "gym:CartPole-v1",
-        "env.num_envs": 8,
-        "agent.context_len": 128,
-        "window_len": 128,
-        "total_env_steps": 500_000,
-        "learning_starts": 5_000,
-        "collect_steps_per_iter": 32,
-        "updates_per_env_step": 0.03,
-        "eval_interval": 50_000,
-        "checkpoint_interval": 100_000,
-        "log_interval": 5_000,
-    },
+    "envpool": {**_ANY_ENV_ID, "env.name": "envpool:CartPole-v1", "env.num_envs": 16},
+    "gym": {**_ANY_ENV_ID, "env.name": "gym:CartPole-v1", "env.num_envs": 8},
 }
 
 DEFAULT_PRESET = "tmaze"
