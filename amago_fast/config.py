@@ -319,6 +319,15 @@ def overrides_from_namespace(ns: argparse.Namespace) -> dict[str, str]:
     return {k[4:]: v for k, v in vars(ns).items() if k.startswith("cfg:")}
 
 
+def overrides_to_args(overrides: dict[str, Any]) -> list[str]:
+    """Dotted-name overrides → the ``--dotted.name value`` arguments `amago-fast train` parses
+    back to the same values (strings pass as they are, everything else as JSON)."""
+    args: list[str] = []
+    for name, value in overrides.items():
+        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Return a copy of `cfg` with dotted-name overrides applied (strings are parsed by type).
 

@@ -19,39 +19,19 @@ import pytest
 import torch
 
 from amago_fast import checkpoint as ckpt
+from amago_fast.config import overrides_to_args
 from amago_fast.trainer import model_fingerprint
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(
     "torchrun"
 )
 
-TINY = {
-    "env.kwargs": {"corridor_length": 3},
-    "env.num_envs": 2,
-    "env.eval_num_envs": 2,
-    "agent.d_model": 16,
-    "agent.num_layers": 1,
-    "agent.num_heads": 2,
-    "agent.tstep_hidden": 16,
-    "agent.tstep_out": 16,
-    "agent.actor_hidden": 16,
-    "agent.critic_hidden": 16,
-    "agent.context_len": 8,
-    "agent.gammas": [0.9, 0.99],
-    "window_len": 6,
-    "batch_size": 4,
-    "buffer.capacity_steps": 400,
-    "total_env_steps": 96,
+# Schedule keys on top of conftest's TINY_TMAZE_RUN (the model and env sizes).
+SCHEDULE = {
     "learning_starts": 8,
-    "collect_steps_per_iter": 8,
     "updates_per_env_step": 0.25,
     "eval_interval": 0,
-    "eval_episodes": 2,
     "checkpoint_interval": 48,
-    "log_interval": 16,
-    "progress_bar": False,
-    "tensorboard": False,
-    "torch_threads": 1,
     "seed": 5,
 }
 
@@ -86,11 +66,10 @@ def _check_identical(path: Path) -> list[dict]:
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
-def test_torchrun_two_ranks_identical_params_and_resume(tmp_path):
+def test_torchrun_two_ranks_identical_params_and_resume(tmp_path, tiny_tmaze_run):
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir)]
-    for k, v in {**TINY, "total_env_steps": 64}.items():
-        args += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    run = {**tiny_tmaze_run, **SCHEDULE, "total_env_steps": 64}
+    args = ["--run-dir", str(run_dir), *overrides_to_args(run)]
     out = _torchrun(args)
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["env_steps"] == 64 and result["updates"] >= 4

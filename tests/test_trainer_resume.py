@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,43 +22,27 @@ import pytest
 import torch
 
 from amago_fast import checkpoint as ckpt
-from amago_fast.config import apply_overrides, save_config
+from amago_fast.config import apply_overrides, overrides_to_args, save_config
 from amago_fast.presets import get_preset
 from amago_fast.trainer import Trainer
 
-TINY = {
-    "env.kwargs": {"corridor_length": 3},
-    "env.num_envs": 2,
-    "env.eval_num_envs": 2,
-    "agent.d_model": 16,
-    "agent.num_layers": 1,
-    "agent.num_heads": 2,
-    "agent.tstep_hidden": 16,
-    "agent.tstep_out": 16,
-    "agent.actor_hidden": 16,
-    "agent.critic_hidden": 16,
-    "agent.context_len": 8,
-    "agent.gammas": [0.9, 0.99],
-    "window_len": 6,
-    "batch_size": 4,
-    "buffer.capacity_steps": 400,
-    "total_env_steps": 96,
+# Schedule keys on top of conftest's TINY_TMAZE_RUN (the model and env sizes).
+SCHEDULE = {
     "learning_starts": 16,
-    "collect_steps_per_iter": 8,
     "updates_per_env_step": 0.2,
     "eval_interval": 48,
-    "eval_episodes": 2,
     "checkpoint_interval": 32,
-    "log_interval": 16,
-    "progress_bar": False,
-    "tensorboard": False,
-    "torch_threads": 1,
     "seed": 3,
 }
 
 
-def tiny_config(**extra):
-    return apply_overrides(get_preset("tmaze"), {**TINY, **extra})
+@pytest.fixture(scope="module")
+def run_overrides(tiny_tmaze_run) -> dict:
+    return {**tiny_tmaze_run, **SCHEDULE}
+
+
+def tiny_config(overrides: dict):
+    return apply_overrides(get_preset("tmaze"), overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -115,15 +98,15 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory) -> dict:
+def reference_run(tmp_path_factory, run_overrides) -> dict:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = Trainer(tiny_config(), run_dir).train()
+    result = Trainer(tiny_config(run_overrides), run_dir).train()
     assert result["env_steps"] >= 96 and not result["interrupted"]
     assert (run_dir / "train.csv").is_file() and (run_dir / "eval.csv").is_file()
     return final_state(run_dir)
 
 
-def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
+def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path, run_overrides):
     run_dir = tmp_path / "run"
     pointer = ckpt.checkpoint_root(run_dir) / "latest"
 
@@ -135,7 +118,7 @@ def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
 
     killer = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
     killer.start()
-    first = Trainer(tiny_config(), run_dir).train()
+    first = Trainer(tiny_config(run_overrides), run_dir).train()
     killer.join()
     assert first["interrupted"], "the run finished before the signal arrived"
     assert first["env_steps"] < 96
@@ -146,16 +129,15 @@ def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
     assert_same_state(final_state(run_dir), reference_run)
 
 
-def test_sigkill_during_checkpoint_resumes_from_previous(reference_run, tmp_path):
+def test_sigkill_during_checkpoint_resumes_from_previous(reference_run, tmp_path,
+                                                       run_overrides):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = tiny_config()
+    cfg = tiny_config(run_overrides)
     cfg_path = tmp_path / "cfg.json"
     save_config(cfg, cfg_path)
     marker = tmp_path / "paused"
-    overrides = []
-    for k, v in TINY.items():
-        overrides += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    overrides = overrides_to_args(run_overrides)
     cmd = [sys.executable, "-m", "amago_fast", "train", "--run-dir", str(run_dir), *overrides]
     env = dict(os.environ, **{ckpt.PAUSE_ENV: f"2:{marker}"})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
