@@ -343,7 +343,13 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         owner_path, f, tp = leaves[name]
         owner = _get_path(out, owner_path)
         current = getattr(owner, f.name)
-        value = _convert(raw, tp, current, name) if isinstance(raw, str) else raw
+        if isinstance(raw, str):
+            value = _convert(raw, tp, current, name)
+        else:
+            value = raw
+            base = _unwrap_optional(tp)[0]
+            if isinstance(value, list) and (base is tuple or typing.get_origin(base) is tuple):
+                value = tuple(value)  # same value whether it came from the CLI or from code
         setattr(owner, f.name, value)
     return out
 

@@ -13,6 +13,7 @@ import torch
 
 from amago_fast.bench.suite import format_table, table_rows
 from amago_fast.cli import main
+from amago_fast.config import overrides_to_args
 from tests.test_trainer_resume import TINY
 
 
@@ -21,13 +22,6 @@ def _keep_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-
-
-def _overrides(d: dict) -> list[str]:
-    out = []
-    for k, v in d.items():
-        out += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
-    return out
 
 
 def test_print_config_applies_preset_and_overrides(capsys):
@@ -66,7 +60,7 @@ def test_help_lists_every_field_with_its_docstring():
 def test_train_then_eval_prints_json(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["train", "--run-dir", str(run_dir),
-            *_overrides({**TINY, "total_env_steps": 32, "checkpoint_interval": 0})]
+            *overrides_to_args({**TINY, "total_env_steps": 32, "checkpoint_interval": 0})]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["env_steps"] >= 32 and (run_dir / "config.json").is_file()

@@ -21,12 +21,13 @@ import torch
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import overrides_to_args
 from amago_fast.trainer import model_fingerprint
+from tests._tiny_run import TINY_TMAZE_RUN
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(
     "torchrun"
 )
 
-# Schedule keys on top of conftest's TINY_TMAZE_RUN (the model and env sizes).
+# Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
 SCHEDULE = {
     "learning_starts": 8,
     "updates_per_env_step": 0.25,
@@ -66,9 +67,9 @@ def _check_identical(path: Path) -> list[dict]:
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
-def test_torchrun_two_ranks_identical_params_and_resume(tmp_path, tiny_tmaze_run):
+def test_torchrun_two_ranks_identical_params_and_resume(tmp_path):
     run_dir = tmp_path / "run"
-    run = {**tiny_tmaze_run, **SCHEDULE, "total_env_steps": 64}
+    run = {**TINY_TMAZE_RUN, **SCHEDULE, "total_env_steps": 64}
     args = ["--run-dir", str(run_dir), *overrides_to_args(run)]
     out = _torchrun(args)
     result = json.loads(out.stdout[out.stdout.index("{"):])

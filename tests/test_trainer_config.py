@@ -20,6 +20,7 @@ from amago_fast.config import (
     field_docs,
     load_config,
     overrides_from_namespace,
+    overrides_to_args,
     save_config,
     validate,
 )
@@ -55,6 +56,15 @@ def _parse(cfg, argv):
     p = argparse.ArgumentParser()
     add_dataclass_arguments(p, cfg)
     return apply_overrides(cfg, overrides_from_namespace(p.parse_args(argv))), p
+
+
+def test_overrides_to_args_parse_back_to_the_same_config():
+    overrides = {"inner.lr": 3e-4, "inner.steps": 7, "inner.name": "run a", "inner.sizes": [4, 5],
+                 "inner.flag": True, "kwargs": {"corridor_length": 3, "x": [1.5]}}
+    direct = apply_overrides(_Outer(), overrides)
+    parsed, _ = _parse(_Outer(), overrides_to_args(overrides))
+    assert parsed == direct
+    assert parsed.inner.name == "run a" and parsed.kwargs == {"corridor_length": 3, "x": [1.5]}
 
 
 def test_field_docs_come_from_attribute_docstrings():

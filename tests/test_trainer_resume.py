@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from amago_fast import checkpoint as ckpt
-from amago_fast.config import apply_overrides, overrides_to_args, save_config
-from amago_fast.presets import get_preset
+from amago_fast.config import overrides_to_args, save_config
 from amago_fast.trainer import Trainer
+from tests._tiny_run import TINY_TMAZE_RUN, tiny_tmaze_config
 
-# Schedule keys on top of conftest's TINY_TMAZE_RUN (the model and env sizes).
+# Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
 SCHEDULE = {
     "learning_starts": 16,
     "updates_per_env_step": 0.2,
@@ -36,13 +36,11 @@ SCHEDULE = {
 }
 
 
-@pytest.fixture(scope="module")
-def run_overrides(tiny_tmaze_run) -> dict:
-    return {**tiny_tmaze_run, **SCHEDULE}
+TINY = {**TINY_TMAZE_RUN, **SCHEDULE}
 
 
-def tiny_config(overrides: dict):
-    return apply_overrides(get_preset("tmaze"), overrides)
+def tiny_config(**extra):
+    return tiny_tmaze_config(**{**SCHEDULE, **extra})
 
 
 @pytest.fixture(autouse=True)
@@ -98,15 +96,15 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, run_overrides) -> dict:
+def reference_run(tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = Trainer(tiny_config(run_overrides), run_dir).train()
+    result = Trainer(tiny_config(), run_dir).train()
     assert result["env_steps"] >= 96 and not result["interrupted"]
     assert (run_dir / "train.csv").is_file() and (run_dir / "eval.csv").is_file()
     return final_state(run_dir)
 
 
-def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path, run_overrides):
+def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
     run_dir = tmp_path / "run"
     pointer = ckpt.checkpoint_root(run_dir) / "latest"
 
@@ -118,7 +116,7 @@ def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path, run_
 
     killer = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
     killer.start()
-    first = Trainer(tiny_config(run_overrides), run_dir).train()
+    first = Trainer(tiny_config(), run_dir).train()
     killer.join()
     assert first["interrupted"], "the run finished before the signal arrived"
     assert first["env_steps"] < 96
@@ -129,15 +127,14 @@ def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path, run_
     assert_same_state(final_state(run_dir), reference_run)
 
 
-def test_sigkill_during_checkpoint_resumes_from_previous(reference_run, tmp_path,
-                                                       run_overrides):
+def test_sigkill_during_checkpoint_resumes_from_previous(reference_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = tiny_config(run_overrides)
+    cfg = tiny_config()
     cfg_path = tmp_path / "cfg.json"
     save_config(cfg, cfg_path)
     marker = tmp_path / "paused"
-    overrides = overrides_to_args(run_overrides)
+    overrides = overrides_to_args(TINY)
     cmd = [sys.executable, "-m", "amago_fast", "train", "--run-dir", str(run_dir), *overrides]
     env = dict(os.environ, **{ckpt.PAUSE_ENV: f"2:{marker}"})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
