@@ -64,8 +64,13 @@ def plot_runs(
     run_dirs: list[str | os.PathLike],
     out_dir: str | os.PathLike | None = None,
     metric: str | None = None,
+    labels: list[str] | None = None,
+    stem: str = "curves",
 ) -> list[Path]:
-    """Write `curves_env_steps.png` and `curves_wall_clock.png`; return their paths."""
+    """Write `<stem>_env_steps.png` and `<stem>_wall_clock.png`; return their paths.
+
+    `labels`: one legend entry per run (default: the run directory's name).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,16 +78,21 @@ def plot_runs(
 
     if not run_dirs:
         raise ValueError("give at least one run directory")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run directories")
+    if not stem or os.sep in stem:
+        raise ValueError(f"stem must be a non-empty file-name prefix, got {stem!r}")
     curves = []
-    for rd in run_dirs:
+    for i, rd in enumerate(run_dirs):
         name, curve = load_curve(rd, metric)
-        curves.append((Path(rd).name or str(rd), name, curve))
+        label = labels[i] if labels is not None else (Path(rd).name or str(rd))
+        curves.append((label, name, curve))
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for x_key, x_label, fname in (
-        ("env_steps", "environment steps", "curves_env_steps.png"),
-        ("wall_time", "wall-clock training time (s)", "curves_wall_clock.png"),
+        ("env_steps", "environment steps", f"{stem}_env_steps.png"),
+        ("wall_time", "wall-clock training time (s)", f"{stem}_wall_clock.png"),
     ):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
         for label, name, curve in curves:
