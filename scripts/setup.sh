@@ -27,4 +27,5 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "scikit-build-core>=0.10" "pybind11>=2.12"
 # Editable install: Python sources are used in place, csrc/ is compiled into amago_fast/_core.
 "${PIP[@]}" install --no-build-isolation -e ".[test]"
+"${PIP[@]}" install --no-deps "popgym>=1.0.7"  # POPGym (optional suite): pure Python; its deps numpy + gymnasium are ours
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"
