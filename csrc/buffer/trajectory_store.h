@@ -40,9 +40,9 @@ struct FieldBuffer {
 struct Piece {
   int64_t id = 0, pos = 0, rows = 0, offset = 0;
   int64_t cum_end = 0;  // transitions in all pieces up to and including this one
-  // With goals: rows at which the stored instruction's goals active0, active0+1, ... are
-  // completed under the built-in match (the replay of relabeling step 1, done once at commit).
-  std::vector<int64_t> reach;
+  // With goals: the relabeling tables (goals.h), built at commit, shared by copies of the
+  // piece (GetState/pieces() copy pieces: they must not copy the tables).
+  std::shared_ptr<const GoalIndex> goal_index;
 };
 
 struct SampleOutputs {
@@ -199,8 +199,9 @@ class TrajectoryStore {
   void Commit(const std::vector<const uint8_t*>& rows, int64_t n, int64_t offset) {
     if (rows.size() != fields_.size()) throw std::invalid_argument("commit: wrong field count");
     if (n < 2 || n > max_rows_) throw std::invalid_argument("commit: piece length out of range");
+    auto index = IndexPiece(rows, n);
     auto lock = WriteLock();
-    CommitLocked(rows, n, offset);
+    CommitLocked(rows, n, offset, std::move(index));
   }
 
   // Gathers B windows of L steps (L+1 rows) into `out`. `relabel` null = stored rows.
@@ -277,14 +278,25 @@ class TrajectoryStore {
     }
     std::lock_guard<std::mutex> slock(staging_mu_);
     auto lock = WriteLock();
-    pieces_.clear();
+    // The new pieces (and their relabeling tables, from the ring) are built aside: a bad
+    // goal_active throws before anything changed.
+    std::deque<Piece> pieces;
     int64_t cum = 0;
     for (Piece p : s.pieces) {
       cum += p.rows - 1;
       p.cum_end = cum;
-      ReplayStored(&p);
-      pieces_.push_back(std::move(p));
+      if (goals_) {
+        const GoalConfig& g = *goals_;
+        int32_t active0;
+        std::memcpy(&active0, RingRow(g.active_field, p.pos, 0), 4);
+        CheckActive(active0);
+        p.goal_index = std::make_shared<const GoalIndex>(
+            BuildGoalIndex(g, p.rows, RingRow(g.goal_field, p.pos, 0), active0,
+                           [&](int64_t t) { return RingRow(g.achieved_field, p.pos, t); }));
+      }
+      pieces.push_back(std::move(p));
     }
+    pieces_.swap(pieces);
     used_ = used;
     write_pos_ = s.write_pos;
     next_id_ = s.next_id;
@@ -335,11 +347,35 @@ class TrajectoryStore {
   void CommitOpen(int64_t e) {
     std::vector<const uint8_t*> rows(fields_.size());
     for (size_t f = 0; f < fields_.size(); ++f) rows[f] = staging_[e][f].data();
+    auto index = IndexPiece(rows, open_len_[e]);
     auto lock = WriteLock();
-    CommitLocked(rows, open_len_[e], open_offset_[e]);
+    CommitLocked(rows, open_len_[e], open_offset_[e], std::move(index));
   }
 
-  void CommitLocked(const std::vector<const uint8_t*>& rows, int64_t n, int64_t offset) {
+  void CheckActive(int32_t active0) const {
+    if (active0 < 0 || active0 > goals_->k) {
+      throw std::invalid_argument("goal_active of a piece's row 0 must be in [0, k], got " +
+                                  std::to_string(active0));
+    }
+  }
+
+  // The relabeling tables of n contiguous rows about to be committed (null without goals).
+  // Built before the ring lock is taken, so samplers never wait for it.
+  std::shared_ptr<const GoalIndex> IndexPiece(const std::vector<const uint8_t*>& rows,
+                                              int64_t n) const {
+    if (!goals_) return nullptr;
+    const GoalConfig& g = *goals_;
+    int32_t active0;
+    std::memcpy(&active0, rows[g.active_field], 4);
+    CheckActive(active0);
+    const uint8_t* ach = rows[g.achieved_field];
+    const size_t rb = fields_[g.achieved_field].row_bytes;
+    return std::make_shared<const GoalIndex>(BuildGoalIndex(
+        g, n, rows[g.goal_field], active0, [&](int64_t t) { return ach + t * rb; }));
+  }
+
+  void CommitLocked(const std::vector<const uint8_t*>& rows, int64_t n, int64_t offset,
+                    std::shared_ptr<const GoalIndex> index) {
     while (used_ + n > capacity_) {
       used_ -= pieces_.front().rows;
       pieces_.pop_front();
@@ -356,29 +392,10 @@ class TrajectoryStore {
     p.rows = n;
     p.offset = offset;
     p.cum_end = (pieces_.empty() ? 0 : pieces_.back().cum_end) + n - 1;
-    ReplayStored(&p);
+    p.goal_index = std::move(index);
     pieces_.push_back(std::move(p));
     used_ += n;
     write_pos_ = (write_pos_ + n) % capacity_;
-  }
-
-  // Relabeling step 1 for the built-in match, once per piece: where the stored instruction's
-  // goals are completed. Makes a relabeled window O(L + distance to the last success) instead
-  // of O(piece length).
-  void ReplayStored(Piece* p) const {
-    p->reach.clear();
-    if (!goals_) return;
-    const GoalConfig& g = *goals_;
-    const size_t elem = GoalDTypeSize(g.dtype);
-    const uint8_t* instr = RingRow(g.goal_field, p->pos, 0);
-    int32_t active;
-    std::memcpy(&active, RingRow(g.active_field, p->pos, 0), 4);
-    for (int64_t t = 1; t < p->rows && active < g.k; ++t) {
-      if (BuiltinMatch(g, RingRow(g.achieved_field, p->pos, t), instr + active * g.dim * elem)) {
-        p->reach.push_back(t);
-        ++active;
-      }
-    }
   }
 
   // dst[0..n) rows of `bytes` each = src, by doubling copies (log2(n) memcpys).
@@ -457,20 +474,25 @@ class TrajectoryStore {
                         uint64_t counter, int64_t b, const Piece& p, int64_t s, int64_t valid,
                         int64_t L, const SampleOutputs& out) const {
     const GoalConfig& g = *goals_;
+    const GoalIndex& gi = *p.goal_index;
     const int k = g.k;
     const int64_t T = p.rows - 1;
     const int64_t last = s + valid - 1;
     const size_t goal_bytes = fields_[g.goal_field].row_bytes;
-    const size_t ach_bytes = fields_[g.achieved_field].row_bytes;
-    const size_t elem = GoalDTypeSize(g.dtype);
-    std::vector<uint8_t> instr(RingRow(g.goal_field, p.pos, 0),
-                               RingRow(g.goal_field, p.pos, 0) + goal_bytes);
+    const size_t ach_bytes = fields_[g.achieved_field].row_bytes;  // = one goal's bytes
     int32_t active0;
     std::memcpy(&active0, RingRow(g.active_field, p.pos, 0), 4);
-    std::vector<uint8_t> completed(RingRow(g.completed_field, p.pos, 0),
-                                   RingRow(g.completed_field, p.pos, 0) + k);
 
-    // The user predicate sees contiguous achieved rows; the built-in one reads the ring.
+    // Per-window scratch: replacement rows and success rows (k each), the instruction, the
+    // completed marks. On the stack for usual sizes (heap allocations were ~5% of a window).
+    Scratch scratch(16 * static_cast<size_t>(k) + goal_bytes + static_cast<size_t>(k));
+    int64_t* src = reinterpret_cast<int64_t*>(scratch.data());
+    int64_t* hits = src + k;
+    uint8_t* instr = reinterpret_cast<uint8_t*>(hits + k);
+    uint8_t* completed = instr + goal_bytes;
+    std::memcpy(instr, RingRow(g.goal_field, p.pos, 0), goal_bytes);
+
+    // The user predicate sees contiguous achieved rows.
     std::vector<uint8_t> ach_rows, matrix;
     auto compute_matrix = [&](int64_t n) {
       if (ach_rows.empty()) {
@@ -481,129 +503,108 @@ class TrajectoryStore {
         }
       }
       matrix.assign(n * k, 0);
-      (*match)(ach_rows.data(), instr.data(), n, matrix.data());
-    };
-    auto hit = [&](int64_t t, int goal) -> bool {
-      if (match != nullptr) return matrix[t * k + goal] != 0;
-      return BuiltinMatch(g, RingRow(g.achieved_field, p.pos, t), instr.data() + goal * g.dim * elem);
+      (*match)(ach_rows.data(), instr, n, matrix.data());
     };
 
-    // Step 1: replay the original instruction over the whole piece (cached at commit for the
-    // built-in match).
+    // Step 1: goals completed by row T under the stored instruction (c), and the row of the
+    // last of them (r). Cached at commit for the built-in match.
     int c = active0;
     int64_t r = 0;
     if (match != nullptr) {
       compute_matrix(T + 1);
       for (int64_t t = 1; t <= T && c < k; ++t) {
-        if (hit(t, c)) {
+        if (matrix[t * k + c]) {
           ++c;
           r = t;
         }
       }
     } else {
-      c = active0 + static_cast<int>(p.reach.size());
-      if (!p.reach.empty()) r = p.reach.back();
+      c = active0 + static_cast<int>(gi.reach.size());
+      if (!gi.reach.empty()) r = gi.reach.back();
     }
-    // Step 2: choose replacement goals.
-    const auto plan = PlanRelabel(params, seed_, counter, static_cast<uint64_t>(b), active0, c, k,
-                                  r, T, s);
-    if (!plan.empty()) {
-      for (const auto& [goal, row] : plan) {
-        std::memcpy(instr.data() + goal * g.dim * elem, RingRow(g.achieved_field, p.pos, row),
-                    ach_bytes);
+    // Step 2: goals c .. c+m-1 get the achieved values of rows src[0..m).
+    const int m = PlanRelabel(params, seed_, counter, static_cast<uint64_t>(b), c, k, r, T, s,
+                              src);
+    for (int i = 0; i < m; ++i) {
+      std::memcpy(instr + (c + i) * ach_bytes, RingRow(g.achieved_field, p.pos, src[i]),
+                  ach_bytes);
+    }
+    // Step 3: replay the (new) instruction up to row `last`: hits[i] = the row where goal
+    // active0 + i is completed.
+    int nh = 0;
+    if (match != nullptr) {
+      if (m > 0) compute_matrix(last + 1);
+      for (int64_t t = 1, a = active0; t <= last && a < k; ++t) {
+        if (matrix[t * k + a]) {
+          hits[nh++] = t;
+          ++a;
+        }
       }
-      if (match != nullptr) compute_matrix(last + 1);
+    } else {
+      // Goals before c are unchanged, so until row r the replay is the cached one; without a
+      // replacement (m == 0) it is the cached one throughout (goal c is never reached).
+      bool done = m == 0;
+      for (int64_t row : gi.reach) {
+        if (row > last) {
+          done = true;
+          break;
+        }
+        hits[nh++] = row;
+      }
+      int64_t pos = r;
+      for (int a = c; !done && a < k; ++a) {
+        int64_t h = GoalIndex::kNever;
+        if (gi.classes) {
+          // A replaced goal equals its source row's value: its first success after `pos` is
+          // the next row of that row's class. O(log T) instead of a scan of rows (pos, last].
+          h = gi.NextInClass(a - c < m ? gi.row_class[src[a - c]] : gi.goal_class[a], pos);
+        } else {  // tolerance match: scan
+          const uint8_t* goal = instr + a * ach_bytes;
+          int64_t idx = p.pos + pos + 1;
+          if (idx >= capacity_) idx -= capacity_;
+          const uint8_t* ring = fields_[g.achieved_field].ring;
+          for (int64_t t = pos + 1; t <= last; ++t) {
+            if (BuiltinMatch(g, ring + idx * ach_bytes, goal)) {
+              h = t;
+              break;
+            }
+            if (++idx == capacity_) idx = 0;
+          }
+        }
+        if (h > last) break;
+        hits[nh++] = h;
+        pos = h;
+      }
     }
-    // Step 3: replay the (new) instruction and rewrite the window's goal fields.
-    // Goals < c are unchanged, so up to row r the new replay equals the cached one: start at
-    // row t0 = min(s, r) from the cached state (row 0 without a cache).
-    const int64_t R = L + 1;
-    int active = active0;
+    // The state of row t is the state after rows 1..t; the window shows rows s..last. Its
+    // fields are piecewise constant between successes and are written by runs (per-row small
+    // memcpys made relabeling ~4x the cost of a plain gather).
+    int before = 0;  // successes before the window
+    while (before < nh && hits[before] < s) ++before;
+    // All k goals completed: the episode ends on the row of the last success, or on the
+    // window's first transition row if that was earlier.
     int64_t cut = -1;
-    int64_t t0 = 0;
-    bool reached_t0 = false;
-    if (match == nullptr) {
-      t0 = std::min(s, r);
-      for (int64_t row : p.reach) {
-        if (row > t0) break;
-        completed[active] = 1;
-        ++active;
-        reached_t0 = row == t0;
-      }
-    }
-    // Replay, remembering only the state at row s and the window rows with a success (at most
-    // k): the fields are piecewise constant between successes and are filled by runs below
-    // (per-row small memcpys made relabeling ~4x the cost of a plain gather).
-    int active_s = active;
-    std::vector<uint8_t> completed_s;
-    std::vector<int64_t> hits;  // window rows with a success
-    // Rows (t0, s): only the goal state matters (tight loop, walking the ring by pointer).
-    if (s > t0 + 1) {
-      const size_t goal_stride = static_cast<size_t>(g.dim) * elem;
-      int64_t idx = p.pos + t0 + 1;
-      if (idx >= capacity_) idx -= capacity_;
-      const uint8_t* ring = fields_[g.achieved_field].ring;
-      for (int64_t t = t0 + 1; t < s && active < k; ++t) {
-        const bool h = match != nullptr
-                           ? hit(t, active)
-                           : BuiltinMatch(g, ring + idx * ach_bytes,
-                                          instr.data() + active * goal_stride);
-        if (h) {
-          completed[active] = 1;
-          ++active;
-        }
-        if (++idx == capacity_) idx = 0;
-      }
-    }
-    const int64_t t_begin = std::max(t0, s);
-    int64_t ring_idx = p.pos + t_begin;
-    if (ring_idx >= capacity_) ring_idx -= capacity_;
-    const uint8_t* ach_ring = fields_[g.achieved_field].ring;
-    const size_t goal_stride = static_cast<size_t>(g.dim) * elem;
-    for (int64_t t = t_begin; t <= last; ++t, ring_idx = ring_idx + 1 == capacity_ ? 0 : ring_idx + 1) {
-      bool reached = t == t0 && reached_t0;
-      if (t > t0 && active < k &&
-          (match != nullptr ? hit(t, active)
-                            : BuiltinMatch(g, ach_ring + ring_idx * ach_bytes,
-                                           instr.data() + active * goal_stride))) {
-        completed[active] = 1;
-        ++active;
-        reached = true;
-      }
-      if (t < s) continue;
-      if (t == s) {
-        active_s = active;
-        completed_s = completed;
-        if (reached && t >= 1) {
-          hits.push_back(0);
-          // the state at row s already includes this success: undo it for the run fill
-          --active_s;
-          completed_s[active_s] = 0;
-        }
-      } else if (reached) {
-        hits.push_back(t - s);
-      }
-      if (t >= 1 && active == k) {
-        cut = t - s + 1;
-        break;
-      }
+    if (active0 + nh == k) {
+      cut = std::max<int64_t>({nh > 0 ? hits[nh - 1] : 0, s, 1}) - s + 1;
     }
     const int64_t keep = (cut >= 0 && cut < valid) ? cut : valid;
+    const int64_t R = L + 1;
     const int64_t row0 = b * R;
-    FillRows(out.fields[g.goal_field] + row0 * goal_bytes, instr.data(), goal_bytes, keep);
+    std::memcpy(completed, RingRow(g.completed_field, p.pos, 0), k);
+    for (int i = 0; i < before; ++i) completed[active0 + i] = 1;
+    FillRows(out.fields[g.goal_field] + row0 * goal_bytes, instr, goal_bytes, keep);
     std::memset(out.fields[reward_field_] + row0 * 4, 0, keep * 4);
     std::memset(out.fields[terminated_field_] + row0, 0, keep);
-    int cur = active_s;
+    int cur = active0 + before;
     int64_t seg = 0;
-    for (size_t i = 0; i <= hits.size(); ++i) {
-      const int64_t end = i < hits.size() ? hits[i] : keep;
+    for (int i = before; i <= nh; ++i) {
+      const int64_t end = i < nh ? hits[i] - s : keep;
       const int32_t a32 = cur;
       FillRows(out.fields[g.active_field] + (row0 + seg) * 4,
                reinterpret_cast<const uint8_t*>(&a32), 4, end - seg);
-      FillRows(out.fields[g.completed_field] + (row0 + seg) * k, completed_s.data(), k,
-               end - seg);
-      if (i == hits.size()) break;
-      completed_s[cur] = 1;
+      FillRows(out.fields[g.completed_field] + (row0 + seg) * k, completed, k, end - seg);
+      if (i == nh) break;
+      completed[cur] = 1;
       ++cur;
       std::memcpy(out.fields[reward_field_] + (row0 + end) * 4, &g.goal_reward, 4);
       seg = end;
@@ -615,6 +616,25 @@ class TrajectoryStore {
     }
     return keep;
   }
+
+  // A byte buffer on the stack up to 512 bytes, on the heap beyond; 8-byte aligned.
+  class Scratch {
+   public:
+    explicit Scratch(size_t n) {
+      if (n > sizeof(local_)) {
+        heap_.resize((n + 7) / 8);
+        data_ = reinterpret_cast<uint8_t*>(heap_.data());
+      }
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    uint8_t* data() { return data_; }
+
+   private:
+    alignas(8) uint8_t local_[512];
+    std::vector<uint64_t> heap_;
+    uint8_t* data_ = local_;
+  };
 
   const std::vector<FieldBuffer> fields_;
   const int64_t capacity_;
