@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.collector import Collector, RandomPolicy
+from amago_fast.collector import Collector, RandomPolicy, random_actions
 from amago_fast.envs import make_env
 from amago_fast.envs.base import VectorEnv
 
@@ -93,10 +93,8 @@ class MLPPolicy:
 
 
 def _random_actions(spec, n: int, rng: np.random.Generator) -> np.ndarray:
-    a = spec.action
-    if a.kind == "discrete":
-        return rng.integers(0, a.n, n, dtype=np.int32)
-    return rng.uniform(a.low, a.high, (n, *a.shape))
+    # The same sampler as RandomPolicy, so both sides of the ratio draw actions alike.
+    return random_actions(spec.action, n, rng)
 
 
 class RawStepper:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,16 @@ class VectorEnv(abc.ABC):
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step all envs (async: the envs `env_ids`); returns (obs, reward, term, trunc, info)."""
 
+    def step_trusted(
+        self, actions: np.ndarray, env_ids: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """`step` for a caller that already validated its input: `actions` is what
+        :func:`check_actions` returned for this env's action spec and `env_ids` (async) is the
+        env's own last ``info["env_id"]``. The collector calls it (through
+        :func:`trusted_step`) so a vector step validates once, not twice (~5 µs saved per step
+        of a 64-env CartPole, whose whole step costs ~300 µs). Default: `step`."""
+        return self.step(actions, env_ids)
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release resources (processes, threads). Idempotent."""
 
@@ -61,6 +72,62 @@ class VectorEnv(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def trusted_step(env: VectorEnv):
+    """``env.step_trusted`` when it is paired with the env's ``step`` (defined by the same
+    class, so ``step`` = validation + ``step_trusted``), else ``env.step``: a subclass that
+    overrides ``step`` alone (a wrapper, a fault injector) is always called through it."""
+    cls = type(env)
+    for klass in cls.__mro__:
+        if "step_trusted" in klass.__dict__:
+            if klass is VectorEnv or cls.step is not klass.step:
+                return env.step
+            return env.step_trusted
+    return env.step
+
+
+class ObsConverter:
+    """Batched backend observations -> our observation dict, one plan entry per field.
+
+    Shared by the EnvPool and gymnasium adapters (the only per-step work between the backend's
+    step and the collector). A plan entry is ``(key, name, dtype, shape, op)``: `key` is the
+    backend's Dict key (None: the whole observation), `name` our field name, `dtype` / `shape`
+    the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC) or
+    an int `start` (a Discrete space's values shifted to start at 0, as int32 (1,)).
+    Conversions happen only where needed: an array already in the right dtype and shape is
+    passed through without a copy.
+    """
+
+    def __init__(self, plan: list[tuple[Any, str, np.dtype, tuple[int, ...], Any]]) -> None:
+        self.plan = [(key, name, np.dtype(dtype), tuple(shape), op)
+                     for key, name, dtype, shape, op in plan]
+
+    def __call__(self, obs: Any) -> dict[str, np.ndarray]:
+        out = {}
+        for key, name, dtype, shape, op in self.plan:
+            arr = obs if key is None else obs[key]
+            if type(arr) is not np.ndarray:
+                arr = np.asarray(arr)
+            if op is not None:
+                if op == "hwc":
+                    arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+                else:
+                    arr = arr.astype(np.int64) - op
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            if arr.shape[1:] != shape:
+                arr = arr.reshape(arr.shape[0], *shape)
+            out[name] = arr
+        return out
+
+
+def step_arrays(
+    reward: Any, terminated: Any, truncated: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A backend's reward / done flags as float32 / bool arrays (no copy when already so)."""
+    return (np.asarray(reward, dtype=np.float32), np.asarray(terminated, dtype=np.bool_),
+            np.asarray(truncated, dtype=np.bool_))
 
 
 def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env") -> np.ndarray:
@@ -86,7 +153,9 @@ def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{env_name}: continuous actions must be numeric, got {arr.dtype}")
         arr = arr.astype(np.float32, copy=False)
-        if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+        # One reduction screens the common all-finite batch (a sum is finite iff every element
+        # is, barring overflow, which the exact check then rules in or out).
+        if not math.isfinite(np.add.reduce(arr, axis=None)) and not np.isfinite(arr).all():
             raise ValueError(f"{env_name}: continuous actions contain NaN/inf")
         return arr
     if arr.dtype.kind not in "iub":
@@ -99,7 +168,7 @@ def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env
         return arr
     if kind == "discrete":
         # One reduction: negative int32 values become huge as uint32.
-        if arr.view(np.uint32).max() >= action.n:
+        if np.maximum.reduce(arr.view(np.uint32), axis=None) >= action.n:
             raise ValueError(f"{env_name}: discrete actions out of range [0, {action.n}): {arr}")
     elif (arr.view(np.uint32) >= np.asarray(action.nvec, np.uint32)).any():
         raise ValueError(f"{env_name}: discrete actions out of range [0, {action.nvec}): {arr}")
@@ -248,6 +317,12 @@ class BatchedTaskEnv(VectorEnv):
         if env_ids is not None:
             raise ValueError(f"{self.spec.name} is a synchronous env: step() takes no env_ids")
         actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        return self.step_trusted(actions)
+
+    def step_trusted(
+        self, actions: np.ndarray, env_ids: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self._check_open()
         n = self.num_envs
         resetting = self.needs_reset.copy()
         active = ~resetting

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.envs.base import ObsConverter, VectorEnv, check_actions, step_arrays
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
 
@@ -65,54 +65,38 @@ def _action_spec(space: Any, task_id: str) -> ActionSpec:
     raise ValueError(f"{task_id}: unsupported action space {space!r}")
 
 
-class _ObsConverter:
-    """Maps a gymnasium-style observation space to FieldSpecs and converts batches to them."""
+def _observation_plan(space: Any, task_id: str) -> tuple[list[FieldSpec], ObsConverter]:
+    """FieldSpecs of an EnvPool observation space and the converter of its batches."""
+    from gymnasium import spaces as gs
 
-    def __init__(self, space: Any, task_id: str) -> None:
-        from gymnasium import spaces as gs
-
-        self.task_id = task_id
-        self.fields: list[FieldSpec] = []
-        self.plan: list[tuple[str | None, str, np.dtype, bool, tuple[int, ...]]] = []
-        if isinstance(space, gs.Dict):
-            items = list(space.spaces.items())
-        elif isinstance(space, gs.Box):
-            items = [(None, space)]
+    fields: list[FieldSpec] = []
+    plan: list[tuple[str | None, str, np.dtype, tuple[int, ...], str | None]] = []
+    if isinstance(space, gs.Dict):
+        items = list(space.spaces.items())
+    elif isinstance(space, gs.Box):
+        items = [(None, space)]
+    else:
+        raise ValueError(f"{task_id}: unsupported observation space {space!r}")
+    for key, sub in items:
+        if not isinstance(sub, gs.Box):
+            raise ValueError(f"{task_id}: unsupported observation sub-space {key}: {sub!r}")
+        name = "observation" if key is None else str(key)
+        shape = tuple(int(s) for s in sub.shape)
+        op = None
+        if sub.dtype == np.uint8:
+            dtype = np.dtype(np.uint8)
+            if len(shape) == 3 and shape[0] < shape[2]:
+                op = "hwc"
+                shape = (shape[1], shape[2], shape[0])
+        elif np.issubdtype(sub.dtype, np.integer):
+            dtype = np.dtype(np.int32)
         else:
-            raise ValueError(f"{task_id}: unsupported observation space {space!r}")
-        for key, sub in items:
-            if not isinstance(sub, gs.Box):
-                raise ValueError(f"{task_id}: unsupported observation sub-space {key}: {sub!r}")
-            name = "observation" if key is None else str(key)
-            shape = tuple(int(s) for s in sub.shape)
-            transpose = False
-            if sub.dtype == np.uint8:
-                dtype = np.dtype(np.uint8)
-                if len(shape) == 3 and shape[0] < shape[2]:
-                    transpose = True
-                    shape = (shape[1], shape[2], shape[0])
-            elif np.issubdtype(sub.dtype, np.integer):
-                dtype = np.dtype(np.int32)
-            else:
-                dtype = np.dtype(np.float32)
-            if shape == ():
-                shape = (1,)
-            self.fields.append(FieldSpec(name, shape, dtype))
-            self.plan.append((key, name, dtype, transpose, shape))
-
-    def __call__(self, obs: Any) -> dict[str, np.ndarray]:
-        out = {}
-        for key, name, dtype, transpose, shape in self.plan:
-            arr = obs if key is None else obs[key]
-            arr = np.asarray(arr)
-            if transpose:
-                arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-            if arr.dtype != dtype:
-                arr = arr.astype(dtype)
-            if arr.shape[1:] != shape:
-                arr = arr.reshape(arr.shape[0], *shape)
-            out[name] = arr
-        return out
+            dtype = np.dtype(np.float32)
+        if shape == ():
+            shape = (1,)
+        fields.append(FieldSpec(name, shape, dtype))
+        plan.append((key, name, dtype, shape, op))
+    return fields, ObsConverter(plan)
 
 
 class EnvPoolEnv(VectorEnv):
@@ -144,12 +128,12 @@ class EnvPoolEnv(VectorEnv):
         self._make_kwargs = dict(envpool_kwargs)
         self.pool = self._make_pool()
         self._started = False
-        self._obs = _ObsConverter(self.pool.observation_space, task_id)
+        fields, self._obs = _observation_plan(self.pool.observation_space, task_id)
         action = _action_spec(self.pool.action_space, task_id)
         max_steps = getattr(self.pool.spec.config, "max_episode_steps", None)
         self.spec = EnvSpec(
             name or f"envpool:{task_id}",
-            tuple(self._obs.fields),
+            tuple(fields),
             action,
             max_episode_steps=int(max_steps) if max_steps is not None else None,
             extra={"task_id": task_id, "backend": "envpool"},
@@ -220,21 +204,21 @@ class EnvPoolEnv(VectorEnv):
                     raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
             n = self.num_envs
         actions = check_actions(self.spec.action, actions, n, self.spec.name)
-        actions = actions.astype(self._act_dtype, copy=False)
+        return self.step_trusted(actions, env_ids)
+
+    def step_trusted(self, actions, env_ids=None):
+        self._check_open()
+        if actions.dtype != self._act_dtype:
+            actions = actions.astype(self._act_dtype)
         if self.is_async:
-            self.pool.send(actions, env_ids.astype(np.int32))
+            self.pool.send(actions, env_ids)
             obs, reward, term, trunc, info = self.pool.recv()
         else:
             obs, reward, term, trunc, info = self.pool.step(actions)
-        self.last_env_ids = np.asarray(info["env_id"], dtype=np.int64)
-        out_info = {"env_id": self.last_env_ids, "elapsed_step": info.get("elapsed_step")}
-        return (
-            self._obs(obs),
-            np.asarray(reward, dtype=np.float32),
-            np.asarray(term, dtype=np.bool_),
-            np.asarray(trunc, dtype=np.bool_),
-            out_info,
-        )
+        ids = info["env_id"]
+        self.last_env_ids = ids = ids if ids.dtype == np.int64 else ids.astype(np.int64)
+        return (self._obs(obs), *step_arrays(reward, term, trunc),
+                {"env_id": ids, "elapsed_step": info.get("elapsed_step")})
 
     def close(self) -> None:
         if not self._closed:

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.envs.base import ObsConverter, VectorEnv, check_actions, step_arrays
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
 
 
 def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
+    """The FieldSpec of one single-env space and its :class:`ObsConverter` op."""
     from gymnasium import spaces as gs
 
     if isinstance(space, gs.Box):
@@ -33,25 +34,25 @@ def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
         else:
             dtype = np.dtype(np.float32)
         shape = tuple(space.shape) or (1,)
-        return FieldSpec(name, shape, dtype), ("box", dtype, shape)
+        return FieldSpec(name, shape, dtype), None
     if isinstance(space, gs.Discrete):
-        return FieldSpec(name, (1,), np.int32), ("discrete", int(space.start))
+        start = int(space.start)
+        return FieldSpec(name, (1,), np.int32), (start or None)
     if isinstance(space, gs.MultiDiscrete):
         if space.nvec.ndim != 1:
             raise ValueError(f"{where}: unsupported observation space {space!r} "
                              "(MultiDiscrete must be 1-d)")
-        return FieldSpec(name, (len(space.nvec),), np.int32), ("box", np.dtype(np.int32),
-                                                                (len(space.nvec),))
+        return FieldSpec(name, (len(space.nvec),), np.int32), None
     if isinstance(space, gs.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
-        return FieldSpec(name, shape, np.uint8), ("box", np.dtype(np.uint8), shape)
+        return FieldSpec(name, shape, np.uint8), None
     raise ValueError(f"{where}: unsupported observation space {type(space).__name__}: {space!r}")
 
 
 def observation_fields(
     space: Any, where: str = "gymnasium env", ignore_keys: tuple[str, ...] = ()
-) -> tuple[list[FieldSpec], list]:
-    """FieldSpecs for a single-env observation space, and the conversion plan.
+) -> tuple[list[FieldSpec], ObsConverter]:
+    """FieldSpecs for a single-env observation space, and the converter of its batches.
 
     `ignore_keys`: Dict entries to drop (e.g. MiniGrid's Text ``mission``).
     """
@@ -69,31 +70,14 @@ def observation_fields(
                 raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}")
             if key in RESERVED_FIELDS:
                 raise ValueError(f"{where}: observation key {key!r} is reserved by the buffer")
-            f, p = _leaf_field(str(key), sub, f"{where} key {key!r}")
+            f, op = _leaf_field(str(key), sub, f"{where} key {key!r}")
             fields.append(f)
-            plan.append((key, f.name, p))
-        return fields, plan
+            plan.append((key, f.name, f.dtype, f.shape, op))
+        return fields, ObsConverter(plan)
     if ignore_keys:
         raise ValueError(f"{where}: ignore_keys needs a Dict observation space, got {space!r}")
-    f, p = _leaf_field("observation", space, where)
-    return [f], [(None, "observation", p)]
-
-
-def convert_observation(obs: Any, plan: list) -> dict[str, np.ndarray]:
-    """Batched gymnasium observation -> our obs dict, following `plan`."""
-    out = {}
-    for key, name, p in plan:
-        arr = np.asarray(obs if key is None else obs[key])
-        if p[0] == "discrete":
-            arr = (arr.astype(np.int64) - p[1]).astype(np.int32).reshape(-1, 1)
-        else:
-            _, dtype, shape = p
-            if arr.dtype != dtype:
-                arr = arr.astype(dtype)
-            if arr.shape[1:] != shape:
-                arr = arr.reshape(arr.shape[0], *shape)
-        out[name] = arr
-    return out
+    f, op = _leaf_field("observation", space, where)
+    return [f], ObsConverter([(None, "observation", f.dtype, f.shape, op)])
 
 
 def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSpec:
@@ -165,7 +149,7 @@ class GymVectorEnv(VectorEnv):
                 f"env must be a gymnasium id or gymnasium.vector.VectorEnv, got {env!r}"
             )
         try:
-            fields, self._plan = observation_fields(
+            fields, self._obs = observation_fields(
                 self.vec.single_observation_space, env_name, tuple(ignore_keys)
             )
             action = action_spec_from_space(self.vec.single_action_space, env_name)
@@ -185,27 +169,25 @@ class GymVectorEnv(VectorEnv):
         s = seed if seed is not None else self._next_seed
         self._next_seed = None  # later resets continue the env's own RNG streams
         obs, _ = self.vec.reset(seed=s)
-        return convert_observation(obs, self._plan)
+        return self._obs(obs)
 
     def step(self, actions, env_ids=None):
         self._check_open()
-        all_ids = np.arange(self.num_envs)
-        if env_ids is not None and not np.array_equal(np.asarray(env_ids), all_ids):
+        if env_ids is not None and not np.array_equal(np.asarray(env_ids),
+                                                      np.arange(self.num_envs)):
             raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
         actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        return self.step_trusted(actions)
+
+    def step_trusted(self, actions, env_ids=None):
+        self._check_open()
         if self.spec.action.is_discrete:
             actions = actions.astype(np.int64)
         obs, reward, term, trunc, info = self.vec.step(actions)
         out_info = {}
         if isinstance(info, dict) and "success" in info:
             out_info["success"] = np.asarray(info["success"], dtype=np.bool_)
-        return (
-            convert_observation(obs, self._plan),
-            np.asarray(reward, dtype=np.float32),
-            np.asarray(term, dtype=np.bool_),
-            np.asarray(trunc, dtype=np.bool_),
-            out_info,
-        )
+        return (self._obs(obs), *step_arrays(reward, term, trunc), out_info)
 
     def close(self) -> None:
         if not self._closed:
