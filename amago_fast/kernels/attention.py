@@ -121,6 +121,11 @@ def _allowed_mask(
     return allowed
 
 
+def _is_prefix_mask(valid_mask: torch.Tensor) -> bool:
+    """True when every row of ``valid_mask`` (B, L) is valid steps followed by padding only."""
+    return not bool((valid_mask[:, 1:] & ~valid_mask[:, :-1]).any())
+
+
 def causal_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,6 +145,13 @@ def causal_attention_reference(
     if window is not None and window >= L:
         window = None
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D) views
+    if window is None and valid_mask is not None and _is_prefix_mask(valid_mask):
+        # Padding only trails (what sample_windows produces): every valid query's causal keys
+        # are valid, and padded queries are zeroed below (so they send no gradient). The plain
+        # causal kernel then computes the same function and skips the upper-triangle blocks
+        # (fwd+bwd 22.8 vs 24.7 ms at B=24, L=129, H=4, D=32, 1 thread).
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+        return out.transpose(1, 2) * valid_mask[:, :, None, None].to(out.dtype)
     allowed = _allowed_mask(L, window, valid_mask, q.device)
     if allowed is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)

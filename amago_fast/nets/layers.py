@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,8 +78,33 @@ def make_linear(in_features: int, out_features: int, sigma_reparam: bool) -> nn.
     return nn.Linear(in_features, out_features)
 
 
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+    """CPU float32 dropout multiplier of ``shape``: ``1/(1-p)`` where kept, 0 where dropped.
+
+    Element i is dropped iff ``u_i < p`` with ``u_i`` a float32 uniform in [0, 1) (24-bit
+    resolution, as ``torch.rand``), so P(drop) = p up to 2^-24 and E[mask] = 1 up to that.
+    The uniforms come from a NumPy PCG64 stream seeded by one 62-bit draw from torch's global
+    CPU generator, so masks are a deterministic function of ``torch.manual_seed`` and of the
+    order of dropout calls (what a checkpoint's ``torch_rng`` restores), but differ from
+    ``F.dropout``'s masks for the same seed. Why: ``F.dropout`` on CPU spends ~6.7 ns per
+    element in ``bernoulli_`` (mt19937, one element at a time); PCG64's float32 fill plus two
+    in-place passes measured 4.6 ms vs 11.9 ms for ``F.dropout`` at (24, 129, 512), 1 thread.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_mask: p must be in [0, 1), got {p}")
+    seed = int(torch.randint(0, 1 << 62, (1,), dtype=torch.int64))
+    n = math.prod(shape)
+    u = np.random.Generator(np.random.PCG64(seed)).random(n, dtype=np.float32)
+    return torch.from_numpy(u).view(shape).ge_(p).mul_(1.0 / (1.0 - p))
+
+
 class Dropout(nn.Module):
-    """Dropout that is active only in gradient-tracking training passes (see module docstring)."""
+    """Dropout that is active only in gradient-tracking training passes (see module docstring).
+
+    On CPU the mask comes from :func:`dropout_mask` (≈2.5× cheaper than ``F.dropout``; the
+    multiply by a float mask is what autograd saves and replays in the backward); on other
+    devices ``F.dropout``. p = 0 costs nothing (the input is returned as is).
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -87,7 +113,9 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not stochastic(self):
             return x
-        return F.dropout(x, self.p, training=True)
+        if x.device.type != "cpu" or self.p >= 1.0:
+            return F.dropout(x, self.p, training=True)
+        return x * dropout_mask(x.shape, self.p).to(x.dtype)
 
 
 def sinusoidal_embedding(time_index: torch.Tensor, dim: int, max_period: float = 10000.0):
