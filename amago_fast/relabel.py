@@ -1,7 +1,8 @@
 """Hindsight instruction relabeling: configuration, the counter-based RNG and the NumPy rule.
 
-Everything here is the *reference* semantics: the native core (csrc/relabel.h, csrc/rng.h)
-implements the same arithmetic and must agree bit-for-bit (tests/test_buffer_native.py).
+Everything here is the *reference* semantics: the native core (csrc/buffer/goals.h, rng.h)
+implements the same arithmetic and must agree bit-for-bit (tests/test_buffer_native.py,
+tests/test_relabel_tables.py).
 
 Counter-based RNG
 -----------------
