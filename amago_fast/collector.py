@@ -33,7 +33,6 @@ import copy
 import inspect
 import math
 import time
-from collections import defaultdict
 from typing import Any, Protocol
 
 import numpy as np
@@ -150,7 +149,7 @@ class _EpisodeLog:
             mean = math.fsum(returns) / n
             out["return"] = mean
             out["return_std"] = math.sqrt(math.fsum([(x - mean) ** 2 for x in returns]) / n)
-            out["length"] = int(np.concatenate(self._lengths).sum()) / n
+            out["length"] = sum(np.concatenate(self._lengths).tolist()) / n
             out["returns"] = returns
         if self._successes:
             out["success"] = float(np.concatenate(self._successes).astype(np.float64).mean())
@@ -582,16 +581,15 @@ class Collector:
     def _stats(self, log: _EpisodeLog, stored: int, vec: int, dt: float,
                name: str | None = None) -> dict[str, Any]:
         summary = log.summary()
-        per_env = defaultdict(dict)
-        per_env[name or self.env.spec.name] = {k: v for k, v in summary.items() if k not in
-                                               ("returns", "trial_episode_returns")}
+        per_env = {name or self.env.spec.name: {
+            k: v for k, v in summary.items() if k not in ("returns", "trial_episode_returns")}}
         out: dict[str, Any] = {
             "env_steps": stored,
             "vector_steps": vec,
             "seconds": dt,
             "steps_per_second": stored / dt if dt > 0 else float("inf"),
             **summary,
-            "per_env": dict(per_env),
+            "per_env": per_env,
             "nonfinite_steps": log.nonfinite,
         }
         if self.exploration is not None:

@@ -418,3 +418,105 @@ def test_async_evaluate_and_restart_after_borrowing():
     assert ev["episodes"] >= 4 and buf.total_steps_added == added
     col.collect(200)
     assert buf.total_steps_added >= added + 200 and buf.num_trajectories >= 4
+
+
+# ----------------------------------------------------------------------------- fast-path contracts
+class KeepRowsPolicy(RandomPolicy):
+    """Keeps the rows it is given *without copying* and a copy of them: the collector must
+    never write into arrays it already handed to the policy."""
+
+    def __init__(self, spec, seed=0):
+        super().__init__(spec, seed)
+        self.kept: list[tuple[dict, dict]] = []
+
+    def act(self, rows, state, sample=True, env_ids=None):
+        self.kept.append((dict(rows), {k: np.array(v, copy=True) for k, v in rows.items()}))
+        return super().act(rows, state, sample, env_ids)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_rows_given_to_the_policy_are_never_mutated_later(batch_size):
+    env = EnvPoolEnv("CartPole-v1", 6, seed=3, batch_size=batch_size)
+    policy = KeepRowsPolicy(env.spec, seed=4)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 20_000, 6)
+    stats = Collector(env, policy, buf).collect(400)
+    assert stats["episodes"] > 5  # resets happened while references were held
+    for live, snap in policy.kept:
+        for k in snap:
+            np.testing.assert_array_equal(live[k], snap[k], err_msg=k)
+
+
+def test_overridden_step_is_always_called():
+    """A subclass overriding step() alone (a wrapper) must not be bypassed by the trusted path;
+    an env whose step() is paired with step_trusted() is stepped through the latter."""
+    from amago_fast.envs.base import trusted_step
+    from amago_fast.envs.tmaze import TMaze
+
+    class CountingTMaze(TMaze):
+        calls = 0
+
+        def step(self, actions, env_ids=None):
+            CountingTMaze.calls += 1
+            return super().step(actions, env_ids)
+
+    env = CountingTMaze(2, corridor_length=3)
+    assert trusted_step(env) == env.step
+    Collector(env, RandomPolicy(env.spec)).collect(20)
+    assert CountingTMaze.calls >= 10
+    plain = make_env("tmaze-passive", 2, corridor_length=3)
+    assert trusted_step(plain) == plain.step_trusted
+    pool = EnvPoolEnv("CartPole-v1", 2, seed=0)
+    assert trusted_step(pool) == pool.step_trusted
+
+
+def test_custom_exploration_output_is_validated():
+    class BadExploration:
+        num_envs = 2
+
+        def apply(self, actions, env_ids=None):
+            return np.full_like(actions, 7)  # T-Maze has 4 actions
+
+        def advance(self, n):
+            pass
+
+        def reset_envs(self, ids):
+            pass
+
+        def current(self):
+            return 0.0
+
+    env = make_env("tmaze-passive", 2, corridor_length=3)
+    rec = RowRecorder(2)
+    col = Collector(env, RandomPolicy(env.spec), rec, BadExploration())
+    with pytest.raises(ValueError, match="exploration for tmaze-passive: discrete actions out"):
+        col.collect(4)
+    assert not any(kind == "append" for kind, _, _ in rec.calls)
+
+
+def test_random_actions_in_range_and_uniform():
+    from amago_fast.collector import random_actions
+
+    rng = np.random.default_rng(0)
+    a = random_actions(ActionSpec("discrete", n=5), 50_000, rng)
+    assert a.dtype == np.int32 and a.min() == 0 and a.max() == 4
+    counts = np.bincount(a, minlength=5)
+    assert np.abs(counts / a.size - 0.2).max() < 0.01
+    md = random_actions(ActionSpec("multidiscrete", nvec=(2, 7)), 20_000, rng)
+    assert md.dtype == np.int32 and md[:, 0].max() == 1 and md[:, 1].max() == 6
+    assert md.min() == 0
+    spec = ActionSpec("continuous", shape=(2,), low=(-1, 0), high=(1, 5))
+    c = random_actions(spec, 20_000, rng)
+    assert c.dtype == np.float32 and c.shape == (20_000, 2)
+    assert (c >= np.array(spec.low)).all() and (c <= np.array(spec.high)).all()
+    assert abs(c[:, 1].mean() - 2.5) < 0.1
+
+
+def test_stats_match_numpy_over_the_episodes():
+    env = EnvPoolEnv("CartPole-v1", 8, seed=2)
+    stats = Collector(env, RandomPolicy(env.spec)).collect(1500)
+    r = np.asarray(stats["returns"])
+    assert stats["episodes"] == r.size > 20
+    assert stats["return"] == pytest.approx(r.mean())
+    assert stats["return_std"] == pytest.approx(r.std())
+    # CartPole pays 1 per transition: lengths equal returns
+    assert stats["length"] == pytest.approx(r.mean())

@@ -269,6 +269,88 @@ def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default")
     return out
 
 
+class _Timed:
+    """Wraps a bound method, accumulating its wall time (the wrapper adds ~0.3 µs a call)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def overhead_breakdown(
+    envs: tuple[str, ...] = tuple(ENVS),
+    num_envs: tuple[int, ...] = (8, 64),
+    modes: tuple[str, ...] = ("sync", "async"),
+    seconds: float = 0.05,
+    repeats: int = 15,
+) -> list[dict[str, Any]]:
+    """Where the time of one collector vector step goes (Collector + RandomPolicy + buffer).
+
+    Per configuration, interleaved with the raw loop as in :func:`run`: medians of µs per
+    vector step for ``raw`` (the baseline) and the collector's step split into ``env`` (its
+    env step call: the backend plus our adapter's conversions), ``policy`` (RandomPolicy.act,
+    the same sampler the raw loop uses), ``buffer`` (reset_envs + append_step) and
+    ``collector`` (everything else: validation, non-finite screen, bookkeeping, statistics).
+    ``budget_for_0.8x_us`` is what the collector may add to ``raw`` and still reach 0.8x.
+    """
+    out = []
+    for env_key in envs:
+        name, kw = ENVS[env_key]
+        for n in num_envs:
+            for mode in modes:
+                if mode == "async" and not name.startswith("envpool:"):
+                    continue
+                extra = {"batch_size": n // 2} if mode == "async" else {}
+                env = make_env(name, n, seed=0, **kw, **extra)
+                buf = _buffer(env.spec, n)
+                col = Collector(env, RandomPolicy(env.spec), buf)
+                raw_env = make_env(name, n, seed=0, **kw, **extra)
+                raw = RawStepper(raw_env)
+                r = col._train
+                parts = {"env": _Timed(r._env_step), "policy": _Timed(col.policy.act),
+                         "reset_envs": _Timed(buf.reset_envs),
+                         "append_step": _Timed(buf.append_step)}
+                r._env_step = parts["env"]
+                col.policy.act = parts["policy"]
+                buf.reset_envs = parts["reset_envs"]
+                buf.append_step = parts["append_step"]
+                raw.slice(0.0)
+                _collector_slice(col, 0.0)
+                rows: dict[str, list[float]] = {k: [] for k in
+                                                ("raw", "total", "env", "policy", "buffer",
+                                                 "collector")}
+                for _ in range(repeats):
+                    steps, dt = raw.slice(seconds)
+                    rows["raw"].append(dt / (steps / env.batch_size) * 1e6)
+                    for t in parts.values():
+                        t.seconds = 0.0
+                    steps, dt = _collector_slice(col, seconds)
+                    vec = steps / env.batch_size
+                    us = {k: t.seconds / vec * 1e6 for k, t in parts.items()}
+                    total = dt / vec * 1e6
+                    rows["total"].append(total)
+                    rows["env"].append(us["env"])
+                    rows["policy"].append(us["policy"])
+                    rows["buffer"].append(us["reset_envs"] + us["append_step"])
+                    rows["collector"].append(total - us["env"] - us["policy"]
+                                             - us["reset_envs"] - us["append_step"])
+                raw_env.close()
+                env.close()
+                med = {f"{k}_us": float(np.median(v)) for k, v in rows.items()}
+                row = {"env": env_key, "num_envs": n, "mode": mode, "batch": env.batch_size,
+                       **med, "budget_for_0.8x_us": med["raw_us"] * 0.25}
+                print(json.dumps(row), flush=True)
+                out.append(row)
+    return out
+
+
 def run(
     envs: tuple[str, ...] = tuple(ENVS),
     num_envs: tuple[int, ...] = (8, 64),
@@ -366,7 +448,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--context-only", action="store_true",
                    help="only the Agent step checks (act_step, policy_context)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only the per-step µs split of the collector step (overhead_breakdown)")
     a = p.parse_args(argv)
+    if a.breakdown:
+        print(json.dumps({"machine": f"{os.cpu_count()} CPU cores",
+                          "seconds_per_timing": a.seconds, "repeats": a.repeats,
+                          "breakdown": overhead_breakdown(tuple(a.envs), tuple(a.num_envs),
+                                                          tuple(a.modes), a.seconds,
+                                                          a.repeats)}, indent=1))
+        return
     if a.context_only:
         import torch
 
