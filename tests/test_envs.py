@@ -590,3 +590,33 @@ def test_actuator_inversion_contexts_change_only_at_episode_starts():
     bic = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", 3, seed=0), split="eval-out")
     bic.reset()
     np.testing.assert_array_equal(bic.sign, np.tile([1.0, -1.0], (3, 1)))  # held-out subset {1}
+
+
+def test_obs_converter_against_numpy_reference():
+    """The one step-output converter both adapters use: HWC frames, Discrete offsets, dtype and
+    shape conversions, pass-through (no copy) when nothing is to convert."""
+    from amago_fast.envs.base import ObsConverter
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (3, 4, 5, 6), dtype=np.uint8)  # (B, C, H, W)
+    room = rng.integers(1, 5, 3)  # Discrete(start=1) values
+    pos = rng.normal(size=(3, 2))  # float64
+    ok = rng.normal(size=(3, 2)).astype(np.float32)
+    scalar = rng.normal(size=3)  # () per env
+    conv = ObsConverter([
+        ("frames", "frames", np.uint8, (5, 6, 4), "hwc"),
+        ("room", "room", np.int32, (1,), 1),
+        ("pos", "pos", np.float32, (2,), None),
+        ("ok", "ok", np.float32, (2,), None),
+        ("scalar", "scalar", np.float32, (1,), None),
+    ])
+    out = conv({"frames": frames, "room": room, "pos": pos, "ok": ok, "scalar": scalar})
+    np.testing.assert_array_equal(out["frames"], np.transpose(frames, (0, 2, 3, 1)))
+    assert out["frames"].flags.c_contiguous
+    np.testing.assert_array_equal(out["room"], (room - 1).reshape(3, 1))
+    assert out["room"].dtype == np.int32
+    np.testing.assert_array_equal(out["pos"], pos.astype(np.float32))
+    assert out["ok"] is ok
+    np.testing.assert_array_equal(out["scalar"], scalar.astype(np.float32).reshape(3, 1))
+    whole = ObsConverter([(None, "observation", np.float32, (2,), None)])
+    assert whole(ok)["observation"] is ok
