@@ -249,3 +249,18 @@ def test_relabeled_sampling_while_committing_and_evicting():
         th.join(timeout=60)
     assert not errors, errors[:2]
     assert checked[0] >= 100
+
+
+def test_many_goals_use_the_heap_scratch():
+    """k = 40 goals of 3 float32s: the per-window scratch (16k + goal bytes + k = 1160 bytes)
+    no longer fits the 512-byte stack buffer."""
+    spec = goal_env_spec(k=40, goal_dim=3)
+    native, ref = _pair(spec, capacity_steps=600, num_envs=1, max_trajectory_len=150, seed=21)
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        rows = _trajectory(spec, int(rng.integers(20, 200)), rng, [0.0, 1.0], active0=3 * i)
+        native.add_trajectory(rows, time_offset=i)
+        ref.add_trajectory(rows, time_offset=i)
+    x = _assert_same(native, ref, 16, 50, RelabelConfig("all", 1.0))
+    assert x["reward"].sum() > 0
+    _assert_all_strategies(native, ref, lengths=(9, 120), what="k=40")

@@ -181,8 +181,10 @@ inline bool ExactKey(const GoalConfig& cfg, const uint8_t* a, uint64_t* hash) {
 // further synchronisation, and they are freed with their piece when it is evicted.
 //
 // With them a relabeled window's replay (relabel.py step 3) is a few binary searches instead
-// of a goal check on every row from the last original success to the window's end (that scan
-// was ~2 us of a 3.6 us L=256 window in benchmarks/bench_buffer.py).
+// of a goal check on every row from the last original success to the window's end. Measured
+// with benchmarks/bench_buffer.py (B=24, k=3, 2-core box under load): relabeled / plain gather
+// went from 2.1x to 1.1-1.2x at L=256 and from 1.7x to 0.9x at L=1024 (relabeled episodes end
+// early, so fewer rows are copied). Cost: ~9 ns and <= 12 bytes per committed row.
 struct GoalIndex {
   static constexpr int64_t kNever = INT64_MAX;
 
