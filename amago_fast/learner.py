@@ -603,6 +603,11 @@ class Learner:
             raise ValueError(f"Learner.load_state_dict: missing entries {missing}")
         own = self.loss_module.state_dict()
         theirs = sd["loss_module"]
+        key = "popart.updates"
+        if key in own and key not in theirs:
+            # Checkpoints from before PopArt's bias correction: it has applied exactly one
+            # update per learner update (skipped steps touch neither).
+            theirs = {**theirs, key: torch.tensor(float(sd["updates"]), dtype=torch.float64)}
         if set(own) != set(theirs):
             diff = sorted(set(own) ^ set(theirs))[:5]
             raise ValueError(f"Learner.load_state_dict: model keys differ, e.g. {diff}")

@@ -4,6 +4,12 @@ van Hasselt et al. 2016, "Learning values across many orders of magnitude": the 
 normalised value ``q_n``; the value is ``σ·q_n + μ``. Critic targets are normalised with the
 running (μ, σ); when the statistics move, the affine output layer (w, b) is rescaled so the
 unnormalised outputs are preserved exactly ("Preserving Outputs Precisely").
+
+The moment EMAs are bias-corrected as in the paper's adaptive step size (its section on
+reducing the reliance on initialisation, which the public AMAGO reference also uses): update
+k (1-based) moves with ``β_k = β / (1 - (1 - β)^(k+1))``, so after k updates each moment is the
+(1-β)-discounted *average* of {initial value, batch 1, …, batch k} — the initial value counts
+as one observation instead of dominating for ~1/β updates (2,000 at the default β = 5e-4).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class PopArt(nn.Module):
         init_nu: initial second moment (σ starts at sqrt(init_nu)).
         sigma_min, sigma_max: clamp on σ for numerical safety.
         enabled: when False this is the identity (μ=0, σ=1, no updates, w=1, b=0 frozen).
+        bias_correction: adaptive step ``β_k`` (module docstring); False: constant β.
     """
 
     def __init__(
@@ -31,15 +38,21 @@ class PopArt(nn.Module):
         sigma_min: float = 1e-4,
         sigma_max: float = 1e6,
         enabled: bool = True,
+        bias_correction: bool = True,
     ) -> None:
         super().__init__()
-        self.enabled, self.beta = enabled, beta
+        if not 0.0 < beta <= 1.0:
+            raise ValueError(f"PopArt: beta must be in (0, 1], got {beta}")
+        self.enabled, self.beta, self.bias_correction = enabled, beta, bias_correction
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.w = nn.Parameter(torch.ones(num_gammas), requires_grad=enabled)
         self.b = nn.Parameter(torch.zeros(num_gammas), requires_grad=enabled)
         self.register_buffer("mu", torch.zeros(num_gammas))
         nu = init_nu if enabled else 1.0
         self.register_buffer("nu", torch.full((num_gammas,), float(nu)))
+        # Updates applied so far (float64 scalar: exact for any realistic count; saved with the
+        # state dict so a resumed run continues the same step-size schedule).
+        self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -56,6 +69,14 @@ class PopArt(nn.Module):
     def normalize_target(self, target: torch.Tensor) -> torch.Tensor:
         return (target - self.mu) / self.sigma
 
+    def step_size(self) -> float:
+        """The EMA step the next :meth:`update` uses: ``β / (1 - (1-β)^(k+1))`` for update k
+        (1-based) with bias correction (→ β as k grows), else β."""
+        if not self.bias_correction:
+            return self.beta
+        k = float(self.updates) + 1.0
+        return self.beta / (1.0 - (1.0 - self.beta) ** (k + 1.0))
+
     @torch.no_grad()
     def update(self, target_mean: torch.Tensor, target_sq_mean: torch.Tensor) -> None:
         """Move μ, ν toward the batch moments (G,) of the TD targets; rescale w, b to keep the
@@ -65,8 +86,10 @@ class PopArt(nn.Module):
         if not (torch.isfinite(target_mean).all() and torch.isfinite(target_sq_mean).all()):
             raise ValueError("PopArt.update: non-finite target statistics")
         old_mu, old_sigma = self.mu.clone(), self.sigma
-        self.mu.mul_(1 - self.beta).add_(self.beta * target_mean.to(self.mu.dtype))
-        self.nu.mul_(1 - self.beta).add_(self.beta * target_sq_mean.to(self.nu.dtype))
+        beta = self.step_size()
+        self.mu.mul_(1 - beta).add_(beta * target_mean.to(self.mu.dtype))
+        self.nu.mul_(1 - beta).add_(beta * target_sq_mean.to(self.nu.dtype))
+        self.updates.add_(1.0)
         new_sigma = self.sigma
         self.w.mul_(old_sigma / new_sigma)
         self.b.copy_((old_sigma * self.b + old_mu - self.mu) / new_sigma)

@@ -241,10 +241,62 @@ def test_popart_update_preserves_outputs_exactly():
     pop.update(torch.tensor([5.0, -3.0, 100.0]), torch.tensor([30.0, 20.0, 10100.0]))
     after = pop.denormalize(pop.normalized(raw))
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    assert pop.mu[0].item() == pytest.approx(0.3 * 5.0)
+    # Bias-corrected first step: β / (1 - (1-β)^2) = 0.3 / 0.51.
+    assert pop.mu[0].item() == pytest.approx(0.3 / 0.51 * 5.0)
     disabled = PopArt(3, enabled=False)
     disabled.update(torch.ones(3), torch.ones(3))
     assert torch.equal(disabled.mu, torch.zeros(3)) and torch.equal(disabled.sigma, torch.ones(3))
+
+
+@pytest.mark.parametrize("beta", [0.3, 5e-4])
+def test_popart_bias_corrected_moments_are_discounted_averages(beta):
+    """After k updates each moment is the (1-β)-discounted average of {initial value, batch
+    1..k} (the initial value weighs like one batch), computed here directly in float64; without
+    bias correction it is the plain EMA. Outputs stay preserved at every step."""
+    G, init_nu = 2, 100.0
+    pop = PopArt(G, beta=beta, init_nu=init_nu)
+    plain = PopArt(G, beta=beta, init_nu=init_nu, bias_correction=False)
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(6, G, generator=gen, dtype=torch.float64) * 3
+    sqs = means**2 + torch.rand(6, G, generator=gen, dtype=torch.float64) * 5
+    raw = torch.randn(7, G)
+    for k in range(1, 7):
+        before = pop.denormalize(pop.normalized(raw))
+        pop.update(means[k - 1].float(), sqs[k - 1].float())
+        plain.update(means[k - 1].float(), sqs[k - 1].float())
+        torch.testing.assert_close(pop.denormalize(pop.normalized(raw)), before,
+                                   rtol=1e-4, atol=1e-4)
+        wts = (1 - beta) ** torch.arange(k, -1, -1, dtype=torch.float64)  # init first
+        mu0 = torch.cat([torch.zeros(1, G, dtype=torch.float64), means[:k]])
+        nu0 = torch.cat([torch.full((1, G), init_nu, dtype=torch.float64), sqs[:k]])
+        exp_mu = (wts[:, None] * mu0).sum(0) / wts.sum()
+        exp_nu = (wts[:, None] * nu0).sum(0) / wts.sum()
+        torch.testing.assert_close(pop.mu.double(), exp_mu, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pop.nu.double(), exp_nu, rtol=1e-5, atol=1e-4)
+        assert pop.updates.item() == k
+    ema_mu = torch.zeros(G, dtype=torch.float64)
+    for m in means:
+        ema_mu = (1 - beta) * ema_mu + beta * m
+    torch.testing.assert_close(plain.mu.double(), ema_mu, rtol=1e-5, atol=1e-6)
+    assert plain.step_size() == beta
+    assert pop.step_size() > beta
+    with pytest.raises(ValueError, match="beta"):
+        PopArt(2, beta=0.0)
+
+
+def test_resume_from_checkpoint_without_popart_step_count():
+    """Checkpoints written before the bias correction (no ``popart.updates``) load, with the
+    count taken from the learner's update counter."""
+    learner = make_learner()
+    batch = make_batch(learner.agent.spec)
+    learner.update(batch)
+    learner.update(batch)
+    sd = learner.state_dict()
+    del sd["loss_module"]["popart.updates"]
+    fresh = make_learner()
+    fresh.load_state_dict(sd)
+    assert fresh.loss_module.popart.updates.item() == 2.0
+    assert fresh.loss_module.popart.step_size() == learner.loss_module.popart.step_size()
 
 
 def test_targets_follow_online_by_ema():
@@ -496,8 +548,10 @@ def test_state_critic_dpg_gives_no_critic_gradient_and_bc_none_to_the_critic():
 
 @pytest.mark.parametrize("critic_type", ["scalar", "twohot"])
 def test_action_input_discrete_critic_still_learns(critic_type):
+    # PopArt off: its bias-corrected σ moves half-way to the batch's on the first update, which
+    # rescales the normalised loss this test compares across updates.
     learner = make_learner(agent_kw=dict(discrete_critic="action_input", critic_type=critic_type,
-                                         num_bins=21))
+                                         num_bins=21), popart=False)
     assert not learner.agent.state_critic
     grads = _grads(learner, make_batch(learner.agent.spec))
     assert grads["critics.w_action"] is not None

@@ -46,8 +46,8 @@ if rank == 1:  # fewer valid transitions on rank 1: the moments must be count-we
     batch["truncated"][2, 4] = True
 pa = learner.loss_module.popart
 results = {"rank": rank}
-for step in range(2):
-    mu0, nu0 = pa.mu.clone(), pa.nu.clone()
+for step_i in range(2):
+    mu0, nu0, step = pa.mu.clone(), pa.nu.clone(), pa.step_size()
     m = learner.update(batch)
     assert m["skipped_nonfinite"] == 0.0
     aux = stash[-1]
@@ -58,10 +58,11 @@ for step in range(2):
     tot = parts[0] + parts[1]
     G = c.numel()
     mean, sq = tot[:G] / tot[2 * G:], tot[G:2 * G] / tot[2 * G:]
-    torch.testing.assert_close(pa.mu, (1 - beta) * mu0 + beta * mean)
-    torch.testing.assert_close(pa.nu, (1 - beta) * nu0 + beta * sq)
+    assert abs(step - beta / (1 - (1 - beta) ** (step_i + 2))) < 1e-12  # bias-corrected step
+    torch.testing.assert_close(pa.mu, (1 - step) * mu0 + step * mean)
+    torch.testing.assert_close(pa.nu, (1 - step) * nu0 + step * sq)
     # the two ranks' local moments differ, so a rank-local update would have diverged
-    results[f"local_mean_{step}"] = aux["target_mean"].tolist()
+    results[f"local_mean_{step_i}"] = aux["target_mean"].tolist()
 results["mu"] = pa.mu.tolist()
 results["nu"] = pa.nu.tolist()
 results["w"] = pa.w.detach().tolist()
