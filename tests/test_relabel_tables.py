@@ -46,7 +46,11 @@ def _trajectory(spec, T, rng, values, active0=0):
     """T+1 rows whose achieved vectors (and instruction goals) are drawn from `values`; the goal
     fields of row 0 carry an arbitrary state (as a continuation piece would)."""
     g = spec.goals
-    pick = lambda shape: np.asarray(values, g.goal_dtype)[rng.integers(0, len(values), shape)]  # noqa: E731
+    vals = np.asarray(values, g.goal_dtype)
+
+    def pick(shape):
+        return vals[rng.integers(0, len(vals), shape)]
+
     rows = {
         "obs": rng.standard_normal((T + 1, spec.observation[0].shape[0])).astype(np.float32),
         "action": rng.integers(0, 4, T + 1).astype(np.int32),

@@ -484,7 +484,7 @@ class TrajectoryStore {
     std::memcpy(&active0, RingRow(g.active_field, p.pos, 0), 4);
 
     // Per-window scratch: replacement rows and success rows (k each), the instruction, the
-    // completed marks. On the stack for usual sizes (heap allocations were ~5% of a window).
+    // completed marks. On the stack for usual sizes: no heap allocation per window.
     Scratch scratch(16 * static_cast<size_t>(k) + goal_bytes + static_cast<size_t>(k));
     int64_t* src = reinterpret_cast<int64_t*>(scratch.data());
     int64_t* hits = src + k;
