@@ -75,6 +75,23 @@ def test_dropout_module_forward_backward_use_the_same_mask():
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_dropout_reference_switch_and_bf16_use_torch_dropout():
+    x = torch.randn(32, 40, requires_grad=True)
+    drop = Dropout(0.2).train()
+    drop.fast_cpu_mask = False
+    torch.manual_seed(5)
+    y = drop(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(y, torch.nn.functional.dropout(x, 0.2, True), rtol=0, atol=0)
+    xb = x.detach().bfloat16()
+    drop.fast_cpu_mask = True
+    with torch.enable_grad():
+        torch.manual_seed(5)
+        yb = drop(xb.requires_grad_())
+    torch.manual_seed(5)
+    torch.testing.assert_close(yb, torch.nn.functional.dropout(xb, 0.2, True), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------- attention
 def _oracle(q, k, v, valid):
     """fp64 explicit masked softmax; padded queries output 0."""

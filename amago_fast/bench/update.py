@@ -11,9 +11,12 @@ matrix; for the (discrete) bench actions the reference's discrete critic — an 
 state with G·A outputs, contracted with an action vector (one-hot buffer action, the actor's
 probabilities for the policy value, the target actor's for the TD target), so three trunk passes
 per update (``ReferenceDiscreteCritic``, einsum layers as the reference's ensemble layers); and a
-per-parameter Python loop for the target EMA (``ema_update_reference``). The baseline's loss is the
-same function as ours (tested), ours evaluates Q(s, ·) once and reuses it (two trunk passes:
-online and target). ``with_action_input`` adds our action-input critic
+per-parameter Python loop for the target EMA (``ema_update_reference``); torch's ``F.dropout``
+(ours draws CPU masks from a NumPy stream, ``amago_fast.nets.layers.dropout_mask``).
+Process-wide settings apply to both: the learner's allocator tuning (``tune_cpu_malloc``, which
+the reference does not do) speeds the baseline up too, so the ratio understates that gain. The
+baseline's loss is the same function as ours (tested), ours evaluates Q(s, ·) once and reuses it
+(two trunk passes: online and target). ``with_action_input`` adds our action-input critic
 (``discrete_critic="action_input"``: state, one-hot / probability action and gamma through one
 MLP per (critic, gamma) row), the form AMAGO uses for continuous actions. Both (all) run in the
 same process, alternating, on the same batches.
@@ -37,6 +40,7 @@ from amago_fast.buffer import TrajectoryBuffer
 from amago_fast.kernels.critic import StateCriticEnsemble
 from amago_fast.kernels.ema import ema_update_reference
 from amago_fast.learner import Learner, LearnerConfig
+from amago_fast.nets.layers import Dropout
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
 SIZES: dict[str, dict[str, int]] = {
@@ -128,6 +132,9 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
     if baseline:
         for layer in agent.traj_encoder.layers:
             layer.attention_fn = materialized_attention
+        for m in agent.modules():  # torch's own dropout, as the reference uses
+            if isinstance(m, Dropout):
+                m.fast_cpu_mask = False
         c = agent.critics
         ref = ReferenceDiscreteCritic(c.state_dim, c.num_actions, c.num_gammas, c.num_critics,
                                       c.hidden_dim, c.out_dim, c.negative_slope)
