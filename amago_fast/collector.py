@@ -10,6 +10,13 @@ Per vector step (all NumPy-batched, no per-env Python loop on the hot path):
    multiplier reset) and no transition is stored for that step; every other env appends one full
    row (``buffer.append_step``), which commits its trajectory when it is terminated|truncated.
 
+Cost: the policy's actions are validated once (``check_actions``), then the env is stepped
+through ``step_trusted`` (no second validation; see :func:`amago_fast.envs.base.trusted_step`);
+bookkeeping is a fixed number of whole-array operations per step plus a few index operations
+for the envs that start a rollout (``benchmarks/bench_collect.py --breakdown`` splits a step's
+µs into env / policy / buffer / collector). Rows handed to the policy are never written to
+afterwards (fresh arrays each step), so a policy may keep references to them.
+
 Async EnvPool (``env.is_async``): each step holds only the envs of the batch (``info["env_id"]``);
 the policy is then called with ``act(rows_of_batch, state, sample, env_ids=ids)`` — a policy must
 accept that keyword to drive an async env (checked at construction; the Agent does, keeping one

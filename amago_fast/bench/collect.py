@@ -33,7 +33,7 @@ import numpy as np
 
 from amago_fast.collector import Collector, RandomPolicy, random_actions
 from amago_fast.envs import make_env
-from amago_fast.envs.base import VectorEnv
+from amago_fast.envs.base import VectorEnv, check_actions
 
 warnings.filterwarnings("ignore", message=".*precision lowered.*")
 
@@ -351,6 +351,103 @@ def overhead_breakdown(
     return out
 
 
+class ReplayEnv(VectorEnv):
+    """Replays `steps` recorded outputs of a real env at ~zero cost (dict copies), so a loop
+    over it times the framework around the env alone. Its ``step`` validates the actions as a
+    real env does; ``step_trusted`` (what the collector calls) does not."""
+
+    def __init__(self, real: VectorEnv, steps: int = 256, seed: int = 0) -> None:
+        self.spec, self.num_envs, self.is_async = real.spec, real.num_envs, real.is_async
+        self._batch = real.batch_size
+        rng = np.random.default_rng(seed)
+        self._first = real.reset()
+        self._first_ids = np.asarray(getattr(real, "last_env_ids", np.arange(self._batch)))
+        self.last_env_ids = self._first_ids
+        self._record = []
+        ids = self._first_ids
+        for _ in range(steps):
+            a = random_actions(real.spec.action, self._batch, rng)
+            out = real.step(a, ids) if real.is_async else real.step(a)
+            ids = out[4].get("env_id", ids)
+            self._record.append(out)
+        self._t = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        self.last_env_ids = self._first_ids
+        return dict(self._first)
+
+    def step(self, actions, env_ids=None):
+        actions = check_actions(self.spec.action, actions, self._batch, self.spec.name)
+        return self.step_trusted(actions, env_ids)
+
+    def step_trusted(self, actions, env_ids=None):
+        obs, reward, term, trunc, info = self._record[self._t % len(self._record)]
+        self._t += 1
+        self.last_env_ids = info.get("env_id", self._first_ids)
+        return dict(obs), reward, term, trunc, dict(info)
+
+
+def framework_overhead(
+    envs: tuple[str, ...] = tuple(ENVS),
+    num_envs: tuple[int, ...] = (8, 64),
+    modes: tuple[str, ...] = ("sync", "async"),
+    repeats: int = 60,
+    vec_steps: int = 50,
+) -> list[dict[str, Any]]:
+    """Main-thread CPU µs per vector step around a :class:`ReplayEnv` (no env cost): ``bare``
+    (draw random actions + replayed step, what a raw loop does besides the env), the collector
+    with RandomPolicy, and the same with a buffer. CPU time of this thread, minimum and median
+    over `repeats` chunks of ~`vec_steps` vector steps: insensitive to other processes' load
+    (the wall-clock ratios of :func:`run` are not), and the quantity issue 5 is about — what
+    the framework adds per vector step."""
+    out = []
+    for env_key in envs:
+        name, kw = ENVS[env_key]
+        for n in num_envs:
+            for mode in modes:
+                if mode == "async" and not name.startswith("envpool:"):
+                    continue
+                extra = {"batch_size": n // 2} if mode == "async" else {}
+                real = make_env(name, n, seed=0, **kw, **extra)
+                env = ReplayEnv(real)
+                real.close()
+                b = env.batch_size
+                cols = {"collector_random": Collector(env, RandomPolicy(env.spec)),
+                        "collector_random_buffer": Collector(env, RandomPolicy(env.spec),
+                                                             _buffer(env.spec, n))}
+                for c in cols.values():
+                    c.collect(10 * b)
+                rng = np.random.default_rng(0)
+                ids = env.last_env_ids
+                cpu: dict[str, list[float]] = {"bare": [], **{k: [] for k in cols}}
+                for _ in range(repeats):
+                    t0 = time.thread_time()
+                    for _ in range(vec_steps):
+                        a = random_actions(env.spec.action, b, rng)
+                        ids = env.step_trusted(a, ids if env.is_async else None)[4].get(
+                            "env_id", ids)
+                    cpu["bare"].append((time.thread_time() - t0) / vec_steps * 1e6)
+                    for k, c in cols.items():
+                        t0 = time.thread_time()
+                        vec = 0
+                        while vec < vec_steps:
+                            vec += c.collect(5 * b)["vector_steps"]
+                        cpu[k].append((time.thread_time() - t0) / vec * 1e6)
+                row: dict[str, Any] = {"env": env_key, "num_envs": n, "mode": mode, "batch": b}
+                for k, v in cpu.items():
+                    row[f"{k}_cpu_us_min"] = float(np.min(v))
+                    row[f"{k}_cpu_us_median"] = float(np.median(v))
+                for k in cols:
+                    row[f"{k}_overhead_us_min"] = row[f"{k}_cpu_us_min"] - row["bare_cpu_us_min"]
+                print(json.dumps(row), flush=True)
+                out.append(row)
+    return out
+
+
 def run(
     envs: tuple[str, ...] = tuple(ENVS),
     num_envs: tuple[int, ...] = (8, 64),
@@ -448,9 +545,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--context-only", action="store_true",
                    help="only the Agent step checks (act_step, policy_context)")
+    p.add_argument("--overhead", action="store_true",
+                   help="only the framework's CPU µs per vector step over a replayed env")
     p.add_argument("--breakdown", action="store_true",
                    help="only the per-step µs split of the collector step (overhead_breakdown)")
     a = p.parse_args(argv)
+    if a.overhead:
+        print(json.dumps({"machine": f"{os.cpu_count()} CPU cores",
+                          "overhead": framework_overhead(tuple(a.envs), tuple(a.num_envs),
+                                                         tuple(a.modes))}, indent=1))
+        return
     if a.breakdown:
         print(json.dumps({"machine": f"{os.cpu_count()} CPU cores",
                           "seconds_per_timing": a.seconds, "repeats": a.repeats,
