@@ -10,7 +10,9 @@ from amago_fast.bench.update import (
     ReferenceDiscreteCritic,
     build,
     filled_buffer,
+    gemm_gflops,
     materialized_attention,
+    update_gflop,
 )
 from amago_fast.kernels.attention import causal_attention
 from amago_fast.kernels.critic import StateCriticEnsemble
@@ -81,3 +83,21 @@ def test_reference_discrete_critic_contracts_the_state_critic_with_the_action():
     q_all = StateCriticEnsemble.forward(ref, state)  # (5, 2, 2, 3, 1)
     expected = (q_all[..., 0] * action.unsqueeze(1)).sum(-1, keepdim=True)
     torch.testing.assert_close(ref(state, action), expected)
+
+
+def test_update_gflop_counts_the_fused_attention_causally(monkeypatch):
+    """The FLOP count adds the fused attention's causal matmuls (7·B·H·L²·D per layer) that
+    the counter cannot see; the materialising attention is counted by the counter itself
+    (full square: forward 2 + backward 4 matmuls = 12·B·H·L²·D)."""
+    monkeypatch.setitem(SIZES, "tiny", dict(num_layers=2, d_model=32, num_heads=2, window=8,
+                                            batch=3))
+    ours = build("tiny", False, "cpu")
+    buf = filled_buffer(ours.agent.spec, 8, 6, seed=0)
+    batch = {k: torch.from_numpy(v) for k, v in buf.sample_windows(3, 8).items()}
+    fused = update_gflop(ours, batch)
+    for layer in ours.agent.traj_encoder.layers:
+        layer.attention_fn = materialized_attention
+    full = update_gflop(ours, batch)
+    B, L1, H, D = 3, 9, 2, 16
+    assert (full - fused) * 1e9 == pytest.approx(2 * (12 - 7) * B * H * L1 * L1 * D)
+    assert gemm_gflops(repeats=1) > 0

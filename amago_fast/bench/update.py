@@ -148,6 +148,43 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
     return learner
 
 
+def update_gflop(learner: Learner, batch: dict[str, torch.Tensor]) -> float:
+    """GFLOP of one update of ``learner`` on ``batch`` (it performs that update): the matmuls
+    counted by ``torch.utils.flop_counter`` plus, for the fused CPU attention kernel the
+    counter does not see, the causal attention matmuls: forward QKᵀ and PV, backward five
+    (recomputed QKᵀ, dV, dP, dQ, dK), each 2·B·H·L²·D over the causal half."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        learner.update(batch)
+    counted = counter.get_total_flops()
+    traj = learner.agent.traj_encoder
+    B, L1 = batch["mask"].shape
+    attn = 0
+    for layer in getattr(traj, "layers", []):
+        if getattr(layer, "attention_fn", None) is not materialized_attention:
+            attn += 7 * B * layer.num_heads * L1 * L1 * layer.head_dim  # 7 · 2·B·H·L²·D / 2
+    return (counted + attn) / 1e9
+
+
+def gemm_gflops(repeats: int = 7) -> float:
+    """Median fp32 GEMM rate (GFLOP/s) at the current thread count, on the shapes that carry
+    most of the small model's FLOPs: (3096 × 256) @ (256 × 256) and its 4-critic batched form
+    (N = 24 windows × 129 rows)."""
+    a = torch.randn(3096, 256)
+    w = torch.randn(256, 256)
+    ab = torch.randn(4, 3096, 256)
+    wb = torch.randn(4, 256, 256)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, w)
+        torch.bmm(ab, wb)
+        dt = time.perf_counter() - t0
+        rates.append(5 * 2 * 3096 * 256 * 256 / dt / 1e9)
+    return statistics.median(rates)
+
+
 def _sample(buf: TrajectoryBuffer, B: int, L: int, device: torch.device):
     t0 = time.perf_counter()
     batch = buf.sample_windows(B, L)
@@ -166,6 +203,7 @@ def run(
     num_gammas: int | None = None,
     critic_hidden: int = 256,
     with_action_input: bool = False,
+    count_flops: bool = True,
 ) -> dict[str, Any]:
     """Median phase times and updates/s for each size, ours vs the reference-style baseline.
 
@@ -173,6 +211,9 @@ def run(
     The implementations alternate update by update so machine noise hits them alike.
     ``with_action_input`` adds a third one, ``ours_action_input``: our kernels with the
     reference's critic form (separates the critic-form gain from the rest).
+    ``count_flops`` (CPU): also report each implementation's GFLOP per update
+    (:func:`update_gflop`), a GEMM rate measured in the same run (:func:`gemm_gflops`) and
+    their ratio ``flop_floor_updates_per_s``: the ceiling if the whole update ran at GEMM speed.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -192,7 +233,11 @@ def run(
             impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
                                                critic_hidden, discrete_critic="action_input")
         times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
+        gemm_rates: list[float] = []
         for i in range(warmup + n):
+            if count_flops and dev.type == "cpu" and i >= warmup:
+                # Interleaved with the updates, so machine noise hits the GEMM rate alike.
+                gemm_rates.append(gemm_gflops(repeats=3))
             batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
             for name, learner in impls.items():
                 t0 = time.perf_counter()
@@ -207,6 +252,16 @@ def run(
                     times[name].setdefault(k, []).append(v)
         params = sum(p.numel() for p in impls["ours"].agent.parameters())
         row: dict[str, Any] = {"config": dict(s), "iters": n, "params": params}
+        if count_flops and dev.type == "cpu":
+            # After the timed updates (counting costs one more update per implementation).
+            batch, _ = _sample(buf, s["batch"], s["window"], dev)
+            gemm = statistics.median(gemm_rates)
+            row["gemm_gflops_measured"] = gemm
+            for name, learner in impls.items():
+                g = update_gflop(learner, batch)
+                row.setdefault("gflop_per_update", {})[name] = g
+                # The update rate if every FLOP ran at the measured GEMM rate (sampling excluded).
+                row.setdefault("flop_floor_updates_per_s", {})[name] = gemm / g
         for name, ph in times.items():
             med = {k: statistics.median(v) for k, v in ph.items()}
             per_update = med["sample"] + med["update_total"]
@@ -238,10 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--critic-hidden", type=int, default=256)
     p.add_argument("--with-action-input", action="store_true",
                    help="also time ours with discrete_critic='action_input'")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip the FLOP count and GEMM-rate floor")
     a = p.parse_args(argv)
     print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
                          num_gammas=a.num_gammas, critic_hidden=a.critic_hidden,
-                         with_action_input=a.with_action_input), indent=2))
+                         with_action_input=a.with_action_input,
+                         count_flops=not a.no_flops), indent=2))
 
 
 if __name__ == "__main__":
