@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
+from amago_fast.native_policy import native_params
 from amago_fast.nets.heads import LOG_STD_MAX, LOG_STD_MIN, ActorHead
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
@@ -152,6 +153,10 @@ class Agent(nn.Module):
         spec: the environment spec (observation keys, action space, goals).
         config: :class:`AgentConfig`.
     """
+
+    native_policy: bool = True
+    """CPU ``act`` takes the native C++ step when supported (amago_fast.native_policy); set
+    False on an instance to force the PyTorch rollout path."""
 
     def __init__(self, spec: EnvSpec, config: AgentConfig | None = None) -> None:
         super().__init__()
@@ -333,7 +338,12 @@ class Agent(nn.Module):
     def _actor_rollout(self, h: torch.Tensor, sample: bool) -> np.ndarray:
         """Main-gamma action from the cached actor plan; the distribution math in NumPy on the
         (b, P) parameters (a few µs per op instead of torch's per-op dispatch)."""
-        params = run_mlp_plan(self._inference_plan[3], h).numpy()
+        return self._actions_from_params(run_mlp_plan(self._inference_plan[3], h).numpy(),
+                                         sample)
+
+    def _actions_from_params(self, params: np.ndarray, sample: bool) -> np.ndarray:
+        """Main-gamma distribution parameters (b, P) → actions (shared by the PyTorch and the
+        native step, so both draw the same random numbers)."""
         spec = self.spec.action
         b = params.shape[0]
         if spec.kind == "discrete":
@@ -378,6 +388,11 @@ class Agent(nn.Module):
         if n == 0:
             return self._empty_actions(), state
         if self.device.type == "cpu":
+            # One C++ call for the whole network part when supported (amago_fast.native_policy);
+            # None: the PyTorch rollout path below, unchanged.
+            params = native_params(self, r, state, ids)
+            if params is not None:
+                return self._actions_from_params(params, sample), state
             _, tplan, jplan, _ = self._rollout_plans()
             emb = self.tstep_encoder.rollout_forward(tplan, r, ti)
             h, state.memory = self.traj_encoder.rollout_step(jplan, emb, ti, state.memory, ids)

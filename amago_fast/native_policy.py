@@ -1,0 +1,216 @@
+"""Native (C++) rollout step of the stock :class:`~amago_fast.agent.Agent` on CPU.
+
+``Agent.act`` on CPU spends almost all its time in PyTorch's per-op dispatch (~40 aten ops of
+10-25 µs each for the tiny agent: 1.9 ms per 8-env step). ``amago_fast._core.PolicyEngine``
+runs the same network part of the step — timestep features and MLP, Transformer decode over
+the ring KV caches (or the memory-free FF encoder), output norm, the actor MLP of the main
+gamma — in one C++ call and returns the main gamma's distribution parameters; sampling stays
+in NumPy (``Agent._actions_from_params``), so both paths consume the same random numbers.
+
+The engine reads the weights in place from the agent's existing rollout plans
+(``Agent._rollout_plans``: σ-reparam effective weights, softmax scale folded into the query
+rows, normaliser constants), so it is rebuilt exactly when they are: once per parameter
+version (``Agent._inference_key``). It writes each step's keys/values into the *same*
+``RingKVCache`` tensors the PyTorch path uses (zero-copy NumPy views) and increments their
+counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the two paths can be
+switched mid-rollout.
+
+Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
+CPU, float32 caches, vector observations (image keys → PyTorch path), Transformer or FF
+trajectory encoder (GRU → PyTorch path), discrete or continuous actions, stock module types,
+an actor without hooks (``Agent._actor_plain``). ``AMAGO_FAST_NATIVE_POLICY=0`` in the
+environment, or ``agent.native_policy = False``, forces the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from amago_fast.kernels.decode import RingKVCache
+from amago_fast.nets.timestep import TimestepEncoder, mlp_plan
+from amago_fast.nets.trajectory import FFTrajEncoder, TransformerTrajEncoder
+
+if TYPE_CHECKING:
+    from amago_fast.agent import Agent, AgentState
+
+try:
+    from amago_fast import _core
+
+    PolicyEngine = getattr(_core, "PolicyEngine", None)
+except ImportError:  # pragma: no cover - the wheel always has _core
+    PolicyEngine = None
+
+ENABLED = os.environ.get("AMAGO_FAST_NATIVE_POLICY", "1") != "0"
+
+# agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
+# Kept beside the agent (not in its __dict__) so deep copies and pickles of the agent never see
+# the C++ object; the copy builds its own engine lazily.
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def available() -> bool:
+    """The extension was built with the policy engine."""
+    return PolicyEngine is not None
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def unsupported_reason(agent: Agent) -> str | None:
+    """Why ``agent`` cannot take the native step (None: it can). Static properties only; the
+    per-call conditions (actor hooks, cache dtype) are checked by :func:`native_params`."""
+    if PolicyEngine is None:
+        return "amago_fast._core was built without PolicyEngine"
+    if agent.device.type != "cpu":
+        return f"device {agent.device} (native step is CPU only)"
+    enc = agent.tstep_encoder
+    if type(enc) is not TimestepEncoder or "rollout_forward" in vars(enc):
+        return "custom timestep encoder"
+    if enc.image_keys:
+        return f"image observations {enc.image_keys} (CNN: PyTorch path)"
+    if agent.spec.action.kind not in ("discrete", "continuous"):
+        return f"{agent.spec.action.kind} actions"
+    traj = agent.traj_encoder
+    if type(traj) not in (TransformerTrajEncoder, FFTrajEncoder) or "rollout_step" in vars(traj):
+        return f"trajectory encoder {type(traj).__name__} (GRU or custom: PyTorch path)"
+    if isinstance(traj, FFTrajEncoder) and _has_hooks(traj):
+        return "hooks on the FF trajectory encoder"
+    if any(p.dtype != torch.float32 for m in (enc, traj, agent.actor) for p in m.parameters()):
+        return "non-float32 parameters"
+    return None
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A float32 C-contiguous NumPy array of ``t``: a view when it already is one."""
+    a = t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _ops(plan: list[tuple]) -> list[tuple]:
+    """An ``mlp_plan`` in the engine's form (Wᵀ made C-contiguous: a copy for the views)."""
+    out: list[tuple] = []
+    for op in plan:
+        if op[0] == "linear":
+            out.append(("linear", _np(op[2]), _np(op[1])))
+        elif op[0] == "norm":
+            out.append(("norm", _np(op[2]), _np(op[3]), float(op[4])))
+        else:
+            out.append(("leaky", float(op[1])))
+    return out
+
+
+def _norm(n: tuple | None) -> tuple | None:
+    return None if n is None else (_np(n[1]), _np(n[2]), float(n[3]))
+
+
+def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
+    """The engine's constructor dict from the agent's rollout ``plan``
+    (``Agent._rollout_plans()``): arrays are views of the plan tensors where contiguous."""
+    _, tplan, jplan, aplan = plan
+    enc = agent.tstep_encoder
+    a = agent.spec.action
+    cfg: dict[str, Any] = {
+        "norm_widths": [enc._flat_dims[k] for k in enc.norm_keys],
+        "raw_widths": [enc._flat_dims[k] for k in enc.raw_keys],
+        "norm_mean": None if tplan.norm_mean is None else _np(tplan.norm_mean),
+        "norm_std": None if tplan.norm_std is None else _np(tplan.norm_std),
+        "clip": None if tplan.clip is None else float(tplan.clip),
+        "action_kind": a.kind,
+        "action_dim": enc.action_dim,
+        "tstep": _ops(tplan.mlp),
+        "actor": _ops(aplan),
+    }
+    if a.kind == "continuous":
+        cfg["act_low"] = _np(enc._act_low)
+        cfg["act_range"] = _np(enc._act_range)
+    traj = agent.traj_encoder
+    if isinstance(traj, FFTrajEncoder):
+        cfg["traj"] = "ff"
+        cfg["ff"] = _ops(mlp_plan(traj.net))
+        return cfg
+    d = jplan.d_model
+    cfg.update(traj="transformer", d_model=d, wt_in=_np(jplan.wt_in), b_in=_np(jplan.b_in))
+    if jplan.learned:
+        cfg.update(pos="learned", pos_table=_np(jplan.pos_np))
+    else:
+        # The frequencies exactly as nets.layers.sinusoidal_embedding computes them (float32).
+        half = d // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        cfg.update(pos="sinusoidal", freqs=_np(freqs))
+    cfg["layers"] = [
+        {
+            "heads": p.num_heads, "head_dim": p.head_dim, "slope": float(p.slope),
+            "norm_attn_in": _norm(p.norm_attn_in), "norm_attn_out": _norm(p.norm_attn_out),
+            "norm_ff_in": _norm(p.norm_ff_in), "norm_ff_mid": _norm(p.norm_ff_mid),
+            "wt_qkv": _np(p.wt_qkv), "b_qkv": _np(p.b_qkv),
+            "wt_proj": _np(p.wt_proj), "b_proj": _np(p.b_proj),
+            "wt_ff1": _np(p.wt_ff1), "b_ff1": _np(p.b_ff1),
+            "wt_ff2": _np(p.wt_ff2), "b_ff2": _np(p.b_ff2),
+        }
+        for p in jplan.layers
+    ]
+    cfg["norm_out"] = _norm(jplan.norm_out)
+    return cfg
+
+
+def engine_for(agent: Agent, use_simd: bool = True):
+    """The agent's engine for its current parameter version (built on first use after a
+    change), or None when the agent is not supported."""
+    plan = agent._rollout_plans()
+    entry = _ENGINES.get(agent)
+    if entry is not None and entry[0] is plan and entry[3] == use_simd:
+        return entry[1]
+    reason = unsupported_reason(agent)
+    engine = None
+    if reason is None:
+        with torch.inference_mode(False), torch.no_grad():
+            engine = PolicyEngine(engine_config(agent, plan), use_simd)
+    _ENGINES[agent] = (plan, engine, reason, use_simd)
+    return engine
+
+
+def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
+                  ids: np.ndarray | None, use_simd: bool = True) -> np.ndarray | None:
+    """The main gamma's distribution parameters (b, P) for validated ``rows`` (see
+    ``Agent._check_rows``) of the envs ``ids`` (None: all), advancing ``state`` in place; None
+    (nothing changed) when the native step does not apply."""
+    if not (ENABLED and getattr(agent, "native_policy", True)) or PolicyEngine is None:
+        return None
+    if not agent._actor_plain():
+        return None
+    memory = state.memory
+    traj = agent.traj_encoder
+    if isinstance(traj, TransformerTrajEncoder):
+        if not isinstance(memory, list) or not all(
+                type(c) is RingKVCache and c.dtype == torch.float32 and c._counts_np is not None
+                for c in memory):
+            return None
+        kv = [c.kv.numpy() for c in memory]
+        counts = [c._counts_np for c in memory]
+    else:
+        kv, counts = [], []
+    engine = engine_for(agent, use_simd)
+    if engine is None:
+        return None
+    enc = agent.tstep_encoder
+    fields = [_contig(rows[k]) for k in enc.norm_keys]
+    fields += [_contig(rows[k]) for k in enc.raw_keys]
+    ti = rows["time_index"]
+    out = np.empty((ti.shape[0], engine.param_dim), np.float32)
+    engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
+                counts, None if ids is None else _contig(ids), out)
+    return out
+
+
+def _contig(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, float16 widened to float32 (exact; the engine reads no half floats)."""
+    if a.dtype == np.float16:
+        return np.ascontiguousarray(a, dtype=np.float32)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)

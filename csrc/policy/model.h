@@ -1,0 +1,109 @@
+// Data of the native policy step (pure C++): borrowed weight pointers, step inputs, scratch.
+#ifndef AMAGO_FAST_POLICY_MODEL_H_
+#define AMAGO_FAST_POLICY_MODEL_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace amago {
+namespace policy {
+
+struct Dense {
+  const float* wt = nullptr;    // (in, out) row-major, i.e. the transposed torch weight
+  const float* bias = nullptr;  // (out) or null
+  int64_t in = 0;
+  int64_t out = 0;
+};
+
+struct Norm {
+  const float* gamma = nullptr;  // null: no norm (NormFormer norms off)
+  const float* beta = nullptr;
+  float eps = 1e-5f;
+  int64_t dim = 0;
+  bool on() const { return gamma != nullptr; }
+};
+
+enum class OpKind { kLinear, kNorm, kLeaky };
+
+struct MlpOp {
+  OpKind kind = OpKind::kLinear;
+  Dense lin;
+  Norm norm;
+  float slope = 0.01f;
+};
+
+struct Layer {
+  Norm attn_in, attn_out, ff_in, ff_mid;
+  Dense qkv, proj, ff1, ff2;  // qkv's query third is pre-scaled by head_dim^-0.5
+  float slope = 0.01f;
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+};
+
+// Element type of an input field (NumPy dtype kinds the adapter accepts).
+enum class FieldType { kF32, kF64, kI8, kI16, kI32, kI64, kU8, kU16, kU32, kU64, kBool };
+
+struct Field {
+  const void* data = nullptr;  // (b, width) C-contiguous
+  FieldType type = FieldType::kF32;
+  int64_t width = 0;
+};
+
+struct Model {
+  // Timestep features, in the order of TimestepEncoder: normalised keys, raw keys, action
+  // features, symlog reward, boundary flag.
+  std::vector<int64_t> norm_widths, raw_widths;
+  int64_t norm_dim = 0;
+  const float* norm_mean = nullptr;  // null: no standardisation (no normaliser / count < 2)
+  const float* norm_std = nullptr;
+  bool clip = false;  // a normaliser exists: clip to ±clip_value
+  float clip_value = 10.0f;
+  bool discrete = true;
+  int64_t action_dim = 0;          // one-hot width (discrete) or vector width (continuous)
+  const float* act_low = nullptr;  // continuous
+  const float* act_range = nullptr;
+  int64_t in_dim = 0;
+  std::vector<MlpOp> tstep;
+  // Trajectory encoder.
+  bool transformer = true;
+  std::vector<MlpOp> ff;  // memory-free encoder
+  Dense in_proj;          // no bias: it is part of the position rows
+  const float* b_in = nullptr;
+  bool learned_pos = false;
+  const float* pos_table = nullptr;  // learned: (pos_rows, d_model), bias included
+  int64_t pos_rows = 0;
+  std::vector<float> freqs;  // sinusoidal: d_model / 2 frequencies (float32, as torch computes)
+  std::vector<Layer> layers;
+  Norm norm_out;
+  int64_t d_model = 0;
+  std::vector<MlpOp> actor;
+  int64_t param_dim = 0;
+};
+
+struct StepIO {
+  int64_t b = 0;
+  std::vector<Field> norm_fields, raw_fields;
+  Field action;  // (b, action width) for continuous, (b, 1) index for discrete
+  Field reward;  // (b, 1)
+  const int64_t* time_index = nullptr;
+  const int64_t* env_ids = nullptr;  // null: row r is env r
+  std::vector<float*> kv;            // per layer (2, N, H, C, D)
+  std::vector<int64_t*> counts;      // per layer (N)
+  int64_t num_envs = 0;
+  int64_t capacity = 0;
+  float* out = nullptr;  // (b, param_dim)
+};
+
+// Scratch memory of one step (grown on demand, reused across calls).
+struct Scratch {
+  std::vector<float> a, b, c, d, tmp, scores;
+  static float* Get(std::vector<float>* v, size_t n) {
+    if (v->size() < n) v->resize(n);
+    return v->data();
+  }
+};
+
+}  // namespace policy
+}  // namespace amago
+
+#endif  // AMAGO_FAST_POLICY_MODEL_H_

@@ -1,0 +1,460 @@
+// Kernels and the step body of the native policy (pure C++). Deliberately WITHOUT an include
+// guard: engine.h includes this file twice, into namespace simd_base (baseline x86-64 / any
+// CPU) and into namespace simd_avx2 under `#pragma GCC target("avx2,fma")`, and picks one at
+// run time — one source, two builds, no -march flag in the wheel. Include only from engine.h,
+// after the standard headers (their guards must already be set outside the target region).
+//
+// Hot loops use GCC vector extensions of kW = AMAGO_POLICY_LANES floats (set by engine.h: 8 =
+// one ymm register under AVX2, 4 = one xmm for the baseline). GCC's auto-vectoriser turned
+// the same loops written on scalar arrays into shuffles and stack spills (measured 5x slower
+// for the 8x64x192 GEMM), and 32-byte vectors without AVX are lowered to scalar code (50x).
+
+constexpr int kW = AMAGO_POLICY_LANES;
+typedef float VF __attribute__((vector_size(4 * AMAGO_POLICY_LANES)));
+typedef int32_t VI __attribute__((vector_size(4 * AMAGO_POLICY_LANES)));
+// Unaligned, aliasing view for loads/stores from float arrays.
+typedef float VFu __attribute__((vector_size(4 * AMAGO_POLICY_LANES), aligned(4), may_alias));
+
+#define AMAGO_LOAD(p) (*reinterpret_cast<const VFu*>(p))
+#define AMAGO_STORE(p, v) (*reinterpret_cast<VFu*>(p) = (v))
+
+inline __attribute__((always_inline)) float HSum(VF v) {
+  float s = v[0];
+  for (int l = 1; l < kW; ++l) s += v[l];
+  return s;
+}
+
+inline __attribute__((always_inline)) VF Splat(float x) {
+  VF v = {};
+  return v + x;
+}
+
+// Columns per GEMM tile: 2 vectors per row, 4 rows → 8 accumulators in registers.
+constexpr int kTileCols = 2 * kW;
+constexpr int kTileRows = 4;
+
+// Rows [0, RB) x columns [j0, j0 + 16) of y = bias + res + x @ wt (bias/res may be null).
+template <int RB>
+inline void GemmTile(const float* x, int64_t ldx, int64_t in, const float* wt, int64_t out,
+                     int64_t j0, const float* bias, const float* res, int64_t ldr, float* y,
+                     int64_t ldy) {
+  VF a0[RB], a1[RB];
+  const VF zero = {};
+  const VF b0 = bias != nullptr ? AMAGO_LOAD(bias + j0) : zero;
+  const VF b1 = bias != nullptr ? AMAGO_LOAD(bias + j0 + kW) : zero;
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+    a0[r] = b0;
+    a1[r] = b1;
+    if (res != nullptr) {
+      a0[r] += AMAGO_LOAD(res + r * ldr + j0);
+      a1[r] += AMAGO_LOAD(res + r * ldr + j0 + kW);
+    }
+  }
+  const float* w = wt + j0;
+  for (int64_t i = 0; i < in; ++i, w += out) {
+    const VF w0 = AMAGO_LOAD(w);
+    const VF w1 = AMAGO_LOAD(w + kW);
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) {
+      const float xv = x[r * ldx + i];
+      a0[r] += xv * w0;
+      a1[r] += xv * w1;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r) {
+    AMAGO_STORE(y + r * ldy + j0, a0[r]);
+    AMAGO_STORE(y + r * ldy + j0 + kW, a1[r]);
+  }
+}
+
+// Columns [j0, out) (fewer than 16) of every row: plain loops (e.g. the actor's P outputs).
+inline void GemmTail(const float* x, int64_t ldx, int64_t b, int64_t in, const float* wt,
+                     int64_t out, int64_t j0, const float* bias, const float* res, int64_t ldr,
+                     float* y, int64_t ldy) {
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t j = j0; j < out; ++j) {
+      float acc = bias != nullptr ? bias[j] : 0.0f;
+      if (res != nullptr) acc += res[r * ldr + j];
+      for (int64_t i = 0; i < in; ++i) acc += x[r * ldx + i] * wt[i * out + j];
+      y[r * ldy + j] = acc;
+    }
+  }
+}
+
+// y (b, out) = bias + res + x (b, in) @ wt (in, out); all row-major, row strides ldx/ldr/ldy;
+// y may be res (in-place residual add), never x. Column tiles outermost: a (in x 16) slice of
+// wt stays in L1/L2 while every row block uses it, so the weights stream from memory once per
+// step whatever b is.
+inline void Gemm(const float* x, int64_t ldx, int64_t b, int64_t in, const float* wt,
+                 int64_t out, const float* bias, const float* res, int64_t ldr, float* y,
+                 int64_t ldy) {
+  const int64_t full = out / kTileCols * kTileCols;
+  for (int64_t j0 = 0; j0 < full; j0 += kTileCols) {
+    int64_t r = 0;
+    for (; r + kTileRows <= b; r += kTileRows) {
+      GemmTile<kTileRows>(x + r * ldx, ldx, in, wt, out, j0, bias,
+                          res != nullptr ? res + r * ldr : nullptr, ldr, y + r * ldy, ldy);
+    }
+    const float* rr = res != nullptr ? res + r * ldr : nullptr;
+    switch (b - r) {
+      case 3: GemmTile<3>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      case 2: GemmTile<2>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      case 1: GemmTile<1>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      default: break;
+    }
+  }
+  if (full < out) GemmTail(x, ldx, b, in, wt, out, full, bias, res, ldr, y, ldy);
+}
+
+// Sum of n floats: 8-lane vector partials, then the lanes and the tail.
+inline float LaneSum(const float* x, int64_t n) {
+  VF acc = {};
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) acc += AMAGO_LOAD(x + i);
+  float s = HSum(acc);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// In-place LayerNorm of each of b rows (width dim, row stride ld): biased variance, two passes.
+inline void LayerNormRows(float* x, int64_t ld, int64_t b, int64_t dim, const float* gamma,
+                          const float* beta, float eps, float* tmp) {
+  for (int64_t r = 0; r < b; ++r) {
+    float* row = x + r * ld;
+    const float mean = LaneSum(row, dim) / static_cast<float>(dim);
+    for (int64_t j = 0; j < dim; ++j) {
+      const float c = row[j] - mean;
+      row[j] = c;
+      tmp[j] = c * c;
+    }
+    const float var = LaneSum(tmp, dim) / static_cast<float>(dim);
+    const float inv = 1.0f / std::sqrt(var + eps);
+    for (int64_t j = 0; j < dim; ++j) row[j] = row[j] * inv * gamma[j] + beta[j];
+  }
+}
+
+inline void LeakyRows(float* x, int64_t ld, int64_t b, int64_t dim, float slope) {
+  for (int64_t r = 0; r < b; ++r) {
+    float* row = x + r * ld;
+    for (int64_t j = 0; j < dim; ++j) row[j] = row[j] >= 0.0f ? row[j] : row[j] * slope;
+  }
+}
+
+// exp(x) for kW values x <= 0 (softmax after max subtraction): Cephes' range reduction and
+// degree-6 polynomial, 2^n through the exponent bits; relative error ~1e-7, exactly 1 at 0.
+// (libm's expf is a scalar call per key: it was the largest cost of attention at 1024 keys.)
+inline __attribute__((always_inline)) VF ExpNonPositiveV(VF x) {
+  const VF lo = Splat(-87.0f);
+  x = x < lo ? lo : x;
+  const VF t = x * 1.44269504088896341f - 0.5f;
+  const VI n = __builtin_convertvector(t, VI);  // trunc of (x·log2e - 0.5) ≤ 0: round
+  const VF fn = __builtin_convertvector(n, VF);
+  VF r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  VF p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const VI bits = (n + 127) << 23;
+  return p * (VF)bits;  // NOLINT(readability/casting): vector bit cast
+}
+
+// Softmax attention of one (pre-scaled) query q (D) over `len` >= 1 keys/values (row stride
+// D): out (D) = Σ softmax(q·k)_c v_c. scores: scratch of >= len + kW floats.
+inline void AttendOne(const float* q, const float* keys, const float* vals, int64_t len,
+                      int64_t D, float* scores, float* out) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const bool vec = D % kW == 0 && D <= 8 * kW;
+  if (vec) {
+    VF qv[8];
+    for (int64_t d = 0; d < D; d += kW) qv[d / kW] = AMAGO_LOAD(q + d);
+    for (int64_t c = 0; c < len; ++c) {
+      const float* k = keys + c * D;
+      VF acc = qv[0] * AMAGO_LOAD(k);
+      for (int64_t d = kW; d < D; d += kW) acc += qv[d / kW] * AMAGO_LOAD(k + d);
+      scores[c] = HSum(acc);
+    }
+  } else {
+    for (int64_t c = 0; c < len; ++c) {
+      const float* k = keys + c * D;
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; ++d) s += q[d] * k[d];
+      scores[c] = s;
+    }
+  }
+  const int64_t padded = (len + kW - 1) / kW * kW;
+  for (int64_t c = len; c < padded; ++c) scores[c] = ninf;  // exp → 0
+  VF mv = Splat(ninf);
+  for (int64_t c = 0; c < padded; c += kW) {
+    const VF s = AMAGO_LOAD(scores + c);
+    mv = s > mv ? s : mv;
+  }
+  float m = mv[0];
+  for (int l = 1; l < kW; ++l) m = mv[l] > m ? mv[l] : m;
+  VF sum = {};
+  for (int64_t c = 0; c < padded; c += kW) {
+    const VF e = ExpNonPositiveV(AMAGO_LOAD(scores + c) - m);
+    AMAGO_STORE(scores + c, e);
+    sum += e;
+  }
+  const float inv = 1.0f / HSum(sum);
+  if (vec) {
+    // Two keys per iteration into two accumulator sets: halves the FMA latency chain.
+    VF o0[8], o1[8];
+    const int64_t nv = D / kW;
+    for (int64_t j = 0; j < nv; ++j) o0[j] = o1[j] = VF{};
+    int64_t c = 0;
+    for (; c + 2 <= len; c += 2) {
+      const float p0 = scores[c], p1 = scores[c + 1];
+      const float* v0 = vals + c * D;
+      for (int64_t j = 0; j < nv; ++j) {
+        o0[j] += p0 * AMAGO_LOAD(v0 + kW * j);
+        o1[j] += p1 * AMAGO_LOAD(v0 + D + kW * j);
+      }
+    }
+    if (c < len) {
+      const float p0 = scores[c];
+      for (int64_t j = 0; j < nv; ++j) o0[j] += p0 * AMAGO_LOAD(vals + c * D + kW * j);
+    }
+    for (int64_t j = 0; j < nv; ++j) AMAGO_STORE(out + kW * j, (o0[j] + o1[j]) * inv);
+  } else {
+    for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
+    for (int64_t c = 0; c < len; ++c) {
+      const float p = scores[c];
+      const float* v = vals + c * D;
+      for (int64_t d = 0; d < D; ++d) out[d] += p * v[d];
+    }
+    for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+  }
+}
+
+#undef AMAGO_LOAD
+#undef AMAGO_STORE
+template <typename T>
+inline void CastRow(const T* src, int64_t n, float* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
+
+// Row r of a field as float32 (the cast NumPy's float32 assignment does).
+inline void LoadRow(const Field& f, int64_t r, float* dst) {
+  const int64_t w = f.width;
+  switch (f.type) {
+    case FieldType::kF32: std::memcpy(dst, static_cast<const float*>(f.data) + r * w, w * 4); break;
+    case FieldType::kF64: CastRow(static_cast<const double*>(f.data) + r * w, w, dst); break;
+    case FieldType::kI8: CastRow(static_cast<const int8_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kI16: CastRow(static_cast<const int16_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kI32: CastRow(static_cast<const int32_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kI64: CastRow(static_cast<const int64_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kU8: CastRow(static_cast<const uint8_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kU16: CastRow(static_cast<const uint16_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kU32: CastRow(static_cast<const uint32_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kU64: CastRow(static_cast<const uint64_t*>(f.data) + r * w, w, dst); break;
+    case FieldType::kBool: CastRow(static_cast<const bool*>(f.data) + r * w, w, dst); break;
+  }
+}
+
+// Element r of a one-wide field as double (exact for every integer action index).
+inline double LoadScalar(const Field& f, int64_t r) {
+  switch (f.type) {
+    case FieldType::kF32: return static_cast<const float*>(f.data)[r];
+    case FieldType::kF64: return static_cast<const double*>(f.data)[r];
+    case FieldType::kI8: return static_cast<const int8_t*>(f.data)[r];
+    case FieldType::kI16: return static_cast<const int16_t*>(f.data)[r];
+    case FieldType::kI32: return static_cast<const int32_t*>(f.data)[r];
+    case FieldType::kI64: return static_cast<double>(static_cast<const int64_t*>(f.data)[r]);
+    case FieldType::kU8: return static_cast<const uint8_t*>(f.data)[r];
+    case FieldType::kU16: return static_cast<const uint16_t*>(f.data)[r];
+    case FieldType::kU32: return static_cast<const uint32_t*>(f.data)[r];
+    case FieldType::kU64: return static_cast<double>(static_cast<const uint64_t*>(f.data)[r]);
+    case FieldType::kBool: return static_cast<const bool*>(f.data)[r] ? 1.0 : 0.0;
+  }
+  return 0.0;
+}
+
+// Runs an MLP plan on x (b, width in) → returns the buffer holding (b, width out); ping-pongs
+// between x and y (both with room for b x max width).
+inline float* RunMlp(const std::vector<MlpOp>& ops, int64_t b, int64_t width,
+                                  float* x, float* y, float* tmp, int64_t* out_width) {
+  for (const MlpOp& op : ops) {
+    if (op.kind == OpKind::kLinear) {
+      Gemm(x, width, b, op.lin.in, op.lin.wt, op.lin.out, op.lin.bias, nullptr, 0, y,
+           op.lin.out);
+      std::swap(x, y);
+      width = op.lin.out;
+    } else if (op.kind == OpKind::kNorm) {
+      LayerNormRows(x, width, b, width, op.norm.gamma, op.norm.beta, op.norm.eps, tmp);
+    } else {
+      LeakyRows(x, width, b, width, op.slope);
+    }
+  }
+  *out_width = width;
+  return x;
+}
+
+inline int64_t MlpMaxWidth(const std::vector<MlpOp>& ops, int64_t in) {
+  int64_t w = in;
+  for (const MlpOp& op : ops) {
+    if (op.kind == OpKind::kLinear) w = std::max(w, op.lin.out);
+  }
+  return w;
+}
+
+// Sinusoidal position rows (bias included) for the engine's lifetime, grown on demand like
+// the PyTorch plan's table; rows past kMaxTableRows are computed per call.
+constexpr int64_t kMaxTableRows = 16384;
+
+inline void SinusoidalRow(const Model& m, int64_t t, float* row) {
+  const int64_t half = static_cast<int64_t>(m.freqs.size());
+  const float tf = static_cast<float>(t);
+  for (int64_t j = 0; j < half; ++j) {
+    const float ang = tf * m.freqs[j];
+    row[j] = std::sin(ang) + m.b_in[j];
+    row[half + j] = std::cos(ang) + m.b_in[half + j];
+  }
+  if (m.d_model % 2) row[m.d_model - 1] = m.b_in[m.d_model - 1];
+}
+
+// The whole step, force-inlined into one function per instruction-set target (below).
+inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
+                                  std::vector<float>* sin_table) {
+  const int64_t b = io.b;
+  const int64_t tw = std::max(MlpMaxWidth(m.tstep, m.in_dim),
+                              std::max(MlpMaxWidth(m.actor, m.d_model),
+                                       m.transformer ? m.d_model : MlpMaxWidth(m.ff, m.d_model)));
+  int64_t lw = tw;
+  for (const Layer& L : m.layers) lw = std::max({lw, L.qkv.out, L.ff1.out});
+  float* xa = Scratch::Get(&s->a, b * lw);
+  float* xb = Scratch::Get(&s->b, b * lw);
+  float* tmp = Scratch::Get(&s->tmp, lw);
+
+  // ---- timestep features into xa (b, in_dim)
+  for (int64_t r = 0; r < b; ++r) {
+    float* f = xa + r * m.in_dim;
+    const float exists = io.time_index[r] != 0 ? 1.0f : 0.0f;
+    int64_t col = 0;
+    for (const Field& fld : io.norm_fields) {
+      LoadRow(fld, r, f + col);
+      col += fld.width;
+    }
+    if (m.clip) {
+      if (m.norm_mean != nullptr) {
+        for (int64_t j = 0; j < m.norm_dim; ++j) f[j] = (f[j] - m.norm_mean[j]) / m.norm_std[j];
+      }
+      const float c = m.clip_value;
+      for (int64_t j = 0; j < m.norm_dim; ++j) f[j] = std::min(std::max(f[j], -c), c);
+    }
+    for (const Field& fld : io.raw_fields) {
+      LoadRow(fld, r, f + col);
+      col += fld.width;
+    }
+    if (m.discrete) {
+      const double a = LoadScalar(io.action, r);
+      for (int64_t j = 0; j < m.action_dim; ++j) {
+        f[col + j] = a == static_cast<double>(j) ? exists : 0.0f;
+      }
+    } else {
+      LoadRow(io.action, r, f + col);
+      for (int64_t j = 0; j < m.action_dim; ++j) {
+        float v = 2.0f * (f[col + j] - m.act_low[j]) / m.act_range[j] - 1.0f;
+        v = std::min(std::max(v, -1.0f), 1.0f);
+        f[col + j] = v * exists;
+      }
+    }
+    col += m.action_dim;
+    float rew;
+    LoadRow(io.reward, r, &rew);
+    const float sg = rew > 0.0f ? 1.0f : (rew < 0.0f ? -1.0f : 0.0f);
+    f[col] = sg * std::log1p(std::fabs(rew)) * exists;
+    f[col + 1] = 1.0f - exists;
+  }
+  int64_t width = m.in_dim;
+  float* x = RunMlp(m.tstep, b, width, xa, xb, tmp, &width);
+  float* other = x == xa ? xb : xa;
+
+  // ---- trajectory encoder
+  float* h;
+  if (!m.transformer) {
+    h = RunMlp(m.ff, b, width, x, other, tmp, &width);
+  } else {
+    const int64_t d = m.d_model;
+    float* pos = Scratch::Get(&s->c, b * d);
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t t = io.time_index[r];
+      float* row = pos + r * d;
+      if (m.learned_pos) {
+        const int64_t idx = std::min(std::max<int64_t>(t, 0), m.pos_rows - 1);
+        std::memcpy(row, m.pos_table + idx * d, d * sizeof(float));
+      } else if (t < kMaxTableRows) {
+        const int64_t rows = static_cast<int64_t>(sin_table->size()) / d;
+        if (t >= rows) {
+          const int64_t grown = std::min(std::max({2 * rows, t + 1, int64_t{1024}}), kMaxTableRows);
+          sin_table->resize(grown * d);
+          for (int64_t u = rows; u < grown; ++u) SinusoidalRow(m, u, sin_table->data() + u * d);
+        }
+        std::memcpy(row, sin_table->data() + t * d, d * sizeof(float));
+      } else {
+        SinusoidalRow(m, t, row);
+      }
+    }
+    h = Scratch::Get(&s->d, b * lw);  // lw: the actor MLP ping-pongs between h and xa
+    Gemm(x, width, b, m.in_proj.in, m.in_proj.wt, d, nullptr, pos, d, h, d);
+    const int64_t N = io.num_envs, C = io.capacity;
+    float* attn = pos;  // reused: (b, d)
+    float* scores = Scratch::Get(&s->scores, C + 8);
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+      const Layer& L = m.layers[l];
+      const int64_t H = L.heads, D = L.head_dim;
+      // qkv = LN(h) @ Wqkv + b   → xb (b, 3d)
+      std::memcpy(xa, h, b * d * sizeof(float));
+      LayerNormRows(xa, d, b, d, L.attn_in.gamma, L.attn_in.beta, L.attn_in.eps, tmp);
+      Gemm(xa, d, b, d, L.qkv.wt, 3 * d, L.qkv.bias, nullptr, 0, xb, 3 * d);
+      float* kv = io.kv[l];
+      int64_t* counts = io.counts[l];
+      for (int64_t r = 0; r < b; ++r) {
+        const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
+        const float* q = xb + r * 3 * d;
+        const int64_t slot = counts[n] % C;
+        for (int64_t hh = 0; hh < H; ++hh) {
+          float* kslot = kv + ((n * H + hh) * C + slot) * D;
+          float* vslot = kv + (((N + n) * H + hh) * C + slot) * D;
+          std::memcpy(kslot, q + d + hh * D, D * sizeof(float));
+          std::memcpy(vslot, q + 2 * d + hh * D, D * sizeof(float));
+        }
+        counts[n] += 1;
+        const int64_t len = std::min(counts[n], C);
+        for (int64_t hh = 0; hh < H; ++hh) {
+          const float* keys = kv + (n * H + hh) * C * D;
+          const float* vals = kv + ((N + n) * H + hh) * C * D;
+          AttendOne(q + hh * D, keys, vals, len, D, scores, attn + r * d + hh * D);
+        }
+      }
+      // h += [LN](attn @ Wproj + b)
+      if (L.attn_out.on()) {
+        Gemm(attn, d, b, d, L.proj.wt, d, L.proj.bias, nullptr, 0, xa, d);
+        LayerNormRows(xa, d, b, d, L.attn_out.gamma, L.attn_out.beta, L.attn_out.eps, tmp);
+        for (int64_t i = 0; i < b * d; ++i) h[i] += xa[i];
+      } else {
+        Gemm(attn, d, b, d, L.proj.wt, d, L.proj.bias, h, d, h, d);
+      }
+      // h += W2 [LN](leaky(W1 LN(h) + b1)) + b2
+      std::memcpy(xa, h, b * d * sizeof(float));
+      LayerNormRows(xa, d, b, d, L.ff_in.gamma, L.ff_in.beta, L.ff_in.eps, tmp);
+      const int64_t f = L.ff1.out;
+      Gemm(xa, d, b, d, L.ff1.wt, f, L.ff1.bias, nullptr, 0, xb, f);
+      LeakyRows(xb, f, b, f, L.slope);
+      if (L.ff_mid.on()) LayerNormRows(xb, f, b, f, L.ff_mid.gamma, L.ff_mid.beta, L.ff_mid.eps, tmp);
+      Gemm(xb, f, b, f, L.ff2.wt, d, L.ff2.bias, h, d, h, d);
+    }
+    LayerNormRows(h, d, b, d, m.norm_out.gamma, m.norm_out.beta, m.norm_out.eps, tmp);
+    width = d;
+  }
+  // ---- actor MLP (main gamma)
+  float* y = h == xa ? xb : xa;
+  float* p = RunMlp(m.actor, b, width, h, y, tmp, &width);
+  std::memcpy(io.out, p, b * m.param_dim * sizeof(float));
+}
+

@@ -1,0 +1,361 @@
+// Adapter between Python (amago_fast.native_policy) and the pure C++ policy engine: builds the
+// Model from a dict of NumPy arrays (checked: dtype float32, C-contiguous, shapes chained; the
+// arrays are kept alive and read in place), and checks every input of a step before anything
+// is written — so a rejected call raises a TypeError/ValueError naming the input and leaves the
+// caches and counts unchanged — then releases the GIL for the step.
+#ifndef AMAGO_FAST_POLICY_ADAPTER_H_
+#define AMAGO_FAST_POLICY_ADAPTER_H_
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "policy/engine.h"
+
+namespace amago {
+
+namespace py = pybind11;
+
+class PyPolicyEngine {
+ public:
+  PyPolicyEngine(py::dict cfg, bool use_simd) {
+    policy::Model m;
+    m.norm_widths = cfg["norm_widths"].cast<std::vector<int64_t>>();
+    m.raw_widths = cfg["raw_widths"].cast<std::vector<int64_t>>();
+    for (int64_t w : m.norm_widths) m.norm_dim += w;
+    int64_t raw_dim = 0;
+    for (int64_t w : m.raw_widths) raw_dim += w;
+    if (!cfg["norm_mean"].is_none()) {
+      m.norm_mean = Vec(cfg["norm_mean"], m.norm_dim, "norm_mean");
+      m.norm_std = Vec(cfg["norm_std"], m.norm_dim, "norm_std");
+    }
+    m.clip = !cfg["clip"].is_none();
+    if (m.clip) m.clip_value = cfg["clip"].cast<float>();
+    const std::string kind = cfg["action_kind"].cast<std::string>();
+    if (kind != "discrete" && kind != "continuous") {
+      throw py::value_error("policy engine: action_kind must be 'discrete' or 'continuous'");
+    }
+    m.discrete = kind == "discrete";
+    m.action_dim = cfg["action_dim"].cast<int64_t>();
+    if (!m.discrete) {
+      m.act_low = Vec(cfg["act_low"], m.action_dim, "act_low");
+      m.act_range = Vec(cfg["act_range"], m.action_dim, "act_range");
+    }
+    m.in_dim = m.norm_dim + raw_dim + m.action_dim + 2;
+    int64_t w = m.in_dim;
+    m.tstep = Ops(cfg["tstep"], &w, "tstep");
+    const std::string traj = cfg["traj"].cast<std::string>();
+    if (traj != "transformer" && traj != "ff") {
+      throw py::value_error("policy engine: traj must be 'transformer' or 'ff'");
+    }
+    m.transformer = traj == "transformer";
+    if (!m.transformer) {
+      m.ff = Ops(cfg["ff"], &w, "ff");
+      m.d_model = w;
+    } else {
+      m.d_model = cfg["d_model"].cast<int64_t>();
+      const int64_t d = m.d_model;
+      m.in_proj = Lin(cfg["wt_in"], py::none(), w, d, "in_proj");
+      m.b_in = Vec(cfg["b_in"], d, "b_in");
+      const std::string pos = cfg["pos"].cast<std::string>();
+      m.learned_pos = pos == "learned";
+      if (m.learned_pos) {
+        py::array t = Arr(cfg["pos_table"], "pos_table");
+        if (t.ndim() != 2 || t.shape(1) != d || t.shape(0) < 1) {
+          throw py::value_error("policy engine: pos_table must be (rows, d_model)");
+        }
+        m.pos_table = static_cast<const float*>(t.data());
+        m.pos_rows = t.shape(0);
+      } else {
+        const float* f = Vec(cfg["freqs"], d / 2, "freqs");
+        m.freqs.assign(f, f + d / 2);
+      }
+      for (py::handle item : cfg["layers"].cast<py::list>()) {
+        py::dict ld = py::reinterpret_borrow<py::dict>(item);
+        policy::Layer L;
+        L.heads = ld["heads"].cast<int64_t>();
+        L.head_dim = ld["head_dim"].cast<int64_t>();
+        if (L.heads < 1 || L.head_dim < 1 || L.heads * L.head_dim != d) {
+          throw py::value_error("policy engine: heads * head_dim must equal d_model");
+        }
+        L.attn_in = NormOf(ld["norm_attn_in"], d, "norm_attn_in", false);
+        L.qkv = Lin(ld["wt_qkv"], ld["b_qkv"], d, 3 * d, "qkv");
+        L.proj = Lin(ld["wt_proj"], ld["b_proj"], d, d, "attn_proj");
+        L.attn_out = NormOf(ld["norm_attn_out"], d, "norm_attn_out", true);
+        L.ff_in = NormOf(ld["norm_ff_in"], d, "norm_ff_in", false);
+        py::array w1 = Arr(ld["wt_ff1"], "ff1");
+        const int64_t f = w1.ndim() == 2 ? w1.shape(1) : -1;
+        L.ff1 = Lin(ld["wt_ff1"], ld["b_ff1"], d, f, "ff1");
+        L.ff_mid = NormOf(ld["norm_ff_mid"], f, "norm_ff_mid", true);
+        L.ff2 = Lin(ld["wt_ff2"], ld["b_ff2"], f, d, "ff2");
+        L.slope = ld["slope"].cast<float>();
+        m.layers.push_back(L);
+      }
+      m.norm_out = NormOf(cfg["norm_out"], d, "norm_out", false);
+      w = d;
+    }
+    m.actor = Ops(cfg["actor"], &w, "actor");
+    m.param_dim = w;
+    engine_ = std::make_unique<policy::PolicyEngine>(std::move(m), use_simd);
+  }
+
+  int64_t ParamDim() const { return engine_->model().param_dim; }
+  int64_t NumLayers() const { return static_cast<int64_t>(engine_->model().layers.size()); }
+  bool Avx2() const { return engine_->avx2(); }
+
+  // fields: one array per normalised key then per raw key (leading dim b); action (b, ...);
+  // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 and one (N,)
+  // int64 array per layer (the ring caches, written in place); env_ids: None or (b,) int64,
+  // distinct, in [0, N); out: (b, P) float32, written.
+  void Step(py::list fields, py::object action, py::object reward, py::object time_index,
+            py::list kv, py::list counts, py::object env_ids, py::object out) {
+    const policy::Model& m = engine_->model();
+    policy::StepIO io;
+    py::array ti = Arr(time_index, "time_index", py::dtype::of<int64_t>());
+    if (ti.ndim() != 1) throw py::value_error("policy step: time_index must be 1-D (b,)");
+    io.b = ti.shape(0);
+    io.time_index = static_cast<const int64_t*>(ti.data());
+    for (int64_t r = 0; r < io.b; ++r) {
+      if (io.time_index[r] < 0) throw py::value_error("policy step: time_index must be >= 0");
+    }
+    const size_t nf = m.norm_widths.size() + m.raw_widths.size();
+    if (static_cast<size_t>(py::len(fields)) != nf) {
+      throw py::value_error("policy step: expected " + std::to_string(nf) +
+                            " observation arrays, got " + std::to_string(py::len(fields)));
+    }
+    for (size_t i = 0; i < nf; ++i) {
+      const bool is_norm = i < m.norm_widths.size();
+      const int64_t width = is_norm ? m.norm_widths[i] : m.raw_widths[i - m.norm_widths.size()];
+      policy::Field f = FieldOf(fields[i], io.b, width, "observation " + std::to_string(i));
+      (is_norm ? io.norm_fields : io.raw_fields).push_back(f);
+    }
+    io.action = FieldOf(action, io.b, m.discrete ? 1 : m.action_dim, "action");
+    io.reward = FieldOf(reward, io.b, 1, "reward");
+    py::array o = Arr(out, "out");
+    if (o.ndim() != 2 || o.shape(0) != io.b || o.shape(1) != m.param_dim || !o.writeable()) {
+      throw py::value_error("policy step: out must be a writeable (b, " +
+                            std::to_string(m.param_dim) + ") float32 array");
+    }
+    io.out = static_cast<float*>(o.mutable_data());
+    py::array ids;
+    if (m.transformer) {
+      const size_t nl = m.layers.size();
+      if (static_cast<size_t>(py::len(kv)) != nl || static_cast<size_t>(py::len(counts)) != nl) {
+        throw py::value_error("policy step: one kv and one counts array per layer (" +
+                              std::to_string(nl) + ")");
+      }
+      for (size_t l = 0; l < nl; ++l) {
+        const policy::Layer& L = m.layers[l];
+        const std::string name = "kv[" + std::to_string(l) + "]";
+        py::array a = Arr(kv[l], name);
+        if (a.ndim() != 5 || a.shape(0) != 2 || a.shape(2) != L.heads || a.shape(4) != L.head_dim ||
+            a.shape(3) < 1 || !a.writeable()) {
+          throw py::value_error("policy step: " + name + " must be a writeable (2, N, " +
+                                std::to_string(L.heads) + ", C, " + std::to_string(L.head_dim) +
+                                ") float32 array");
+        }
+        if (l == 0) {
+          io.num_envs = a.shape(1);
+          io.capacity = a.shape(3);
+        } else if (a.shape(1) != io.num_envs || a.shape(3) != io.capacity) {
+          throw py::value_error("policy step: " + name + " has another (N, C) than kv[0]");
+        }
+        const std::string cname = "counts[" + std::to_string(l) + "]";
+        py::array c = Arr(counts[l], cname, py::dtype::of<int64_t>());
+        if (c.ndim() != 1 || c.shape(0) != io.num_envs || !c.writeable()) {
+          throw py::value_error("policy step: " + cname + " must be a writeable (N,) int64 array");
+        }
+        io.kv.push_back(static_cast<float*>(a.mutable_data()));
+        io.counts.push_back(static_cast<int64_t*>(c.mutable_data()));
+      }
+      if (!env_ids.is_none()) {
+        ids = Arr(env_ids, "env_ids", py::dtype::of<int64_t>());
+        if (ids.ndim() != 1 || ids.shape(0) != io.b) {
+          throw py::value_error("policy step: env_ids must be (b,) int64");
+        }
+        io.env_ids = static_cast<const int64_t*>(ids.data());
+        std::vector<bool> seen(io.num_envs, false);
+        for (int64_t r = 0; r < io.b; ++r) {
+          const int64_t n = io.env_ids[r];
+          if (n < 0 || n >= io.num_envs) {
+            throw py::value_error("policy step: env_ids must be in [0, " +
+                                  std::to_string(io.num_envs) + "), got " + std::to_string(n));
+          }
+          if (seen[n]) throw py::value_error("policy step: env_ids has repeated id " + std::to_string(n));
+          seen[n] = true;
+        }
+      } else if (io.b != io.num_envs) {
+        throw py::value_error("policy step: " + std::to_string(io.b) + " rows for " +
+                              std::to_string(io.num_envs) + " envs needs env_ids");
+      }
+      for (size_t l = 1; l < nl; ++l) {
+        for (int64_t r = 0; r < io.b; ++r) {
+          const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
+          if (io.counts[l][n] != io.counts[0][n]) {
+            throw py::value_error("policy step: layer caches disagree on env " + std::to_string(n) +
+                                  "'s step count");
+          }
+        }
+      }
+      // Distinct arrays per layer (aliased caches would be written twice per step).
+      for (size_t l = 0; l < nl; ++l) {
+        for (size_t k = l + 1; k < nl; ++k) {
+          if (io.kv[l] == io.kv[k] || io.counts[l] == io.counts[k]) {
+            throw py::value_error("policy step: layers share a cache array");
+          }
+        }
+      }
+    }
+    if (io.b == 0) return;
+    py::gil_scoped_release release;
+    engine_->Step(io);
+  }
+
+ private:
+  std::vector<py::array> keep_;
+  std::unique_ptr<policy::PolicyEngine> engine_;
+
+  // A C-contiguous array of `dtype` (float32 by default); no conversion, no copy.
+  static py::array Arr(py::handle obj, const std::string& name,
+                       py::dtype dtype = py::dtype::of<float>()) {
+    if (!py::isinstance<py::array>(obj)) {
+      throw py::type_error("policy engine: " + name + " must be a NumPy array, got " +
+                           py::str(py::type::of(obj)).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().equal(dtype)) {
+      throw py::type_error("policy engine: " + name + " has dtype " +
+                           py::str(a.dtype()).cast<std::string>() + ", expected " +
+                           py::str(dtype).cast<std::string>());
+    }
+    if (!(a.flags() & py::array::c_style)) {
+      throw py::value_error("policy engine: " + name + " must be C-contiguous");
+    }
+    return a;
+  }
+
+  const float* Vec(py::handle obj, int64_t n, const std::string& name) {
+    py::array a = Arr(obj, name);
+    if (a.ndim() != 1 || a.shape(0) != n) {
+      throw py::value_error("policy engine: " + name + " must have shape (" + std::to_string(n) +
+                            ",)");
+    }
+    keep_.push_back(a);
+    return static_cast<const float*>(a.data());
+  }
+
+  policy::Dense Lin(py::handle wt, py::handle bias, int64_t in, int64_t out,
+                    const std::string& name) {
+    py::array a = Arr(wt, name + " weight");
+    if (a.ndim() != 2 || a.shape(0) != in || (out >= 0 && a.shape(1) != out)) {
+      throw py::value_error("policy engine: " + name + " weight (transposed) must be (" +
+                            std::to_string(in) + ", " + std::to_string(out) + ")");
+    }
+    keep_.push_back(a);
+    policy::Dense dn;
+    dn.wt = static_cast<const float*>(a.data());
+    dn.in = in;
+    dn.out = a.shape(1);
+    if (!bias.is_none()) dn.bias = Vec(bias, dn.out, name + " bias");
+    return dn;
+  }
+
+  policy::Norm NormOf(py::handle t, int64_t dim, const std::string& name, bool optional) {
+    policy::Norm nm;
+    if (t.is_none()) {
+      if (!optional) throw py::value_error("policy engine: " + name + " is required");
+      return nm;
+    }
+    py::tuple tt = t.cast<py::tuple>();
+    if (tt.size() != 3) throw py::value_error("policy engine: " + name + " must be (gamma, beta, eps)");
+    nm.gamma = Vec(tt[0], dim, name + " weight");
+    nm.beta = Vec(tt[1], dim, name + " bias");
+    nm.eps = tt[2].cast<float>();
+    nm.dim = dim;
+    return nm;
+  }
+
+  // ("linear", wt, bias) / ("norm", gamma, beta, eps) / ("leaky", slope); *width is the input
+  // width, updated to the output width.
+  std::vector<policy::MlpOp> Ops(py::handle list, int64_t* width, const std::string& name) {
+    std::vector<policy::MlpOp> ops;
+    for (py::handle item : list.cast<py::list>()) {
+      py::tuple t = item.cast<py::tuple>();
+      const std::string kind = t[0].cast<std::string>();
+      policy::MlpOp op;
+      if (kind == "linear") {
+        op.kind = policy::OpKind::kLinear;
+        op.lin = Lin(t[1], t[2], *width, -1, name + " linear");
+        *width = op.lin.out;
+      } else if (kind == "norm") {
+        op.kind = policy::OpKind::kNorm;
+        op.norm = NormOf(py::make_tuple(t[1], t[2], t[3]), *width, name + " norm", false);
+      } else if (kind == "leaky") {
+        op.kind = policy::OpKind::kLeaky;
+        op.slope = t[1].cast<float>();
+      } else {
+        throw py::value_error("policy engine: unknown " + name + " op '" + kind + "'");
+      }
+      ops.push_back(op);
+    }
+    return ops;
+  }
+
+  static policy::Field FieldOf(py::handle obj, int64_t b, int64_t width, const std::string& name) {
+    if (!py::isinstance<py::array>(obj)) {
+      throw py::type_error("policy step: " + name + " must be a NumPy array");
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!(a.flags() & py::array::c_style)) {
+      throw py::value_error("policy step: " + name + " must be C-contiguous");
+    }
+    int64_t w = 1;
+    for (ssize_t i = 1; i < a.ndim(); ++i) w *= a.shape(i);
+    if (a.ndim() < 1 || a.shape(0) != b || w != width) {
+      throw py::value_error("policy step: " + name + " must have " + std::to_string(b) +
+                            " rows of " + std::to_string(width) + " values");
+    }
+    policy::Field f;
+    f.data = a.data();
+    f.width = width;
+    const char k = a.dtype().kind();
+    const ssize_t sz = a.dtype().itemsize();
+    using T = policy::FieldType;
+    if (k == 'f' && sz == 4) f.type = T::kF32;
+    else if (k == 'f' && sz == 8) f.type = T::kF64;
+    else if (k == 'i' && sz == 1) f.type = T::kI8;
+    else if (k == 'i' && sz == 2) f.type = T::kI16;
+    else if (k == 'i' && sz == 4) f.type = T::kI32;
+    else if (k == 'i' && sz == 8) f.type = T::kI64;
+    else if (k == 'u' && sz == 1) f.type = T::kU8;
+    else if (k == 'u' && sz == 2) f.type = T::kU16;
+    else if (k == 'u' && sz == 4) f.type = T::kU32;
+    else if (k == 'u' && sz == 8) f.type = T::kU64;
+    else if (k == 'b' && sz == 1) f.type = T::kBool;
+    else {
+      throw py::type_error("policy step: " + name + " has unsupported dtype " +
+                           py::str(a.dtype()).cast<std::string>());
+    }
+    return f;
+  }
+};
+
+inline void RegisterPolicy(py::module_& m) {
+  py::class_<PyPolicyEngine>(m, "PolicyEngine")
+      .def(py::init<py::dict, bool>(), py::arg("cfg"), py::arg("use_simd") = true)
+      .def("step", &PyPolicyEngine::Step, py::arg("fields"), py::arg("action"),
+           py::arg("reward"), py::arg("time_index"), py::arg("kv"), py::arg("counts"),
+           py::arg("env_ids"), py::arg("out"))
+      .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
+      .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
+      .def_property_readonly("avx2", &PyPolicyEngine::Avx2);
+}
+
+}  // namespace amago
+
+#endif  // AMAGO_FAST_POLICY_ADAPTER_H_

@@ -1,0 +1,344 @@
+"""Native (C++) policy step (amago_fast.native_policy) against the PyTorch rollout path.
+
+The oracle is the agent's own PyTorch rollout step (``rollout_forward`` → ``rollout_step`` →
+actor plan) run on a twin state; both paths must produce the same distribution parameters
+(1e-5 relative), the same ring KV caches and counts, and identical greedy actions, step by step
+past the cache capacity, with resets, async env subsets and path switches mid-rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from amago_fast import native_policy as npol
+from amago_fast.agent import Agent, AgentConfig
+from amago_fast.nets.timestep import run_mlp_plan
+from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec, GoalSpec
+
+pytestmark = pytest.mark.skipif(
+    not npol.available(), reason="amago_fast._core was built without PolicyEngine")
+
+TINY = dict(d_model=16, num_layers=2, num_heads=2, context_len=6, tstep_hidden=16, tstep_out=8,
+            actor_hidden=16, critic_hidden=16, num_critics=2)
+DISCRETE = ActionSpec("discrete", n=3)
+CONTINUOUS = ActionSpec("continuous", shape=(2,), low=(-2.0, 0.0), high=(2.0, 1.0))
+
+
+def _spec(action=DISCRETE, goals: bool = False) -> EnvSpec:
+    obs = [FieldSpec("obs", (5,), np.float32), FieldSpec("aux", (2, 2), np.float16)]
+    g = None
+    if goals:
+        g = GoalSpec(k=2, goal_dim=3)
+        obs += g.fields()
+    return EnvSpec("toy", tuple(obs), action, goals=g)
+
+
+def _rows(spec: EnvSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows = {}
+    for f in spec.observation:
+        if f.dtype == np.bool_:
+            rows[f.name] = rng.random((n, *f.shape)) < 0.5
+        elif np.issubdtype(f.dtype, np.integer):
+            rows[f.name] = rng.integers(0, 3, (n, *f.shape)).astype(f.dtype)
+        else:
+            rows[f.name] = (3 * rng.standard_normal((n, *f.shape))).astype(f.dtype)
+    a = spec.action
+    if a.kind == "discrete":
+        rows["action"] = rng.integers(0, a.n, n).astype(np.int32)
+    elif a.kind == "multidiscrete":
+        rows["action"] = rng.integers(0, a.nvec, (n, len(a.nvec))).astype(np.int32)
+    else:
+        rows["action"] = rng.uniform(a.low, a.high, (n, *a.shape)).astype(np.float32)
+    rows["reward"] = (5 * rng.standard_normal(n)).astype(np.float32)
+    return rows
+
+
+def _agent(spec: EnvSpec, seed: int = 0, normalize: bool = True, **cfg) -> Agent:
+    torch.manual_seed(seed)
+    agent = Agent(spec, AgentConfig(**{**TINY, **cfg}))
+    if normalize and agent.tstep_encoder.normalizer is not None:
+        rng = np.random.default_rng(seed)
+        r = {k: torch.as_tensor(v) for k, v in _rows(spec, 64, rng).items()}
+        agent.tstep_encoder.update_normalizer(r, torch.ones(64, dtype=torch.bool))
+    return agent
+
+
+@torch.inference_mode()
+def _torch_params(agent: Agent, rows, state, ids) -> np.ndarray:
+    """The PyTorch rollout path's main-gamma parameters (the oracle), advancing ``state``."""
+    r = agent._check_rows(rows, rows["time_index"].shape[0])
+    _, tplan, jplan, aplan = agent._rollout_plans()
+    emb = agent.tstep_encoder.rollout_forward(tplan, r, r["time_index"])
+    h, state.memory = agent.traj_encoder.rollout_step(jplan, emb, r["time_index"], state.memory,
+                                                      ids)
+    return run_mlp_plan(aplan, h).numpy().copy()
+
+
+@torch.inference_mode()
+def _native_params(agent: Agent, rows, state, ids, use_simd: bool = True) -> np.ndarray:
+    r = agent._check_rows(rows, rows["time_index"].shape[0])
+    out = npol.native_params(agent, r, state, ids, use_simd=use_simd)
+    assert out is not None, npol.unsupported_reason(agent)
+    return out
+
+
+def _assert_close(a, b, what: str, rtol: float = 1e-5) -> None:
+    scale = max(float(np.abs(b).max()), 1e-3)
+    err = float(np.abs(np.asarray(a) - np.asarray(b)).max()) / scale
+    assert err <= rtol, f"{what}: max error {err:.2e} relative to max |x| {scale:.2e}"
+
+
+def _assert_same_memory(s1, s2, what: str) -> None:
+    if isinstance(s1.memory, list):
+        for c1, c2 in zip(s1.memory, s2.memory):
+            np.testing.assert_array_equal(c1._counts_np, c2._counts_np, err_msg=what)
+            _assert_close(c1.kv.numpy(), c2.kv.numpy(), f"{what}: kv cache")
+
+
+def _drive(agent: Agent, steps: int, n: int = 4, seed: int = 0, t0=None) -> None:
+    """Native vs PyTorch twin states step by step; a third state switches path every 3 steps.
+    Every 4th step is an async subset; envs are reset mid-rollout."""
+    rng = np.random.default_rng(seed)
+    spec = agent.spec
+    s_nat, s_ref, s_mix = agent.init_state(n), agent.init_state(n), agent.init_state(n)
+    t = np.zeros(n, np.int64) if t0 is None else np.asarray(t0, np.int64).copy()
+    for step in range(steps):
+        if step % 4 == 3:
+            ids = np.sort(rng.choice(n, size=int(rng.integers(1, n)), replace=False))
+            rng.shuffle(ids)
+        else:
+            ids = None
+        if step in (5, 11):
+            e = np.array([step % n])
+            for s in (s_nat, s_ref, s_mix):
+                agent.reset_state(s, e)
+            t[e] = 0
+        sel = np.arange(n) if ids is None else ids
+        rows = dict(_rows(spec, sel.size, rng), time_index=t[sel].copy())
+        p_ref = _torch_params(agent, rows, s_ref, ids)
+        p_nat = _native_params(agent, rows, s_nat, ids)
+        _assert_close(p_nat, p_ref, f"step {step}: params")
+        _assert_same_memory(s_nat, s_ref, f"step {step}")
+        # Mixed state through the public act (greedy), switching path every 3 steps.
+        agent.native_policy = (step // 3) % 2 == 0
+        try:
+            a_mix, s_mix = agent.act(rows, s_mix, sample=False, env_ids=ids)
+        finally:
+            agent.native_policy = True
+        if spec.action.kind == "discrete":
+            np.testing.assert_array_equal(a_mix, p_ref.argmax(-1), err_msg=f"step {step}")
+        else:
+            d = spec.action.shape[0]
+            low, high = np.asarray(spec.action.low), np.asarray(spec.action.high)
+            want = low + (np.tanh(p_ref[:, :d]) + 1) * 0.5 * (high - low)
+            _assert_close(a_mix, want, f"step {step}: continuous action")
+        _assert_same_memory(s_mix, s_ref, f"step {step} (mixed paths)")
+        t[sel] += 1
+    if isinstance(s_ref.memory, list):
+        assert int(s_ref.memory[0]._counts_np.max()) > 2 * TINY["context_len"] or steps < 20
+
+
+CASES = {
+    "tiny": ({}, DISCRETE, False),
+    "normformer_off": ({"normformer_norms": False}, DISCRETE, False),
+    "sigma_off": ({"sigma_reparam": False}, DISCRETE, False),
+    "learned_pos": ({"pos_emb": "learned", "max_time_index": 10}, DISCRETE, False),
+    "continuous": ({}, CONTINUOUS, False),
+    "goals": ({}, DISCRETE, True),
+    "no_normalizer": ({"normalize_inputs": False, "tstep_layers": 0, "actor_layers": 1},
+                      DISCRETE, False),
+    "ff_encoder": ({"traj_encoder": "ff"}, CONTINUOUS, False),
+    "wide_heads": ({"d_model": 48, "num_heads": 2, "d_ff": 40}, DISCRETE, False),
+    "odd_head_dim": ({"d_model": 15, "num_heads": 3, "tstep_out": 7}, CONTINUOUS, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_native_step_matches_torch_path(case):
+    cfg, action, goals = CASES[case]
+    agent = _agent(_spec(action, goals), **cfg)
+    assert npol.unsupported_reason(agent) is None
+    _drive(agent, steps=3 * TINY["context_len"] + 2)
+
+
+def test_default_agent_matches_torch_path():
+    """The default architecture (d_model 256, 3 layers, 8 heads), short context for speed."""
+    torch.manual_seed(0)
+    agent = _agent(_spec(), **{k: v for k, v in AgentConfig().to_dict().items()
+                               if k not in ("context_len",)}, context_len=4)
+    _drive(agent, steps=10, n=3)
+
+
+def test_sinusoidal_positions_past_the_table():
+    """Time indices crossing the 16384-row position table (computed rows beyond it)."""
+    agent = _agent(_spec())
+    _drive(agent, steps=8, n=3, t0=[16380, 3, 20000])
+
+
+def test_baseline_and_avx2_builds_agree():
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=16)
+    rng = np.random.default_rng(1)
+    s1, s2 = agent.init_state(5), agent.init_state(5)
+    for t in range(20):
+        rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
+        p1 = _native_params(agent, rows, s1, None, use_simd=True)
+        p2 = _native_params(agent, rows, s2, None, use_simd=False)
+        _assert_close(p1, p2, f"step {t}")
+    _assert_same_memory(s1, s2, "baseline vs avx2")
+
+
+def test_parameter_change_rebuilds_engine_and_copies_work():
+    agent = _agent(_spec())
+    rng = np.random.default_rng(2)
+    state = agent.init_state(3)
+    for t in range(4):
+        agent.act(dict(_rows(agent.spec, 3, rng), time_index=np.full(3, t)), state, sample=True)
+    eng = npol.engine_for(agent)
+    with torch.no_grad():
+        agent.traj_encoder.layers[0].ff1.weight.mul_(1.5)
+        agent.actor.net[0].bias.add_(0.3)
+    assert npol.engine_for(agent) is not eng
+    # Checkpoint-style copies mid-rollout: a deep-copied agent and state continue identically
+    # (native) to the original continued on the PyTorch path.
+    twin, twin_state = copy.deepcopy(agent), copy.deepcopy(state)
+    for t in range(4, 14):
+        rows = dict(_rows(agent.spec, 3, rng), time_index=np.full(3, t))
+        p_ref = _torch_params(agent, rows, state, None)
+        p_nat = _native_params(twin, rows, twin_state, None)
+        _assert_close(p_nat, p_ref, f"step {t}")
+    _assert_same_memory(twin_state, state, "copied agent")
+
+
+def test_dispatch_and_unsupported_configs():
+    agent = _agent(_spec())
+    assert npol.unsupported_reason(agent) is None
+    gru = _agent(_spec(), traj_encoder="gru")
+    assert "GRU" in npol.unsupported_reason(gru)
+    img = EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE)
+    assert "image" in npol.unsupported_reason(_agent(img))
+    multi = _agent(_spec(ActionSpec("multidiscrete", nvec=(2, 3))))
+    assert npol.unsupported_reason(multi) is not None
+    rng = np.random.default_rng(3)
+    for a in (gru, multi):  # still act through the PyTorch path
+        st = a.init_state(2)
+        rows = dict(_rows(a.spec, 2, rng), time_index=np.zeros(2, np.int64))
+        acts, _ = a.act(rows, st, sample=True)
+        assert acts.shape[0] == 2
+    # A forward hook on the actor: the PyTorch path (the hook must see the call).
+    seen = []
+    agent.actor.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    st = agent.init_state(2)
+    rows = agent._check_rows(dict(_rows(agent.spec, 2, rng), time_index=np.zeros(2, np.int64)), 2)
+    assert npol.native_params(agent, rows, st, None) is None
+    agent.act(rows, st, sample=True)
+    assert seen
+
+
+def test_noncontiguous_rows_through_act():
+    agent = _agent(_spec())
+    rng = np.random.default_rng(4)
+    s_nat, s_ref = agent.init_state(4), agent.init_state(4)
+    for t in range(3):
+        rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t))
+        rows["obs"] = np.asfortranarray(np.repeat(rows["obs"], 2, axis=1)[:, ::2])
+        assert not rows["obs"].flags.c_contiguous
+        p_ref = _torch_params(agent, rows, s_ref, None)
+        p_nat = _native_params(agent, rows, s_nat, None)
+        _assert_close(p_nat, p_ref, f"step {t}")
+
+
+def _snapshot(state):
+    return [(c.kv.clone(), c._counts_np.copy()) for c in state.memory]
+
+
+def test_bad_inputs_raise_and_leave_state_unchanged():
+    agent = _agent(_spec())
+    rng = np.random.default_rng(5)
+    state = agent.init_state(4)
+    for t in range(3):
+        agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
+    eng = npol.engine_for(agent)
+    rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
+    rows["aux"] = rows["aux"].astype(np.float32)  # the glue widens float16; the engine does not
+    good = dict(fields=[rows["obs"], rows["aux"]], action=rows["action"], reward=rows["reward"],
+                time_index=rows["time_index"], kv=[c.kv.numpy() for c in state.memory],
+                counts=[c._counts_np for c in state.memory], env_ids=None,
+                out=np.empty((4, eng.param_dim), np.float32))
+    before = _snapshot(state)
+    bad_counts = [c.copy() for c in good["counts"]]
+    bad_counts[1][0] += 1
+    bad = {
+        "time_index int32": (dict(time_index=rows["time_index"].astype(np.int32)), TypeError,
+                             "time_index"),
+        "time_index negative": (dict(time_index=np.array([0, -1, 2, 3])), ValueError, ">= 0"),
+        "obs non-contiguous": (dict(fields=[np.asfortranarray(np.ones((4, 5), np.float32)),
+                                            rows["aux"]]), ValueError, "C-contiguous"),
+        "obs wrong width": (dict(fields=[rows["obs"][:, :4].copy(), rows["aux"]]), ValueError,
+                            "observation 0"),
+        "obs count": (dict(fields=[rows["obs"]]), ValueError, "observation arrays"),
+        "obs dtype": (dict(fields=[rows["obs"].astype(np.complex64), rows["aux"]]), TypeError,
+                      "dtype"),
+        "obs float16": (dict(fields=[rows["obs"], rows["aux"].astype(np.float16)]), TypeError,
+                        "float16"),
+        "obs not array": (dict(fields=[rows["obs"].tolist(), rows["aux"]]), TypeError,
+                          "NumPy array"),
+        "action rows": (dict(action=rows["action"][:3].copy()), ValueError, "action"),
+        "reward rows": (dict(reward=np.zeros(5, np.float32)), ValueError, "reward"),
+        "kv dtype": (dict(kv=[c.kv.numpy().astype(np.float64) for c in state.memory]),
+                     TypeError, r"kv\[0\]"),
+        "kv shape": (dict(kv=[good["kv"][0], good["kv"][1][:, :3].copy()]), ValueError,
+                     r"kv\[1\]"),
+        "kv read-only": (dict(kv=[np.frombuffer(good["kv"][0].tobytes(), np.float32).reshape(
+            good["kv"][0].shape), good["kv"][1]]), ValueError, "writeable"),
+        "layer count": (dict(kv=good["kv"][:1], counts=good["counts"][:1]), ValueError,
+                        "per layer"),
+        "shared cache": (dict(kv=[good["kv"][0], good["kv"][0]]), ValueError, "share"),
+        "counts disagree": (dict(counts=bad_counts), ValueError, "disagree"),
+        "counts dtype": (dict(counts=[c.astype(np.int32) for c in good["counts"]]), TypeError,
+                         r"counts\[0\]"),
+        "env_ids repeated": (dict(env_ids=np.array([0, 0, 1, 2])), ValueError, "repeated"),
+        "env_ids range": (dict(env_ids=np.array([0, 1, 2, 4])), ValueError, r"\[0, 4\)"),
+        "env_ids missing": (dict(fields=[rows["obs"][:2].copy(), rows["aux"][:2].copy()],
+                                 action=rows["action"][:2].copy(),
+                                 reward=rows["reward"][:2].copy(),
+                                 time_index=rows["time_index"][:2].copy(),
+                                 out=np.empty((2, eng.param_dim), np.float32)),
+                            ValueError, "needs env_ids"),
+        "out shape": (dict(out=np.empty((4, eng.param_dim + 1), np.float32)), ValueError,
+                      "out"),
+        "out dtype": (dict(out=np.empty((4, eng.param_dim), np.float64)), TypeError, "out"),
+    }
+    for name, (change, exc, match) in bad.items():
+        with pytest.raises(exc, match=match):
+            eng.step(**{**good, **change})
+        for (kv0, c0), c in zip(before, state.memory):
+            assert torch.equal(c.kv, kv0) and np.array_equal(c._counts_np, c0), name
+    # The good call after all that works and advances the state.
+    eng.step(**good)
+    assert all(int(c._counts_np[0]) == 4 for c in state.memory)
+    # Through act: the agent's row checks reject before anything changes.
+    before = _snapshot(state)
+    with pytest.raises(ValueError, match="shape"):
+        agent.act(dict(rows, obs=rows["obs"][:, :3]), state, sample=True)
+    for (kv0, c0), c in zip(before, state.memory):
+        assert torch.equal(c.kv, kv0) and np.array_equal(c._counts_np, c0)
+
+
+def test_engine_config_rejects_bad_weights():
+    agent = _agent(_spec())
+    cfg = npol.engine_config(agent, agent._rollout_plans())
+    npol.PolicyEngine(cfg)
+    bad = copy.copy(cfg)
+    bad["layers"] = [dict(cfg["layers"][0], wt_qkv=cfg["layers"][0]["wt_qkv"][:, :5].copy())]
+    with pytest.raises(ValueError, match="qkv"):
+        npol.PolicyEngine(bad)
+    bad = dict(cfg, b_in=cfg["b_in"].astype(np.float64))
+    with pytest.raises(TypeError, match="b_in"):
+        npol.PolicyEngine(bad)
+    bad = dict(cfg, action_kind="multidiscrete")
+    with pytest.raises(ValueError, match="action_kind"):
+        npol.PolicyEngine(bad)
