@@ -620,3 +620,19 @@ def test_obs_converter_against_numpy_reference():
     np.testing.assert_array_equal(out["scalar"], scalar.astype(np.float32).reshape(3, 1))
     whole = ObsConverter([(None, "observation", np.float32, (2,), None)])
     assert whole(ok)["observation"] is ok
+
+
+@pytest.mark.parametrize("bad", [[0, 4, 1], [0, -1, 1]])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
+def test_check_actions_rejects_out_of_range_discrete(bad, dtype):
+    """Both the int32 fast path and the general path reject out-of-range and negative ids."""
+    from amago_fast.envs.base import check_actions
+    from amago_fast.spaces import ActionSpec
+
+    spec = ActionSpec("discrete", n=4)
+    with pytest.raises(ValueError, match="out of range"):
+        check_actions(spec, np.array(bad, dtype), 3, "e")
+    ok = check_actions(spec, np.array([0, 3, 1], dtype), 3, "e")
+    assert ok.dtype == np.int32 and ok.tolist() == [0, 3, 1]
+    with pytest.raises(ValueError, match="shape"):
+        check_actions(spec, np.array([0, 3], dtype), 3, "e")
