@@ -520,3 +520,24 @@ def test_stats_match_numpy_over_the_episodes():
     assert stats["return_std"] == pytest.approx(r.std())
     # CartPole pays 1 per transition: lengths equal returns
     assert stats["length"] == pytest.approx(r.mean())
+
+
+@pytest.mark.parametrize("name, kw", [("gym:CartPole-v1", {}),
+                                      ("tmaze-passive", {"corridor_length": 3})])
+def test_trusted_step_backends_store_the_hand_stepped_episodes(name, kw):
+    """The collector steps gymnasium and built-in envs through step_trusted: the stored
+    trajectories equal those of the same env stepped by hand through the validating step()."""
+    n = 3
+    env = make_env(name, n, seed=7, **kw)
+    rec = RowRecorder(n)
+    policy = LoggingPolicy(env.spec, seed=3)
+    Collector(env, policy, rec, seed=7).collect(150)
+    actions = [a for _, _, a in policy.log]
+    want = hand_episodes(make_env(name, n, seed=7, **kw), actions)
+    keys = [f.name for f in env.spec.observation] + ["action", "reward", "terminated",
+                                                     "truncated"]
+    assert len(rec.trajectories) == len(want) > 3
+    for (gi, g), (wi, w) in zip(sorted(rec.trajectories, key=lambda e: e[0]),
+                                sorted(want, key=lambda e: e[0])):
+        assert gi == wi
+        assert_same_trajectory(g, w, keys)
