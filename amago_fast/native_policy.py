@@ -160,20 +160,57 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
     return cfg
 
 
-def engine_for(agent: Agent, use_simd: bool = True):
-    """The agent's engine for its current parameter version (built on first use after a
-    change), or None when the agent is not supported."""
+class _Entry:
+    """The engine of one agent for one rollout plan, plus the NumPy views of the last state's
+    ring caches (rebuilt when the state's cache objects change)."""
+
+    __slots__ = ("plan", "engine", "reason", "use_simd", "memory", "caches", "kv", "counts")
+
+    def __init__(self, plan: tuple, engine: Any, reason: str | None, use_simd: bool) -> None:
+        self.plan, self.engine, self.reason, self.use_simd = plan, engine, reason, use_simd
+        self.memory: Any = None
+        self.caches: tuple = ()
+        self.kv: list[np.ndarray] = []
+        self.counts: list[np.ndarray] = []
+
+
+def _entry(agent: Agent, use_simd: bool) -> _Entry:
     plan = agent._rollout_plans()
     entry = _ENGINES.get(agent)
-    if entry is not None and entry[0] is plan and entry[3] == use_simd:
-        return entry[1]
+    if entry is not None and entry.plan is plan and entry.use_simd == use_simd:
+        return entry
     reason = unsupported_reason(agent)
     engine = None
     if reason is None:
         with torch.inference_mode(False), torch.no_grad():
             engine = PolicyEngine(engine_config(agent, plan), use_simd)
-    _ENGINES[agent] = (plan, engine, reason, use_simd)
-    return engine
+    entry = _Entry(plan, engine, reason, use_simd)
+    _ENGINES[agent] = entry
+    return entry
+
+
+def engine_for(agent: Agent, use_simd: bool = True):
+    """The agent's engine for its current parameter version (built on first use after a
+    change), or None when the agent is not supported."""
+    return _entry(agent, use_simd).engine
+
+
+def _bind_memory(entry: _Entry, memory: Any) -> bool:
+    """Point ``entry`` at the NumPy views of ``memory``'s ring caches; False when the memory
+    is not float32 CPU ``RingKVCache`` objects (then the PyTorch path runs)."""
+    caches = entry.caches
+    if (entry.memory is memory and len(memory) == len(caches)
+            and all(c is c0 and c.kv is k0 for c, (c0, k0) in zip(memory, caches))):
+        return True
+    if not isinstance(memory, list) or not all(
+            type(c) is RingKVCache and c.dtype == torch.float32 and c._counts_np is not None
+            for c in memory):
+        return False
+    entry.memory = memory
+    entry.caches = tuple((c, c.kv) for c in memory)
+    entry.kv = [c.kv.numpy() for c in memory]
+    entry.counts = [c._counts_np for c in memory]
+    return True
 
 
 def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
@@ -181,27 +218,24 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     """The main gamma's distribution parameters (b, P) for validated ``rows`` (see
     ``Agent._check_rows``) of the envs ``ids`` (None: all), advancing ``state`` in place; None
     (nothing changed) when the native step does not apply."""
-    if not (ENABLED and getattr(agent, "native_policy", True)) or PolicyEngine is None:
+    if not (ENABLED and agent.native_policy) or PolicyEngine is None:
         return None
     if not agent._actor_plain():
         return None
-    memory = state.memory
-    traj = agent.traj_encoder
-    if isinstance(traj, TransformerTrajEncoder):
-        if not isinstance(memory, list) or not all(
-                type(c) is RingKVCache and c.dtype == torch.float32 and c._counts_np is not None
-                for c in memory):
-            return None
-        kv = [c.kv.numpy() for c in memory]
-        counts = [c._counts_np for c in memory]
-    else:
-        kv, counts = [], []
-    engine = engine_for(agent, use_simd)
+    entry = _entry(agent, use_simd)
+    engine = entry.engine
     if engine is None:
         return None
+    if type(agent.traj_encoder) is TransformerTrajEncoder:
+        if not _bind_memory(entry, state.memory):
+            return None
+        kv, counts = entry.kv, entry.counts
+    else:
+        kv = counts = []
     enc = agent.tstep_encoder
     fields = [_contig(rows[k]) for k in enc.norm_keys]
-    fields += [_contig(rows[k]) for k in enc.raw_keys]
+    if enc.raw_keys:
+        fields += [_contig(rows[k]) for k in enc.raw_keys]
     ti = rows["time_index"]
     out = np.empty((ti.shape[0], engine.param_dim), np.float32)
     engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,

@@ -162,7 +162,7 @@ def test_native_step_matches_torch_path(case):
     cfg, action, goals = CASES[case]
     agent = _agent(_spec(action, goals), **cfg)
     assert npol.unsupported_reason(agent) is None
-    _drive(agent, steps=3 * TINY["context_len"] + 2)
+    _drive(agent, steps=2 * TINY["context_len"] + 3)
 
 
 def test_default_agent_matches_torch_path():
@@ -170,7 +170,7 @@ def test_default_agent_matches_torch_path():
     torch.manual_seed(0)
     agent = _agent(_spec(), **{k: v for k, v in AgentConfig().to_dict().items()
                                if k not in ("context_len",)}, context_len=4)
-    _drive(agent, steps=10, n=3)
+    _drive(agent, steps=7, n=3)
 
 
 def test_sinusoidal_positions_past_the_table():
