@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from amago_fast.bench.curves import CURVES, command, run_curves, summarize_run
+from amago_fast.bench.curves import CURVES, command, final_result, run_curves, summarize_run
 from amago_fast.cli import main
 from amago_fast.envs import make_env
 from amago_fast.presets import get_preset
@@ -75,3 +75,10 @@ def test_runner_stops_at_the_limit_and_records_cpu(tmp_path):
     assert 0 < meta["cpu_user_s"] and meta["wall_s"] <= time.perf_counter() - t0 + 1
     summary = summarize_run(tmp_path / "tmaze100_s0")
     assert summary["env_steps"] > 0 and summary["curve"] == "tmaze100"
+
+
+def test_final_result_is_the_last_printed_json_block():
+    text = 'warn {"x": 1}\n{\n  "env_steps": 5,\n  "eval": {\n    "return": 1.0\n  }\n}\n'
+    text += "{\n  \"env_steps\": 64,\n  \"updates\": 7\n}\nalert: interrupted\n"
+    assert final_result(text) == {"env_steps": 64, "updates": 7}
+    assert final_result("no result\n{\n  broken\n}\n") is None

@@ -31,7 +31,10 @@ from typing import Any
 
 from amago_fast.logger import read_csv
 
-__all__ = ["Curve", "CURVES", "command", "run_curves", "summarize_run", "plot_group", "main"]
+__all__ = [
+    "Curve", "CURVES", "command", "run_curves", "final_result", "summarize_run", "plot_group",
+    "main",
+]
 
 # The `tmaze` preset's tiny model and optimiser, repeated on the command line for presets whose
 # own model is larger: it is what trains in minutes on one CPU core.
@@ -219,8 +222,28 @@ def _last(cols: dict[str, list[float]], key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+def final_result(log_text: str) -> dict[str, Any] | None:
+    """The JSON result `amago-fast train` prints when it stops (last top-level ``{ ... }``
+    block of its output), or None if there is none (e.g. the run was killed)."""
+    lines = log_text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln == "{"]
+    for i in reversed(starts):
+        for j in range(i + 1, len(lines)):
+            if lines[j] == "}":
+                try:
+                    return json.loads("\n".join(lines[i:j + 1]))
+                except json.JSONDecodeError:
+                    break
+    return None
+
+
 def summarize_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Final and best greedy evaluation, env steps, updates and timing of one run."""
+    """Greedy evaluations, final env steps / updates and timing of one run.
+
+    The final env steps and updates come from the result the trainer printed into the run's log
+    (``<run_dir>.log``, what `run_curves` writes); train.csv's last row (written every
+    log_interval steps) is the fallback.
+    """
     rd = Path(run_dir)
     out: dict[str, Any] = {"run_dir": str(rd)}
     meta = rd / "run_meta.json"
@@ -231,6 +254,12 @@ def summarize_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         out["env_steps"] = _last(tr, "env_steps")
         out["updates"] = _last(tr, "updates")
         out["train_wall_s"] = round(_last(tr, "wall_time") or 0.0, 1)
+    log = rd.with_name(rd.name + ".log")
+    res = final_result(log.read_text(errors="replace")) if log.is_file() else None
+    if res is not None and "env_steps" in res:
+        out["env_steps"], out["updates"] = res["env_steps"], res.get("updates")
+        out["train_wall_s"] = round(res.get("train_seconds", float("nan")), 1)
+        out["interrupted"] = res.get("interrupted")
     if (rd / "eval.csv").is_file():
         ev = read_csv(rd / "eval.csv")
         keys = ("return", "success", "trial_first_episode_return",
