@@ -14,10 +14,10 @@ and each mode (sync; async = EnvPool with batch_size N/2), in one run and interl
 Steps/s count env steps processed (vector steps x batch size), the same unit as the raw loop.
 Each figure is the median over `repeats` rounds of short interleaved slices (~`seconds` each,
 every method once per round, the shared machine's load changing on a scale of seconds); ratios
-are against ``raw`` of the same env/N/mode. ``act_step``: per-step ``Agent.act`` vs the same step
-through the plain modules (baseline). ``policy_context``: per-step ``act`` cost at rollout step
-~64 vs ~1024, with capacity 1024 and with the model's default context (see
-:func:`policy_context_cost` for what "flat" means).
+are against ``raw`` of the same env/N/mode. ``act_step``: per-step ``Agent.act`` (native step)
+vs the PyTorch rollout path and the plain modules (baselines). ``policy_context``: per-step
+``act`` cost at rollout step ~64 vs ~1024, with capacity 1024 and with the model's default
+context, native and PyTorch paths (see :func:`policy_context_cost` for what "flat" means).
 """
 
 from __future__ import annotations
@@ -169,6 +169,14 @@ def _agent_policy(spec, size: str, context_len: int | None = None):
     return agent
 
 
+def _native_available() -> bool:
+    try:
+        from amago_fast.native_policy import available
+    except Exception:  # noqa: BLE001 - the Agent is another part; absent -> skipped
+        return False
+    return available()
+
+
 def _rollout_step_times(agent, env, steps: int, record) -> None:
     """Drive ``agent`` through ``steps`` sync steps of ``env`` (8 envs, no resets: the corridor
     is longer than the run), timing each ``act``; ``record(t, seconds)``."""
@@ -190,7 +198,8 @@ def _rollout_step_times(agent, env, steps: int, record) -> None:
 
 def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 32,
                         sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
-    """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi.
+    """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi, for the
+    native step (``amago_fast.native_policy``) and the PyTorch rollout path.
 
     Two settings per model size: the cache capacity (context_len) = ``steps_hi`` — attention
     reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at t=steps_lo —
@@ -198,74 +207,104 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     set by the capacity C, not by the steps taken) means a ratio ~1.
     """
     out: dict[str, Any] = {}
+    paths = ("native", "torch") if _native_available() else ("torch",)
     for size in sizes:
         for label, ctx in (("capacity_hi", steps_hi), ("default_context", None)):
-            if size == "default" and label == "capacity_hi":
-                continue  # ~10 ms/step x 1100 steps on this machine; the tiny model shows it
-            env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
-            agent = _agent_policy(env.spec, size, context_len=ctx)
-            if agent is None:
-                return {"skipped": "amago_fast.agent not importable"}
-            t_lo: list[float] = []
-            t_hi: list[float] = []
+            row: dict[str, Any] = {}
+            for path in paths:
+                if size == "default" and label == "capacity_hi" and path == "torch":
+                    # ~10 ms/step x 1100 steps on this machine; the native run shows the model.
+                    row[path] = "skipped (slow)"
+                    continue
+                env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+                agent = _agent_policy(env.spec, size, context_len=ctx)
+                if agent is None:
+                    return {"skipped": "amago_fast.agent not importable"}
+                agent.native_policy = path == "native"
+                t_lo: list[float] = []
+                t_hi: list[float] = []
 
-            def record(t, dt, t_lo=t_lo, t_hi=t_hi):
-                if steps_lo <= t < steps_lo + measure:
-                    t_lo.append(dt)
-                if t >= steps_hi:
-                    t_hi.append(dt)
+                def record(t, dt, t_lo=t_lo, t_hi=t_hi):
+                    if steps_lo <= t < steps_lo + measure:
+                        t_lo.append(dt)
+                    if t >= steps_hi:
+                        t_hi.append(dt)
 
-            _rollout_step_times(agent, env, steps_hi + measure, record)
-            lo, hi = float(np.median(t_lo)), float(np.median(t_hi))
-            out[f"{size}_{label}"] = {
-                "context_len": agent.config.context_len,
-                f"ms_per_step_at_t{steps_lo}": lo * 1e3,
-                f"ms_per_step_at_t{steps_hi}": hi * 1e3,
-                "ratio": hi / lo,
-            }
+                _rollout_step_times(agent, env, steps_hi + measure, record)
+                lo, hi = float(np.median(t_lo)), float(np.median(t_hi))
+                row["context_len"] = agent.config.context_len
+                row[path] = {
+                    f"ms_per_step_at_t{steps_lo}": lo * 1e3,
+                    f"ms_per_step_at_t{steps_hi}": hi * 1e3,
+                    "ratio": hi / lo,
+                }
+            out[f"{size}_{label}"] = row
     return out
 
 
-def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
-    """Per-step ``Agent.act`` (8 envs, sync, steps 100..``steps``, past the cache capacity) vs
-    the same step through the plain modules — ``TimestepEncoder.forward``,
-    ``TransformerTrajEncoder.step`` (σ-reparam weights recomputed, per-key tensor conversion)
-    and the actor — interleaved call by call on twin states; medians and the speedup."""
+def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default"),
+                  num_envs: tuple[int, ...] = (8, 64)) -> dict:
+    """Per-step ``Agent.act`` (sync, past the cache capacity): the native step vs the PyTorch
+    rollout path (``agent.native_policy = False``, the baseline) and, at 8 envs, vs the same
+    step through the plain modules — ``TimestepEncoder.forward``, ``TransformerTrajEncoder.step``
+    (σ-reparam weights recomputed, per-key tensor conversion) and the actor — interleaved call
+    by call on twin states; medians and speedups. 64 envs: steps 130..160 only (the PyTorch
+    default model takes ~40 ms a step here)."""
     import copy
 
     import torch
 
+    native = _native_available()
     out: dict[str, Any] = {}
     for size in sizes:
-        env = make_env("tmaze-passive", 8, corridor_length=4 * steps)
-        agent = _agent_policy(env.spec, size)
-        if agent is None:
-            return {"skipped": "amago_fast.agent not importable"}
-        n = env.num_envs
-        obs = env.reset()
-        state = agent.init_state(n)
-        twin = copy.deepcopy(state)
-        act = np.zeros(n, np.int32)
-        rew = np.zeros(n, np.float32)
-        fast, plain = [], []
-        with torch.no_grad():
-            for t in range(steps):
-                rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
-                t0 = time.perf_counter()
-                act, state = agent.act(rows, state, sample=True)
-                t1 = time.perf_counter()
-                tr = {k: torch.as_tensor(v) for k, v in rows.items()}
-                ti = tr["time_index"]
-                h, twin.memory = agent.traj_encoder.step(agent.tstep_encoder(tr, ti), ti,
-                                                         twin.memory)
-                agent.actor.act(agent.actor(h)[:, -1], True).numpy()
-                t2 = time.perf_counter()
-                if t >= 100:
-                    fast.append(t1 - t0)
-                    plain.append(t2 - t1)
-                obs, rew, *_ = env.step(np.asarray(act, np.int32))
-        f, p = float(np.median(fast)), float(np.median(plain))
-        out[size] = {"act_ms": f * 1e3, "module_path_ms": p * 1e3, "speedup": p / f}
+        for n in num_envs:
+            total, first = (steps, 100) if n <= 8 else (160, 130)
+            env = make_env("tmaze-passive", n, corridor_length=4 * total)
+            agent = _agent_policy(env.spec, size)
+            if agent is None:
+                return {"skipped": "amago_fast.agent not importable"}
+            obs = env.reset()
+            s_nat = agent.init_state(n)
+            s_torch = copy.deepcopy(s_nat)
+            twin = copy.deepcopy(s_nat)
+            act = np.zeros(n, np.int32)
+            rew = np.zeros(n, np.float32)
+            times: dict[str, list[float]] = {"native": [], "torch": [], "modules": []}
+            with torch.no_grad():
+                for t in range(total):
+                    rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
+                    t0 = time.perf_counter()
+                    if native:
+                        act, s_nat = agent.act(rows, s_nat, sample=True)
+                    t1 = time.perf_counter()
+                    agent.native_policy = False
+                    a_torch, s_torch = agent.act(rows, s_torch, sample=True)
+                    agent.native_policy = True
+                    t2 = time.perf_counter()
+                    if n <= 8:
+                        tr = {k: torch.as_tensor(v) for k, v in rows.items()}
+                        ti = tr["time_index"]
+                        h, twin.memory = agent.traj_encoder.step(agent.tstep_encoder(tr, ti), ti,
+                                                                 twin.memory)
+                        agent.actor.act(agent.actor(h)[:, -1], True).numpy()
+                    t3 = time.perf_counter()
+                    if t >= first:
+                        times["native"].append(t1 - t0)
+                        times["torch"].append(t2 - t1)
+                        times["modules"].append(t3 - t2)
+                    if not native:
+                        act = a_torch
+                    obs, rew, *_ = env.step(np.asarray(act, np.int32))
+            env.close()
+            med = {k: float(np.median(v)) * 1e3 if v else None for k, v in times.items()}
+            row: dict[str, Any] = {"num_envs": n, "torch_act_ms": med["torch"]}
+            if native:
+                row["native_act_ms"] = med["native"]
+                row["native_speedup_vs_torch"] = med["torch"] / med["native"]
+            if n <= 8:
+                row["module_path_ms"] = med["modules"]
+                row["torch_act_speedup_vs_modules"] = med["modules"] / med["torch"]
+            out[f"{size}_n{n}"] = row
     return out
 
 
