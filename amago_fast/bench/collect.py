@@ -136,13 +136,18 @@ class RawStepper:
                 return steps, dt
 
 
-def _collector_slice(col: Collector, seconds: float) -> tuple[int, float]:
-    """Collect for ~`seconds` (at least 5 vector steps); returns (env steps, elapsed)."""
+def _collector_slice(col: Collector, seconds: float,
+                     nonfinite: dict[str, int] | None = None) -> tuple[int, float]:
+    """Collect for ~`seconds` (at least 5 vector steps); returns (env steps, elapsed).
+    `nonfinite["steps"]` counts the non-finite env rows flagged meanwhile."""
     chunk = 5 * col.env.batch_size
     vec = 0
     t0 = time.perf_counter()
     while True:
-        vec += col.collect(chunk)["vector_steps"]
+        stats = col.collect(chunk)
+        vec += stats["vector_steps"]
+        if nonfinite is not None:
+            nonfinite["steps"] += stats["nonfinite_steps"]
         dt = time.perf_counter() - t0
         if dt >= seconds:
             return vec * col.env.batch_size, dt
@@ -522,39 +527,44 @@ def run(
                 probe = fresh()
                 spec = probe.spec
                 probe.close()
+                # nan_policy="flag": a MuJoCo env can, rarely, return a non-finite observation
+                # (seen once for BallInCupCatch-v1 in a warm-up); a benchmark counts it
+                # (row "nonfinite_steps") instead of stopping.
                 cols = {
-                    "collector_random": Collector(fresh(), RandomPolicy(spec)),
+                    "collector_random": Collector(fresh(), RandomPolicy(spec), nan_policy="flag"),
                     "collector_random_buffer": Collector(fresh(), RandomPolicy(spec),
-                                                         _buffer(spec, n)),
-                    "collector_mlp": Collector(fresh(), MLPPolicy(spec), _buffer(spec, n)),
+                                                         _buffer(spec, n), nan_policy="flag"),
+                    "collector_mlp": Collector(fresh(), MLPPolicy(spec), _buffer(spec, n),
+                                               nan_policy="flag"),
                 }
                 if agents and env_key != "BallInCupCatch-v1":
                     for size in ("tiny", "default"):
                         ag = _agent_policy(spec, size)
                         if ag is not None:
-                            cols[f"collector_agent_{size}"] = Collector(fresh(), ag,
-                                                                        _buffer(spec, n))
+                            cols[f"collector_agent_{size}"] = Collector(
+                                fresh(), ag, _buffer(spec, n), nan_policy="flag")
                 raw_env = fresh()
                 raw = RawStepper(raw_env)
                 times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
+                nonfinite = {"steps": 0}
                 with torch.no_grad():
                     raw.slice(0.0)  # warm-up: first reset, buffer allocation
                     for c in cols.values():
-                        _collector_slice(c, 0.0)
+                        _collector_slice(c, 0.0, nonfinite)
                     # Short slices, interleaved, many times: the shared machine's load changes
                     # on a scale of seconds, so each method sees the same mix of it.
                     for _ in range(repeats):
                         steps, dt = raw.slice(seconds)
                         times["raw"].append(steps / dt)
                         for k, c in cols.items():
-                            steps, dt = _collector_slice(c, seconds)
+                            steps, dt = _collector_slice(c, seconds, nonfinite)
                             times[k].append(steps / dt)
                 raw_env.close()
                 for c in cols.values():
                     c.env.close()
                 med = {k: float(np.median(v)) for k, v in times.items()}
                 row = {"env": env_key, "num_envs": n, "mode": mode,
-                       "raw_steps_per_s": med["raw"]}
+                       "raw_steps_per_s": med["raw"], "nonfinite_steps": nonfinite["steps"]}
                 for k in cols:
                     row[f"{k}_steps_per_s"] = med[k]
                     row[f"{k}_ratio_vs_raw"] = med[k] / med["raw"]
