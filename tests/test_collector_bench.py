@@ -1,0 +1,41 @@
+"""Smoke test of the collection benchmark's modes (tiny settings; no timing asserted)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amago_fast.bench import collect as bench
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
+
+
+def test_bench_modes_run_and_report_their_fields():
+    rows = bench.run(envs=("tmaze-passive",), num_envs=(2,), modes=("sync",), seconds=0.001,
+                     repeats=1, agents=False, context_check=False)["results"]
+    assert rows[0]["nonfinite_steps"] == 0
+    assert rows[0]["raw_steps_per_s"] > 0 and rows[0]["collector_random_ratio_vs_raw"] > 0
+    over = bench.framework_overhead(envs=("CartPole-v1",), num_envs=(4,), modes=("async",),
+                                    repeats=2, vec_steps=3)
+    assert over[0]["batch"] == 2 and over[0]["collector_random_cpu_us_min"] > 0
+    split = bench.overhead_breakdown(envs=("tmaze-passive",), num_envs=(2,), modes=("sync",),
+                                     seconds=0.001, repeats=1)
+    parts = ("env_us", "policy_us", "buffer_us", "collector_us")
+    assert split[0]["total_us"] == pytest.approx(sum(split[0][k] for k in parts))
+
+
+def test_replay_env_replays_the_recorded_steps():
+    from amago_fast.envs import make_env
+
+    real = make_env("envpool:CartPole-v1", 4, seed=1, batch_size=2)
+    env = bench.ReplayEnv(real, steps=5)
+    twin = make_env("envpool:CartPole-v1", 4, seed=1, batch_size=2)
+    obs0 = twin.reset()
+    np.testing.assert_array_equal(env.reset()["observation"], obs0["observation"])
+    for t in range(7):  # wraps around after 5
+        got = env.step_trusted(np.zeros(2, np.int32), env.last_env_ids)
+        want = env._record[t % 5]
+        np.testing.assert_array_equal(got[0]["observation"], want[0]["observation"])
+        np.testing.assert_array_equal(got[4]["env_id"], env.last_env_ids)
+    with pytest.raises(ValueError, match="out of range"):
+        env.step(np.array([0, 9], np.int32), env.last_env_ids)
