@@ -37,6 +37,7 @@ snapshotted: after ``load_state_dict`` their rollouts restart with ``env.reset()
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import time
@@ -75,12 +76,23 @@ def random_actions(action: ActionSpec, n: int, rng: np.random.Generator) -> np.n
     """
     if action.kind == "discrete":
         return (rng.random(n) * action.n).astype(np.int32)
+    scale, low = _action_scale(action)
     if action.kind == "multidiscrete":
-        nvec = np.asarray(action.nvec, np.float64)
-        return (rng.random((n, nvec.size)) * nvec).astype(np.int32)
+        return (rng.random((n, scale.size)) * scale).astype(np.int32)
+    u = rng.random((n, *action.shape), dtype=np.float32)
+    u *= scale
+    u += low
+    return u
+
+
+@functools.lru_cache(maxsize=64)
+def _action_scale(action: ActionSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """(nvec as float64, None) or (high - low, low) as float32, built once per action spec
+    (converting the spec's tuples each call cost ~5 µs of a ~2 µs draw)."""
+    if action.kind == "multidiscrete":
+        return np.asarray(action.nvec, np.float64), None
     low = np.asarray(action.low, np.float32)
-    high = np.asarray(action.high, np.float32)
-    return low + rng.random((n, *action.shape), dtype=np.float32) * (high - low)
+    return np.asarray(action.high, np.float32) - low, low
 
 
 class RandomPolicy:
