@@ -11,6 +11,11 @@ and each mode (sync; async = EnvPool with batch_size N/2), in one run and interl
 - ``collector_agent_tiny`` / ``collector_agent_default``: the amago_fast Agent (if importable);
   async mode passes ``env_ids`` to ``Agent.act``.
 
+Two more modes print where the collector's time goes: ``--overhead`` (main-thread CPU µs per
+vector step over a :class:`ReplayEnv` that replays recorded env outputs at ~zero cost: what the
+framework adds, insensitive to other processes' load) and ``--breakdown`` (the real collector
+step's µs split into env / policy / buffer / collector bookkeeping, next to the raw step).
+
 Steps/s count env steps processed (vector steps x batch size), the same unit as the raw loop.
 Each figure is the median over `repeats` rounds of short interleaved slices (~`seconds` each,
 every method once per round, the shared machine's load changing on a scale of seconds); ratios
