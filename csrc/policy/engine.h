@@ -52,6 +52,7 @@ class PolicyEngine {
   // use_simd: take the AVX2+FMA build when the CPU has it (false: the baseline build; tests
   // compare both).
   PolicyEngine(Model model, bool use_simd) : m_(std::move(model)) {
+    PackModel(&m_);
 #ifdef AMAGO_POLICY_HAS_AVX2_PATH
     avx2_ = use_simd && CpuHasAvx2();
 #else

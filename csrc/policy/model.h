@@ -3,14 +3,24 @@
 #define AMAGO_FAST_POLICY_MODEL_H_
 
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 namespace amago {
 namespace policy {
 
+// Output columns per packed weight panel (GEMM tile width, step_impl.h).
+constexpr int kPanel = 16;
+
 struct Dense {
   const float* wt = nullptr;    // (in, out) row-major, i.e. the transposed torch weight
   const float* bias = nullptr;  // (out) or null
+  // The first out / 16 * 16 columns of wt repacked as (out / 16) contiguous (in, 16) panels:
+  // a tile then reads its weights as one sequential stream (row-major wt strides by out per
+  // input; measured 2.2x on the default model's 8-env step: 4.4 -> 2.0 ms CPU). Filled by
+  // PackModel.
+  const float* packed = nullptr;
   int64_t in = 0;
   int64_t out = 0;
 };
@@ -78,7 +88,38 @@ struct Model {
   int64_t d_model = 0;
   std::vector<MlpOp> actor;
   int64_t param_dim = 0;
+  std::vector<std::vector<float>> panels;  // storage of every Dense::packed
 };
+
+// Fills Dense::packed for one weight (storage appended to m->panels; moving a vector keeps its
+// buffer, so the pointers stay valid).
+inline void PackDense(Model* m, Dense* w) {
+  const int64_t full = w->out / kPanel * kPanel;
+  std::vector<float> p(static_cast<size_t>(full * w->in));
+  for (int64_t j0 = 0; j0 < full; j0 += kPanel) {
+    float* dst = p.data() + j0 * w->in;
+    for (int64_t i = 0; i < w->in; ++i) {
+      for (int64_t j = 0; j < kPanel; ++j) dst[i * kPanel + j] = w->wt[i * w->out + j0 + j];
+    }
+  }
+  w->packed = p.data();
+  m->panels.push_back(std::move(p));
+}
+
+// Packs every weight of the model (once per engine, i.e. per parameter version).
+inline void PackModel(Model* m) {
+  for (auto* ops : {&m->tstep, &m->ff, &m->actor}) {
+    for (MlpOp& op : *ops) {
+      if (op.kind == OpKind::kLinear) PackDense(m, &op.lin);
+    }
+  }
+  if (m->transformer) {
+    PackDense(m, &m->in_proj);
+    for (Layer& L : m->layers) {
+      for (Dense* w : {&L.qkv, &L.proj, &L.ff1, &L.ff2}) PackDense(m, w);
+    }
+  }
+}
 
 struct StepIO {
   int64_t b = 0;

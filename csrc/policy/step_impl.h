@@ -29,47 +29,46 @@ inline __attribute__((always_inline)) VF Splat(float x) {
   return v + x;
 }
 
-// Columns per GEMM tile: 2 vectors per row, 4 rows → 8 accumulators in registers.
-constexpr int kTileCols = 2 * kW;
-constexpr int kTileRows = 4;
+// GEMM tiles: kPanel = 16 output columns (the packed panel width, model.h) = kNV vectors per
+// row, kTileRows rows → 8 vector accumulators in registers with either vector width.
+constexpr int kNV = kPanel / kW;
+constexpr int kTileRows = kW == 8 ? 4 : 2;
 
-// Rows [0, RB) x columns [j0, j0 + 16) of y = bias + res + x @ wt (bias/res may be null).
+// Rows [0, RB) x columns [j0, j0 + 16) of y = bias + res + x @ W (bias/res may be null), W's
+// columns j0.. read from their packed panel (in x 16, contiguous: one sequential stream).
 template <int RB>
-inline void GemmTile(const float* x, int64_t ldx, int64_t in, const float* wt, int64_t out,
-                     int64_t j0, const float* bias, const float* res, int64_t ldr, float* y,
-                     int64_t ldy) {
-  VF a0[RB], a1[RB];
-  const VF zero = {};
-  const VF b0 = bias != nullptr ? AMAGO_LOAD(bias + j0) : zero;
-  const VF b1 = bias != nullptr ? AMAGO_LOAD(bias + j0 + kW) : zero;
+inline void GemmTile(const float* x, int64_t ldx, int64_t in, const float* panel, int64_t j0,
+                     const float* bias, const float* res, int64_t ldr, float* y, int64_t ldy) {
+  VF acc[RB][kNV];
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r) {
-    a0[r] = b0;
-    a1[r] = b1;
-    if (res != nullptr) {
-      a0[r] += AMAGO_LOAD(res + r * ldr + j0);
-      a1[r] += AMAGO_LOAD(res + r * ldr + j0 + kW);
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) {
+      acc[r][v] = bias != nullptr ? AMAGO_LOAD(bias + j0 + v * kW) : VF{};
+      if (res != nullptr) acc[r][v] += AMAGO_LOAD(res + r * ldr + j0 + v * kW);
     }
   }
-  const float* w = wt + j0;
-  for (int64_t i = 0; i < in; ++i, w += out) {
-    const VF w0 = AMAGO_LOAD(w);
-    const VF w1 = AMAGO_LOAD(w + kW);
+  const float* w = panel;
+  for (int64_t i = 0; i < in; ++i, w += kPanel) {
+    VF wv[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) wv[v] = AMAGO_LOAD(w + v * kW);
 #pragma GCC unroll 4
     for (int r = 0; r < RB; ++r) {
       const float xv = x[r * ldx + i];
-      a0[r] += xv * w0;
-      a1[r] += xv * w1;
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[r][v] += xv * wv[v];
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < RB; ++r) {
-    AMAGO_STORE(y + r * ldy + j0, a0[r]);
-    AMAGO_STORE(y + r * ldy + j0 + kW, a1[r]);
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) AMAGO_STORE(y + r * ldy + j0 + v * kW, acc[r][v]);
   }
 }
 
-// Columns [j0, out) (fewer than 16) of every row: plain loops (e.g. the actor's P outputs).
+// Columns [j0, out) (fewer than 16) of every row from the row-major wt: plain loops (e.g. the
+// actor's P outputs).
 inline void GemmTail(const float* x, int64_t ldx, int64_t b, int64_t in, const float* wt,
                      int64_t out, int64_t j0, const float* bias, const float* res, int64_t ldr,
                      float* y, int64_t ldy) {
@@ -83,29 +82,29 @@ inline void GemmTail(const float* x, int64_t ldx, int64_t b, int64_t in, const f
   }
 }
 
-// y (b, out) = bias + res + x (b, in) @ wt (in, out); all row-major, row strides ldx/ldr/ldy;
-// y may be res (in-place residual add), never x. Column tiles outermost: a (in x 16) slice of
-// wt stays in L1/L2 while every row block uses it, so the weights stream from memory once per
-// step whatever b is.
-inline void Gemm(const float* x, int64_t ldx, int64_t b, int64_t in, const float* wt,
-                 int64_t out, const float* bias, const float* res, int64_t ldr, float* y,
-                 int64_t ldy) {
-  const int64_t full = out / kTileCols * kTileCols;
-  for (int64_t j0 = 0; j0 < full; j0 += kTileCols) {
+// y (b, out) = bias + res + x (b, in) @ W for a Dense W; row strides ldx/ldr/ldy; y may be res
+// (in-place residual add), never x. Panels outermost: a panel (in x 16) stays in L1/L2 while
+// every row block uses it, so the weights stream from memory once per step whatever b is.
+inline void Gemm(const float* x, int64_t ldx, int64_t b, const Dense& W, const float* bias,
+                 const float* res, int64_t ldr, float* y, int64_t ldy) {
+  const int64_t in = W.in, out = W.out;
+  const int64_t full = out / kPanel * kPanel;
+  for (int64_t j0 = 0; j0 < full; j0 += kPanel) {
+    const float* panel = W.packed + j0 * in;
     int64_t r = 0;
     for (; r + kTileRows <= b; r += kTileRows) {
-      GemmTile<kTileRows>(x + r * ldx, ldx, in, wt, out, j0, bias,
+      GemmTile<kTileRows>(x + r * ldx, ldx, in, panel, j0, bias,
                           res != nullptr ? res + r * ldr : nullptr, ldr, y + r * ldy, ldy);
     }
     const float* rr = res != nullptr ? res + r * ldr : nullptr;
     switch (b - r) {
-      case 3: GemmTile<3>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
-      case 2: GemmTile<2>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
-      case 1: GemmTile<1>(x + r * ldx, ldx, in, wt, out, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      case 3: GemmTile<3>(x + r * ldx, ldx, in, panel, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      case 2: GemmTile<2>(x + r * ldx, ldx, in, panel, j0, bias, rr, ldr, y + r * ldy, ldy); break;
+      case 1: GemmTile<1>(x + r * ldx, ldx, in, panel, j0, bias, rr, ldr, y + r * ldy, ldy); break;
       default: break;
     }
   }
-  if (full < out) GemmTail(x, ldx, b, in, wt, out, full, bias, res, ldr, y, ldy);
+  if (full < out) GemmTail(x, ldx, b, in, W.wt, out, full, bias, res, ldr, y, ldy);
 }
 
 // Sum of n floats: 8-lane vector partials, then the lanes and the tail.
@@ -327,8 +326,7 @@ inline float* RunMlp(const std::vector<MlpOp>& ops, int64_t b, int64_t width,
                                   float* x, float* y, float* tmp, int64_t* out_width) {
   for (const MlpOp& op : ops) {
     if (op.kind == OpKind::kLinear) {
-      Gemm(x, width, b, op.lin.in, op.lin.wt, op.lin.out, op.lin.bias, nullptr, 0, y,
-           op.lin.out);
+      Gemm(x, width, b, op.lin, op.lin.bias, nullptr, 0, y, op.lin.out);
       std::swap(x, y);
       width = op.lin.out;
     } else if (op.kind == OpKind::kNorm) {
@@ -447,7 +445,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       }
     }
     h = Scratch::Get(&s->d, b * lw);  // lw: the actor MLP ping-pongs between h and xa
-    Gemm(x, width, b, m.in_proj.in, m.in_proj.wt, d, nullptr, pos, d, h, d);
+    Gemm(x, width, b, m.in_proj, nullptr, pos, d, h, d);
     const int64_t N = io.num_envs, C = io.capacity;
     float* attn = pos;  // reused: (b, d)
     float* scores = Scratch::Get(&s->scores, C + 8);
@@ -457,7 +455,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       // qkv = LN(h) @ Wqkv + b   → xb (b, 3d)
       std::memcpy(xa, h, b * d * sizeof(float));
       LayerNormRows(xa, d, b, d, L.attn_in.gamma, L.attn_in.beta, L.attn_in.eps, tmp);
-      Gemm(xa, d, b, d, L.qkv.wt, 3 * d, L.qkv.bias, nullptr, 0, xb, 3 * d);
+      Gemm(xa, d, b, L.qkv, L.qkv.bias, nullptr, 0, xb, 3 * d);
       float* kv = io.kv[l];
       int64_t* counts = io.counts[l];
       for (int64_t r = 0; r < b; ++r) {
@@ -480,20 +478,20 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       }
       // h += [LN](attn @ Wproj + b)
       if (L.attn_out.on()) {
-        Gemm(attn, d, b, d, L.proj.wt, d, L.proj.bias, nullptr, 0, xa, d);
+        Gemm(attn, d, b, L.proj, L.proj.bias, nullptr, 0, xa, d);
         LayerNormRows(xa, d, b, d, L.attn_out.gamma, L.attn_out.beta, L.attn_out.eps, tmp);
         for (int64_t i = 0; i < b * d; ++i) h[i] += xa[i];
       } else {
-        Gemm(attn, d, b, d, L.proj.wt, d, L.proj.bias, h, d, h, d);
+        Gemm(attn, d, b, L.proj, L.proj.bias, h, d, h, d);
       }
       // h += W2 [LN](leaky(W1 LN(h) + b1)) + b2
       std::memcpy(xa, h, b * d * sizeof(float));
       LayerNormRows(xa, d, b, d, L.ff_in.gamma, L.ff_in.beta, L.ff_in.eps, tmp);
       const int64_t f = L.ff1.out;
-      Gemm(xa, d, b, d, L.ff1.wt, f, L.ff1.bias, nullptr, 0, xb, f);
+      Gemm(xa, d, b, L.ff1, L.ff1.bias, nullptr, 0, xb, f);
       LeakyRows(xb, f, b, f, L.slope);
       if (L.ff_mid.on()) LayerNormRows(xb, f, b, f, L.ff_mid.gamma, L.ff_mid.beta, L.ff_mid.eps, tmp);
-      Gemm(xb, f, b, f, L.ff2.wt, d, L.ff2.bias, h, d, h, d);
+      Gemm(xb, f, b, L.ff2, L.ff2.bias, h, d, h, d);
     }
     LayerNormRows(h, d, b, d, m.norm_out.gamma, m.norm_out.beta, m.norm_out.eps, tmp);
     width = d;
