@@ -20,6 +20,11 @@ baseline's loss is the same function as ours (tested), ours evaluates Q(s, ·) o
 (``discrete_critic="action_input"``: state, one-hot / probability action and gamma through one
 MLP per (critic, gamma) row), the form AMAGO uses for continuous actions. Both (all) run in the
 same process, alternating, on the same batches.
+
+On a shared machine, run multi-thread cases with ``OMP_WAIT_POLICY=PASSIVE`` (recorded in the
+JSON): OpenMP workers that spin while waiting steal the cores other processes need. Measured on
+the shared 2-core box at load ~5, small model, 2 threads: 0.89-1.02 updates/s passive vs
+0.26-0.48 with the default spinning, run back to back.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from typing import Any
@@ -219,6 +225,7 @@ def run(
         torch.set_num_threads(threads)
     dev = torch.device(device)
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device,
+                               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                                "num_gammas": num_gammas or len(DEFAULT_GAMMAS),
                                "critic_hidden": critic_hidden}
     for size in sizes:
