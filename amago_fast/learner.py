@@ -79,7 +79,8 @@ class LearnerConfig:
     popart: bool = True
     """PopArt normalisation of scalar critics, one set of statistics per gamma."""
     popart_beta: float = 5e-4
-    """PopArt EMA step of the target moments."""
+    """PopArt EMA step of the target moments (bias-corrected: early updates move further, see
+    amago_fast/popart.py)."""
     popart_init_nu: float = 100.0
     """PopArt initial second moment (σ starts at 10)."""
     bf16: bool = False
