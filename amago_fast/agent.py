@@ -377,9 +377,13 @@ class Agent(nn.Module):
         multi-discrete, float32 (b, d) continuous within the env's bounds; taken from the main
         (last) gamma's head. No critic is evaluated. A rejected call leaves ``state`` unchanged.
 
-        Speed (CPU): parameter-derived tensors are cached per parameter version (see
-        :meth:`refresh_inference_cache`), features are assembled by NumPy into preallocated
-        memory, and each layer runs ~15 aten ops over the filled prefix of its ring KV cache.
+        Speed (CPU): the network part runs as one native C++ call when supported
+        (``amago_fast.native_policy``: vector observations, Transformer/FF encoder, float32;
+        set ``native_policy = False`` to force PyTorch), reading the same cached plans and
+        writing the same ring KV caches. Otherwise (the PyTorch path) parameter-derived tensors
+        are cached per parameter version (see :meth:`refresh_inference_cache`), features are
+        assembled by NumPy into preallocated memory, and each layer runs ~15 aten ops over the
+        filled prefix of its ring KV cache.
         """
         ids = self._check_env_ids(env_ids, state)
         n = state.num_envs if ids is None else ids.size
