@@ -118,7 +118,7 @@ class Curve:
 
 
 CURVES: dict[str, Curve] = {
-    "tmaze100": Curve("tmaze", _tmaze(100), (0, 1), 900.0, "tmaze100", "success",
+    "tmaze100": Curve("tmaze", _tmaze(100), (0, 1, 2, 3), 900.0, "tmaze100", "success",
                       notes="passive T-Maze, corridor 100"),
     "ktd5": Curve("key-to-door", _KTD, (0, 1), 900.0, "key_to_door_5x5", "return",
                   notes="Dark Key-To-Door 5x5, 150-step trials"),
@@ -126,9 +126,9 @@ CURVES: dict[str, Curve] = {
                                "popgym", "return", label="RepeatPreviousEasy"),
     "popgym_countrecall": Curve("popgym", _popgym("CountRecallEasy"), (0,), 600.0,
                                 "popgym", "return", label="CountRecallEasy"),
-    "maze_k2_relabel": Curve("maze-runner", _maze(True), (0,), 600.0, "maze_k2_long",
+    "maze_k2_relabel": Curve("maze-runner", _maze(True), (0, 1, 2), 600.0, "maze_k2_long",
                              "return", label="relabel all (p 0.8)"),
-    "maze_k2_none": Curve("maze-runner", _maze(False), (0,), 600.0, "maze_k2_long",
+    "maze_k2_none": Curve("maze-runner", _maze(False), (0, 1, 2), 600.0, "maze_k2_long",
                           "return", label="no relabeling"),
 }
 
