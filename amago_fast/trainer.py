@@ -518,13 +518,16 @@ class Trainer:
             )
         rank_dir = path / f"rank{self.dist.rank}"
         state = torch.load(rank_dir / "state.pt", map_location="cpu", weights_only=False)
-        self.learner.load_state_dict(shared["learner"])
+        # Compare with the model exactly as saved (not as loaded: loading may upgrade an older
+        # checkpoint, e.g. add PopArt's step counter, which changes the loaded state's hash).
         saved = state.get("model_fingerprint")
-        if saved is not None and saved != model_fingerprint(self.learner.loss_module):
-            raise ckpt.CheckpointError(
-                f"{path}: rank {self.dist.rank}'s model differs from rank 0's in this checkpoint "
-                "(the ranks had drifted apart before it was written)"
-            )
+        if saved is not None and saved != model_fingerprint(shared["learner"]["loss_module"]):
+            who = (f"rank {self.dist.rank}'s model differs from rank 0's in this checkpoint (the "
+                   "ranks had drifted apart before it was written)"
+                   if self.dist.world_size > 1 else
+                   "the model in learner.pt differs from the one this run recorded in state.pt")
+            raise ckpt.CheckpointError(f"{path}: {who}")
+        self.learner.load_state_dict(shared["learner"])
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
         self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import torch
 
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import overrides_to_args, save_config
-from amago_fast.trainer import Trainer
+from amago_fast.trainer import Trainer, model_fingerprint
 from tests._tiny_run import TINY_TMAZE_RUN, tiny_tmaze_config
 
 # Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
@@ -167,3 +168,31 @@ def test_sigkill_during_checkpoint_resumes_from_previous(reference_run, tmp_path
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not list(ckpt.checkpoint_root(run_dir).glob(".tmp-*"))
     assert_same_state(final_state(run_dir), reference_run)
+
+
+def test_checkpoint_from_before_popart_step_counter_resumes(tmp_path):
+    """A checkpoint written before PopArt saved its step counter (``popart.updates``) resumes:
+    the model hash recorded in state.pt is compared with learner.pt as saved, not as loaded
+    (loading adds the counter)."""
+    run_dir = tmp_path / "run"
+    first = Trainer(tiny_config(total_env_steps=48, eval_interval=0), run_dir).train()
+    path = ckpt.latest_checkpoint(run_dir)
+    # Rewrite the checkpoint the way the older version wrote it.
+    shared = torch.load(path / "learner.pt", weights_only=False)
+    model = shared["learner"]["loss_module"]
+    key = next(k for k in model if k.endswith("popart.updates"))
+    del model[key]
+    torch.save(shared, path / "learner.pt")
+    state = torch.load(path / "rank0" / "state.pt", weights_only=False)
+    state["model_fingerprint"] = model_fingerprint(model)
+    torch.save(state, path / "rank0" / "state.pt")
+    manifest = json.loads((path / ckpt.MANIFEST).read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = (path / rel).stat().st_size
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+
+    second = Trainer.resume(run_dir, {"total_env_steps": 64}).train()
+    assert second["env_steps"] == 64 and second["updates"] > first["updates"]
+    # The counter restarts from the learner's update count at the checkpoint.
+    resumed = torch.load(ckpt.latest_checkpoint(run_dir) / "learner.pt", weights_only=False)
+    assert float(resumed["learner"]["loss_module"][key]) >= first["updates"]
