@@ -333,6 +333,19 @@ class _Timed:
             self.seconds += time.perf_counter() - t0
 
 
+def _configurations(envs, num_envs, modes):
+    """(env_key, env id, kwargs, N, mode, extra make_env kwargs) for every benchmarked case;
+    async runs EnvPool only, with batches of N/2."""
+    for env_key in envs:
+        name, kw = ENVS[env_key]
+        for n in num_envs:
+            for mode in modes:
+                if mode == "async" and not name.startswith("envpool:"):
+                    continue
+                extra = {"batch_size": n // 2} if mode == "async" else {}
+                yield env_key, name, kw, n, mode, extra
+
+
 def overhead_breakdown(
     envs: tuple[str, ...] = tuple(ENVS),
     num_envs: tuple[int, ...] = (8, 64),
@@ -350,53 +363,47 @@ def overhead_breakdown(
     ``budget_for_0.8x_us`` is what the collector may add to ``raw`` and still reach 0.8x.
     """
     out = []
-    for env_key in envs:
-        name, kw = ENVS[env_key]
-        for n in num_envs:
-            for mode in modes:
-                if mode == "async" and not name.startswith("envpool:"):
-                    continue
-                extra = {"batch_size": n // 2} if mode == "async" else {}
-                env = make_env(name, n, seed=0, **kw, **extra)
-                buf = _buffer(env.spec, n)
-                col = Collector(env, RandomPolicy(env.spec), buf)
-                raw_env = make_env(name, n, seed=0, **kw, **extra)
-                raw = RawStepper(raw_env)
-                r = col._train
-                parts = {"env": _Timed(r._env_step), "policy": _Timed(col.policy.act),
-                         "reset_envs": _Timed(buf.reset_envs),
-                         "append_step": _Timed(buf.append_step)}
-                r._env_step = parts["env"]
-                col.policy.act = parts["policy"]
-                buf.reset_envs = parts["reset_envs"]
-                buf.append_step = parts["append_step"]
-                raw.slice(0.0)
-                _collector_slice(col, 0.0)
-                rows: dict[str, list[float]] = {k: [] for k in
-                                                ("raw", "total", "env", "policy", "buffer",
-                                                 "collector")}
-                for _ in range(repeats):
-                    steps, dt = raw.slice(seconds)
-                    rows["raw"].append(dt / (steps / env.batch_size) * 1e6)
-                    for t in parts.values():
-                        t.seconds = 0.0
-                    steps, dt = _collector_slice(col, seconds)
-                    vec = steps / env.batch_size
-                    us = {k: t.seconds / vec * 1e6 for k, t in parts.items()}
-                    total = dt / vec * 1e6
-                    rows["total"].append(total)
-                    rows["env"].append(us["env"])
-                    rows["policy"].append(us["policy"])
-                    rows["buffer"].append(us["reset_envs"] + us["append_step"])
-                    rows["collector"].append(total - us["env"] - us["policy"]
-                                             - us["reset_envs"] - us["append_step"])
-                raw_env.close()
-                env.close()
-                med = {f"{k}_us": float(np.median(v)) for k, v in rows.items()}
-                row = {"env": env_key, "num_envs": n, "mode": mode, "batch": env.batch_size,
-                       **med, "budget_for_0.8x_us": med["raw_us"] * 0.25}
-                print(json.dumps(row), flush=True)
-                out.append(row)
+    for env_key, name, kw, n, mode, extra in _configurations(envs, num_envs, modes):
+        env = make_env(name, n, seed=0, **kw, **extra)
+        buf = _buffer(env.spec, n)
+        col = Collector(env, RandomPolicy(env.spec), buf)
+        raw_env = make_env(name, n, seed=0, **kw, **extra)
+        raw = RawStepper(raw_env)
+        r = col._train
+        parts = {"env": _Timed(r._env_step), "policy": _Timed(col.policy.act),
+                 "reset_envs": _Timed(buf.reset_envs),
+                 "append_step": _Timed(buf.append_step)}
+        r._env_step = parts["env"]
+        col.policy.act = parts["policy"]
+        buf.reset_envs = parts["reset_envs"]
+        buf.append_step = parts["append_step"]
+        raw.slice(0.0)
+        _collector_slice(col, 0.0)
+        rows: dict[str, list[float]] = {k: [] for k in
+                                        ("raw", "total", "env", "policy", "buffer",
+                                         "collector")}
+        for _ in range(repeats):
+            steps, dt = raw.slice(seconds)
+            rows["raw"].append(dt / (steps / env.batch_size) * 1e6)
+            for t in parts.values():
+                t.seconds = 0.0
+            steps, dt = _collector_slice(col, seconds)
+            vec = steps / env.batch_size
+            us = {k: t.seconds / vec * 1e6 for k, t in parts.items()}
+            total = dt / vec * 1e6
+            rows["total"].append(total)
+            rows["env"].append(us["env"])
+            rows["policy"].append(us["policy"])
+            rows["buffer"].append(us["reset_envs"] + us["append_step"])
+            rows["collector"].append(total - us["env"] - us["policy"]
+                                     - us["reset_envs"] - us["append_step"])
+        raw_env.close()
+        env.close()
+        med = {f"{k}_us": float(np.median(v)) for k, v in rows.items()}
+        row = {"env": env_key, "num_envs": n, "mode": mode, "batch": env.batch_size,
+               **med, "budget_for_0.8x_us": med["raw_us"] * 0.25}
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
@@ -454,46 +461,40 @@ def framework_overhead(
     (the wall-clock ratios of :func:`run` are not), and the quantity issue 5 is about — what
     the framework adds per vector step."""
     out = []
-    for env_key in envs:
-        name, kw = ENVS[env_key]
-        for n in num_envs:
-            for mode in modes:
-                if mode == "async" and not name.startswith("envpool:"):
-                    continue
-                extra = {"batch_size": n // 2} if mode == "async" else {}
-                real = make_env(name, n, seed=0, **kw, **extra)
-                env = ReplayEnv(real)
-                real.close()
-                b = env.batch_size
-                cols = {"collector_random": Collector(env, RandomPolicy(env.spec)),
-                        "collector_random_buffer": Collector(env, RandomPolicy(env.spec),
-                                                             _buffer(env.spec, n))}
-                for c in cols.values():
-                    c.collect(10 * b)
-                rng = np.random.default_rng(0)
-                ids = env.last_env_ids
-                cpu: dict[str, list[float]] = {"bare": [], **{k: [] for k in cols}}
-                for _ in range(repeats):
-                    t0 = time.thread_time()
-                    for _ in range(vec_steps):
-                        a = random_actions(env.spec.action, b, rng)
-                        ids = env.step_trusted(a, ids if env.is_async else None)[4].get(
-                            "env_id", ids)
-                    cpu["bare"].append((time.thread_time() - t0) / vec_steps * 1e6)
-                    for k, c in cols.items():
-                        t0 = time.thread_time()
-                        vec = 0
-                        while vec < vec_steps:
-                            vec += c.collect(5 * b)["vector_steps"]
-                        cpu[k].append((time.thread_time() - t0) / vec * 1e6)
-                row: dict[str, Any] = {"env": env_key, "num_envs": n, "mode": mode, "batch": b}
-                for k, v in cpu.items():
-                    row[f"{k}_cpu_us_min"] = float(np.min(v))
-                    row[f"{k}_cpu_us_median"] = float(np.median(v))
-                for k in cols:
-                    row[f"{k}_overhead_us_min"] = row[f"{k}_cpu_us_min"] - row["bare_cpu_us_min"]
-                print(json.dumps(row), flush=True)
-                out.append(row)
+    for env_key, name, kw, n, mode, extra in _configurations(envs, num_envs, modes):
+        real = make_env(name, n, seed=0, **kw, **extra)
+        env = ReplayEnv(real)
+        real.close()
+        b = env.batch_size
+        cols = {"collector_random": Collector(env, RandomPolicy(env.spec)),
+                "collector_random_buffer": Collector(env, RandomPolicy(env.spec),
+                                                     _buffer(env.spec, n))}
+        for c in cols.values():
+            c.collect(10 * b)
+        rng = np.random.default_rng(0)
+        ids = env.last_env_ids
+        cpu: dict[str, list[float]] = {"bare": [], **{k: [] for k in cols}}
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            for _ in range(vec_steps):
+                a = random_actions(env.spec.action, b, rng)
+                ids = env.step_trusted(a, ids if env.is_async else None)[4].get(
+                    "env_id", ids)
+            cpu["bare"].append((time.thread_time() - t0) / vec_steps * 1e6)
+            for k, c in cols.items():
+                t0 = time.thread_time()
+                vec = 0
+                while vec < vec_steps:
+                    vec += c.collect(5 * b)["vector_steps"]
+                cpu[k].append((time.thread_time() - t0) / vec * 1e6)
+        row: dict[str, Any] = {"env": env_key, "num_envs": n, "mode": mode, "batch": b}
+        for k, v in cpu.items():
+            row[f"{k}_cpu_us_min"] = float(np.min(v))
+            row[f"{k}_cpu_us_median"] = float(np.median(v))
+        for k in cols:
+            row[f"{k}_overhead_us_min"] = row[f"{k}_cpu_us_min"] - row["bare_cpu_us_min"]
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
@@ -518,63 +519,57 @@ def run(
     torch.set_num_threads(torch_threads)
 
     results = []
-    for env_key in envs:
-        name, kw = ENVS[env_key]
-        for n in num_envs:
-            for mode in modes:
-                if mode == "async" and not name.startswith("envpool:"):
-                    continue
-                extra = {"batch_size": n // 2} if mode == "async" else {}
-                # One env instance per measurement, so none of them disturbs another's pool.
-                def fresh(name=name, n=n, kw=kw, extra=extra):
-                    return make_env(name, n, seed=0, **kw, **extra)
+    for env_key, name, kw, n, mode, extra in _configurations(envs, num_envs, modes):
+        # One env instance per measurement, so none of them disturbs another's pool.
+        def fresh(name=name, n=n, kw=kw, extra=extra):
+            return make_env(name, n, seed=0, **kw, **extra)
 
-                probe = fresh()
-                spec = probe.spec
-                probe.close()
-                # nan_policy="flag": a MuJoCo env can, rarely, return a non-finite observation
-                # (seen once for BallInCupCatch-v1 in a warm-up); a benchmark counts it
-                # (row "nonfinite_steps") instead of stopping.
-                cols = {
-                    "collector_random": Collector(fresh(), RandomPolicy(spec), nan_policy="flag"),
-                    "collector_random_buffer": Collector(fresh(), RandomPolicy(spec),
-                                                         _buffer(spec, n), nan_policy="flag"),
-                    "collector_mlp": Collector(fresh(), MLPPolicy(spec), _buffer(spec, n),
-                                               nan_policy="flag"),
-                }
-                if agents and env_key != "BallInCupCatch-v1":
-                    for size in ("tiny", "default"):
-                        ag = _agent_policy(spec, size)
-                        if ag is not None:
-                            cols[f"collector_agent_{size}"] = Collector(
-                                fresh(), ag, _buffer(spec, n), nan_policy="flag")
-                raw_env = fresh()
-                raw = RawStepper(raw_env)
-                times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
-                nonfinite = {"steps": 0}
-                with torch.no_grad():
-                    raw.slice(0.0)  # warm-up: first reset, buffer allocation
-                    for c in cols.values():
-                        _collector_slice(c, 0.0, nonfinite)
-                    # Short slices, interleaved, many times: the shared machine's load changes
-                    # on a scale of seconds, so each method sees the same mix of it.
-                    for _ in range(repeats):
-                        steps, dt = raw.slice(seconds)
-                        times["raw"].append(steps / dt)
-                        for k, c in cols.items():
-                            steps, dt = _collector_slice(c, seconds, nonfinite)
-                            times[k].append(steps / dt)
-                raw_env.close()
-                for c in cols.values():
-                    c.env.close()
-                med = {k: float(np.median(v)) for k, v in times.items()}
-                row = {"env": env_key, "num_envs": n, "mode": mode,
-                       "raw_steps_per_s": med["raw"], "nonfinite_steps": nonfinite["steps"]}
-                for k in cols:
-                    row[f"{k}_steps_per_s"] = med[k]
-                    row[f"{k}_ratio_vs_raw"] = med[k] / med["raw"]
-                results.append(row)
-                print(json.dumps(row), flush=True)
+        probe = fresh()
+        spec = probe.spec
+        probe.close()
+        # nan_policy="flag": a MuJoCo env can, rarely, return a non-finite observation
+        # (seen once for BallInCupCatch-v1 in a warm-up); a benchmark counts it
+        # (row "nonfinite_steps") instead of stopping.
+        cols = {
+            "collector_random": Collector(fresh(), RandomPolicy(spec), nan_policy="flag"),
+            "collector_random_buffer": Collector(fresh(), RandomPolicy(spec),
+                                                 _buffer(spec, n), nan_policy="flag"),
+            "collector_mlp": Collector(fresh(), MLPPolicy(spec), _buffer(spec, n),
+                                       nan_policy="flag"),
+        }
+        if agents and env_key != "BallInCupCatch-v1":
+            for size in ("tiny", "default"):
+                ag = _agent_policy(spec, size)
+                if ag is not None:
+                    cols[f"collector_agent_{size}"] = Collector(
+                        fresh(), ag, _buffer(spec, n), nan_policy="flag")
+        raw_env = fresh()
+        raw = RawStepper(raw_env)
+        times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
+        nonfinite = {"steps": 0}
+        with torch.no_grad():
+            raw.slice(0.0)  # warm-up: first reset, buffer allocation
+            for c in cols.values():
+                _collector_slice(c, 0.0, nonfinite)
+            # Short slices, interleaved, many times: the shared machine's load changes
+            # on a scale of seconds, so each method sees the same mix of it.
+            for _ in range(repeats):
+                steps, dt = raw.slice(seconds)
+                times["raw"].append(steps / dt)
+                for k, c in cols.items():
+                    steps, dt = _collector_slice(c, seconds, nonfinite)
+                    times[k].append(steps / dt)
+        raw_env.close()
+        for c in cols.values():
+            c.env.close()
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        row = {"env": env_key, "num_envs": n, "mode": mode,
+               "raw_steps_per_s": med["raw"], "nonfinite_steps": nonfinite["steps"]}
+        for k in cols:
+            row[f"{k}_steps_per_s"] = med[k]
+            row[f"{k}_ratio_vs_raw"] = med[k] / med["raw"]
+        results.append(row)
+        print(json.dumps(row), flush=True)
     out: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "seconds_per_timing": seconds,
