@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amago_fast.buffer import _core
 from amago_fast.kernels.decode import RingKVCache
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, TransformerTrajEncoder
@@ -39,12 +40,9 @@ from amago_fast.nets.trajectory import FFTrajEncoder, TransformerTrajEncoder
 if TYPE_CHECKING:
     from amago_fast.agent import Agent, AgentState
 
-try:
-    from amago_fast import _core
-
-    PolicyEngine = getattr(_core, "PolicyEngine", None)
-except ImportError:  # pragma: no cover - the wheel always has _core
-    PolicyEngine = None
+# _core comes through the buffer's loader: the one place that honours AMAGO_FAST_CORE_PATH (the
+# sanitizer build) and warns once when the extension is missing (then act uses PyTorch).
+PolicyEngine = getattr(_core, "PolicyEngine", None) if _core is not None else None
 
 ENABLED = os.environ.get("AMAGO_FAST_NATIVE_POLICY", "1") != "0"
 

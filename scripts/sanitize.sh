@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds csrc/ with AddressSanitizer + UndefinedBehaviorSanitizer into build/sanitize (the
-# installed amago_fast/_core is not touched) and runs the buffer tests against that module
-# (amago_fast.buffer loads it through AMAGO_FAST_CORE_PATH). Any sanitizer report fails the run.
+# installed amago_fast/_core is not touched) and runs the buffer, relabel-table and native policy
+# tests against that module (amago_fast.buffer loads it through AMAGO_FAST_CORE_PATH; the policy
+# engine comes through the same loader). Any sanitizer report fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,4 +21,5 @@ export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 "$PY" -c "import amago_fast.buffer as b; assert b.NATIVE_AVAILABLE and b._core.__file__ == '$SO', b._core; print('sanitized core:', b._core.__file__)"
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
-  tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py "$@"
+  tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py \
+  tests/test_relabel_tables.py tests/test_native_policy.py "$@"
