@@ -9,19 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from amago_fast.bench.suite import format_table, table_rows
 from amago_fast.cli import main
 from amago_fast.config import overrides_to_args
 from tests.test_trainer_resume import TINY
 
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def test_print_config_applies_preset_and_overrides(capsys):

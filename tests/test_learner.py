@@ -15,15 +15,7 @@ from amago_fast.learner import Learner, LearnerConfig, nstep_targets
 from amago_fast.popart import PopArt
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: 1 intra-op thread measured ~15x faster than 2 on the shared 2-core box
-    (60 ms vs 880 ms per update at load ~6.6; threads spin on busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(d_model=32, num_layers=2, num_heads=4, tstep_hidden=32, tstep_out=32,

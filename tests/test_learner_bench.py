@@ -18,13 +18,7 @@ from amago_fast.kernels.attention import causal_attention
 from amago_fast.kernels.critic import StateCriticEnsemble
 from amago_fast.nets.layers import Dropout
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_materialized_attention_matches_causal_attention():

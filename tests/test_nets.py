@@ -16,16 +16,9 @@ from amago_fast.nets.layers import RunningNorm, SigmaReparamLinear
 from amago_fast.nets.timestep import TimestepEncoder
 from amago_fast.nets.trajectory import attention_entropy
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec, GoalSpec
+from tests._agent_checks import assert_rollout_steps_match_full_forward
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: 1 intra-op thread measured ~15x faster than 2 on the shared 2-core box
-    (60 ms vs 880 ms per update at load ~6.6; threads spin on busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(d_model=32, num_layers=2, num_heads=4, tstep_hidden=32, tstep_out=32,
@@ -362,20 +355,8 @@ def test_act_with_env_ids_equals_per_env_full_forward():
             rollouts[int(n)][-1].append(({k: v[j] for k, v in rows.items()},
                                          captured[-1][j, -1]))
         t_env[ids] += 1
-    checked = 0
-    with torch.no_grad():
-        for n in range(N):
-            for steps in rollouts[n]:
-                if not steps:
-                    continue
-                seq = {k: torch.as_tensor(np.stack([s[0][k] for s in steps]))[None]
-                       for k in steps[0][0]}
-                h = agent.encode(seq, seq["time_index"],
-                                 torch.ones(1, len(steps), dtype=torch.bool))
-                full = agent.actor(h)[0, :, -1]
-                torch.testing.assert_close(torch.stack([s[1] for s in steps]), full,
-                                           rtol=1e-4, atol=1e-5)
-                checked += len(steps)
+    checked = assert_rollout_steps_match_full_forward(
+        agent, [steps for n in range(N) for steps in rollouts[n]])
     assert checked > 40
     # Sync call == all ids in order, from identical states.
     import copy

@@ -14,13 +14,7 @@ from amago_fast.kernels.attention import causal_attention_reference
 from amago_fast.learner import tune_cpu_malloc
 from amago_fast.nets.layers import Dropout, dropout_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------ dropout

@@ -13,12 +13,7 @@ from amago_fast.logger import read_csv
 from amago_fast.trainer import Trainer, TrainingError
 from tests.test_trainer_resume import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def test_overlapped_collection_keeps_the_update_ratio(tmp_path):

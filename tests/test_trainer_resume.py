@@ -44,11 +44,7 @@ def tiny_config(**extra):
     return tiny_tmaze_config(**{**SCHEDULE, **extra})
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def final_state(run_dir: Path) -> dict:
