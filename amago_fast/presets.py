@@ -125,12 +125,8 @@ def _continuous(env_name: str) -> dict[str, Any]:
     }
 
 
-# Any EnvPool / gymnasium id: a medium model and budgets for a generic task (name the id with
-# --env.name).
-_ANY_ENV_ID: dict[str, Any] = {
-    **_MEDIUM_MODEL,
-    "agent.context_len": 128,
-    "window_len": 128,
+# Budgets for a generic task (shared by the any-id presets and POPGym).
+_GENERIC_BUDGET: dict[str, Any] = {
     "total_env_steps": 500_000,
     "learning_starts": 5_000,
     "collect_steps_per_iter": 32,
@@ -138,6 +134,15 @@ _ANY_ENV_ID: dict[str, Any] = {
     "eval_interval": 50_000,
     "checkpoint_interval": 100_000,
     "log_interval": 5_000,
+}
+
+# Any EnvPool / gymnasium id: a medium model and the generic budgets (name the id with
+# --env.name).
+_ANY_ENV_ID: dict[str, Any] = {
+    **_MEDIUM_MODEL,
+    "agent.context_len": 128,
+    "window_len": 128,
+    **_GENERIC_BUDGET,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -203,13 +208,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "env.num_envs": 8,
         "agent.context_len": 128,
         "window_len": 64,
-        "total_env_steps": 500_000,
-        "learning_starts": 5_000,
-        "collect_steps_per_iter": 32,
-        "updates_per_env_step": 0.03,
-        "eval_interval": 50_000,
-        "checkpoint_interval": 100_000,
-        "log_interval": 5_000,
+        **_GENERIC_BUDGET,
     },
     "envpool": {**_ANY_ENV_ID, "env.name": "envpool:CartPole-v1", "env.num_envs": 16},
     "gym": {**_ANY_ENV_ID, "env.name": "gym:CartPole-v1", "env.num_envs": 8},
