@@ -32,7 +32,7 @@ from amago_fast.spaces import REWARD, TERMINATED, TRUNCATED
 
 __all__ = ["TrajectoryBuffer", "RelabelConfig", "SnapshotError", "NATIVE_AVAILABLE"]
 
-_CORE_ABI = 2
+_CORE_ABI = 3
 
 
 def _load_core() -> ModuleType | None:
@@ -108,8 +108,18 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
         with self._lock:
             self._total_steps_added += self._core.append(rows, env_ids)
 
+    def write_step(self, rows, env_ids=None, starts=None) -> int:
+        with self._lock:
+            if starts is None:
+                appended = self._core.append(rows, env_ids)
+            else:
+                appended = self._core.write_step(rows, env_ids, starts)
+            self._total_steps_added += appended
+        return appended
+
     reset_envs.__doc__ = ReferenceTrajectoryBuffer.reset_envs.__doc__
     append_step.__doc__ = ReferenceTrajectoryBuffer.append_step.__doc__
+    write_step.__doc__ = ReferenceTrajectoryBuffer.write_step.__doc__
 
     def _check_out(self, out, B: int, L: int) -> None:
         if not isinstance(out, dict):

@@ -278,6 +278,44 @@ class ReferenceTrajectoryBuffer:
             self._store_append(ids, checked)
             self._total_steps_added += len(ids)
 
+    def write_step(
+        self,
+        rows: Mapping[str, np.ndarray],
+        env_ids: np.ndarray | None = None,
+        starts: np.ndarray | None = None,
+    ) -> int:
+        """One vector-env step as a collector sees it, in one call: ``rows`` holds every field
+        for each env; a row with ``starts[i]`` True opens a new trajectory from its observation
+        fields (exactly :meth:`reset_envs`; its action/reward/flags are ignored), every other
+        row is appended (exactly :meth:`append_step`). Starts happen before appends. Nothing
+        changes if any check fails (e.g. an appended env without an open trajectory).
+        Returns the number of appended rows (transitions)."""
+        ids = self._check_env_ids(env_ids)
+        checked = self._check_rows(rows, [f.name for f in self.fields], len(ids), "write_step")
+        if starts is None:
+            starts = np.zeros(len(ids), np.bool_)
+        elif not (isinstance(starts, np.ndarray) and starts.dtype == np.bool_
+                  and starts.shape == (len(ids),)):
+            got = (f"{starts.dtype} {starts.shape}" if isinstance(starts, np.ndarray)
+                   else type(starts).__name__)
+            raise ValueError(f"write_step: starts must be a bool array of shape "
+                             f"({len(ids)},), got {got}")
+        cont = ~starts
+        with self._lock:
+            open_len = self._store_open_lengths()
+            closed = [int(e) for e in ids[cont] if open_len[e] == 0]
+            if closed:
+                raise ValueError(
+                    f"write_step: envs {closed[:8]} have no open trajectory (call reset_envs)"
+                )
+            if starts.any():
+                self._store_reset(ids[starts], {k: checked[k][starts] for k in self._obs_names})
+            appended = int(cont.sum())
+            if appended:
+                self._store_append(ids[cont], {k: v[cont] for k, v in checked.items()})
+            self._total_steps_added += appended
+        return appended
+
     def add_trajectory(self, rows: Mapping[str, np.ndarray], time_offset: int = 0) -> None:
         """Commit a whole trajectory of T+1 >= 2 rows (offline data); cut like streamed ones."""
         checked = self._check_rows(rows, [f.name for f in self.fields], None, "add_trajectory")

@@ -297,3 +297,101 @@ def test_sample_into_pinned_memory():
     for k in out:
         assert torch.from_numpy(out[k]).is_pinned()
         np.testing.assert_array_equal(out[k], expect[k])
+
+
+# ---------------------------------------------------------------- write_step (one call per step)
+
+def _write_step_streams(spec, buffers_ws, buffers_two_calls, steps, seed):
+    """The same autoresetting stream into `buffers_ws` via write_step (start rows carry junk in
+    their non-observation fields) and into `buffers_two_calls` via reset_envs + append_step;
+    env order permuted every step."""
+    n = 3
+    roll = GoalRollouts(spec, n, seed=seed, p_truncate=0.08, values=2)
+    rng = np.random.default_rng(seed + 1)
+    r0 = roll.reset_rows(np.arange(n))
+    for b in buffers_ws + buffers_two_calls:
+        b.reset_envs(r0)
+    pending = np.zeros(n, bool)
+    appended = 0
+    for _ in range(steps):
+        rows, done = roll.step_rows()
+        starts_ids = np.flatnonzero(pending)
+        if len(starts_ids):
+            reset = roll.reset_rows(starts_ids)
+            for k, v in reset.items():
+                rows[k][starts_ids] = v
+            rows["reward"][starts_ids] = rng.standard_normal(len(starts_ids))  # ignored
+            rows["terminated"][starts_ids] = rng.random(len(starts_ids)) < 0.5  # ignored
+        perm = rng.permutation(n)
+        prow = {k: v[perm] for k, v in rows.items()}
+        starts = pending[perm]
+        got = [b.write_step(prow, perm, starts) for b in buffers_ws]
+        assert got == [int((~starts).sum())] * len(buffers_ws)
+        appended += got[0]
+        for b in buffers_two_calls:  # same env order: pieces commit in the same order
+            if starts.any():
+                b.reset_envs({k: prow[k][starts] for k in b._obs_names}, perm[starts])
+            b.append_step({k: v[~starts] for k, v in prow.items()}, perm[~starts])
+        ended = np.zeros(n, bool)
+        ended[done] = True
+        pending = ended & ~pending
+    return appended
+
+
+@pytest.mark.parametrize("goals", [False, True])
+def test_write_step_equals_reset_plus_append_and_reference(goals):
+    spec = goal_env_spec(k=2, goal_dim=2) if goals else plain_env_spec(obs_dim=5)
+    kw = dict(capacity_steps=89, num_envs=3, max_trajectory_len=13, seed=5)
+    native_ws, ref_ws = _pair(spec, **kw)
+    native_two, ref_two = _pair(spec, **kw)
+    appended = _write_step_streams(spec, [native_ws, ref_ws], [native_two, ref_two], 150, seed=3)
+    bufs = [native_ws, ref_ws, native_two, ref_two]
+    assert appended > 100 and all(b.total_steps_added == appended for b in bufs)
+    for b in bufs[1:]:
+        np.testing.assert_array_equal(b._store_pieces(), native_ws._store_pieces())
+        np.testing.assert_array_equal(b._store_open_lengths(), native_ws._store_open_lengths())
+        for k in b._ring:
+            np.testing.assert_array_equal(b._ring[k], native_ws._ring[k], err_msg=k)
+    _assert_equal_batches(native_ws.sample_windows(8, 6), ref_ws.sample_windows(8, 6))
+
+
+@pytest.mark.parametrize("engine", ["native", "reference"])
+def test_write_step_rejects_bad_input_and_changes_nothing(engine):
+    spec = plain_env_spec(obs_dim=3)
+    cls = TrajectoryBuffer if engine == "native" else ReferenceTrajectoryBuffer
+    buf = cls.from_env_spec(spec, capacity_steps=50, num_envs=3, seed=0)
+    roll = GoalRollouts(spec, 3, seed=0, p_truncate=0.0)
+    buf.reset_envs(roll.reset_rows(np.array([0, 1])), np.array([0, 1]))
+    rows, _ = roll.step_rows()
+    buf.write_step(rows, None, np.array([False, False, True]))  # env 2 starts here
+    rows, _ = roll.step_rows()
+    bad_cases = [
+        (dict(starts=np.array([0, 0, 1])), "starts"),  # not bool
+        (dict(starts=np.array([False, True])), "starts"),  # wrong length
+        (dict(env_ids=np.array([0, 0, 1]), starts=np.zeros(3, bool)), "duplicates"),
+    ]
+    nan_rows = {k: v.copy() for k, v in rows.items()}
+    nan_rows["reward"][1] = np.nan
+    strided = np.zeros(6, bool)[::2]  # a non-contiguous mask is read correctly, not by raw bytes
+    assert buf.write_step(dict(rows), None, strided) == 3
+    rows, _ = roll.step_rows()
+    snapshot = (buf._store_open_lengths().copy(), buf._store_pieces().copy(), len(buf))
+    for kwargs, match in bad_cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            buf.write_step(rows, kwargs.get("env_ids"), kwargs["starts"])
+    with pytest.raises(ValueError, match="reward"):
+        buf.write_step(nan_rows, None, np.zeros(3, bool))
+    np.testing.assert_array_equal(buf._store_open_lengths(), snapshot[0])
+    np.testing.assert_array_equal(buf._store_pieces(), snapshot[1])
+    assert len(buf) == snapshot[2]
+    # env 1 ended nothing but env 2's trajectory is closed after a terminated row:
+    closing = {k: v.copy() for k, v in rows.items()}
+    closing["terminated"][:] = [False, False, True]
+    buf.write_step(closing, None, np.zeros(3, bool))
+    opened = buf._store_open_lengths().copy()
+    pieces = buf._store_pieces().copy()
+    with pytest.raises(ValueError, match="no open trajectory"):
+        buf.write_step(rows, None, np.array([True, False, False]))  # env 2 appended: closed
+    # all or nothing: env 0's start (listed first) did not happen either
+    np.testing.assert_array_equal(buf._store_open_lengths(), opened)
+    np.testing.assert_array_equal(buf._store_pieces(), pieces)

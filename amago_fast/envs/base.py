@@ -74,6 +74,22 @@ class VectorEnv(abc.ABC):
         self.close()
 
 
+def split_step(env: VectorEnv):
+    """``(env.send_trusted, env.recv_step)`` when the env steps in the background between the
+    two (EnvPool's worker threads) and the pair belongs to the class that defines the
+    ``step_trusted`` the collector would otherwise call (so a subclass overriding ``step`` or
+    ``step_trusted`` is never bypassed); else None."""
+    cls = type(env)
+    if trusted_step(env) != env.step_trusted:
+        return None
+    for klass in cls.__mro__:
+        if "step_trusted" in klass.__dict__:
+            if "send_trusted" in klass.__dict__ and "recv_step" in klass.__dict__:
+                return env.send_trusted, env.recv_step
+            return None
+    return None
+
+
 def trusted_step(env: VectorEnv):
     """``env.step_trusted`` when it is paired with the env's ``step`` (defined by the same
     class, so ``step`` = validation + ``step_trusted``), else ``env.step``: a subclass that

@@ -18,6 +18,13 @@ other batches are in flight.
 
 EnvPool autoresets on the step after done (reward 0, action ignored) — exactly our contract.
 EnvPool envs cannot be snapshotted: resuming from a checkpoint restarts them with ``reset``.
+
+Steps call the pool's C++ ``_send`` / ``_recv`` directly (:class:`_DirectCalls`) when the pool
+has the plain single-player layout (every task we use; checked at construction): EnvPool's
+public ``send``/``recv`` re-pack every batch in Python (``optree`` unflattening, action dicts,
+dtype casts) — measured 50 µs vs 30 µs of main-thread time per CartPole batch of 32, 69 vs 36 µs
+at 64 envs. The results are the same arrays (tests/test_envs_envpool.py checks both paths step
+for step); ``direct_calls=False`` or any other layout uses the public API.
 """
 
 from __future__ import annotations
@@ -99,6 +106,74 @@ def _observation_plan(space: Any, task_id: str) -> tuple[list[FieldSpec], ObsCon
     return fields, ObsConverter(plan)
 
 
+class _DirectCalls:
+    """EnvPool's C++ ``_send`` / ``_recv`` with the flat lists they take and give.
+
+    EnvPool's public ``send(action, env_id)`` builds ``[env_id, players.env_id, action]`` and
+    ``recv`` maps the flat state list into nested dicts; for a single-player pool both are fixed
+    re-orderings, done here once by index. :meth:`plan` returns None (use the public API) for
+    any layout it does not know.
+    """
+
+    _ACTION_KEYS = ["env_id", "players.env_id", "action"]
+
+    def __init__(self, pool: Any, obs_index: Any, action_dtype: np.dtype) -> None:
+        keys = list(pool._state_keys)
+        self._send = pool._send
+        self._recv = pool._recv
+        self.obs_index = obs_index  # int (a Box space) or {dict key: state index}
+        self.i_env_id = keys.index("info:env_id")
+        self.i_elapsed = keys.index("elapsed_step")
+        self.i_done = keys.index("done")
+        self.i_trunc = keys.index("trunc")
+        self.i_reward = keys.index("reward")
+        self.action_dtype = action_dtype
+
+    @classmethod
+    def plan(cls, pool: Any, space: Any) -> _DirectCalls | None:
+        from gymnasium import spaces as gs
+
+        try:
+            keys = list(pool._state_keys)
+            if (list(pool._action_keys) != cls._ACTION_KEYS
+                    or pool.config.get("max_num_players", 1) != 1
+                    or not callable(getattr(pool, "_send", None))
+                    or not callable(getattr(pool, "_recv", None))):
+                return None
+            if not {"info:env_id", "elapsed_step", "done", "trunc", "reward"} <= set(keys):
+                return None
+            obs_keys = [k for k in keys if k == "obs" or k.startswith("obs:")]
+            if isinstance(space, gs.Dict):
+                want = {str(k): f"obs:{k}" for k in space.spaces}
+                if sorted(want.values()) != sorted(obs_keys):
+                    return None
+                obs_index: Any = {k: keys.index(v) for k, v in want.items()}
+            elif len(obs_keys) == 1:
+                obs_index = keys.index(obs_keys[0])
+            else:
+                return None
+            action_dtype = np.dtype(pool.spec.action_array_spec["action"].dtype)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None  # another EnvPool version's internals: the public API is always right
+        return cls(pool, obs_index, action_dtype)
+
+    def send(self, actions: np.ndarray, env_ids_i32: np.ndarray) -> None:
+        if actions.dtype != self.action_dtype or not actions.flags.c_contiguous:
+            actions = np.ascontiguousarray(actions, dtype=self.action_dtype)
+        self._send([env_ids_i32, env_ids_i32, actions])
+
+    def recv(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(raw observation, reward, terminated, truncated, env_id, elapsed_step)."""
+        state = self._recv()
+        idx = self.obs_index
+        obs = state[idx] if type(idx) is int else {k: state[i] for k, i in idx.items()}
+        trunc = state[self.i_trunc]
+        # EnvPool's gymnasium API reports terminated = done and not truncated.
+        terminated = state[self.i_done] & ~trunc
+        return (obs, state[self.i_reward], terminated, trunc, state[self.i_env_id],
+                state[self.i_elapsed])
+
+
 class EnvPoolEnv(VectorEnv):
     """An EnvPool task as a VectorEnv (see the module docstring)."""
 
@@ -109,6 +184,7 @@ class EnvPoolEnv(VectorEnv):
         seed: int = 0,
         batch_size: int | None = None,
         name: str | None = None,
+        direct_calls: bool = True,
         **envpool_kwargs: Any,
     ) -> None:
         envpool = _import_envpool()
@@ -141,6 +217,14 @@ class EnvPoolEnv(VectorEnv):
         self._act_dtype = np.int32 if action.is_discrete else np.float64
         self.last_env_ids = np.arange(self._batch_size, dtype=np.int64)
         self._closed = False
+        self.direct_calls = bool(direct_calls)
+        self._direct = self._plan_direct()
+        self._all_ids_i32 = np.arange(self.num_envs, dtype=np.int32)
+
+    def _plan_direct(self) -> _DirectCalls | None:
+        if not self.direct_calls:
+            return None
+        return _DirectCalls.plan(self.pool, self.pool.observation_space)
 
     def _make_pool(self):
         envpool = _import_envpool()
@@ -176,6 +260,7 @@ class EnvPoolEnv(VectorEnv):
                 if close is not None:
                     close()
                 self.pool = self._make_pool()
+                self._direct = self._plan_direct()
             self._started = True
             self.pool.async_reset()
             obs, _, _, _, info = self.pool.recv()
@@ -207,18 +292,36 @@ class EnvPoolEnv(VectorEnv):
         return self.step_trusted(actions, env_ids)
 
     def step_trusted(self, actions, env_ids=None):
+        self.send_trusted(actions, env_ids)
+        return self.recv_step()
+
+    def send_trusted(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> None:
+        """First half of :meth:`step_trusted`: hand the actions to the pool, whose worker
+        threads start stepping; :meth:`recv_step` returns the next batch. A caller can do other
+        work in between (the collector writes the previous step into its buffer there)."""
         self._check_open()
+        direct = self._direct
+        if direct is not None:
+            if self.is_async:
+                direct.send(actions, np.asarray(env_ids, dtype=np.int32))
+            else:
+                direct.send(actions, self._all_ids_i32)
+            return
         if actions.dtype != self._act_dtype:
             actions = actions.astype(self._act_dtype)
-        if self.is_async:
-            self.pool.send(actions, env_ids)
-            obs, reward, term, trunc, info = self.pool.recv()
+        self.pool.send(actions, env_ids if self.is_async else None)
+
+    def recv_step(self):
+        """Second half of :meth:`step_trusted`: (obs, reward, terminated, truncated, info)."""
+        direct = self._direct
+        if direct is not None:
+            obs, reward, term, trunc, ids, elapsed = direct.recv()
         else:
-            obs, reward, term, trunc, info = self.pool.step(actions)
-        ids = info["env_id"]
+            obs, reward, term, trunc, info = self.pool.recv()
+            ids, elapsed = info["env_id"], info.get("elapsed_step")
         self.last_env_ids = ids = ids if ids.dtype == np.int64 else ids.astype(np.int64)
         return (self._obs(obs), *step_arrays(reward, term, trunc),
-                {"env_id": ids, "elapsed_step": info.get("elapsed_step")})
+                {"env_id": ids, "elapsed_step": elapsed})
 
     def close(self) -> None:
         if not self._closed:

@@ -140,20 +140,7 @@ class TrajectoryStore {
              const std::vector<int>& field_ids) {
     CheckEnvIds(env_ids, n);
     std::lock_guard<std::mutex> lock(staging_mu_);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t e = env_ids[i];
-      if (open_len_[e] >= 2) CommitOpen(e);
-      EnsureStage(e, 1);
-      for (size_t f = 0; f < fields_.size(); ++f) {
-        std::memset(staging_[e][f].data(), 0, fields_[f].row_bytes);
-      }
-      for (size_t j = 0; j < field_ids.size(); ++j) {
-        const size_t rb = fields_[field_ids[j]].row_bytes;
-        std::memcpy(staging_[e][field_ids[j]].data(), rows[j] + i * rb, rb);
-      }
-      open_len_[e] = 1;
-      open_offset_[e] = 0;
-    }
+    for (int64_t i = 0; i < n; ++i) StartRow(env_ids[i], rows, field_ids, i);
   }
 
   // Appends one full row per env (rows[f] holds n rows of field f). Commits an env's trajectory
@@ -163,36 +150,36 @@ class TrajectoryStore {
     CheckEnvIds(env_ids, n);
     if (rows.size() != fields_.size()) throw std::invalid_argument("append: wrong field count");
     std::lock_guard<std::mutex> lock(staging_mu_);
+    for (int64_t i = 0; i < n; ++i) CheckOpen(env_ids[i], "append_step");
+    for (int64_t i = 0; i < n; ++i) AppendRow(env_ids[i], rows, i);
+  }
+
+  // One vector-env step as a collector sees it, in one call: row i opens a new trajectory from
+  // its observation fields (`obs_fields`, as Reset) where starts[i] != 0 and is appended (as
+  // Append) otherwise. Starts first, then appends, so pieces commit in the order of
+  // Reset(start rows) followed by Append(other rows). Every appended env is checked to have an
+  // open trajectory before anything changes. Returns the number of appended rows.
+  int64_t WriteStep(const int64_t* env_ids, int64_t n, const uint8_t* starts,
+                    const std::vector<const uint8_t*>& rows, const std::vector<int>& obs_fields) {
+    CheckEnvIds(env_ids, n);
+    if (rows.size() != fields_.size()) throw std::invalid_argument("write_step: wrong field count");
+    std::vector<const uint8_t*> obs;
+    for (int f : obs_fields) obs.push_back(rows[f]);
+    std::lock_guard<std::mutex> lock(staging_mu_);
+    int64_t appended = 0;
     for (int64_t i = 0; i < n; ++i) {
-      if (open_len_[env_ids[i]] == 0) {
-        throw std::invalid_argument("append_step: env " + std::to_string(env_ids[i]) +
-                                    " has no open trajectory (call reset_envs)");
+      if (!starts[i]) {
+        CheckOpen(env_ids[i], "write_step");
+        ++appended;
       }
     }
-    const uint8_t* term = rows[terminated_field_];
-    const uint8_t* trunc = rows[truncated_field_];
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t e = env_ids[i];
-      const int64_t t = open_len_[e];
-      EnsureStage(e, t + 1);
-      for (size_t f = 0; f < fields_.size(); ++f) {
-        const size_t rb = fields_[f].row_bytes;
-        std::memcpy(staging_[e][f].data() + t * rb, rows[f] + i * rb, rb);
-      }
-      open_len_[e] = t + 1;
-      if (term[i] || trunc[i]) {
-        CommitOpen(e);
-        open_len_[e] = 0;
-      } else if (t + 1 == max_rows_) {
-        CommitOpen(e);
-        for (size_t f = 0; f < fields_.size(); ++f) {
-          const size_t rb = fields_[f].row_bytes;
-          std::memmove(staging_[e][f].data(), staging_[e][f].data() + t * rb, rb);
-        }
-        open_len_[e] = 1;
-        open_offset_[e] += t;
-      }
+      if (starts[i]) StartRow(env_ids[i], obs, obs_fields, i);
     }
+    for (int64_t i = 0; i < n; ++i) {
+      if (!starts[i]) AppendRow(env_ids[i], rows, i);
+    }
+    return appended;
   }
 
   // Commits n (2 <= n <= max_rows) contiguous rows per field as one piece.
@@ -315,6 +302,55 @@ class TrajectoryStore {
   }
 
  private:
+  void CheckOpen(int64_t e, const char* what) const {
+    if (open_len_[e] == 0) {
+      throw std::invalid_argument(std::string(what) + ": env " + std::to_string(e) +
+                                  " has no open trajectory (call reset_envs)");
+    }
+  }
+
+  // Row i of `rows` (one pointer per entry of field_ids) becomes row 0 of env e's new
+  // trajectory; the other fields of row 0 are zero. A still-open trajectory with at least one
+  // transition is committed first (a cut), a lone first row is dropped. Caller holds staging_mu_.
+  void StartRow(int64_t e, const std::vector<const uint8_t*>& rows,
+                const std::vector<int>& field_ids, int64_t i) {
+    if (open_len_[e] >= 2) CommitOpen(e);
+    EnsureStage(e, 1);
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      std::memset(staging_[e][f].data(), 0, fields_[f].row_bytes);
+    }
+    for (size_t j = 0; j < field_ids.size(); ++j) {
+      const size_t rb = fields_[field_ids[j]].row_bytes;
+      std::memcpy(staging_[e][field_ids[j]].data(), rows[j] + i * rb, rb);
+    }
+    open_len_[e] = 1;
+    open_offset_[e] = 0;
+  }
+
+  // Appends row i of `rows` (every field) to env e's open trajectory; commits it on
+  // terminated | truncated, cuts it at max_rows rows. Caller holds staging_mu_.
+  void AppendRow(int64_t e, const std::vector<const uint8_t*>& rows, int64_t i) {
+    const int64_t t = open_len_[e];
+    EnsureStage(e, t + 1);
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      const size_t rb = fields_[f].row_bytes;
+      std::memcpy(staging_[e][f].data() + t * rb, rows[f] + i * rb, rb);
+    }
+    open_len_[e] = t + 1;
+    if (rows[terminated_field_][i] || rows[truncated_field_][i]) {
+      CommitOpen(e);
+      open_len_[e] = 0;
+    } else if (t + 1 == max_rows_) {
+      CommitOpen(e);
+      for (size_t f = 0; f < fields_.size(); ++f) {
+        const size_t rb = fields_[f].row_bytes;
+        std::memmove(staging_[e][f].data(), staging_[e][f].data() + t * rb, rb);
+      }
+      open_len_[e] = 1;
+      open_offset_[e] += t;
+    }
+  }
+
   void CheckEnvIds(const int64_t* ids, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) {
       if (ids[i] < 0 || ids[i] >= num_envs_) {
