@@ -9,7 +9,7 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "amago_fast native core (private; use amago_fast.buffer.TrajectoryBuffer)";
-  m.attr("ABI_VERSION") = 2;
+  m.attr("ABI_VERSION") = 3;
   py::class_<amago::PyTrajectoryStore>(m, "TrajectoryStore")
       .def(py::init<const std::vector<std::string>&, py::list, int64_t, int, int64_t, uint64_t,
                     int, int, int, int, const std::vector<int>&, bool, py::object>(),
@@ -19,6 +19,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("obs_fields"), py::arg("allow_nonfinite_rewards"), py::arg("goal_cfg"))
       .def("reset", &amago::PyTrajectoryStore::Reset, py::arg("rows"), py::arg("env_ids"))
       .def("append", &amago::PyTrajectoryStore::Append, py::arg("rows"), py::arg("env_ids"))
+      .def("write_step", &amago::PyTrajectoryStore::WriteStep, py::arg("rows"),
+           py::arg("env_ids"), py::arg("starts"))
       .def("commit", &amago::PyTrajectoryStore::Commit, py::arg("rows"), py::arg("offset"))
       .def("sample", &amago::PyTrajectoryStore::Sample, py::arg("batch_size"),
            py::arg("length"), py::arg("mode"), py::arg("counter"), py::arg("relabel"),
