@@ -16,10 +16,11 @@ counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the t
 switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
-CPU, float32 caches, vector observations (image keys → PyTorch path), Transformer or FF
-trajectory encoder (GRU → PyTorch path), discrete or continuous actions, stock module types,
-an actor without hooks (``Agent._actor_plain``). ``AMAGO_FAST_NATIVE_POLICY=0`` in the
-environment, or ``agent.native_policy = False``, forces the PyTorch path.
+CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``), vector observations (image
+keys → PyTorch path), Transformer or FF trajectory encoder (GRU → PyTorch path), discrete or
+continuous actions, stock module types, an actor without hooks (``Agent._actor_plain``).
+``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
+the PyTorch path.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
 PolicyEngine = getattr(_core, "PolicyEngine", None) if _core is not None else None
 
 ENABLED = os.environ.get("AMAGO_FAST_NATIVE_POLICY", "1") != "0"
+
+# Threads of the step's attention (the caller included; a shared team of persistent workers):
+# AMAGO_FAST_POLICY_THREADS, default min(2, cores). Long contexts only: a layer is split once it
+# reads enough cached keys to pay for the hand-off (PolicyEngine's parallel_min); the result
+# is bit-identical whatever the count. Read when an engine is built.
+THREADS = int(os.environ.get("AMAGO_FAST_POLICY_THREADS", "0")) or min(2, os.cpu_count() or 1)
+# Split threshold override for the engine (-1: the engine's measured default).
+PARALLEL_MIN = int(os.environ.get("AMAGO_FAST_POLICY_PARALLEL_MIN", "-1"))
 
 # agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
 # Kept beside the agent (not in its __dict__) so deep copies and pickles of the agent never see
@@ -181,7 +190,7 @@ def _entry(agent: Agent, use_simd: bool) -> _Entry:
     engine = None
     if reason is None:
         with torch.inference_mode(False), torch.no_grad():
-            engine = PolicyEngine(engine_config(agent, plan), use_simd)
+            engine = PolicyEngine(engine_config(agent, plan), use_simd, THREADS, PARALLEL_MIN)
     entry = _Entry(plan, engine, reason, use_simd)
     _ENGINES[agent] = entry
     return entry
@@ -195,13 +204,15 @@ def engine_for(agent: Agent, use_simd: bool = True):
 
 def _bind_memory(entry: _Entry, memory: Any) -> bool:
     """Point ``entry`` at the NumPy views of ``memory``'s ring caches; False when the memory
-    is not float32 CPU ``RingKVCache`` objects (then the PyTorch path runs)."""
+    is not float32 (or all float16) CPU ``RingKVCache`` objects (then the PyTorch path
+    runs)."""
     caches = entry.caches
     if (entry.memory is memory and len(memory) == len(caches)
             and all(c is c0 and c.kv is k0 for c, (c0, k0) in zip(memory, caches))):
         return True
     if not isinstance(memory, list) or not all(
-            type(c) is RingKVCache and c.dtype == torch.float32 and c._counts_np is not None
+            type(c) is RingKVCache and c.dtype == memory[0].dtype
+            and c.dtype in (torch.float32, torch.float16) and c._counts_np is not None
             for c in memory):
         return False
     entry.memory = memory

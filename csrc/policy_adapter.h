@@ -23,7 +23,12 @@ namespace py = pybind11;
 
 class PyPolicyEngine {
  public:
-  PyPolicyEngine(py::dict cfg, bool use_simd) {
+  PyPolicyEngine(py::dict cfg, bool use_simd, int threads, int64_t parallel_min) {
+    if (threads < 1 || threads > policy::Team::kMaxThreads) {
+      throw py::value_error("policy engine: threads must be in [1, " +
+                            std::to_string(policy::Team::kMaxThreads) + "], got " +
+                            std::to_string(threads));
+    }
     policy::Model m;
     m.norm_widths = cfg["norm_widths"].cast<std::vector<int64_t>>();
     m.raw_widths = cfg["raw_widths"].cast<std::vector<int64_t>>();
@@ -101,15 +106,18 @@ class PyPolicyEngine {
     }
     m.actor = Ops(cfg["actor"], &w, "actor");
     m.param_dim = w;
-    engine_ = std::make_unique<policy::PolicyEngine>(std::move(m), use_simd);
+    engine_ = std::make_unique<policy::PolicyEngine>(std::move(m), use_simd, threads,
+                                                     parallel_min);
   }
 
   int64_t ParamDim() const { return engine_->model().param_dim; }
   int64_t NumLayers() const { return static_cast<int64_t>(engine_->model().layers.size()); }
   bool Avx2() const { return engine_->avx2(); }
+  int Threads() const { return engine_->threads(); }
 
   // fields: one array per normalised key then per raw key (leading dim b); action (b, ...);
-  // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 and one (N,)
+  // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 (or float16,
+// the same for every layer) and one (N,)
   // int64 array per layer (the ring caches, written in place); env_ids: None or (b,) int64,
   // distinct, in [0, N); out: (b, P) float32, written.
   void Step(py::list fields, py::object action, py::object reward, py::object time_index,
@@ -152,12 +160,18 @@ class PyPolicyEngine {
       for (size_t l = 0; l < nl; ++l) {
         const policy::Layer& L = m.layers[l];
         const std::string name = "kv[" + std::to_string(l) + "]";
-        py::array a = Arr(kv[l], name);
+        if (l == 0) {
+          // float32, or float16 (the opt-in half-size cache, AgentConfig.kv_cache_dtype).
+          io.kv_half = py::isinstance<py::array>(kv[0]) &&
+                       py::reinterpret_borrow<py::array>(kv[0]).dtype().equal(
+                           py::dtype("float16"));
+        }
+        py::array a = Arr(kv[l], name, io.kv_half ? py::dtype("float16") : py::dtype::of<float>());
         if (a.ndim() != 5 || a.shape(0) != 2 || a.shape(2) != L.heads || a.shape(4) != L.head_dim ||
             a.shape(3) < 1 || !a.writeable()) {
           throw py::value_error("policy step: " + name + " must be a writeable (2, N, " +
                                 std::to_string(L.heads) + ", C, " + std::to_string(L.head_dim) +
-                                ") float32 array");
+                                ") " + (io.kv_half ? "float16" : "float32") + " array");
         }
         if (l == 0) {
           io.num_envs = a.shape(1);
@@ -170,7 +184,7 @@ class PyPolicyEngine {
         if (c.ndim() != 1 || c.shape(0) != io.num_envs || !c.writeable()) {
           throw py::value_error("policy step: " + cname + " must be a writeable (N,) int64 array");
         }
-        io.kv.push_back(static_cast<float*>(a.mutable_data()));
+        io.kv.push_back(a.mutable_data());
         io.counts.push_back(static_cast<int64_t*>(c.mutable_data()));
       }
       if (!env_ids.is_none()) {
@@ -347,13 +361,15 @@ class PyPolicyEngine {
 
 inline void RegisterPolicy(py::module_& m) {
   py::class_<PyPolicyEngine>(m, "PolicyEngine")
-      .def(py::init<py::dict, bool>(), py::arg("cfg"), py::arg("use_simd") = true)
+      .def(py::init<py::dict, bool, int, int64_t>(), py::arg("cfg"), py::arg("use_simd") = true,
+           py::arg("threads") = 1, py::arg("parallel_min") = -1)
       .def("step", &PyPolicyEngine::Step, py::arg("fields"), py::arg("action"),
            py::arg("reward"), py::arg("time_index"), py::arg("kv"), py::arg("counts"),
            py::arg("env_ids"), py::arg("out"))
       .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
       .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
-      .def_property_readonly("avx2", &PyPolicyEngine::Avx2);
+      .def_property_readonly("avx2", &PyPolicyEngine::Avx2)
+      .def_property_readonly("threads", &PyPolicyEngine::Threads);
 }
 
 }  // namespace amago

@@ -290,6 +290,8 @@ def test_bad_inputs_raise_and_leave_state_unchanged():
         "reward rows": (dict(reward=np.zeros(5, np.float32)), ValueError, "reward"),
         "kv dtype": (dict(kv=[c.kv.numpy().astype(np.float64) for c in state.memory]),
                      TypeError, r"kv\[0\]"),
+        "kv mixed dtypes": (dict(kv=[good["kv"][0].astype(np.float16), good["kv"][1]]),
+                            TypeError, r"kv\[1\] has dtype float32, expected float16"),
         "kv shape": (dict(kv=[good["kv"][0], good["kv"][1][:, :3].copy()]), ValueError,
                      r"kv\[1\]"),
         "kv read-only": (dict(kv=[np.frombuffer(good["kv"][0].tobytes(), np.float32).reshape(
@@ -342,3 +344,100 @@ def test_engine_config_rejects_bad_weights():
     bad = dict(cfg, action_kind="multidiscrete")
     with pytest.raises(ValueError, match="action_kind"):
         npol.PolicyEngine(bad)
+    for threads in (0, 17):
+        with pytest.raises(ValueError, match="threads"):
+            npol.PolicyEngine(cfg, True, threads)
+
+
+def _twin_engines(monkeypatch, agent: Agent, threads: tuple[int, int], parallel_min: int = 0):
+    """(agent, copy) whose engines get threads[0] / threads[1] threads (built on first use)."""
+    twin = copy.deepcopy(agent)
+    monkeypatch.setattr(npol, "PARALLEL_MIN", parallel_min)
+    for a, k in ((agent, threads[0]), (twin, threads[1])):
+        monkeypatch.setattr(npol, "THREADS", k)
+        assert npol.engine_for(a).threads == k
+    return agent, twin
+
+
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
+    """Attention split over a 2-thread team (threshold 0: every layer is split) gives exactly the
+    single-thread parameters and caches: each (env, head) is computed whole by one thread."""
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=24, kv_cache_dtype=kv_dtype)
+    one, two = _twin_engines(monkeypatch, agent, (1, 2))
+    rng = np.random.default_rng(7)
+    n = 6
+    s1, s2 = one.init_state(n), two.init_state(n)
+    for t in range(60):  # past the capacity; every 3rd step an async subset
+        ids = None if t % 3 else np.sort(rng.choice(n, size=4, replace=False))
+        b = n if ids is None else ids.size
+        rows = dict(_rows(agent.spec, b, rng), time_index=np.full(b, t, np.int64))
+        p1 = _native_params(one, rows, s1, ids)
+        p2 = _native_params(two, rows, s2, ids)
+        np.testing.assert_array_equal(p1, p2, err_msg=f"step {t}")
+    for c1, c2 in zip(s1.memory, s2.memory):
+        assert c1.kv.dtype == getattr(torch, kv_dtype)
+        assert torch.equal(c1.kv, c2.kv)
+        np.testing.assert_array_equal(c1._counts_np, c2._counts_np)
+
+
+def test_engine_reports_its_team(monkeypatch):
+    """THREADS reaches the engine (default threshold); the constructor's default is inline."""
+    agent = _agent(_spec())
+    monkeypatch.setattr(npol, "THREADS", 2)
+    monkeypatch.setattr(npol, "PARALLEL_MIN", -1)
+    assert npol.engine_for(agent).threads == 2
+    assert npol.PolicyEngine(npol.engine_config(agent, agent._rollout_plans())).threads == 1
+
+
+# float16 cache: each key/value is rounded once (relative error <= 2^-11 = 4.9e-4). Through the
+# softmax and the following LayerNorms/MLPs the measured relative error of the parameters stays
+# below ~2e-3 here; 1e-2 leaves room for other seeds while a cache left float32 (error ~1e-7,
+# caught below by the dtype and "differs" checks) or holding garbage (error ~1) fails.
+FP16_RTOL = 1e-2
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+def test_float16_cache_matches_torch_path(use_simd):
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=12)
+    half = copy.deepcopy(agent)
+    half.config.kv_cache_dtype = "float16"
+    rng = np.random.default_rng(8)
+    n = 4
+    s32, s16, s16_ref = agent.init_state(n), half.init_state(n), half.init_state(n)
+    assert s32.memory[0].kv.dtype == torch.float32
+    assert all(c.kv.dtype == torch.float16 for c in s16.memory + s16_ref.memory)
+    worst = 0.0
+    for t in range(30):
+        ids = None if t % 4 != 3 else np.array([2, 0])
+        b = n if ids is None else ids.size
+        rows = dict(_rows(agent.spec, b, rng), time_index=np.full(b, t, np.int64))
+        p32 = _torch_params(agent, rows, s32, ids)
+        p16 = _native_params(half, rows, s16, ids, use_simd=use_simd)
+        p16_ref = _torch_params(half, rows, s16_ref, ids)  # PyTorch path on the float16 cache
+        _assert_close(p16, p32, f"step {t}: float16 native vs float32 PyTorch", FP16_RTOL)
+        _assert_close(p16, p16_ref, f"step {t}: float16 native vs float16 PyTorch", FP16_RTOL)
+        worst = max(worst, float(np.abs(p16 - p32).max()))
+    assert worst > 1e-6, "float16 cache gave float32 results: the keys were not rounded"
+    for c16, c32 in zip(s16.memory, s32.memory):
+        np.testing.assert_array_equal(c16._counts_np, c32._counts_np)
+        _assert_close(c16.kv.float().numpy(), c32.kv.numpy(), "float16 cache", FP16_RTOL)
+    # The first layer's keys/values do not depend on earlier rounding: they are the float32 ones
+    # rounded to nearest float16 (up to a last-bit flip where the two paths' float32 values
+    # straddle a rounding boundary).
+    want = s32.memory[0].kv.to(torch.float16).float()
+    err = (s16.memory[0].kv.float() - want).abs() / want.abs().clamp_min(1e-3)
+    assert float(err.max()) <= 2 ** -10, float(err.max())
+
+
+def test_float16_cache_config():
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        AgentConfig(kv_cache_dtype="bfloat16")
+    assert AgentConfig().kv_cache_dtype == "float32"
+    d = AgentConfig(kv_cache_dtype="float16").to_dict()
+    assert AgentConfig(**d).kv_cache_dtype == "float16"
+    d.pop("kv_cache_dtype")  # a config written before the field existed
+    assert AgentConfig(**d).kv_cache_dtype == "float32"
+    # GRU / FF encoders have no cache: the field changes nothing there.
+    gru = _agent(_spec(), traj_encoder="gru", kv_cache_dtype="float16")
+    assert gru.init_state(2).memory.dtype == torch.float32

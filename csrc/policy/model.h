@@ -3,12 +3,28 @@
 #define AMAGO_FAST_POLICY_MODEL_H_
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <utility>
 #include <vector>
 
 namespace amago {
 namespace policy {
+
+// A float16 KV-cache element (IEEE binary16 bits). Conversions through the compiler's
+// _Float16: exact widening; narrowing rounds to nearest even (libgcc or F16C), as torch does.
+typedef uint16_t Half;
+inline float HalfToFloat(Half h) {
+  _Float16 f;
+  std::memcpy(&f, &h, sizeof(h));
+  return static_cast<float>(f);
+}
+inline Half FloatToHalf(float x) {
+  const _Float16 f = static_cast<_Float16>(x);
+  Half h;
+  std::memcpy(&h, &f, sizeof(h));
+  return h;
+}
 
 // Output columns per packed weight panel (GEMM tile width, step_impl.h).
 constexpr int kPanel = 16;
@@ -128,7 +144,8 @@ struct StepIO {
   Field reward;  // (b, 1)
   const int64_t* time_index = nullptr;
   const int64_t* env_ids = nullptr;  // null: row r is env r
-  std::vector<float*> kv;            // per layer (2, N, H, C, D)
+  std::vector<void*> kv;             // per layer (2, N, H, C, D) float32, or Half if kv_half
+  bool kv_half = false;
   std::vector<int64_t*> counts;      // per layer (N)
   int64_t num_envs = 0;
   int64_t capacity = 0;
@@ -137,7 +154,8 @@ struct StepIO {
 
 // Scratch memory of one step (grown on demand, reused across calls).
 struct Scratch {
-  std::vector<float> a, b, c, d, tmp, scores;
+  std::vector<float> a, b, c, d, tmp;
+  std::vector<std::vector<float>> scores;  // attention scores, one per thread of the team
   static float* Get(std::vector<float>* v, size_t n) {
     if (v->size() < n) v->resize(n);
     return v->data();

@@ -1,6 +1,6 @@
 // Kernels and the step body of the native policy (pure C++). Deliberately WITHOUT an include
 // guard: engine.h includes this file twice, into namespace simd_base (baseline x86-64 / any
-// CPU) and into namespace simd_avx2 under `#pragma GCC target("avx2,fma")`, and picks one at
+// CPU) and into namespace simd_avx2 under `#pragma GCC target("avx2,fma,f16c")`, and picks one at
 // run time — one source, two builds, no -march flag in the wheel. Include only from engine.h,
 // after the standard headers (their guards must already be set outside the target region).
 //
@@ -223,9 +223,40 @@ inline __attribute__((always_inline)) VF TransposeSum8(const VF* p) {
 }
 #endif
 
+// Cache elements: float32, or float16 (Half, model.h) widened on load — F16C's vcvtph2ps under
+// AVX2 (one instruction per 8 values), a scalar conversion in the baseline build. Stores
+// round to nearest even either way, as torch's .to(float16) does, so both builds and the
+// PyTorch path write the same bits.
+inline __attribute__((always_inline)) float KVToFloat(float x) { return x; }
+inline __attribute__((always_inline)) float KVToFloat(Half x) { return HalfToFloat(x); }
+inline __attribute__((always_inline)) VF LoadKV(const float* p) { return AMAGO_LOAD(p); }
+inline __attribute__((always_inline)) VF LoadKV(const Half* p) {
+#if AMAGO_POLICY_LANES == 8
+  return (VF)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));  // NOLINT
+#else
+  VF v;
+  for (int l = 0; l < kW; ++l) v[l] = HalfToFloat(p[l]);
+  return v;
+#endif
+}
+
+inline void StoreKV(const float* src, int64_t n, float* dst) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
+inline void StoreKV(const float* src, int64_t n, Half* dst) {
+  int64_t i = 0;
+#if AMAGO_POLICY_LANES == 8
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = FloatToHalf(src[i]);
+}
+
 // AttendOne for D = NV * kW (the common head dims): loops fully unrolled, q in registers.
-template <int NV>
-inline void AttendFixed(const float* q, const float* keys, const float* vals, int64_t len,
+template <int NV, typename T>
+inline void AttendFixed(const float* q, const T* keys, const T* vals, int64_t len,
                         float* scores, float* out) {
   constexpr int64_t D = NV * kW;
   VF qv[NV];
@@ -236,19 +267,19 @@ inline void AttendFixed(const float* q, const float* keys, const float* vals, in
     VF p[8];
 #pragma GCC unroll 8
     for (int u = 0; u < 8; ++u) {
-      const float* k = keys + (c + u) * D;
-      VF acc = qv[0] * AMAGO_LOAD(k);
+      const T* k = keys + (c + u) * D;
+      VF acc = qv[0] * LoadKV(k);
 #pragma GCC unroll 8
-      for (int j = 1; j < NV; ++j) acc += qv[j] * AMAGO_LOAD(k + j * kW);
+      for (int j = 1; j < NV; ++j) acc += qv[j] * LoadKV(k + j * kW);
       p[u] = acc;
     }
     AMAGO_STORE(scores + c, TransposeSum8(p));
   }
 #endif
   for (; c < len; ++c) {
-    const float* k = keys + c * D;
-    VF acc = qv[0] * AMAGO_LOAD(k);
-    for (int j = 1; j < NV; ++j) acc += qv[j] * AMAGO_LOAD(k + j * kW);
+    const T* k = keys + c * D;
+    VF acc = qv[0] * LoadKV(k);
+    for (int j = 1; j < NV; ++j) acc += qv[j] * LoadKV(k + j * kW);
     scores[c] = HSum(acc);
   }
   const float inv = SoftmaxInPlace(scores, len);
@@ -258,31 +289,32 @@ inline void AttendFixed(const float* q, const float* keys, const float* vals, in
   c = 0;
   for (; c + 2 <= len; c += 2) {
     const float p0 = scores[c], p1 = scores[c + 1];
-    const float* v0 = vals + c * D;
+    const T* v0 = vals + c * D;
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) {
-      o0[j] += p0 * AMAGO_LOAD(v0 + j * kW);
-      o1[j] += p1 * AMAGO_LOAD(v0 + D + j * kW);
+      o0[j] += p0 * LoadKV(v0 + j * kW);
+      o1[j] += p1 * LoadKV(v0 + D + j * kW);
     }
   }
   if (c < len) {
     const float p0 = scores[c];
-    for (int j = 0; j < NV; ++j) o0[j] += p0 * AMAGO_LOAD(vals + c * D + j * kW);
+    for (int j = 0; j < NV; ++j) o0[j] += p0 * LoadKV(vals + c * D + j * kW);
   }
   for (int j = 0; j < NV; ++j) AMAGO_STORE(out + j * kW, (o0[j] + o1[j]) * inv);
 }
 
 // Softmax attention of one (pre-scaled) query q (D) over `len` >= 1 keys/values (row stride
 // D): out (D) = Σ softmax(q·k)_c v_c. scores: scratch of >= len + kW floats.
-inline void AttendOne(const float* q, const float* keys, const float* vals, int64_t len,
+template <typename T>
+inline void AttendOne(const float* q, const T* keys, const T* vals, int64_t len,
                       int64_t D, float* scores, float* out) {
-  if (D == kW) return AttendFixed<1>(q, keys, vals, len, scores, out);
-  if (D == 2 * kW) return AttendFixed<2>(q, keys, vals, len, scores, out);
-  if (D == 4 * kW) return AttendFixed<4>(q, keys, vals, len, scores, out);
-  if (D == 8 * kW) return AttendFixed<8>(q, keys, vals, len, scores, out);
+  if (D == kW) return AttendFixed<1, T>(q, keys, vals, len, scores, out);
+  if (D == 2 * kW) return AttendFixed<2, T>(q, keys, vals, len, scores, out);
+  if (D == 4 * kW) return AttendFixed<4, T>(q, keys, vals, len, scores, out);
+  if (D == 8 * kW) return AttendFixed<8, T>(q, keys, vals, len, scores, out);
   // Any other head dim: plain loops.
   for (int64_t c = 0; c < len; ++c) {
-    const float* k = keys + c * D;
+    const T* k = keys + c * D;
     float s = 0.0f;
     for (int64_t d = 0; d < D; ++d) s += q[d] * k[d];
     scores[c] = s;
@@ -291,8 +323,8 @@ inline void AttendOne(const float* q, const float* keys, const float* vals, int6
   for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
   for (int64_t c = 0; c < len; ++c) {
     const float p = scores[c];
-    const float* v = vals + c * D;
-    for (int64_t d = 0; d < D; ++d) out[d] += p * v[d];
+    const T* v = vals + c * D;
+    for (int64_t d = 0; d < D; ++d) out[d] += p * KVToFloat(v[d]);
   }
   for (int64_t d = 0; d < D; ++d) out[d] *= inv;
 }
@@ -382,9 +414,39 @@ inline void SinusoidalRow(const Model& m, int64_t t, float* row) {
   if (m.d_model % 2) row[m.d_model - 1] = m.b_in[m.d_model - 1];
 }
 
+// One layer's attention over the ring caches (keys/values of this step already written).
+struct AttnJob {
+  const float* qkv;  // (b, 3d): the pre-scaled queries are the first d columns
+  const void* kv;  // float or Half (half)
+  bool half;
+  const int64_t* counts;
+  const int64_t* env_ids;
+  int64_t N, C, H, D, d;
+  float* attn;  // (b, d)
+  float* const* scores;  // per team slot, >= C + kW floats
+};
+
+// Task i = (row i / H, head i % H).
+inline void AttnTask(void* ctx, int64_t i, int slot) {
+  const AttnJob& j = *static_cast<const AttnJob*>(ctx);
+  const int64_t r = i / j.H, hh = i % j.H;
+  const int64_t n = j.env_ids != nullptr ? j.env_ids[r] : r;
+  const int64_t len = std::min(j.counts[n], j.C);
+  const int64_t koff = (n * j.H + hh) * j.C * j.D, voff = ((j.N + n) * j.H + hh) * j.C * j.D;
+  const float* q = j.qkv + r * 3 * j.d + hh * j.D;
+  float* out = j.attn + r * j.d + hh * j.D;
+  if (j.half) {
+    const Half* kv = static_cast<const Half*>(j.kv);
+    AttendOne(q, kv + koff, kv + voff, len, j.D, j.scores[slot], out);
+  } else {
+    const float* kv = static_cast<const float*>(j.kv);
+    AttendOne(q, kv + koff, kv + voff, len, j.D, j.scores[slot], out);
+  }
+}
+
 // The whole step, force-inlined into one function per instruction-set target (below).
 inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
-                                  std::vector<float>* sin_table) {
+                     std::vector<float>* sin_table, Team* team, int64_t parallel_min) {
   const int64_t b = io.b;
   const int64_t tw = std::max(MlpMaxWidth(m.tstep, m.in_dim),
                               std::max(MlpMaxWidth(m.actor, m.d_model),
@@ -468,7 +530,10 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
     Gemm(x, width, b, m.in_proj, nullptr, pos, d, h, d);
     const int64_t N = io.num_envs, C = io.capacity;
     float* attn = pos;  // reused: (b, d)
-    float* scores = Scratch::Get(&s->scores, C + 8);
+    const int threads = team != nullptr ? team->size() : 1;
+    if (static_cast<int>(s->scores.size()) < threads) s->scores.resize(threads);
+    float* score_bufs[Team::kMaxThreads];
+    for (int t = 0; t < threads; ++t) score_bufs[t] = Scratch::Get(&s->scores[t], C + 8);
     for (size_t l = 0; l < m.layers.size(); ++l) {
       const Layer& L = m.layers[l];
       const int64_t H = L.heads, D = L.head_dim;
@@ -476,25 +541,35 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       std::memcpy(xa, h, b * d * sizeof(float));
       LayerNormRows(xa, d, b, d, L.attn_in.gamma, L.attn_in.beta, L.attn_in.eps, tmp);
       Gemm(xa, d, b, L.qkv, L.qkv.bias, nullptr, 0, xb, 3 * d);
-      float* kv = io.kv[l];
+      void* kv = io.kv[l];
       int64_t* counts = io.counts[l];
+      // This step's keys/values into their ring slots first (serial, cheap), then attention:
+      // each (row, head) is one task, computed whole by one thread with its own scores
+      // scratch, so the result does not depend on the thread count.
+      int64_t keys_read = 0;
       for (int64_t r = 0; r < b; ++r) {
         const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
         const float* q = xb + r * 3 * d;
         const int64_t slot = counts[n] % C;
         for (int64_t hh = 0; hh < H; ++hh) {
-          float* kslot = kv + ((n * H + hh) * C + slot) * D;
-          float* vslot = kv + (((N + n) * H + hh) * C + slot) * D;
-          std::memcpy(kslot, q + d + hh * D, D * sizeof(float));
-          std::memcpy(vslot, q + 2 * d + hh * D, D * sizeof(float));
+          const int64_t kslot = ((n * H + hh) * C + slot) * D;
+          const int64_t vslot = (((N + n) * H + hh) * C + slot) * D;
+          if (io.kv_half) {
+            StoreKV(q + d + hh * D, D, static_cast<Half*>(kv) + kslot);
+            StoreKV(q + 2 * d + hh * D, D, static_cast<Half*>(kv) + vslot);
+          } else {
+            StoreKV(q + d + hh * D, D, static_cast<float*>(kv) + kslot);
+            StoreKV(q + 2 * d + hh * D, D, static_cast<float*>(kv) + vslot);
+          }
         }
         counts[n] += 1;
-        const int64_t len = std::min(counts[n], C);
-        for (int64_t hh = 0; hh < H; ++hh) {
-          const float* keys = kv + (n * H + hh) * C * D;
-          const float* vals = kv + ((N + n) * H + hh) * C * D;
-          AttendOne(q + hh * D, keys, vals, len, D, scores, attn + r * d + hh * D);
-        }
+        keys_read += std::min(counts[n], C);
+      }
+      AttnJob job{xb, kv, io.kv_half, counts, io.env_ids, N, C, H, D, d, attn, score_bufs};
+      if (team != nullptr && keys_read * H * D >= parallel_min) {
+        team->Run(b * H, &AttnTask, &job);
+      } else {
+        for (int64_t i = 0; i < b * H; ++i) AttnTask(&job, i, 0);
       }
       // h += [LN](attn @ Wproj + b)
       if (L.attn_out.on()) {

@@ -1,0 +1,176 @@
+// A persistent team of worker threads for the policy step's attention (pure C++).
+//
+// Why not buffer/thread_pool.h: its workers sleep on a condition variable after every job, and
+// waking a sleeping thread costs ~10-50 µs here (futex + scheduler, 2-core VM) — as much as a
+// whole layer's attention at short contexts. The step dispatches once per layer, a few µs
+// apart, so the workers here spin for a short while after each job (kSpinNs) before sleeping:
+// the next layer's (and the next step's) hand-off is then a cache-line write. The spin is
+// bounded so an idle rollout (env stepping, training) gets its core back within ~0.2 ms.
+//
+// Run(n, fn) executes fn(task, slot) for task in [0, n), slot = 0 for the caller and 1..k for
+// the workers; tasks are claimed one at a time from a counter, so a descheduled worker delays
+// nothing (the caller claims the rest). The claim counter carries the job's generation in its
+// high 32 bits, so a worker that wakes late can never run a task of a job that already
+// returned. One Run at a time: a caller that finds the team busy runs its tasks inline.
+#ifndef AMAGO_FAST_POLICY_TEAM_H_
+#define AMAGO_FAST_POLICY_TEAM_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace amago {
+namespace policy {
+
+class Team {
+ public:
+  using Fn = void (*)(void* ctx, int64_t task, int slot);
+  static constexpr int kMaxThreads = 16;
+
+  // `threads` counts the caller (clamped to [1, kMaxThreads]): Team(1) runs everything inline.
+  explicit Team(int threads) {
+    for (int i = 1; i < threads && i < kMaxThreads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  }
+  Team(const Team&) = delete;
+  Team& operator=(const Team&) = delete;
+  ~Team() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  // The process-wide team of `threads` threads (created on first use, never destroyed: its
+  // workers must outlive every engine, and joining threads in static destructors at
+  // interpreter exit is fragile). Engines share it; concurrent steps fall back to inline.
+  static Team* Shared(int threads) {
+    static std::mutex mu;
+    static std::vector<Team*> teams(kMaxThreads + 1, nullptr);
+    threads = threads < 1 ? 1 : (threads > kMaxThreads ? kMaxThreads : threads);
+    std::lock_guard<std::mutex> lock(mu);
+    if (teams[threads] == nullptr) teams[threads] = new Team(threads);
+    return teams[threads];
+  }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void Run(int64_t n, Fn fn, void* ctx) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (workers_.empty() || n <= 1 || !busy.owns_lock()) {
+      for (int64_t i = 0; i < n; ++i) fn(ctx, i, 0);
+      return;
+    }
+    fn_ = fn;
+    ctx_ = ctx;
+    n_.store(n, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    ticket_.store(gen << 32, std::memory_order_seq_cst);  // publishes fn_/ctx_/n_
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake_.notify_all();
+    }
+    int64_t mine = 0;
+    for (int64_t i; (i = Claim(gen)) >= 0; ++mine) fn(ctx, i, 0);
+    // Wait for the tasks the workers claimed (each at most one layer's (env, head) slice).
+    if (mine < n) {
+      int64_t done = done_.fetch_add(mine, std::memory_order_acq_rel) + mine;
+      // Spin, then yield: on a busy machine the worker may share this core, and a pure spin
+      // would keep it off the CPU for a whole time slice.
+      for (int spins = 0; done < n; ++spins) {
+        if (spins < 2048) {
+          Pause();
+        } else {
+          std::this_thread::yield();
+        }
+        done = done_.load(std::memory_order_acquire);
+      }
+    }
+  }
+
+ private:
+  // Spin time of an idle worker before it sleeps: covers the gap between two layers' attention
+  // and the Python / env work between two steps of a fast rollout (measured, see engine.h).
+  static constexpr int64_t kSpinNs = 200000;
+
+  static void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+
+  // The next task of generation `gen`, or -1 when it has none left (or a newer job started).
+  int64_t Claim(uint64_t gen) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((t >> 32) != gen) return -1;
+      const int64_t i = static_cast<int64_t>(t & 0xffffffffu);
+      if (i >= n_.load(std::memory_order_relaxed)) return -1;
+      if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) return i;
+    }
+  }
+
+  void WorkerLoop(int slot) {
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t gen = ticket_.load(std::memory_order_acquire) >> 32;
+      if (gen == seen) {
+        const auto start = std::chrono::steady_clock::now();
+        int spins = 0;
+        while ((gen = ticket_.load(std::memory_order_acquire) >> 32) == seen) {
+          Pause();
+          if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start >
+                                        std::chrono::nanoseconds(kSpinNs)) {
+            std::unique_lock<std::mutex> lock(mu_);
+            sleepers_.fetch_add(1, std::memory_order_seq_cst);
+            wake_.wait(lock, [&] {
+              return stop_.load() || (ticket_.load(std::memory_order_seq_cst) >> 32) != seen;
+            });
+            sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+            if (stop_.load()) return;
+            spins = 0;
+          }
+          if (stop_.load(std::memory_order_relaxed)) return;
+        }
+      }
+      if (stop_.load(std::memory_order_relaxed)) return;
+      seen = gen;
+      int64_t mine = 0;
+      Fn fn = nullptr;
+      void* ctx = nullptr;
+      for (int64_t i; (i = Claim(gen)) >= 0; ++mine) {
+        if (fn == nullptr) {  // read after a successful claim: the job is current
+          fn = fn_;
+          ctx = ctx_;
+        }
+        fn(ctx, i, slot);
+      }
+      if (mine > 0) done_.fetch_add(mine, std::memory_order_acq_rel);
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // one Run at a time
+  std::mutex mu_;      // sleeping workers
+  std::condition_variable wake_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> ticket_{0};  // generation << 32 | next task
+  std::atomic<int64_t> done_{0};
+  Fn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  std::atomic<int64_t> n_{0};  // read by late workers of an older job (then discarded)
+};
+
+}  // namespace policy
+}  // namespace amago
+
+#endif  // AMAGO_FAST_POLICY_TEAM_H_
