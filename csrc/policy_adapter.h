@@ -114,6 +114,7 @@ class PyPolicyEngine {
   int64_t NumLayers() const { return static_cast<int64_t>(engine_->model().layers.size()); }
   bool Avx2() const { return engine_->avx2(); }
   int Threads() const { return engine_->threads(); }
+  int64_t SplitRuns() const { return engine_->split_runs(); }
 
   // fields: one array per normalised key then per raw key (leading dim b); action (b, ...);
   // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 (or float16,
@@ -369,7 +370,8 @@ inline void RegisterPolicy(py::module_& m) {
       .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
       .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
       .def_property_readonly("avx2", &PyPolicyEngine::Avx2)
-      .def_property_readonly("threads", &PyPolicyEngine::Threads);
+      .def_property_readonly("threads", &PyPolicyEngine::Threads)
+      .def_property_readonly("split_runs", &PyPolicyEngine::SplitRuns);
 }
 
 }  // namespace amago

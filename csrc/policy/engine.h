@@ -74,6 +74,8 @@ class PolicyEngine {
   const Model& model() const { return m_; }
   bool avx2() const { return avx2_; }
   int threads() const { return team_ != nullptr ? team_->size() : 1; }
+  // Layers whose attention was split across the team so far.
+  int64_t split_runs() const { return backoff_.split_runs; }
 
   // Work of one layer's attention (key floats read, Σ len x H x D; values add as much again)
   // from which it is split across the team. A split costs ~10-35 µs here (waking or handing
@@ -86,17 +88,18 @@ class PolicyEngine {
   void Step(const StepIO& io) {
 #ifdef AMAGO_POLICY_HAS_AVX2_PATH
     if (avx2_) {
-      simd_avx2::StepBody(m_, io, &scratch_, &sin_table_, team_, parallel_min_);
+      simd_avx2::StepBody(m_, io, &scratch_, &sin_table_, team_, &backoff_, parallel_min_);
       return;
     }
 #endif
-    simd_base::StepBody(m_, io, &scratch_, &sin_table_, team_, parallel_min_);
+    simd_base::StepBody(m_, io, &scratch_, &sin_table_, team_, &backoff_, parallel_min_);
   }
 
  private:
   Model m_;
   bool avx2_ = false;
   Team* team_ = nullptr;
+  TeamBackoff backoff_;
   int64_t parallel_min_ = 0;
   Scratch scratch_;
   std::vector<float> sin_table_;

@@ -446,7 +446,8 @@ inline void AttnTask(void* ctx, int64_t i, int slot) {
 
 // The whole step, force-inlined into one function per instruction-set target (below).
 inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
-                     std::vector<float>* sin_table, Team* team, int64_t parallel_min) {
+                     std::vector<float>* sin_table, Team* team, TeamBackoff* backoff,
+                     int64_t parallel_min) {
   const int64_t b = io.b;
   const int64_t tw = std::max(MlpMaxWidth(m.tstep, m.in_dim),
                               std::max(MlpMaxWidth(m.actor, m.d_model),
@@ -456,6 +457,17 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
   float* xa = Scratch::Get(&s->a, b * lw);
   float* xb = Scratch::Get(&s->b, b * lw);
   float* tmp = Scratch::Get(&s->tmp, lw);
+
+  if (team != nullptr && m.transformer && !m.layers.empty()) {
+    // Every layer reads the same lengths and H x D = d_model: split iff the first layer is.
+    // Known on entry, so the worker is woken now and is spinning by the first attention.
+    int64_t keys = 0;
+    for (int64_t r = 0; r < b; ++r) {
+      const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
+      keys += std::min(io.counts[0][n] + 1, io.capacity);
+    }
+    if (keys * m.d_model >= parallel_min) team->Prewake(*backoff);
+  }
 
   // ---- timestep features into xa (b, in_dim)
   for (int64_t r = 0; r < b; ++r) {
@@ -567,7 +579,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       }
       AttnJob job{xb, kv, io.kv_half, counts, io.env_ids, N, C, H, D, d, attn, score_bufs};
       if (team != nullptr && keys_read * H * D >= parallel_min) {
-        team->Run(b * H, &AttnTask, &job);
+        team->Run(b * H, &AttnTask, &job, backoff);
       } else {
         for (int64_t i = 0; i < b * H; ++i) AttnTask(&job, i, 0);
       }

@@ -15,6 +15,7 @@
 #ifndef AMAGO_FAST_POLICY_TEAM_H_
 #define AMAGO_FAST_POLICY_TEAM_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -25,6 +26,14 @@
 
 namespace amago {
 namespace policy {
+
+// Per-caller (per-engine) record of whether splitting pays, see Team::Run. Touched only by its
+// caller's thread (one Step at a time per engine).
+struct TeamBackoff {
+  int64_t skip = 0;        // Runs left to run inline
+  int64_t length = 0;      // current back-off length
+  int64_t split_runs = 0;  // Runs split so far (tests, diagnostics)
+};
 
 class Team {
  public:
@@ -60,25 +69,38 @@ class Team {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  void Run(int64_t n, Fn fn, void* ctx) {
+  // Wakes sleeping workers ahead of a Run (they spin again for kSpinNs): the step calls it on
+  // entry when its attention will be split, so the futex wake-up (~10-50 µs on this 2-vCPU VM)
+  // overlaps the GEMMs before attention instead of delaying the hand-off.
+  void Prewake(const TeamBackoff& bo) {
+    if (workers_.empty() || bo.skip > 0) return;
+    pokes_.fetch_add(1, std::memory_order_seq_cst);
+    WakeSleepers();
+  }
+
+  void Run(int64_t n, Fn fn, void* ctx, TeamBackoff* bo) {
+    if (bo->skip > 0) {
+      --bo->skip;
+      for (int64_t i = 0; i < n; ++i) fn(ctx, i, 0);
+      return;
+    }
     std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
     if (workers_.empty() || n <= 1 || !busy.owns_lock()) {
       for (int64_t i = 0; i < n; ++i) fn(ctx, i, 0);
       return;
     }
+    ++bo->split_runs;
     fn_ = fn;
     ctx_ = ctx;
     n_.store(n, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
-    const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    const uint64_t gen = ((ticket_.load(std::memory_order_relaxed) >> 32) + 1) & 0xffffffffu;
     ticket_.store(gen << 32, std::memory_order_seq_cst);  // publishes fn_/ctx_/n_
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      wake_.notify_all();
-    }
+    WakeSleepers();
     int64_t mine = 0;
     for (int64_t i; (i = Claim(gen)) >= 0; ++mine) fn(ctx, i, 0);
     // Wait for the tasks the workers claimed (each at most one layer's (env, head) slice).
+    const auto waited_from = std::chrono::steady_clock::now();
     if (mine < n) {
       int64_t done = done_.fetch_add(mine, std::memory_order_acq_rel) + mine;
       // Spin, then yield: on a busy machine the worker may share this core, and a pure spin
@@ -92,12 +114,29 @@ class Team {
         done = done_.load(std::memory_order_acquire);
       }
     }
+    // Back off when the split did not run in parallel: the workers took under a quarter of the
+    // tasks, or the caller waited long for one. That is a busy machine (the worker shares a
+    // core with another process; measured on this 2-vCPU VM under a concurrent test run: 2x
+    // slower than inline at step 1024), so run the next Runs inline (and let the workers
+    // sleep), 16 Runs after the first bad one, doubling up to 4096 while they stay bad.
+    const bool bad = (n - mine) * 4 < n ||
+                     std::chrono::steady_clock::now() - waited_from >
+                         std::chrono::nanoseconds(kMaxWaitNs);
+    if (bad) {
+      bo->length = bo->length == 0 ? 16 : std::min<int64_t>(2 * bo->length, 4096);
+      bo->skip = bo->length;
+    } else {
+      bo->length = 0;
+    }
   }
 
  private:
   // Spin time of an idle worker before it sleeps: covers the gap between two layers' attention
   // and the Python / env work between two steps of a fast rollout (measured, see engine.h).
   static constexpr int64_t kSpinNs = 200000;
+  // Longest wait for the workers' last tasks before a split counts as not paying (one task is
+  // one (env, head) of a layer: ~4-10 µs at context 1024 for the tiny / default models).
+  static constexpr int64_t kMaxWaitNs = 50000;
 
   static void Pause() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -105,6 +144,13 @@ class Team {
 #else
     std::this_thread::yield();
 #endif
+  }
+
+  void WakeSleepers() {
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake_.notify_all();
+    }
   }
 
   // The next task of generation `gen`, or -1 when it has none left (or a newer job started).
@@ -123,22 +169,34 @@ class Team {
     for (;;) {
       uint64_t gen = ticket_.load(std::memory_order_acquire) >> 32;
       if (gen == seen) {
-        const auto start = std::chrono::steady_clock::now();
+        auto start = std::chrono::steady_clock::now();
+        uint64_t poked = pokes_.load(std::memory_order_acquire);
         int spins = 0;
         while ((gen = ticket_.load(std::memory_order_acquire) >> 32) == seen) {
           Pause();
-          if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start >
-                                        std::chrono::nanoseconds(kSpinNs)) {
+          if (stop_.load(std::memory_order_relaxed)) return;
+          if (++spins % 256 != 0) continue;
+          const uint64_t p = pokes_.load(std::memory_order_acquire);
+          if (p != poked) {  // Prewake: a job is coming, spin on
+            poked = p;
+            start = std::chrono::steady_clock::now();
+            continue;
+          }
+          if (std::chrono::steady_clock::now() - start <= std::chrono::nanoseconds(kSpinNs)) {
+            continue;
+          }
+          {
             std::unique_lock<std::mutex> lock(mu_);
             sleepers_.fetch_add(1, std::memory_order_seq_cst);
             wake_.wait(lock, [&] {
-              return stop_.load() || (ticket_.load(std::memory_order_seq_cst) >> 32) != seen;
+              return stop_.load() || (ticket_.load(std::memory_order_seq_cst) >> 32) != seen ||
+                     pokes_.load(std::memory_order_seq_cst) != poked;
             });
             sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-            if (stop_.load()) return;
-            spins = 0;
           }
-          if (stop_.load(std::memory_order_relaxed)) return;
+          if (stop_.load()) return;
+          poked = pokes_.load(std::memory_order_acquire);
+          start = std::chrono::steady_clock::now();
         }
       }
       if (stop_.load(std::memory_order_relaxed)) return;
@@ -163,6 +221,7 @@ class Team {
   std::condition_variable wake_;
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> pokes_{0};   // Prewake count
   std::atomic<uint64_t> ticket_{0};  // generation << 32 | next task
   std::atomic<int64_t> done_{0};
   Fn fn_ = nullptr;
