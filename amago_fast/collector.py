@@ -40,6 +40,7 @@ import copy
 import functools
 import inspect
 import math
+import os
 import time
 from typing import Any, Protocol
 
@@ -48,6 +49,17 @@ import numpy as np
 from amago_fast.envs.base import VectorEnv, check_actions, split_step, trusted_step
 from amago_fast.exploration import EpsilonGreedy, GaussianNoise
 from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, ActionSpec, EnvSpec
+
+
+def _native_absorb():
+    """``_core.absorb_step`` (the C++ bookkeeping of a step), or None: core not built, or
+    ``AMAGO_FAST_NATIVE_COLLECTOR=0``. The NumPy path (``_Rollouts._absorb_numpy``) is the
+    reference it is tested against."""
+    if os.environ.get("AMAGO_FAST_NATIVE_COLLECTOR", "1") == "0":
+        return None
+    from amago_fast.buffer import _core
+
+    return getattr(_core, "absorb_step", None) if _core is not None else None
 
 
 class Policy(Protocol):
@@ -219,6 +231,12 @@ class _Rollouts:
         self.n = n
         self.obs_names = [f.name for f in self.spec.observation]
         self.float_obs = [f.name for f in self.spec.observation if f.dtype.kind == "f"]
+        # The native bookkeeping checks float32 observations for NaN/inf itself; any other
+        # float dtype keeps the NumPy path.
+        self._absorb_step = _native_absorb() if all(
+            f.dtype == np.float32 for f in self.spec.observation if f.dtype.kind == "f") else None
+        self._float_obs_idx = [i for i, f in enumerate(self.spec.observation)
+                               if f.dtype.kind == "f"]
         act = self.spec.action.field
         self.act_dtype = np.dtype(act.dtype)
         self.rows: dict[str, np.ndarray] = {
@@ -427,6 +445,56 @@ class _Rollouts:
         return obs, reward
 
     def _absorb(self, obs, reward, term, trunc, info, idx, actions, log) -> int:
+        """Store one step's transitions and advance the bookkeeping (see :meth:`_absorb_numpy`,
+        the reference); returns how many were stored. One C++ pass (``_core.absorb_step``) when
+        the core is built: ~30 NumPy calls fewer per step."""
+        absorb_step = self._absorb_step
+        if absorb_step is None:
+            return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
+        names = self.obs_names
+        if not self.checked_obs:
+            self._check_obs(obs, self.n if idx is None else len(idx))
+            self.checked_obs = True
+        obs_batch = [obs[k] for k in names]
+        res = absorb_step(
+            self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
+            self.prev_action, [] if idx is None else [self.rows[k] for k in names], idx,
+            reward, term, trunc, actions, obs_batch, self._float_obs_idx, True)
+        if res is None:  # a NaN/inf: nothing changed; the exact screening lives in NumPy
+            return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
+        (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
+         done_rows) = res
+        any_new = start_rows.size > 0
+        if self.buffer is not None:
+            rows = dict(zip(names, obs_batch))
+            rows[ACTION] = actions
+            rows[REWARD] = reward
+            rows[TERMINATED] = term
+            rows[TRUNCATED] = trunc
+            if self._split is not None:
+                self._pending_write = (rows, idx, starts if any_new else None)
+            else:
+                self._write(rows, idx, starts if any_new else None)
+        if any_new:
+            new_ids = start_rows if idx is None else idx[start_rows]
+            self.pstate = self.policy.reset_state(self.pstate, new_ids)
+            if self.exploration is not None:
+                self.exploration.reset_envs(new_ids)
+        if idx is None:
+            self.rows = dict(zip(names, obs_batch))
+            self.prev_action = prev_action
+            self.prev_reward = prev_reward
+            self.time_index = time_index
+            self.ep_return = ep_return
+            self.pending_reset = done
+        else:  # the per-env state arrays were updated in place
+            self.batch_ids = idx
+            self.batch_rows = self._batch_rows(obs, prev_action, prev_reward, time_index)
+        if log is not None and done_rows.size:
+            log.add(ep_return[done_rows], time_index[done_rows], info, done_rows)
+        return reward.size - start_rows.size
+
+    def _absorb_numpy(self, obs, reward, term, trunc, info, idx, actions, log) -> int:
         """Store one step's transitions and advance the bookkeeping; returns how many were
         stored. `idx`: the env ids of the batch (async), None for all envs in order (sync).
         `actions`: fresh (owned) array of the actions that produced this step's transitions;

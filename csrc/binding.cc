@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "buffer_adapter.h"
+#include "collector_adapter.h"
 #include "policy_adapter.h"
 
 namespace py = pybind11;
@@ -32,5 +33,6 @@ PYBIND11_MODULE(_core, m) {
       .def("pieces", &amago::PyTrajectoryStore::Pieces)
       .def("get_state", &amago::PyTrajectoryStore::GetState)
       .def("set_state", &amago::PyTrajectoryStore::SetState);
+  amago::RegisterCollector(m);  // absorb_step: the collector's bookkeeping (collector_adapter.h)
   amago::RegisterPolicy(m);  // PolicyEngine: native CPU rollout step (policy_adapter.h)
 }

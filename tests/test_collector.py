@@ -541,3 +541,111 @@ def test_trusted_step_backends_store_the_hand_stepped_episodes(name, kw):
                                 sorted(want, key=lambda e: e[0])):
         assert gi == wi
         assert_same_trajectory(g, w, keys)
+
+
+@pytest.mark.parametrize("name,kw,nan_at", [
+    ("envpool:CartPole-v1", {}, None),
+    ("envpool:CartPole-v1", {"batch_size": 3}, 40),
+    ("envpool:BallInCupCatch-v1", {"batch_size": 2}, None),
+    ("tmaze-passive", {"corridor_length": 4}, 25),
+])
+def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
+    """The C++ step bookkeeping (_core.absorb_step) against the NumPy path on identical env
+    streams (a recorded env replayed to both), through autoresets, async batches and a NaN
+    (flagged: the native call leaves it to the NumPy screening)."""
+    import copy
+
+    from amago_fast.bench.collect import ReplayEnv
+    from amago_fast.collector import _native_absorb
+
+    if _native_absorb() is None:
+        pytest.skip("amago_fast._core not built")
+    real = make_env(name, 6, seed=0, **kw)
+    env_native = ReplayEnv(real, steps=120)
+    real.close()
+    if nan_at is not None:
+        obs = env_native._record[nan_at][0]
+        key = next(iter(obs))
+        obs[key] = obs[key].astype(np.float32)
+        obs[key][1] = np.nan
+    env_numpy = copy.deepcopy(env_native)
+    cols = []
+    for env, native in ((env_native, True), (env_numpy, False)):
+        buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=5000, num_envs=6, seed=0)
+        col = Collector(env, RandomPolicy(env.spec, seed=3), buf,
+                        exploration=make_exploration(env.spec.action, 6, seed=1),
+                        nan_policy="flag")
+        if not native:
+            col._train._absorb_step = None
+        assert (col._train._absorb_step is not None) == native
+        cols.append(col)
+    flagged = 0
+    for _ in range(6):
+        stats = [c.collect(37) for c in cols]
+        flagged += stats[0]["nonfinite_steps"]
+        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps"):
+            assert stats[0].get(k) == stats[1].get(k), k
+        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
+        sds = [c._train.state_dict() for c in cols]
+        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return"):
+            assert sds[0][k].dtype == sds[1][k].dtype, k
+            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
+        for k in sds[0]["rows"]:
+            np.testing.assert_array_equal(sds[0]["rows"][k], sds[1]["rows"][k], err_msg=k)
+        if cols[0]._train.batch_rows is not None:
+            for k, v in cols[0]._train.batch_rows.items():
+                np.testing.assert_array_equal(v, cols[1]._train.batch_rows[k], err_msg=k)
+    bufs = [c.buffer for c in cols]
+    assert len(bufs[0]) == len(bufs[1])
+    assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
+    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
+    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
+    for k in bufs[0]._ring:
+        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+    assert flagged == (0 if nan_at is None else 1)  # the NaN row was met on both paths
+
+
+def test_native_bookkeeping_rejects_bad_arrays():
+    from amago_fast.collector import _native_absorb
+
+    absorb = _native_absorb()
+    if absorb is None:
+        pytest.skip("amago_fast._core not built")
+    n = 4
+    state = [np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.float32),
+             np.zeros(n, np.int32)]
+    obs_state = [np.zeros((n, 3), np.float32)]
+    batch = [np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool), np.ones(2, np.int32)]
+    obs = [np.ones((2, 3), np.float32)]
+    before = [a.copy() for a in state + obs_state]
+
+    def call(**over):
+        args = dict(pending_reset=state[0], time_index=state[1], ep_return=state[2],
+                    prev_reward=state[3], prev_action=state[4], obs_state=obs_state,
+                    env_ids=np.array([0, 2]), reward=batch[0], terminated=batch[1],
+                    truncated=batch[2], actions=batch[3], obs_batch=obs, float_obs=[0],
+                    check_finite=True)
+        args.update(over)
+        return absorb(**args)
+
+    with pytest.raises(ValueError, match="env_ids"):
+        call(env_ids=np.array([1, 1]))
+    with pytest.raises(ValueError, match="env_ids"):
+        call(env_ids=np.array([0, 4]))
+    with pytest.raises(ValueError, match="reward"):
+        call(reward=np.ones(2, np.float64))
+    with pytest.raises(ValueError, match="actions"):
+        call(actions=np.ones(2, np.int64))
+    with pytest.raises(ValueError, match="observation"):
+        call(obs_batch=[np.ones((2, 4), np.float32)])
+    with pytest.raises(TypeError, match="time_index"):
+        call(time_index=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match="pending_reset"):
+        call(pending_reset=np.zeros(n, bool)[::-1])  # a state array must be C-contiguous
+    nan_obs = [np.full((2, 3), np.nan, np.float32)]
+    assert call(obs_batch=nan_obs) is None  # NaN: nothing done, the caller screens it
+    for a, b in zip(state + obs_state, before):
+        np.testing.assert_array_equal(a, b)
+    out = call()
+    assert out is not None and state[1][[0, 2]].tolist() == [1, 1]  # async: written back
+    assert obs_state[0][0].tolist() == [1, 1, 1]

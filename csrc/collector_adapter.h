@@ -1,0 +1,190 @@
+// Adapter between Python (amago_fast.collector._Rollouts) and the pure C++ step bookkeeping
+// (collector/absorb.h): checks every array (dtype, C-contiguity, rows, row bytes, env ids)
+// before anything is written, allocates the fresh per-batch outputs, releases the GIL.
+#ifndef AMAGO_FAST_COLLECTOR_ADAPTER_H_
+#define AMAGO_FAST_COLLECTOR_ADAPTER_H_
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "collector/absorb.h"
+
+namespace amago {
+
+namespace py = pybind11;
+
+namespace collector_detail {
+
+// rows < 0: any number of rows. A read-only input (writeable false) that is strided is copied
+// to C order; a state array must already be C-contiguous (it is written in place).
+inline py::array Checked(py::handle obj, const char* name, char kind, ssize_t itemsize,
+                         ssize_t rows, bool writeable) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string("absorb_step: ") + name + " must be a NumPy array");
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!writeable && !(a.flags() & py::array::c_style)) a = py::array::ensure(a, py::array::c_style);
+  if (rows < 0 && a.ndim() >= 1) rows = a.shape(0);
+  const bool ok_dtype = kind == 0 || (a.dtype().kind() == kind && a.itemsize() == itemsize);
+  if (!ok_dtype || !(a.flags() & py::array::c_style) || a.ndim() < 1 || a.shape(0) != rows ||
+      (writeable && !a.writeable())) {
+    throw py::value_error(std::string("absorb_step: ") + name + " must be a C-contiguous" +
+                          (writeable ? ", writeable" : "") + " array with " +
+                          std::to_string(rows) + " rows" +
+                          (kind ? std::string(" of kind '") + kind + "'" : std::string()) +
+                          ", got " + py::str(a.dtype()).cast<std::string>() + " " +
+                          py::str(a.attr("shape")).cast<std::string>());
+  }
+  return a;
+}
+
+inline ByteRows Rows(const py::array& a) {
+  const size_t rows = static_cast<size_t>(a.shape(0));
+  return {static_cast<uint8_t*>(const_cast<void*>(a.data())),
+          rows ? static_cast<size_t>(a.nbytes()) / rows : 0};
+}
+
+inline py::array Like(const py::array& a, ssize_t rows) {
+  std::vector<ssize_t> shape(a.shape(), a.shape() + a.ndim());
+  shape[0] = rows;
+  return py::array(a.dtype(), shape);
+}
+
+inline py::array Fresh(const py::dtype& dt, ssize_t rows) {
+  return py::array(dt, std::vector<ssize_t>{rows});
+}
+
+inline py::array_t<int64_t> IndexArray(const std::vector<int64_t>& v) {
+  py::array_t<int64_t> a(static_cast<ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
+  return a;
+}
+
+}  // namespace collector_detail
+
+// Returns None (and changes nothing) when check_finite is set and a float32 observation or a
+// non-reset row's reward is NaN/inf; else (reward, prev_reward, time_index, ep_return, done,
+// prev_action, starts, start_rows, done_rows), and for an async batch (ids not None) the state
+// arrays now hold the batch's rows.
+inline py::object AbsorbStepPy(py::object pending, py::object time_index, py::object ep_return,
+                               py::object prev_reward, py::object prev_action,
+                               py::list obs_state, py::object ids, py::object reward,
+                               py::object terminated, py::object truncated, py::object actions,
+                               py::list obs_batch, const std::vector<int>& float_obs,
+                               bool check_finite) {
+  using collector_detail::Checked;
+  using collector_detail::Rows;
+  const bool async = !ids.is_none();
+  py::array a_pending = Checked(pending, "pending_reset", 'b', 1, -1, async);
+  const ssize_t n_envs = a_pending.shape(0);
+  py::array a_time = Checked(time_index, "time_index", 'i', 8, n_envs, async);
+  py::array a_ret = Checked(ep_return, "ep_return", 'f', 8, n_envs, async);
+  py::array a_prev_r = Checked(prev_reward, "prev_reward", 'f', 4, n_envs, async);
+  py::array a_prev_a = Checked(prev_action, "prev_action", 0, 0, n_envs, async);
+  py::array a_ids;
+  ssize_t m = n_envs;
+  if (async) {
+    a_ids = Checked(ids, "env_ids", 'i', 8, -1, false);
+    m = a_ids.shape(0);
+    std::vector<uint8_t> seen(static_cast<size_t>(n_envs), 0);
+    const auto* p = static_cast<const int64_t*>(a_ids.data());
+    for (ssize_t i = 0; i < m; ++i) {
+      if (p[i] < 0 || p[i] >= n_envs || seen[p[i]]) {
+        throw py::value_error("absorb_step: env_ids must be distinct ids in [0, " +
+                              std::to_string(n_envs) + "), got " + std::to_string(p[i]));
+      }
+      seen[p[i]] = 1;
+    }
+  }
+  py::array a_reward = Checked(reward, "reward", 'f', 4, m, false);
+  py::array a_term = Checked(terminated, "terminated", 'b', 1, m, false);
+  py::array a_trunc = Checked(truncated, "truncated", 'b', 1, m, false);
+  py::array a_act = Checked(actions, "actions", 0, 0, m, false);
+  if (!a_act.dtype().equal(a_prev_a.dtype()) || Rows(a_act).row_bytes != Rows(a_prev_a).row_bytes) {
+    throw py::value_error("absorb_step: actions and prev_action differ in dtype or row shape");
+  }
+  // Written only for an async batch, whose state arrays were checked writeable.
+  auto mut = [](const py::array& a) { return const_cast<void*>(a.data()); };
+  RolloutState st{static_cast<uint8_t*>(mut(a_pending)), static_cast<int64_t*>(mut(a_time)),
+                  static_cast<double*>(mut(a_ret)), static_cast<float*>(mut(a_prev_r)),
+                  Rows(a_prev_a),
+                  {}};
+  StepBatch b{m,
+              async ? static_cast<const int64_t*>(a_ids.data()) : nullptr,
+              static_cast<const float*>(a_reward.data()),
+              static_cast<const uint8_t*>(a_term.data()),
+              static_cast<const uint8_t*>(a_trunc.data()),
+              Rows(a_act),
+              {},
+              float_obs};
+  std::vector<py::array> keep;
+  const size_t n_fields = py::len(obs_batch);
+  if (async && py::len(obs_state) != n_fields) {
+    throw py::value_error("absorb_step: obs_state and obs_batch differ in length");
+  }
+  for (size_t f = 0; f < n_fields; ++f) {
+    py::array ob = Checked(obs_batch[f], "observation", 0, 0, m, false);
+    keep.push_back(ob);
+    b.obs.push_back(Rows(ob));
+    if (async) {
+      py::array os = Checked(obs_state[f], "observation state", 0, 0, n_envs, true);
+      if (!os.dtype().equal(ob.dtype()) || Rows(os).row_bytes != Rows(ob).row_bytes) {
+        throw py::value_error("absorb_step: observation " + std::to_string(f) +
+                              " differs from its state array in dtype or row shape");
+      }
+      keep.push_back(os);
+      st.obs.push_back(Rows(os));
+    }
+  }
+  for (int f : float_obs) {
+    if (f < 0 || static_cast<size_t>(f) >= n_fields ||
+        !keep[async ? 2 * f : f].dtype().equal(py::dtype::of<float>())) {
+      throw py::value_error("absorb_step: float_obs must name float32 observations");
+    }
+  }
+  if (check_finite) {
+    bool finite;
+    {
+      py::gil_scoped_release release;
+      finite = BatchFinite(st, b);
+    }
+    if (!finite) return py::none();
+  }
+  using collector_detail::Fresh;
+  py::array o_reward = Fresh(py::dtype::of<float>(), m);
+  py::array o_prev_r = Fresh(py::dtype::of<float>(), m);
+  py::array o_time = Fresh(py::dtype::of<int64_t>(), m);
+  py::array o_ret = Fresh(py::dtype::of<double>(), m);
+  py::array o_done = Fresh(py::dtype::of<bool>(), m);
+  py::array o_starts = Fresh(py::dtype::of<bool>(), m);
+  py::array o_prev_a = collector_detail::Like(a_act, m);
+  StepOutputs out{static_cast<float*>(mut(o_reward)), static_cast<float*>(mut(o_prev_r)),
+                  static_cast<int64_t*>(mut(o_time)), static_cast<double*>(mut(o_ret)),
+                  static_cast<uint8_t*>(mut(o_done)), Rows(o_prev_a),
+                  static_cast<uint8_t*>(mut(o_starts)), {}, {}};
+  {
+    py::gil_scoped_release release;
+    AbsorbStep(&st, b, &out);
+  }
+  return py::make_tuple(o_reward, o_prev_r, o_time, o_ret, o_done, o_prev_a, o_starts,
+                        collector_detail::IndexArray(out.start_rows),
+                        collector_detail::IndexArray(out.done_rows));
+}
+
+inline void RegisterCollector(py::module_& m) {
+  m.def("absorb_step", &AbsorbStepPy, py::arg("pending_reset"), py::arg("time_index"),
+        py::arg("ep_return"), py::arg("prev_reward"), py::arg("prev_action"),
+        py::arg("obs_state"), py::arg("env_ids"), py::arg("reward"), py::arg("terminated"),
+        py::arg("truncated"), py::arg("actions"), py::arg("obs_batch"), py::arg("float_obs"),
+        py::arg("check_finite"),
+        "One collector step's rollout bookkeeping (amago_fast.collector; private).");
+}
+
+}  // namespace amago
+
+#endif  // AMAGO_FAST_COLLECTOR_ADAPTER_H_
