@@ -6,16 +6,24 @@ Per vector step (all NumPy-batched, no per-env Python loop on the hot path):
    action) + ``reward`` (previous reward) + ``time_index`` — exactly a training row;
 2. exploration (training only) perturbs its actions; the env steps;
 3. envs whose previous step ended their rollout were autoreset by the env (next-step rule): the
-   returned observation opens a new rollout (``buffer.reset_envs``; policy memory and exploration
-   multiplier reset) and no transition is stored for that step; every other env appends one full
-   row (``buffer.append_step``), which commits its trajectory when it is terminated|truncated.
+   returned observation opens a new rollout (policy memory and exploration multiplier reset) and
+   no transition is stored for that step; every other env appends one full row, which commits
+   its trajectory when it is terminated|truncated — one ``buffer.write_step(rows, ids, starts)``
+   call for both kinds of row.
 
-Cost: the policy's actions are validated once (``check_actions``), then the env is stepped
-through ``step_trusted`` (no second validation; see :func:`amago_fast.envs.base.trusted_step`);
-bookkeeping is a fixed number of whole-array operations per step plus a few index operations
-for the envs that start a rollout (``benchmarks/bench_collect.py --breakdown`` splits a step's
-µs into env / policy / buffer / collector). Rows handed to the policy are never written to
-afterwards (fresh arrays each step), so a policy may keep references to them.
+Cost (measured on 2 cores, CartPole N=64, per vector step; ``benchmarks/bench_collect.py``):
+the policy's actions are validated once (``check_actions``; our RandomPolicy's are valid by
+construction), then the env is stepped through ``step_trusted`` (no second validation; see
+:func:`amago_fast.envs.base.trusted_step`). The step's bookkeeping — previous action/reward,
+time index, episode return, pending resets, the async scatter into the per-env arrays, the
+NaN/inf screen — is one C++ pass (``_core.absorb_step``, collector/absorb.h) instead of ~30
+NumPy calls (the NumPy path, ``_Rollouts._absorb_numpy``, is the reference it is tested
+against, the fallback without the compiled core, and the exact screening when a NaN appears).
+EnvPool envs are stepped as send → write the *previous* step's rows to the buffer → recv, so
+the buffer write runs while EnvPool's worker threads step (:func:`amago_fast.envs.base.split_step`;
+rows owed to the buffer are written before ``collect`` returns, before ``state_dict`` and before
+a restart). Rows handed to the policy are never written to afterwards (fresh arrays each step),
+so a policy may keep references to them.
 
 Async EnvPool (``env.is_async``): each step holds only the envs of the batch (``info["env_id"]``);
 the policy is then called with ``act(rows_of_batch, state, sample, env_ids=ids)`` — a policy must
@@ -226,6 +234,10 @@ class _Rollouts:
         # Our own exploration keeps actions valid by construction; anything else is re-checked.
         self._exploration_trusted = exploration is None or type(exploration) in (
             EpsilonGreedy, GaussianNoise)
+        # Likewise RandomPolicy drawing for this very action spec (random_actions: in range,
+        # storage dtype, right shape); any other policy's actions are checked every step.
+        self._policy_trusted = (type(policy) is RandomPolicy
+                                and policy._action == self.spec.action)
         self._policy_name = f"policy for {self.spec.name}"
         n = env.num_envs
         self.n = n
@@ -315,7 +327,8 @@ class _Rollouts:
             actions = np.asarray(actions.detach().cpu() if hasattr(actions, "detach") else
                                  actions)
         # Validate and convert to the stored dtype (e.g. int64 -> int32) before anything moves.
-        actions = check_actions(self.spec.action, actions, m, self._policy_name)
+        if not self._policy_trusted:
+            actions = check_actions(self.spec.action, actions, m, self._policy_name)
         if explore and self.exploration is not None:
             actions = self.exploration.apply(actions, ids)
             if not self._exploration_trusted:
@@ -620,7 +633,8 @@ class Collector:
     Args:
       env: the training VectorEnv.
       policy: implements :class:`Policy` (e.g. the Agent, :class:`RandomPolicy`).
-      buffer: a TrajectoryBuffer (``reset_envs`` / ``append_step``), or None to only step.
+      buffer: a TrajectoryBuffer (``write_step``, else ``reset_envs`` / ``append_step``), or None
+        to only step.
       exploration: an :mod:`amago_fast.exploration` object, or None for none.
       eval_env: the env `evaluate` uses by default (if None, evaluation borrows `env`, after which
         the training rollouts restart).

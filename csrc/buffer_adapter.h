@@ -54,6 +54,7 @@ class PyTrajectoryStore {
       row_bytes_.push_back(rb);
       fields.push_back({static_cast<uint8_t*>(arr.mutable_data()), rb});
       index_[names[f]] = static_cast<int>(f);
+      key_objs_.push_back(py::str(names[f]));
     }
     is_obs_.assign(names.size(), false);
     for (int f : obs_fields_) is_obs_.at(f) = true;
@@ -368,7 +369,22 @@ class PyTrajectoryStore {
     py::dict rows = py::reinterpret_borrow<py::dict>(rows_obj);
     std::vector<const uint8_t*> ptrs(names_.size(), nullptr);
     std::vector<py::handle> values(names_.size());
-    for (auto item : rows) {
+    // Fast path (the collector's every step): exactly the expected number of keys and each
+    // expected key found by a hash lookup means there is no unknown key either — no per-key
+    // string conversion (~1 µs of a ~4 µs call). Anything else takes the checking loop below.
+    const size_t want = obs_only ? obs_fields_.size() : names_.size();
+    bool found_all = static_cast<size_t>(PyDict_Size(rows.ptr())) == want;
+    for (size_t f = 0; found_all && f < names_.size(); ++f) {
+      if (obs_only && !is_obs_[f]) continue;
+      PyObject* v = PyDict_GetItemWithError(rows.ptr(), key_objs_[f].ptr());
+      if (v == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        found_all = false;
+      }
+      values[f] = v;
+    }
+    if (!found_all) values.assign(names_.size(), py::handle());
+    for (auto item : found_all ? py::dict() : rows) {
       if (!py::isinstance<py::str>(item.first)) {
         throw py::value_error(std::string(what) + ": unknown field " +
                               py::repr(item.first).cast<std::string>());
@@ -459,6 +475,7 @@ class PyTrajectoryStore {
   std::vector<std::vector<ssize_t>> shapes_;
   std::vector<size_t> row_bytes_;
   std::unordered_map<std::string, int> index_;
+  std::vector<py::object> key_objs_;  // the field names as Python str, for dict lookups
   std::unique_ptr<TrajectoryStore> store_;
 };
 

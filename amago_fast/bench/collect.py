@@ -5,6 +5,9 @@ and each mode (sync; async = EnvPool with batch_size N/2), in one run and interl
 
 - ``raw``: the env stepped directly with uniform random actions (EnvPool's own ``step`` /
   ``send+recv``; for the built-in task our NumPy env's ``step``) — the baseline;
+- ``raw_direct`` (EnvPool only): the same loop through the pool's C++ ``_send``/``_recv``, as
+  our EnvPoolEnv calls them — ``*_ratio_vs_raw_direct`` is then the framework's own cost alone
+  (EnvPool's public API spends ~20–35 µs of Python per call that our adapter skips);
 - ``collector_random``: our Collector + RandomPolicy, no buffer (framework overhead);
 - ``collector_random_buffer``: the same writing into a TrajectoryBuffer;
 - ``collector_mlp``: a small torch MLP policy (2x64) with a buffer;
@@ -103,13 +106,19 @@ def _random_actions(spec, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class RawStepper:
-    """Steps an env directly with uniform random actions (EnvPool: its own pool API), keeping
-    its state between timing slices so slices can be interleaved with the collectors'."""
+    """Steps an env directly with uniform random actions, keeping its state between timing
+    slices so slices can be interleaved with the collectors'. EnvPool: its own public API
+    (``step`` / ``send`` + ``recv``) — the baseline of the target — or, with ``direct``, the
+    pool's C++ ``_send``/``_recv`` as our EnvPoolEnv calls them (what is left of the ratio then
+    is the framework's own cost)."""
 
-    def __init__(self, env: VectorEnv) -> None:
+    def __init__(self, env: VectorEnv, direct: bool = False) -> None:
         self.env = env
         self.rng = np.random.default_rng(0)
         self.pool = getattr(env, "pool", None)
+        self.direct = getattr(env, "_direct", None) if direct else None
+        if direct and self.direct is None:
+            raise ValueError(f"{env.spec.name}: no direct EnvPool calls to time")
         self.info = None
         if self.pool is not None and env.is_async:
             self.pool.async_reset()
@@ -118,17 +127,22 @@ class RawStepper:
             self.pool.reset()
         else:
             env.reset()
+        self.ids32 = (np.asarray(self.info["env_id"], np.int32) if self.info is not None
+                      else np.arange(env.num_envs, dtype=np.int32))
         dtype = np.int32 if env.spec.action.is_discrete else np.float32
         self.cast = (lambda a: a.astype(dtype)) if self.pool is None else (lambda a: a)
 
     def slice(self, seconds: float) -> tuple[int, float]:
         """Step for ~`seconds` (at least 10 vector steps); returns (env steps, elapsed)."""
-        env, pool, spec, rng = self.env, self.pool, self.env.spec, self.rng
+        env, pool, spec, rng, direct = self.env, self.pool, self.env.spec, self.rng, self.direct
         steps = 0
         t0 = time.perf_counter()
         while True:
             for _ in range(10):
-                if pool is not None and env.is_async:
+                if direct is not None:
+                    direct.send(_random_actions(spec, env.batch_size, rng), self.ids32)
+                    self.ids32 = direct.recv()[4]
+                elif pool is not None and env.is_async:
                     pool.send(_random_actions(spec, env.batch_size, rng), self.info["env_id"])
                     _, _, _, _, self.info = pool.recv()
                 elif pool is not None:
@@ -543,31 +557,39 @@ def run(
                 if ag is not None:
                     cols[f"collector_agent_{size}"] = Collector(
                         fresh(), ag, _buffer(spec, n), nan_policy="flag")
-        raw_env = fresh()
-        raw = RawStepper(raw_env)
-        times: dict[str, list[float]] = {"raw": [], **{k: [] for k in cols}}
+        raws = {"raw": RawStepper(fresh())}
+        if getattr(raws["raw"].env, "_direct", None) is not None:
+            raws["raw_direct"] = RawStepper(fresh(), direct=True)
+        times: dict[str, list[float]] = {**{k: [] for k in raws}, **{k: [] for k in cols}}
         nonfinite = {"steps": 0}
         with torch.no_grad():
-            raw.slice(0.0)  # warm-up: first reset, buffer allocation
+            for raw in raws.values():
+                raw.slice(0.0)  # warm-up: first reset, buffer allocation
             for c in cols.values():
                 _collector_slice(c, 0.0, nonfinite)
             # Short slices, interleaved, many times: the shared machine's load changes
             # on a scale of seconds, so each method sees the same mix of it.
             for _ in range(repeats):
-                steps, dt = raw.slice(seconds)
-                times["raw"].append(steps / dt)
+                for k, raw in raws.items():
+                    steps, dt = raw.slice(seconds)
+                    times[k].append(steps / dt)
                 for k, c in cols.items():
                     steps, dt = _collector_slice(c, seconds, nonfinite)
                     times[k].append(steps / dt)
-        raw_env.close()
+        for raw in raws.values():
+            raw.env.close()
         for c in cols.values():
             c.env.close()
         med = {k: float(np.median(v)) for k, v in times.items()}
         row = {"env": env_key, "num_envs": n, "mode": mode,
                "raw_steps_per_s": med["raw"], "nonfinite_steps": nonfinite["steps"]}
+        if "raw_direct" in med:
+            row["raw_direct_steps_per_s"] = med["raw_direct"]
         for k in cols:
             row[f"{k}_steps_per_s"] = med[k]
             row[f"{k}_ratio_vs_raw"] = med[k] / med["raw"]
+            if "raw_direct" in med:
+                row[f"{k}_ratio_vs_raw_direct"] = med[k] / med["raw_direct"]
         results.append(row)
         print(json.dumps(row), flush=True)
     out: dict[str, Any] = {
