@@ -649,3 +649,16 @@ def test_native_bookkeeping_rejects_bad_arrays():
     out = call()
     assert out is not None and state[1][[0, 2]].tolist() == [1, 1]  # async: written back
     assert obs_state[0][0].tolist() == [1, 1, 1]
+
+
+def test_random_policy_for_another_action_spec_is_still_checked():
+    """RandomPolicy's actions skip check_actions only when drawn for the env's own spec."""
+    from dataclasses import replace
+
+    env = make_env("tmaze-passive", 4, corridor_length=3)
+    wider = replace(env.spec, action=ActionSpec("discrete", n=50))
+    col = Collector(env, RandomPolicy(wider, seed=0))
+    assert not col._train._policy_trusted
+    with pytest.raises(ValueError, match="out of range"):
+        col.collect(40)
+    assert Collector(env, RandomPolicy(env.spec))._train._policy_trusted
