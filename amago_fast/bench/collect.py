@@ -228,22 +228,29 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     Two settings per model size: the cache capacity (context_len) = ``steps_hi`` — attention
     reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at t=steps_lo —
     and the model's default context_len — both times are past the capacity, so "flat" (cost
-    set by the capacity C, not by the steps taken) means a ratio ~1.
+    set by the capacity C, not by the steps taken) means a ratio ~1. A third setting repeats
+    the first with the opt-in float16 KV cache (``AgentConfig.kv_cache_dtype``; native only).
     """
     out: dict[str, Any] = {}
     paths = ("native", "torch") if _native_available() else ("torch",)
     for size in sizes:
-        for label, ctx in (("capacity_hi", steps_hi), ("default_context", None)):
+        for label, ctx in (("capacity_hi", steps_hi), ("default_context", None),
+                           ("capacity_hi_kv_float16", steps_hi)):
             row: dict[str, Any] = {}
             for path in paths:
                 if size == "default" and label == "capacity_hi" and path == "torch":
                     # ~10 ms/step x 1100 steps on this machine; the native run shows the model.
                     row[path] = "skipped (slow)"
                     continue
+                if label.endswith("float16") and path == "torch":
+                    row[path] = "skipped (native only)"
+                    continue
                 env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
                 agent = _agent_policy(env.spec, size, context_len=ctx)
                 if agent is None:
                     return {"skipped": "amago_fast.agent not importable"}
+                if label.endswith("float16"):
+                    agent.config.kv_cache_dtype = "float16"  # read by init_state
                 agent.native_policy = path == "native"
                 t_lo: list[float] = []
                 t_hi: list[float] = []

@@ -458,17 +458,6 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
   float* xb = Scratch::Get(&s->b, b * lw);
   float* tmp = Scratch::Get(&s->tmp, lw);
 
-  if (team != nullptr && m.transformer && !m.layers.empty()) {
-    // Every layer reads the same lengths and H x D = d_model: split iff the first layer is.
-    // Known on entry, so the worker is woken now and is spinning by the first attention.
-    int64_t keys = 0;
-    for (int64_t r = 0; r < b; ++r) {
-      const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
-      keys += std::min(io.counts[0][n] + 1, io.capacity);
-    }
-    if (keys * m.d_model >= parallel_min) team->Prewake(*backoff);
-  }
-
   // ---- timestep features into xa (b, in_dim)
   for (int64_t r = 0; r < b; ++r) {
     float* f = xa + r * m.in_dim;

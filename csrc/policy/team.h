@@ -1,11 +1,12 @@
 // A persistent team of worker threads for the policy step's attention (pure C++).
 //
-// Why not buffer/thread_pool.h: its workers sleep on a condition variable after every job, and
-// waking a sleeping thread costs ~10-50 µs here (futex + scheduler, 2-core VM) — as much as a
-// whole layer's attention at short contexts. The step dispatches once per layer, a few µs
-// apart, so the workers here spin for a short while after each job (kSpinNs) before sleeping:
-// the next layer's (and the next step's) hand-off is then a cache-line write. The spin is
-// bounded so an idle rollout (env stepping, training) gets its core back within ~0.2 ms.
+// Why not buffer/thread_pool.h: there the caller waits until every task is done by whichever
+// thread took it and hands tasks over through a mutex-protected std::function; here the caller
+// starts claiming tasks the moment it publishes a job (a lock-free counter), so a worker that
+// is still waking up (~10-50 µs futex + scheduler on this 2-vCPU VM) costs nothing but its
+// share, and a split that did not run in parallel makes the caller back off (TeamBackoff).
+// Workers sleep after kSpinNs without a job: spinning longer hurt whenever the second core
+// was busy (see kSpinNs).
 //
 // Run(n, fn) executes fn(task, slot) for task in [0, n), slot = 0 for the caller and 1..k for
 // the workers; tasks are claimed one at a time from a counter, so a descheduled worker delays
@@ -69,15 +70,6 @@ class Team {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Wakes sleeping workers ahead of a Run (they spin again for kSpinNs): the step calls it on
-  // entry when its attention will be split, so the futex wake-up (~10-50 µs on this 2-vCPU VM)
-  // overlaps the GEMMs before attention instead of delaying the hand-off.
-  void Prewake(const TeamBackoff& bo) {
-    if (workers_.empty() || bo.skip > 0) return;
-    pokes_.fetch_add(1, std::memory_order_seq_cst);
-    WakeSleepers();
-  }
-
   void Run(int64_t n, Fn fn, void* ctx, TeamBackoff* bo) {
     if (bo->skip > 0) {
       --bo->skip;
@@ -114,14 +106,13 @@ class Team {
         done = done_.load(std::memory_order_acquire);
       }
     }
-    // Back off when the split did not run in parallel: the workers took under a quarter of the
-    // tasks, or the caller waited long for one. That is a busy machine (the worker shares a
-    // core with another process; measured on this 2-vCPU VM under a concurrent test run: 2x
-    // slower than inline at step 1024), so run the next Runs inline (and let the workers
-    // sleep), 16 Runs after the first bad one, doubling up to 4096 while they stay bad.
-    const bool bad = (n - mine) * 4 < n ||
-                     std::chrono::steady_clock::now() - waited_from >
-                         std::chrono::nanoseconds(kMaxWaitNs);
+    // Back off when the caller waited long for a worker's last task: the worker was preempted
+    // mid-task, i.e. another process holds the second core (measured on this 2-vCPU VM under a
+    // concurrent test run: splitting then made step 1024 up to 2x slower than inline). The
+    // next Runs go inline (the workers sleep): 16 after the first bad one, doubling up to 4096
+    // while they stay bad. A worker that merely woke late is not a cost (it took fewer tasks).
+    const bool bad = std::chrono::steady_clock::now() - waited_from >
+                     std::chrono::nanoseconds(kMaxWaitNs);
     if (bad) {
       bo->length = bo->length == 0 ? 16 : std::min<int64_t>(2 * bo->length, 4096);
       bo->skip = bo->length;
@@ -131,9 +122,13 @@ class Team {
   }
 
  private:
-  // Spin time of an idle worker before it sleeps: covers the gap between two layers' attention
-  // and the Python / env work between two steps of a fast rollout (measured, see engine.h).
-  static constexpr int64_t kSpinNs = 200000;
+  // Spin time of an idle worker before it sleeps. Short on purpose: spinning through the
+  // GEMMs between two layers' attention (200 µs, and a wake-up on step entry) made the step
+  // slower on this 2-vCPU VM whenever another process used the second core (step 1024,
+  // float16 cache: tiny 0.54 / 1.07 ms vs 0.41 / 0.37 ms sleeping at once; default 4.0 / 4.8
+  // vs 3.4 / 3.7 ms), while the caller never waits for a worker to wake: it claims tasks
+  // itself from the start, and a late worker just takes fewer.
+  static constexpr int64_t kSpinNs = 10000;
   // Longest wait for the workers' last tasks before a split counts as not paying (one task is
   // one (env, head) of a layer: ~4-10 µs at context 1024 for the tiny / default models).
   static constexpr int64_t kMaxWaitNs = 50000;
@@ -170,32 +165,23 @@ class Team {
       uint64_t gen = ticket_.load(std::memory_order_acquire) >> 32;
       if (gen == seen) {
         auto start = std::chrono::steady_clock::now();
-        uint64_t poked = pokes_.load(std::memory_order_acquire);
         int spins = 0;
         while ((gen = ticket_.load(std::memory_order_acquire) >> 32) == seen) {
           Pause();
           if (stop_.load(std::memory_order_relaxed)) return;
-          if (++spins % 256 != 0) continue;
-          const uint64_t p = pokes_.load(std::memory_order_acquire);
-          if (p != poked) {  // Prewake: a job is coming, spin on
-            poked = p;
-            start = std::chrono::steady_clock::now();
-            continue;
-          }
-          if (std::chrono::steady_clock::now() - start <= std::chrono::nanoseconds(kSpinNs)) {
+          if (++spins % 64 != 0 ||
+              std::chrono::steady_clock::now() - start <= std::chrono::nanoseconds(kSpinNs)) {
             continue;
           }
           {
             std::unique_lock<std::mutex> lock(mu_);
             sleepers_.fetch_add(1, std::memory_order_seq_cst);
             wake_.wait(lock, [&] {
-              return stop_.load() || (ticket_.load(std::memory_order_seq_cst) >> 32) != seen ||
-                     pokes_.load(std::memory_order_seq_cst) != poked;
+              return stop_.load() || (ticket_.load(std::memory_order_seq_cst) >> 32) != seen;
             });
             sleepers_.fetch_sub(1, std::memory_order_seq_cst);
           }
           if (stop_.load()) return;
-          poked = pokes_.load(std::memory_order_acquire);
           start = std::chrono::steady_clock::now();
         }
       }
@@ -221,7 +207,6 @@ class Team {
   std::condition_variable wake_;
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> pokes_{0};   // Prewake count
   std::atomic<uint64_t> ticket_{0};  // generation << 32 | next task
   std::atomic<int64_t> done_{0};
   Fn fn_ = nullptr;
