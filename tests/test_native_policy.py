@@ -395,10 +395,11 @@ def test_engine_reports_its_team(monkeypatch):
 
 
 # float16 cache: each key/value is rounded once (relative error <= 2^-11 = 4.9e-4). Through the
-# softmax and the following LayerNorms/MLPs the measured relative error of the parameters stays
-# below ~2e-3 here; 1e-2 leaves room for other seeds while a cache left float32 (error ~1e-7,
-# caught below by the dtype and "differs" checks) or holding garbage (error ~1) fails.
-FP16_RTOL = 1e-2
+# softmax and the following LayerNorms/MLPs the relative error of the parameters measured with
+# this test's model over 30 steps was 2.9e-4 .. 6.3e-4 (seeds 0-3); 5e-3 leaves 8x room while a
+# cache left float32 (error ~1e-7, caught below by the dtype and "differs" checks) or holding
+# garbage (error ~1) fails.
+FP16_RTOL = 5e-3
 
 
 @pytest.mark.parametrize("use_simd", [True, False])
