@@ -47,13 +47,24 @@ PolicyEngine = getattr(_core, "PolicyEngine", None) if _core is not None else No
 
 ENABLED = os.environ.get("AMAGO_FAST_NATIVE_POLICY", "1") != "0"
 
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
 # Threads of the step's attention (the caller included; a shared team of persistent workers):
 # AMAGO_FAST_POLICY_THREADS, default min(2, cores). Long contexts only: a layer is split once it
 # reads enough cached keys to pay for the hand-off (PolicyEngine's parallel_min); the result
-# is bit-identical whatever the count. Read when an engine is built.
-THREADS = int(os.environ.get("AMAGO_FAST_POLICY_THREADS", "0")) or min(2, os.cpu_count() or 1)
+# is bit-identical whatever the count. Read at import; a bad value is a clear error.
+THREADS = _env_int("AMAGO_FAST_POLICY_THREADS", 0) or min(2, os.cpu_count() or 1)
 # Split threshold override for the engine (-1: the engine's measured default).
-PARALLEL_MIN = int(os.environ.get("AMAGO_FAST_POLICY_PARALLEL_MIN", "-1"))
+PARALLEL_MIN = _env_int("AMAGO_FAST_POLICY_PARALLEL_MIN", -1)
 
 # agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
 # Kept beside the agent (not in its __dict__) so deep copies and pickles of the agent never see

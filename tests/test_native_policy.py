@@ -9,6 +9,7 @@ past the cache capacity, with resets, async env subsets and path switches mid-ro
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -446,3 +447,14 @@ def test_float16_cache_config():
     # GRU / FF encoders have no cache: the field changes nothing there.
     gru = _agent(_spec(), traj_encoder="gru", kv_cache_dtype="float16")
     assert gru.init_state(2).memory.dtype == torch.float32
+
+
+def test_bad_policy_threads_variable_is_a_clear_error():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AMAGO_FAST_POLICY_THREADS": "two"}
+    res = subprocess.run([sys.executable, "-c", "import amago_fast.native_policy"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode != 0
+    assert "AMAGO_FAST_POLICY_THREADS must be an integer, got 'two'" in res.stderr
