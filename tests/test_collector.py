@@ -662,3 +662,20 @@ def test_random_policy_for_another_action_spec_is_still_checked():
     with pytest.raises(ValueError, match="out of range"):
         col.collect(40)
     assert Collector(env, RandomPolicy(env.spec))._train._policy_trusted
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_every_counted_transition_is_in_the_buffer_when_collect_returns(batch_size):
+    """EnvPool steps send → write the previous step → recv: the rows still owed when the loop
+    ends are written before collect returns, and before state_dict."""
+    env = EnvPoolEnv("CartPole-v1", 6, seed=2, batch_size=batch_size)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=10_000, num_envs=6)
+    col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
+    assert col._train._split is not None
+    total = 0
+    for n in (1, 7, 50):
+        total += col.collect(n)["env_steps"]
+        assert col._train._pending_write is None
+        assert buf.total_steps_added == total
+    col.state_dict()
+    assert buf.total_steps_added == total
