@@ -293,9 +293,7 @@ class _Rollouts:
                                                self.time_index[ids])
         else:
             self.batch_ids = self.batch_rows = None
-        self.pstate = self.policy.reset_state(self.pstate, ids)
-        if self.exploration is not None:
-            self.exploration.reset_envs(ids)
+        self._new_rollouts(ids)
         self.started = True
 
     def _batch_rows(self, obs, prev_action, prev_reward, time_index) -> dict[str, np.ndarray]:
@@ -385,6 +383,28 @@ class _Rollouts:
                 self.started = False
                 raise
 
+    def _store(self, obs, actions, reward, term, trunc, idx, starts) -> None:
+        """Hand one step's rows to the buffer: written now, or — for an env stepped as
+        send/recv (``_split``) — after the next send (``_pending_write``). The arrays are never
+        written to afterwards."""
+        if self.buffer is None:
+            return
+        rows = {k: obs[k] for k in self.obs_names}
+        rows[ACTION] = actions
+        rows[REWARD] = reward
+        rows[TERMINATED] = term
+        rows[TRUNCATED] = trunc
+        if self._split is not None:
+            self._pending_write = (rows, idx, starts)
+        else:
+            self._write(rows, idx, starts)
+
+    def _new_rollouts(self, env_ids: np.ndarray) -> None:
+        """Policy memory and exploration scale start afresh for these envs."""
+        self.pstate = self.policy.reset_state(self.pstate, env_ids)
+        if self.exploration is not None:
+            self.exploration.reset_envs(env_ids)
+
     def _write(self, rows: dict[str, np.ndarray], idx: np.ndarray | None,
                starts: np.ndarray | None) -> None:
         """One step's rows into the buffer: rows flagged in `starts` open a new rollout (their
@@ -402,6 +422,11 @@ class _Rollouts:
         if cont_pos.size:
             self.buffer.append_step({k: v[cont_pos] for k, v in rows.items()},
                                     cont_pos if idx is None else idx[cont_pos])
+
+    def _check_obs_once(self, obs: dict[str, np.ndarray], m: int) -> None:
+        if not self.checked_obs:
+            self._check_obs(obs, m)
+            self.checked_obs = True
 
     def _check_obs(self, obs: dict[str, np.ndarray], m: int) -> None:
         if not isinstance(obs, dict) or set(obs) != set(self.obs_names):
@@ -421,9 +446,7 @@ class _Rollouts:
         per-key check then rules in or out), so the common all-finite step costs one reduction
         per float key."""
         m = self.n if out_ids is None else len(out_ids)
-        if not self.checked_obs:
-            self._check_obs(obs, m)
-            self.checked_obs = True
+        self._check_obs_once(obs, m)
         total = float(np.add.reduce(reward, axis=None))
         for k in self.float_obs:
             total += float(np.add.reduce(obs[k], axis=None))
@@ -465,9 +488,7 @@ class _Rollouts:
         if absorb_step is None:
             return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
         names = self.obs_names
-        if not self.checked_obs:
-            self._check_obs(obs, self.n if idx is None else len(idx))
-            self.checked_obs = True
+        self._check_obs_once(obs, self.n if idx is None else len(idx))
         obs_batch = [obs[k] for k in names]
         res = absorb_step(
             self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
@@ -478,21 +499,9 @@ class _Rollouts:
         (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
          done_rows) = res
         any_new = start_rows.size > 0
-        if self.buffer is not None:
-            rows = dict(zip(names, obs_batch))
-            rows[ACTION] = actions
-            rows[REWARD] = reward
-            rows[TERMINATED] = term
-            rows[TRUNCATED] = trunc
-            if self._split is not None:
-                self._pending_write = (rows, idx, starts if any_new else None)
-            else:
-                self._write(rows, idx, starts if any_new else None)
+        self._store(obs, actions, reward, term, trunc, idx, starts if any_new else None)
         if any_new:
-            new_ids = start_rows if idx is None else idx[start_rows]
-            self.pstate = self.policy.reset_state(self.pstate, new_ids)
-            if self.exploration is not None:
-                self.exploration.reset_envs(new_ids)
+            self._new_rollouts(start_rows if idx is None else idx[start_rows])
         if idx is None:
             self.rows = dict(zip(names, obs_batch))
             self.prev_action = prev_action
@@ -537,19 +546,9 @@ class _Rollouts:
         prev_reward = reward.astype(np.float32)  # a fresh copy (see the class docstring)
         done = term | trunc
         stored = m
-        if self.buffer is not None:
-            rows = {k: obs[k] for k in names}
-            rows[ACTION] = actions
-            rows[REWARD] = reward
-            rows[TERMINATED] = term
-            rows[TRUNCATED] = trunc
-            # `new` is never written to later (sync: pending_reset is replaced, not updated;
-            # async: it is a gather), so it can wait in _pending_write as is.
-            starts = new if any_new else None
-            if self._split is not None:
-                self._pending_write = (rows, idx, starts)
-            else:
-                self._write(rows, idx, starts)
+        # `new` is never written to later (sync: pending_reset is replaced, not updated;
+        # async: it is a gather), so it can wait in _pending_write as is.
+        self._store(obs, actions, reward, term, trunc, idx, new if any_new else None)
         prev_action = actions
         if any_new:
             new_pos = new.nonzero()[0]
@@ -563,9 +562,7 @@ class _Rollouts:
             time_index[new_pos] = 0
             ep_return[new_pos] = 0.0
             done[new_pos] = False
-            self.pstate = self.policy.reset_state(self.pstate, new_ids)
-            if self.exploration is not None:
-                self.exploration.reset_envs(new_ids)
+            self._new_rollouts(new_ids)
         if idx is None:
             # No copy of the observations: rows are read by the next act() before the env
             # steps again, the buffer copies what it stores and state_dict() copies.
