@@ -23,7 +23,7 @@ Steps call the pool's C++ ``_send`` / ``_recv`` directly (:class:`_DirectCalls`)
 has the plain single-player layout (every task we use; checked at construction): EnvPool's
 public ``send``/``recv`` re-pack every batch in Python (``optree`` unflattening, action dicts,
 dtype casts) — measured 50 µs vs 30 µs of main-thread time per CartPole batch of 32, 69 vs 36 µs
-at 64 envs. The results are the same arrays (tests/test_envs_envpool.py checks both paths step
+at 64 envs. The results are the same arrays (tests/test_envs.py checks both paths step
 for step); ``direct_calls=False`` or any other layout uses the public API.
 """
 
@@ -117,8 +117,8 @@ class _DirectCalls:
 
     _ACTION_KEYS = ["env_id", "players.env_id", "action"]
 
-    def __init__(self, pool: Any, obs_index: Any, action_dtype: np.dtype) -> None:
-        keys = list(pool._state_keys)
+    def __init__(self, pool: Any, keys: list[str], obs_index: Any,
+                 action_dtype: np.dtype) -> None:
         self._send = pool._send
         self._recv = pool._recv
         self.obs_index = obs_index  # int (a Box space) or {dict key: state index}
@@ -155,7 +155,7 @@ class _DirectCalls:
             action_dtype = np.dtype(pool.spec.action_array_spec["action"].dtype)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None  # another EnvPool version's internals: the public API is always right
-        return cls(pool, obs_index, action_dtype)
+        return cls(pool, keys, obs_index, action_dtype)
 
     def send(self, actions: np.ndarray, env_ids_i32: np.ndarray) -> None:
         if actions.dtype != self.action_dtype or not actions.flags.c_contiguous:

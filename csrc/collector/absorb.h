@@ -64,8 +64,8 @@ inline bool BatchFinite(const RolloutState& st, const StepBatch& b) {
   for (int f : b.float_obs) {
     const auto* v = reinterpret_cast<const float*>(b.obs[f].data);
     const size_t n = b.obs[f].row_bytes / sizeof(float) * static_cast<size_t>(b.m);
-    // A sum is finite iff all terms are (barring overflow, which only sends a finite batch
-    // down the exact path): one reduction instead of a test per value.
+    // v * 0 is NaN exactly when v is NaN or ±inf (0 otherwise), and a sum of such terms is NaN
+    // iff one is: one branch-free reduction instead of a test per value, no overflow case.
     float acc = 0.f;
     for (size_t j = 0; j < n; ++j) acc += v[j] * 0.f;
     if (!std::isfinite(acc)) return false;
