@@ -118,9 +118,8 @@ class PyPolicyEngine {
 
   // fields: one array per normalised key then per raw key (leading dim b); action (b, ...);
   // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 (or float16,
-// the same for every layer) and one (N,)
-  // int64 array per layer (the ring caches, written in place); env_ids: None or (b,) int64,
-  // distinct, in [0, N); out: (b, P) float32, written.
+  // the same for every layer) and one (N,) int64 array per layer (the ring caches, written in
+  // place); env_ids: None or (b,) int64, distinct, in [0, N); out: (b, P) float32, written.
   void Step(py::list fields, py::object action, py::object reward, py::object time_index,
             py::list kv, py::list counts, py::object env_ids, py::object out) {
     const policy::Model& m = engine_->model();
