@@ -89,14 +89,17 @@ def test_bench_table_and_unknown_name(capsys):
 def test_readme_documents_every_command_and_train_option():
     from dataclasses import fields
 
+    from amago_fast.agent import AgentConfig
     from amago_fast.config import BufferConfig, EnvConfig, TrainConfig
+    from amago_fast.learner import LearnerConfig
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for cmd in ("amago-fast train", "amago-fast eval", "amago-fast bench", "amago-fast plot",
                 "amago-fast presets", "--resume", "--preset", "--print-config", "torchrun",
                 "bash scripts/setup.sh && .venv/bin/amago-fast train", "bash scripts/test.sh"):
         assert cmd in readme, cmd
-    for prefix, cls in (("", TrainConfig), ("env.", EnvConfig), ("buffer.", BufferConfig)):
+    for prefix, cls in (("", TrainConfig), ("env.", EnvConfig), ("buffer.", BufferConfig),
+                        ("agent.", AgentConfig), ("learner.", LearnerConfig)):
         for f in fields(cls):
             if f.name in ("env", "buffer", "agent", "learner"):
                 continue
