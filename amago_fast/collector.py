@@ -249,6 +249,7 @@ class _Rollouts:
             f.dtype == np.float32 for f in self.spec.observation if f.dtype.kind == "f") else None
         self._float_obs_idx = [i for i, f in enumerate(self.spec.observation)
                                if f.dtype.kind == "f"]
+        self._fused = self._fused_write_plan(buffer)
         act = self.spec.action.field
         self.act_dtype = np.dtype(act.dtype)
         self.rows: dict[str, np.ndarray] = {
@@ -266,6 +267,37 @@ class _Rollouts:
         self.started = False
         self.checked_obs = False
         self.all_ids = np.arange(n)
+
+    def _fused_write_plan(self, buffer: Any) -> tuple | None:
+        """(store, store_plan, buffer) when ``_core.absorb_step`` can write each step's rows
+        straight into the native buffer (see ``_absorb``), else None.
+
+        Only for our own native buffer (its ``write_step`` / ``append_step`` not overridden) with
+        exactly the spec's row schema, and only where the write is not deferred to the
+        send/recv gap: async EnvPool (while our thread works on one batch the workers step the
+        other, so writing before the next send overlaps as well) and envs stepped in one call.
+        Sync EnvPool keeps the deferred write, which runs while the workers step all envs.
+        ``AMAGO_FAST_FUSED_WRITE=0`` turns it off (the separate ``write_step`` call).
+        """
+        if (self._absorb_step is None or buffer is None
+                or os.environ.get("AMAGO_FAST_FUSED_WRITE", "1") == "0"
+                or (self._split is not None and not self.is_async)):
+            return None
+        from amago_fast import buffer as buffer_mod
+
+        native = getattr(buffer_mod, "_NativeEngineBuffer", None)
+        core = buffer_mod._core
+        if (native is None or core is None or not getattr(core, "ABSORB_STEP_WRITES", False)
+                or not isinstance(buffer, native)
+                or type(buffer).write_step is not native.write_step
+                or type(buffer).append_step is not native.append_step):
+            return None
+        sources = {f.name: i for i, f in enumerate(self.spec.observation)}
+        sources.update({ACTION: -1, REWARD: -2, TERMINATED: -3, TRUNCATED: -4})
+        names = [f.name for f in buffer.fields]
+        if sorted(names) != sorted(sources):
+            return None
+        return buffer._core, [sources[k] for k in names], buffer
 
     # -------------------------------------------------------------- start / restart
     def start(self, seed: int | None = None) -> None:
@@ -490,16 +522,36 @@ class _Rollouts:
         names = self.obs_names
         self._check_obs_once(obs, self.n if idx is None else len(idx))
         obs_batch = [obs[k] for k in names]
-        res = absorb_step(
-            self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
-            self.prev_action, [] if idx is None else [self.rows[k] for k in names], idx,
-            reward, term, trunc, actions, obs_batch, self._float_obs_idx, True)
+        fused = self._fused
+        if fused is None:
+            res = absorb_step(
+                self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
+                self.prev_action, [] if idx is None else [self.rows[k] for k in names], idx,
+                reward, term, trunc, actions, obs_batch, self._float_obs_idx, True)
+        else:
+            # The step's rows go straight into the native buffer in the same call (no rows
+            # dict, no write_step crossing); a failed write changes nothing and, like a failed
+            # deferred write, restarts the rollouts on the next collect.
+            store, plan, buf = fused
+            try:
+                with buf._lock:
+                    res = absorb_step(
+                        self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
+                        self.prev_action, [] if idx is None else [self.rows[k] for k in names],
+                        idx, reward, term, trunc, actions, obs_batch, self._float_obs_idx, True,
+                        store, plan)
+                    if res is not None:
+                        buf._total_steps_added += res[0].size - res[7].size
+            except Exception:
+                self.started = False
+                raise
         if res is None:  # a NaN/inf: nothing changed; the exact screening lives in NumPy
             return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
         (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
          done_rows) = res
         any_new = start_rows.size > 0
-        self._store(obs, actions, reward, term, trunc, idx, starts if any_new else None)
+        if fused is None:
+            self._store(obs, actions, reward, term, trunc, idx, starts if any_new else None)
         if any_new:
             self._new_rollouts(start_rows if idx is None else idx[start_rows])
         if idx is None:

@@ -679,3 +679,187 @@ def test_every_counted_transition_is_in_the_buffer_when_collect_returns(batch_si
         assert buf.total_steps_added == total
     col.state_dict()
     assert buf.total_steps_added == total
+
+
+def _split_replay_env(real, steps):
+    """A ReplayEnv stepped as send/recv like EnvPool (so the collector defers or fuses the
+    buffer write exactly as it does for a real pool), replaying recorded outputs."""
+    from amago_fast.bench.collect import ReplayEnv
+
+    class SplitReplayEnv(ReplayEnv):
+        def step(self, actions, env_ids=None):
+            return super().step(actions, env_ids)
+
+        def step_trusted(self, actions, env_ids=None):
+            self.send_trusted(actions, env_ids)
+            return self.recv_step()
+
+        def send_trusted(self, actions, env_ids=None):
+            self._sent = (actions, env_ids)
+
+        def recv_step(self):
+            return ReplayEnv.step_trusted(self, *self._sent)
+
+    return SplitReplayEnv(real, steps=steps)
+
+
+@pytest.mark.parametrize("name,kw,nan_at", [
+    ("envpool:CartPole-v1", {}, None),
+    ("envpool:CartPole-v1", {"batch_size": 3}, 40),
+    ("envpool:BallInCupCatch-v1", {"batch_size": 2}, None),
+    ("tmaze-passive", {"corridor_length": 4}, 25),
+    ("maze-runner", {}, None),
+])
+@pytest.mark.parametrize("split", [False, True])
+def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, split):
+    """absorb_step writing the step's rows into the native store itself (the fused write) stores
+    exactly what the NumPy reference buffer stores when fed by the NumPy bookkeeping, through
+    autoresets, async batches, goal fields, a flagged NaN (that step takes the NumPy path and
+    a separate write) and max-length cuts; sync send/recv envs keep the deferred write."""
+    import copy
+
+    from amago_fast.bench.collect import ReplayEnv
+    from amago_fast.buffer import NATIVE_AVAILABLE
+    from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+    from amago_fast.collector import _native_absorb
+
+    if _native_absorb() is None or not NATIVE_AVAILABLE:
+        pytest.skip("amago_fast._core not built")
+    real = make_env(name, 6, seed=0, **kw)
+    env_fused = _split_replay_env(real, 120) if split else ReplayEnv(real, steps=120)
+    real.close()
+    if nan_at is not None:
+        obs = env_fused._record[nan_at][0]
+        key = next(iter(obs))
+        obs[key] = obs[key].astype(np.float32)
+        obs[key][1] = np.nan
+    env_ref = copy.deepcopy(env_fused)
+    cols = []
+    for env, buf_cls in ((env_fused, TrajectoryBuffer), (env_ref, ReferenceTrajectoryBuffer)):
+        buf = buf_cls.from_env_spec(env.spec, capacity_steps=3000, num_envs=6, seed=0,
+                                    max_trajectory_len=9)
+        col = Collector(env, RandomPolicy(env.spec, seed=3), buf,
+                        exploration=make_exploration(env.spec.action, 6, seed=1),
+                        nan_policy="flag")
+        cols.append(col)
+    assert (cols[0]._train._split is not None) == split
+    assert (cols[0]._train._fused is not None) == (not split or env_fused.is_async)
+    assert cols[1]._train._fused is None  # the reference buffer: separate write_step calls
+    cols[1]._train._absorb_step = None  # and the NumPy bookkeeping
+    flagged = 0
+    for _ in range(6):
+        stats = [c.collect(37) for c in cols]
+        flagged += stats[0]["nonfinite_steps"]
+        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps"):
+            assert stats[0].get(k) == stats[1].get(k), k
+    bufs = [c.buffer for c in cols]
+    assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
+    assert len(bufs[0]) == len(bufs[1])
+    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
+    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
+    for k in bufs[0]._ring:
+        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+    assert flagged == (0 if nan_at is None else 1)  # the NaN row was met on both paths
+
+
+def test_fused_write_failure_changes_neither_store_nor_state():
+    """A fused write that fails — a field the store does not accept, an appended env with no
+    open trajectory, a NaN reward — raises the write_step error and leaves the store and the
+    rollout state as they were."""
+    from amago_fast.buffer import NATIVE_AVAILABLE
+    from amago_fast.collector import _native_absorb
+
+    absorb = _native_absorb()
+    if absorb is None or not NATIVE_AVAILABLE:
+        pytest.skip("amago_fast._core not built")
+    env = make_env("tmaze-passive", 4, corridor_length=3)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=500, num_envs=4)
+    col = Collector(env, RandomPolicy(env.spec), buf)
+    store, plan, _ = col._train._fused
+    n = 4
+    state = [np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.float32),
+             np.zeros(n, np.int32)]
+    obs_names = [f.name for f in env.spec.observation]
+    obs_state = [np.zeros((n, *f.shape), f.dtype) for f in env.spec.observation]
+    obs = [np.ones((2, *f.shape), f.dtype) for f in env.spec.observation]
+    before = [a.copy() for a in state + obs_state]
+    ring_before = {k: v.copy() for k, v in buf._ring.items()}
+
+    def call(**over):
+        args = dict(pending_reset=state[0], time_index=state[1], ep_return=state[2],
+                    prev_reward=state[3], prev_action=state[4], obs_state=obs_state,
+                    env_ids=np.array([0, 2]), reward=np.ones(2, np.float32),
+                    terminated=np.array([True, False]), truncated=np.zeros(2, bool),
+                    actions=np.ones(2, np.int32), obs_batch=obs,
+                    float_obs=[i for i, f in enumerate(env.spec.observation)
+                               if f.dtype.kind == "f"],
+                    check_finite=True, store=store, store_plan=plan)
+        args.update(over)
+        return absorb(**args)
+
+    def unchanged():
+        for a, b in zip(state + obs_state, before):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(buf._store_open_lengths(), np.zeros(n, np.int64))
+        assert len(buf) == 0
+        for k, v in buf._ring.items():
+            np.testing.assert_array_equal(v, ring_before[k], err_msg=k)
+
+    # No env has an open trajectory: appending to envs 0 and 2 must fail before any change.
+    with pytest.raises(ValueError, match="no open trajectory"):
+        call()
+    unchanged()
+    with pytest.raises(ValueError, match="store_plan"):
+        call(store_plan=plan[:-1])
+    unchanged()
+    bad_obs = [o.astype(np.float64) if o.dtype == np.float32 else o.astype(np.int64)
+               for o in obs]
+    obs_state_64 = [o.astype(b.dtype) for o, b in zip(obs_state, bad_obs)]
+    with pytest.raises(TypeError, match=f"field '{obs_names[0]}' has dtype"):
+        call(obs_batch=bad_obs, obs_state=obs_state_64, float_obs=[])
+    unchanged()
+    with pytest.raises(ValueError, match="reward.*NaN"):
+        call(reward=np.array([np.nan, 1.0], np.float32), check_finite=False)
+    unchanged()
+    # Open env 0 and 2 (a start row each), then a good append commits env 0's trajectory.
+    state[0][:] = True
+    assert call() is not None
+    np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 1, 0])
+    state[0][:] = False
+    call()
+    np.testing.assert_array_equal(buf._store_open_lengths(), [0, 0, 2, 0])
+    assert buf.num_trajectories == 1
+
+
+def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
+    """A TrajectoryBuffer subclass that overrides write_step is always called through it;
+    AMAGO_FAST_FUSED_WRITE=0 restores the separate write_step call."""
+    from amago_fast.buffer import NATIVE_AVAILABLE
+    from amago_fast.collector import _native_absorb
+
+    if _native_absorb() is None or not NATIVE_AVAILABLE:
+        pytest.skip("amago_fast._core not built")
+    calls = []
+
+    class Counting(TrajectoryBuffer):
+        def write_step(self, rows, env_ids=None, starts=None):
+            calls.append(len(rows["reward"]))
+            return super().write_step(rows, env_ids, starts)
+
+    env = make_env("tmaze-passive", 3, corridor_length=3)
+    col = Collector(env, RandomPolicy(env.spec),
+                    Counting.from_env_spec(env.spec, capacity_steps=500, num_envs=3))
+    assert col._train._fused is None
+    col.collect(20)
+    assert len(calls) >= 7
+    plain = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=500, num_envs=3)
+    assert Collector(env, RandomPolicy(env.spec), plain)._train._fused is not None
+    monkeypatch.setenv("AMAGO_FAST_FUSED_WRITE", "0")
+    assert Collector(env, RandomPolicy(env.spec), plain)._train._fused is None
+    sync_pool = EnvPoolEnv("CartPole-v1", 4, seed=0)
+    async_pool = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    monkeypatch.delenv("AMAGO_FAST_FUSED_WRITE")
+    for pool, fused in ((sync_pool, False), (async_pool, True)):
+        b = TrajectoryBuffer.from_env_spec(pool.spec, capacity_steps=500, num_envs=4)
+        assert (Collector(pool, RandomPolicy(pool.spec), b)._train._fused is not None) == fused
+        pool.close()

@@ -73,16 +73,15 @@ inline bool BatchFinite(const RolloutState& st, const StepBatch& b) {
   return true;
 }
 
-// Computes the outputs from the state as it was before the step, then (async: ids non-null)
-// writes the batch back into the state. The caller has checked BatchFinite (or cleaned the
-// batch) and that ids are distinct and in range.
-inline void AbsorbStep(RolloutState* st, const StepBatch& b, StepOutputs* out) {
+// Computes the outputs from the state as it was before the step; changes no state. The
+// caller has checked BatchFinite (or cleaned the batch) and that ids are distinct and in range.
+inline void AbsorbCompute(const RolloutState& st, const StepBatch& b, StepOutputs* out) {
   const size_t ab = b.actions.row_bytes;
   out->start_rows.clear();
   out->done_rows.clear();
   for (int64_t i = 0; i < b.m; ++i) {
     const int64_t e = b.ids ? b.ids[i] : i;
-    const bool start = st->pending_reset[e] != 0;
+    const bool start = st.pending_reset[e] != 0;
     out->starts[i] = start;
     uint8_t* pa = out->prev_action.data + i * ab;
     if (start) {
@@ -97,27 +96,40 @@ inline void AbsorbStep(RolloutState* st, const StepBatch& b, StepOutputs* out) {
       const float r = b.reward[i];
       out->reward[i] = r;
       out->prev_reward[i] = r;
-      out->time_index[i] = st->time_index[e] + 1;
-      out->ep_return[i] = st->ep_return[e] + static_cast<double>(r);
+      out->time_index[i] = st.time_index[e] + 1;
+      out->ep_return[i] = st.ep_return[e] + static_cast<double>(r);
       const bool done = b.terminated[i] || b.truncated[i];
       out->done[i] = done;
       if (done) out->done_rows.push_back(i);
       std::memcpy(pa, b.actions.data + i * ab, ab);
     }
   }
+}
+
+// Async (ids non-null): writes the batch's outputs back into the per-env state; a sync step
+// leaves the state alone. Split from AbsorbCompute so a fused buffer write can run (and fail)
+// in between with the state untouched.
+inline void AbsorbCommit(RolloutState* st, const StepBatch& b, const StepOutputs& out) {
   if (b.ids == nullptr) return;
+  const size_t ab = b.actions.row_bytes;
   for (int64_t i = 0; i < b.m; ++i) {
     const int64_t e = b.ids[i];
-    st->pending_reset[e] = out->done[i];
-    st->time_index[e] = out->time_index[i];
-    st->ep_return[e] = out->ep_return[i];
-    st->prev_reward[e] = out->prev_reward[i];
-    std::memcpy(st->prev_action.data + e * ab, out->prev_action.data + i * ab, ab);
+    st->pending_reset[e] = out.done[i];
+    st->time_index[e] = out.time_index[i];
+    st->ep_return[e] = out.ep_return[i];
+    st->prev_reward[e] = out.prev_reward[i];
+    std::memcpy(st->prev_action.data + e * ab, out.prev_action.data + i * ab, ab);
     for (size_t f = 0; f < b.obs.size(); ++f) {
       const size_t rb = b.obs[f].row_bytes;
       std::memcpy(st->obs[f].data + e * rb, b.obs[f].data + i * rb, rb);
     }
   }
+}
+
+// Both halves: the outputs, then (async) the state update.
+inline void AbsorbStep(RolloutState* st, const StepBatch& b, StepOutputs* out) {
+  AbsorbCompute(*st, b, out);
+  AbsorbCommit(st, b, *out);
 }
 
 }  // namespace amago
