@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
-from amago_fast.native_policy import native_params
+from amago_fast.native_policy import native_params, runs_natively
 from amago_fast.nets.heads import LOG_STD_MAX, LOG_STD_MIN, ActorHead
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
@@ -42,13 +42,20 @@ class AgentConfig:
     """Transformer feed-forward width; None means 4 * d_model."""
     context_len: int = 128
     """Attention window C = rollout KV-cache capacity: each step sees itself and C-1 before it."""
-    kv_cache_dtype: str = "float32"
-    """Storage of the rollout KV cache (``Agent.init_state``): "float32", or "float16" — half
-    the memory and half the bytes attention reads per step, which is what a long-context CPU
-    rollout step is bound by (at context 1024, 8 envs, default model: ~50 MB per step in
-    float32). Keys/values are rounded to float16 (relative error <= 2^-11) when written;
-    attention still accumulates in float32 on the native step. Training is unaffected (it does
-    not use the cache)."""
+    kv_cache_dtype: str = "auto"
+    """Storage of the rollout KV cache (``Agent.init_state``): "auto" (default), "float16" or
+    "float32". "auto" is float16 where the native CPU step runs the agent
+    (``amago_fast.native_policy``) and float32 otherwise (the PyTorch path: CPU half-precision
+    ops there are slower than float32, and CUDA rollouts are launch-bound). A long-context CPU
+    step is bound by the bytes attention reads (context 1024, 8 envs: ~8 MB per step for a
+    d_model-64 model, ~50 MB for the default one in float32); float16 halves them and the
+    cache's memory (measured 2-5x less attention time per step at context 1024, BENCHMARKS.md).
+    Keys/values are rounded to float16 once when written (relative error <= 2^-11, saturating
+    at ±65504); attention accumulates in float32; action parameters differ from a float32 cache
+    by ~5e-4 relative. Why that is safe to default: only rollouts read the cache — training
+    recomputes keys/values from the stored observations, and no loss uses the behaviour
+    policy's probabilities (AMAGO is off-policy: critic and actor losses read the stored
+    actions). "float32" makes rollouts match the training forward to float32 rounding."""
     pos_emb: str = "sinusoidal"
     """Position embedding on the global time index: "sinusoidal" or "learned"."""
     max_time_index: int = 10_000
@@ -122,8 +129,8 @@ class AgentConfig:
             bad("d_ff", "must be None or a positive integer")
         if self.traj_encoder == "transformer" and self.d_model % self.num_heads:
             bad("num_heads", f"must divide d_model={self.d_model}")
-        if self.kv_cache_dtype not in ("float32", "float16"):
-            bad("kv_cache_dtype", "must be 'float32' or 'float16'")
+        if self.kv_cache_dtype not in ("auto", "float32", "float16"):
+            bad("kv_cache_dtype", "must be 'auto', 'float32' or 'float16'")
         if self.pos_emb not in ("sinusoidal", "learned"):
             bad("pos_emb", "must be 'sinusoidal' or 'learned'")
         for name in ("dropout_emb", "dropout_ff", "dropout_attn_out"):
@@ -239,10 +246,19 @@ class Agent(nn.Module):
             raise ValueError(f"init_state: num_envs must be a positive integer, got {num_envs!r}")
         if self.config.traj_encoder == "transformer":
             memory = self.traj_encoder.init_state(int(num_envs), self.device,
-                                                  getattr(torch, self.config.kv_cache_dtype))
+                                                  self.rollout_kv_dtype())
         else:  # the GRU's hidden state / the FF encoder's None: no cache to store narrower
             memory = self.traj_encoder.init_state(int(num_envs), self.device)
         return AgentState(int(num_envs), memory)
+
+    def rollout_kv_dtype(self) -> torch.dtype:
+        """The dtype :meth:`init_state` gives the KV caches (``AgentConfig.kv_cache_dtype``
+        with "auto" resolved: float16 when the native CPU step runs this agent, else float32).
+        Either path reads either dtype, so a state outlives a switch of path."""
+        kv = self.config.kv_cache_dtype
+        if kv == "auto":
+            kv = "float16" if runs_natively(self) else "float32"
+        return getattr(torch, kv)
 
     def reset_state(self, state: AgentState, env_ids: np.ndarray) -> AgentState:
         """Clear the memory of the envs in ``env_ids`` (a new rollout starts there)."""

@@ -16,7 +16,7 @@ counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the t
 switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
-CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``), vector observations (image
+CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here), vector observations (image
 keys → PyTorch path), Transformer or FF trajectory encoder (GRU → PyTorch path), discrete or
 continuous actions, stock module types, an actor without hooks (``Agent._actor_plain``).
 ``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
@@ -103,6 +103,13 @@ def unsupported_reason(agent: Agent) -> str | None:
     if any(p.dtype != torch.float32 for m in (enc, traj, agent.actor) for p in m.parameters()):
         return "non-float32 parameters"
     return None
+
+
+def runs_natively(agent: Agent) -> bool:
+    """``act`` on ``agent`` takes the native step (enabled, supported, plain actor) — what
+    ``kv_cache_dtype="auto"`` keys on."""
+    return (ENABLED and agent.native_policy and unsupported_reason(agent) is None
+            and agent._actor_plain())
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -23,8 +23,10 @@ from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec, GoalSpec
 pytestmark = pytest.mark.skipif(
     not npol.available(), reason="amago_fast._core was built without PolicyEngine")
 
+# float32 caches: the native step must match the PyTorch path to float32 rounding (1e-5); the
+# float16 default (last-bit rounding flips between the paths) has its own tests below.
 TINY = dict(d_model=16, num_layers=2, num_heads=2, context_len=6, tstep_hidden=16, tstep_out=8,
-            actor_hidden=16, critic_hidden=16, num_critics=2)
+            actor_hidden=16, critic_hidden=16, num_critics=2, kv_cache_dtype="float32")
 DISCRETE = ActionSpec("discrete", n=3)
 CONTINUOUS = ActionSpec("continuous", shape=(2,), low=(-2.0, 0.0), high=(2.0, 1.0))
 
@@ -170,7 +172,8 @@ def test_default_agent_matches_torch_path():
     """The default architecture (d_model 256, 3 layers, 8 heads), short context for speed."""
     torch.manual_seed(0)
     agent = _agent(_spec(), **{k: v for k, v in AgentConfig().to_dict().items()
-                               if k not in ("context_len",)}, context_len=4)
+                               if k not in ("context_len", "kv_cache_dtype")}, context_len=4,
+                   kv_cache_dtype="float32")
     _drive(agent, steps=7, n=3)
 
 
@@ -439,11 +442,11 @@ def test_float16_cache_matches_torch_path(use_simd):
 def test_float16_cache_config():
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         AgentConfig(kv_cache_dtype="bfloat16")
-    assert AgentConfig().kv_cache_dtype == "float32"
-    d = AgentConfig(kv_cache_dtype="float16").to_dict()
-    assert AgentConfig(**d).kv_cache_dtype == "float16"
-    d.pop("kv_cache_dtype")  # a config written before the field existed
+    assert AgentConfig().kv_cache_dtype == "auto"
+    d = AgentConfig(kv_cache_dtype="float32").to_dict()
     assert AgentConfig(**d).kv_cache_dtype == "float32"
+    d.pop("kv_cache_dtype")  # a config written before the field existed: today's default
+    assert AgentConfig(**d).kv_cache_dtype == "auto"
     # GRU / FF encoders have no cache: the field changes nothing there.
     gru = _agent(_spec(), traj_encoder="gru", kv_cache_dtype="float16")
     assert gru.init_state(2).memory.dtype == torch.float32
@@ -458,3 +461,52 @@ def test_bad_policy_threads_variable_is_a_clear_error():
                          capture_output=True, text=True, env=env)
     assert res.returncode != 0
     assert "AMAGO_FAST_POLICY_THREADS must be an integer, got 'two'" in res.stderr
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+def test_float16_cache_saturates_instead_of_overflowing(use_simd):
+    """Keys/values beyond float16's range are stored as ±65504 by both paths (not ±inf, which
+    would turn the head's softmax into NaN); the parameters stay finite and the paths agree."""
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=8, kv_cache_dtype="float16")
+    d = agent.config.d_model
+    with torch.no_grad():
+        bias = agent.traj_encoder.layers[0].qkv.bias
+        bias[d:d + 4] += 1e6  # keys of head 0, first 4 dims
+        bias[2 * d:2 * d + 2] -= 1e6  # values of head 0
+    rng = np.random.default_rng(3)
+    n = 3
+    s_nat, s_ref = agent.init_state(n), agent.init_state(n)
+    for t in range(10):
+        rows = dict(_rows(agent.spec, n, rng), time_index=np.full(n, t, np.int64))
+        p_nat = _native_params(agent, rows, s_nat, None, use_simd=use_simd)
+        p_ref = _torch_params(agent, rows, s_ref, None)
+        assert np.isfinite(p_nat).all() and np.isfinite(p_ref).all(), f"step {t}"
+        _assert_close(p_nat, p_ref, f"step {t}", FP16_RTOL)
+    for c_nat, c_ref in zip(s_nat.memory, s_ref.memory):
+        assert torch.isfinite(c_nat.kv).all()
+    kv = s_nat.memory[0].kv.float()
+    assert float(kv[0, :, 0, :, :4].min()) == 65504.0  # keys of head 0, layer 0
+    assert float(kv[1, :, 0, :, :2].max()) == -65504.0  # values
+    torch.testing.assert_close(kv[:, :, 0], s_ref.memory[0].kv.float()[:, :, 0], rtol=0, atol=0)
+
+
+def test_auto_cache_dtype_follows_the_step_that_runs(monkeypatch):
+    """"auto" (the default): float16 caches where the native step runs the agent, float32 where
+    the PyTorch path does (native step off, hooked actor, no engine); explicit values win."""
+    agent = _agent(_spec(), kv_cache_dtype="auto")
+    assert agent.rollout_kv_dtype() == torch.float16
+    assert all(c.kv.dtype == torch.float16 for c in agent.init_state(2).memory)
+    agent.native_policy = False
+    assert agent.init_state(2).memory[0].kv.dtype == torch.float32
+    agent.native_policy = True
+    handle = agent.actor.register_forward_hook(lambda *a: None)
+    assert agent.rollout_kv_dtype() == torch.float32
+    handle.remove()
+    monkeypatch.setattr(npol, "ENABLED", False)
+    assert agent.rollout_kv_dtype() == torch.float32
+    monkeypatch.setattr(npol, "ENABLED", True)
+    monkeypatch.setattr(npol, "PolicyEngine", None)
+    assert agent.rollout_kv_dtype() == torch.float32
+    for kv in ("float32", "float16"):
+        agent.config.kv_cache_dtype = kv
+        assert agent.rollout_kv_dtype() == getattr(torch, kv)

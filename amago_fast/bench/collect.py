@@ -201,73 +201,85 @@ def _native_available() -> bool:
     return available()
 
 
-def _rollout_step_times(agent, env, steps: int, record) -> None:
-    """Drive ``agent`` through ``steps`` sync steps of ``env`` (8 envs, no resets: the corridor
-    is longer than the run), timing each ``act``; ``record(t, seconds)``."""
-    import torch
-
+def _rollout_stepper(agent, env):
+    """A closure that takes one sync step of ``env`` (8 envs, no resets: the corridor is longer
+    than the run) with ``agent.act`` and returns the seconds ``act`` took."""
     n = env.num_envs
     obs = env.reset()
     state = agent.init_state(n)
     act = np.zeros(n, np.int32)
     rew = np.zeros(n, np.float32)
-    with torch.no_grad():
-        for t in range(steps):
-            rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
-            t0 = time.perf_counter()
-            act, state = agent.act(rows, state, sample=True)
-            record(t, time.perf_counter() - t0)
-            obs, rew, *_ = env.step(np.asarray(act, np.int32))
+    t = 0
+
+    def step() -> float:
+        nonlocal obs, state, act, rew, t
+        rows = dict(obs, action=act, reward=rew, time_index=np.full(n, t, np.int64))
+        t0 = time.perf_counter()
+        act, state = agent.act(rows, state, sample=True)
+        dt = time.perf_counter() - t0
+        obs, rew, *_ = env.step(np.asarray(act, np.int32))
+        t += 1
+        return dt
+
+    return step
 
 
-def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 32,
+def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 64,
                         sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
     """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi, for the
     native step (``amago_fast.native_policy``) and the PyTorch rollout path.
 
-    Two settings per model size: the cache capacity (context_len) = ``steps_hi`` — attention
-    reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at t=steps_lo —
-    and the model's default context_len — both times are past the capacity, so "flat" (cost
-    set by the capacity C, not by the steps taken) means a ratio ~1. A third setting repeats
-    the first with the opt-in float16 KV cache (``AgentConfig.kv_cache_dtype``; native only).
+    Two rollouts of the same agent (own envs, own states): one is first driven to step
+    ``steps_hi``, the other to ``steps_lo``; then they are stepped alternately ``measure`` times
+    and the medians compared — both medians come from the same seconds of this noisy machine
+    (timed one after the other, the step-64 time alone moved 0.20-0.34 ms between runs).
+
+    Settings per model size: the cache capacity (context_len) = ``steps_hi`` with the default
+    float16 KV cache — attention reads the filled prefix, so the step at t=steps_hi reads 16x
+    more keys than at t=steps_lo — the same with a float32 cache, and the model's default
+    context_len — both times past the capacity, so "flat" (cost set by the capacity C, not by
+    the steps taken) means a ratio ~1.
     """
+    import torch
+
     out: dict[str, Any] = {}
     paths = ("native", "torch") if _native_available() else ("torch",)
     for size in sizes:
-        for label, ctx in (("capacity_hi", steps_hi), ("default_context", None),
-                           ("capacity_hi_kv_float16", steps_hi)):
+        for label, ctx, kv in (("capacity_hi", steps_hi, None),
+                               ("capacity_hi_kv_float32", steps_hi, "float32"),
+                               ("default_context", None, None)):
             row: dict[str, Any] = {}
             for path in paths:
-                if size == "default" and label == "capacity_hi" and path == "torch":
+                if size == "default" and ctx == steps_hi and path == "torch":
                     # ~10 ms/step x 1100 steps on this machine; the native run shows the model.
                     row[path] = "skipped (slow)"
                     continue
-                if label.endswith("float16") and path == "torch":
-                    row[path] = "skipped (native only)"
-                    continue
-                env = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
-                agent = _agent_policy(env.spec, size, context_len=ctx)
+                env_lo = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+                env_hi = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+                agent = _agent_policy(env_lo.spec, size, context_len=ctx)
                 if agent is None:
                     return {"skipped": "amago_fast.agent not importable"}
-                if label.endswith("float16"):
-                    agent.config.kv_cache_dtype = "float16"  # read by init_state
+                if kv is not None:
+                    agent.config.kv_cache_dtype = kv  # read by init_state
                 agent.native_policy = path == "native"
+                lo, hi = _rollout_stepper(agent, env_lo), _rollout_stepper(agent, env_hi)
                 t_lo: list[float] = []
                 t_hi: list[float] = []
-
-                def record(t, dt, t_lo=t_lo, t_hi=t_hi):
-                    if steps_lo <= t < steps_lo + measure:
-                        t_lo.append(dt)
-                    if t >= steps_hi:
-                        t_hi.append(dt)
-
-                _rollout_step_times(agent, env, steps_hi + measure, record)
-                lo, hi = float(np.median(t_lo)), float(np.median(t_hi))
+                with torch.no_grad():
+                    for _ in range(steps_hi):
+                        hi()
+                    for _ in range(steps_lo):
+                        lo()
+                    for _ in range(measure):
+                        t_lo.append(lo())
+                        t_hi.append(hi())
+                m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
                 row["context_len"] = agent.config.context_len
+                row["kv_cache_dtype"] = agent.config.kv_cache_dtype
                 row[path] = {
-                    f"ms_per_step_at_t{steps_lo}": lo * 1e3,
-                    f"ms_per_step_at_t{steps_hi}": hi * 1e3,
-                    "ratio": hi / lo,
+                    f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
+                    f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
+                    "ratio": m_hi / m_lo,
                 }
             out[f"{size}_{label}"] = row
     return out

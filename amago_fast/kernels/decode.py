@@ -33,10 +33,23 @@ __all__ = [
     "decode_attention",
     "decode_attention_reference",
     "decode_step_attention",
+    "to_cache_dtype",
 ]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
+_HALF_MAX = 65504.0  # largest finite float16
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as ``dtype`` for a cache write; float16 saturates at ±65504 instead of rounding to
+    ±inf (an infinite key would turn its head's softmax into NaN). NaN stays NaN. The native
+    policy step stores with the same rule, so both paths write the same bits."""
+    if x.dtype == dtype:
+        return x
+    if dtype == torch.float16:
+        return x.clamp(-_HALF_MAX, _HALF_MAX).to(dtype)
+    return x.to(dtype)
 
 
 class RingKVCache:
@@ -306,6 +319,12 @@ def _attend(q: torch.Tensor, cache: RingKVCache, ids_t: torch.Tensor | None, len
         keys, vals = cache.kv[0, ids_t, :, :length], cache.kv[1, ids_t, :, :length]
     keys = keys.reshape(b * H, length, D)  # a view: (env, head) blocks are evenly strided
     vals = vals.reshape(b * H, length, D)
+    if keys.dtype != q.dtype:
+        # float32 q over a float16 cache (the CPU policy step): widen the read prefix and
+        # compute in float32, as the native step does. Computing in float16 instead also
+        # rounds q and the scores, and was slower (tiny agent, context 1024: 6.3 vs 4.3 ms
+        # per step; float32 cache 2.7-3.7 ms).
+        keys, vals = keys.to(q.dtype), vals.to(q.dtype)
     scores = torch.bmm(q.reshape(b * H, 1, D), keys.transpose(1, 2))  # (b*H, 1, length)
     if bias is not None:
         scores = (scores.view(b, H, 1, length) + bias).view(b * H, 1, length)
@@ -350,8 +369,9 @@ def decode_attention_reference(
 @torch.no_grad()
 def decode_step_attention(q: torch.Tensor, cache: RingKVCache, step: DecodeStep) -> torch.Tensor:
     """Unchecked fast path for the policy step: ``q`` (b, H, D) *already scaled* by the softmax
-    scale, after ``cache.write(step, ...)`` and ``cache.commit(step)``; returns (b, H, D).
-    Triton on CUDA, the reference formulation (in the cache dtype) on CPU."""
+    scale, after ``cache.write(step, ...)`` and ``cache.commit(step)``; returns (b, H, D) in
+    ``q.dtype``. Triton on CUDA (q in the cache dtype), the reference formulation on CPU — in
+    ``q.dtype``: a float32 q over a float16 cache reads the keys/values widened."""
     if cache.device.type == "cuda":
         ids_t = cache._env_index if step.ids_t is None else step.ids_t
         return _decode_launch(q, cache, 1.0, ids_t)

@@ -27,6 +27,7 @@ from amago_fast.kernels.decode import (
     RingKVCache,
     decode_attention,
     decode_step_attention,
+    to_cache_dtype,
 )
 from amago_fast.nets.layers import (
     Dropout,
@@ -96,8 +97,9 @@ class TransformerLayer(nn.Module):
     def step(self, x: torch.Tensor, cache: RingKVCache) -> torch.Tensor:
         """One new timestep per env: x (N, d_model); appends its key/value to ``cache``."""
         q, k, v = self._split_qkv(self.norm_attn_in(x))
-        cache.append(k.to(cache_dtype(cache)), v.to(cache_dtype(cache)))
-        attn = decode_attention(q.to(cache_dtype(cache)), cache).to(x.dtype)
+        dt = cache_dtype(cache)
+        cache.append(to_cache_dtype(k, dt), to_cache_dtype(v, dt))
+        attn = decode_attention(to_cache_dtype(q, dt), cache).to(x.dtype)
         return self._feed_forward(self._attn_out(x, attn))
 
 
@@ -145,11 +147,12 @@ def _layer_rollout_step(
     b, d = h.shape
     x = F.layer_norm(h, *p.norm_attn_in)
     qkv = torch.addmm(p.b_qkv, x, p.wt_qkv)
-    if qkv.dtype != cache.dtype:
-        qkv = qkv.to(cache.dtype)
-    cache.write(step, qkv[:, d:].view(b, 2, p.num_heads, p.head_dim))
+    cache.write(step, to_cache_dtype(qkv[:, d:], cache.dtype).view(b, 2, p.num_heads, p.head_dim))
     cache.commit(step)
-    attn = decode_step_attention(qkv[:, :d].view(b, p.num_heads, p.head_dim), cache, step)
+    q = qkv[:, :d].view(b, p.num_heads, p.head_dim)
+    if cache.device.type != "cpu":  # the Triton kernel reads q in the cache dtype
+        q = to_cache_dtype(q, cache.dtype)
+    attn = decode_step_attention(q, cache, step)
     a = torch.addmm(p.b_proj, attn.reshape(b, d).to(h.dtype), p.wt_proj)
     if p.norm_attn_out is not None:
         a = F.layer_norm(a, *p.norm_attn_out)

@@ -19,6 +19,8 @@ inline float HalfToFloat(Half h) {
   std::memcpy(&f, &h, sizeof(h));
   return static_cast<float>(f);
 }
+// The largest finite float16 (the saturation bound of float16 KV-cache stores).
+constexpr float kHalfMax = 65504.0f;
 inline Half FloatToHalf(float x) {
   const _Float16 f = static_cast<_Float16>(x);
   Half h;

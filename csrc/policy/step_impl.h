@@ -243,15 +243,28 @@ inline __attribute__((always_inline)) VF LoadKV(const Half* p) {
 inline void StoreKV(const float* src, int64_t n, float* dst) {
   std::memcpy(dst, src, n * sizeof(float));
 }
+// float16 stores saturate at ±65504 (the largest finite half) instead of rounding to ±inf: a
+// key of inf would make every score of its head ±inf and the softmax NaN. NaN stays NaN (the
+// comparisons are false for it). The PyTorch path clamps the same way (kernels.decode.
+// to_cache_dtype), so both write the same bits.
 inline void StoreKV(const float* src, int64_t n, Half* dst) {
   int64_t i = 0;
 #if AMAGO_POLICY_LANES == 8
+  const VF hi = Splat(kHalfMax), lo = Splat(-kHalfMax);
   for (; i + 8 <= n; i += 8) {
+    VF v = AMAGO_LOAD(src + i);
+    v = v > hi ? hi : v;
+    v = v < lo ? lo : v;
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+                     _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));  // NOLINT
   }
 #endif
-  for (; i < n; ++i) dst[i] = FloatToHalf(src[i]);
+  for (; i < n; ++i) {
+    float v = src[i];
+    v = v > kHalfMax ? kHalfMax : v;
+    v = v < -kHalfMax ? -kHalfMax : v;
+    dst[i] = FloatToHalf(v);
+  }
 }
 
 // AttendOne for D = NV * kW (the common head dims): loops fully unrolled, q in registers.
