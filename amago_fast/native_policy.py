@@ -16,9 +16,10 @@ counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the t
 switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
-CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here), vector observations (image
-keys → PyTorch path), Transformer or FF trajectory encoder (GRU → PyTorch path), discrete or
-continuous actions, stock module types, an actor without hooks (``Agent._actor_plain``).
+CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
+vector observations (image keys → PyTorch path), Transformer or FF trajectory encoder (GRU →
+PyTorch path), discrete or continuous actions, stock module types, an actor without hooks
+(``Agent._actor_plain``).
 ``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
 the PyTorch path.
 """
