@@ -275,7 +275,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                         t_hi.append(hi())
                 m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
                 row["context_len"] = agent.config.context_len
-                row["kv_cache_dtype"] = agent.config.kv_cache_dtype
+                row["kv_cache_dtype"] = str(agent.rollout_kv_dtype()).removeprefix("torch.")
                 row[path] = {
                     f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
                     f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
