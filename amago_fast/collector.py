@@ -532,19 +532,33 @@ class _Rollouts:
             # The step's rows go straight into the native buffer in the same call (no rows
             # dict, no write_step crossing); a failed write changes nothing and, like a failed
             # deferred write, restarts the rollouts on the next collect.
+            # Async: the lean result (only what is kept of an async step; see
+            # collector_adapter.h).
             store, plan, buf = fused
+            lean = idx is not None
             try:
                 with buf._lock:
                     res = absorb_step(
                         self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
                         self.prev_action, [] if idx is None else [self.rows[k] for k in names],
                         idx, reward, term, trunc, actions, obs_batch, self._float_obs_idx, True,
-                        store, plan)
+                        store, plan, lean)
                     if res is not None:
-                        buf._total_steps_added += res[0].size - res[7].size
+                        buf._total_steps_added += (res[3] if lean else
+                                                   res[0].size - res[7].size)
             except Exception:
                 self.started = False
                 raise
+            if res is not None and lean:
+                prev_reward, time_index, prev_action, stored, start_ids, done_rows, done_ret = res
+                if start_ids is not None:
+                    self._new_rollouts(start_ids)
+                # The per-env state arrays were updated in place.
+                self.batch_ids = idx
+                self.batch_rows = self._batch_rows(obs, prev_action, prev_reward, time_index)
+                if log is not None and done_rows is not None:
+                    log.add(done_ret, time_index[done_rows], info, done_rows)
+                return stored
         if res is None:  # a NaN/inf: nothing changed; the exact screening lives in NumPy
             return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
         (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,

@@ -315,6 +315,9 @@ class PyTrajectoryStore {
   // saves a Python->C++ crossing and ~2 µs of a 32-row async CartPole step.
   size_t num_fields() const { return names_.size(); }
   int active_field() const { return active_field_; }  // -1: no goals
+  bool IsScalarField(size_t f, const py::dtype& dt) const {
+    return shapes_[f].empty() && dtypes_[f].equal(dt);
+  }
 
   // Field f of a step batch of n rows: a NumPy array of the field's exact dtype and shape
   // (n, *shape); C-contiguous (a strided one is copied and kept alive in `keep`). Throws

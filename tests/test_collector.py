@@ -750,8 +750,18 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
     for _ in range(6):
         stats = [c.collect(37) for c in cols]
         flagged += stats[0]["nonfinite_steps"]
-        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps"):
+        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"):
             assert stats[0].get(k) == stats[1].get(k), k
+        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
+        sds = [c._train.state_dict() for c in cols]
+        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return"):
+            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
+        for k in sds[0]["rows"]:
+            np.testing.assert_array_equal(sds[0]["rows"][k], sds[1]["rows"][k], err_msg=k)
+        if cols[0]._train.batch_rows is not None:  # what the policy is given next (async)
+            for k, v in cols[0]._train.batch_rows.items():
+                assert v.dtype == cols[1]._train.batch_rows[k].dtype, k
+                np.testing.assert_array_equal(v, cols[1]._train.batch_rows[k], err_msg=k)
     bufs = [c.buffer for c in cols]
     assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
     assert len(bufs[0]) == len(bufs[1])
@@ -826,9 +836,27 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     assert call() is not None
     np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 1, 0])
     state[0][:] = False
-    call()
+    copies = [a.copy() for a in state + obs_state]
+    full = call(store=None)  # the same step without the write, full result
+    for a, c in zip(state + obs_state, copies):
+        a[...] = c
+    lean = call(lean=True)
     np.testing.assert_array_equal(buf._store_open_lengths(), [0, 0, 2, 0])
     assert buf.num_trajectories == 1
+    (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
+     done_rows) = full
+    assert lean[3] == reward.size - start_rows.size == 2
+    for got, want in zip(lean[:3], (prev_reward, time_index, prev_action)):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert lean[4] is None and start_rows.size == 0
+    np.testing.assert_array_equal(lean[5], done_rows)
+    np.testing.assert_array_equal(lean[6], ep_return[done_rows])
+    state[0][:] = [True, False, False, False]
+    lean = call(lean=True)  # env 0 restarts (its open trajectory was committed), env 2 goes on
+    np.testing.assert_array_equal(lean[4], [0])
+    assert lean[3] == 1 and lean[5] is None and lean[6] is None
+    np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 3, 0])
 
 
 def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):

@@ -530,6 +530,30 @@ class _DictObsEnv(gym.Env):
         return self.observation_space.sample(), float(action.sum()), self.t >= 3, False, {}
 
 
+def test_envpool_async_send_reuses_int32_ids_only_for_its_own_array():
+    """send_trusted passes EnvPool's own int32 ids when given the env's last_env_ids array;
+    step() copies its env_ids, so ids a caller changed in place are sent as they now are."""
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    if env._direct is None:
+        env.close()
+        pytest.skip("EnvPool's C++ calls are not reachable in this version")
+    env.reset()
+    env.step(np.zeros(2, np.int32), env.last_env_ids)
+    sent = []
+    env._direct._send = lambda args: sent.append(args[0].copy())  # the pool is not stepped
+    ids = env.last_env_ids
+    env.send_trusted(np.zeros(2, np.int32), ids)
+    assert sent[-1].dtype == np.int32 and sent[-1].tolist() == ids.tolist()
+    other = [i for i in range(4) if i not in ids.tolist()]
+    ids[:] = other  # changed in place: the cached int32 copy no longer matches
+    with pytest.raises(ValueError):  # the envs of the other batch are not ours to send
+        env._direct._send = lambda args: (sent.append(args[0].copy()),
+                                          (_ for _ in ()).throw(ValueError("sent")))
+        env.step(np.zeros(2, np.int32), ids)
+    assert sent[-1].tolist() == other
+    env.close()
+
+
 @pytest.mark.parametrize("space_env,name", [(_TextObsEnv, "Text"), (_TupleObsEnv, "Tuple")])
 def test_gym_unsupported_space_names_it(space_env, name):
     vec = gym.vector.SyncVectorEnv([space_env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

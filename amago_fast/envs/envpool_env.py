@@ -168,8 +168,9 @@ class _DirectCalls:
         idx = self.obs_index
         obs = state[idx] if type(idx) is int else {k: state[i] for k, i in idx.items()}
         trunc = state[self.i_trunc]
-        # EnvPool's gymnasium API reports terminated = done and not truncated.
-        terminated = state[self.i_done] & ~trunc
+        # EnvPool's gymnasium API reports terminated = done and not truncated; for bools that
+        # is done > trunc, one ufunc call instead of two (~0.4 µs a step here).
+        terminated = np.greater(state[self.i_done], trunc)
         return (obs, state[self.i_reward], terminated, trunc, state[self.i_env_id],
                 state[self.i_elapsed])
 
@@ -216,6 +217,7 @@ class EnvPoolEnv(VectorEnv):
         )
         self._act_dtype = np.int32 if action.is_discrete else np.float64
         self.last_env_ids = np.arange(self._batch_size, dtype=np.int64)
+        self._last_ids32: np.ndarray | None = None  # last_env_ids as EnvPool gave them (int32)
         self._closed = False
         self.direct_calls = bool(direct_calls)
         self._direct = self._plan_direct()
@@ -267,6 +269,7 @@ class EnvPoolEnv(VectorEnv):
         else:
             obs, info = self.pool.reset()
         self.last_env_ids = np.asarray(info["env_id"], dtype=np.int64)
+        self._last_ids32 = None
         return self._obs(obs)
 
     def step(self, actions, env_ids=None):
@@ -275,7 +278,9 @@ class EnvPoolEnv(VectorEnv):
             if env_ids is None:
                 raise ValueError(f"{self.spec.name} is async (batch_size={self._batch_size} < "
                                  f"num_envs={self.num_envs}): step(actions, env_ids) needs env_ids")
-            env_ids = np.asarray(env_ids, dtype=np.int64)
+            # A copy: send_trusted reuses EnvPool's int32 ids only for the env's own
+            # last_env_ids array, which a caller of step() may have changed in place.
+            env_ids = np.array(env_ids, dtype=np.int64)
             if env_ids.shape != (self._batch_size,) or (env_ids < 0).any() or (
                 env_ids >= self.num_envs
             ).any():
@@ -303,7 +308,11 @@ class EnvPoolEnv(VectorEnv):
         direct = self._direct
         if direct is not None:
             if self.is_async:
-                direct.send(actions, np.asarray(env_ids, dtype=np.int32))
+                # The collector sends to the envs of the last batch (the very array recv_step
+                # returned): reuse EnvPool's own int32 ids instead of converting them back.
+                ids32 = self._last_ids32 if env_ids is self.last_env_ids else None
+                direct.send(actions, np.asarray(env_ids, dtype=np.int32) if ids32 is None
+                            else ids32)
             else:
                 direct.send(actions, self._all_ids_i32)
             return
@@ -319,6 +328,7 @@ class EnvPoolEnv(VectorEnv):
         else:
             obs, reward, term, trunc, info = self.pool.recv()
             ids, elapsed = info["env_id"], info.get("elapsed_step")
+        self._last_ids32 = ids if ids.dtype == np.int32 else None
         self.last_env_ids = ids = ids if ids.dtype == np.int64 else ids.astype(np.int64)
         return (self._obs(obs), *step_arrays(reward, term, trunc),
                 {"env_id": ids, "elapsed_step": elapsed})
