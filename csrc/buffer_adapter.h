@@ -330,7 +330,9 @@ class PyTrajectoryStore {
       a = py::reinterpret_borrow<py::array>(value);
     } else {
       a = py::array::ensure(value);
-      if (!a) throw py::type_error(std::string(what) + ": field '" + name + "' must be a NumPy array");
+      if (!a) {
+        throw py::type_error(std::string(what) + ": field '" + name + "' must be a NumPy array");
+      }
     }
     if (!a.dtype().equal(dtypes_[f])) {
       throw py::type_error(std::string(what) + ": field '" + name + "' has dtype " +
@@ -361,7 +363,8 @@ class PyTrajectoryStore {
     for (int64_t i = 0; i < n; ++i) {
       if (!std::isfinite(r[i])) {
         throw std::invalid_argument(std::string(what) +
-                                    ": field 'reward' contains NaN/inf (allow_nonfinite_rewards=False)");
+                                    ": field 'reward' contains NaN/inf "
+                                    "(allow_nonfinite_rewards=False)");
       }
     }
   }

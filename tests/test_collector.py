@@ -747,7 +747,13 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
     assert cols[1]._train._fused is None  # the reference buffer: separate write_step calls
     cols[1]._train._absorb_step = None  # and the NumPy bookkeeping
     flagged = 0
-    for _ in range(6):
+    for it in range(6):
+        if it == 2:  # a restart (as after an env fault) replaces the state arrays
+            for c in cols:
+                c._train.started = False
+        if it == 4:  # so does a resume (the async absorber is rebuilt either way)
+            for c in cols:
+                c.load_state_dict(c.state_dict())
         stats = [c.collect(37) for c in cols]
         flagged += stats[0]["nonfinite_steps"]
         for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"):
@@ -838,11 +844,27 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     state[0][:] = False
     copies = [a.copy() for a in state + obs_state]
     full = call(store=None)  # the same step without the write, full result
+    full_state = [a.copy() for a in state + obs_state]
     for a, c in zip(state + obs_state, copies):
         a[...] = c
-    lean = call(lean=True)
+    # The AsyncAbsorber (state and store bound once) does the same step and the same write.
+    from amago_fast.buffer import _core
+
+    absorber = _core.AsyncAbsorber(*state, obs_state, [i for i, f in enumerate(
+        env.spec.observation) if f.dtype.kind == "f"], store, plan)
+
+    def step(**over):
+        args = dict(env_ids=np.array([0, 2]), reward=np.ones(2, np.float32),
+                    terminated=np.array([True, False]), truncated=np.zeros(2, bool),
+                    actions=np.ones(2, np.int32), obs_batch=obs, check_finite=True)
+        args.update(over)
+        return absorber.step(**args)
+
+    lean = step()
     np.testing.assert_array_equal(buf._store_open_lengths(), [0, 0, 2, 0])
     assert buf.num_trajectories == 1
+    for a, want in zip(state + obs_state, full_state):  # the same state update
+        np.testing.assert_array_equal(a, want)
     (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
      done_rows) = full
     assert lean[3] == reward.size - start_rows.size == 2
@@ -853,10 +875,38 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     np.testing.assert_array_equal(lean[5], done_rows)
     np.testing.assert_array_equal(lean[6], ep_return[done_rows])
     state[0][:] = [True, False, False, False]
-    lean = call(lean=True)  # env 0 restarts (its open trajectory was committed), env 2 goes on
+    lean = step()  # env 0 restarts (its trajectory was committed), env 2 goes on
     np.testing.assert_array_equal(lean[4], [0])
     assert lean[3] == 1 and lean[5] is None and lean[6] is None
     np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 3, 0])
+    # Bad batches: a clear error, and neither the state nor the store changes.
+    copies = [a.copy() for a in state + obs_state]
+    opened = buf._store_open_lengths().copy()
+    for over, err, match in [
+        (dict(env_ids=np.array([1, 1])), ValueError, "env_ids"),
+        (dict(env_ids=np.array([0, 4])), ValueError, "env_ids"),
+        (dict(env_ids=np.array([1, 3])), ValueError, "no open trajectory"),
+        (dict(actions=np.ones(2, np.int64)), ValueError, "actions"),
+        (dict(reward=np.ones(2, np.float64)), ValueError, "reward"),
+        (dict(reward=np.ones((2, 2), np.float32)), ValueError, "one value per row"),
+        (dict(obs_batch=[o.astype(np.float64) for o in obs]), ValueError, "observation"),
+        (dict(obs_batch=obs[:0]), ValueError, "obs_batch"),
+        (dict(reward=np.array([np.nan, 1.0], np.float32), check_finite=False), ValueError,
+         "reward.*NaN"),
+    ]:
+        with pytest.raises(err, match=match):
+            step(**over)
+        for a, c in zip(state + obs_state, copies):
+            np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(buf._store_open_lengths(), opened)
+    assert step(obs_batch=[np.full_like(o, np.nan) if o.dtype.kind == "f" else o
+                           for o in obs]) is None
+    for a, c in zip(state + obs_state, copies):
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(TypeError, match="dtype"):  # the store's field, checked once
+        _core.AsyncAbsorber(*state[:4], state[4].astype(np.int64), obs_state, [], store, plan)
+    with pytest.raises(ValueError, match="store_plan"):
+        _core.AsyncAbsorber(*state, obs_state, [], store, plan[:-1])
 
 
 def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
@@ -891,3 +941,43 @@ def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
         b = TrajectoryBuffer.from_env_spec(pool.spec, capacity_steps=500, num_envs=4)
         assert (Collector(pool, RandomPolicy(pool.spec), b)._train._fused is not None) == fused
         pool.close()
+
+
+def test_async_absorber_without_buffer_equals_numpy_path():
+    """Async batches without a buffer (evaluation, the overhead baseline) take the
+    AsyncAbsorber too: same statistics and rollout state as the NumPy bookkeeping."""
+    import copy
+
+    from amago_fast.bench.collect import ReplayEnv
+    from amago_fast.collector import _native_absorb
+
+    if _native_absorb() is None:
+        pytest.skip("amago_fast._core not built")
+    real = make_env("envpool:CartPole-v1", 6, seed=0, batch_size=3)
+    env = ReplayEnv(real, steps=120)
+    real.close()
+    obs = env._record[30][0]
+    obs["observation"] = obs["observation"].copy()
+    obs["observation"][2] = np.inf
+    cols = [Collector(e, RandomPolicy(env.spec, seed=3), nan_policy="flag")
+            for e in (env, copy.deepcopy(env))]
+    assert cols[0]._train._async_absorber_ok
+    cols[1]._train._absorb_step = None
+    flagged = 0
+    for it in range(5):
+        if it == 2:
+            for c in cols:
+                c._train.started = False
+        stats = [c.collect(40) for c in cols]
+        flagged += stats[0]["nonfinite_steps"]
+        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"):
+            assert stats[0].get(k) == stats[1].get(k), k
+        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
+        sds = [c._train.state_dict() for c in cols]
+        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return",
+                  "batch_ids"):
+            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
+        np.testing.assert_array_equal(sds[0]["rows"]["observation"],
+                                      sds[1]["rows"]["observation"])
+    assert cols[0]._train._absorber is not None
+    assert flagged == 1
