@@ -398,6 +398,13 @@ class _Rollouts:
             actions = actions.astype(self.act_dtype)
         else:
             out_ids = np.asarray(info["env_id"], dtype=np.int64)
+            if self._async_absorber_ok and self._absorb_step is not None:
+                # The absorber records the sent actions and gathers each row's itself.
+                stored = self._absorb_async(obs, reward, term, trunc, info, out_ids, ids,
+                                            actions, log)
+                if explore and self.exploration is not None:
+                    self.exploration.advance(stored)
+                return stored
             # The returned batch need not be the envs that just acted: each env's transition
             # carries the action last *sent* to it (the gather is a fresh array).
             self.sent_action[ids] = actions
@@ -537,9 +544,6 @@ class _Rollouts:
         self._check_obs_once(obs, self.n if idx is None else len(idx))
         obs_batch = [obs[k] for k in names]
         fused = self._fused
-        if idx is not None and self._async_absorber_ok:
-            return self._absorb_async(obs, reward, term, trunc, info, idx, actions, log,
-                                      obs_batch)
         if fused is None:
             res = absorb_step(
                 self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
@@ -581,13 +585,18 @@ class _Rollouts:
             log.add(ep_return[done_rows], time_index[done_rows], info, done_rows)
         return reward.size - start_rows.size
 
-    def _absorb_async(self, obs, reward, term, trunc, info, idx, actions, log,
-                      obs_batch) -> int:
-        """:meth:`_absorb` of an async batch through a ``_core.AsyncAbsorber``: the per-env
+    def _absorb_async(self, obs, reward, term, trunc, info, idx, sent_ids, sent_actions,
+                      log) -> int:
+        """:meth:`_absorb` of an async batch (env ids `idx`; `sent_ids` / `sent_actions`: the
+        envs that just acted and their actions) through a ``_core.AsyncAbsorber``: the per-env
         state arrays (and the fused buffer's store) are bound once — rebuilt when start /
         load_state_dict replace the arrays — so a step passes only the batch (~3 µs less than
-        absorb_step's 17 arguments and state checks, 32-env CartPole), and only what is kept
-        of an async step comes back (see collector_adapter.h)."""
+        absorb_step's 17 arguments and state checks, 32-env CartPole), it records the sent
+        actions and gathers each row's itself, and only what is kept of an async step comes
+        back (see collector_adapter.h)."""
+        names = self.obs_names
+        self._check_obs_once(obs, len(idx))
+        obs_batch = [obs[k] for k in names]
         fused = self._fused
         try:
             absorber = self._absorber
@@ -595,14 +604,16 @@ class _Rollouts:
                 store, plan = (None, []) if fused is None else fused[:2]
                 absorber = self._absorber = self._core_mod.AsyncAbsorber(
                     self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
-                    self.prev_action, [self.rows[k] for k in self.obs_names],
+                    self.prev_action, self.sent_action, [self.rows[k] for k in names],
                     self._float_obs_idx, store, plan)
             if fused is None:
-                res = absorber.step(idx, reward, term, trunc, actions, obs_batch, True)
+                res = absorber.step(idx, reward, term, trunc, sent_ids, sent_actions,
+                                    obs_batch, True)
             else:
                 buf = fused[2]
                 with buf._lock:
-                    res = absorber.step(idx, reward, term, trunc, actions, obs_batch, True)
+                    res = absorber.step(idx, reward, term, trunc, sent_ids, sent_actions,
+                                        obs_batch, True)
                     if res is not None:
                         buf._total_steps_added += res[3]
         except Exception:
@@ -610,7 +621,9 @@ class _Rollouts:
                 self.started = False
             raise
         if res is None:  # a NaN/inf: nothing changed; the exact screening lives in NumPy
-            return self._absorb_numpy(obs, reward, term, trunc, info, idx, actions, log)
+            self.sent_action[sent_ids] = sent_actions
+            return self._absorb_numpy(obs, reward, term, trunc, info, idx,
+                                      self.sent_action[idx], log)
         prev_reward, time_index, prev_action, stored, start_ids, done_rows, done_ret = res
         if start_ids is not None:
             self._new_rollouts(start_ids)

@@ -257,8 +257,8 @@ inline py::object AbsorbStepPy(py::object pending, py::object time_index, py::ob
 class PyAsyncAbsorber {
  public:
   PyAsyncAbsorber(py::object pending, py::object time_index, py::object ep_return,
-                  py::object prev_reward, py::object prev_action, py::list obs_state,
-                  const std::vector<int>& float_obs, py::object store_obj,
+                  py::object prev_reward, py::object prev_action, py::object sent_action,
+                  py::list obs_state, const std::vector<int>& float_obs, py::object store_obj,
                   const std::vector<int>& store_plan)
       : float_obs_(float_obs), store_plan_(store_plan) {
     using collector_detail::Checked;
@@ -268,6 +268,11 @@ class PyAsyncAbsorber {
     ret_ = Checked(ep_return, "ep_return", 'f', 8, n_envs_, true);
     prev_r_ = Checked(prev_reward, "prev_reward", 'f', 4, n_envs_, true);
     prev_a_ = Checked(prev_action, "prev_action", 0, 0, n_envs_, true);
+    sent_a_ = Checked(sent_action, "sent_action", 0, 0, n_envs_, true);
+    if (!sent_a_.dtype().equal(prev_a_.dtype()) ||
+        collector_detail::Rows(sent_a_).row_bytes != collector_detail::Rows(prev_a_).row_bytes) {
+      throw py::value_error("absorb_step: sent_action and prev_action differ in dtype or shape");
+    }
     for (size_t f = 0; f < py::len(obs_state); ++f) {
       obs_state_.push_back(Checked(obs_state[f], "observation state", 0, 0, n_envs_, true));
     }
@@ -324,8 +329,14 @@ class PyAsyncAbsorber {
   // rows that open a rollout or None, rows that end one or None, their returns or None). The
   // outputs it does not keep (stored reward, ep_return, done, starts) stay in scratch vectors
   // instead of NumPy arrays (~0.5 µs each to create on this machine).
+  // sent_ids / sent_actions: the envs that just acted and their actions. They are written
+  // into sent_action (the last action sent to each env) and each row's transition carries
+  // its env's entry: the returned batch need not be the envs that just acted. (The NumPy
+  // scatter + gather cost ~1 µs a step.) None returned or an error: sent_action is not
+  // updated either.
   py::object Step(py::object ids, py::object reward, py::object terminated, py::object truncated,
-                  py::object actions, py::list obs_batch, bool check_finite) {
+                  py::object sent_ids, py::object sent_actions, py::list obs_batch,
+                  bool check_finite) {
     using collector_detail::Checked;
     using collector_detail::Rows;
     py::array a_ids = Checked(ids, "env_ids", 'i', 8, -1, false);
@@ -342,12 +353,22 @@ class PyAsyncAbsorber {
     py::array a_reward = Checked(reward, "reward", 'f', 4, m, false);
     py::array a_term = Checked(terminated, "terminated", 'b', 1, m, false);
     py::array a_trunc = Checked(truncated, "truncated", 'b', 1, m, false);
-    py::array a_act = Checked(actions, "actions", 0, 0, m, false);
     if (m > 0 && (Rows(a_reward).row_bytes != 4 || Rows(a_term).row_bytes != 1 ||
                   Rows(a_trunc).row_bytes != 1)) {
       throw py::value_error("absorb_step: reward and done flags must have one value per row");
     }
-    if (!a_act.dtype().equal(prev_a_.dtype()) || Rows(a_act).row_bytes != Rows(prev_a_).row_bytes) {
+    py::array a_sent_ids = Checked(sent_ids, "sent env_ids", 'i', 8, -1, false);
+    const ssize_t k = a_sent_ids.shape(0);
+    const auto* sid = static_cast<const int64_t*>(a_sent_ids.data());
+    for (ssize_t i = 0; i < k; ++i) {
+      if (sid[i] < 0 || sid[i] >= n_envs_) {
+        throw py::value_error("absorb_step: sent env_ids must be in [0, " +
+                              std::to_string(n_envs_) + "), got " + std::to_string(sid[i]));
+      }
+    }
+    py::array a_act = Checked(sent_actions, "actions", 0, 0, k, false);
+    const size_t ab = Rows(prev_a_).row_bytes;
+    if (!a_act.dtype().equal(prev_a_.dtype()) || (k > 0 && Rows(a_act).row_bytes != ab)) {
       throw py::value_error("absorb_step: actions and prev_action differ in dtype or row shape");
     }
     const size_t n_fields = py::len(obs_batch);
@@ -359,12 +380,13 @@ class PyAsyncAbsorber {
                     static_cast<double*>(mut(ret_)), static_cast<float*>(mut(prev_r_)),
                     Rows(prev_a_),
                     {}};
+    acts_.resize(static_cast<size_t>(m) * ab);
     StepBatch b{m,
                 id,
                 static_cast<const float*>(a_reward.data()),
                 static_cast<const uint8_t*>(a_term.data()),
                 static_cast<const uint8_t*>(a_trunc.data()),
-                Rows(a_act),
+                ByteRows{acts_.data(), ab},
                 {},
                 float_obs_};
     std::vector<py::array> keep;
@@ -395,13 +417,24 @@ class PyAsyncAbsorber {
       }
       if (!finite) return py::none();
     }
+    // Each row's action: the env's entry of sent_action as it will be once the sent actions
+    // are recorded (the last one sent to it wins), gathered without changing sent_action yet
+    // — that happens with the state update, after the store write succeeded.
+    auto* sent = static_cast<uint8_t*>(mut(sent_a_));
+    const auto* sa = static_cast<const uint8_t*>(a_act.data());
+    slot_.assign(static_cast<size_t>(n_envs_), -1);
+    for (ssize_t j = 0; j < k; ++j) slot_[sid[j]] = j;
+    for (ssize_t i = 0; i < m; ++i) {
+      const int64_t j = slot_[id[i]];
+      std::memcpy(acts_.data() + i * ab, j >= 0 ? sa + j * ab : sent + id[i] * ab, ab);
+    }
     reward_.resize(static_cast<size_t>(m));
     ret_out_.resize(static_cast<size_t>(m));
     done_.resize(static_cast<size_t>(m));
     starts_.resize(static_cast<size_t>(m));
     py::array o_prev_r(py::dtype::of<float>(), std::vector<ssize_t>{m});
     py::array o_time(py::dtype::of<int64_t>(), std::vector<ssize_t>{m});
-    py::array o_prev_a = collector_detail::Like(a_act, m);
+    py::array o_prev_a = collector_detail::Like(prev_a_, m);
     StepOutputs out{reward_.data(), static_cast<float*>(mut(o_prev_r)),
                     static_cast<int64_t*>(mut(o_time)), ret_out_.data(), done_.data(),
                     Rows(o_prev_a), starts_.data(), {}, {}};
@@ -422,6 +455,7 @@ class PyAsyncAbsorber {
         store_->WriteChecked(id, m, out.starts, ptrs_);
       }
       AbsorbCommit(&st, b, out);
+      for (ssize_t j = 0; j < k; ++j) std::memcpy(sent + sid[j] * ab, sa + j * ab, ab);
     }
     const int64_t stored = static_cast<int64_t>(m) - static_cast<int64_t>(out.start_rows.size());
     py::object start_ids = py::none(), done_rows = py::none(), done_ret = py::none();
@@ -442,7 +476,7 @@ class PyAsyncAbsorber {
   }
 
  private:
-  py::array pending_, time_, ret_, prev_r_, prev_a_;
+  py::array pending_, time_, ret_, prev_r_, prev_a_, sent_a_;
   std::vector<py::array> obs_state_;
   ssize_t n_envs_ = 0;
   std::vector<int> float_obs_;
@@ -451,7 +485,8 @@ class PyAsyncAbsorber {
   PyTrajectoryStore* store_ = nullptr;
   int active_obs_ = -1;
   // Per-step scratch, reused.
-  std::vector<uint8_t> seen_, done_, starts_;
+  std::vector<uint8_t> seen_, done_, starts_, acts_;
+  std::vector<int64_t> slot_;
   std::vector<float> reward_;
   std::vector<double> ret_out_;
   std::vector<const uint8_t*> ptrs_;
@@ -469,14 +504,14 @@ inline void RegisterCollector(py::module_& m) {
   // instead of the core ABI, so an older core keeps working with the separate write.
   m.attr("ABSORB_STEP_WRITES") = true;
   py::class_<PyAsyncAbsorber>(m, "AsyncAbsorber")
-      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::list,
-                    const std::vector<int>&, py::object, const std::vector<int>&>(),
+      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object,
+                    py::list, const std::vector<int>&, py::object, const std::vector<int>&>(),
            py::arg("pending_reset"), py::arg("time_index"), py::arg("ep_return"),
-           py::arg("prev_reward"), py::arg("prev_action"), py::arg("obs_state"),
-           py::arg("float_obs"), py::arg("store"), py::arg("store_plan"))
+           py::arg("prev_reward"), py::arg("prev_action"), py::arg("sent_action"),
+           py::arg("obs_state"), py::arg("float_obs"), py::arg("store"), py::arg("store_plan"))
       .def("step", &PyAsyncAbsorber::Step, py::arg("env_ids"), py::arg("reward"),
-           py::arg("terminated"), py::arg("truncated"), py::arg("actions"),
-           py::arg("obs_batch"), py::arg("check_finite"),
+           py::arg("terminated"), py::arg("truncated"), py::arg("sent_ids"),
+           py::arg("sent_actions"), py::arg("obs_batch"), py::arg("check_finite"),
            "absorb_step for an async batch, the state and store bound once (private).");
 }
 

@@ -850,17 +850,20 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     # The AsyncAbsorber (state and store bound once) does the same step and the same write.
     from amago_fast.buffer import _core
 
-    absorber = _core.AsyncAbsorber(*state, obs_state, [i for i, f in enumerate(
+    sent = np.zeros(n, np.int32)
+    absorber = _core.AsyncAbsorber(*state, sent, obs_state, [i for i, f in enumerate(
         env.spec.observation) if f.dtype.kind == "f"], store, plan)
 
     def step(**over):
         args = dict(env_ids=np.array([0, 2]), reward=np.ones(2, np.float32),
                     terminated=np.array([True, False]), truncated=np.zeros(2, bool),
-                    actions=np.ones(2, np.int32), obs_batch=obs, check_finite=True)
+                    sent_ids=np.array([0, 2]), sent_actions=np.ones(2, np.int32),
+                    obs_batch=obs, check_finite=True)
         args.update(over)
         return absorber.step(**args)
 
-    lean = step()
+    lean = step(sent_ids=np.array([2, 0, 3]), sent_actions=np.array([1, 1, 0], np.int32))
+    np.testing.assert_array_equal(sent, [1, 0, 1, 0])  # the sent actions are recorded
     np.testing.assert_array_equal(buf._store_open_lengths(), [0, 0, 2, 0])
     assert buf.num_trajectories == 1
     for a, want in zip(state + obs_state, full_state):  # the same state update
@@ -875,18 +878,24 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     np.testing.assert_array_equal(lean[5], done_rows)
     np.testing.assert_array_equal(lean[6], ep_return[done_rows])
     state[0][:] = [True, False, False, False]
-    lean = step()  # env 0 restarts (its trajectory was committed), env 2 goes on
+    # Env 0 restarts (its trajectory was committed), env 2 goes on with the action last sent
+    # to it (env 3's and env 1's are sent now, not stored).
+    sent[2] = 0
+    lean = step(sent_ids=np.array([1, 3]), sent_actions=np.array([1, 1], np.int32))
+    np.testing.assert_array_equal(lean[2], [0, 0])  # reset row: 0; env 2: its sent action 0
     np.testing.assert_array_equal(lean[4], [0])
     assert lean[3] == 1 and lean[5] is None and lean[6] is None
     np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 3, 0])
     # Bad batches: a clear error, and neither the state nor the store changes.
-    copies = [a.copy() for a in state + obs_state]
+    copies = [a.copy() for a in state + obs_state + [sent]]
     opened = buf._store_open_lengths().copy()
     for over, err, match in [
         (dict(env_ids=np.array([1, 1])), ValueError, "env_ids"),
         (dict(env_ids=np.array([0, 4])), ValueError, "env_ids"),
         (dict(env_ids=np.array([1, 3])), ValueError, "no open trajectory"),
-        (dict(actions=np.ones(2, np.int64)), ValueError, "actions"),
+        (dict(sent_actions=np.ones(2, np.int64)), ValueError, "actions"),
+        (dict(sent_actions=np.ones(3, np.int32)), ValueError, "actions"),
+        (dict(sent_ids=np.array([0, 5])), ValueError, "sent env_ids"),
         (dict(reward=np.ones(2, np.float64)), ValueError, "reward"),
         (dict(reward=np.ones((2, 2), np.float32)), ValueError, "one value per row"),
         (dict(obs_batch=[o.astype(np.float64) for o in obs]), ValueError, "observation"),
@@ -896,17 +905,20 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     ]:
         with pytest.raises(err, match=match):
             step(**over)
-        for a, c in zip(state + obs_state, copies):
+        for a, c in zip(state + obs_state + [sent], copies):
             np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(buf._store_open_lengths(), opened)
     assert step(obs_batch=[np.full_like(o, np.nan) if o.dtype.kind == "f" else o
-                           for o in obs]) is None
-    for a, c in zip(state + obs_state, copies):
+                           for o in obs], sent_actions=np.zeros(2, np.int32)) is None
+    for a, c in zip(state + obs_state + [sent], copies):  # sent_action untouched too
         np.testing.assert_array_equal(a, c)
     with pytest.raises(TypeError, match="dtype"):  # the store's field, checked once
-        _core.AsyncAbsorber(*state[:4], state[4].astype(np.int64), obs_state, [], store, plan)
+        _core.AsyncAbsorber(*state[:4], state[4].astype(np.int64), sent.astype(np.int64),
+                            obs_state, [], store, plan)
+    with pytest.raises(ValueError, match="sent_action"):
+        _core.AsyncAbsorber(*state, sent.astype(np.int64), obs_state, [], store, plan)
     with pytest.raises(ValueError, match="store_plan"):
-        _core.AsyncAbsorber(*state, obs_state, [], store, plan[:-1])
+        _core.AsyncAbsorber(*state, sent, obs_state, [], store, plan[:-1])
 
 
 def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
