@@ -235,8 +235,9 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     (timed one after the other, the step-64 time alone moved 0.20-0.34 ms between runs).
 
     Settings per model size: the cache capacity (context_len) = ``steps_hi`` with the default
-    float16 KV cache — attention reads the filled prefix, so the step at t=steps_hi reads 16x
-    more keys than at t=steps_lo — the same with a float32 cache, and the model's default
+    KV cache ("auto": float16 on the native step, float32 on the PyTorch path) — attention
+    reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at
+    t=steps_lo — the same with a float32 cache, and the model's default
     context_len — both times past the capacity, so "flat" (cost set by the capacity C, not by
     the steps taken) means a ratio ~1.
     """
@@ -275,8 +276,8 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                         t_hi.append(hi())
                 m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
                 row["context_len"] = agent.config.context_len
-                row["kv_cache_dtype"] = str(agent.rollout_kv_dtype()).removeprefix("torch.")
                 row[path] = {
+                    "kv_cache_dtype": str(agent.rollout_kv_dtype()).removeprefix("torch."),
                     f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
                     f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
                     "ratio": m_hi / m_lo,
