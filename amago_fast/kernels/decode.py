@@ -113,6 +113,9 @@ class RingKVCache:
         self._row_base_np = base.astype(np.int64)
         self._row_base = torch.as_tensor(self._row_base_np, device=self.device)
         self._arange_c = np.arange(C, dtype=np.int64)
+        # NumPy view of the storage for CPU resets (NumPy has no bfloat16: those use torch).
+        self._kv_np = (self.kv.numpy() if self.device.type == "cpu" and dtype != torch.bfloat16
+                       else None)
 
     def lengths(self) -> torch.Tensor:
         """``(num_envs,)`` number of filled slots, ``min(counts, capacity)``."""
@@ -208,31 +211,44 @@ class RingKVCache:
     @torch.no_grad()
     def reset(self, env_ids: np.ndarray | torch.Tensor | list[int]) -> None:
         """Empty the caches of ``env_ids`` (their next append is step 0 of a new context)."""
-        ids = torch.as_tensor(np.asarray(env_ids) if not isinstance(env_ids, torch.Tensor)
-                              else env_ids)
-        if ids.dim() != 1 and ids.numel() != 0:
-            ids = ids.reshape(-1)
-        if ids.numel() == 0:
+        ids = self._reset_ids(env_ids)
+        if ids.size == 0:
             return
-        if ids.dtype == torch.bool:
-            if ids.numel() != self.num_envs:
+        if self._kv_np is not None:
+            # CPU: two NumPy assignments (~3 µs) instead of torch's indexed writes (~70 µs a
+            # call, measured: 0.6 resets per 8-env CartPole step with a tiny agent).
+            self._counts_np[ids] = 0
+            # Stale entries are never read (lengths mask them); zeroing keeps the state canonical.
+            self._kv_np[:, ids] = 0
+            return
+        ids_t = torch.as_tensor(ids, device=self.device)
+        self.counts[ids_t] = 0
+        self.kv[:, ids_t] = 0
+
+    def _reset_ids(self, env_ids: np.ndarray | torch.Tensor | list[int]) -> np.ndarray:
+        """``env_ids`` of :meth:`reset` (ints, or a bool mask over the envs) → validated int64
+        NumPy indices."""
+        if isinstance(env_ids, torch.Tensor):
+            env_ids = env_ids.detach().cpu().numpy()
+        ids = np.asarray(env_ids).reshape(-1)
+        if ids.size == 0:
+            return ids.astype(np.int64)
+        if ids.dtype == np.bool_:
+            if ids.size != self.num_envs:
                 raise ValueError(
-                    f"RingKVCache.reset: bool env mask has {ids.numel()} entries, "
+                    f"RingKVCache.reset: bool env mask has {ids.size} entries, "
                     f"expected {self.num_envs}"
                 )
-            ids = ids.nonzero().reshape(-1)
-        elif ids.dtype.is_floating_point or ids.dtype.is_complex:
+            return np.flatnonzero(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"RingKVCache.reset: env_ids must be integers, got {ids.dtype}")
-        ids = ids.to(torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_envs):
+        ids = ids.astype(np.int64, copy=False)
+        if int(ids.min()) < 0 or int(ids.max()) >= self.num_envs:
             raise ValueError(
                 f"RingKVCache.reset: env_ids must be in [0, {self.num_envs}), got "
                 f"{ids.tolist()}"
             )
-        ids = ids.to(self.device)
-        self.counts[ids] = 0
-        # Stale entries are never read (lengths mask them); zeroing keeps the state canonical.
-        self.kv[:, ids] = 0
+        return ids
 
     def reset_all(self) -> None:
         """Empty every env's cache."""
