@@ -268,8 +268,12 @@ class Agent(nn.Module):
         if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= state.num_envs:
             raise ValueError(f"reset_state: env_ids must be integers in [0, {state.num_envs}), "
                              f"got {ids}")
-        state.memory = self.traj_encoder.reset_state(
-            state.memory, torch.as_tensor(ids, dtype=torch.long, device=self.device))
+        ids = ids.astype(np.int64, copy=False)
+        # The Transformer's ring caches take the NumPy ids as they are (CPU resets are NumPy
+        # assignments); the GRU state and custom encoders get a tensor.
+        arg = (ids if type(self.traj_encoder) is TransformerTrajEncoder
+               else torch.as_tensor(ids, device=self.device))
+        state.memory = self.traj_encoder.reset_state(state.memory, arg)
         return state
 
     def _check_env_ids(self, env_ids: Any, state: AgentState) -> np.ndarray | None:
@@ -397,7 +401,6 @@ class Agent(nn.Module):
         super().__setstate__(state)
         self.refresh_inference_cache()  # a copy has its own tensors: rebuild lazily
 
-    @torch.inference_mode()
     def act(self, rows: dict[str, np.ndarray], state: AgentState, sample: bool,
             env_ids: np.ndarray | None = None):
         """One step: rows (b, …) as in a training row → (actions, state).
@@ -418,15 +421,23 @@ class Agent(nn.Module):
         ids = self._check_env_ids(env_ids, state)
         n = state.num_envs if ids is None else ids.size
         r = self._check_rows(rows, n)
-        ti = r["time_index"]
         if n == 0:
             return self._empty_actions(), state
         if self.device.type == "cpu":
             # One C++ call for the whole network part when supported (amago_fast.native_policy);
-            # None: the PyTorch rollout path below, unchanged.
+            # None: the PyTorch rollout path below, unchanged. The native path runs no autograd
+            # op, so it skips the inference-mode context (~10 µs a call as a decorator).
             params = native_params(self, r, state, ids)
             if params is not None:
                 return self._actions_from_params(params, sample), state
+        with torch.inference_mode():
+            return self._act_torch(r, state, sample, ids)
+
+    def _act_torch(self, r: dict[str, np.ndarray], state: AgentState, sample: bool,
+                   ids: np.ndarray | None):
+        """The PyTorch rollout path of :meth:`act` (validated rows; in inference mode)."""
+        ti = r["time_index"]
+        if self.device.type == "cpu":
             _, tplan, jplan, _ = self._rollout_plans()
             emb = self.tstep_encoder.rollout_forward(tplan, r, ti)
             h, state.memory = self.traj_encoder.rollout_step(jplan, emb, ti, state.memory, ids)

@@ -321,7 +321,8 @@ class TransformerTrajEncoder(nn.Module):
             for _ in self.layers
         ]
 
-    def reset_state(self, state: list[RingKVCache], env_ids: torch.Tensor) -> list[RingKVCache]:
+    def reset_state(self, state: list[RingKVCache],
+                    env_ids: torch.Tensor | np.ndarray) -> list[RingKVCache]:
         for cache in state:
             cache.reset(env_ids)
         return state
