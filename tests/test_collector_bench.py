@@ -39,3 +39,19 @@ def test_replay_env_replays_the_recorded_steps():
         np.testing.assert_array_equal(got[4]["env_id"], env.last_env_ids)
     with pytest.raises(ValueError, match="out of range"):
         env.step(np.array([0, 9], np.int32), env.last_env_ids)
+
+
+def test_policy_context_cost_reports_its_fields():
+    """The context check on a short run: both rollouts reach their times, the bytes attention
+    reads follow the cache dtype and the filled length (tiny model: 2 layers, d_model 64)."""
+    out = bench.policy_context_cost(steps_lo=4, steps_hi=16, measure=3, sizes=("tiny",))
+    hi = out["tiny_capacity_hi"]
+    assert hi["context_len"] == 16
+    native = hi.get("native", hi["torch"])
+    per_key = 2 * 2 * 64 * (2 if native["kv_cache_dtype"] == "float16" else 4)
+    assert native["kv_mb_read_at_t16"] == pytest.approx(8 * 16 * per_key / 1e6)
+    assert native["ratio"] > 0 and native["ms_per_step_at_t4"] > 0
+    f32 = out["tiny_capacity_hi_kv_float32"]
+    assert all(f32[p]["kv_cache_dtype"] == "float32" for p in ("native", "torch") if p in f32)
+    own = out["tiny_default_context"]  # the model's own context 64 > 16 steps: not yet full
+    assert own["context_len"] == 64

@@ -276,11 +276,22 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                         t_hi.append(hi())
                 m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
                 row["context_len"] = agent.config.context_len
+                kv_dtype = agent.rollout_kv_dtype()
+                # Cached keys+values attention reads per 8-env step at each time, and the rate
+                # at which the step-hi step reads its extra ones: what bounds the ratio on CPU.
+                cfg = agent.config
+                per_key = 2 * cfg.num_layers * cfg.d_model * torch.finfo(kv_dtype).bits // 8
+                keys_lo = env_lo.num_envs * min(steps_lo + 1, cfg.context_len)
+                keys_hi = env_hi.num_envs * min(steps_hi + 1, cfg.context_len)
+                extra_s = m_hi - m_lo
                 row[path] = {
-                    "kv_cache_dtype": str(agent.rollout_kv_dtype()).removeprefix("torch."),
+                    "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
                     f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
                     f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
                     "ratio": m_hi / m_lo,
+                    f"kv_mb_read_at_t{steps_hi}": keys_hi * per_key / 1e6,
+                    "extra_kv_gb_per_s": ((keys_hi - keys_lo) * per_key / extra_s / 1e9
+                                          if extra_s > 0 and keys_hi > keys_lo else None),
                 }
             out[f"{size}_{label}"] = row
     return out
