@@ -60,6 +60,29 @@ inline py::array Fresh(const py::dtype& dt, ssize_t rows) {
   return py::array(dt, std::vector<ssize_t>{rows});
 }
 
+// Throws unless the m env ids are distinct and in [0, n_envs); seen: scratch, reused.
+inline void CheckDistinctIds(const int64_t* id, ssize_t m, ssize_t n_envs,
+                             std::vector<uint8_t>* seen) {
+  seen->assign(static_cast<size_t>(n_envs), 0);
+  for (ssize_t i = 0; i < m; ++i) {
+    if (id[i] < 0 || id[i] >= n_envs || (*seen)[id[i]]) {
+      throw py::value_error("absorb_step: env_ids must be distinct ids in [0, " +
+                            std::to_string(n_envs) + "), got " + std::to_string(id[i]));
+    }
+    (*seen)[id[i]] = 1;
+  }
+}
+
+// BatchFinite, with the GIL released only for a large batch: releasing and re-taking it costs
+// more than the ~50 ns scan of a 32-env CartPole batch.
+inline bool ScreenFinite(const RolloutState& st, const StepBatch& b) {
+  size_t obs_bytes = 0;
+  for (const auto& o : b.obs) obs_bytes += o.row_bytes * static_cast<size_t>(b.m);
+  if (obs_bytes < (size_t{64} << 10)) return BatchFinite(st, b);
+  py::gil_scoped_release release;
+  return BatchFinite(st, b);
+}
+
 inline py::array_t<int64_t> IndexArray(const std::vector<int64_t>& v) {
   py::array_t<int64_t> a(static_cast<ssize_t>(v.size()));
   if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
@@ -108,15 +131,9 @@ inline py::object AbsorbStepPy(py::object pending, py::object time_index, py::ob
   if (async) {
     a_ids = Checked(ids, "env_ids", 'i', 8, -1, false);
     m = a_ids.shape(0);
-    std::vector<uint8_t> seen(static_cast<size_t>(n_envs), 0);
-    const auto* p = static_cast<const int64_t*>(a_ids.data());
-    for (ssize_t i = 0; i < m; ++i) {
-      if (p[i] < 0 || p[i] >= n_envs || seen[p[i]]) {
-        throw py::value_error("absorb_step: env_ids must be distinct ids in [0, " +
-                              std::to_string(n_envs) + "), got " + std::to_string(p[i]));
-      }
-      seen[p[i]] = 1;
-    }
+    std::vector<uint8_t> seen;
+    collector_detail::CheckDistinctIds(static_cast<const int64_t*>(a_ids.data()), m, n_envs,
+                                       &seen);
   }
   py::array a_reward = Checked(reward, "reward", 'f', 4, m, false);
   py::array a_term = Checked(terminated, "terminated", 'b', 1, m, false);
@@ -164,20 +181,7 @@ inline py::object AbsorbStepPy(py::object pending, py::object time_index, py::ob
       throw py::value_error("absorb_step: float_obs must name float32 observations");
     }
   }
-  if (check_finite) {
-    // A small batch is screened with the GIL held: releasing and re-taking it costs more than
-    // the ~50 ns scan of a 32-env CartPole batch.
-    size_t obs_bytes = 0;
-    for (const auto& o : b.obs) obs_bytes += o.row_bytes * static_cast<size_t>(m);
-    bool finite;
-    if (obs_bytes < (size_t{64} << 10)) {
-      finite = BatchFinite(st, b);
-    } else {
-      py::gil_scoped_release release;
-      finite = BatchFinite(st, b);
-    }
-    if (!finite) return py::none();
-  }
+  if (check_finite && !collector_detail::ScreenFinite(st, b)) return py::none();
   using collector_detail::Fresh;
   py::array o_reward = Fresh(py::dtype::of<float>(), m);
   py::array o_ret = Fresh(py::dtype::of<double>(), m);
@@ -342,14 +346,7 @@ class PyAsyncAbsorber {
     py::array a_ids = Checked(ids, "env_ids", 'i', 8, -1, false);
     const ssize_t m = a_ids.shape(0);
     const auto* id = static_cast<const int64_t*>(a_ids.data());
-    seen_.assign(static_cast<size_t>(n_envs_), 0);
-    for (ssize_t i = 0; i < m; ++i) {
-      if (id[i] < 0 || id[i] >= n_envs_ || seen_[id[i]]) {
-        throw py::value_error("absorb_step: env_ids must be distinct ids in [0, " +
-                              std::to_string(n_envs_) + "), got " + std::to_string(id[i]));
-      }
-      seen_[id[i]] = 1;
-    }
+    collector_detail::CheckDistinctIds(id, m, n_envs_, &seen_);
     py::array a_reward = Checked(reward, "reward", 'f', 4, m, false);
     py::array a_term = Checked(terminated, "terminated", 'b', 1, m, false);
     py::array a_trunc = Checked(truncated, "truncated", 'b', 1, m, false);
@@ -391,7 +388,6 @@ class PyAsyncAbsorber {
                 float_obs_};
     std::vector<py::array> keep;
     keep.reserve(n_fields);
-    size_t obs_bytes = 0;
     for (size_t f = 0; f < n_fields; ++f) {
       py::array ob = Checked(obs_batch[f], "observation", 0, 0, m, false);
       if (!ob.dtype().equal(obs_state_[f].dtype()) ||
@@ -401,22 +397,12 @@ class PyAsyncAbsorber {
       }
       b.obs.push_back(Rows(ob));
       st.obs.push_back(Rows(obs_state_[f]));
-      obs_bytes += Rows(ob).row_bytes * static_cast<size_t>(m);
       keep.push_back(std::move(ob));
     }
     if (store_ != nullptr && active_obs_ >= 0) {
       store_->CheckGoalActive(b.obs[active_obs_].data, m, "write_step");
     }
-    if (check_finite) {
-      bool finite;
-      if (obs_bytes < (size_t{64} << 10)) {  // see absorb_step
-        finite = BatchFinite(st, b);
-      } else {
-        py::gil_scoped_release release;
-        finite = BatchFinite(st, b);
-      }
-      if (!finite) return py::none();
-    }
+    if (check_finite && !collector_detail::ScreenFinite(st, b)) return py::none();
     // Each row's action: the env's entry of sent_action as it will be once the sent actions
     // are recorded (the last one sent to it wins), gathered without changing sent_action yet
     // — that happens with the state update, after the store write succeeded.
