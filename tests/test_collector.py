@@ -543,6 +543,45 @@ def test_trusted_step_backends_store_the_hand_stepped_episodes(name, kw):
         assert_same_trajectory(g, w, keys)
 
 
+_STATE_KEYS = ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return")
+
+
+def _poison_replay(env, step: int, row: int, value: float) -> None:
+    """Put ``value`` (NaN/inf) into row ``row`` of the first observation key at replayed step
+    ``step`` (as float32)."""
+    obs = env._record[step][0]
+    key = next(iter(obs))
+    obs[key] = obs[key].astype(np.float32)
+    obs[key][row] = value
+
+
+def _assert_same_collection(cols, stats, stat_keys, state_keys=_STATE_KEYS) -> None:
+    """Two collectors fed the same env stream report the same statistics and hold the same
+    rollout state (dtypes included) and, for async, the same rows for the policy's next step."""
+    for k in stat_keys:
+        assert stats[0].get(k) == stats[1].get(k), k
+    np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
+    sds = [c._train.state_dict() for c in cols]
+    for k in state_keys:
+        assert sds[0][k].dtype == sds[1][k].dtype, k
+        np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
+    for k in sds[0]["rows"]:
+        np.testing.assert_array_equal(sds[0]["rows"][k], sds[1]["rows"][k], err_msg=k)
+    if cols[0]._train.batch_rows is not None:  # what the policy is given next (async)
+        for k, v in cols[0]._train.batch_rows.items():
+            assert v.dtype == cols[1]._train.batch_rows[k].dtype, k
+            np.testing.assert_array_equal(v, cols[1]._train.batch_rows[k], err_msg=k)
+
+
+def _assert_same_buffers(bufs) -> None:
+    assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
+    assert len(bufs[0]) == len(bufs[1])
+    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
+    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
+    for k in bufs[0]._ring:
+        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+
+
 @pytest.mark.parametrize("name,kw,nan_at", [
     ("envpool:CartPole-v1", {}, None),
     ("envpool:CartPole-v1", {"batch_size": 3}, 40),
@@ -564,10 +603,7 @@ def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
     env_native = ReplayEnv(real, steps=120)
     real.close()
     if nan_at is not None:
-        obs = env_native._record[nan_at][0]
-        key = next(iter(obs))
-        obs[key] = obs[key].astype(np.float32)
-        obs[key][1] = np.nan
+        _poison_replay(env_native, nan_at, 1, np.nan)
     env_numpy = copy.deepcopy(env_native)
     cols = []
     for env, native in ((env_native, True), (env_numpy, False)):
@@ -583,25 +619,9 @@ def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
     for _ in range(6):
         stats = [c.collect(37) for c in cols]
         flagged += stats[0]["nonfinite_steps"]
-        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps"):
-            assert stats[0].get(k) == stats[1].get(k), k
-        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
-        sds = [c._train.state_dict() for c in cols]
-        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return"):
-            assert sds[0][k].dtype == sds[1][k].dtype, k
-            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
-        for k in sds[0]["rows"]:
-            np.testing.assert_array_equal(sds[0]["rows"][k], sds[1]["rows"][k], err_msg=k)
-        if cols[0]._train.batch_rows is not None:
-            for k, v in cols[0]._train.batch_rows.items():
-                np.testing.assert_array_equal(v, cols[1]._train.batch_rows[k], err_msg=k)
-    bufs = [c.buffer for c in cols]
-    assert len(bufs[0]) == len(bufs[1])
-    assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
-    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
-    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
-    for k in bufs[0]._ring:
-        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+        _assert_same_collection(
+            cols, stats, ("env_steps", "vector_steps", "episodes", "nonfinite_steps"))
+    _assert_same_buffers([c.buffer for c in cols])
     assert flagged == (0 if nan_at is None else 1)  # the NaN row was met on both paths
 
 
@@ -729,10 +749,7 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
     env_fused = _split_replay_env(real, 120) if split else ReplayEnv(real, steps=120)
     real.close()
     if nan_at is not None:
-        obs = env_fused._record[nan_at][0]
-        key = next(iter(obs))
-        obs[key] = obs[key].astype(np.float32)
-        obs[key][1] = np.nan
+        _poison_replay(env_fused, nan_at, 1, np.nan)
     env_ref = copy.deepcopy(env_fused)
     cols = []
     for env, buf_cls in ((env_fused, TrajectoryBuffer), (env_ref, ReferenceTrajectoryBuffer)):
@@ -756,25 +773,9 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
                 c.load_state_dict(c.state_dict())
         stats = [c.collect(37) for c in cols]
         flagged += stats[0]["nonfinite_steps"]
-        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"):
-            assert stats[0].get(k) == stats[1].get(k), k
-        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
-        sds = [c._train.state_dict() for c in cols]
-        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return"):
-            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
-        for k in sds[0]["rows"]:
-            np.testing.assert_array_equal(sds[0]["rows"][k], sds[1]["rows"][k], err_msg=k)
-        if cols[0]._train.batch_rows is not None:  # what the policy is given next (async)
-            for k, v in cols[0]._train.batch_rows.items():
-                assert v.dtype == cols[1]._train.batch_rows[k].dtype, k
-                np.testing.assert_array_equal(v, cols[1]._train.batch_rows[k], err_msg=k)
-    bufs = [c.buffer for c in cols]
-    assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
-    assert len(bufs[0]) == len(bufs[1])
-    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
-    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
-    for k in bufs[0]._ring:
-        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+        _assert_same_collection(
+            cols, stats, ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"))
+    _assert_same_buffers([c.buffer for c in cols])
     assert flagged == (0 if nan_at is None else 1)  # the NaN row was met on both paths
 
 
@@ -968,9 +969,7 @@ def test_async_absorber_without_buffer_equals_numpy_path():
     real = make_env("envpool:CartPole-v1", 6, seed=0, batch_size=3)
     env = ReplayEnv(real, steps=120)
     real.close()
-    obs = env._record[30][0]
-    obs["observation"] = obs["observation"].copy()
-    obs["observation"][2] = np.inf
+    _poison_replay(env, 30, 2, np.inf)
     cols = [Collector(e, RandomPolicy(env.spec, seed=3), nan_policy="flag")
             for e in (env, copy.deepcopy(env))]
     assert cols[0]._train._async_absorber_ok
@@ -982,14 +981,8 @@ def test_async_absorber_without_buffer_equals_numpy_path():
                 c._train.started = False
         stats = [c.collect(40) for c in cols]
         flagged += stats[0]["nonfinite_steps"]
-        for k in ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"):
-            assert stats[0].get(k) == stats[1].get(k), k
-        np.testing.assert_array_equal(stats[0].get("returns", []), stats[1].get("returns", []))
-        sds = [c._train.state_dict() for c in cols]
-        for k in ("prev_action", "prev_reward", "time_index", "pending_reset", "ep_return",
-                  "batch_ids"):
-            np.testing.assert_array_equal(sds[0][k], sds[1][k], err_msg=k)
-        np.testing.assert_array_equal(sds[0]["rows"]["observation"],
-                                      sds[1]["rows"]["observation"])
+        _assert_same_collection(
+            cols, stats, ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"),
+            (*_STATE_KEYS, "batch_ids"))
     assert cols[0]._train._absorber is not None
     assert flagged == 1
