@@ -229,31 +229,26 @@ class RingKVCache:
 
     def _reset_ids(self, env_ids: np.ndarray | torch.Tensor | list[int]) -> np.ndarray:
         """``env_ids`` of :meth:`reset` (ints, or a bool mask over the envs) → validated int64
-        NumPy indices."""
-        if type(env_ids) is np.ndarray and env_ids.dtype == np.int64 and env_ids.ndim == 1:
-            # The policy's own resets (Agent.reset_state): only the range check.
-            if env_ids.size and (env_ids.min() < 0 or env_ids.max() >= self.num_envs):
-                raise ValueError(
-                    f"RingKVCache.reset: env_ids must be in [0, {self.num_envs}), got "
-                    f"{env_ids.tolist()}"
-                )
-            return env_ids
-        if isinstance(env_ids, torch.Tensor):
-            env_ids = env_ids.detach().cpu().numpy()
-        ids = np.asarray(env_ids).reshape(-1)
-        if ids.size == 0:
-            return ids.astype(np.int64)
-        if ids.dtype == np.bool_:
-            if ids.size != self.num_envs:
-                raise ValueError(
-                    f"RingKVCache.reset: bool env mask has {ids.size} entries, "
-                    f"expected {self.num_envs}"
-                )
-            return np.flatnonzero(ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"RingKVCache.reset: env_ids must be integers, got {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
-        if int(ids.min()) < 0 or int(ids.max()) >= self.num_envs:
+        NumPy indices. A 1-d int64 array (the policy's own resets, Agent.reset_state) needs
+        only the range check."""
+        ids = env_ids
+        if not (type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 1):
+            if isinstance(ids, torch.Tensor):
+                ids = ids.detach().cpu().numpy()
+            ids = np.asarray(ids).reshape(-1)
+            if ids.size == 0:
+                return ids.astype(np.int64)
+            if ids.dtype == np.bool_:
+                if ids.size != self.num_envs:
+                    raise ValueError(
+                        f"RingKVCache.reset: bool env mask has {ids.size} entries, "
+                        f"expected {self.num_envs}"
+                    )
+                return np.flatnonzero(ids)
+            if not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"RingKVCache.reset: env_ids must be integers, got {ids.dtype}")
+            ids = ids.astype(np.int64, copy=False)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_envs):
             raise ValueError(
                 f"RingKVCache.reset: env_ids must be in [0, {self.num_envs}), got "
                 f"{ids.tolist()}"
