@@ -43,8 +43,8 @@ class AgentConfig:
     context_len: int = 128
     """Attention window C = rollout KV-cache capacity: each step sees itself and C-1 before it."""
     kv_cache_dtype: str = "auto"
-    """Storage of the rollout KV cache (``Agent.init_state``): "auto" (default), "float16" or
-    "float32". "auto" is float16 where the native CPU step runs the agent
+    """Storage of the rollout KV cache (``Agent.init_state``): "auto" (default), "float16",
+    "float32" or "int8". "auto" is float16 where the native CPU step runs the agent
     (``amago_fast.native_policy``) and float32 otherwise (the PyTorch path: CPU half-precision
     ops there are slower than float32, and CUDA rollouts are launch-bound). A long-context CPU
     step is bound by the bytes attention reads (context 1024, 8 envs: ~8 MB per step for a
@@ -55,7 +55,12 @@ class AgentConfig:
     by ~5e-4 relative. Why that is safe to default: only rollouts read the cache — training
     recomputes keys/values from the stored observations, and no loss uses the behaviour
     policy's probabilities (AMAGO is off-policy: critic and actor losses read the stored
-    actions). "float32" makes rollouts match the training forward to float32 rounding."""
+    actions). "float32" makes rollouts match the training forward to float32 rounding.
+    "int8" (opt-in) stores each key/value row of each head as int8 plus one float32 scale
+    (symmetric, round-to-nearest: error per element ≤ the row's max |x| / 254; see
+    ``kernels.decode.quantize_int8_rows``): 20 bytes a key per 16-d head instead of 32, for
+    long contexts bound by memory bandwidth or memory size (the default model at context 1024:
+    see BENCHMARKS.md). Every path reads it (native step, PyTorch, Triton)."""
     pos_emb: str = "sinusoidal"
     """Position embedding on the global time index: "sinusoidal" or "learned"."""
     max_time_index: int = 10_000
@@ -129,8 +134,8 @@ class AgentConfig:
             bad("d_ff", "must be None or a positive integer")
         if self.traj_encoder == "transformer" and self.d_model % self.num_heads:
             bad("num_heads", f"must divide d_model={self.d_model}")
-        if self.kv_cache_dtype not in ("auto", "float32", "float16"):
-            bad("kv_cache_dtype", "must be 'auto', 'float32' or 'float16'")
+        if self.kv_cache_dtype not in ("auto", "float32", "float16", "int8"):
+            bad("kv_cache_dtype", "must be 'auto', 'float32', 'float16' or 'int8'")
         if self.pos_emb not in ("sinusoidal", "learned"):
             bad("pos_emb", "must be 'sinusoidal' or 'learned'")
         for name in ("dropout_emb", "dropout_ff", "dropout_attn_out"):

@@ -16,7 +16,7 @@ counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the t
 switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
-CPU, float32 or float16 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
+CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
 vector observations (image keys → PyTorch path), Transformer or FF trajectory encoder (GRU →
 PyTorch path), discrete or continuous actions, stock module types, an actor without hooks
 (``Agent._actor_plain``).
@@ -190,7 +190,8 @@ class _Entry:
     """The engine of one agent for one rollout plan, plus the NumPy views of the last state's
     ring caches (rebuilt when the state's cache objects change)."""
 
-    __slots__ = ("plan", "engine", "reason", "use_simd", "memory", "caches", "kv", "counts")
+    __slots__ = ("plan", "engine", "reason", "use_simd", "memory", "caches", "kv", "counts",
+                 "scales")
 
     def __init__(self, plan: tuple, engine: Any, reason: str | None, use_simd: bool) -> None:
         self.plan, self.engine, self.reason, self.use_simd = plan, engine, reason, use_simd
@@ -198,6 +199,7 @@ class _Entry:
         self.caches: tuple = ()
         self.kv: list[np.ndarray] = []
         self.counts: list[np.ndarray] = []
+        self.scales: list[np.ndarray] | None = None
 
 
 def _entry(agent: Agent, use_simd: bool) -> _Entry:
@@ -223,21 +225,23 @@ def engine_for(agent: Agent, use_simd: bool = True):
 
 def _bind_memory(entry: _Entry, memory: Any) -> bool:
     """Point ``entry`` at the NumPy views of ``memory``'s ring caches; False when the memory
-    is not float32 (or all float16) CPU ``RingKVCache`` objects (then the PyTorch path
-    runs)."""
+    is not CPU ``RingKVCache`` objects of one dtype among float32, float16 and int8 (then the
+    PyTorch path runs)."""
     caches = entry.caches
     if (entry.memory is memory and len(memory) == len(caches)
             and all(c is c0 and c.kv is k0 for c, (c0, k0) in zip(memory, caches))):
         return True
     if not isinstance(memory, list) or not all(
             type(c) is RingKVCache and c.dtype == memory[0].dtype
-            and c.dtype in (torch.float32, torch.float16) and c._counts_np is not None
+            and c.dtype in (torch.float32, torch.float16, torch.int8) and c._counts_np is not None
             for c in memory):
         return False
     entry.memory = memory
     entry.caches = tuple((c, c.kv) for c in memory)
     entry.kv = [c.kv.numpy() for c in memory]
     entry.counts = [c._counts_np for c in memory]
+    entry.scales = ([c._scales_np for c in memory] if memory and memory[0].scales is not None
+                    else None)
     return True
 
 
@@ -257,9 +261,10 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     if type(agent.traj_encoder) is TransformerTrajEncoder:
         if not _bind_memory(entry, state.memory):
             return None
-        kv, counts = entry.kv, entry.counts
+        kv, counts, scales = entry.kv, entry.counts, entry.scales
     else:
         kv = counts = []
+        scales = None
     enc = agent.tstep_encoder
     fields = [_contig(rows[k]) for k in enc.norm_keys]
     if enc.raw_keys:
@@ -267,7 +272,7 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     ti = rows["time_index"]
     out = np.empty((ti.shape[0], engine.param_dim), np.float32)
     engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
-                counts, None if ids is None else _contig(ids), out)
+                counts, None if ids is None else _contig(ids), out, scales)
     return out
 
 

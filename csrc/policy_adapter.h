@@ -117,11 +117,14 @@ class PyPolicyEngine {
   int64_t SplitRuns() const { return engine_->split_runs(); }
 
   // fields: one array per normalised key then per raw key (leading dim b); action (b, ...);
-  // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 (or float16,
-  // the same for every layer) and one (N,) int64 array per layer (the ring caches, written in
-  // place); env_ids: None or (b,) int64, distinct, in [0, N); out: (b, P) float32, written.
+  // reward (b,); time_index (b,) int64; kv / counts: one (2, N, H, C, D) float32 (or float16
+  // or int8, the same for every layer) and one (N,) int64 array per layer (the ring caches,
+  // written in place); kv_scales: with int8 caches one (2, N, H, C) float32 array of row
+  // scales per layer (written in place), else None; env_ids: None or (b,) int64, distinct, in
+  // [0, N); out: (b, P) float32, written.
   void Step(py::list fields, py::object action, py::object reward, py::object time_index,
-            py::list kv, py::list counts, py::object env_ids, py::object out) {
+            py::list kv, py::list counts, py::object env_ids, py::object out,
+            py::object kv_scales) {
     const policy::Model& m = engine_->model();
     policy::StepIO io;
     py::array ti = Arr(time_index, "time_index", py::dtype::of<int64_t>());
@@ -161,17 +164,31 @@ class PyPolicyEngine {
         const policy::Layer& L = m.layers[l];
         const std::string name = "kv[" + std::to_string(l) + "]";
         if (l == 0) {
-          // float32, or float16 (the opt-in half-size cache, AgentConfig.kv_cache_dtype).
-          io.kv_half = py::isinstance<py::array>(kv[0]) &&
-                       py::reinterpret_borrow<py::array>(kv[0]).dtype().equal(
-                           py::dtype("float16"));
+          // float32, float16 or int8 + scales (AgentConfig.kv_cache_dtype); the first layer's
+          // dtype sets the type every layer must have.
+          if (py::isinstance<py::array>(kv[0])) {
+            const py::dtype dt = py::reinterpret_borrow<py::array>(kv[0]).dtype();
+            if (dt.equal(py::dtype("float16"))) io.kv_type = policy::KVType::kF16;
+            if (dt.equal(py::dtype("int8"))) io.kv_type = policy::KVType::kI8;
+          }
+          if ((io.kv_type == policy::KVType::kI8) == kv_scales.is_none()) {
+            throw py::value_error(
+                "policy step: kv_scales must be given for int8 caches and only for them");
+          }
+          if (!kv_scales.is_none() && static_cast<size_t>(py::len(kv_scales)) != nl) {
+            throw py::value_error("policy step: one kv_scales array per layer (" +
+                                  std::to_string(nl) + ")");
+          }
         }
-        py::array a = Arr(kv[l], name, io.kv_half ? py::dtype("float16") : py::dtype::of<float>());
+        const char* tname = io.kv_type == policy::KVType::kF16   ? "float16"
+                            : io.kv_type == policy::KVType::kI8 ? "int8"
+                                                                 : "float32";
+        py::array a = Arr(kv[l], name, py::dtype(tname));
         if (a.ndim() != 5 || a.shape(0) != 2 || a.shape(2) != L.heads || a.shape(4) != L.head_dim ||
             a.shape(3) < 1 || !a.writeable()) {
           throw py::value_error("policy step: " + name + " must be a writeable (2, N, " +
                                 std::to_string(L.heads) + ", C, " + std::to_string(L.head_dim) +
-                                ") " + (io.kv_half ? "float16" : "float32") + " array");
+                                ") " + tname + " array");
         }
         if (l == 0) {
           io.num_envs = a.shape(1);
@@ -186,6 +203,16 @@ class PyPolicyEngine {
         }
         io.kv.push_back(a.mutable_data());
         io.counts.push_back(static_cast<int64_t*>(c.mutable_data()));
+        if (io.kv_type == policy::KVType::kI8) {
+          const std::string sname = "kv_scales[" + std::to_string(l) + "]";
+          py::array sc = Arr(kv_scales[py::int_(l)], sname);
+          if (sc.ndim() != 4 || sc.shape(0) != 2 || sc.shape(1) != a.shape(1) ||
+              sc.shape(2) != a.shape(2) || sc.shape(3) != a.shape(3) || !sc.writeable()) {
+            throw py::value_error("policy step: " + sname + " must be a writeable (2, N, H, C) "
+                                  "float32 array matching " + name);
+          }
+          io.kv_scales.push_back(static_cast<float*>(sc.mutable_data()));
+        }
       }
       if (!env_ids.is_none()) {
         ids = Arr(env_ids, "env_ids", py::dtype::of<int64_t>());
@@ -219,7 +246,8 @@ class PyPolicyEngine {
       // Distinct arrays per layer (aliased caches would be written twice per step).
       for (size_t l = 0; l < nl; ++l) {
         for (size_t k = l + 1; k < nl; ++k) {
-          if (io.kv[l] == io.kv[k] || io.counts[l] == io.counts[k]) {
+          if (io.kv[l] == io.kv[k] || io.counts[l] == io.counts[k] ||
+              (!io.kv_scales.empty() && io.kv_scales[l] == io.kv_scales[k])) {
             throw py::value_error("policy step: layers share a cache array");
           }
         }
@@ -365,7 +393,7 @@ inline void RegisterPolicy(py::module_& m) {
            py::arg("threads") = 1, py::arg("parallel_min") = -1)
       .def("step", &PyPolicyEngine::Step, py::arg("fields"), py::arg("action"),
            py::arg("reward"), py::arg("time_index"), py::arg("kv"), py::arg("counts"),
-           py::arg("env_ids"), py::arg("out"))
+           py::arg("env_ids"), py::arg("out"), py::arg("kv_scales") = py::none())
       .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
       .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
       .def_property_readonly("avx2", &PyPolicyEngine::Avx2)

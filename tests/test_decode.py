@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from amago_fast.kernels import _utils
+from amago_fast.kernels import decode as _decode
 from amago_fast.kernels.attention import causal_attention, causal_attention_reference
-from amago_fast.kernels.decode import RingKVCache, decode_attention, decode_attention_reference
+from amago_fast.kernels.decode import (
+    RingKVCache,
+    decode_attention,
+    decode_attention_reference,
+    quantize_int8_rows,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_OK = _utils.INTERPRET or torch.cuda.is_available()
@@ -280,6 +286,119 @@ def test_cache_deepcopy_keeps_views_and_counts_in_sync():
                                decode_attention_reference(q, twin))
 
 
+# ---- int8 cache: int8 rows times a float32 scale per (key or value, head, slot)
+
+
+def _quantize_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The documented int8 rule in NumPy float32 (an oracle independent of torch)."""
+    x = np.clip(x.astype(np.float32), -65504.0, 65504.0)  # NaN stays NaN
+    amax = np.abs(x).max(-1)
+    scale = (amax * np.float32(np.float32(1) / np.float32(127))).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.clip(np.rint(x / scale[..., None]), -127, 127)
+    ok = (scale > 0)[..., None]
+    return np.where(ok, q, 0).astype(np.int8), scale
+
+
+def test_quantize_int8_rows_rule():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 16, generator=gen) * torch.logspace(-6, 6, 300)[:, None]
+    x[0] = 0.0
+    x[1, 3] = float("nan")
+    x[2, 0] = float("inf")
+    x[3, :] = torch.tensor([1.0, -1.0] * 8) * 127  # max |x| maps to ±127
+    x[4, :] = -3e5  # beyond float16: saturates like the float16 cache
+    q, scale = quantize_int8_rows(x)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and q.shape == x.shape
+    q_np, s_np = _quantize_numpy(x.numpy())
+    np.testing.assert_array_equal(q.numpy(), q_np)
+    np.testing.assert_array_equal(scale.numpy(), s_np)  # NaN == NaN for this check
+    assert scale[0] == 0 and (q[0] == 0).all()
+    assert torch.isnan(scale[1]) and (q[1] == 0).all()  # reads back NaN, as a float cache would
+    assert scale[2] == 65504.0 * _decode._INV_127 and q[2, 0] == 127
+    assert (q[3].abs() == 127).all() and (q[4] == -127).all()
+    finite = torch.isfinite(scale) & (scale > 0)
+    finite[:5] = False
+    deq = q[finite].float() * scale[finite, None]
+    err = (deq - x[finite].clamp(-65504.0, 65504.0)).abs()  # big rows saturate first
+    # Round to nearest: at most half a step (plus float32 rounding of x / scale).
+    assert bool((err <= scale[finite, None] * (0.5 + 1e-5)).all())
+    assert int(q[finite].abs().amax(-1).min()) == 127  # every row uses the full range
+
+
+def _int8_rollout(backend, N=4, C=8, H=2, D=32, T=26, resets=RESETS, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(N, T, H, D, generator=gen).to(DEVICE) for _ in range(3))
+    cache = RingKVCache(N, C, H, D, dtype=torch.int8, device=DEVICE)
+    assert cache.io_dtype == torch.float32
+    seg_start = np.zeros(N, dtype=np.int64)
+    starts = np.zeros((N, T), dtype=np.int64)
+    outs = []
+    for t in range(T):
+        ids = [n for n, ts in resets.items() if t in ts]
+        if ids:
+            cache.reset(np.array(ids))
+            seg_start[ids] = t
+        starts[:, t] = seg_start
+        cache.append(k[:, t], v[:, t])
+        outs.append(decode_attention(q[:, t], cache, backend=backend))
+    return torch.stack(outs, 1), starts, q, k, v, cache
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_int8_cache_decode_matches_dequantized_full_sequence(backend):
+    """The int8 cache computes exactly (float32 rounding) the attention over the dequantised
+    keys/values of the whole rollout, past the capacity and across resets; vs the unquantised
+    keys/values it is off by the quantisation error only."""
+    C = 8
+    outs, starts, q, k, v, cache = _int8_rollout(backend, C=C)
+    assert cache.kv.dtype == torch.int8 and outs.dtype == torch.float32
+    kq, ks = quantize_int8_rows(k)
+    vq, vs = quantize_int8_rows(v)
+    k_deq, v_deq = kq.float() * ks[..., None], vq.float() * vs[..., None]
+    full = full_sequence_outputs(q, k_deq, v_deq, starts, C, "reference")
+    torch.testing.assert_close(outs, full, atol=2e-6, rtol=1e-5)
+    exact = full_sequence_outputs(q, k, v, starts, C, "reference")
+    err = float((outs - exact).abs().max())
+    # 32-d heads, unit-normal keys/values: max|x| ~3 -> step ~0.024; measured error 4e-3.
+    assert 1e-4 < err < 3e-2, err
+    # The stored rows are the quantised ones of the last C steps (slot t % C).
+    T = k.shape[1]
+    for t in range(T - C, T):
+        assert torch.equal(cache.k[0, t % C], kq[0, t]) and torch.equal(cache.v_scale[0, t % C],
+                                                                        vs[0, t])
+
+
+def test_int8_cache_state_bad_input_and_copies():
+    import copy
+    import pickle
+
+    N, C, H, D = 3, 5, 2, 16
+    cache = RingKVCache(N, C, H, D, dtype=torch.int8)
+    for _ in range(7):
+        cache.append(torch.randn(N, H, D), torch.randn(N, H, D))
+    snap = (*snapshot(cache), cache.scales.clone())
+    good = torch.randn(N, H, D)
+    with pytest.raises(ValueError, match="input dtype torch.float32"):
+        cache.append(good.half(), good.half())
+    with pytest.raises(ValueError, match="input dtype torch.float32"):
+        cache.append(good.to(torch.int8), good.to(torch.int8))
+    with pytest.raises(ValueError, match="input dtype torch.float32"):
+        decode_attention(good.half(), cache)
+    assert_unchanged(cache, snap[:3])
+    assert torch.equal(cache.scales, snap[3])
+    for twin in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        assert torch.equal(twin.scales, cache.scales) and torch.equal(twin.kv, cache.kv)
+        assert twin.k_scale.data_ptr() == twin.scales.data_ptr()  # views rebuilt, not copied
+        torch.testing.assert_close(decode_attention(good, twin), decode_attention(good, cache),
+                                   rtol=0, atol=0)
+    cache.reset([1])
+    assert (cache.scales[:, 1] == 0).all() and (cache.kv[:, 1] == 0).all()
+    assert (cache.scales[:, 0] != 0).any()
+    cache.reset_all()
+    assert (cache.scales == 0).all()
+
+
 COMPILE_CHECK = """
 import os
 os.environ.pop("TRITON_INTERPRET", None)
@@ -289,10 +408,12 @@ from triton.compiler import ASTSource
 from amago_fast.kernels import decode as M
 
 target = GPUTarget("cuda", 90, 32)
-ptrs = dict(Q="*bf16", K="*bf16", V="*bf16", Counts="*i64", Ids="*i64", PartAcc="*fp32",
-            PartM="*fp32", PartL="*fp32", Out="*bf16")
-for fn, ce in ((M._decode_split_kernel, dict(HEAD_DIM=64, BLOCK_N=64)),
-               (M._decode_combine_kernel, dict(HEAD_DIM=64, BLOCK_S=8))):
+base = dict(Q="*bf16", K="*bf16", V="*bf16", KS="*fp32", VS="*fp32", Counts="*i64",
+            Ids="*i64", PartAcc="*fp32", PartM="*fp32", PartL="*fp32", Out="*bf16")
+int8 = dict(base, Q="*fp32", K="*i8", V="*i8")
+for fn, ce, ptrs in ((M._decode_split_kernel, dict(HEAD_DIM=64, BLOCK_N=64, QUANT=False), base),
+                     (M._decode_split_kernel, dict(HEAD_DIM=32, BLOCK_N=64, QUANT=True), int8),
+                     (M._decode_combine_kernel, dict(HEAD_DIM=64, BLOCK_S=8), base)):
     sig = {n: "constexpr" if n in ce else ptrs.get(n, "fp32" if n.endswith("scale") else "i32")
            for n in fn.arg_names}
     k = triton.compile(ASTSource(fn, sig, ce), target=target, options=dict(num_warps=4))
@@ -311,11 +432,17 @@ def _can_compile_for_cuda() -> bool:
 @pytest.mark.skipif(not _can_compile_for_cuda(), reason="triton's NVIDIA backend is missing")
 def test_decode_kernels_compile_for_sm90():
     """Without a GPU: the real decode kernels lower through Triton's NVIDIA backend and ptxas
-    for sm_90 (bf16 cache, D=64)."""
+    for sm_90 (bf16 cache, D=64; int8 cache with scales, D=32)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", COMPILE_CHECK], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0 and "COMPILED" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_int8_decode_matches_dequantized_full():
+    test_int8_cache_decode_matches_dequantized_full_sequence("triton")
 
 
 @pytest.mark.gpu

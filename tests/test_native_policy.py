@@ -363,7 +363,7 @@ def _twin_engines(monkeypatch, agent: Agent, threads: tuple[int, int], parallel_
     return agent, twin
 
 
-@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16", "int8"])
 def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
     """Attention split over a 2-thread team (threshold 0: every layer is split) gives exactly the
     single-thread parameters and caches: each (env, head) is computed whole by one thread."""
@@ -386,6 +386,8 @@ def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
     for c1, c2 in zip(s1.memory, s2.memory):
         assert c1.kv.dtype == getattr(torch, kv_dtype)
         assert torch.equal(c1.kv, c2.kv)
+        assert (c1.scales is None) == (kv_dtype != "int8")
+        assert c1.scales is None or torch.equal(c1.scales, c2.scales)
         np.testing.assert_array_equal(c1._counts_np, c2._counts_np)
 
 
@@ -445,6 +447,7 @@ def test_float16_cache_config():
     assert AgentConfig().kv_cache_dtype == "auto"
     d = AgentConfig(kv_cache_dtype="float32").to_dict()
     assert AgentConfig(**d).kv_cache_dtype == "float32"
+    assert AgentConfig(**{**d, "kv_cache_dtype": "int8"}).kv_cache_dtype == "int8"
     d.pop("kv_cache_dtype")  # a config written before the field existed: today's default
     assert AgentConfig(**d).kv_cache_dtype == "auto"
     # GRU / FF encoders have no cache: the field changes nothing there.
@@ -507,6 +510,129 @@ def test_auto_cache_dtype_follows_the_step_that_runs(monkeypatch):
     monkeypatch.setattr(npol, "ENABLED", True)
     monkeypatch.setattr(npol, "PolicyEngine", None)
     assert agent.rollout_kv_dtype() == torch.float32
-    for kv in ("float32", "float16"):
+    for kv in ("float32", "float16", "int8"):
         agent.config.kv_cache_dtype = kv
         assert agent.rollout_kv_dtype() == getattr(torch, kv)
+
+
+# int8 cache: each key/value row of each head is stored as int8 times one scale (round to
+# nearest, error <= max|row| / 254 per element). This test's model, 30 steps, seeds 0-3
+# (measured): the parameters differed from the float32 cache by 3.4e-3 .. 1.5e-2 relative, so
+# INT8_RTOL = 3e-2; native vs PyTorch path on int8 caches by 9e-7 .. 1.2e-3 (a row whose float32
+# values straddle a rounding boundary in the two paths stores a neighbouring int8: 0-0.02% of
+# the rows), so 1e-2. Garbage, unscaled or wrongly masked rows gave errors ~7e-2 .. 1.
+INT8_RTOL = 3e-2
+INT8_PATHS_RTOL = 1e-2
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+def test_int8_cache_matches_torch_path(use_simd):
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=12)
+    q8 = copy.deepcopy(agent)
+    q8.config.kv_cache_dtype = "int8"
+    rng = np.random.default_rng(8)
+    n = 4
+    s32, s8, s8_ref = agent.init_state(n), q8.init_state(n), q8.init_state(n)
+    assert all(c.kv.dtype == torch.int8 and c.scales is not None for c in s8.memory + s8_ref.memory)
+    worst = 0.0
+    for t in range(30):
+        ids = None if t % 4 != 3 else np.array([2, 0])
+        if t == 17:
+            for s in (s32, s8, s8_ref):
+                agent.reset_state(s, np.array([1]))
+        b = n if ids is None else ids.size
+        rows = dict(_rows(agent.spec, b, rng), time_index=np.full(b, t, np.int64))
+        p32 = _torch_params(agent, rows, s32, ids)
+        p8 = _native_params(q8, rows, s8, ids, use_simd=use_simd)
+        p8_ref = _torch_params(q8, rows, s8_ref, ids)  # PyTorch path on the int8 cache
+        _assert_close(p8, p32, f"step {t}: int8 native vs float32 PyTorch", INT8_RTOL)
+        _assert_close(p8, p8_ref, f"step {t}: int8 native vs int8 PyTorch", INT8_PATHS_RTOL)
+        worst = max(worst, float(np.abs(p8 - p32).max()))
+    assert worst > 1e-4, "int8 cache gave float32 results: the rows were not quantised"
+    for c8, c8r, c32 in zip(s8.memory, s8_ref.memory, s32.memory):
+        np.testing.assert_array_equal(c8._counts_np, c32._counts_np)
+        np.testing.assert_array_equal(c8._counts_np, c8r._counts_np)
+        _assert_close(c8.dequantized().numpy(), c32.kv.numpy(), "int8 cache", INT8_RTOL)
+        # Both paths store (nearly) the same int8 rows: a step apart at most, and rarely.
+        diff = (c8.kv.int() - c8r.kv.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02
+        torch.testing.assert_close(c8.scales, c8r.scales, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+def test_int8_native_store_follows_the_python_rule(use_simd):
+    """With the first layer's qkv weight zeroed its keys/values are exactly its bias, in both
+    paths: the native store must then write the int8 rows and scales of
+    ``quantize_int8_rows`` bit for bit — including a zero row (scale 0), a row beyond float16's
+    range (saturated at ±65504) and a row holding NaN (scale NaN, q 0)."""
+    from amago_fast.kernels.decode import quantize_int8_rows
+
+    # (σ-reparam off: a zero weight has σ = 0.)
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=8, kv_cache_dtype="int8",
+                   sigma_reparam=False)
+    d, H, D = 32, 4, 8
+    torch.manual_seed(1)
+    with torch.no_grad():
+        qkv = agent.traj_encoder.layers[0].qkv
+        qkv.weight.zero_()
+        bias = torch.randn(3 * d) * 3
+        bias[d:d + D] = 0.0  # key row of head 0: all zero
+        bias[d + D:d + D + 3] = torch.tensor([1e6, -2e5, 7e4])  # key of head 1: saturates
+        bias[2 * d + 3 * D + 1] = float("nan")  # value of head 3
+        qkv.bias.copy_(bias)
+    agent.refresh_inference_cache()
+    _, _, jplan, _ = agent._rollout_plans()
+    keys_values = jplan.layers[0].b_qkv[d:].view(2, H, D)  # what both paths write (scale folded
+    want_q, want_s = quantize_int8_rows(keys_values)  # into the query third only)
+    rng = np.random.default_rng(2)
+    n = 3
+    s_nat, s_ref = agent.init_state(n), agent.init_state(n)
+    for t in range(3):
+        rows = dict(_rows(agent.spec, n, rng), time_index=np.full(n, t, np.int64))
+        _native_params(agent, rows, s_nat, None, use_simd=use_simd)
+        _torch_params(agent, rows, s_ref, None)
+    for s in (s_nat, s_ref):
+        c = s.memory[0]
+        for env in range(n):
+            for slot in range(3):
+                np.testing.assert_array_equal(c.kv[:, env, :, slot].numpy(), want_q.numpy())
+                np.testing.assert_array_equal(c.scales[:, env, :, slot].numpy(), want_s.numpy())
+    assert float(want_s[0, 0]) == 0.0 and bool(torch.isnan(want_s[1, 3]))
+    assert float(want_s[0, 1]) == float(np.float32(65504) * (np.float32(1) / np.float32(127)))
+
+
+def test_int8_cache_bad_scales_are_rejected_and_change_nothing():
+    agent = _agent(_spec(), kv_cache_dtype="int8")
+    rng = np.random.default_rng(5)
+    state = agent.init_state(4)
+    for t in range(3):
+        agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
+    eng = npol.engine_for(agent)
+    rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
+    rows["aux"] = rows["aux"].astype(np.float32)
+    scales = [c._scales_np for c in state.memory]
+    good = dict(fields=[rows["obs"], rows["aux"]], action=rows["action"], reward=rows["reward"],
+                time_index=rows["time_index"], kv=[c.kv.numpy() for c in state.memory],
+                counts=[c._counts_np for c in state.memory], env_ids=None,
+                out=np.empty((4, eng.param_dim), np.float32), kv_scales=scales)
+    f32 = [np.zeros(c.kv.shape, np.float32) for c in state.memory]
+    before = [(c.kv.clone(), c.scales.clone(), c._counts_np.copy()) for c in state.memory]
+    bad = {
+        "scales missing": (dict(kv_scales=None), ValueError, "kv_scales must be given"),
+        "scales for float": (dict(kv=f32), ValueError, "only for them"),
+        "scales count": (dict(kv_scales=scales[:1]), ValueError, "one kv_scales array"),
+        "scales shape": (dict(kv_scales=[scales[0], scales[1][:, :, :, :2].copy()]), ValueError,
+                         r"kv_scales\[1\]"),
+        "scales dtype": (dict(kv_scales=[s.astype(np.float64) for s in scales]), TypeError,
+                         r"kv_scales\[0\]"),
+        "scales shared": (dict(kv_scales=[scales[0], scales[0]]), ValueError, "share"),
+        "kv int8 then float32": (dict(kv=[good["kv"][0], f32[1]]), TypeError, "expected int8"),
+    }
+    for name, (change, exc, match) in bad.items():
+        with pytest.raises(exc, match=match):
+            eng.step(**{**good, **change})
+        for (kv0, s0, c0), c in zip(before, state.memory):
+            assert torch.equal(c.kv, kv0) and torch.equal(c.scales, s0), name
+            assert np.array_equal(c._counts_np, c0), name
+    eng.step(**good)
+    assert all(int(c._counts_np[0]) == 4 for c in state.memory)

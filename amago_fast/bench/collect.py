@@ -237,7 +237,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     Settings per model size: the cache capacity (context_len) = ``steps_hi`` with the default
     KV cache ("auto": float16 on the native step, float32 on the PyTorch path) — attention
     reads the filled prefix, so the step at t=steps_hi reads 16x more keys than at
-    t=steps_lo — the same with a float32 cache, and the model's default
+    t=steps_lo — the same with a float32 and with an int8 cache, and the model's default
     context_len — both times past the capacity, so "flat" (cost set by the capacity C, not by
     the steps taken) means a ratio ~1.
     """
@@ -248,6 +248,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     for size in sizes:
         for label, ctx, kv in (("capacity_hi", steps_hi, None),
                                ("capacity_hi_kv_float32", steps_hi, "float32"),
+                               ("capacity_hi_kv_int8", steps_hi, "int8"),
                                ("default_context", None, None)):
             row: dict[str, Any] = {}
             for path in paths:
@@ -280,7 +281,10 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                 # Cached keys+values attention reads per 8-env step at each time, and the rate
                 # at which the step-hi step reads its extra ones: what bounds the ratio on CPU.
                 cfg = agent.config
-                per_key = 2 * cfg.num_layers * cfg.d_model * torch.finfo(kv_dtype).bits // 8
+                # (int8: one byte an element plus a float32 scale per head and key/value row)
+                per_key = 2 * cfg.num_layers * (
+                    cfg.d_model * torch.empty((), dtype=kv_dtype).element_size()
+                    + (4 * cfg.num_heads if kv_dtype == torch.int8 else 0))
                 keys_lo = env_lo.num_envs * min(steps_lo + 1, cfg.context_len)
                 keys_hi = env_hi.num_envs * min(steps_hi + 1, cfg.context_len)
                 extra_s = m_hi - m_lo

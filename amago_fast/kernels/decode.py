@@ -33,18 +33,44 @@ __all__ = [
     "decode_attention",
     "decode_attention_reference",
     "decode_step_attention",
+    "quantize_int8_rows",
     "to_cache_dtype",
 ]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8)
 _LOG2E = 1.4426950408889634
 _HALF_MAX = 65504.0  # largest finite float16
+# scale = amax * _INV_127 (a multiply, written the same way in C++): torch turns a division by a
+# Python scalar into a multiply by its reciprocal, so "amax / 127" could round differently in
+# the two implementations.
+_INV_127 = float(np.float32(1.0) / np.float32(127.0))
+
+
+def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of the last dim of ``x`` (one row = one key or value of one
+    head): returns ``(q int8 x.shape, scale float32 x.shape[:-1])`` with ``q * scale`` ≈ ``x``.
+
+    The rule (the native policy step stores with the same one, bit for bit): values saturate at
+    ±65504 first (an infinite key would make its softmax NaN, as with float16); ``amax`` = the
+    row's largest ``|x|``; ``scale = amax * float32(1/127)``; ``q = round_half_even(x / scale)``
+    clamped to ±127. A zero row has scale 0 and q 0. A row holding NaN gets scale NaN and q 0,
+    so it reads back as NaN (as a float cache would). Error per element ≤ scale / 2 ≈ amax/254.
+    """
+    x = x.float().clamp(-_HALF_MAX, _HALF_MAX)  # clamp keeps NaN
+    amax = x.abs().amax(dim=-1)  # NaN propagates
+    scale = amax * _INV_127
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # False for 0 and NaN
+    q = torch.round(x / safe[..., None]).clamp_(-127, 127)
+    q = torch.where((scale > 0)[..., None], q, torch.zeros_like(q))
+    return q.to(torch.int8), scale
 
 
 def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` as ``dtype`` for a cache write; float16 saturates at ±65504 instead of rounding to
     ±inf (an infinite key would turn its head's softmax into NaN). NaN stays NaN. The native
     policy step stores with the same rule, so both paths write the same bits."""
+    if dtype == torch.int8:  # an int8 cache takes float32 and quantises when it writes
+        dtype = torch.float32
     if x.dtype == dtype:
         return x
     if dtype == torch.float16:
@@ -63,6 +89,12 @@ class RingKVCache:
         counts: ``(num_envs,)`` int64 on the cache device: steps appended since each env's last
             reset (not capped; the filled length is ``min(counts, capacity)``). On CPU it shares
             memory with a NumPy array, so per-step bookkeeping needs no torch op.
+        scales: int8 caches only (else None): ``(2, N, H, C)`` float32, the scale of each
+            stored key/value row (``quantize_int8_rows``); ``k_scale``/``v_scale`` are
+            ``(N, C, H)`` views. Slot ``c`` of env ``n``, head ``h`` reads back as
+            ``k[n, c, h] * k_scale[n, c, h]``.
+        io_dtype: the dtype of the keys, values and queries passed in (and of decode's output):
+            the storage dtype for float caches, float32 for int8.
 
     The filled slots of an env are always the prefix ``[0, min(counts, C))`` (step ``t`` goes to
     slot ``t % C`` and a reset empties the env), so attention only reads the first
@@ -86,18 +118,31 @@ class RingKVCache:
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
                 raise ValueError(f"RingKVCache: {name} must be a positive int, got {val!r}")
         if dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"RingKVCache: dtype {dtype} not supported; use fp32, fp16 or bf16")
+            raise ValueError(
+                f"RingKVCache: dtype {dtype} not supported; use fp32, fp16, bf16 or int8"
+            )
         self.num_envs = int(num_envs)
         self.capacity = int(capacity)
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
         self.dtype = dtype
+        self.io_dtype = torch.float32 if dtype == torch.int8 else dtype
         self.device = torch.device(device)
         N, C, H, D = self.num_envs, self.capacity, self.num_heads, self.head_dim
         self.kv = torch.zeros((2, N, H, C, D), dtype=dtype, device=self.device)
         self.k = self.kv[0].permute(0, 2, 1, 3)  # (N, C, H, D) view
         self.v = self.kv[1].permute(0, 2, 1, 3)
         self._kv_rows = self.kv.view(2 * N * H * C, D)
+        if dtype == torch.int8:
+            # One float32 scale per stored row, laid out like the rows: the step's row indices
+            # address both. 16-d heads: 20 bytes a key per head vs 32 (float16), 64 (float32).
+            self.scales: torch.Tensor | None = torch.zeros((2, N, H, C), dtype=torch.float32,
+                                                           device=self.device)
+            self.k_scale = self.scales[0].permute(0, 2, 1)  # (N, C, H) views
+            self.v_scale = self.scales[1].permute(0, 2, 1)
+            self._scale_rows = self.scales.view(-1)
+        else:
+            self.scales = self.k_scale = self.v_scale = self._scale_rows = None
         if self.device.type == "cpu":
             self._counts_np: np.ndarray | None = np.zeros(N, dtype=np.int64)
             self.counts = torch.from_numpy(self._counts_np)
@@ -116,6 +161,8 @@ class RingKVCache:
         # NumPy view of the storage for CPU resets (NumPy has no bfloat16: those use torch).
         self._kv_np = (self.kv.numpy() if self.device.type == "cpu" and dtype != torch.bfloat16
                        else None)
+        self._scales_np = (self.scales.numpy()
+                           if self.scales is not None and self._kv_np is not None else None)
 
     def lengths(self) -> torch.Tensor:
         """``(num_envs,)`` number of filled slots, ``min(counts, capacity)``."""
@@ -123,7 +170,8 @@ class RingKVCache:
 
     def __getstate__(self) -> dict:
         # Views and NumPy aliases are rebuilt on unpickling/deepcopy so they keep sharing memory.
-        return {"kv": self.kv, "counts": self.counts, "dtype": self.dtype, "device": self.device}
+        return {"kv": self.kv, "counts": self.counts, "dtype": self.dtype, "device": self.device,
+                "scales": self.scales}
 
     def __setstate__(self, state: dict) -> None:
         kv = state["kv"]
@@ -131,6 +179,14 @@ class RingKVCache:
         self.__init__(N, C, H, D, state["dtype"], state["device"])
         self.kv.copy_(kv)
         self.counts.copy_(state["counts"])
+        if self.scales is not None:
+            self.scales.copy_(state["scales"])
+
+    def dequantized(self) -> torch.Tensor:
+        """The stored keys/values as ``(2, N, H, C, D)`` float32 (int8: times their scales)."""
+        if self.scales is None:
+            return self.kv.float()
+        return self.kv.float() * self.scales[..., None]
 
     def _check_step(self, name: str, t: torch.Tensor, rows: int) -> None:
         expected = (rows, self.num_heads, self.head_dim)
@@ -140,8 +196,9 @@ class RingKVCache:
             raise ValueError(
                 f"RingKVCache: {name} shape {tuple(t.shape)} != (N, H, D) = {expected}"
             )
-        if t.dtype != self.dtype:
-            raise ValueError(f"RingKVCache: {name} dtype {t.dtype} != cache dtype {self.dtype}")
+        if t.dtype != self.io_dtype:
+            raise ValueError(f"RingKVCache: {name} dtype {t.dtype} != the cache's input dtype "
+                             f"{self.io_dtype} (storage {self.dtype})")
         if t.device != self.device:
             raise ValueError(f"RingKVCache: {name} on {t.device}, cache on {self.device}")
 
@@ -177,8 +234,11 @@ class RingKVCache:
         ``[:, 1]`` values; any strides) at the slots planned by ``step``. Unchecked fast path:
         :meth:`append` is the checked public form."""
         b = kv_new.shape[0]
-        self._kv_rows.index_copy_(0, step.rows, kv_new.reshape(b * 2 * self.num_heads,
-                                                               self.head_dim))
+        rows = kv_new.reshape(b * 2 * self.num_heads, self.head_dim)
+        if self._scale_rows is not None:
+            rows, scale = quantize_int8_rows(rows)
+            self._scale_rows.index_copy_(0, step.rows, scale)
+        self._kv_rows.index_copy_(0, step.rows, rows)
 
     @torch.no_grad()
     def commit(self, step: DecodeStep) -> None:
@@ -219,6 +279,8 @@ class RingKVCache:
             self._counts_np[ids] = 0
             # Stale entries are never read (lengths mask them); zeroing keeps the state canonical.
             self._kv_np[:, ids] = 0
+            if self._scales_np is not None:
+                self._scales_np[:, ids] = 0
             return
         # (No @torch.no_grad on the method: the decorator alone cost ~15 µs a call, more than
         # the CPU path above; only these torch writes need it.)
@@ -226,6 +288,8 @@ class RingKVCache:
             ids_t = torch.as_tensor(ids, device=self.device)
             self.counts[ids_t] = 0
             self.kv[:, ids_t] = 0
+            if self.scales is not None:
+                self.scales[:, ids_t] = 0
 
     def _reset_ids(self, env_ids: np.ndarray | torch.Tensor | list[int]) -> np.ndarray:
         """``env_ids`` of :meth:`reset` (ints, or a bool mask over the envs) → validated int64
@@ -259,6 +323,8 @@ class RingKVCache:
         """Empty every env's cache."""
         self.counts.zero_()
         self.kv.zero_()
+        if self.scales is not None:
+            self.scales.zero_()
 
     def __repr__(self) -> str:
         return (
@@ -292,7 +358,7 @@ class DecodeStep:
             if lens.size and int(lens.min()) != self.length:
                 bias = np.where(cache._arange_c[None, : self.length] < lens[:, None],
                                 np.float32(0.0), np.float32(-np.inf))
-                self.bias = torch.from_numpy(bias).to(cache.dtype)[:, None, None, :]
+                self.bias = torch.from_numpy(bias).to(cache.io_dtype)[:, None, None, :]
             else:
                 self.bias = None
         else:  # CUDA: device ops (the Triton kernel reads counts and ids itself)
@@ -313,8 +379,9 @@ def _check_decode(q: torch.Tensor, cache: RingKVCache, softmax_scale: float | No
     expected = (cache.num_envs if rows is None else rows, cache.num_heads, cache.head_dim)
     if tuple(q.shape) != expected:
         raise ValueError(f"decode_attention: q shape {tuple(q.shape)} != (N, H, D) = {expected}")
-    if q.dtype != cache.dtype:
-        raise ValueError(f"decode_attention: q dtype {q.dtype} != cache dtype {cache.dtype}")
+    if q.dtype != cache.io_dtype:
+        raise ValueError(f"decode_attention: q dtype {q.dtype} != the cache's input dtype "
+                         f"{cache.io_dtype} (storage {cache.dtype})")
     if q.device != cache.device:
         raise ValueError(f"decode_attention: q on {q.device}, cache on {cache.device}")
     if softmax_scale is None:
@@ -340,7 +407,14 @@ def _attend(q: torch.Tensor, cache: RingKVCache, ids_t: torch.Tensor | None, len
         keys, vals = cache.kv[0, ids_t, :, :length], cache.kv[1, ids_t, :, :length]
     keys = keys.reshape(b * H, length, D)  # a view: (env, head) blocks are evenly strided
     vals = vals.reshape(b * H, length, D)
-    if keys.dtype != q.dtype:
+    if cache.scales is not None:  # int8: dequantise the read prefix (float32)
+        if ids_t is None:
+            ks, vs = cache.scales[0, :, :, :length], cache.scales[1, :, :, :length]
+        else:
+            ks, vs = cache.scales[0, ids_t, :, :length], cache.scales[1, ids_t, :, :length]
+        keys = keys.to(q.dtype) * ks.reshape(b * H, length, 1).to(q.dtype)
+        vals = vals.to(q.dtype) * vs.reshape(b * H, length, 1).to(q.dtype)
+    elif keys.dtype != q.dtype:
         # float32 q over a float16 cache (the CPU policy step): widen the read prefix and
         # compute in float32, as the native step does. Computing in float16 instead also
         # rounds q and the scores, and was slower (tiny agent, context 1024: 6.3 vs 4.3 ms
@@ -380,8 +454,9 @@ def decode_attention_reference(
     has_any = lens > 0
     # Empty caches would give an all -inf row (NaN softmax): give them a zero row, zero output.
     bias = torch.where(has_any[:, None], bias, torch.zeros_like(bias))
-    sub = RingKVCache.__new__(RingKVCache)  # an fp32 view of the cache for the computation
-    sub.kv = cache.kv.float()
+    sub = RingKVCache.__new__(RingKVCache)  # an fp32 copy of the cache for the computation
+    sub.kv = cache.dequantized()
+    sub.scales = None
     out = _attend(q.float() * scale, sub, ids_t, length, bias[:, None, None, :])
     out = out * has_any[:, None, None].to(out.dtype)
     return out.to(q.dtype)
@@ -391,8 +466,9 @@ def decode_attention_reference(
 def decode_step_attention(q: torch.Tensor, cache: RingKVCache, step: DecodeStep) -> torch.Tensor:
     """Unchecked fast path for the policy step: ``q`` (b, H, D) *already scaled* by the softmax
     scale, after ``cache.write(step, ...)`` and ``cache.commit(step)``; returns (b, H, D) in
-    ``q.dtype``. Triton on CUDA (q in the cache dtype), the reference formulation on CPU — in
-    ``q.dtype``: a float32 q over a float16 cache reads the keys/values widened."""
+    ``q.dtype``. Triton on CUDA (q in the cache's ``io_dtype``), the reference formulation on
+    CPU — in ``q.dtype``: a float32 q over a float16 (or int8) cache reads the keys/values
+    widened (dequantised)."""
     if cache.device.type == "cuda":
         ids_t = cache._env_index if step.ids_t is None else step.ids_t
         return _decode_launch(q, cache, 1.0, ids_t)
@@ -401,15 +477,16 @@ def decode_step_attention(q: torch.Tensor, cache: RingKVCache, step: DecodeStep)
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, Counts, Ids, PartAcc, PartM, PartL,
+    Q, K, V, KS, VS, Counts, Ids, PartAcc, PartM, PartL,
     stride_qn, stride_qh,
     stride_kn, stride_kc, stride_kh,
     stride_vn, stride_vc, stride_vh,
+    stride_sn, stride_sc, stride_sh,
     H, C, SPLIT_SIZE, NUM_SPLITS, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, QUANT: tl.constexpr,
 ):
     """Program (row*head, split): partial softmax over slots [split*SPLIT_SIZE, +SPLIT_SIZE) of
-    env Ids[row]."""
+    env Ids[row]. QUANT: K/V are int8 rows times the float32 scales KS/VS (N, C, H)."""
     pid_nh = tl.program_id(0)
     pid_s = tl.program_id(1)
     row = pid_nh // H
@@ -422,6 +499,7 @@ def _decode_split_kernel(
     q = tl.load(Q + row * stride_qn + h * stride_qh + offs_d).to(tl.float32)
     K_base = K + n * stride_kn + h * stride_kh
     V_base = V + n * stride_vn + h * stride_vh
+    S_off = n * stride_sn + h * stride_sh
     m_i = tl.full([1], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([1], dtype=tl.float32)
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
@@ -432,6 +510,9 @@ def _decode_split_kernel(
                     mask=live[:, None], other=0.0).to(tl.float32)
         v = tl.load(V_base + offs_c[:, None] * stride_vc + offs_d[None, :],
                     mask=live[:, None], other=0.0).to(tl.float32)
+        if QUANT:
+            k = k * tl.load(KS + S_off + offs_c * stride_sc, mask=live, other=0.0)[:, None]
+            v = v * tl.load(VS + S_off + offs_c * stride_sc, mask=live, other=0.0)[:, None]
         s = tl.sum(q[None, :] * k, 1) * qk_scale
         s = tl.where(live, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 0))
@@ -496,13 +577,18 @@ def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float,
     part_m = torch.empty((N * H * num_splits,), device=q.device, dtype=torch.float32)
     part_l = torch.empty((N * H * num_splits,), device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
+    quant = cache.scales is not None
+    ks = cache.k_scale if quant else part_m  # unread when not quantised
+    vs = cache.v_scale if quant else part_m
+    s_strides = cache.k_scale.stride() if quant else (0, 0, 0)
     _decode_split_kernel[(N * H, num_splits)](
-        q, cache.k, cache.v, cache.counts, ids_t, part_acc, part_m, part_l,
+        q, cache.k, cache.v, ks, vs, cache.counts, ids_t, part_acc, part_m, part_l,
         q.stride(0), q.stride(1),
         cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
         cache.v.stride(0), cache.v.stride(1), cache.v.stride(2),
+        s_strides[0], s_strides[1], s_strides[2],
         H, C, split_size, num_splits, scale * _LOG2E,
-        HEAD_DIM=D, BLOCK_N=block_n, num_warps=4,
+        HEAD_DIM=D, BLOCK_N=block_n, QUANT=quant, num_warps=4,
     )
     _decode_combine_kernel[(N * H,)](
         part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H, num_splits,

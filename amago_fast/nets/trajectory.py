@@ -150,7 +150,7 @@ def _layer_rollout_step(
     cache.write(step, to_cache_dtype(qkv[:, d:], cache.dtype).view(b, 2, p.num_heads, p.head_dim))
     cache.commit(step)
     q = qkv[:, :d].view(b, p.num_heads, p.head_dim)
-    if cache.device.type != "cpu":  # the Triton kernel reads q in the cache dtype
+    if cache.device.type != "cpu":  # the Triton kernel reads q in the cache's io dtype
         q = to_cache_dtype(q, cache.dtype)
     attn = decode_step_attention(q, cache, step)
     a = torch.addmm(p.b_proj, attn.reshape(b, d).to(h.dtype), p.wt_proj)

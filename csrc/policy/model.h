@@ -28,6 +28,14 @@ inline Half FloatToHalf(float x) {
   return h;
 }
 
+// int8 KV-cache rows: scale = max|x| * kInv127 (a multiply, as the PyTorch path computes it;
+// kernels.decode.quantize_int8_rows), q = round-half-even(x / scale) in [-127, 127].
+constexpr float kInv127 = 1.0f / 127.0f;
+
+// Storage of the ring KV caches: float32, float16 (Half) or int8 with a float32 scale per
+// stored row (one key or value of one head).
+enum class KVType { kF32, kF16, kI8 };
+
 // Output columns per packed weight panel (GEMM tile width, step_impl.h).
 constexpr int kPanel = 16;
 
@@ -146,8 +154,9 @@ struct StepIO {
   Field reward;  // (b, 1)
   const int64_t* time_index = nullptr;
   const int64_t* env_ids = nullptr;  // null: row r is env r
-  std::vector<void*> kv;             // per layer (2, N, H, C, D) float32, or Half if kv_half
-  bool kv_half = false;
+  std::vector<void*> kv;             // per layer (2, N, H, C, D) of kv_type
+  KVType kv_type = KVType::kF32;
+  std::vector<float*> kv_scales;     // kI8: per layer (2, N, H, C) float32 row scales
   std::vector<int64_t*> counts;      // per layer (N)
   int64_t num_envs = 0;
   int64_t capacity = 0;

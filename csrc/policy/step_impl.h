@@ -229,6 +229,7 @@ inline __attribute__((always_inline)) VF TransposeSum8(const VF* p) {
 // PyTorch path write the same bits.
 inline __attribute__((always_inline)) float KVToFloat(float x) { return x; }
 inline __attribute__((always_inline)) float KVToFloat(Half x) { return HalfToFloat(x); }
+inline __attribute__((always_inline)) float KVToFloat(int8_t x) { return static_cast<float>(x); }
 inline __attribute__((always_inline)) VF LoadKV(const float* p) { return AMAGO_LOAD(p); }
 inline __attribute__((always_inline)) VF LoadKV(const Half* p) {
 #if AMAGO_POLICY_LANES == 8
@@ -236,6 +237,18 @@ inline __attribute__((always_inline)) VF LoadKV(const Half* p) {
 #else
   VF v;
   for (int l = 0; l < kW; ++l) v[l] = HalfToFloat(p[l]);
+  return v;
+#endif
+}
+// int8 (the quantised cache): sign-extend 8 bytes and convert (the row's scale is applied to
+// the score / the softmax weight, once per key instead of once per element).
+inline __attribute__((always_inline)) VF LoadKV(const int8_t* p) {
+#if AMAGO_POLICY_LANES == 8
+  return (VF)_mm256_cvtepi32_ps(  // NOLINT(readability/casting)
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  VF v;
+  for (int l = 0; l < kW; ++l) v[l] = static_cast<float>(p[l]);
   return v;
 #endif
 }
@@ -267,10 +280,57 @@ inline void StoreKV(const float* src, int64_t n, Half* dst) {
   }
 }
 
+// One int8 row (n values: one key or value of one head) and its scale; the rule of
+// kernels.decode.quantize_int8_rows, scalar in both builds so they store the same bits:
+// saturate at ±65504, scale = amax * kInv127, q = nearbyint(x / scale) (round half to even,
+// the default rounding mode, as torch.round) clamped to ±127; a zero row stores scale 0, a row
+// with NaN scale NaN, and q = 0 for both. Per step this is b x H x 2 short rows: noise next to
+// attention's reads.
+inline void StoreKVInt8(const float* src, int64_t n, int8_t* dst, float* scale) {
+  float amax = 0.0f;
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = src[i];
+    if (v != v) nan = true;
+    amax = std::max(amax, std::min(std::fabs(v), kHalfMax));
+  }
+  const float s = nan ? std::numeric_limits<float>::quiet_NaN() : amax * kInv127;
+  *scale = s;
+  if (!(s > 0.0f)) {
+    std::memset(dst, 0, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    float v = src[i];
+    v = v > kHalfMax ? kHalfMax : v;
+    v = v < -kHalfMax ? -kHalfMax : v;
+    float r = std::nearbyint(v / s);
+    r = r > 127.0f ? 127.0f : r;
+    r = r < -127.0f ? -127.0f : r;
+    dst[i] = static_cast<int8_t>(r);
+  }
+}
+
+// Per-key scales of an int8 cache (null for float caches: then Scaled is a no-op).
+struct RowScales {
+  const float* k = nullptr;
+  const float* v = nullptr;
+};
+
+// scores[0, len) *= scales[0, len) (vectors, then the tail: never reads past len).
+inline void ScaleScores(float* scores, const float* scales, int64_t len) {
+  int64_t c = 0;
+  for (; c + kW <= len; c += kW) {
+    AMAGO_STORE(scores + c, AMAGO_LOAD(scores + c) * AMAGO_LOAD(scales + c));
+  }
+  for (; c < len; ++c) scores[c] *= scales[c];
+}
+
 // AttendOne for D = NV * kW (the common head dims): loops fully unrolled, q in registers.
+// int8 caches: score c = (q · k_c) * kscale_c, weight c = p_c * vscale_c.
 template <int NV, typename T>
 inline void AttendFixed(const float* q, const T* keys, const T* vals, int64_t len,
-                        float* scores, float* out) {
+                        RowScales rs, float* scores, float* out) {
   constexpr int64_t D = NV * kW;
   VF qv[NV];
   for (int j = 0; j < NV; ++j) qv[j] = AMAGO_LOAD(q + j * kW);
@@ -295,7 +355,9 @@ inline void AttendFixed(const float* q, const T* keys, const T* vals, int64_t le
     for (int j = 1; j < NV; ++j) acc += qv[j] * LoadKV(k + j * kW);
     scores[c] = HSum(acc);
   }
+  if (rs.k != nullptr) ScaleScores(scores, rs.k, len);
   const float inv = SoftmaxInPlace(scores, len);
+  if (rs.v != nullptr) ScaleScores(scores, rs.v, len);
   // Two keys per iteration into two accumulator sets: halves the FMA latency chain.
   VF o0[NV], o1[NV];
   for (int j = 0; j < NV; ++j) o0[j] = o1[j] = VF{};
@@ -317,22 +379,25 @@ inline void AttendFixed(const float* q, const T* keys, const T* vals, int64_t le
 }
 
 // Softmax attention of one (pre-scaled) query q (D) over `len` >= 1 keys/values (row stride
-// D): out (D) = Σ softmax(q·k)_c v_c. scores: scratch of >= len + kW floats.
+// D): out (D) = Σ softmax(q·k)_c v_c (int8: keys/values times their row scales rs). scores:
+// scratch of >= len + kW floats.
 template <typename T>
 inline void AttendOne(const float* q, const T* keys, const T* vals, int64_t len,
-                      int64_t D, float* scores, float* out) {
-  if (D == kW) return AttendFixed<1, T>(q, keys, vals, len, scores, out);
-  if (D == 2 * kW) return AttendFixed<2, T>(q, keys, vals, len, scores, out);
-  if (D == 4 * kW) return AttendFixed<4, T>(q, keys, vals, len, scores, out);
-  if (D == 8 * kW) return AttendFixed<8, T>(q, keys, vals, len, scores, out);
+                      int64_t D, RowScales rs, float* scores, float* out) {
+  if (D == kW) return AttendFixed<1, T>(q, keys, vals, len, rs, scores, out);
+  if (D == 2 * kW) return AttendFixed<2, T>(q, keys, vals, len, rs, scores, out);
+  if (D == 4 * kW) return AttendFixed<4, T>(q, keys, vals, len, rs, scores, out);
+  if (D == 8 * kW) return AttendFixed<8, T>(q, keys, vals, len, rs, scores, out);
   // Any other head dim: plain loops.
   for (int64_t c = 0; c < len; ++c) {
     const T* k = keys + c * D;
     float s = 0.0f;
-    for (int64_t d = 0; d < D; ++d) s += q[d] * k[d];
+    for (int64_t d = 0; d < D; ++d) s += q[d] * KVToFloat(k[d]);
     scores[c] = s;
   }
+  if (rs.k != nullptr) ScaleScores(scores, rs.k, len);
   const float inv = SoftmaxInPlace(scores, len);
+  if (rs.v != nullptr) ScaleScores(scores, rs.v, len);
   for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
   for (int64_t c = 0; c < len; ++c) {
     const float p = scores[c];
@@ -430,8 +495,9 @@ inline void SinusoidalRow(const Model& m, int64_t t, float* row) {
 // One layer's attention over the ring caches (keys/values of this step already written).
 struct AttnJob {
   const float* qkv;  // (b, 3d): the pre-scaled queries are the first d columns
-  const void* kv;  // float or Half (half)
-  bool half;
+  const void* kv;    // float, Half or int8_t (type)
+  KVType type;
+  const float* scales;  // kI8: (2, N, H, C)
   const int64_t* counts;
   const int64_t* env_ids;
   int64_t N, C, H, D, d;
@@ -448,12 +514,16 @@ inline void AttnTask(void* ctx, int64_t i, int slot) {
   const int64_t koff = (n * j.H + hh) * j.C * j.D, voff = ((j.N + n) * j.H + hh) * j.C * j.D;
   const float* q = j.qkv + r * 3 * j.d + hh * j.D;
   float* out = j.attn + r * j.d + hh * j.D;
-  if (j.half) {
+  if (j.type == KVType::kF16) {
     const Half* kv = static_cast<const Half*>(j.kv);
-    AttendOne(q, kv + koff, kv + voff, len, j.D, j.scores[slot], out);
+    AttendOne(q, kv + koff, kv + voff, len, j.D, RowScales{}, j.scores[slot], out);
+  } else if (j.type == KVType::kI8) {
+    const int8_t* kv = static_cast<const int8_t*>(j.kv);
+    const RowScales rs{j.scales + koff / j.D, j.scales + voff / j.D};
+    AttendOne(q, kv + koff, kv + voff, len, j.D, rs, j.scores[slot], out);
   } else {
     const float* kv = static_cast<const float*>(j.kv);
-    AttendOne(q, kv + koff, kv + voff, len, j.D, j.scores[slot], out);
+    AttendOne(q, kv + koff, kv + voff, len, j.D, RowScales{}, j.scores[slot], out);
   }
 }
 
@@ -556,6 +626,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       LayerNormRows(xa, d, b, d, L.attn_in.gamma, L.attn_in.beta, L.attn_in.eps, tmp);
       Gemm(xa, d, b, L.qkv, L.qkv.bias, nullptr, 0, xb, 3 * d);
       void* kv = io.kv[l];
+      float* scales = io.kv_type == KVType::kI8 ? io.kv_scales[l] : nullptr;
       int64_t* counts = io.counts[l];
       // This step's keys/values into their ring slots first (serial, cheap), then attention:
       // each (row, head) is one task, computed whole by one thread with its own scores
@@ -568,9 +639,13 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
         for (int64_t hh = 0; hh < H; ++hh) {
           const int64_t kslot = ((n * H + hh) * C + slot) * D;
           const int64_t vslot = (((N + n) * H + hh) * C + slot) * D;
-          if (io.kv_half) {
+          if (io.kv_type == KVType::kF16) {
             StoreKV(q + d + hh * D, D, static_cast<Half*>(kv) + kslot);
             StoreKV(q + 2 * d + hh * D, D, static_cast<Half*>(kv) + vslot);
+          } else if (io.kv_type == KVType::kI8) {
+            StoreKVInt8(q + d + hh * D, D, static_cast<int8_t*>(kv) + kslot, scales + kslot / D);
+            StoreKVInt8(q + 2 * d + hh * D, D, static_cast<int8_t*>(kv) + vslot,
+                        scales + vslot / D);
           } else {
             StoreKV(q + d + hh * D, D, static_cast<float*>(kv) + kslot);
             StoreKV(q + 2 * d + hh * D, D, static_cast<float*>(kv) + vslot);
@@ -579,7 +654,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
         counts[n] += 1;
         keys_read += std::min(counts[n], C);
       }
-      AttnJob job{xb, kv, io.kv_half, counts, io.env_ids, N, C, H, D, d, attn, score_bufs};
+      AttnJob job{xb, kv, io.kv_type, scales, counts, io.env_ids, N, C, H, D, d, attn, score_bufs};
       if (team != nullptr && keys_read * H * D >= parallel_min) {
         team->Run(b * H, &AttnTask, &job, backoff);
       } else {
