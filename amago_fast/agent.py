@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
-from amago_fast.native_policy import native_params, runs_natively
+from amago_fast.native_policy import native_params, runs_natively, sample_categorical
 from amago_fast.nets.heads import LOG_STD_MAX, LOG_STD_MIN, ActorHead
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
@@ -388,11 +388,9 @@ class Agent(nn.Module):
         if spec.kind == "discrete":
             if not sample:
                 return params.argmax(-1).astype(np.int32)
-            z = np.exp(params - params.max(-1, keepdims=True))
-            cdf = np.cumsum(z, -1)
-            u = torch.rand(b, dtype=torch.float64).numpy() * cdf[:, -1]
-            # Inverse CDF: the number of cumulative masses below u is the sampled index.
-            return np.minimum((cdf < u[:, None]).sum(-1), spec.n - 1).astype(np.int32)
+            # Inverse CDF of softmax(params) at torch-drawn uniforms (torch.manual_seed
+            # governs rollouts), one native call (native_policy.sample_categorical).
+            return sample_categorical(params, torch.rand(b, dtype=torch.float64).numpy())
         d = spec.shape[0]
         mean = params[:, :d]
         if sample:

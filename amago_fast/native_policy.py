@@ -276,6 +276,33 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     return out
 
 
+_SAMPLE_CATEGORICAL = getattr(_core, "sample_categorical", None) if _core is not None else None
+
+
+def sample_categorical_reference(params: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Actions (b,) int32 drawn from softmax(``params`` (b, n)) by inverse CDF with the
+    uniforms ``u`` (b,) float64 in [0, 1): the number of cumulative masses (float32) below
+    ``u * total`` (float64), capped at n - 1. The NumPy oracle of ``sample_categorical``."""
+    with np.errstate(invalid="ignore"):  # inf - inf in a +inf row: NaN, action 0 (documented)
+        z = np.exp(params - params.max(-1, keepdims=True))
+    cdf = np.cumsum(z, -1)
+    target = u * cdf[:, -1]
+    return np.minimum((cdf < target[:, None]).sum(-1), params.shape[-1] - 1).astype(np.int32)
+
+
+def sample_categorical(params: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """:func:`sample_categorical_reference` in one native call (``_core.sample_categorical``:
+    ~1 µs for 8 rows instead of ~20 µs of NumPy ops, measured in BENCHMARKS.md); the NumPy
+    form when the extension lacks it. The two can differ only where the last bit of a float32
+    exp moves a CDF boundary across ``u``."""
+    if _SAMPLE_CATEGORICAL is None:
+        return sample_categorical_reference(params, u)
+    out = np.empty(params.shape[0], np.int32)
+    _SAMPLE_CATEGORICAL(np.ascontiguousarray(params, np.float32),
+                        np.ascontiguousarray(u, np.float64), out)
+    return out
+
+
 def _contig(a: np.ndarray) -> np.ndarray:
     """C-contiguous, float16 widened to float32 (exact; the engine reads no half floats)."""
     if a.dtype == np.float16:

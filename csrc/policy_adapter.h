@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "policy/engine.h"
+#include "policy/sample.h"
 
 namespace amago {
 
@@ -387,7 +388,40 @@ class PyPolicyEngine {
   }
 };
 
+// params (b, n) float32, u (b,) float64 uniforms in [0, 1), out (b,) int32: checked, then
+// policy::SampleCategorical (a few hundred ns for a rollout batch: the GIL stays held).
+inline void SampleCategoricalPy(py::object params, py::object u, py::object out) {
+  auto arr = [](py::handle obj, const char* name, const py::dtype& dt) {
+    if (!py::isinstance<py::array>(obj)) {
+      throw py::type_error(std::string("sample_categorical: ") + name + " must be a NumPy array");
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().equal(dt) || !(a.flags() & py::array::c_style)) {
+      throw py::type_error(std::string("sample_categorical: ") + name + " must be a C-contiguous " +
+                           py::str(dt).cast<std::string>() + " array, got " +
+                           py::str(a.dtype()).cast<std::string>());
+    }
+    return a;
+  };
+  py::array p = arr(params, "params", py::dtype::of<float>());
+  py::array uu = arr(u, "u", py::dtype::of<double>());
+  py::array o = arr(out, "out", py::dtype::of<int32_t>());
+  if (p.ndim() != 2 || p.shape(1) < 1) {
+    throw py::value_error("sample_categorical: params must be (b, n) with n >= 1");
+  }
+  const int64_t b = p.shape(0);
+  if (uu.ndim() != 1 || uu.shape(0) != b || o.ndim() != 1 || o.shape(0) != b || !o.writeable()) {
+    throw py::value_error("sample_categorical: u and out must be (b,) = (" + std::to_string(b) +
+                          ",), out writeable");
+  }
+  policy::SampleCategorical(static_cast<const float*>(p.data()), b, p.shape(1),
+                            static_cast<const double*>(uu.data()),
+                            static_cast<int32_t*>(o.mutable_data()));
+}
+
 inline void RegisterPolicy(py::module_& m) {
+  m.def("sample_categorical", &SampleCategoricalPy, py::arg("params"), py::arg("u"),
+        py::arg("out"));
   py::class_<PyPolicyEngine>(m, "PolicyEngine")
       .def(py::init<py::dict, bool, int, int64_t>(), py::arg("cfg"), py::arg("use_simd") = true,
            py::arg("threads") = 1, py::arg("parallel_min") = -1)
