@@ -525,9 +525,12 @@ INT8_RTOL = 3e-2
 INT8_PATHS_RTOL = 1e-2
 
 
+# Head dims: 8 (AVX2: float converts), 16 and 32 (integer multiply-add scores, one and two
+# 16-byte blocks per key), 12 (the generic loop).
 @pytest.mark.parametrize("use_simd", [True, False])
-def test_int8_cache_matches_torch_path(use_simd):
-    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=12)
+@pytest.mark.parametrize("d_model,heads", [(32, 4), (32, 2), (64, 2), (36, 3)])
+def test_int8_cache_matches_torch_path(use_simd, d_model, heads):
+    agent = _agent(_spec(), d_model=d_model, num_heads=heads, context_len=12)
     q8 = copy.deepcopy(agent)
     q8.config.kv_cache_dtype = "int8"
     rng = np.random.default_rng(8)

@@ -363,19 +363,19 @@ inline bool Int8Scores(const float* q, const int8_t* keys, const float* kscale, 
     qi[d] = static_cast<int16_t>(std::min(std::max(r, -32767.0f), 32767.0f));
   }
   __m256i qv[M];
-  for (int j = 0; j < M; ++j) qv[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(qi + 16 * j));
+  for (int j = 0; j < M; ++j) {
+    qv[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(qi + 16 * j));
+  }
   int64_t c = 0;
   for (; c + 8 <= len; c += 8) {
     VI p[8];
 #pragma GCC unroll 8
     for (int u = 0; u < 8; ++u) {
-      const int8_t* k = keys + (c + u) * D;
-      __m256i acc = _mm256_madd_epi16(
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k))), qv[0]);
+      const __m128i* k = reinterpret_cast<const __m128i*>(keys + (c + u) * D);
+      __m256i acc = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(k)), qv[0]);
       for (int j = 1; j < M; ++j) {
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                                          reinterpret_cast<const __m128i*>(k + 16 * j))),
-                                                      qv[j]));
+        const __m256i kj = _mm256_cvtepi8_epi16(_mm_loadu_si128(k + j));  // 16 bytes further
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(kj, qv[j]));
       }
       p[u] = (VI)acc;  // NOLINT(readability/casting): vector bit cast
     }
