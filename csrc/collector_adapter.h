@@ -50,14 +50,35 @@ inline ByteRows Rows(const py::array& a) {
           rows ? static_cast<size_t>(a.nbytes()) / rows : 0};
 }
 
+// A fresh C-ordered array straight from NumPy's C API. pybind11's array constructor builds
+// shape and stride vectors on the heap and computes the strides itself: ~1,000 of the ~2,000
+// instructions a small output costs (callgrind, 32-row batch), and a step makes 3-9 of them.
+inline py::array NewArray(const py::dtype& dt, int nd, const Py_intptr_t* dims) {
+  auto& api = py::detail::npy_api::get();
+  // PyArray_NewFromDescr steals the descriptor reference (on failure too).
+  PyObject* a = api.PyArray_NewFromDescr_(api.PyArray_Type_, dt.inc_ref().ptr(), nd, dims,
+                                          nullptr, nullptr, 0, nullptr);
+  if (a == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::array>(a);
+}
+
 inline py::array Like(const py::array& a, ssize_t rows) {
-  std::vector<ssize_t> shape(a.shape(), a.shape() + a.ndim());
-  shape[0] = rows;
-  return py::array(a.dtype(), shape);
+  constexpr int kMaxDims = 32;  // NumPy's own limit before 2.0
+  const int nd = static_cast<int>(a.ndim());
+  if (nd > kMaxDims) {
+    std::vector<ssize_t> shape(a.shape(), a.shape() + nd);
+    shape[0] = rows;
+    return py::array(a.dtype(), shape);
+  }
+  Py_intptr_t dims[kMaxDims];
+  for (int d = 0; d < nd; ++d) dims[d] = a.shape(d);
+  dims[0] = rows;
+  return NewArray(a.dtype(), nd, dims);
 }
 
 inline py::array Fresh(const py::dtype& dt, ssize_t rows) {
-  return py::array(dt, std::vector<ssize_t>{rows});
+  const Py_intptr_t dims[1] = {rows};
+  return NewArray(dt, 1, dims);
 }
 
 // Throws unless the m env ids are distinct and in [0, n_envs); seen: scratch, reused.
@@ -83,8 +104,8 @@ inline bool ScreenFinite(const RolloutState& st, const StepBatch& b) {
   return BatchFinite(st, b);
 }
 
-inline py::array_t<int64_t> IndexArray(const std::vector<int64_t>& v) {
-  py::array_t<int64_t> a(static_cast<ssize_t>(v.size()));
+inline py::array IndexArray(const std::vector<int64_t>& v) {
+  py::array a = Fresh(py::dtype::of<int64_t>(), static_cast<ssize_t>(v.size()));
   if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
   return a;
 }
@@ -263,9 +284,17 @@ class PyAsyncAbsorber {
   PyAsyncAbsorber(py::object pending, py::object time_index, py::object ep_return,
                   py::object prev_reward, py::object prev_action, py::object sent_action,
                   py::list obs_state, const std::vector<int>& float_obs, py::object store_obj,
-                  const std::vector<int>& store_plan)
+                  const std::vector<int>& store_plan, py::list row_keys)
       : float_obs_(float_obs), store_plan_(store_plan) {
     using collector_detail::Checked;
+    if (py::len(row_keys) != py::len(obs_state) + 3) {
+      throw py::value_error("absorb_step: row_keys needs one key per observation field, then "
+                            "the previous action, previous reward and time index keys");
+    }
+    for (py::handle k : row_keys) {
+      if (!py::isinstance<py::str>(k)) throw py::type_error("absorb_step: row keys must be str");
+      row_keys_.push_back(py::reinterpret_borrow<py::str>(k));
+    }
     pending_ = Checked(pending, "pending_reset", 'b', 1, -1, true);
     n_envs_ = pending_.shape(0);
     time_ = Checked(time_index, "time_index", 'i', 8, n_envs_, true);
@@ -329,17 +358,22 @@ class PyAsyncAbsorber {
 
   // One async batch, as absorb_step(..., store, store_plan) — or None (nothing changed) when
   // check_finite is set and a value is NaN/inf — but returning only what the collector keeps
-  // of an async step: (prev_reward, time_index, prev_action, rows appended, env ids of the
-  // rows that open a rollout or None, rows that end one or None, their returns or None). The
-  // outputs it does not keep (stored reward, ep_return, done, starts) stay in scratch vectors
-  // instead of NumPy arrays (~0.5 µs each to create on this machine).
+  // of an async step: (rows, rows appended, env ids of the rows that open a rollout or None,
+  // positions of the rows that end one or None, their returns or None, the sum of their
+  // lengths). `rows` is the policy's next input, a fresh dict {row_keys: the batch's
+  // observations, then fresh prev_action / prev_reward / time_index arrays}; the finished
+  // rollouts' positions and returns are lists (the collector only extends its episode log with
+  // them), their lengths only a sum (the log keeps the mean). The outputs it does not keep
+  // (stored reward, ep_return, done, starts) stay in scratch vectors instead of NumPy arrays
+  // (~0.5 µs each to create on this machine).
+  // obs: the batch's observations, a dict holding (at least) the observation row keys.
   // sent_ids / sent_actions: the envs that just acted and their actions. They are written
   // into sent_action (the last action sent to each env) and each row's transition carries
   // its env's entry: the returned batch need not be the envs that just acted. (The NumPy
   // scatter + gather cost ~1 µs a step.) None returned or an error: sent_action is not
   // updated either.
   py::object Step(py::object ids, py::object reward, py::object terminated, py::object truncated,
-                  py::object sent_ids, py::object sent_actions, py::list obs_batch,
+                  py::object sent_ids, py::object sent_actions, py::dict obs,
                   bool check_finite) {
     using collector_detail::Checked;
     using collector_detail::Rows;
@@ -368,10 +402,7 @@ class PyAsyncAbsorber {
     if (!a_act.dtype().equal(prev_a_.dtype()) || (k > 0 && Rows(a_act).row_bytes != ab)) {
       throw py::value_error("absorb_step: actions and prev_action differ in dtype or row shape");
     }
-    const size_t n_fields = py::len(obs_batch);
-    if (n_fields != obs_state_.size()) {
-      throw py::value_error("absorb_step: obs_state and obs_batch differ in length");
-    }
+    const size_t n_fields = obs_state_.size();
     auto mut = [](const py::array& a) { return const_cast<void*>(a.data()); };
     RolloutState st{static_cast<uint8_t*>(mut(pending_)), static_cast<int64_t*>(mut(time_)),
                     static_cast<double*>(mut(ret_)), static_cast<float*>(mut(prev_r_)),
@@ -389,7 +420,13 @@ class PyAsyncAbsorber {
     std::vector<py::array> keep;
     keep.reserve(n_fields);
     for (size_t f = 0; f < n_fields; ++f) {
-      py::array ob = Checked(obs_batch[f], "observation", 0, 0, m, false);
+      PyObject* item = PyDict_GetItemWithError(obs.ptr(), row_keys_[f].ptr());  // borrowed
+      if (item == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        throw py::key_error("absorb_step: the observations have no key '" +
+                            row_keys_[f].cast<std::string>() + "'");
+      }
+      py::array ob = Checked(item, "observation", 0, 0, m, false);
       if (!ob.dtype().equal(obs_state_[f].dtype()) ||
           (m > 0 && Rows(ob).row_bytes != Rows(obs_state_[f]).row_bytes)) {
         throw py::value_error("absorb_step: observation " + std::to_string(f) +
@@ -412,14 +449,14 @@ class PyAsyncAbsorber {
     for (ssize_t j = 0; j < k; ++j) slot_[sid[j]] = j;
     for (ssize_t i = 0; i < m; ++i) {
       const int64_t j = slot_[id[i]];
-      std::memcpy(acts_.data() + i * ab, j >= 0 ? sa + j * ab : sent + id[i] * ab, ab);
+      CopyRow(acts_.data() + i * ab, j >= 0 ? sa + j * ab : sent + id[i] * ab, ab);
     }
     reward_.resize(static_cast<size_t>(m));
     ret_out_.resize(static_cast<size_t>(m));
     done_.resize(static_cast<size_t>(m));
     starts_.resize(static_cast<size_t>(m));
-    py::array o_prev_r(py::dtype::of<float>(), std::vector<ssize_t>{m});
-    py::array o_time(py::dtype::of<int64_t>(), std::vector<ssize_t>{m});
+    py::array o_prev_r = collector_detail::Fresh(py::dtype::of<float>(), m);
+    py::array o_time = collector_detail::Fresh(py::dtype::of<int64_t>(), m);
     py::array o_prev_a = collector_detail::Like(prev_a_, m);
     StepOutputs out{reward_.data(), static_cast<float*>(mut(o_prev_r)),
                     static_cast<int64_t*>(mut(o_time)), ret_out_.data(), done_.data(),
@@ -441,24 +478,34 @@ class PyAsyncAbsorber {
         store_->WriteChecked(id, m, out.starts, ptrs_);
       }
       AbsorbCommit(&st, b, out);
-      for (ssize_t j = 0; j < k; ++j) std::memcpy(sent + sid[j] * ab, sa + j * ab, ab);
+      for (ssize_t j = 0; j < k; ++j) CopyRow(sent + sid[j] * ab, sa + j * ab, ab);
     }
     const int64_t stored = static_cast<int64_t>(m) - static_cast<int64_t>(out.start_rows.size());
     py::object start_ids = py::none(), done_rows = py::none(), done_ret = py::none();
+    int64_t done_len = 0;
     if (!out.start_rows.empty()) {
       std::vector<int64_t> v;
       for (int64_t i : out.start_rows) v.push_back(id[i]);
       start_ids = collector_detail::IndexArray(v);
     }
     if (!out.done_rows.empty()) {
-      done_rows = collector_detail::IndexArray(out.done_rows);
-      py::array_t<double> r(static_cast<ssize_t>(out.done_rows.size()));
-      for (size_t j = 0; j < out.done_rows.size(); ++j) {
-        r.mutable_data()[j] = out.ep_return[out.done_rows[j]];
+      const auto nd = static_cast<ssize_t>(out.done_rows.size());
+      py::list rows(nd), rets(nd);
+      for (ssize_t j = 0; j < nd; ++j) {
+        const int64_t i = out.done_rows[j];
+        rows[j] = py::int_(i);
+        rets[j] = py::float_(out.ep_return[i]);
+        done_len += out.time_index[i];
       }
-      done_ret = r;
+      done_rows = std::move(rows);
+      done_ret = std::move(rets);
     }
-    return py::make_tuple(o_prev_r, o_time, o_prev_a, stored, start_ids, done_rows, done_ret);
+    py::dict rows;
+    for (size_t f = 0; f < n_fields; ++f) rows[row_keys_[f]] = keep[f];
+    rows[row_keys_[n_fields]] = o_prev_a;
+    rows[row_keys_[n_fields + 1]] = o_prev_r;
+    rows[row_keys_[n_fields + 2]] = o_time;
+    return py::make_tuple(std::move(rows), stored, start_ids, done_rows, done_ret, done_len);
   }
 
  private:
@@ -467,6 +514,7 @@ class PyAsyncAbsorber {
   ssize_t n_envs_ = 0;
   std::vector<int> float_obs_;
   std::vector<int> store_plan_;
+  std::vector<py::str> row_keys_;  // observation keys, then prev action / reward / time index
   py::object store_obj_;  // keeps store_ alive
   PyTrajectoryStore* store_ = nullptr;
   int active_obs_ = -1;
@@ -489,15 +537,20 @@ inline void RegisterCollector(py::module_& m) {
   // absorb_step takes store/store_plan (the fused buffer write); the Python side checks this
   // instead of the core ABI, so an older core keeps working with the separate write.
   m.attr("ABSORB_STEP_WRITES") = true;
+  // AsyncAbsorber takes row_keys and returns the policy's rows dict and list-valued episode
+  // results (collector.py checks this, as above, instead of the core ABI).
+  m.attr("ASYNC_ABSORBER_ROWS") = true;
   py::class_<PyAsyncAbsorber>(m, "AsyncAbsorber")
       .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::list, const std::vector<int>&, py::object, const std::vector<int>&>(),
+                    py::list, const std::vector<int>&, py::object, const std::vector<int>&,
+                    py::list>(),
            py::arg("pending_reset"), py::arg("time_index"), py::arg("ep_return"),
            py::arg("prev_reward"), py::arg("prev_action"), py::arg("sent_action"),
-           py::arg("obs_state"), py::arg("float_obs"), py::arg("store"), py::arg("store_plan"))
+           py::arg("obs_state"), py::arg("float_obs"), py::arg("store"), py::arg("store_plan"),
+           py::arg("row_keys"))
       .def("step", &PyAsyncAbsorber::Step, py::arg("env_ids"), py::arg("reward"),
            py::arg("terminated"), py::arg("truncated"), py::arg("sent_ids"),
-           py::arg("sent_actions"), py::arg("obs_batch"), py::arg("check_finite"),
+           py::arg("sent_actions"), py::arg("obs"), py::arg("check_finite"),
            "absorb_step for an async batch, the state and store bound once (private).");
 }
 

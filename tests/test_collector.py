@@ -852,14 +852,16 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     from amago_fast.buffer import _core
 
     sent = np.zeros(n, np.int32)
-    absorber = _core.AsyncAbsorber(*state, sent, obs_state, [i for i, f in enumerate(
-        env.spec.observation) if f.dtype.kind == "f"], store, plan)
+    float_idx = [i for i, f in enumerate(env.spec.observation) if f.dtype.kind == "f"]
+    row_keys = [*obs_names, "action", "reward", "time_index"]
+    absorber = _core.AsyncAbsorber(*state, sent, obs_state, float_idx, store, plan, row_keys)
+    obs_dict = dict(zip(obs_names, obs))
 
     def step(**over):
         args = dict(env_ids=np.array([0, 2]), reward=np.ones(2, np.float32),
                     terminated=np.array([True, False]), truncated=np.zeros(2, bool),
                     sent_ids=np.array([0, 2]), sent_actions=np.ones(2, np.int32),
-                    obs_batch=obs, check_finite=True)
+                    obs=obs_dict, check_finite=True)
         args.update(over)
         return absorber.step(**args)
 
@@ -871,21 +873,29 @@ def test_fused_write_failure_changes_neither_store_nor_state():
         np.testing.assert_array_equal(a, want)
     (reward, prev_reward, time_index, ep_return, done, prev_action, starts, start_rows,
      done_rows) = full
-    assert lean[3] == reward.size - start_rows.size == 2
-    for got, want in zip(lean[:3], (prev_reward, time_index, prev_action)):
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
-    assert lean[4] is None and start_rows.size == 0
-    np.testing.assert_array_equal(lean[5], done_rows)
-    np.testing.assert_array_equal(lean[6], ep_return[done_rows])
+    rows, stored, start_ids, done_pos, done_returns, done_length_sum = lean
+    assert stored == reward.size - start_rows.size == 2
+    # The policy's next rows: the batch's observations themselves, then fresh arrays.
+    assert list(rows) == row_keys
+    for k in obs_names:
+        assert rows[k] is obs_dict[k]
+    for k, want in zip(row_keys[-3:], (prev_action, prev_reward, time_index)):
+        assert rows[k].dtype == want.dtype, k
+        np.testing.assert_array_equal(rows[k], want, err_msg=k)
+    assert start_ids is None and start_rows.size == 0
+    assert done_pos == done_rows.tolist() == [0]
+    assert done_returns == ep_return[done_rows].tolist()
+    assert type(done_length_sum) is int and done_length_sum == time_index[done_rows].sum()
     state[0][:] = [True, False, False, False]
     # Env 0 restarts (its trajectory was committed), env 2 goes on with the action last sent
     # to it (env 3's and env 1's are sent now, not stored).
     sent[2] = 0
-    lean = step(sent_ids=np.array([1, 3]), sent_actions=np.array([1, 1], np.int32))
-    np.testing.assert_array_equal(lean[2], [0, 0])  # reset row: 0; env 2: its sent action 0
-    np.testing.assert_array_equal(lean[4], [0])
-    assert lean[3] == 1 and lean[5] is None and lean[6] is None
+    rows, stored, start_ids, done_pos, done_returns, done_length_sum = step(
+        sent_ids=np.array([1, 3]), sent_actions=np.array([1, 1], np.int32))
+    np.testing.assert_array_equal(rows["action"], [0, 0])  # reset row: 0; env 2: sent 0
+    np.testing.assert_array_equal(rows["time_index"], [0, 2])
+    np.testing.assert_array_equal(start_ids, [0])
+    assert stored == 1 and done_pos is None and done_returns is None and done_length_sum == 0
     np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 3, 0])
     # Bad batches: a clear error, and neither the state nor the store changes.
     copies = [a.copy() for a in state + obs_state + [sent]]
@@ -899,8 +909,9 @@ def test_fused_write_failure_changes_neither_store_nor_state():
         (dict(sent_ids=np.array([0, 5])), ValueError, "sent env_ids"),
         (dict(reward=np.ones(2, np.float64)), ValueError, "reward"),
         (dict(reward=np.ones((2, 2), np.float32)), ValueError, "one value per row"),
-        (dict(obs_batch=[o.astype(np.float64) for o in obs]), ValueError, "observation"),
-        (dict(obs_batch=obs[:0]), ValueError, "obs_batch"),
+        (dict(obs={k: o.astype(np.float64) for k, o in obs_dict.items()}), ValueError,
+         "observation"),
+        (dict(obs={}), KeyError, "no key"),
         (dict(reward=np.array([np.nan, 1.0], np.float32), check_finite=False), ValueError,
          "reward.*NaN"),
     ]:
@@ -909,17 +920,20 @@ def test_fused_write_failure_changes_neither_store_nor_state():
         for a, c in zip(state + obs_state + [sent], copies):
             np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(buf._store_open_lengths(), opened)
-    assert step(obs_batch=[np.full_like(o, np.nan) if o.dtype.kind == "f" else o
-                           for o in obs], sent_actions=np.zeros(2, np.int32)) is None
+    assert step(obs={k: np.full_like(o, np.nan) if o.dtype.kind == "f" else o
+                     for k, o in obs_dict.items()}, sent_actions=np.zeros(2, np.int32)) is None
     for a, c in zip(state + obs_state + [sent], copies):  # sent_action untouched too
         np.testing.assert_array_equal(a, c)
     with pytest.raises(TypeError, match="dtype"):  # the store's field, checked once
         _core.AsyncAbsorber(*state[:4], state[4].astype(np.int64), sent.astype(np.int64),
-                            obs_state, [], store, plan)
+                            obs_state, [], store, plan, row_keys)
     with pytest.raises(ValueError, match="sent_action"):
-        _core.AsyncAbsorber(*state, sent.astype(np.int64), obs_state, [], store, plan)
+        _core.AsyncAbsorber(*state, sent.astype(np.int64), obs_state, [], store, plan,
+                            row_keys)
     with pytest.raises(ValueError, match="store_plan"):
-        _core.AsyncAbsorber(*state, sent, obs_state, [], store, plan[:-1])
+        _core.AsyncAbsorber(*state, sent, obs_state, [], store, plan[:-1], row_keys)
+    with pytest.raises(ValueError, match="row_keys"):
+        _core.AsyncAbsorber(*state, sent, obs_state, [], store, plan, row_keys[:-1])
 
 
 def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):

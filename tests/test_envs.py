@@ -708,6 +708,30 @@ def test_obs_converter_against_numpy_reference():
     assert whole(ok)["observation"] is ok
 
 
+def test_step_arrays_pass_native_arrays_and_convert_the_rest():
+    """Native float32 / bool arrays pass through as the same objects (the identity fast path);
+    any other dtype, byte order, array subclass or sequence is converted, as np.asarray."""
+    from amago_fast.envs.base import step_arrays
+
+    r = np.array([1.5, -2.0], np.float32)
+    d = np.array([True, False])
+    t = np.array([False, True])
+    out = step_arrays(r, d, t)
+    assert out[0] is r and out[1] is d and out[2] is t
+    for reward, term, trunc in [
+        (r.astype(np.float64), d, t),
+        (r.astype(">f4"), d, t),  # equal values, byte-swapped: converted to native
+        (r, d.astype(np.int8), t),
+        (r, d, t.astype(np.uint8)),
+        (r.tolist(), d.tolist(), t.tolist()),
+        (np.ma.masked_array(r), d, t),
+    ]:
+        got = step_arrays(reward, term, trunc)
+        for g, want, dtype in zip(got, (r, d, t), (np.float32, np.bool_, np.bool_)):
+            assert type(g) is np.ndarray and g.dtype == dtype and g.dtype.isnative
+            np.testing.assert_array_equal(g, want)
+
+
 @pytest.mark.parametrize("bad", [[0, 4, 1], [0, -1, 1]])
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
 def test_check_actions_rejects_out_of_range_discrete(bad, dtype):

@@ -130,7 +130,7 @@ class ObsConverter:
                     arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
                 else:
                     arr = arr.astype(np.int64) - op
-            if arr.dtype != dtype:
+            if arr.dtype is not dtype and arr.dtype != dtype:  # `is`: the common case, ~60 ns
                 arr = arr.astype(dtype)
             if arr.shape[1:] != shape:
                 arr = arr.reshape(arr.shape[0], *shape)
@@ -138,10 +138,21 @@ class ObsConverter:
         return out
 
 
+_F32 = np.dtype(np.float32)
+_BOOL = np.dtype(np.bool_)
+
+
 def step_arrays(
     reward: Any, terminated: Any, truncated: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A backend's reward / done flags as float32 / bool arrays (no copy when already so)."""
+    # Arrays already in the native dtypes (EnvPool's, every step) pass on identity checks
+    # (~0.2 µs) instead of three np.asarray(..., dtype) calls (~0.7 µs); anything else
+    # (another object or dtype, a byte-swapped or subclassed array) converts as before.
+    if (type(reward) is np.ndarray and type(terminated) is np.ndarray
+            and type(truncated) is np.ndarray and reward.dtype is _F32
+            and terminated.dtype is _BOOL and truncated.dtype is _BOOL):
+        return reward, terminated, truncated
     return (np.asarray(reward, dtype=np.float32), np.asarray(terminated, dtype=np.bool_),
             np.asarray(truncated, dtype=np.bool_))
 

@@ -36,6 +36,9 @@ import numpy as np
 from amago_fast.envs.base import ObsConverter, VectorEnv, check_actions, step_arrays
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
+_I32 = np.dtype(np.int32)
+_I64 = np.dtype(np.int64)
+
 
 def _import_envpool():
     try:
@@ -328,8 +331,9 @@ class EnvPoolEnv(VectorEnv):
         else:
             obs, reward, term, trunc, info = self.pool.recv()
             ids, elapsed = info["env_id"], info.get("elapsed_step")
-        self._last_ids32 = ids if ids.dtype == np.int32 else None
-        self.last_env_ids = ids = ids if ids.dtype == np.int64 else ids.astype(np.int64)
+        dt = ids.dtype
+        self._last_ids32 = ids if dt is _I32 or dt == _I32 else None
+        self.last_env_ids = ids = ids if dt is _I64 else ids.astype(np.int64)
         return (self._obs(obs), *step_arrays(reward, term, trunc),
                 {"env_id": ids, "elapsed_step": elapsed})
 

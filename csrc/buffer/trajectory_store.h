@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffer/copy_row.h"
 #include "buffer/goals.h"
 #include "buffer/rng.h"
 #include "buffer/thread_pool.h"
@@ -321,7 +322,7 @@ class TrajectoryStore {
     }
     for (size_t j = 0; j < field_ids.size(); ++j) {
       const size_t rb = fields_[field_ids[j]].row_bytes;
-      std::memcpy(staging_[e][field_ids[j]].data(), rows[j] + i * rb, rb);
+      CopyRow(staging_[e][field_ids[j]].data(), rows[j] + i * rb, rb);
     }
     open_len_[e] = 1;
     open_offset_[e] = 0;
@@ -332,9 +333,15 @@ class TrajectoryStore {
   void AppendRow(int64_t e, const std::vector<const uint8_t*>& rows, int64_t i) {
     const int64_t t = open_len_[e];
     EnsureStage(e, t + 1);
-    for (size_t f = 0; f < fields_.size(); ++f) {
-      const size_t rb = fields_[f].row_bytes;
-      std::memcpy(staging_[e][f].data() + t * rb, rows[f] + i * rb, rb);
+    // The field count and row sizes in locals: through the members the compiler reloads them
+    // after every copy (the copy might alias them), ~1/3 of this loop's instructions.
+    const size_t nf = fields_.size();
+    const FieldBuffer* field = fields_.data();
+    std::vector<uint8_t>* stage = staging_[e].data();
+    const uint8_t* const* src = rows.data();
+    for (size_t f = 0; f < nf; ++f) {
+      const size_t rb = field[f].row_bytes;
+      CopyRow(stage[f].data() + t * rb, src[f] + i * rb, rb);
     }
     open_len_[e] = t + 1;
     if (rows[terminated_field_][i] || rows[truncated_field_][i]) {

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include "buffer/copy_row.h"
+
 namespace amago {
 
 // Rows of one field: `data` holds rows of `row_bytes` bytes, contiguous.
@@ -101,7 +103,7 @@ inline void AbsorbCompute(const RolloutState& st, const StepBatch& b, StepOutput
       const bool done = b.terminated[i] || b.truncated[i];
       out->done[i] = done;
       if (done) out->done_rows.push_back(i);
-      std::memcpy(pa, b.actions.data + i * ab, ab);
+      CopyRow(pa, b.actions.data + i * ab, ab);
     }
   }
 }
@@ -118,10 +120,10 @@ inline void AbsorbCommit(RolloutState* st, const StepBatch& b, const StepOutputs
     st->time_index[e] = out.time_index[i];
     st->ep_return[e] = out.ep_return[i];
     st->prev_reward[e] = out.prev_reward[i];
-    std::memcpy(st->prev_action.data + e * ab, out.prev_action.data + i * ab, ab);
+    CopyRow(st->prev_action.data + e * ab, out.prev_action.data + i * ab, ab);
     for (size_t f = 0; f < b.obs.size(); ++f) {
       const size_t rb = b.obs[f].row_bytes;
-      std::memcpy(st->obs[f].data + e * rb, b.obs[f].data + i * rb, rb);
+      CopyRow(st->obs[f].data + e * rb, b.obs[f].data + i * rb, rb);
     }
   }
 }
