@@ -38,6 +38,7 @@ from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
 _I32 = np.dtype(np.int32)
 _I64 = np.dtype(np.int64)
+_BOOL = np.dtype(np.bool_)
 
 
 def _import_envpool():
@@ -131,6 +132,10 @@ class _DirectCalls:
         self.i_trunc = keys.index("trunc")
         self.i_reward = keys.index("reward")
         self.action_dtype = action_dtype
+        # Set by EnvPoolEnv.recv_step on the first batch: True when the pool's arrays need no
+        # conversion at all (one Box observation already in its field's dtype and shape, float32
+        # reward, bool flags, int32 ids), so later batches skip the converters.
+        self.plain: bool | None = None
 
     @classmethod
     def plan(cls, pool: Any, space: Any) -> _DirectCalls | None:
@@ -209,6 +214,7 @@ class EnvPoolEnv(VectorEnv):
         self.pool = self._make_pool()
         self._started = False
         fields, self._obs = _observation_plan(self.pool.observation_space, task_id)
+        self._obs_name = fields[0].name  # the field of a single-Box observation
         action = _action_spec(self.pool.action_space, task_id)
         max_steps = getattr(self.pool.spec.config, "max_episode_steps", None)
         self.spec = EnvSpec(
@@ -326,16 +332,34 @@ class EnvPoolEnv(VectorEnv):
     def recv_step(self):
         """Second half of :meth:`step_trusted`: (obs, reward, terminated, truncated, info)."""
         direct = self._direct
+        if direct is not None and direct.plain:
+            # The general path below, minus the conversions it was shown to skip on this
+            # pool's first batch (EnvPool's arrays keep the dtypes and shapes of its fixed
+            # spec): ~9k instructions (~2 µs) less per batch, a third of this call's Python.
+            state = direct._recv()
+            trunc = state[direct.i_trunc]
+            ids32 = state[direct.i_env_id]
+            self._last_ids32 = ids32
+            self.last_env_ids = ids = ids32.astype(np.int64)
+            return ({self._obs_name: state[direct.obs_index]}, state[direct.i_reward],
+                    np.greater(state[direct.i_done], trunc), trunc,
+                    {"env_id": ids, "elapsed_step": state[direct.i_elapsed]})
         if direct is not None:
-            obs, reward, term, trunc, ids, elapsed = direct.recv()
+            raw_obs, raw_reward, term, raw_trunc, raw_ids, elapsed = direct.recv()
         else:
-            obs, reward, term, trunc, info = self.pool.recv()
-            ids, elapsed = info["env_id"], info.get("elapsed_step")
-        dt = ids.dtype
-        self._last_ids32 = ids if dt is _I32 or dt == _I32 else None
-        self.last_env_ids = ids = ids if dt is _I64 else ids.astype(np.int64)
-        return (self._obs(obs), *step_arrays(reward, term, trunc),
-                {"env_id": ids, "elapsed_step": elapsed})
+            raw_obs, raw_reward, term, raw_trunc, info = self.pool.recv()
+            raw_ids, elapsed = info["env_id"], info.get("elapsed_step")
+        dt = raw_ids.dtype
+        self._last_ids32 = raw_ids if dt is _I32 or dt == _I32 else None
+        self.last_env_ids = ids = raw_ids if dt is _I64 else raw_ids.astype(np.int64)
+        obs = self._obs(raw_obs)
+        reward, term, trunc = step_arrays(raw_reward, term, raw_trunc)
+        if direct is not None and direct.plain is None:
+            direct.plain = (type(direct.obs_index) is int and len(obs) == 1
+                            and obs.get(self._obs_name) is raw_obs and reward is raw_reward
+                            and trunc is raw_trunc and type(raw_ids) is np.ndarray
+                            and raw_ids.dtype is _I32 and term.dtype is _BOOL)
+        return obs, reward, term, trunc, {"env_id": ids, "elapsed_step": elapsed}
 
     def close(self) -> None:
         if not self._closed:
