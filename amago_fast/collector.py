@@ -840,8 +840,9 @@ class Collector:
             r.start(self.seed)
             self.seed = None
         stored = vec = 0
+        step = r.step
         while stored < num_steps:
-            stored += r.step(explore=explore, sample=True, log=log)
+            stored += step(explore, True, log)  # positional: ~0.1 µs less than keywords
             vec += 1
         r.flush()  # every transition counted here is in the buffer when collect returns
         dt = time.perf_counter() - t0

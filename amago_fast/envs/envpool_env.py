@@ -166,7 +166,9 @@ class _DirectCalls:
         return cls(pool, keys, obs_index, action_dtype)
 
     def send(self, actions: np.ndarray, env_ids_i32: np.ndarray) -> None:
-        if actions.dtype != self.action_dtype or not actions.flags.c_contiguous:
+        dt = actions.dtype  # `is` first: the common case costs one identity test, not a compare
+        if (dt is not self.action_dtype and dt != self.action_dtype) or \
+                not actions.flags.c_contiguous:
             actions = np.ascontiguousarray(actions, dtype=self.action_dtype)
         self._send([env_ids_i32, env_ids_i32, actions])
 
@@ -313,7 +315,8 @@ class EnvPoolEnv(VectorEnv):
         """First half of :meth:`step_trusted`: hand the actions to the pool, whose worker
         threads start stepping; :meth:`recv_step` returns the next batch. A caller can do other
         work in between (the collector writes the previous step into its buffer there)."""
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         direct = self._direct
         if direct is not None:
             if self.is_async:
