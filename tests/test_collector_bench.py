@@ -20,7 +20,7 @@ def test_bench_modes_run_and_report_their_fields():
     assert over[0]["batch"] == 2 and over[0]["collector_random_cpu_us_min"] > 0
     split = bench.overhead_breakdown(envs=("tmaze-passive",), num_envs=(2,), modes=("sync",),
                                      seconds=0.001, repeats=1)
-    parts = ("env_us", "policy_us", "buffer_us", "collector_us")
+    parts = ("env_us", "policy_us", "buffer_us", "bookkeeping_us", "collector_us")
     assert split[0]["total_us"] == pytest.approx(sum(split[0][k] for k in parts))
 
 

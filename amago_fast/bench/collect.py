@@ -368,18 +368,24 @@ def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default")
 
 
 class _Timed:
-    """Wraps a bound method, accumulating its wall time (the wrapper adds ~0.3 µs a call)."""
+    """Wraps a bound method, accumulating its wall time (the wrapper adds ~0.3 µs a call).
+    `inner`: timers whose calls may nest inside this one's; their time spent while this one
+    runs is kept in ``nested`` (so an exclusive figure can be taken)."""
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, inner: tuple[_Timed, ...] = ()) -> None:
         self.fn = fn
         self.seconds = 0.0
+        self.nested = 0.0
+        self.inner = inner
 
     def __call__(self, *args, **kwargs):
+        before = sum(t.seconds for t in self.inner)
         t0 = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - t0
+            self.nested += sum(t.seconds for t in self.inner) - before
 
 
 def _configurations(envs, num_envs, modes):
@@ -406,9 +412,11 @@ def overhead_breakdown(
 
     Per configuration, interleaved with the raw loop as in :func:`run`: medians of µs per
     vector step for ``raw`` (the baseline) and the collector's step split into ``env`` (its
-    env step call: the backend plus our adapter's conversions), ``policy`` (RandomPolicy.act,
-    the same sampler the raw loop uses), ``buffer`` (reset_envs + append_step) and
-    ``collector`` (everything else: validation, non-finite screen, bookkeeping, statistics).
+    env step call, or send + recv for EnvPool: the backend plus our adapter's conversions),
+    ``policy`` (RandomPolicy.act, the same sampler the raw loop uses), ``buffer`` (separate
+    buffer calls: write_step / reset_envs / append_step), ``bookkeeping`` (the absorb pass:
+    per-env state, non-finite screen and, where the write is fused into it, the buffer write)
+    and ``collector`` (everything else: validation, policy rows, statistics).
     ``budget_for_0.8x_us`` is what the collector may add to ``raw`` and still reach 0.8x.
     """
     out = []
@@ -419,33 +427,46 @@ def overhead_breakdown(
         raw_env = make_env(name, n, seed=0, **kw, **extra)
         raw = RawStepper(raw_env)
         r = col._train
+        writes = {"write_step": _Timed(buf.write_step), "reset_envs": _Timed(buf.reset_envs),
+                  "append_step": _Timed(buf.append_step)}
+        buf.write_step, buf.reset_envs, buf.append_step = (
+            writes["write_step"], writes["reset_envs"], writes["append_step"])
+        if r._write_step is not None:
+            r._write_step = buf.write_step  # bound at construction
+        inner = tuple(writes.values())
         parts = {"env": _Timed(r._env_step), "policy": _Timed(col.policy.act),
-                 "reset_envs": _Timed(buf.reset_envs),
-                 "append_step": _Timed(buf.append_step)}
+                 "absorb": _Timed(r._absorb, inner), "absorb_async": _Timed(r._absorb_async, inner),
+                 **writes}
         r._env_step = parts["env"]
         col.policy.act = parts["policy"]
-        buf.reset_envs = parts["reset_envs"]
-        buf.append_step = parts["append_step"]
+        r._absorb, r._absorb_async = parts["absorb"], parts["absorb_async"]
+        if r._split is not None:  # EnvPool: send, (write,) recv
+            parts["send"], parts["recv"] = _Timed(r._split[0]), _Timed(r._split[1])
+            r._split = (parts["send"], parts["recv"])
         raw.slice(0.0)
         _collector_slice(col, 0.0)
         rows: dict[str, list[float]] = {k: [] for k in
                                         ("raw", "total", "env", "policy", "buffer",
-                                         "collector")}
+                                         "bookkeeping", "collector")}
         for _ in range(repeats):
             steps, dt = raw.slice(seconds)
             rows["raw"].append(dt / (steps / env.batch_size) * 1e6)
             for t in parts.values():
-                t.seconds = 0.0
+                t.seconds = t.nested = 0.0
             steps, dt = _collector_slice(col, seconds)
             vec = steps / env.batch_size
             us = {k: t.seconds / vec * 1e6 for k, t in parts.items()}
+            nested = (parts["absorb"].nested + parts["absorb_async"].nested) / vec * 1e6
             total = dt / vec * 1e6
+            env_us = us["env"] + us.get("send", 0.0) + us.get("recv", 0.0)
+            buffer_us = us["write_step"] + us["reset_envs"] + us["append_step"]
+            book_us = us["absorb"] + us["absorb_async"] - nested
             rows["total"].append(total)
-            rows["env"].append(us["env"])
+            rows["env"].append(env_us)
             rows["policy"].append(us["policy"])
-            rows["buffer"].append(us["reset_envs"] + us["append_step"])
-            rows["collector"].append(total - us["env"] - us["policy"]
-                                     - us["reset_envs"] - us["append_step"])
+            rows["buffer"].append(buffer_us)
+            rows["bookkeeping"].append(book_us)
+            rows["collector"].append(total - env_us - us["policy"] - buffer_us - book_us)
         raw_env.close()
         env.close()
         med = {f"{k}_us": float(np.median(v)) for k, v in rows.items()}
