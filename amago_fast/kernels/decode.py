@@ -40,9 +40,9 @@ __all__ = [
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8)
 _LOG2E = 1.4426950408889634
 _HALF_MAX = 65504.0  # largest finite float16
-# scale = amax * _INV_127 (a multiply, written the same way in C++): torch turns a division by a
-# Python scalar into a multiply by its reciprocal, so "amax / 127" could round differently in
-# the two implementations.
+# scale = amax * _INV_127: one multiply by a float32 constant, the same operation in torch, the
+# NumPy test oracle and C++ (policy/model.h kInv127), whichever way a backend implements a
+# division by a scalar.
 _INV_127 = float(np.float32(1.0) / np.float32(127.0))
 
 
