@@ -26,10 +26,12 @@ it off), except for sync EnvPool, which is stepped as send → write the *previo
 (:func:`amago_fast.envs.base.split_step`; rows owed to the buffer are written before
 ``collect`` returns, before ``state_dict`` and before a restart). Async batches go through a
 ``_core.AsyncAbsorber`` bound once to the per-env state arrays and the store: per step only
-the batch crosses (framework CPU per 32-env CartPole batch with buffer writes ~22 → ~13 µs;
-while our thread works on one batch EnvPool's workers step the other, so nothing is lost by
-writing after recv). Rows handed to the policy are never written to afterwards (fresh arrays
-each step), so a policy may keep references to them.
+the batch crosses, and it hands back the policy's next rows dict and the finished rollouts'
+returns as a list (framework CPU per 32-env CartPole batch with buffer writes ~22 → ~13 →
+~9 µs, ``bench_collect.py --overhead`` minimum; while our thread works on one batch EnvPool's
+workers step the other, so nothing is lost by writing after recv). Rows handed to the policy
+are never written to afterwards (fresh arrays each step), so a policy may keep references to
+them.
 
 Async EnvPool (``env.is_async``): each step holds only the envs of the batch (``info["env_id"]``);
 the policy is then called with ``act(rows_of_batch, state, sample, env_ids=ids)`` — a policy must
