@@ -4,8 +4,9 @@
 10-25 µs each for the tiny agent: 1.9 ms per 8-env step). ``amago_fast._core.PolicyEngine``
 runs the same network part of the step — timestep features and MLP, Transformer decode over
 the ring KV caches (or the memory-free FF encoder), output norm, the actor MLP of the main
-gamma — in one C++ call and returns the main gamma's distribution parameters; sampling stays
-in NumPy (``Agent._actions_from_params``), so both paths consume the same random numbers.
+gamma — in one C++ call and returns the main gamma's distribution parameters; sampling is
+shared with the PyTorch path (``Agent._actions_from_params``: discrete actions through
+:func:`sample_categorical`), so both paths consume the same random numbers.
 
 The engine reads the weights in place from the agent's existing rollout plans
 (``Agent._rollout_plans``: σ-reparam effective weights, softmax scale folded into the query
