@@ -360,8 +360,9 @@ def test_int8_cache_decode_matches_dequantized_full_sequence(backend):
     torch.testing.assert_close(outs, full, atol=2e-6, rtol=1e-5)
     exact = full_sequence_outputs(q, k, v, starts, C, "reference")
     err = float((outs - exact).abs().max())
-    # 32-d heads, unit-normal keys/values: max|x| ~3 -> step ~0.024; measured error 4e-3.
-    assert 1e-4 < err < 3e-2, err
+    # 32-d heads, unit-normal keys/values: max|x| ~3 -> step ~0.024, element error <= ~0.012;
+    # measured 2.4e-2 (both backends). A wrong slot or mask gives errors ~1.
+    assert 1e-4 < err < 6e-2, err
     # The stored rows are the quantised ones of the last C steps (slot t % C).
     T = k.shape[1]
     for t in range(T - C, T):
