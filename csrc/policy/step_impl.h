@@ -205,8 +205,10 @@ inline float SoftmaxInPlace(float* scores, int64_t len) {
 }
 
 #if AMAGO_POLICY_LANES == 8
-// [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7] (AVX's hadd, two shufps + add).
-inline __attribute__((always_inline)) VF PairSum(VF a, VF b) {
+// [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7] (AVX's hadd, two shufps + add);
+// V = VF (float scores) or VI (the int8 path's int32 dot products).
+template <typename V>
+inline __attribute__((always_inline)) V PairSum(V a, V b) {
   const VI even = {0, 2, 8, 10, 4, 6, 12, 14};
   const VI odd = {1, 3, 9, 11, 5, 7, 13, 15};
   return __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
@@ -214,23 +216,10 @@ inline __attribute__((always_inline)) VF PairSum(VF a, VF b) {
 
 // The 8 horizontal sums of p[0..8) as one vector (a transpose-reduce: 6 pair sums, 2 lane
 // swaps), instead of one horizontal sum per key (measured: half of the score loop's time).
-inline __attribute__((always_inline)) VF TransposeSum8(const VF* p) {
-  const VF h0 = PairSum(PairSum(p[0], p[1]), PairSum(p[2], p[3]));
-  const VF h1 = PairSum(PairSum(p[4], p[5]), PairSum(p[6], p[7]));
-  const VI lo = {0, 1, 2, 3, 8, 9, 10, 11};
-  const VI hi = {4, 5, 6, 7, 12, 13, 14, 15};
-  return __builtin_shuffle(h0, h1, lo) + __builtin_shuffle(h0, h1, hi);
-}
-
-// The same transpose-reduce on int32 lanes.
-inline __attribute__((always_inline)) VI PairSumI(VI a, VI b) {
-  const VI even = {0, 2, 8, 10, 4, 6, 12, 14};
-  const VI odd = {1, 3, 9, 11, 5, 7, 13, 15};
-  return __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
-}
-inline __attribute__((always_inline)) VI TransposeSum8I(const VI* p) {
-  const VI h0 = PairSumI(PairSumI(p[0], p[1]), PairSumI(p[2], p[3]));
-  const VI h1 = PairSumI(PairSumI(p[4], p[5]), PairSumI(p[6], p[7]));
+template <typename V>
+inline __attribute__((always_inline)) V TransposeSum8(const V* p) {
+  const V h0 = PairSum(PairSum(p[0], p[1]), PairSum(p[2], p[3]));
+  const V h1 = PairSum(PairSum(p[4], p[5]), PairSum(p[6], p[7]));
   const VI lo = {0, 1, 2, 3, 8, 9, 10, 11};
   const VI hi = {4, 5, 6, 7, 12, 13, 14, 15};
   return __builtin_shuffle(h0, h1, lo) + __builtin_shuffle(h0, h1, hi);
@@ -379,7 +368,7 @@ inline bool Int8Scores(const float* q, const int8_t* keys, const float* kscale, 
       }
       p[u] = (VI)acc;  // NOLINT(readability/casting): vector bit cast
     }
-    const VF s = __builtin_convertvector(TransposeSum8I(p), VF);
+    const VF s = __builtin_convertvector(TransposeSum8(p), VF);
     AMAGO_STORE(scores + c, s * (AMAGO_LOAD(kscale + c) * qs));
   }
   for (; c < len; ++c) {
