@@ -27,12 +27,14 @@ TRITON_OK = _utils.INTERPRET or torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason="needs TRITON_INTERPRET=1 or a GPU")
 
 
-def rollout(N, C, H, D, T, resets, dtype, backend, device=DEVICE, seed=0):
-    """Drive a cache through T steps. ``resets[n]`` = steps at which env n resets before its
-    append. Returns (decode outputs (N, T, H, D), per-step segment starts, q, k, v)."""
+def rollout(N, C, H, D, T, resets, dtype, backend, device=DEVICE, seed=0, with_cache=False):
+    """Drive a cache of ``dtype`` through T steps (q/k/v drawn in its input dtype: float32 for
+    int8). ``resets[n]`` = steps at which env n resets before its append. Returns (decode
+    outputs (N, T, H, D), per-step segment starts, q, k, v), plus the cache if ``with_cache``."""
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(N, T, H, D, generator=gen).to(device, dtype) for _ in range(3))
     cache = RingKVCache(N, C, H, D, dtype=dtype, device=device)
+    q, k, v = (torch.randn(N, T, H, D, generator=gen).to(device, cache.io_dtype)
+               for _ in range(3))
     seg_start = np.zeros(N, dtype=np.int64)
     starts = np.zeros((N, T), dtype=np.int64)
     outs = []
@@ -44,7 +46,8 @@ def rollout(N, C, H, D, T, resets, dtype, backend, device=DEVICE, seed=0):
         starts[:, t] = seg_start
         cache.append(k[:, t], v[:, t])
         outs.append(decode_attention(q[:, t], cache, backend=backend))
-    return torch.stack(outs, 1), starts, q, k, v
+    out = (torch.stack(outs, 1), starts, q, k, v)
+    return (*out, cache) if with_cache else out
 
 
 def full_sequence_outputs(q, k, v, starts, C, backend):
@@ -326,32 +329,15 @@ def test_quantize_int8_rows_rule():
     assert int(q[finite].abs().amax(-1).min()) == 127  # every row uses the full range
 
 
-def _int8_rollout(backend, N=4, C=8, H=2, D=32, T=26, resets=RESETS, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(N, T, H, D, generator=gen).to(DEVICE) for _ in range(3))
-    cache = RingKVCache(N, C, H, D, dtype=torch.int8, device=DEVICE)
-    assert cache.io_dtype == torch.float32
-    seg_start = np.zeros(N, dtype=np.int64)
-    starts = np.zeros((N, T), dtype=np.int64)
-    outs = []
-    for t in range(T):
-        ids = [n for n, ts in resets.items() if t in ts]
-        if ids:
-            cache.reset(np.array(ids))
-            seg_start[ids] = t
-        starts[:, t] = seg_start
-        cache.append(k[:, t], v[:, t])
-        outs.append(decode_attention(q[:, t], cache, backend=backend))
-    return torch.stack(outs, 1), starts, q, k, v, cache
-
-
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
 def test_int8_cache_decode_matches_dequantized_full_sequence(backend):
     """The int8 cache computes exactly (float32 rounding) the attention over the dequantised
     keys/values of the whole rollout, past the capacity and across resets; vs the unquantised
     keys/values it is off by the quantisation error only."""
     C = 8
-    outs, starts, q, k, v, cache = _int8_rollout(backend, C=C)
+    outs, starts, q, k, v, cache = rollout(4, C, 2, 32, 26, RESETS, torch.int8, backend,
+                                           with_cache=True)
+    assert cache.io_dtype == torch.float32
     assert cache.kv.dtype == torch.int8 and outs.dtype == torch.float32
     kq, ks = quantize_int8_rows(k)
     vq, vs = quantize_int8_rows(v)

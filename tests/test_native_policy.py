@@ -408,27 +408,42 @@ def test_engine_reports_its_team(monkeypatch):
 FP16_RTOL = 5e-3
 
 
-@pytest.mark.parametrize("use_simd", [True, False])
-def test_float16_cache_matches_torch_path(use_simd):
-    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=12)
-    half = copy.deepcopy(agent)
-    half.config.kv_cache_dtype = "float16"
+def _reduced_cache_rollout(agent: Agent, kv: str, use_simd: bool, rtol_f32: float,
+                           rtol_paths: float, reset_step: int | None = None):
+    """30 steps (every 4th an async subset) of ``agent`` (float32 cache, PyTorch path) beside a
+    copy with ``kv_cache_dtype=kv`` stepped natively and through PyTorch; each step's native
+    parameters must match the float32 ones within ``rtol_f32`` and the same cache's PyTorch
+    ones within ``rtol_paths``. Env 1 is reset at ``reset_step``. Returns (float32 state,
+    native state, PyTorch state on the ``kv`` cache, worst absolute native-vs-float32 error)."""
+    reduced = copy.deepcopy(agent)
+    reduced.config.kv_cache_dtype = kv
     rng = np.random.default_rng(8)
     n = 4
-    s32, s16, s16_ref = agent.init_state(n), half.init_state(n), half.init_state(n)
-    assert s32.memory[0].kv.dtype == torch.float32
-    assert all(c.kv.dtype == torch.float16 for c in s16.memory + s16_ref.memory)
+    s32, s_nat, s_ref = agent.init_state(n), reduced.init_state(n), reduced.init_state(n)
     worst = 0.0
     for t in range(30):
         ids = None if t % 4 != 3 else np.array([2, 0])
+        if t == reset_step:
+            for s in (s32, s_nat, s_ref):
+                agent.reset_state(s, np.array([1]))
         b = n if ids is None else ids.size
         rows = dict(_rows(agent.spec, b, rng), time_index=np.full(b, t, np.int64))
         p32 = _torch_params(agent, rows, s32, ids)
-        p16 = _native_params(half, rows, s16, ids, use_simd=use_simd)
-        p16_ref = _torch_params(half, rows, s16_ref, ids)  # PyTorch path on the float16 cache
-        _assert_close(p16, p32, f"step {t}: float16 native vs float32 PyTorch", FP16_RTOL)
-        _assert_close(p16, p16_ref, f"step {t}: float16 native vs float16 PyTorch", FP16_RTOL)
-        worst = max(worst, float(np.abs(p16 - p32).max()))
+        p_nat = _native_params(reduced, rows, s_nat, ids, use_simd=use_simd)
+        p_ref = _torch_params(reduced, rows, s_ref, ids)  # PyTorch path on the reduced cache
+        _assert_close(p_nat, p32, f"step {t}: {kv} native vs float32 PyTorch", rtol_f32)
+        _assert_close(p_nat, p_ref, f"step {t}: {kv} native vs {kv} PyTorch", rtol_paths)
+        worst = max(worst, float(np.abs(p_nat - p32).max()))
+    return s32, s_nat, s_ref, worst
+
+
+@pytest.mark.parametrize("use_simd", [True, False])
+def test_float16_cache_matches_torch_path(use_simd):
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=12)
+    s32, s16, s16_ref, worst = _reduced_cache_rollout(agent, "float16", use_simd, FP16_RTOL,
+                                                      FP16_RTOL)
+    assert s32.memory[0].kv.dtype == torch.float32
+    assert all(c.kv.dtype == torch.float16 for c in s16.memory + s16_ref.memory)
     assert worst > 1e-6, "float16 cache gave float32 results: the keys were not rounded"
     for c16, c32 in zip(s16.memory, s32.memory):
         np.testing.assert_array_equal(c16._counts_np, c32._counts_np)
@@ -532,26 +547,9 @@ INT8_PATHS_RTOL = 1e-2
 @pytest.mark.parametrize("d_model,heads", [(32, 4), (32, 2), (64, 2), (36, 3)])
 def test_int8_cache_matches_torch_path(use_simd, d_model, heads):
     agent = _agent(_spec(), d_model=d_model, num_heads=heads, context_len=12)
-    q8 = copy.deepcopy(agent)
-    q8.config.kv_cache_dtype = "int8"
-    rng = np.random.default_rng(8)
-    n = 4
-    s32, s8, s8_ref = agent.init_state(n), q8.init_state(n), q8.init_state(n)
+    s32, s8, s8_ref, worst = _reduced_cache_rollout(agent, "int8", use_simd, INT8_RTOL,
+                                                    INT8_PATHS_RTOL, reset_step=17)
     assert all(c.kv.dtype == torch.int8 and c.scales is not None for c in s8.memory + s8_ref.memory)
-    worst = 0.0
-    for t in range(30):
-        ids = None if t % 4 != 3 else np.array([2, 0])
-        if t == 17:
-            for s in (s32, s8, s8_ref):
-                agent.reset_state(s, np.array([1]))
-        b = n if ids is None else ids.size
-        rows = dict(_rows(agent.spec, b, rng), time_index=np.full(b, t, np.int64))
-        p32 = _torch_params(agent, rows, s32, ids)
-        p8 = _native_params(q8, rows, s8, ids, use_simd=use_simd)
-        p8_ref = _torch_params(q8, rows, s8_ref, ids)  # PyTorch path on the int8 cache
-        _assert_close(p8, p32, f"step {t}: int8 native vs float32 PyTorch", INT8_RTOL)
-        _assert_close(p8, p8_ref, f"step {t}: int8 native vs int8 PyTorch", INT8_PATHS_RTOL)
-        worst = max(worst, float(np.abs(p8 - p32).max()))
     assert worst > 1e-4, "int8 cache gave float32 results: the rows were not quantised"
     for c8, c8r, c32 in zip(s8.memory, s8_ref.memory, s32.memory):
         np.testing.assert_array_equal(c8._counts_np, c32._counts_np)
