@@ -9,6 +9,7 @@
 | bandit | bandit | k-armed bandit trials (quick meta-RL check) |
 | aib-ballincup, -walker, -cartpole, -hopper | actuator inversion | continuous control |
 | popgym | gym:popgym-RepeatPreviousEasy-v0 | needs `pip install popgym` |
+| minigrid | gym:MiniGrid-DoorKey-5x5-v0 | `pip install minigrid`; mission dropped, grid flat |
 | envpool, gym | any `envpool:<TaskId>` / `gym:<id>` | give the id with --env.name |
 
 Each preset is a dict of dotted overrides applied to the `TrainConfig` defaults, so
@@ -207,6 +208,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "env.import_modules": ["popgym"],
         "env.num_envs": 8,
         "agent.context_len": 128,
+        "window_len": 64,
+        **_GENERIC_BUDGET,
+    },
+    # MiniGrid through the gymnasium adapter: the Text "mission" is dropped (constant for the
+    # DoorKey / Empty / Memory tasks) and the 7x7x3 symbolic grid (object, colour, state codes)
+    # is read as a normalised vector rather than as pixels by the CNN.
+    "minigrid": {
+        **_SMALL_MODEL,
+        "env.name": "gym:MiniGrid-DoorKey-5x5-v0",
+        "env.import_modules": ["minigrid"],
+        "env.kwargs": {"ignore_keys": ["mission"], "flatten_keys": ["image"]},
+        "env.num_envs": 8,
+        "agent.context_len": 256,
         "window_len": 64,
         **_GENERIC_BUDGET,
     },

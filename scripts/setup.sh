@@ -28,4 +28,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # Editable install: Python sources are used in place, csrc/ is compiled into amago_fast/_core.
 "${PIP[@]}" install --no-build-isolation -e ".[test]"
 "${PIP[@]}" install --no-deps "popgym>=1.0.7"  # POPGym (optional suite): pure Python; its deps numpy + gymnasium are ours
+# MiniGrid (optional suite): pure Python; it imports pygame-ce (a PyPI wheel) for rendering.
+"${PIP[@]}" install "minigrid>=2.3"
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"

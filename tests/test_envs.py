@@ -589,6 +589,114 @@ def test_gym_ignore_keys_drops_unsupported_entries():
         GymVectorEnv(vec(), ignore_keys=("nope",))
 
 
+class _GridWithMissionEnv(gym.Env):
+    """MiniGrid's observation layout: a uint8 (H, W, C) grid of codes, a Discrete direction
+    and a Text mission; the grid's values say which step and env produced it."""
+
+    observation_space = gym.spaces.Dict({
+        "image": gym.spaces.Box(0, 255, (3, 3, 2), np.uint8),
+        "direction": gym.spaces.Discrete(4),
+        "mission": gym.spaces.Text(16),
+    })
+    action_space = gym.spaces.Discrete(3)
+
+    def _obs(self):
+        grid = ((np.arange(18).reshape(3, 3, 2) + 20 * self.t + self.tag) % 256).astype(np.uint8)
+        return {"image": grid, "direction": self.t % 4, "mission": "go"}
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.tag = int(self.np_random.integers(0, 10))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, self.t >= 5, False, {}
+
+
+def _field(spec, name):
+    return next(f for f in spec.observation if f.name == name)
+
+
+def test_gym_flatten_keys_stores_a_code_grid_as_a_flat_vector():
+    """flatten_keys: the uint8 (H, W, C) grid becomes a flat uint8 field (the timestep encoder
+    then normalises it as a vector instead of running its pixel CNN), values unchanged."""
+    from amago_fast.nets.timestep import is_image
+
+    def vec(n=2):
+        return gym.vector.SyncVectorEnv([_GridWithMissionEnv] * n,
+                                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+    with pytest.raises(ValueError, match=r"mission.*ignore_keys=\['mission'\]"):
+        GymVectorEnv(vec())
+    kept = GymVectorEnv(vec(), ignore_keys=["mission"])
+    assert is_image(_field(kept.spec, "image"))
+    env = GymVectorEnv(vec(), ignore_keys=["mission"], flatten_keys=["image"])
+    f = _field(env.spec, "image")
+    assert f.shape == (18,) and f.dtype == np.uint8 and not is_image(f)
+    twin = vec()
+    ref, _ = twin.reset(seed=4)
+    obs = env.reset(seed=4)
+    np.testing.assert_array_equal(obs["image"], ref["image"].reshape(2, 18))
+    for _ in range(7):  # across the autoreset at step 5
+        a = np.array([1, 2], np.int32)
+        obs, *_ = env.step(a)
+        ref, *_ = twin.step(a.astype(np.int64))
+        np.testing.assert_array_equal(obs["image"], ref["image"].reshape(2, 18))
+        np.testing.assert_array_equal(obs["direction"][:, 0], ref["direction"])
+    bad = [
+        (dict(ignore_keys=["mission"], flatten_keys=["direction"]), ValueError,
+         "only Box entries"),
+        (dict(ignore_keys=["mission"], flatten_keys=["nope"]), ValueError, "not observation keys"),
+        (dict(ignore_keys=["mission"], flatten_keys=["mission"]), ValueError, "both"),
+        (dict(ignore_keys="mission"), TypeError, "list of key strings"),
+    ]
+    for kwargs, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            GymVectorEnv(vec(), **kwargs)
+    with pytest.raises(ValueError, match="can only name 'observation'"):
+        make_env("gym:CartPole-v1", 1, flatten_keys=["image"])
+    flat = make_env("gym:CartPole-v1", 1, flatten_keys=["observation"])
+    assert _field(flat.spec, "observation").shape == (4,)
+
+
+def test_minigrid_runs_through_the_collector_and_buffer(tmp_path):
+    """A real MiniGrid task (optional install) through make_env("gym:..."), the collector and
+    the buffer, with the mission dropped and the grid flattened: every stored grid row is one
+    the env returned (none invented at an autoreset), and the grid holds codes, not pixels."""
+    pytest.importorskip("minigrid")
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.collector import Collector, RandomPolicy
+
+    env = make_env("gym:MiniGrid-Empty-5x5-v0", 2, seed=1, ignore_keys=["mission"],
+                   flatten_keys=["image"])
+    assert [f.name for f in env.spec.observation] == ["direction", "image"]
+    seen: set[bytes] = set()
+
+    def recording(fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            obs = out if isinstance(out, dict) else out[0]
+            seen.update(row.tobytes() for row in obs["image"])
+            return out
+        return call
+
+    env.reset = recording(env.reset)
+    env.step_trusted = recording(env.step_trusted)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 2)
+    col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
+    stats = col.collect(400)  # 100-step timeouts (or the goal): several episodes per env
+    assert stats["env_steps"] >= 400 and stats["episodes"] >= 2
+    paths = buf.export_npz(tmp_path)
+    assert len(paths) >= 2
+    stored = np.concatenate([np.load(p)["image"] for p in paths])
+    assert stored.shape[1:] == (147,) and stored.dtype == np.uint8
+    assert stored.max() <= 10  # object / colour / state codes
+    assert {row.tobytes() for row in stored} <= seen
+    env.close()
+
+
 def test_gym_dict_obs_multidiscrete_actions_and_autoreset():
     vec = gym.vector.SyncVectorEnv([_DictObsEnv] * 2,
                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

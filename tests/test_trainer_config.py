@@ -179,6 +179,31 @@ def test_presets_are_valid():
         get_preset("nope")
 
 
+@pytest.mark.parametrize("name,module", [("popgym", "popgym"), ("minigrid", "minigrid")])
+def test_gymnasium_suite_presets_build_and_collect(name, module, tmp_path):
+    """The presets of the optional gymnasium suites (skipped when not installed) build and
+    collect through the adapter, with the native policy step (MiniGrid: its grid flattened)."""
+    pytest.importorskip(module)
+    import torch
+
+    from amago_fast import native_policy
+    from amago_fast.presets import get_preset
+    from amago_fast.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    try:
+        t = Trainer(get_preset(name), tmp_path / "run")
+        t.build()
+        stats = t.collector.collect(64)
+        assert stats["env_steps"] >= 64 and t.buffer.total_steps_added == stats["env_steps"]
+        if native_policy.available():
+            assert native_policy.unsupported_reason(t.agent) is None
+        t.env.close()
+        t.eval_env.close()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", ["tmaze", "tmaze-active", "bandit", "maze-runner", "key-to-door"])
 def test_builtin_presets_build_and_collect(name, tmp_path):
     """Each built-in suite's preset builds env, buffer, agent, learner and collects a little."""

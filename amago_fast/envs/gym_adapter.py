@@ -8,8 +8,19 @@ Supported observation spaces (per single env): Box (float -> float32, uint8 kept
 int32; key ``observation``), Discrete (int32 (1,), value minus ``start``), MultiDiscrete (int32),
 MultiBinary (uint8), and a flat Dict of those (its keys, which must not clash with the buffer's
 reserved names). Actions: Discrete (start 0), MultiDiscrete, 1-d Box. Anything else (Text,
-Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space;
-``ignore_keys`` drops Dict entries the agent should not see (e.g. MiniGrid's Text "mission").
+Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space.
+
+Two options shape what the agent sees (both also work through ``make_env("gym:<id>", ...)`` and
+``--env.kwargs`` on the command line):
+
+- ``ignore_keys``: Dict entries to drop, e.g. MiniGrid's ``mission`` (a ``MissionSpace`` string:
+  constant for most MiniGrid tasks; tasks whose instruction varies need a wrapper that maps it
+  to a Discrete or Box entry first).
+- ``flatten_keys``: Box entries stored flat (1-d, dtype kept). A uint8 (H, W, C) Box is an image
+  to the timestep encoder (a CNN over pixels / 255); MiniGrid's ``image`` is a 7x7x3 grid of
+  object, colour and state codes (0..10, not pixels), which the encoder should instead read as
+  a normalised vector — ``flatten_keys=("image",)`` does that (and keeps the native policy step,
+  which takes no image inputs).
 """
 
 from __future__ import annotations
@@ -49,34 +60,70 @@ def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
     raise ValueError(f"{where}: unsupported observation space {type(space).__name__}: {space!r}")
 
 
+def _flat(f: FieldSpec, space: Any, where: str) -> FieldSpec:
+    """`f` stored 1-d (see ``flatten_keys``); only Box entries have a shape to flatten."""
+    from gymnasium import spaces as gs
+
+    if not isinstance(space, gs.Box):
+        raise ValueError(f"{where}: flatten_keys names a {type(space).__name__} entry "
+                         f"({space!r}); only Box entries can be flattened")
+    return FieldSpec(f.name, (int(np.prod(f.shape)),), f.dtype)
+
+
 def observation_fields(
-    space: Any, where: str = "gymnasium env", ignore_keys: tuple[str, ...] = ()
+    space: Any,
+    where: str = "gymnasium env",
+    ignore_keys: tuple[str, ...] = (),
+    flatten_keys: tuple[str, ...] = (),
 ) -> tuple[list[FieldSpec], ObsConverter]:
     """FieldSpecs for a single-env observation space, and the converter of its batches.
 
-    `ignore_keys`: Dict entries to drop (e.g. MiniGrid's Text ``mission``).
+    `ignore_keys`: Dict entries to drop (e.g. MiniGrid's ``mission``). `flatten_keys`: Box
+    entries (Dict keys, or ``"observation"`` for a plain Box) stored 1-d, dtype kept (e.g.
+    MiniGrid's symbolic ``image`` grid, so it is not taken for an image).
     """
     from gymnasium import spaces as gs
 
+    for opt, keys in (("ignore_keys", ignore_keys), ("flatten_keys", flatten_keys)):
+        if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+            raise TypeError(f"{where}: {opt} must be a list of key strings, got {keys!r}")
+    ignore_keys, flatten_keys = tuple(ignore_keys), tuple(flatten_keys)
     if isinstance(space, gs.Dict):
-        unknown = sorted(set(ignore_keys) - set(space.spaces))
-        if unknown:
-            raise ValueError(f"{where}: ignore_keys {unknown} are not observation keys")
+        for opt, keys in (("ignore_keys", ignore_keys), ("flatten_keys", flatten_keys)):
+            unknown = sorted(set(keys) - set(space.spaces))
+            if unknown:
+                raise ValueError(f"{where}: {opt} {unknown} are not observation keys "
+                                 f"(keys: {sorted(space.spaces)})")
+        both = sorted(set(ignore_keys) & set(flatten_keys))
+        if both:
+            raise ValueError(f"{where}: keys {both} are in both ignore_keys and flatten_keys")
         fields, plan = [], []
         for key, sub in space.spaces.items():
             if key in ignore_keys:
                 continue
             if isinstance(sub, (gs.Dict, gs.Tuple)):
-                raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}")
+                raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}"
+                                 f" (drop it with ignore_keys=[{key!r}])")
             if key in RESERVED_FIELDS:
                 raise ValueError(f"{where}: observation key {key!r} is reserved by the buffer")
-            f, op = _leaf_field(str(key), sub, f"{where} key {key!r}")
+            try:
+                f, op = _leaf_field(str(key), sub, f"{where} key {key!r}")
+            except ValueError as e:
+                raise ValueError(f"{e} (drop it with ignore_keys=[{key!r}]; on the command line "
+                                 f"--env.kwargs '{{\"ignore_keys\": [\"{key}\"]}}')") from None
+            if key in flatten_keys:
+                f = _flat(f, sub, f"{where} key {key!r}")
             fields.append(f)
             plan.append((key, f.name, f.dtype, f.shape, op))
         return fields, ObsConverter(plan)
     if ignore_keys:
         raise ValueError(f"{where}: ignore_keys needs a Dict observation space, got {space!r}")
+    if set(flatten_keys) - {"observation"}:
+        raise ValueError(f"{where}: flatten_keys {sorted(flatten_keys)} for a non-Dict observation"
+                         f" space can only name 'observation', got {space!r}")
     f, op = _leaf_field("observation", space, where)
+    if flatten_keys:
+        f = _flat(f, space, where)
     return [f], ObsConverter([(None, "observation", f.dtype, f.shape, op)])
 
 
@@ -111,6 +158,7 @@ class GymVectorEnv(VectorEnv):
         vectorization: str = "sync",
         name: str | None = None,
         ignore_keys: tuple[str, ...] = (),
+        flatten_keys: tuple[str, ...] = (),
         **make_kwargs: Any,
     ) -> None:
         import gymnasium as gym
@@ -150,10 +198,10 @@ class GymVectorEnv(VectorEnv):
             )
         try:
             fields, self._obs = observation_fields(
-                self.vec.single_observation_space, env_name, tuple(ignore_keys)
+                self.vec.single_observation_space, env_name, ignore_keys, flatten_keys
             )
             action = action_spec_from_space(self.vec.single_action_space, env_name)
-        except ValueError:
+        except (ValueError, TypeError):
             self.vec.close()
             raise
         self.num_envs = int(self.vec.num_envs)
