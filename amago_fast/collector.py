@@ -209,12 +209,19 @@ class _EpisodeLog:
             out["length"] = self._length_sum / n
             extra["returns"] = returns
         if self._successes:
-            out["success"] = float(np.concatenate(self._successes).astype(np.float64).mean())
+            # bool per episode, or (trial envs) the float share of a trial's successful inner
+            # episodes, NaN where none finished: those trials carry no success information.
+            succ = np.concatenate(self._successes).astype(np.float64)
+            succ = succ[~np.isnan(succ)]
+            if succ.size:
+                out["success"] = float(succ.mean())
         if self.trial_episode_returns:
             ter = np.concatenate(self.trial_episode_returns)
             extra["trial_episode_returns"] = ter
             # The meta-RL check: is the first episode of a trial worse than the later ones?
-            out["trial_first_episode_return"] = float(np.nanmean(ter[:, 0]))
+            first = ter[:, 0]
+            if np.isfinite(first).any():  # (a trial cut before its first episode ended: NaN)
+                out["trial_first_episode_return"] = float(np.nanmean(first))
             later = ter[:, 1:]
             if np.isfinite(later).any():
                 out["trial_later_episode_return"] = float(np.nanmean(later))

@@ -296,6 +296,7 @@ def test_key_to_door_trial_structure_and_scripted_agent():
     assert "episode_start" in obs and (obs["episode_start"] == 1).all()
     key0, door0 = env.key.copy(), env.door.copy()
     trial_return = np.zeros(n)
+    partial = np.zeros(n)  # return of the inner episode still open
     starts = np.zeros(n)
     for t in range(60):
         target = np.where(env.has_key[:, None], env.door, env.key)
@@ -303,6 +304,7 @@ def test_key_to_door_trial_structure_and_scripted_agent():
         a = np.where(d[:, 0] > 0, 1, np.where(d[:, 0] < 0, 3, np.where(d[:, 1] > 0, 0, 2)))
         obs, r, te, tr, info = env.step(a.astype(np.int32))
         trial_return += r
+        partial = np.where(obs["episode_start"][:, 0] == 1, 0.0, partial + r)
         if t < 59:
             np.testing.assert_array_equal(env.key, key0)  # layout fixed within the trial
             np.testing.assert_array_equal(env.door, door0)
@@ -310,7 +312,10 @@ def test_key_to_door_trial_structure_and_scripted_agent():
         starts += obs["episode_start"][:, 0]
     assert tr.all() and not te.any()
     ep = info["episode_returns"]
-    np.testing.assert_allclose(np.nansum(ep, axis=1), trial_return, rtol=1e-6)
+    # Finished inner episodes only: the one cut off at step 60 is not among them (unless it
+    # ended on that very step).
+    cut = np.nansum(ep, axis=1)
+    assert (np.isclose(cut, trial_return - partial) | np.isclose(cut, trial_return)).all()
     # A layout-aware agent completes every episode (key then door = 2 per episode).
     finished = (~np.isnan(ep)).sum(axis=1)
     assert (finished >= 3).all()

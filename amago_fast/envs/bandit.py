@@ -2,7 +2,8 @@
 
 A *task* is a vector of arm success probabilities p ~ U(0, 1)^k, drawn per trial and fixed for
 the whole trial. An inner episode is `pulls_per_episode` pulls (default 1); each pull of arm a
-pays 1 with probability p[a], else 0. A trial is `episodes_per_trial` episodes (default 10).
+pays 1 with probability p[a], else 0. A trial is `episodes_per_trial` episodes (default 10),
+optionally also cut at `trial_max_steps` pulls.
 
 The observation ``observation`` float32 (1,) is the fraction of the episode's pulls already made
 (0 at an episode start): it carries no information about p, so good behaviour (explore early,
@@ -32,6 +33,7 @@ class BanditTrials(BatchedTaskEnv):
         pulls_per_episode: int = 1,
         episodes_per_trial: int = 10,
         seed: int = 0,
+        trial_max_steps: int | None = None,
     ) -> None:
         if not isinstance(num_arms, (int, np.integer)) or num_arms < 2:
             raise ValueError(f"num_arms must be an integer >= 2, got {num_arms!r}")
@@ -48,6 +50,7 @@ class BanditTrials(BatchedTaskEnv):
             seed=seed,
             episode_max_steps=int(pulls_per_episode),
             episodes_per_trial=int(episodes_per_trial),
+            trial_max_steps=trial_max_steps,
         )
         self.num_arms = int(num_arms)
         self.pulls_per_episode = int(pulls_per_episode)

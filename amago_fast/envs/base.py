@@ -227,7 +227,12 @@ class BatchedTaskEnv(VectorEnv):
     immediately (the step that ends an inner episode returns the first observation of the next one,
     with the final reward of the ending one), ``episode_start`` = 1 marks those rows, and the trial
     ends (terminated after k episodes, truncated at ``trial_max_steps``) only then. At a trial end
-    ``info["episode_returns"]`` (N, k_max) holds each inner episode's return (NaN past the last).
+    ``info["episode_returns"]`` (N, k_max) holds the return of each inner episode that finished
+    (NaN past the last; an inner episode cut off by ``trial_max_steps`` is not one: it is
+    neither a return nor a success), and ``info["success"]`` (float32, read at trial ends) the
+    fraction of those finished inner episodes that succeeded (NaN if none finished) — so the
+    collector's ``success`` statistic is the share of successful inner episodes, as it is the
+    share of successful episodes outside trials. (Before a trial end the row's value is NaN.)
     """
 
     _state_fields: tuple[str, ...] = ()
@@ -266,6 +271,7 @@ class BatchedTaskEnv(VectorEnv):
         self.needs_reset = np.ones(n, np.bool_)
         self._k_max = self._max_episodes_per_trial()
         self.episode_returns = np.zeros((n, self._k_max), np.float32)
+        self.episode_successes = np.zeros((n, self._k_max), np.bool_)
         self._closed = False
 
     # ------------------------------------------------------------------ subclass hooks
@@ -340,6 +346,7 @@ class BatchedTaskEnv(VectorEnv):
         self.trial_t[idx] = 0
         self.episode_index[idx] = 0
         self.episode_returns[idx] = 0.0
+        self.episode_successes[idx] = False
         self.episode_start_flag[idx] = 1.0
         self.needs_reset[idx] = False
 
@@ -375,7 +382,10 @@ class BatchedTaskEnv(VectorEnv):
         else:
             ep = self.episode_index
             rows = np.nonzero(active)[0]
-            self.episode_returns[rows, np.minimum(ep[rows], self._k_max - 1)] += reward[rows]
+            slot = np.minimum(ep, self._k_max - 1)
+            self.episode_returns[rows, slot[rows]] += reward[rows]
+            ended = np.nonzero(inner_done)[0]
+            self.episode_successes[ended, slot[ended]] = success[ended]
             ep_after = ep + inner_done
             trial_term = np.zeros(n, np.bool_)
             if self.episodes_per_trial is not None:
@@ -393,11 +403,20 @@ class BatchedTaskEnv(VectorEnv):
                 self.episode_start_flag[inner_restart] = 1.0
             if trial_done.any():
                 returns = np.full((n, self._k_max), np.nan, np.float32)
+                trial_success = np.full(n, np.nan, np.float32)
                 done_rows = np.nonzero(trial_done)[0]
-                counts = self.episode_index[done_rows] + 1
+                # Finished inner episodes: all up to the current one, which counts only if it
+                # ended on this step (a trial_max_steps cut leaves it partial).
+                counts = np.minimum(self.episode_index[done_rows] + inner_done[done_rows],
+                                    self._k_max)
                 for r, c in zip(done_rows, counts):  # only at trial ends: rare
                     returns[r, :c] = self.episode_returns[r, :c]
+                    if c:
+                        trial_success[r] = self.episode_successes[r, :c].mean()
                 info["episode_returns"] = returns
+                info["success"] = trial_success
+            else:
+                info["success"] = np.full(n, np.nan, np.float32)
             terminated, truncated = trial_term, trial_trunc
         reset_idx = np.nonzero(resetting)[0]
         if reset_idx.size:
@@ -421,7 +440,11 @@ class BatchedTaskEnv(VectorEnv):
         "episode_start_flag",
         "needs_reset",
         "episode_returns",
+        "episode_successes",
     )
+    # Arrays added after checkpoints were first written: absent from an older state they start
+    # at their initial value (no successes recorded yet in the open trials).
+    _optional_state_fields = ("episode_successes",)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue identically: RNG state and every state array."""
@@ -442,8 +465,11 @@ class BatchedTaskEnv(VectorEnv):
             raise ValueError(f"state is for {state.get('class')!r}, not {type(self).__name__}")
         if state.get("num_envs") != self.num_envs:
             raise ValueError(f"state has num_envs={state.get('num_envs')}, env has {self.num_envs}")
-        arrays = state["arrays"]
+        arrays = dict(state["arrays"])
         names = (*self._base_state_fields, *self._state_fields)
+        for k in self._optional_state_fields:
+            if k not in arrays:
+                arrays[k] = np.zeros_like(getattr(self, k))
         missing = [k for k in names if k not in arrays]
         if missing:
             raise ValueError(f"state is missing arrays {missing}")
