@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -60,6 +61,13 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--seed", type=int, default=12345, help="eval env seed")
+    p.add_argument(
+        "--env-kwargs",
+        default=None,
+        metavar="JSON",
+        help="env keyword arguments merged over the run's env.kwargs and env.eval_kwargs, e.g. "
+        "'{\"split\": \"eval-out\"}' (actuator inversion's held-out contexts)",
+    )
 
 
 def _add_bench(sub) -> None:
@@ -95,6 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _env_family(name: str) -> str:
+    """"gym" / "envpool" for prefixed ids, else the registered name itself."""
+    return name.split(":", 1)[0] if ":" in name else name
+
+
+def _drop_preset_env_kwargs(preset: Any, overrides: dict[str, str], preset_name: str) -> None:
+    """A preset's env kwargs belong to its env: when ``--env.name`` moves to another env family
+    (another built-in task, or between ``gym:`` and ``envpool:`` ids) and no ``--env.kwargs`` /
+    ``--env.eval_kwargs`` is given, they are dropped (with a note) instead of being passed to
+    an env that does not take them (tmaze's corridor_length to key-to-door). Within a family
+    (``--preset minigrid --env.name gym:MiniGrid-Empty-5x5-v0``) they are kept."""
+    new = overrides.get("env.name")
+    if new is None or _env_family(new) == _env_family(preset.env.name):
+        return
+    for field_name in ("kwargs", "eval_kwargs"):
+        old = getattr(preset.env, field_name)
+        if old and f"env.{field_name}" not in overrides:
+            print(f"amago-fast: note: preset {preset_name}'s env.{field_name} {old} are for "
+                  f"{preset.env.name!r}, not passed to {new!r} (give --env.{field_name} to set "
+                  "them)", file=sys.stderr)
+            setattr(preset.env, field_name, {})
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from amago_fast.config import (
         ConfigError,
@@ -119,7 +150,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 return 2
             cfg = apply_overrides(load_config(run_dir / "config.json"), overrides)
         else:
-            cfg = apply_overrides(get_preset(args.preset or DEFAULT_PRESET), overrides)
+            preset = get_preset(args.preset or DEFAULT_PRESET)
+            _drop_preset_env_kwargs(preset, overrides, args.preset or DEFAULT_PRESET)
+            cfg = apply_overrides(preset, overrides)
             run_dir = Path(args.run_dir) if args.run_dir else None
         validate(cfg)
     except ConfigError as e:
@@ -133,6 +166,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     try:
         result = trainer.train()
+    except ConfigError as e:  # found while building the envs (unknown id, bad kwargs, spaces)
+        print(f"amago-fast: invalid config: {e}", file=sys.stderr)
+        return 2
     except TrainingError as e:
         print(f"amago-fast: training stopped: {e}", file=sys.stderr)
         return 1
@@ -155,6 +191,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from amago_fast.trainer import evaluate_run
 
+    env_kwargs = None
+    if args.env_kwargs is not None:
+        try:
+            env_kwargs = json.loads(args.env_kwargs)
+        except json.JSONDecodeError as e:
+            print(f"amago-fast: --env-kwargs is not JSON: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(env_kwargs, dict):
+            print(f"amago-fast: --env-kwargs must be a JSON object, got {args.env_kwargs}",
+                  file=sys.stderr)
+            return 2
     try:
         stats = evaluate_run(
             args.run_dir,
@@ -162,6 +209,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             num_envs=args.num_envs,
             device=args.device,
             seed=args.seed,
+            env_kwargs=env_kwargs,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"amago-fast: {e}", file=sys.stderr)

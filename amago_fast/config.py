@@ -71,6 +71,10 @@ class EnvConfig:
     kwargs: dict = field(default_factory=dict)
     """Extra keyword arguments for `make_env`, as JSON on the command line
     (e.g. '{"corridor_length": 20}')."""
+    eval_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments merged over `kwargs` for the evaluation env only, as JSON (e.g.
+    '{"split": "eval-out"}' evaluates actuator inversion on held-out contexts while training on
+    the train split; '{"batch_size": 4}' sizes an async EnvPool eval pool)."""
     num_envs: int = 8
     """Parallel environments used for training collection (per rank when distributed)."""
     eval_num_envs: int = 8

@@ -111,6 +111,10 @@ def _continuous(env_name: str) -> dict[str, Any]:
         **_MEDIUM_MODEL,
         "env.name": env_name,
         "env.num_envs": 16,
+        # Periodic evaluation on the eval-in split (in-distribution contexts, their own RNG
+        # stream); held-out contexts after training: amago-fast eval RUN_DIR --env-kwargs
+        # '{"split": "eval-out"}'.
+        "env.eval_kwargs": {"split": "eval-in"},
         "agent.context_len": 256,
         "window_len": 256,
         "batch_size": 24,

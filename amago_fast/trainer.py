@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from amago_fast import checkpoint as ckpt
-from amago_fast.config import TrainConfig, config_to_dict, load_config, save_config, validate
+from amago_fast.config import (
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+    validate,
+)
 from amago_fast.distributed import (
     DistContext,
     init_distributed,
@@ -188,14 +195,35 @@ class Trainer:
         for mod in cfg.env.import_modules:  # e.g. popgym registers its gymnasium ids on import
             importlib.import_module(mod)
         env_seed = cfg.seed + 1000 * rank
-        self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed, **cfg.env.kwargs)
-        self.eval_env = make_env(
-            cfg.env.name, cfg.env.eval_num_envs, seed=env_seed + 500, **cfg.env.kwargs
-        )
+        # Env construction errors (unknown id, bad kwargs, unsupported spaces) are config
+        # errors: ConfigError names the fields, and the CLI prints it on one line.
+        try:
+            self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed, **cfg.env.kwargs)
+        except (ValueError, TypeError) as e:
+            msg = f"env.name={cfg.env.name!r} / env.kwargs={cfg.env.kwargs}: {e}"
+            raise ConfigError(msg) from e
+        eval_kwargs = eval_env_kwargs(cfg)
+        try:
+            self.eval_env = make_env(
+                cfg.env.name, cfg.env.eval_num_envs, seed=env_seed + 500, **eval_kwargs
+            )
+        except (ValueError, TypeError) as e:
+            self.env.close()
+            raise ConfigError(
+                f"env.eval_num_envs={cfg.env.eval_num_envs} / env.eval_kwargs (the evaluation "
+                f"env: {cfg.env.name!r} with kwargs {eval_kwargs}): {e}"
+            ) from e
         spec = self.env.spec
         self.spec = spec
+        if self.eval_env.spec.observation != spec.observation or (
+            self.eval_env.spec.action != spec.action
+        ):
+            raise ConfigError(
+                f"env.eval_kwargs={cfg.env.eval_kwargs}: the evaluation env's observation/action "
+                f"spec differs from the training env's ({self.eval_env.spec} vs {spec})"
+            )
         if cfg.buffer.relabel != "none" and spec.goals is None:
-            raise ValueError(
+            raise ConfigError(
                 f"buffer.relabel={cfg.buffer.relabel!r} needs a multi-goal env; "
                 f"{cfg.env.name} has no goals"
             )
@@ -214,8 +242,8 @@ class Trainer:
             self.exploration = make_exploration(
                 spec.action, cfg.env.num_envs, seed=cfg.seed + rank, **cfg.exploration
             )
-        except TypeError as e:
-            raise ValueError(f"exploration: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"exploration={cfg.exploration}: {e}") from None
         if cfg.overlap_collection:
             # The collector thread acts with its own copy so it never reads weights mid-update.
             self.policy = copy.deepcopy(self.agent)
@@ -705,6 +733,12 @@ class _CollectorThread:
             self.thread.join()
 
 
+def eval_env_kwargs(cfg: TrainConfig, extra: dict | None = None) -> dict:
+    """The evaluation env's keyword arguments: ``env.kwargs``, then ``env.eval_kwargs``, then
+    `extra` (e.g. ``amago-fast eval --env-kwargs``) on top."""
+    return {**cfg.env.kwargs, **cfg.env.eval_kwargs, **(extra or {})}
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -712,8 +746,13 @@ def evaluate_run(
     num_envs: int | None = None,
     device: str = "cpu",
     seed: int = 12345,
+    env_kwargs: dict | None = None,
 ) -> dict[str, float]:
-    """Load a run's newest checkpoint and run `episodes` greedy episodes; return their stats."""
+    """Load a run's newest checkpoint and run `episodes` greedy episodes; return their stats.
+
+    The env is the run's evaluation env (:func:`eval_env_kwargs`), with `env_kwargs` merged
+    on top (e.g. ``{"split": "eval-out"}`` for actuator inversion's held-out contexts); it
+    must have the training env's observation and action spaces."""
     from amago_fast.collector import Collector
     from amago_fast.envs import make_env
     from amago_fast.learner import Learner
@@ -730,7 +769,13 @@ def evaluate_run(
     dev = resolve_device(device)
     for mod in cfg.env.import_modules:
         importlib.import_module(mod)
-    env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **cfg.env.kwargs)
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise ValueError(f"env_kwargs must be a dict, got {env_kwargs!r}")
+    kwargs = eval_env_kwargs(cfg, env_kwargs)
+    try:
+        env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **kwargs)
+    except TypeError as e:  # unknown keyword arguments
+        raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs}: {e}") from e
     try:
         agent = build_agent(env.spec, cfg, dev)
         learner = Learner(agent, _learner_config(cfg, dev))

@@ -68,6 +68,79 @@ def test_train_then_eval_prints_json(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_eval_env_kwargs_reach_the_eval_env_only(tmp_path, capsys):
+    """env.eval_kwargs shape the training run's evaluation env (not the training env), and
+    `amago-fast eval --env-kwargs` merges more on top; bad ones exit 2 naming the problem."""
+    run_dir = tmp_path / "run"
+    cfg = {**TINY, "total_env_steps": 32, "checkpoint_interval": 0,
+           "env.kwargs": {"corridor_length": 6}, "env.eval_kwargs": {"corridor_length": 3}}
+    assert main(["train", "--run-dir", str(run_dir), *overrides_to_args(cfg)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval"]["length"] == 4  # corridor 3: 4 steps (train episodes take 7)
+    assert main(["eval", str(run_dir), "--episodes", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["length"] == 4
+    assert main(["eval", str(run_dir), "--episodes", "2",
+                 "--env-kwargs", '{"corridor_length": 9}']) == 0
+    assert json.loads(capsys.readouterr().out)["length"] == 10
+    assert main(["eval", str(run_dir), "--env-kwargs", '{"bogus": 1}']) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--env-kwargs", "[1]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_env_build_errors_are_one_line_config_errors(tmp_path, capsys):
+    """Errors found while building the envs (unknown env, bad kwargs, an eval env that cannot
+    be built, relabeling without goals, unknown exploration keys) print one line naming the
+    fields and exit 2; no run directory is left behind with a checkpoint."""
+    cases = [
+        (["--env.name", "no-such-env"], "env.name"),
+        (["--env.kwargs", '{"bogus": 1}'], "env.kwargs"),
+        (["--env.name", "envpool:CartPole-v1", "--env.num_envs", "16",
+          "--env.kwargs", '{"batch_size": 12}'], "env.eval_num_envs="),
+        (["--buffer.relabel", "some", "--buffer.relabel_prob", "0.5"], "buffer.relabel"),
+        (["--exploration", '{"bogus": 1}'], "exploration"),
+    ]
+    for i, (extra, field) in enumerate(cases):
+        rc = main(["train", "--run-dir", str(tmp_path / f"r{i}"),
+                   *overrides_to_args({**TINY, "total_env_steps": 32}), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2, extra
+        assert "invalid config" in err and field in err, err
+        assert "Traceback" not in err and err.strip().count("\n") <= 1, err
+
+
+def test_changing_env_name_drops_the_presets_env_kwargs(capsys):
+    """tmaze's corridor_length is not passed to key-to-door (a note says so); within an env
+    family (another gym: id) a preset's env kwargs are kept; given explicitly, they win."""
+    assert main(["train", "--env.name", "key-to-door", "--print-config"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["env"]["kwargs"] == {}
+    assert "corridor_length" in out.err and "not passed" in out.err
+    assert main(["train", "--preset", "minigrid", "--env.name", "gym:MiniGrid-Empty-5x5-v0",
+                 "--print-config"]) == 0
+    kept = json.loads(capsys.readouterr().out)["env"]["kwargs"]
+    assert kept == {"ignore_keys": ["mission"], "flatten_keys": ["image"]}
+    assert main(["train", "--env.name", "tmaze-active", "--env.kwargs",
+                 '{"corridor_length": 5}', "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["env"]["kwargs"] == {"corridor_length": 5}
+
+
+def test_aib_presets_evaluate_on_the_eval_in_split(tmp_path):
+    from amago_fast.presets import get_preset
+    from amago_fast.trainer import Trainer
+
+    cfg = get_preset("aib-cartpole")
+    assert cfg.env.eval_kwargs == {"split": "eval-in"}
+    cfg.env.num_envs = cfg.env.eval_num_envs = 2
+    t = Trainer(cfg, tmp_path / "run")
+    t.build()
+    try:
+        assert t.env.split == "train" and t.eval_env.split == "eval-in"
+    finally:
+        t.env.close()
+        t.eval_env.close()
+
+
 def test_bench_table_and_unknown_name(capsys):
     results = {"results": {
         "x": {"status": "ok", "result": {"cases": [

@@ -81,7 +81,7 @@ def test_trial_success_share_with_a_mixed_policy():
     probabilities the env drew."""
     env = make_trial_env("bandit", 3, episodes_per_trial=4, seed=2, num_arms=2)
     env.reset()
-    for trial in range(6):
+    for _ in range(6):
         best = env.probs.argmax(axis=1)
         expect = np.zeros(3)
         for k in range(4):
