@@ -67,6 +67,8 @@ from amago_fast.exploration import EpsilonGreedy, GaussianNoise
 from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, ActionSpec, EnvSpec
 
 _I64 = np.dtype(np.int64)
+_F32 = np.dtype(np.float32)
+_BOOL = np.dtype(np.bool_)
 
 
 def _native_absorb():
@@ -428,8 +430,12 @@ class _Rollouts:
                 out_ids = np.asarray(out_ids, dtype=np.int64)
             if self._async_absorber_ok and self._absorb_step is not None:
                 # The absorber records the sent actions and gathers each row's itself.
-                stored = self._absorb_async(obs, reward, term, trunc, info, out_ids, ids,
-                                            actions, log)
+                try:
+                    stored = self._absorb_async(obs, reward, term, trunc, info, out_ids, ids,
+                                                actions, log)
+                except (ValueError, TypeError, KeyError, IndexError) as e:
+                    self._explain_bad_step(e, obs, reward, term, trunc, len(out_ids))
+                    raise
                 if explore and self.exploration is not None:
                     self.exploration.advance(stored)
                 return stored
@@ -437,7 +443,12 @@ class _Rollouts:
             # carries the action last *sent* to it (the gather is a fresh array).
             self.sent_action[ids] = actions
             actions = self.sent_action[out_ids]
-        stored = self._absorb(obs, reward, term, trunc, info, out_ids, actions, log)
+        try:
+            stored = self._absorb(obs, reward, term, trunc, info, out_ids, actions, log)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            self._explain_bad_step(e, obs, reward, term, trunc,
+                                   self.n if out_ids is None else len(out_ids))
+            raise
         if explore and self.exploration is not None:
             self.exploration.advance(stored)
         return stored
@@ -516,6 +527,32 @@ class _Rollouts:
             if a.dtype != f.dtype or a.shape != (m, *f.shape):
                 raise ValueError(f"env {self.spec.name!r}: observation {f.name!r} is "
                                  f"{a.dtype}{a.shape}, spec says {f.dtype}{(m, *f.shape)}")
+
+    def _explain_bad_step(self, err: Exception, obs, reward, term, trunc, m: int) -> None:
+        """After a step's outputs were rejected (`err`, e.g. from the native absorber, which
+        names its own arguments): raise a ValueError naming the env and what it returned
+        against its spec, when that is the cause; else return (the caller re-raises `err`).
+        Only runs on failure, so the per-step path keeps its single first-step check."""
+        name = self.spec.name
+        problem = None
+        try:
+            self._check_obs(obs, m)
+        except ValueError as e:
+            problem = str(e)
+        except Exception as e:  # noqa: BLE001 - e.g. a non-array value: describe it
+            problem = f"env {name!r} returned observations the spec cannot describe ({e!r})"
+        if problem is None:
+            for what, arr, dtype in (("reward", reward, _F32), ("terminated", term, _BOOL),
+                                     ("truncated", trunc, _BOOL)):
+                if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != (m,):
+                    got = (f"{arr.dtype}{arr.shape}" if isinstance(arr, np.ndarray)
+                           else type(arr).__name__)
+                    problem = (f"env {name!r} returned {what} {got}, expected a {dtype} array "
+                               f"of shape {(m,)} (VectorEnv.step's contract)")
+                    break
+        if problem is not None:
+            raise ValueError(f"{problem}; nothing of this step was stored, committed "
+                             "trajectories are intact") from err
 
     def _validate(self, obs, reward, out_ids, log):
         """Keys/shapes once; non-finite values every step, before anything reaches the buffer.
@@ -810,6 +847,8 @@ class Collector:
             callable(getattr(buffer, m, None)) for m in ("reset_envs", "append_step")
         ):
             raise TypeError("buffer must provide reset_envs() and append_step()")
+        if buffer is not None:
+            _check_buffer_matches(buffer, env)
         for e in (env, eval_env):
             if e is not None and e.is_async and not _accepts_env_ids(policy):
                 raise ValueError(f"env {e.spec.name!r} is async: policy.act must accept an "
@@ -930,6 +969,29 @@ class Collector:
         self.total_env_steps = int(sd["total_env_steps"])
         self.total_episodes = int(sd["total_episodes"])
         self.seed = sd.get("seed")
+
+
+def _check_buffer_matches(buffer: Any, env: VectorEnv) -> None:
+    """A buffer with per-env slots and a row schema (TrajectoryBuffer) must have one slot per
+    env and hold every field the env's transitions carry, with the same shape and dtype; found
+    at construction rather than as an index error mid-collect. Duck-typed buffers without
+    those attributes are taken as they are."""
+    nb = getattr(buffer, "num_envs", None)
+    if nb is not None and nb != env.num_envs:
+        raise ValueError(f"buffer has num_envs={nb} slots, env {env.spec.name!r} has "
+                         f"{env.num_envs} envs (TrajectoryBuffer.from_env_spec(spec, capacity, "
+                         f"{env.num_envs}))")
+    fields = getattr(buffer, "fields", None)
+    if fields is None:
+        return
+    have = {f.name: f for f in fields}
+    for f in env.spec.buffer_fields():
+        g = have.get(f.name)
+        if g is None or tuple(g.shape) != tuple(f.shape) or np.dtype(g.dtype) != np.dtype(f.dtype):
+            got = "missing" if g is None else f"{np.dtype(g.dtype)}{tuple(g.shape)}"
+            raise ValueError(f"buffer field {f.name!r} is {got}, env {env.spec.name!r} stores "
+                             f"{np.dtype(f.dtype)}{tuple(f.shape)} (a buffer built for another "
+                             "env spec?)")
 
 
 def _is_snapshot_env(env: VectorEnv) -> bool:

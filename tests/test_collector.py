@@ -1000,3 +1000,71 @@ def test_async_absorber_without_buffer_equals_numpy_path():
             (*_STATE_KEYS, "batch_ids"))
     assert cols[0]._train._absorber is not None
     assert flagged == 1
+
+
+class _BreaksAtStep(VectorEnv):
+    """A user VectorEnv around EnvPool CartPole whose step `at` returns one malformed output."""
+
+    def __init__(self, mode: str, at: int = 60):
+        self.inner = EnvPoolEnv("CartPole-v1", 4, seed=0)
+        self.spec, self.num_envs, self.mode, self.at, self.t = self.inner.spec, 4, mode, at, 0
+
+    def reset(self, seed=None):
+        return self.inner.reset()
+
+    def step(self, actions, env_ids=None):
+        obs, r, te, tr, info = self.inner.step(actions)
+        self.t += 1
+        if self.t == self.at:
+            if self.mode == "float64 obs":
+                obs = {"observation": obs["observation"].astype(np.float64)}
+            elif self.mode == "missing key":
+                obs = {"obs": obs["observation"]}
+            elif self.mode == "reward float64":
+                r = r.astype(np.float64)
+            elif self.mode == "terminated int":
+                te = te.astype(np.int64)
+            elif self.mode == "reward None":
+                r = None
+        return obs, r, te, tr, info
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("float64 obs", r"observation 'observation' is float64\(4, 4\), spec says float32"),
+    ("missing key", r"observation keys \['obs'\]"),
+    ("reward float64", r"returned reward float64\(4,\), expected a float32 array"),
+    ("terminated int", r"returned terminated int64\(4,\), expected a bool array"),
+    ("reward None", r"returned reward NoneType"),
+])
+def test_malformed_env_output_names_the_env_and_field(mode, expect, tmp_path):
+    """Mid-rollout, a user env returns an output that breaks VectorEnv.step's contract: the
+    error names the env and the field against its spec (not the native absorber's argument
+    names), and the committed trajectories are unchanged."""
+    env = _BreaksAtStep(mode)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 4)
+    col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
+    col.collect(40 * 4)
+    before = [dict(np.load(p)) for p in buf.export_npz(tmp_path / "before")]
+    assert before
+    with pytest.raises(ValueError, match=expect) as e:
+        col.collect(40 * 4)
+    assert "'envpool:CartPole-v1'" in str(e.value)
+    after = [dict(np.load(p)) for p in buf.export_npz(tmp_path / "after")]
+    for old in before:  # every trajectory committed before is still there, unchanged
+        assert any(old.keys() == new.keys() and all(
+            np.array_equal(old[k], new[k]) for k in old) for new in after)
+
+
+def test_buffer_that_does_not_fit_the_env_is_rejected_up_front():
+    env = make_env("envpool:CartPole-v1", 4)
+    other = make_env("envpool:Acrobot-v1", 1)
+    cases = [
+        (TrajectoryBuffer.from_env_spec(env.spec, 1000, 2), "num_envs=2 slots.*4 envs"),
+        (TrajectoryBuffer.from_env_spec(env.spec, 1000, 8), "num_envs=8 slots.*4 envs"),
+        (TrajectoryBuffer.from_env_spec(other.spec, 1000, 4), "field 'observation' is float32"),
+    ]
+    for buf, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            Collector(env, RandomPolicy(env.spec), buf)
+    env.close()
+    other.close()
