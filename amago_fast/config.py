@@ -79,6 +79,10 @@ class EnvConfig:
     """Parallel environments used for training collection (per rank when distributed)."""
     eval_num_envs: int = 8
     """Parallel environments used for evaluation episodes."""
+    nan_policy: str = "raise"
+    """Non-finite observations or rewards from the training env: "raise" (stop with an error
+    naming the envs; nothing of that step is stored) or "flag" (zero them, store the step and
+    count it in the nonfinite_steps statistic)."""
     import_modules: list = field(default_factory=list)
     """Python modules imported before the env is made, as JSON (e.g. '["popgym"]' registers
     POPGym's gymnasium ids)."""
@@ -519,10 +523,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         except (ImportError, ValueError):
             found = False
         _check(found, "env.import_modules", f"cannot import {mod!r} (pip install {mod})")
-    try:
-        json.dumps(e.kwargs)
-    except TypeError as err:
-        raise ConfigError(f"env.kwargs: must be JSON-serializable: {err}") from None
+    for name, value in (("env.kwargs", e.kwargs), ("env.eval_kwargs", e.eval_kwargs)):
+        _check(isinstance(value, dict), name, f"must be a JSON object, got {value!r}")
+        try:
+            json.dumps(value)
+        except TypeError as err:
+            raise ConfigError(f"{name}: must be JSON-serializable: {err}") from None
+    _check(e.nan_policy in ("raise", "flag"), "env.nan_policy",
+           f"must be 'raise' or 'flag', got {e.nan_policy!r}")
     try:
         json.dumps(cfg.exploration)
     except TypeError as err:

@@ -249,7 +249,8 @@ class Trainer:
             self.policy = copy.deepcopy(self.agent)
         else:
             self.policy = self.agent
-        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
+        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration,
+                                   nan_policy=cfg.env.nan_policy)
         self.eval_collector = Collector(self.eval_env, self.agent)
         self.relabel = (
             None
@@ -559,7 +560,8 @@ class Trainer:
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
         self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
-        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration)
+        self.collector = Collector(self.env, self.policy, self.buffer, self.exploration,
+                                   nan_policy=self.cfg.env.nan_policy)
         self.collector.load_state_dict(state["collector"])
         if "eval_env" in state:
             self.eval_env.load_state_dict(state["eval_env"])

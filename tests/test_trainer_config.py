@@ -224,3 +224,23 @@ def test_builtin_presets_build_and_collect(name, tmp_path):
         t.eval_env.close()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_env_nan_policy_reaches_the_training_collector(tmp_path):
+    import torch
+
+    from amago_fast.presets import get_preset
+    from amago_fast.trainer import Trainer
+
+    with pytest.raises(ConfigError, match=r"env\.nan_policy"):
+        validate(apply_overrides(get_preset("bandit"), {"env.nan_policy": "ignore"}))
+    threads = torch.get_num_threads()
+    try:
+        t = Trainer(apply_overrides(get_preset("bandit"), {"env.nan_policy": "flag"}),
+                    tmp_path / "run")
+        t.build()
+        assert t.collector.nan_policy == "flag" and t.eval_collector.nan_policy == "raise"
+        t.env.close()
+        t.eval_env.close()
+    finally:
+        torch.set_num_threads(threads)
