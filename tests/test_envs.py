@@ -111,7 +111,7 @@ class ScalarTMaze:
         if self.x == self.h:
             return [1.0, float(self.y)]
         if self.x == 0 and (self.active or self.t == 0):
-            return [self.cue, 0.0]
+            return [0.0, self.cue]
         return [0.0, 0.0]
 
     def step(self, a):
@@ -160,13 +160,13 @@ def test_tmaze_optimal_return_is_one(active):
     env = make_env("tmaze-active" if active else "tmaze-passive", n, seed=0, corridor_length=h)
     obs = env.reset()
     if not active:
-        cue = obs["observation"][:, 0].copy()
+        cue = obs["observation"][:, 1].copy()
         assert set(np.unique(np.abs(cue))) == {1.0}
         plan = [np.zeros(n, np.int32)] * h
     else:
         np.testing.assert_array_equal(obs["observation"], 0.0)  # no cue at the start
         obs, *_ = env.step(np.full(n, 2, np.int32))  # step back onto the oracle cell
-        cue = obs["observation"][:, 0].copy()
+        cue = obs["observation"][:, 1].copy()
         plan = [np.zeros(n, np.int32)] * h
     total = np.zeros(n)
     for a in plan:
@@ -866,3 +866,154 @@ def test_check_actions_rejects_out_of_range_discrete(bad, dtype):
     assert ok.dtype == np.int32 and ok.tolist() == [0, 3, 1]
     with pytest.raises(ValueError, match="shape"):
         check_actions(spec, np.array([0, 3], dtype), 3, "e")
+
+
+# --- audit fixes (AIB, T-Maze)
+def _aib_cartpole(seed, n=4):
+    # Time-limit-only episodes of 5 steps: episode starts do not depend on the simulator state.
+    base = EnvPoolEnv("CartpoleSwingup-v1", n, seed=seed, max_episode_steps=5)
+    return ActuatorInversionEnv(base, split="train", seed=seed)
+
+
+def _aib_contexts_after_reset(env, steps=24):
+    """Contexts of a reset() and of the episodes started over `steps` zero-action steps."""
+    env.reset()
+    out = [(env.sign.copy(), env.inverted.copy())]
+    for _ in range(steps):
+        _, _, _, _, info = env.step(np.zeros((env.num_envs, env.d), np.float32))
+        out.append((env.sign.copy(), info["inverted"].copy()))
+    return out
+
+
+def test_aib_rng_state_resume_continues_the_context_stream():
+    """Env A runs, saves its context RNG and (as the collector does on resume) resets; a fresh env
+    B with another seed loads the state and resets: both draw the same contexts from there on —
+    the continuation of A's stream, not its start again."""
+    import json
+    import pickle
+
+    a = _aib_cartpole(seed=1)
+    a.reset()
+    for _ in range(13):  # two rounds of episode starts draw contexts
+        a.step(np.zeros((4, 1), np.float32))
+    saved = a.rng_state_dict()
+    via_json = json.loads(json.dumps(saved))
+    via_pickle = pickle.loads(pickle.dumps(saved))
+    assert via_json == saved == via_pickle
+    want = _aib_contexts_after_reset(a)
+    assert a.rng_state_dict() != saved  # a copy: A's later draws did not change it
+    assert len({tuple(inv) for _, inv in want}) > 1  # contexts were redrawn along the way
+    for state in (via_json, via_pickle):
+        b = _aib_cartpole(seed=7)
+        b.load_rng_state_dict(state)
+        got = _aib_contexts_after_reset(b)
+        for (ws, wi), (gs, gi) in zip(want, got):
+            np.testing.assert_array_equal(gs, ws)
+            np.testing.assert_array_equal(gi, wi)
+        b.close()
+    # Without the state, a restarted env replays the stream from its start instead.
+    fresh = _aib_contexts_after_reset(_aib_cartpole(seed=1))
+    assert any((f[1] != w[1]).any() for f, w in zip(fresh, want))
+    # state_dict() (what the trainer saves for the eval env) is the same state.
+    c = _aib_cartpole(seed=9)
+    c.load_state_dict(a.state_dict())
+    assert c.rng_state_dict() == a.rng_state_dict()
+    a.close()
+
+
+def test_aib_rng_state_rejects_wrong_or_corrupt_state_unchanged():
+    import json
+
+    env = _aib_cartpole(seed=2, n=2)
+    good = env.rng_state_dict()
+    before = env.rng.bit_generator.state
+    other = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", 2, seed=0), seed=0)
+
+    def edited(**kw):
+        st = json.loads(json.dumps(good))
+        for path, v in kw.items():
+            node = st
+            *head, last = path.split("__")
+            for k in head:
+                node = node[k]
+            if v is KeyError:
+                del node[last]
+            else:
+                node[last] = v
+        return st
+
+    bad_states = [
+        None, [], {}, {"rng": 1},
+        other.rng_state_dict(),  # d = 2, not 1
+        _aib_eval_state("eval-in"),
+        edited(format="something-else"), edited(split="eval-out"), edited(invert_prob=0.3),
+        edited(subsets="all"), edited(d=KeyError),
+        edited(bit_generator="PCG64"), edited(bit_generator__bit_generator="MT19937"),
+        edited(bit_generator__state__state=1.5), edited(bit_generator__state__state=-1),
+        edited(bit_generator__state__state=2**128), edited(bit_generator__state__inc=2),
+        edited(bit_generator__state__inc="3"), edited(bit_generator__state__inc=KeyError),
+        edited(bit_generator__has_uint32=2), edited(bit_generator__uinteger=2**32),
+        edited(bit_generator__extra=0),
+    ]
+    for st in bad_states:
+        for load in (env.load_rng_state_dict, env.load_state_dict):
+            with pytest.raises(ValueError):
+                load(st)
+            assert env.rng.bit_generator.state == before  # unchanged
+    env.load_rng_state_dict(good)  # the untouched dict still loads
+    assert env.rng.bit_generator.state == before
+    # The older {"rng", "split"} form (checkpoints before rng_state_dict) still loads.
+    env.load_state_dict({"rng": before, "split": "train"})
+    with pytest.raises(ValueError, match="split"):
+        env.load_state_dict({"rng": before, "split": "eval-in"})
+    other.close()
+    env.close()
+
+
+def _aib_eval_state(split):
+    e = ActuatorInversionEnv(EnvPoolEnv("CartpoleSwingup-v1", 2, seed=0), split=split, seed=2)
+    st = e.rng_state_dict()
+    e.close()
+    return st
+
+
+def test_aib_hopper_version_option():
+    from amago_fast.envs.actuator_inversion import make_aib_env
+
+    for version, task in [(None, "Hopper-v5"), ("v4", "Hopper-v4"), ("v3", "Hopper-v3")]:
+        kw = {} if version is None else {"version": version}
+        env = make_env("aib-hopper", 2, seed=0, **kw)
+        assert env.env.spec.extra["task_id"] == task and env.d == 3
+        env.reset()
+        obs, r, *_ = env.step(np.zeros((2, 3), np.float32))
+        assert obs["observation"].shape == (2, 11) and np.isfinite(r).all()
+        env.close()
+    with pytest.raises(ValueError, match="version"):
+        make_env("aib-hopper", 2, version="v2")
+    with pytest.raises(TypeError, match="version"):  # dm_control tasks have no version option
+        make_env("aib-walker", 2, version="v4")
+    with pytest.raises(ValueError, match="aib-hopper only"):
+        make_aib_env("aib-cartpole", 2, version="v4")
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_tmaze_cue_is_not_aliased_with_the_junction(active):
+    """Ni et al.'s ambiguous encoding: cue [0, c], corridor [0, 0], junction [1, y]. The cue +1
+    used to be shown as [1, 0], exactly the junction's observation."""
+    h, n = 3, 8
+    env = TMaze(n, corridor_length=h, active=active, seed=0)
+    obs = env.reset()["observation"]
+    if active:
+        obs = env.step(np.full(n, LEFT_ACTION, np.int32))[0]["observation"]
+    assert set(env.cue.tolist()) == {1.0, -1.0}
+    np.testing.assert_array_equal(obs, np.stack([np.zeros(n), env.cue], 1))
+    cues = {tuple(o) for o in obs}
+    seen = set()
+    for _ in range(h):
+        obs = env.step(np.zeros(n, np.int32))[0]["observation"]
+        seen |= {tuple(o) for o in obs}
+    np.testing.assert_array_equal(obs, np.tile([1.0, 0.0], (n, 1)))  # all at the junction
+    assert not cues & seen
+
+
+LEFT_ACTION = 2

@@ -79,7 +79,13 @@ def _aib(name: str) -> Callable[..., VectorEnv]:
         return make_aib_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
                             invert_prob=invert_prob, subsets=subsets)
 
-    return build
+    def build_hopper(num_envs: int, seed: int = 0, split: str = "train",
+                     batch_size: int | None = None, invert_prob: float = 0.5,
+                     subsets: str = "split", version: str = "v5"):
+        return make_aib_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
+                            invert_prob=invert_prob, subsets=subsets, version=version)
+
+    return build_hopper if name == "aib-hopper" else build
 
 
 _REGISTRY: dict[str, Callable[..., VectorEnv]] = {

@@ -21,10 +21,27 @@ autoreset: the step on which an env returns the first observation of a new episo
   an actuator-strength range never seen in training).
 
 Tasks (``make_env`` names): aib-ballincup = BallInCupCatch-v1 (d=2), aib-walker = WalkerWalk-v1
-(d=6), aib-cartpole = CartpoleSwingup-v1 (d=1), aib-hopper = Hopper-v5 (gym, d=3). The wrapped
-env's ``info`` gains ``inverted`` (b for the envs of the batch) so evaluation can split returns by
-context. Resuming restarts the EnvPool envs (they cannot be snapshotted); the context RNG state is
-kept in ``state_dict()``.
+(d=6), aib-cartpole = CartpoleSwingup-v1 (d=1) — the dm_control tasks of EnvPool — and
+aib-hopper = EnvPool's Hopper-v5 (d=3): EnvPool's C++ port of the MuJoCo Hopper of gym/gymnasium
+(the benchmark's "Hopper (gym)"), not gymnasium's own env; ``version="v3"``/``"v4"`` picks
+EnvPool's Hopper-v3/-v4 (same 11-d observation, 3 actuators, 1000-step limit). gymnasium's MuJoCo
+Hopper needs the ``mujoco`` package, which is not a dependency here. The wrapped env's ``info``
+gains ``inverted`` (b for the envs of the batch) so evaluation can split returns by context.
+
+Resume. EnvPool envs cannot be snapshotted, so a restore restarts them with ``reset()``; what is
+kept is the context RNG (``rng_state_dict()`` / ``load_rng_state_dict()``; ``state_dict()`` /
+``load_state_dict()`` hold the same). Contract: the state holds the whole RNG that draws
+contexts, so after ``B.load_rng_state_dict(A.rng_state_dict())`` env B draws exactly the
+contexts A would draw from that point on, given the same draws in the same order (the same
+envs starting episodes in the same order). In particular, for two sync envs with the same
+``num_envs`` (and split, invert_prob, subsets — checked on load): ``A.reset()`` and
+``B.reset()`` after the save point draw equal contexts for every env, and as long as episodes
+start on the same steps (e.g. time-limit-only episodes, or the same seed and actions) every
+later context is equal too. So a resumed run never replays the context sequence from its
+start; it continues it as a run that had called ``reset()`` at the checkpoint would. Not kept:
+the contexts of the episodes open at the checkpoint (the restart abandons them) and the
+simulator state. Async pools: EnvPool's batch order is not deterministic, so the stream
+continues but which env gets which context may differ.
 """
 
 from __future__ import annotations
@@ -82,6 +99,7 @@ class ActuatorInversionEnv(VectorEnv):
         self.env = env
         self.split = split
         self.invert_prob = float(invert_prob)
+        self.subsets = subsets
         self.num_envs = env.num_envs
         self.is_async = env.is_async
         d = env.spec.action.shape[0]
@@ -167,29 +185,115 @@ class ActuatorInversionEnv(VectorEnv):
     def close(self) -> None:
         self.env.close()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Context RNG state (the EnvPool envs themselves restart on resume)."""
-        import copy
+    # ---------------------------------------------------------------- resume (context RNG only)
+    _RNG_FORMAT = "aib-context-rng/1"
 
-        return {"rng": copy.deepcopy(self.rng.bit_generator.state), "split": self.split}
+    def _rng_config(self) -> dict[str, Any]:
+        return {"split": self.split, "d": int(self.d), "invert_prob": self.invert_prob,
+                "subsets": self.subsets}
+
+    def rng_state_dict(self) -> dict[str, Any]:
+        """Everything that drives future context draws: the context RNG's state, plus the
+        configuration it belongs to (checked by `load_rng_state_dict`). Plain Python types only
+        (str, int, float, dicts): JSON- and pickle-safe; a copy, not a view of the live RNG."""
+        st = self.rng.bit_generator.state
+        return {
+            "format": self._RNG_FORMAT,
+            **self._rng_config(),
+            "num_envs": int(self.num_envs),
+            "bit_generator": {
+                "bit_generator": str(st["bit_generator"]),
+                "state": {"state": int(st["state"]["state"]), "inc": int(st["state"]["inc"])},
+                "has_uint32": int(st["has_uint32"]),
+                "uinteger": int(st["uinteger"]),
+            },
+        }
+
+    def load_rng_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `rng_state_dict()` (see the module docstring for what is reproduced; call
+        ``reset()`` next, as the collector does after a restore). A dict of another split,
+        action size, invert_prob or subsets mode, or a malformed one, raises ValueError and
+        leaves the env unchanged. ``num_envs`` may differ (the stream continues, but the contexts
+        of n envs are drawn together, so they equal the original's only for the same n)."""
+        rng = self._rng_from_state(state)
+        self.rng = rng
+
+    def _rng_from_state(self, state: Any) -> np.random.Generator:
+        if not isinstance(state, dict):
+            raise ValueError(f"actuator-inversion RNG state must be a dict, got {type(state)}")
+        if state.get("format") != self._RNG_FORMAT:
+            raise ValueError(f"not an actuator-inversion RNG state (format "
+                             f"{state.get('format')!r}, expected {self._RNG_FORMAT!r})")
+        for key, want in self._rng_config().items():
+            if key not in state or state[key] != want:
+                raise ValueError(f"actuator-inversion RNG state is for {key}={state.get(key)!r}, "
+                                 f"this env has {key}={want!r}")
+        return _generator_from_state(state.get("bit_generator"),
+                                     type(self.rng.bit_generator).__name__)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Same as `rng_state_dict` (the EnvPool envs themselves restart on resume)."""
+        return self.rng_state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("split") != self.split:
-            raise ValueError(f"state is for split {state.get('split')!r}, env is {self.split!r}")
+        """`load_rng_state_dict`; also reads the older ``{"rng", "split"}`` form."""
+        if isinstance(state, dict) and "format" not in state and set(state) == {"rng", "split"}:
+            if state["split"] != self.split:
+                raise ValueError(f"state is for split {state['split']!r}, env is {self.split!r}")
+            self.rng = _generator_from_state(state["rng"], type(self.rng.bit_generator).__name__)
+            return
+        self.load_rng_state_dict(state)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _generator_from_state(st: Any, name: str) -> np.random.Generator:
+    """A new Generator with bit-generator state `st` (validated: numpy itself accepts floats and
+    truncates them)."""
+    bad = ValueError(f"corrupt {name} state in the actuator-inversion RNG state: {st!r}")
+    if (not isinstance(st, dict) or set(st) != {"bit_generator", "state", "has_uint32", "uinteger"}
+            or st["bit_generator"] != name or not isinstance(st["state"], dict)):
+        raise bad
+    if name == "PCG64":
+        inner = st["state"]
+        if set(inner) != {"state", "inc"} or not all(_is_int(v) for v in inner.values()):
+            raise bad
+        if not all(0 <= int(v) < 2**128 for v in inner.values()) or int(inner["inc"]) % 2 == 0:
+            raise bad
+        if not (_is_int(st["has_uint32"]) and int(st["has_uint32"]) in (0, 1)
+                and _is_int(st["uinteger"]) and 0 <= int(st["uinteger"]) < 2**32):
+            raise bad
+    bit_gen = getattr(np.random, name)()
+    try:
         import copy
 
-        rng = np.random.default_rng()
-        rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self.rng = rng
-        self._episode_over[:] = True
+        bit_gen.state = copy.deepcopy(st)
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise bad from e
+    return np.random.Generator(bit_gen)
+
+
+HOPPER_VERSIONS = ("v3", "v4", "v5")  # EnvPool 1.2.5's Hopper-v3/-v4/-v5
 
 
 def make_aib_env(
     name: str, num_envs: int, seed: int = 0, split: str = "train", batch_size: int | None = None,
-    **kwargs: Any,
+    version: str | None = None, **kwargs: Any,
 ) -> ActuatorInversionEnv:
-    """One of the AIB tasks (`AIB_TASKS`) on EnvPool with actuator inversion."""
+    """One of the AIB tasks (`AIB_TASKS`) on EnvPool with actuator inversion.
+
+    ``version`` (aib-hopper only): ``"v3"``, ``"v4"`` or ``"v5"`` (default, = `AIB_TASKS`)."""
     if name not in AIB_TASKS:
         raise ValueError(f"unknown AIB task {name!r}; valid: {sorted(AIB_TASKS)}")
-    base = EnvPoolEnv(AIB_TASKS[name], num_envs, seed=seed, batch_size=batch_size, name=name)
+    task = AIB_TASKS[name]
+    if version is not None:
+        if name != "aib-hopper":
+            raise ValueError(f"{name}: version= applies to aib-hopper only ({name} is {task})")
+        if version not in HOPPER_VERSIONS:
+            raise ValueError(f"aib-hopper: version must be one of {HOPPER_VERSIONS}, "
+                             f"got {version!r}")
+        task = f"Hopper-{version}"
+    base = EnvPoolEnv(task, num_envs, seed=seed, batch_size=batch_size, name=name)
     return ActuatorInversionEnv(base, split=split, seed=seed, **kwargs)

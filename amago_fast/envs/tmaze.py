@@ -6,11 +6,14 @@ rewarded arm. Actions: 0 = right (x+1), 1 = up, 2 = left (x-1), 3 = down. Moves 
 the agent where it is (left at x = 0, right at the junction, up/down anywhere in the corridor).
 Up/down at the junction enter the arm y = +1 / -1.
 
-Observation ``observation`` float32 (2,):
-  - ``[c, 0]`` where the cue is shown (passive: only at t = 0, at x = 0; active: whenever the
+Observation ``observation`` float32 (2,), the "ambiguous position" encoding of Ni et al.'s code:
+  - ``[0, c]`` where the cue is shown (passive: only at t = 0, at x = 0; active: whenever the
     agent stands on the oracle cell x = 0),
   - ``[1, y]`` at the junction (y = 0 there, +-1 once in an arm),
   - ``[0, 0]`` everywhere else in the corridor.
+The three kinds never coincide: the cue is in the second entry with a 0 first entry, so the cue
++1 ``[0, 1]`` differs from the junction ``[1, 0]`` (an earlier version showed ``[c, 0]``, which
+made the cue +1 look exactly like the junction).
 
 Rewards: -1/H for every action other than "right" taken while in the corridor (x < H); at the
 last step of the episode +1 if the agent stands in the cued arm. Optimal return = 1.0, reached by
@@ -109,8 +112,7 @@ class TMaze(BatchedTaskEnv):
             show_cue = self.x == 0
         else:
             show_cue = (self.x == 0) & (self.ep_t == 0)
-        obs[:, 0] = np.where(show_cue, self.cue, 0.0)
         junction = self.x == self.corridor_length
-        obs[:, 0] = np.where(junction, 1.0, obs[:, 0])
-        obs[:, 1] = np.where(junction, self.y, 0.0)
+        obs[:, 0] = junction
+        obs[:, 1] = np.where(junction, self.y, np.where(show_cue, self.cue, 0.0))
         return {"observation": obs}
