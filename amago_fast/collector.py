@@ -945,10 +945,14 @@ class Collector:
     def state_dict(self) -> dict[str, Any]:
         """Open-rollout bookkeeping, exploration, policy rollout state, built-in env state."""
         env_state = self.env.state_dict() if _is_snapshot_env(self.env) else None
+        # Envs that cannot be snapshot but draw per-episode randomness of their own (actuator
+        # inversion's contexts) keep that stream across a resume.
+        rng_state = getattr(self.env, "rng_state_dict", None)
         return {
             "rollouts": self._train.state_dict(),
             "exploration": None if self.exploration is None else self.exploration.state_dict(),
             "env": env_state,
+            "env_rng": rng_state() if env_state is None and callable(rng_state) else None,
             "env_restorable": _is_snapshot_env(self.env),
             "total_env_steps": self.total_env_steps,
             "total_episodes": self.total_episodes,
@@ -956,7 +960,15 @@ class Collector:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """Restore `state_dict()`. Non-snapshottable envs (EnvPool, gymnasium) restart."""
+        """Restore `state_dict()`. Non-snapshottable envs (EnvPool, gymnasium) restart; their
+        own RNG streams (``env_rng``, e.g. actuator-inversion contexts) continue."""
+        env_rng = sd.get("env_rng")  # absent in checkpoints written before it was saved
+        if env_rng is not None:
+            load_rng = getattr(self.env, "load_rng_state_dict", None)
+            if not callable(load_rng):
+                raise ValueError(f"checkpoint holds an env RNG state but env "
+                                 f"{self.env.spec.name!r} cannot load one")
+            load_rng(env_rng)  # validated before it changes anything
         self._train.load_state_dict(sd["rollouts"])
         if self.exploration is not None:
             if sd["exploration"] is None:

@@ -1068,3 +1068,45 @@ def test_buffer_that_does_not_fit_the_env_is_rejected_up_front():
             Collector(env, RandomPolicy(env.spec), buf)
     env.close()
     other.close()
+
+
+def test_collector_checkpoint_keeps_the_actuator_inversion_context_stream():
+    """EnvPool physics cannot be snapshot, so a restored collector restarts its rollouts; the
+    actuator-inversion context RNG is saved with it, so the resumed run draws the contexts the
+    uninterrupted one would draw after a reset at that point — not the stream's start again."""
+    import pickle
+
+    from amago_fast.envs.actuator_inversion import ActuatorInversionEnv
+
+    def aib(seed):
+        base = EnvPoolEnv("CartpoleSwingup-v1", 2, seed=seed, max_episode_steps=5)
+        return ActuatorInversionEnv(base, split="train", seed=seed)
+
+    def contexts_after_restart(env):
+        env.reset()  # what the restored collector's next collect does first
+        return [env.inverted.copy()] + [
+            env.step(np.zeros((2, env.d), np.float32))[4]["inverted"].copy() for _ in range(20)]
+
+    a = aib(3)
+    col_a = Collector(a, RandomPolicy(a.spec, seed=0))
+    col_a.collect(2 * 30)
+    sd = pickle.loads(pickle.dumps(col_a.state_dict()))
+    assert sd["env_rng"] is not None
+    want = contexts_after_restart(a)
+    b = aib(11)
+    col_b = Collector(b, RandomPolicy(b.spec, seed=0))
+    col_b.load_state_dict(sd)
+    got = contexts_after_restart(b)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+    # The stream continued: a fresh env of the same seed draws other contexts.
+    fresh = contexts_after_restart(aib(3))
+    assert any((f != w).any() for f, w in zip(fresh, want))
+    # A corrupt RNG state is refused before the collector changes.
+    bad = dict(sd, env_rng={**sd["env_rng"], "split": "eval-out"})
+    steps = col_b.total_env_steps
+    with pytest.raises(ValueError):
+        Collector(aib(5), RandomPolicy(b.spec, seed=0)).load_state_dict(bad)
+    assert col_b.total_env_steps == steps
+    for env in (a, b):
+        env.close()
