@@ -544,7 +544,8 @@ class _DictObsEnv(gym.Env):
 
 def test_envpool_async_send_reuses_int32_ids_only_for_its_own_array():
     """send_trusted passes EnvPool's own int32 ids when given the env's last_env_ids array;
-    step() copies its env_ids, so ids a caller changed in place are sent as they now are."""
+    step() copies its env_ids, so ids a caller reordered in place are sent as they now are (and
+    ids changed to envs outside the last batch are refused, checked against EnvPool's ids)."""
     env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
     if env._direct is None:
         env.close()
@@ -556,13 +557,19 @@ def test_envpool_async_send_reuses_int32_ids_only_for_its_own_array():
     ids = env.last_env_ids
     env.send_trusted(np.zeros(2, np.int32), ids)
     assert sent[-1].dtype == np.int32 and sent[-1].tolist() == ids.tolist()
-    other = [i for i in range(4) if i not in ids.tolist()]
-    ids[:] = other  # changed in place: the cached int32 copy no longer matches
-    with pytest.raises(ValueError):  # the envs of the other batch are not ours to send
-        env._direct._send = lambda args: (sent.append(args[0].copy()),
-                                          (_ for _ in ()).throw(ValueError("sent")))
+    mine = ids.tolist()
+    other = [i for i in range(4) if i not in mine]
+    ids[:] = mine[::-1]  # reordered in place: the cached int32 copy no longer matches
+    env._direct._send = lambda args: (sent.append(args[0].copy()),
+                                      (_ for _ in ()).throw(ValueError("sent")))
+    with pytest.raises(ValueError, match="sent"):
         env.step(np.zeros(2, np.int32), ids)
-    assert sent[-1].tolist() == other
+    assert sent[-1].tolist() == mine[::-1]
+    n_sent = len(sent)
+    ids[:] = other  # the envs of the other batch are not ours to send
+    with pytest.raises(ValueError, match="not awaiting an action"):
+        env.step(np.zeros(2, np.int32), ids)
+    assert len(sent) == n_sent
     env.close()
 
 
@@ -1017,3 +1024,257 @@ def test_tmaze_cue_is_not_aliased_with_the_junction(active):
 
 
 LEFT_ACTION = 2
+
+
+# --- audit fixes (env adapters)
+def _track_elapsed(env, steps, ids):
+    """Step an async CartPole pool `steps` times with the last batch's ids; every env must come
+    back with elapsed_step one more than when last seen (0 after an episode end), and a batch must
+    hold distinct envs: an env stepped twice or out of turn breaks one or the other."""
+    last = {}
+    for _ in range(steps):
+        _, _, te, tr, info = env.step(np.zeros(len(ids), np.int32), ids)
+        ids = info["env_id"]
+        assert len(set(ids.tolist())) == len(ids), ids
+        for i, e, d in zip(ids.tolist(), info["elapsed_step"].tolist(), (te | tr).tolist()):
+            assert i not in last or e == last[i] + 1, (i, e, last)  # first sight: any
+            last[i] = -1 if d else e
+    return ids
+
+
+@pytest.mark.parametrize("bad", ["duplicate", "other"])
+def test_envpool_async_step_rejects_bad_env_ids_and_sends_nothing(bad):
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="reset"):  # no batch awaits actions before reset
+        env.step(np.zeros(2, np.int32), np.array([0, 1]))
+    env.reset()
+    ids = env.last_env_ids.copy()
+    for _ in range(3):
+        if bad == "duplicate":
+            wrong, match = np.array([ids[0], ids[0]]), rf"duplicate env_ids \[{ids[0]}\]"
+        else:
+            wrong, match = np.setdiff1d(np.arange(4), ids), "not awaiting an action"
+        with pytest.raises(ValueError, match=match):
+            env.step(np.zeros(2, np.int32), wrong)
+        np.testing.assert_array_equal(env.last_env_ids, ids)  # nothing sent, nothing received
+        ids = _track_elapsed(env, 5, ids)
+    # Any order of the last batch's ids is its envs, each once.
+    _track_elapsed(env, 5, ids[::-1].copy())
+    with pytest.raises(ValueError, match="integer ids"):
+        env.step(np.zeros(2, np.int32), env.last_env_ids.astype(np.float64))
+    env.close()
+
+
+def test_envpool_async_step_without_env_ids_says_so():
+    env = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
+    env.reset()
+    with pytest.raises(ValueError, match="needs env_ids"):
+        env.step(np.zeros(2, np.int32))
+    _track_elapsed(env, 3, env.last_env_ids)
+    env.close()
+
+
+def test_aib_async_step_rejects_bad_env_ids():
+    env = make_env("aib-hopper", 4, batch_size=2)
+    env.reset()
+    ids = np.asarray(env.last_env_ids).copy()
+    with pytest.raises(ValueError, match="duplicate env_ids"):
+        env.step(np.zeros((2, 3), np.float32), np.array([ids[0], ids[0]]))
+    with pytest.raises(ValueError, match="not awaiting an action"):
+        env.step(np.zeros((2, 3), np.float32), np.setdiff1d(np.arange(4), ids))
+    _, _, _, _, info = env.step(np.zeros((2, 3), np.float32), ids)
+    assert len(set(info["env_id"].tolist())) == 2
+    env.close()
+
+
+class _RaisingEnv(gym.Env):
+    """Raises on its 4th step after each reset; its observation is the seed of its last seeded
+    reset (-1: none) and its step count."""
+
+    observation_space = gym.spaces.Box(-1e9, 1e9, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.t, self.seed_seen = 0, -1
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        if seed is not None:
+            self.seed_seen = seed
+        return np.array([self.seed_seen, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 4:
+            raise RuntimeError("physics exploded")
+        return np.array([self.seed_seen, self.t], np.float32), 1.0, False, False, {}
+
+
+gym.register("AmagoFastRaising-v0", entry_point=_RaisingEnv)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_gym_env_rebuilt_after_a_worker_raised(vectorization):
+    env = GymVectorEnv("AmagoFastRaising-v0", 2, seed=10, vectorization=vectorization)
+    try:
+        obs = env.reset()
+        np.testing.assert_array_equal(obs["observation"][:, 0], [10, 11])
+        for _ in range(3):
+            env.step(np.zeros(2, np.int32))
+        with pytest.raises(RuntimeError, match="physics exploded"):
+            env.step(np.zeros(2, np.int32))
+        if vectorization == "async":  # the worker that raised is gone: a clear error
+            with pytest.raises(RuntimeError, match="call reset"):
+                env.step(np.zeros(2, np.int32))
+        for k in (1, 2):  # each rebuild seeds its envs past every seed used so far
+            obs = env.reset()
+            np.testing.assert_array_equal(obs["observation"][:, 0], [10 + 2 * k, 11 + 2 * k])
+            for t in range(1, 4):
+                obs, r, *_ = env.step(np.zeros(2, np.int32))
+                np.testing.assert_array_equal(obs["observation"][:, 1], [t, t])
+            with pytest.raises(RuntimeError, match="physics exploded"):
+                env.step(np.zeros(2, np.int32))
+        obs = env.reset(seed=3)  # an explicit seed still wins
+        np.testing.assert_array_equal(obs["observation"][:, 0], [3, 4])
+        obs = env.reset()  # no fault: the envs are kept (not reseeded)
+        np.testing.assert_array_equal(obs["observation"][:, 0], [3, 4])
+    finally:
+        env.close()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_gym_collector_continues_after_a_worker_raised(vectorization):
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.collector import Collector, RandomPolicy
+
+    env = make_env("gym:AmagoFastRaising-v0", 2, vectorization=vectorization)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=1000, num_envs=2)
+    col = Collector(env, RandomPolicy(env.spec), buf)
+    try:
+        with pytest.raises(RuntimeError, match="physics exploded"):
+            col.collect(20)
+        col.collect(4)  # restarts the rollouts on a rebuilt env (3 steps each before a raise)
+    finally:
+        env.close()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_gym_given_async_vector_env_broken_after_fault_says_rebuild():
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+
+    vec = AsyncVectorEnv([_RaisingEnv, _RaisingEnv], autoreset_mode=AutoresetMode.NEXT_STEP)
+    env = GymVectorEnv(vec)
+    try:
+        env.reset()
+        for _ in range(3):
+            env.step(np.zeros(2, np.int32))
+        with pytest.raises(RuntimeError, match="physics exploded"):
+            env.step(np.zeros(2, np.int32))
+        with pytest.raises(RuntimeError, match="broken after a fault.*must be rebuilt"):
+            env.reset()
+    finally:
+        env.close()
+    # A given sync vector env keeps working after a fault (reset as it is).
+    from gymnasium.vector import SyncVectorEnv
+
+    env = GymVectorEnv(SyncVectorEnv([_RaisingEnv, _RaisingEnv],
+                                     autoreset_mode=AutoresetMode.NEXT_STEP))
+    env.reset()
+    for _ in range(3):
+        env.step(np.zeros(2, np.int32))
+    with pytest.raises(RuntimeError, match="physics exploded"):
+        env.step(np.zeros(2, np.int32))
+    obs = env.reset()
+    env.step(np.zeros(2, np.int32))
+    assert obs["observation"].shape == (2, 2)
+    env.close()
+
+
+def test_envpool_env_wraps_a_built_pool():
+    import envpool
+
+    pool = envpool.make("CartPole-v1", env_type="gymnasium", num_envs=4, seed=5)
+    env = EnvPoolEnv(pool)
+    ref = EnvPoolEnv("CartPole-v1", 4, seed=5)
+    assert env.spec == ref.spec and env.spec.name == "envpool:CartPole-v1"
+    assert (env.num_envs, env.batch_size, env.is_async, env.task_id) == (4, 4, False,
+                                                                          "CartPole-v1")
+    np.testing.assert_array_equal(env.reset()["observation"], ref.reset()["observation"])
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        a = rng.integers(0, 2, 4).astype(np.int32)
+        got, want = env.step(a), ref.step(a)
+        for x, y in zip(got[:4], want[:4]):
+            np.testing.assert_array_equal(x["observation"] if isinstance(x, dict) else x,
+                                          y["observation"] if isinstance(y, dict) else y)
+    with pytest.raises(ValueError, match="seeds are fixed"):
+        env.reset(seed=6)
+    env.close(), ref.close()
+    # Async pool: batch_size from the config; a re-reset rebuilds it from its class and spec.
+    pool = envpool.make("CartPole-v0", env_type="gymnasium", num_envs=4, batch_size=2, seed=1)
+    env = EnvPoolEnv(pool, 4, batch_size=2, seed=1, name="cp")
+    assert env.is_async and env.batch_size == 2 and env.task_id == "CartPole-v0"
+    assert env.spec.name == "cp" and env.spec.max_episode_steps == 200
+    for _ in range(2):
+        env.reset()
+        _track_elapsed(env, 6, env.last_env_ids)
+    assert env.pool is not pool and env.pool.config == pool.config
+    env.close()
+
+
+def test_envpool_env_rejects_pools_it_cannot_wrap():
+    import envpool
+
+    pool = envpool.make("CartPole-v1", env_type="gymnasium", num_envs=4, batch_size=2)
+    for kwargs, match in [({"num_envs": 3}, "num_envs=3 but the pool was built with num_envs=4"),
+                          ({"batch_size": 4}, "batch_size=4 but"),
+                          ({"seed": 1}, "seed=1 but"),
+                          ({"max_episode_steps": 10}, "given with a built pool")]:
+        with pytest.raises(ValueError, match=match):
+            EnvPoolEnv(pool, **kwargs)
+    with pytest.raises(ValueError, match="gymnasium-API pool.*dm_env"):
+        EnvPoolEnv(envpool.make("CartPole-v1", env_type="dm", num_envs=2))
+    with pytest.raises(TypeError, match="task id or an envpool.make"):
+        EnvPoolEnv(gym.make("CartPole-v1"), 1)
+    with pytest.raises(TypeError, match=r"EnvPoolEnv\(pool\)"):
+        GymVectorEnv(pool)
+    with pytest.raises(TypeError, match=r"EnvPoolEnv\(pool\)"):
+        GymVectorEnv(envpool.make("CartPole-v1", env_type="dm", num_envs=2))
+    pool.close()
+
+
+def test_make_env_num_envs_accepts_numpy_integers_only():
+    env = make_env("tmaze-passive", np.int64(3))
+    assert env.num_envs == 3 and type(env.num_envs) is int
+    env = make_env("envpool:CartPole-v1", np.int32(2), batch_size=np.int64(1))
+    assert (env.num_envs, env.batch_size) == (2, 1)
+    env.close()
+    for bad in (True, np.bool_(True), 2.0, np.float64(2), "2", 0, np.int64(-1)):
+        for name in ("tmaze-passive", "envpool:CartPole-v1", "gym:CartPole-v1"):
+            with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+                make_env(name, bad)
+    with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+        EnvPoolEnv("CartPole-v1", True)
+    with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+        TMaze(2.0)
+
+
+@pytest.mark.parametrize("name", ["envpool:Pendulum-v1", "gym:Pendulum-v1"])
+def test_continuous_step_validates_bounds(name):
+    env = make_env(name, 3)
+    env.reset()
+    for bad in (5.0, -2.5, np.nan, np.inf):
+        a = np.array([[0.0], [bad], [1.0]], np.float32)
+        with pytest.raises(ValueError, match=r"NaN|out of bounds: low=\[-2.0\], high=\[2.0\]"):
+            env.step(a)
+    # The bounds themselves, float32 rounding just past them and a tanh-squashed batch
+    # rescaled to [low, high] (as the agent's policy head does) are in bounds.
+    edge = np.float32(2.0) * np.float32(1 + 5e-7)
+    env.step(np.array([[-2.0], [2.0], [edge]], np.float32))
+    env.step(np.array([[-2.0], [2.0], [-edge]], np.float64))
+    squashed = np.tanh(np.array([[-40.0], [0.3], [40.0]], np.float32))
+    env.step((-2.0 + (squashed + 1) / 2 * 4.0).astype(np.float32))
+    env.close()

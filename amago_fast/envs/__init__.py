@@ -3,6 +3,8 @@
 ``make_env(name, num_envs, seed=0, **kwargs)`` builds any of ``list_envs()`` plus
 ``envpool:<TaskId>`` (e.g. ``envpool:CartPole-v1``, ``envpool:BallInCupCatch-v1``; kwarg
 ``batch_size`` for async) and ``gym:<gymnasium id>`` (kwarg ``vectorization`` = "sync"/"async").
+A pool already built with ``envpool.make(..., env_type="gymnasium")`` is wrapped with
+``EnvPoolEnv(pool)``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from typing import Any
 
 from amago_fast.envs.actuator_inversion import AIB_TASKS, ActuatorInversionEnv, make_aib_env
 from amago_fast.envs.bandit import BanditTrials
-from amago_fast.envs.base import EPISODE_START, BatchedTaskEnv, VectorEnv, check_actions
+from amago_fast.envs.base import (
+    EPISODE_START,
+    BatchedTaskEnv,
+    VectorEnv,
+    check_actions,
+    check_env_ids,
+    positive_int,
+)
 from amago_fast.envs.envpool_env import EnvPoolEnv
 from amago_fast.envs.gym_adapter import GymVectorEnv
 from amago_fast.envs.key_door import DarkKeyToDoor
@@ -32,6 +41,7 @@ __all__ = [
     "BanditTrials",
     "ActuatorInversionEnv",
     "check_actions",
+    "check_env_ids",
     "make_env",
     "list_envs",
 ]
@@ -116,8 +126,7 @@ def make_env(name: str, num_envs: int, seed: int = 0, **kwargs: Any) -> VectorEn
     """Build a registered env (see `list_envs()`), ``envpool:<TaskId>`` or ``gym:<id>``."""
     if not isinstance(name, str):
         raise TypeError(f"env name must be a string, got {name!r}")
-    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
-        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    num_envs = positive_int(num_envs)  # ints and NumPy integers; not bools or floats
     if name.startswith("envpool:"):
         task = name[len("envpool:"):]
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k in ("batch_size",)}

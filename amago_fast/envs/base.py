@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -157,11 +158,92 @@ def step_arrays(
             np.asarray(truncated, dtype=np.bool_))
 
 
-def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env") -> np.ndarray:
+def positive_int(value: Any, what: str = "num_envs") -> int:
+    """`value` as a Python int >= 1: ints and NumPy integers (``operator.index``), not bools or
+    floats; ValueError naming `what` otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if n >= 1:
+                return n
+    raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def check_env_ids(env: VectorEnv, env_ids: Any, awaiting: Any = None) -> np.ndarray:
+    """The env ids of one ``env.step(actions, env_ids)`` call, checked; int64, a copy.
+
+    Sync env: None (or every id, in order) -> ``arange(num_envs)``. Async env (EnvPool with
+    ``batch_size < num_envs``): `env_ids` is required and must name exactly the envs of the last
+    batch (`awaiting`, default ``env.last_env_ids``), each once, in any order — EnvPool steps
+    every id it is sent, so a duplicate steps that env twice and an env outside the last batch
+    (not awaiting an action) is stepped out of turn while an env of the batch never returns.
+    Raises ValueError naming the problem; nothing is sent.
+    """
+    name = env.spec.name
+    if not env.is_async:
+        all_ids = np.arange(env.num_envs, dtype=np.int64)
+        if env_ids is not None and not np.array_equal(np.asarray(env_ids), all_ids):
+            raise ValueError(f"{name} is synchronous: env_ids must be all envs")
+        return all_ids
+    m = env.batch_size
+    if env_ids is None:
+        raise ValueError(f"{name} is async (batch_size={m} < num_envs={env.num_envs}): "
+                         "step(actions, env_ids) needs env_ids (the last batch's "
+                         "info['env_id'] / env.last_env_ids)")
+    ids = np.asarray(env_ids)
+    if ids.dtype.kind not in "iu" or ids.shape != (m,) or (ids < 0).any() or (
+        ids >= env.num_envs
+    ).any():
+        raise ValueError(f"{name}: env_ids must be {m} integer ids in [0, {env.num_envs}), "
+                         f"got {ids!r}")
+    ids = ids.astype(np.int64)  # a copy (callers may keep the caller's array otherwise)
+    srt = np.sort(ids)
+    dup = srt[1:][srt[1:] == srt[:-1]]
+    if dup.size:
+        raise ValueError(f"{name}: duplicate env_ids {np.unique(dup).tolist()} in {ids.tolist()}"
+                         " (each env of the last batch takes exactly one action)")
+    last = np.asarray(env.last_env_ids if awaiting is None else awaiting)
+    if not np.array_equal(srt, np.sort(last)):
+        stray = np.setdiff1d(ids, last).tolist()
+        missing = np.setdiff1d(last, ids).tolist()
+        raise ValueError(
+            f"{name}: env_ids {ids.tolist()} are not the envs of the last batch "
+            f"{last.tolist()} (env.last_env_ids): envs {stray} are not awaiting an action and "
+            f"envs {missing} get none; pass the last info['env_id'] (any order)")
+    return ids
+
+
+# Per ActionSpec (by identity): its bounds widened by the tolerance check_actions allows.
+_BOUNDS: dict[int, tuple[ActionSpec, np.ndarray, np.ndarray]] = {}
+
+
+def _tolerant_bounds(action: ActionSpec) -> tuple[np.ndarray, np.ndarray]:
+    hit = _BOUNDS.get(id(action))
+    if hit is not None and hit[0] is action:
+        return hit[1], hit[2]
+    low = np.asarray(action.low, np.float64)
+    high = np.asarray(action.high, np.float64)
+    # Equality is in bounds (tanh-squashed actions rescaled to [low, high] reach them) and so is
+    # float32 rounding past them: 1e-6 relative (~8 float32 ulps), absolute near 0.
+    tol = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    if len(_BOUNDS) > 256:
+        _BOUNDS.clear()
+    _BOUNDS[id(action)] = (action, low - tol, high + tol)
+    return low - tol, high + tol
+
+
+def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env",
+                  check_bounds: bool = False) -> np.ndarray:
     """Validate a batch of `n` actions against `action` and return it in its storage dtype.
 
     Raises ValueError (naming the env, the expected and the received shape) on a bad shape,
-    a non-finite continuous action or an out-of-range discrete action.
+    a non-finite continuous action or an out-of-range discrete action; with `check_bounds`
+    (an env's checked ``step``) also on a continuous action outside ``[low, high]`` (equality
+    and float32 rounding, 1e-6 relative, allowed; nothing is clipped). The collector validates
+    its policy's actions without `check_bounds`: the backends clip continuous actions.
     """
     arr = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
     kind = action.kind
@@ -190,6 +272,13 @@ def check_actions(action: ActionSpec, actions: Any, n: int, env_name: str = "env
         # is, barring overflow, which the exact check then rules in or out).
         if not math.isfinite(np.add.reduce(arr, axis=None)) and not np.isfinite(arr).all():
             raise ValueError(f"{env_name}: continuous actions contain NaN/inf")
+        if check_bounds and n:
+            lo, hi = _tolerant_bounds(action)
+            if np.less(arr, lo).any() or np.greater(arr, hi).any():
+                raise ValueError(
+                    f"{env_name}: continuous actions out of bounds: low={list(action.low)}, "
+                    f"high={list(action.high)}; got per-dimension min "
+                    f"{arr.min(axis=0).tolist()}, max {arr.max(axis=0).tolist()}")
         return arr
     if arr.dtype.kind not in "iub":
         if arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr)):
@@ -246,8 +335,7 @@ class BatchedTaskEnv(VectorEnv):
         episodes_per_trial: int | None = 1,
         trial_max_steps: int | None = None,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        num_envs = positive_int(num_envs)
         if episodes_per_trial is not None and episodes_per_trial < 1:
             raise ValueError(f"episodes_per_trial must be >= 1 or None, got {episodes_per_trial}")
         if trial_max_steps is not None and trial_max_steps < 1:
@@ -356,7 +444,8 @@ class BatchedTaskEnv(VectorEnv):
         self._check_open()
         if env_ids is not None:
             raise ValueError(f"{self.spec.name} is a synchronous env: step() takes no env_ids")
-        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name,
+                                check_bounds=True)
         return self.step_trusted(actions)
 
     def step_trusted(

@@ -16,6 +16,11 @@ and returns the next batch (``info["env_id"]`` / ``last_env_ids`` say which envs
 A second ``reset()`` of an async pool rebuilds the pool (same seed): EnvPool cannot reset while
 other batches are in flight.
 
+``EnvPoolEnv(pool)`` wraps a pool already built by ``envpool.make(task_id,
+env_type="gymnasium", ...)`` (and takes it over: ``close()`` closes it): task id, num_envs,
+batch_size and seed come from ``pool.spec.config`` (arguments given must agree); dm_env pools
+are rejected (``GymVectorEnv`` rejects every EnvPool pool and points here).
+
 EnvPool autoresets on the step after done (reward 0, action ignored) — exactly our contract.
 EnvPool envs cannot be snapshotted: resuming from a checkpoint restarts them with ``reset``.
 
@@ -33,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.envs.base import ObsConverter, VectorEnv, check_actions, step_arrays
+from amago_fast.envs.base import (
+    ObsConverter,
+    VectorEnv,
+    check_actions,
+    check_env_ids,
+    positive_int,
+    step_arrays,
+)
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 
 _I32 = np.dtype(np.int32)
@@ -185,35 +197,71 @@ class _DirectCalls:
                 state[self.i_elapsed])
 
 
+def _pool_task_id(pool: Any, config: dict[str, Any]) -> str:
+    """The registered task id a gymnasium pool was made from: the id whose pool class is the
+    pool's and whose registered options its config holds (e.g. CartPole-v0 / -v1 differ by
+    max_episode_steps; aliases share a registration); else the pool's class name."""
+    cls_name = type(pool).__name__
+    try:
+        from envpool.registration import registry
+
+        ids = [t for t, kinds in registry.envpools.items()
+               if kinds.get("gymnasium", (None, None))[1] == cls_name]
+        exact = [t for t in ids
+                 if all(config.get(k, v) == v for k, v in registry.specs[t][2].items())]
+        # Aliases (e.g. phys2d/CartPole-v1) share one registration: the first id is the task's.
+        if exact and any(registry.specs[t] != registry.specs[exact[0]] for t in exact):
+            exact = []
+    except (ImportError, AttributeError, KeyError, TypeError, IndexError):
+        exact = []
+    return exact[0] if exact else cls_name
+
+
 class EnvPoolEnv(VectorEnv):
     """An EnvPool task as a VectorEnv (see the module docstring)."""
 
     def __init__(
         self,
-        task_id: str,
-        num_envs: int,
-        seed: int = 0,
+        task_id: str | Any,
+        num_envs: int | None = None,
+        seed: int | None = None,
         batch_size: int | None = None,
         name: str | None = None,
         direct_calls: bool = True,
         **envpool_kwargs: Any,
     ) -> None:
         envpool = _import_envpool()
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        known = envpool.list_all_envs()
-        if task_id not in known:
-            close = [t for t in known if task_id.lower().split("-")[0] in t.lower()][:10]
-            raise ValueError(f"unknown EnvPool task {task_id!r}; similar ids: {close}")
-        if batch_size is not None and not (1 <= batch_size <= num_envs):
-            raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], got {batch_size}")
+        self._pool_cls: Any = None  # set when wrapping a given pool: rebuilds use its class
+        if not isinstance(task_id, str):
+            pool = task_id
+            task_id, num_envs, seed, batch_size = self._adopt_pool(
+                pool, num_envs, seed, batch_size, envpool_kwargs)
+        else:
+            pool = None
+            if num_envs is None:
+                raise ValueError("num_envs is required with a task id (EnvPoolEnv(task_id, "
+                                 "num_envs, ...))")
+            num_envs = positive_int(num_envs)
+            known = envpool.list_all_envs()
+            if task_id not in known:
+                close = [t for t in known if task_id.lower().split("-")[0] in t.lower()][:10]
+                raise ValueError(f"unknown EnvPool task {task_id!r}; similar ids: {close}")
+            if batch_size is not None:
+                try:
+                    ok = 1 <= positive_int(batch_size, "batch_size") <= num_envs
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], "
+                                     f"got {batch_size!r}")
+                batch_size = int(batch_size)
         self.task_id = task_id
         self.num_envs = int(num_envs)
         self._batch_size = int(batch_size) if batch_size is not None else self.num_envs
         self.is_async = self._batch_size < self.num_envs
-        self._seed = seed
+        self._seed = 0 if seed is None else seed
         self._make_kwargs = dict(envpool_kwargs)
-        self.pool = self._make_pool()
+        self.pool = self._make_pool() if pool is None else pool
         self._started = False
         fields, self._obs = _observation_plan(self.pool.observation_space, task_id)
         self._obs_name = fields[0].name  # the field of a single-Box observation
@@ -234,12 +282,49 @@ class EnvPoolEnv(VectorEnv):
         self._direct = self._plan_direct()
         self._all_ids_i32 = np.arange(self.num_envs, dtype=np.int32)
 
+    def _adopt_pool(self, pool: Any, num_envs: Any, seed: Any, batch_size: Any,
+                    envpool_kwargs: dict[str, Any]) -> tuple[str, int, int, int]:
+        """Task id, num_envs, seed and batch_size of a given ``envpool.make(...)`` pool (from
+        ``pool.spec.config``); the arguments, where given, must agree with it."""
+        mro = {c.__name__ for c in type(pool).__mro__}
+        if "EnvPoolMixin" not in mro:
+            raise TypeError(f"EnvPoolEnv takes an EnvPool task id or an envpool.make(...) pool, "
+                            f"got {pool!r}")
+        if "GymnasiumEnvPoolMixin" not in mro:
+            kind = "dm_env" if "DMEnvPoolMixin" in mro else type(pool).__name__
+            raise ValueError(
+                f"EnvPoolEnv needs a gymnasium-API pool, got a {kind} pool "
+                f"({type(pool).__name__}): build it with envpool.make(task_id, "
+                "env_type='gymnasium', ...) or pass the task id to EnvPoolEnv")
+        if envpool_kwargs:
+            raise ValueError(f"envpool options {sorted(envpool_kwargs)} given with a built pool "
+                             "(they are fixed in the pool: pass them to envpool.make)")
+        try:
+            spec_cfg = pool.spec.config
+            cfg = spec_cfg._asdict() if hasattr(spec_cfg, "_asdict") else dict(pool.config)
+            pool_n, pool_bs, pool_seed = int(cfg["num_envs"]), int(cfg["batch_size"]), \
+                int(cfg["seed"])
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"cannot read num_envs / batch_size / seed from the pool's config "
+                             f"({type(pool).__name__}): {e!r}") from e
+        pool_bs = pool_bs or pool_n  # EnvPool: batch_size 0 means num_envs
+        for what, given, have in (("num_envs", num_envs, pool_n),
+                                  ("batch_size", batch_size, pool_bs), ("seed", seed, pool_seed)):
+            if given is not None and given != have:
+                raise ValueError(f"{what}={given!r} but the pool was built with {what}={have}")
+        self._pool_cls = type(pool)
+        return _pool_task_id(pool, cfg), pool_n, pool_seed, pool_bs
+
     def _plan_direct(self) -> _DirectCalls | None:
         if not self.direct_calls:
             return None
         return _DirectCalls.plan(self.pool, self.pool.observation_space)
 
     def _make_pool(self):
+        if self._pool_cls is not None:
+            # A wrapped pool: the same class on the same spec is the same pool, fresh (same
+            # config and seed), as envpool.make builds it.
+            return self._pool_cls(self.pool.spec)
         envpool = _import_envpool()
         try:
             return envpool.make(
@@ -286,25 +371,20 @@ class EnvPoolEnv(VectorEnv):
     def step(self, actions, env_ids=None):
         self._check_open()
         if self.is_async:
-            if env_ids is None:
-                raise ValueError(f"{self.spec.name} is async (batch_size={self._batch_size} < "
-                                 f"num_envs={self.num_envs}): step(actions, env_ids) needs env_ids")
-            # A copy: send_trusted reuses EnvPool's int32 ids only for the env's own
-            # last_env_ids array, which a caller of step() may have changed in place.
-            env_ids = np.array(env_ids, dtype=np.int64)
-            if env_ids.shape != (self._batch_size,) or (env_ids < 0).any() or (
-                env_ids >= self.num_envs
-            ).any():
-                raise ValueError(f"{self.spec.name}: env_ids must be {self._batch_size} ids in "
-                                 f"[0, {self.num_envs}), got {env_ids}")
+            if env_ids is not None and not self._started:
+                raise ValueError(f"{self.spec.name}: call reset() before step() (no batch of "
+                                 "this async pool awaits actions yet)")
+            # Exactly the envs of the last batch, each once (EnvPool steps whatever it is sent).
+            # Compared with EnvPool's own int32 ids when kept (last_env_ids is the caller's to
+            # modify). A copy: send_trusted reuses those int32 ids only for the env's own
+            # last_env_ids array.
+            env_ids = check_env_ids(self, env_ids, self._last_ids32)
             n = self._batch_size
         else:
             if env_ids is not None:
-                ids = np.asarray(env_ids)
-                if not np.array_equal(ids, np.arange(self.num_envs)):
-                    raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
+                check_env_ids(self, env_ids)
             n = self.num_envs
-        actions = check_actions(self.spec.action, actions, n, self.spec.name)
+        actions = check_actions(self.spec.action, actions, n, self.spec.name, check_bounds=True)
         return self.step_trusted(actions, env_ids)
 
     def step_trusted(self, actions, env_ids=None):

@@ -29,7 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.envs.base import ObsConverter, VectorEnv, check_actions, step_arrays
+from amago_fast.envs.base import (
+    ObsConverter,
+    VectorEnv,
+    check_actions,
+    check_env_ids,
+    positive_int,
+    step_arrays,
+)
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
 
 
@@ -147,6 +154,21 @@ def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSp
     raise ValueError(f"{where}: unsupported action space {type(space).__name__}: {space!r}")
 
 
+def _is_envpool(env: Any) -> bool:
+    """An EnvPool pool (``envpool.make(...)``, any env_type)."""
+    return any(c.__name__ == "EnvPoolMixin" and c.__module__.startswith("envpool")
+               for c in type(env).__mro__)
+
+
+def _lost_worker(vec: Any) -> bool:
+    """A gymnasium AsyncVectorEnv (possibly wrapped) that shut a worker down after it raised
+    (its pipe is then None) or was closed."""
+    base = getattr(vec, "unwrapped", vec)
+    pipes = getattr(base, "parent_pipes", None)
+    return bool(getattr(base, "closed", False)) or (
+        pipes is not None and any(p is None for p in pipes))
+
+
 class GymVectorEnv(VectorEnv):
     """A gymnasium env id or vector env as a VectorEnv (see the module docstring)."""
 
@@ -164,20 +186,22 @@ class GymVectorEnv(VectorEnv):
         import gymnasium as gym
         from gymnasium.vector import AutoresetMode
 
+        # (id, num_envs, vectorization, make kwargs) when built from an id: rebuilt from them
+        # after a fault (see reset).
+        self._build: tuple[str, int, str, dict[str, Any]] | None = None
+        if _is_envpool(env):
+            raise TypeError(
+                f"GymVectorEnv does not take EnvPool pools ({type(env).__name__}): wrap it with "
+                "amago_fast.envs.EnvPoolEnv(pool) (async pools, EnvPool's seeding and its fast "
+                "step path need it), or use make_env('envpool:<TaskId>', ...)")
         if isinstance(env, str):
             if vectorization not in ("sync", "async"):
                 raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
-            if num_envs is None or num_envs < 1:
-                raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+            num_envs = positive_int(num_envs)
             if env not in gym.registry:
                 raise ValueError(f"unknown gymnasium id {env!r}")
-            self.vec = gym.make_vec(
-                env,
-                num_envs=int(num_envs),
-                vectorization_mode=vectorization,
-                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
-                **make_kwargs,
-            )
+            self._build = (env, num_envs, vectorization, dict(make_kwargs))
+            self.vec = self._make_vec()
             env_name = name or f"gym:{env}"
         elif isinstance(env, gym.vector.VectorEnv):
             if make_kwargs:
@@ -207,31 +231,85 @@ class GymVectorEnv(VectorEnv):
         self.num_envs = int(self.vec.num_envs)
         self._seed = seed
         self._next_seed: int | None = seed
+        self._faulted = False  # a step or reset raised: the vector env may be broken
+        self._rebuilds = 0
         max_steps = getattr(getattr(self.vec, "spec", None), "max_episode_steps", None)
         self.spec = EnvSpec(env_name, tuple(fields), action, max_episode_steps=max_steps,
                             extra={"backend": "gymnasium"})
         self._closed = False
 
+    def _make_vec(self) -> Any:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode
+
+        env_id, n, mode, kwargs = self._build  # type: ignore[misc]
+        return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
+                            vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP}, **kwargs)
+
+    def _recover(self) -> None:
+        """After a step or reset that raised. Built from an id: close the vector env and build
+        it again (an async one shuts down the worker that raised, so its next reset would fail);
+        its first reset seeds the new envs past every seed used so far (seed + k * num_envs
+        after the k-th rebuild). A given vector env cannot be rebuilt: an async one that lost a
+        worker raises here; any other is reset as it is (see reset)."""
+        if self._build is None:
+            if _lost_worker(self.vec):
+                raise RuntimeError(
+                    f"{self.spec.name}: the wrapped vector env ({type(self.vec).__name__}) is "
+                    "broken after a fault (a worker raised and was shut down) and must be "
+                    "rebuilt: build a new vector env and GymVectorEnv, or pass a gymnasium id "
+                    "(GymVectorEnv then rebuilds it by itself)")
+            return
+        try:
+            self.vec.close()
+        except Exception:  # noqa: BLE001 - a broken env may fail to close; it is replaced anyway
+            pass
+        self.vec = self._make_vec()
+        self._rebuilds += 1
+        if self._seed is not None:
+            self._next_seed = self._seed + self._rebuilds * self.num_envs
+
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         self._check_open()
+        faulted = self._faulted
+        if faulted:
+            self._recover()
         s = seed if seed is not None else self._next_seed
+        try:
+            obs, _ = self.vec.reset(seed=s)
+        except BaseException as e:
+            self._faulted = True
+            if faulted and self._build is None and isinstance(e, Exception):
+                raise RuntimeError(
+                    f"{self.spec.name}: the wrapped vector env ({type(self.vec).__name__}) "
+                    f"failed to reset after a fault ({type(e).__name__}: {e}); it must be "
+                    "rebuilt (or pass a gymnasium id, which GymVectorEnv rebuilds by itself)"
+                ) from e
+            raise
+        self._faulted = False
         self._next_seed = None  # later resets continue the env's own RNG streams
-        obs, _ = self.vec.reset(seed=s)
         return self._obs(obs)
 
     def step(self, actions, env_ids=None):
         self._check_open()
-        if env_ids is not None and not np.array_equal(np.asarray(env_ids),
-                                                      np.arange(self.num_envs)):
-            raise ValueError(f"{self.spec.name} is synchronous: env_ids must be all envs")
-        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name)
+        if env_ids is not None:
+            check_env_ids(self, env_ids)
+        actions = check_actions(self.spec.action, actions, self.num_envs, self.spec.name,
+                                check_bounds=True)
         return self.step_trusted(actions)
 
     def step_trusted(self, actions, env_ids=None):
         self._check_open()
+        if self._faulted and _lost_worker(self.vec):
+            raise RuntimeError(f"{self.spec.name}: a worker of the async vector env raised and was "
+                               "shut down; call reset() (which rebuilds it) before stepping")
         if self.spec.action.is_discrete:
             actions = actions.astype(np.int64)
-        obs, reward, term, trunc, info = self.vec.step(actions)
+        try:
+            obs, reward, term, trunc, info = self.vec.step(actions)
+        except BaseException:
+            self._faulted = True  # the next reset recovers (see _recover)
+            raise
         out_info = {}
         if isinstance(info, dict) and "success" in info:
             out_info["success"] = np.asarray(info["success"], dtype=np.bool_)
