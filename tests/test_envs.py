@@ -1078,6 +1078,10 @@ def test_aib_async_step_rejects_bad_env_ids():
     env = make_env("aib-hopper", 4, batch_size=2)
     env.reset()
     ids = np.asarray(env.last_env_ids).copy()
+    with pytest.raises(ValueError, match="needs env_ids"):
+        env.step(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="out of bounds"):
+        env.step(np.full((2, 3), 1.5, np.float32), ids)
     with pytest.raises(ValueError, match="duplicate env_ids"):
         env.step(np.zeros((2, 3), np.float32), np.array([ids[0], ids[0]]))
     with pytest.raises(ValueError, match="not awaiting an action"):

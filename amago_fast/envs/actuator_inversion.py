@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.envs.base import VectorEnv, check_actions
+from amago_fast.envs.base import VectorEnv, check_actions, check_env_ids
 from amago_fast.envs.envpool_env import EnvPoolEnv
 
 AIB_TASKS = {
@@ -164,8 +164,9 @@ class ActuatorInversionEnv(VectorEnv):
         return obs
 
     def step(self, actions, env_ids=None):
-        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids, dtype=np.int64)
-        actions = check_actions(self.spec.action, actions, ids.size, self.spec.name)
+        ids = check_env_ids(self, env_ids)  # async: exactly the last batch, each once
+        actions = check_actions(self.spec.action, actions, ids.size, self.spec.name,
+                                check_bounds=True)
         low = np.asarray(self.spec.action.low, np.float32)
         high = np.asarray(self.spec.action.high, np.float32)
         # Flip about the centre of the bounds (0 for the symmetric [-1, 1] boxes used here).
