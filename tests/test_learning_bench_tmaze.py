@@ -36,3 +36,21 @@ def test_bench_tmaze_reports_time_to_solved_or_the_limit(tmp_path, capsys):
 def test_bench_tmaze_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         tmaze.run(**kwargs)
+
+
+def test_bench_tmaze_script_exits_cleanly(tmp_path):
+    """The script as a process: JSON on stdout and exit status 0. When a run solved before its
+    time limit, the cancelled timer thread used to outlive it holding the trainer, which was
+    then freed during interpreter shutdown and aborted the process (rc 134) after the JSON."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tmaze.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--corridor", "3", "--seeds", "0", "--time-limit", "120",
+         "--eval-interval", "256", "--eval-episodes", "4", "--log-dir", str(tmp_path),
+         "--override", "learning_starts=256", "--override", "env.num_envs=4"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["seeds"] == 1

@@ -130,6 +130,11 @@ def run(
             out = trainer.train()
         finally:
             timer.cancel()
+            # Wait for the timer thread: it holds the trainer (its callback's default argument)
+            # and, left running, dropped it — freeing torch tensors and the native buffer —
+            # while the interpreter was shutting down, which aborted the process (rc 134,
+            # "terminate called without an active exception") after the JSON was printed.
+            timer.join()
             torch.set_num_threads(threads)
         wall = time.perf_counter() - trainer._t_start
         solved = trainer.solved_at
