@@ -26,7 +26,9 @@ aib-hopper = EnvPool's Hopper-v5 (d=3): EnvPool's C++ port of the MuJoCo Hopper 
 (the benchmark's "Hopper (gym)"), not gymnasium's own env; ``version="v3"``/``"v4"`` picks
 EnvPool's Hopper-v3/-v4 (same 11-d observation, 3 actuators, 1000-step limit). gymnasium's MuJoCo
 Hopper needs the ``mujoco`` package, which is not a dependency here. The wrapped env's ``info``
-gains ``inverted`` (b for the envs of the batch) so evaluation can split returns by context.
+gains ``inverted`` (b for the envs of the batch) so a caller stepping the env can split returns
+by context; the collector's statistics do not (evaluate each split as its own env instead:
+``env.eval_kwargs`` / ``amago-fast eval --env-kwargs '{"split": ...}'``).
 
 Resume. EnvPool envs cannot be snapshotted, so a restore restarts them with ``reset()``; what is
 kept is the context RNG (``rng_state_dict()`` / ``load_rng_state_dict()``; ``state_dict()`` /
