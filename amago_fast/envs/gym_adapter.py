@@ -25,6 +25,7 @@ Two options shape what the agent sees (both also work through ``make_env("gym:<i
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import numpy as np
@@ -243,8 +244,24 @@ class GymVectorEnv(VectorEnv):
         from gymnasium.vector import AutoresetMode
 
         env_id, n, mode, kwargs = self._build  # type: ignore[misc]
-        return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
-                            vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP}, **kwargs)
+        if mode != "async":
+            return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
+                                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+                                **kwargs)
+        # Async workers are forked from this process. Objects they inherit must not be
+        # collected there: a forked worker's garbage collection freeing the parent's objects
+        # (torch tensors, native buffers, a faulted env being replaced) segfaulted in a full
+        # test run (CI, a rebuild after a fault). gc.freeze() moves everything alive now out of
+        # the collector's reach in the children (Python's documented pattern before fork); the
+        # parent unfreezes once they are started.
+        gc.collect()
+        gc.freeze()
+        try:
+            return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
+                                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+                                **kwargs)
+        finally:
+            gc.unfreeze()
 
     def _recover(self) -> None:
         """After a step or reset that raised. Built from an id: close the vector env and build
