@@ -218,6 +218,8 @@ class Trainer:
         if self.eval_env.spec.observation != spec.observation or (
             self.eval_env.spec.action != spec.action
         ):
+            self.env.close()
+            self.eval_env.close()
             raise ConfigError(
                 f"env.eval_kwargs={cfg.env.eval_kwargs}: the evaluation env's observation/action "
                 f"spec differs from the training env's ({self.eval_env.spec} vs {spec})"

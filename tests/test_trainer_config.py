@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass, field
 
@@ -179,68 +180,56 @@ def test_presets_are_valid():
         get_preset("nope")
 
 
+@contextlib.contextmanager
+def built_trainer(cfg, run_dir):
+    """A Trainer with its components built (envs, buffer, agent, collectors); envs closed after.
+    Tests using it take the keep_torch_threads fixture (the trainer sets torch_threads)."""
+    from amago_fast.trainer import Trainer
+
+    t = Trainer(cfg, run_dir)
+    t.build()
+    try:
+        yield t
+    finally:
+        t.env.close()
+        t.eval_env.close()
+
+
+@pytest.mark.usefixtures("keep_torch_threads")
 @pytest.mark.parametrize("name,module", [("popgym", "popgym"), ("minigrid", "minigrid")])
 def test_gymnasium_suite_presets_build_and_collect(name, module, tmp_path):
     """The presets of the optional gymnasium suites (skipped when not installed) build and
     collect through the adapter, with the native policy step (MiniGrid: its grid flattened)."""
     pytest.importorskip(module)
-    import torch
-
     from amago_fast import native_policy
     from amago_fast.presets import get_preset
-    from amago_fast.trainer import Trainer
 
-    threads = torch.get_num_threads()
-    try:
-        t = Trainer(get_preset(name), tmp_path / "run")
-        t.build()
+    with built_trainer(get_preset(name), tmp_path / "run") as t:
         stats = t.collector.collect(64)
         assert stats["env_steps"] >= 64 and t.buffer.total_steps_added == stats["env_steps"]
         if native_policy.available():
             assert native_policy.unsupported_reason(t.agent) is None
-        t.env.close()
-        t.eval_env.close()
-    finally:
-        torch.set_num_threads(threads)
 
 
+@pytest.mark.usefixtures("keep_torch_threads")
 @pytest.mark.parametrize("name", ["tmaze", "tmaze-active", "bandit", "maze-runner", "key-to-door"])
 def test_builtin_presets_build_and_collect(name, tmp_path):
     """Each built-in suite's preset builds env, buffer, agent, learner and collects a little."""
-    import torch
-
     from amago_fast.presets import get_preset
-    from amago_fast.trainer import Trainer
 
-    threads = torch.get_num_threads()
-    try:
-        t = Trainer(get_preset(name), tmp_path / "run")
-        t.build()
+    with built_trainer(get_preset(name), tmp_path / "run") as t:
         stats = t.collector.collect(32)
         assert stats["env_steps"] >= 32 and t.buffer.total_steps_added == stats["env_steps"]
         if name == "maze-runner":  # relabeling on: goals in the spec, a RelabelConfig passed
             assert t.spec.goals is not None and t.relabel.strategy == "some"
-        t.env.close()
-        t.eval_env.close()
-    finally:
-        torch.set_num_threads(threads)
 
 
+@pytest.mark.usefixtures("keep_torch_threads")
 def test_env_nan_policy_reaches_the_training_collector(tmp_path):
-    import torch
-
     from amago_fast.presets import get_preset
-    from amago_fast.trainer import Trainer
 
     with pytest.raises(ConfigError, match=r"env\.nan_policy"):
         validate(apply_overrides(get_preset("bandit"), {"env.nan_policy": "ignore"}))
-    threads = torch.get_num_threads()
-    try:
-        t = Trainer(apply_overrides(get_preset("bandit"), {"env.nan_policy": "flag"}),
-                    tmp_path / "run")
-        t.build()
+    cfg = apply_overrides(get_preset("bandit"), {"env.nan_policy": "flag"})
+    with built_trainer(cfg, tmp_path / "run") as t:
         assert t.collector.nan_policy == "flag" and t.eval_collector.nan_policy == "raise"
-        t.env.close()
-        t.eval_env.close()
-    finally:
-        torch.set_num_threads(threads)

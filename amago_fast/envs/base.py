@@ -216,22 +216,13 @@ def check_env_ids(env: VectorEnv, env_ids: Any, awaiting: Any = None) -> np.ndar
     return ids
 
 
-# Per ActionSpec (by identity): its bounds widened by the tolerance check_actions allows.
-_BOUNDS: dict[int, tuple[ActionSpec, np.ndarray, np.ndarray]] = {}
-
-
 def _tolerant_bounds(action: ActionSpec) -> tuple[np.ndarray, np.ndarray]:
-    hit = _BOUNDS.get(id(action))
-    if hit is not None and hit[0] is action:
-        return hit[1], hit[2]
+    """`action`'s [low, high] widened by what check_actions allows: equality is in bounds
+    (tanh-squashed actions rescaled to [low, high] reach them) and so is float32 rounding past
+    them: 1e-6 relative (~8 float32 ulps), absolute near 0."""
     low = np.asarray(action.low, np.float64)
     high = np.asarray(action.high, np.float64)
-    # Equality is in bounds (tanh-squashed actions rescaled to [low, high] reach them) and so is
-    # float32 rounding past them: 1e-6 relative (~8 float32 ulps), absolute near 0.
     tol = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
-    if len(_BOUNDS) > 256:
-        _BOUNDS.clear()
-    _BOUNDS[id(action)] = (action, low - tol, high + tol)
     return low - tol, high + tol
 
 

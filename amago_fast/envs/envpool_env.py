@@ -197,6 +197,12 @@ class _DirectCalls:
                 state[self.i_elapsed])
 
 
+def is_envpool_pool(obj: Any) -> bool:
+    """An EnvPool pool (``envpool.make(...)``, any env_type)."""
+    return any(c.__name__ == "EnvPoolMixin" and c.__module__.startswith("envpool")
+               for c in type(obj).__mro__)
+
+
 def _pool_task_id(pool: Any, config: dict[str, Any]) -> str:
     """The registered task id a gymnasium pool was made from: the id whose pool class is the
     pool's and whose registered options its config holds (e.g. CartPole-v0 / -v1 differ by
@@ -287,7 +293,7 @@ class EnvPoolEnv(VectorEnv):
         """Task id, num_envs, seed and batch_size of a given ``envpool.make(...)`` pool (from
         ``pool.spec.config``); the arguments, where given, must agree with it."""
         mro = {c.__name__ for c in type(pool).__mro__}
-        if "EnvPoolMixin" not in mro:
+        if not is_envpool_pool(pool):
             raise TypeError(f"EnvPoolEnv takes an EnvPool task id or an envpool.make(...) pool, "
                             f"got {pool!r}")
         if "GymnasiumEnvPoolMixin" not in mro:

@@ -25,6 +25,7 @@ Two options shape what the agent sees (both also work through ``make_env("gym:<i
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from typing import Any
 
@@ -38,6 +39,7 @@ from amago_fast.envs.base import (
     positive_int,
     step_arrays,
 )
+from amago_fast.envs.envpool_env import is_envpool_pool
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
 
 
@@ -155,10 +157,20 @@ def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSp
     raise ValueError(f"{where}: unsupported action space {type(space).__name__}: {space!r}")
 
 
-def _is_envpool(env: Any) -> bool:
-    """An EnvPool pool (``envpool.make(...)``, any env_type)."""
-    return any(c.__name__ == "EnvPoolMixin" and c.__module__.startswith("envpool")
-               for c in type(env).__mro__)
+@contextlib.contextmanager
+def _gc_frozen():
+    """Around forking async workers: objects they inherit must not be collected there (a
+    forked worker's garbage collection freeing the parent's objects — torch tensors, native
+    buffers, a faulted env being replaced — segfaulted in a full test run: CI, a rebuild after
+    a fault). gc.freeze() moves everything alive now out of the collector's reach in the
+    children (Python's documented pattern before fork); the parent unfreezes once they are
+    started."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _lost_worker(vec: Any) -> bool:
@@ -190,7 +202,7 @@ class GymVectorEnv(VectorEnv):
         # (id, num_envs, vectorization, make kwargs) when built from an id: rebuilt from them
         # after a fault (see reset).
         self._build: tuple[str, int, str, dict[str, Any]] | None = None
-        if _is_envpool(env):
+        if is_envpool_pool(env):
             raise TypeError(
                 f"GymVectorEnv does not take EnvPool pools ({type(env).__name__}): wrap it with "
                 "amago_fast.envs.EnvPoolEnv(pool) (async pools, EnvPool's seeding and its fast "
@@ -244,24 +256,10 @@ class GymVectorEnv(VectorEnv):
         from gymnasium.vector import AutoresetMode
 
         env_id, n, mode, kwargs = self._build  # type: ignore[misc]
-        if mode != "async":
+        with _gc_frozen() if mode == "async" else contextlib.nullcontext():
             return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
                                 vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
                                 **kwargs)
-        # Async workers are forked from this process. Objects they inherit must not be
-        # collected there: a forked worker's garbage collection freeing the parent's objects
-        # (torch tensors, native buffers, a faulted env being replaced) segfaulted in a full
-        # test run (CI, a rebuild after a fault). gc.freeze() moves everything alive now out of
-        # the collector's reach in the children (Python's documented pattern before fork); the
-        # parent unfreezes once they are started.
-        gc.collect()
-        gc.freeze()
-        try:
-            return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
-                                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
-                                **kwargs)
-        finally:
-            gc.unfreeze()
 
     def _recover(self) -> None:
         """After a step or reset that raised. Built from an id: close the vector env and build
