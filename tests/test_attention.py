@@ -393,3 +393,17 @@ def test_benchmark_gpu_section_smoke_on_cpu():
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert [d["context"] for d in res["decode"]] == [16, 32]
     assert all(math.isfinite(d["triton_vs_reference_speedup"]) for d in res["decode"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("D", [16, 48])
+def test_gpu_auto_takes_the_reference_for_head_dims_the_kernel_lacks(D):
+    """A small model (d_model 64, 4 heads: D=16) on CUDA: backend="auto" runs the reference (it
+    raised before, found on the H100); an explicit backend="triton" still says why it cannot."""
+    q, k, v, _ = make_inputs(2, 40, 2, D, seed=D, device="cuda")
+    mask = make_mask(2, 40, seed=D, device="cuda")
+    auto = causal_attention(q, k, v, mask)
+    assert torch.equal(auto, causal_attention_reference(q, k, v, mask))
+    with pytest.raises(ValueError, match="head dims"):
+        causal_attention(q, k, v, mask, backend="triton")

@@ -486,3 +486,19 @@ def test_kernels_compile_for_sm90_without_a_gpu():
             "_td_reduce_kernel",
         }
         assert all(k["registers"] is not None for k in kernels), kernels
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_auto_runs_the_reference():
+    """On CUDA, backend="auto" is the reference for the critic and the TD reductions: on an H100
+    the reference was faster (BENCHMARKS.md, GPU session 7)."""
+    params = make_params(4, 7, 32, 6, 64, 1, device="cuda")
+    state, action = make_inputs(100, 7, 32, 6, device="cuda")
+    torch.testing.assert_close(critic_ensemble(state, action, params),
+                               critic_ensemble_reference(state, action, params), rtol=0, atol=0)
+    q = torch.randn(100, 4, 7, 1, device="cuda")
+    ours = td_target_reduce(q, 2, torch.Generator().manual_seed(3))
+    ref = td_target_reduce_reference(q, 2, torch.Generator().manual_seed(3))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)

@@ -445,3 +445,18 @@ def test_gpu_decode_matches_full(dtype):
     err_torch = (ref.double() - oracle).abs().max().item()
     atol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     assert err_kernel <= 2 * err_torch + atol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_auto_takes_the_reference_for_head_dims_the_kernel_lacks():
+    """D=24 (not a power of two) on CUDA: auto runs the reference, triton names the limit; the
+    cache made with device="cuda" accepts tensors on "cuda:0" (failed on the H100 before)."""
+    cache = RingKVCache(3, 8, 2, 24, device="cuda")
+    kv = torch.randn(3, 2, 24, device="cuda")
+    cache.append(kv, kv)
+    q = torch.randn(3, 2, 24, device="cuda")
+    torch.testing.assert_close(decode_attention(q, cache),
+                               decode_attention(q, cache, backend="reference"))
+    with pytest.raises(ValueError, match="power-of-two"):
+        decode_attention(q, cache, backend="triton")

@@ -4,7 +4,9 @@ GPU part (skipped with a note when CUDA is absent): bf16, D=64, L in {512, 2048,
 to fill the GPU (B*L = 16384 tokens, H=16): our Triton kernel vs
 ``F.scaled_dot_product_attention`` pinned to the flash backend vs our reference (given a
 ``valid_mask``, i.e. SDPA with an explicit boolean mask), TFLOP/s and ratios; decode step latency
-vs filled context length, Triton vs the reference decode.
+vs filled context length, Triton vs the reference decode. Each length also records the autotuner's
+fastest tiles per kernel (``autotune``) and, up to L=2048 (the fp32 oracle materialises L x L), the
+max error of ours and of SDPA-flash vs an fp32 oracle (``accuracy``).
 
 CPU part (always): the reference path the CPU trainer runs, at the trainer's shapes, vs plain
 ``F.scaled_dot_product_attention(is_causal=True)`` in the same run; and the reference decode step
@@ -39,14 +41,75 @@ def _fwd_bwd(attn: Callable, q, k, v, g) -> Callable[[], None]:
     return step
 
 
-def _measure(variants: dict, q, k, v, g, timer: Callable, repeats: int) -> dict:
-    """{name: (fwd ms, fwd+bwd ms)} for each attention variant on the same inputs."""
+def _measure(variants: dict, q, k, v, g, timer: Callable, repeats: int,
+             after: Callable[[str], None] | None = None) -> dict:
+    """{name: (fwd ms, fwd+bwd ms)} for each attention variant on the same inputs; ``after(name)``
+    runs once a variant is timed (used to read the autotuner's per-config timings)."""
     out = {}
     for name, fn in variants.items():
         with torch.no_grad():
             fwd = timer(lambda fn=fn: fn(q, k, v), repeats)
         out[name] = (fwd, timer(_fwd_bwd(fn, q, k, v, g), repeats))
+        if after is not None:
+            after(name)
     return out
+
+
+def _autotune_tables(top: int = 5) -> dict:
+    """The fastest ``top`` configs each attention kernel's autotuner timed at its latest key
+    (median ms), plus the config it chose: how the tile lists in ``kernels/attention.py`` were
+    picked. Empty for a kernel that has not autotuned (one config, e.g. the interpreter)."""
+    from amago_fast.kernels import attention as A
+
+    tables = {}
+    for kind, kern in (("fwd", A._attn_fwd_kernel), ("bwd_dkdv", A._attn_bwd_dkdv_kernel),
+                       ("bwd_dq", A._attn_bwd_dq_kernel)):
+        timings = getattr(kern, "configs_timings", None)
+        if not timings:
+            continue
+
+        def label(c):
+            return (f"M{c.kwargs['BLOCK_M']}_N{c.kwargs['BLOCK_N']}_w{c.num_warps}"
+                    f"_s{c.num_stages}")
+
+        def median(t):
+            return t[0] if isinstance(t, (list, tuple)) else t
+
+        ranked = sorted(timings.items(), key=lambda kv: median(kv[1]))
+        tables[kind] = {
+            "chosen": label(kern.best_config),
+            "configs_timed": len(ranked),
+            "fastest_ms": [[label(c), round(median(t), 4)] for c, t in ranked[:top]],
+        }
+    return tables
+
+
+def _accuracy(q, k, v, g, mask) -> dict:
+    """Max abs error of ours and of SDPA-flash (same dtype) vs an fp32 oracle, for the output and
+    dq/dk/dv: the tolerance rule's two sides at the benchmark's own shapes and tiles."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def grads(fn, dtype):
+        qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        out = fn(qq, kk, vv)
+        return [out.float(), *(t.float() for t in torch.autograd.grad(out, (qq, kk, vv),
+                                                                       g.to(dtype)))]
+
+    def sdpa_flash(q, k, v):
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return _sdpa_causal(q, k, v)
+
+    oracle = grads(lambda q, k, v: causal_attention_reference(q, k, v), torch.float32)
+    ours = grads(lambda q, k, v: causal_attention(q, k, v, backend="triton"), q.dtype)
+    flash = grads(sdpa_flash, q.dtype)
+    masked_oracle = grads(lambda q, k, v: causal_attention_reference(q, k, v, mask), torch.float32)
+    masked_ours = grads(lambda q, k, v: causal_attention(q, k, v, mask, backend="triton"), q.dtype)
+    row = {}
+    for i, name in enumerate(("out", "dq", "dk", "dv")):
+        row[f"ours_{name}_max_err"] = (ours[i] - oracle[i]).abs().max().item()
+        row[f"sdpa_flash_{name}_max_err"] = (flash[i] - oracle[i]).abs().max().item()
+        row[f"ours_masked_{name}_max_err"] = (masked_ours[i] - masked_oracle[i]).abs().max().item()
+    return row
 
 
 def _cpu_variants(mask: torch.Tensor, window: int) -> dict:
@@ -90,6 +153,50 @@ def _inputs(B, L, H, D, dtype, device, grad):
     mask = torch.ones(B, L, dtype=torch.bool, device=device)
     mask[:, L - L // 8 :] = False  # a padded tail, as in sampled windows
     return q, k, v, g, mask
+
+
+def _compile_one(job: tuple) -> str:
+    """Worker (spawned process): compile one tile config of each attention kernel by running it
+    once with that single config at the benchmark's specialisation (bf16/fp16, H heads, L a
+    multiple of 16, with or without a mask). The binaries land in Triton's on-disk cache."""
+    index, heads, head_dim, dtype_name, has_mask, device = job
+    from amago_fast.kernels import attention as A
+
+    for kern in (A._attn_fwd_kernel, A._attn_bwd_dkdv_kernel, A._attn_bwd_dq_kernel):
+        kern.configs = [kern.configs[index % len(kern.configs)]]
+        kern.cache.clear()
+    q, k, v, g, mask = _inputs(1, 256, heads, head_dim, getattr(torch, dtype_name), device, True)
+    try:
+        out = causal_attention(q, k, v, mask if has_mask else None, backend="triton")
+        torch.autograd.grad(out, (q, k, v), g)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except Exception as exc:  # a tile that does not fit is the autotuner's business, not ours
+        return f"config {index} mask={has_mask}: {type(exc).__name__}: {str(exc)[:200]}"
+    return ""
+
+
+def precompile(workers: int, heads: int = 16, head_dim: int = 64,
+               dtype: torch.dtype = torch.bfloat16, device: str = "cuda") -> dict:
+    """Compile every autotune candidate of the three attention kernels in ``workers`` parallel
+    processes before timing. Triton compiles autotune candidates one after another in the
+    calling process (~1 s each, ~70 per dtype and head dim here); the autotuner then finds them
+    in the on-disk cache. Returns the wall time and any per-config failures."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import time
+
+    from amago_fast.kernels import attention as A
+
+    n = max(len(k.configs) for k in (A._attn_fwd_kernel, A._attn_bwd_dkdv_kernel,
+                                     A._attn_bwd_dq_kernel))
+    name = str(dtype).removeprefix("torch.")
+    jobs = [(i, heads, head_dim, name, m, device) for i in range(n) for m in (False, True)]
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        errors = [e for e in pool.map(_compile_one, jobs) if e]
+    return {"jobs": len(jobs), "workers": workers, "seconds": round(time.perf_counter() - t0, 1),
+            "errors": errors}
 
 
 def run_cpu(repeats: int = 7) -> dict:
@@ -139,6 +246,7 @@ def run_gpu(
     decode_contexts: tuple[int, ...] = (128, 1024, 8192),
     device: str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
+    accuracy_max_len: int = 2048,
 ) -> dict:
     """Triton vs SDPA-flash vs reference, bf16 D=64; decode step latency vs context length.
 
@@ -154,7 +262,13 @@ def run_gpu(
         flops_fwd = 4 * B * H * L * L * D / 2  # causal: half of the two (L x L x D) matmuls
         flops = {"fwd": flops_fwd, "fwd_bwd": 3.5 * flops_fwd}  # bwd = 2.5 x fwd matmul work
         row: dict = {"B": B, "L": L, "H": H, "D": D, "dtype": str(dtype)}
-        timings = _measure(_gpu_variants(mask), q, k, v, g, timer, repeats)
+        tuned: dict = {}
+
+        def read_autotune(name, tuned=tuned):
+            if name in ("ours", "ours_masked"):
+                tuned[name] = _autotune_tables()
+
+        timings = _measure(_gpu_variants(mask), q, k, v, g, timer, repeats, read_autotune)
         for name, (fwd, fwd_bwd) in timings.items():
             row[f"{name}_fwd_ms"] = fwd
             row[f"{name}_fwd_tflops"] = flops["fwd"] / fwd / 1e9
@@ -165,11 +279,24 @@ def run_gpu(
             row[f"ours_vs_reference_{p}_speedup"] = (
                 row[f"reference_masked_{p}_ms"] / row[f"ours_masked_{p}_ms"]
             )
+        row["autotune"] = tuned
+        if device == "cuda" and L <= accuracy_max_len:
+            row["accuracy"] = _accuracy(q, k, v, g, mask)
         results.append(row)
         if device == "cuda":
             torch.cuda.empty_cache()
 
     decode = []
+    try:
+        _decode_rows(decode, decode_contexts, device, dtype, timer, repeats)
+    except Exception as exc:  # keep the attention figures when the decode part fails
+        decode.append({"error": f"{type(exc).__name__}: {exc}"})
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{device} (smoke test)"
+    return {"device": name, "attention": results, "decode": decode}
+
+
+def _decode_rows(decode: list, decode_contexts, device, dtype, timer, repeats) -> None:
+    """Decode step latency vs filled context, Triton vs the reference decode (rows appended)."""
     N, Hd, Dd = (64, 8, 64) if device == "cuda" else (2, 1, 64)
     for ctx in decode_contexts:
         cache = RingKVCache(N, ctx, Hd, Dd, dtype=dtype, device=device)
@@ -188,12 +315,10 @@ def run_gpu(
         decode.append(row)
     for d in decode:
         d["triton_vs_smallest_context"] = d["triton_step_ms"] / decode[0]["triton_step_ms"]
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{device} (smoke test)"
-    return {"device": name, "attention": results, "decode": decode}
 
 
-def run(gpu: bool = True, cpu: bool = True, repeats: int = 7, lengths: list[int] | None = None
-        ) -> dict:
+def run(gpu: bool = True, cpu: bool = True, repeats: int = 7, lengths: list[int] | None = None,
+        precompile_workers: int = 0) -> dict:
     """Run the benchmark; returns a JSON-serialisable dict."""
     out: dict = {
         "benchmark": "attention",
@@ -205,6 +330,8 @@ def run(gpu: bool = True, cpu: bool = True, repeats: int = 7, lengths: list[int]
         out["cpu"] = run_cpu(repeats)
     if gpu:
         if torch.cuda.is_available():
+            if precompile_workers > 0:
+                out["precompile"] = precompile(precompile_workers)
             out["gpu"] = run_gpu(max(repeats, 20), lengths)
         else:
             out["gpu"] = {"skipped": True, "reason": "CUDA not available"}
@@ -218,9 +345,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per figure")
     parser.add_argument("--lengths", type=int, nargs="*", default=None,
                         help=f"GPU sequence lengths (default {GPU_LENGTHS})")
+    parser.add_argument("--precompile", type=int, default=0, metavar="WORKERS",
+                        help="compile the GPU autotune candidates in WORKERS processes first")
     args = parser.parse_args(argv)
     print(json.dumps(run(gpu=not args.no_gpu, cpu=not args.no_cpu, repeats=args.repeats,
-                         lengths=args.lengths), indent=2))
+                         lengths=args.lengths, precompile_workers=args.precompile), indent=2))
 
 
 if __name__ == "__main__":

@@ -198,6 +198,39 @@ def run_gpu(quick: bool = False, repeats: int | None = None) -> dict:
     }
 
 
+def run_profile(g: int = 7, n: int = 24 * 1024, steps: int = 3) -> dict:
+    """Where a fused-critic fwd+bwd spends its GPU time: torch.profiler's per-kernel device time
+    (ms per step, top 8) for the Triton path and the reference, bf16 and fp32 inputs."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    from torch.profiler import ProfilerActivity, profile
+
+    variants = {"triton": lambda s, a, p: critic_ensemble(s, a, p, backend="triton"),
+                "reference": critic_ensemble_reference}
+    out: dict = {"N": n, "G": g}
+    for dtype in (torch.bfloat16, torch.float32):
+        module, state, action = _critic_case(n, g, 256, 8, 4, 256, dtype, "cuda")
+        for name, fn in variants.items():
+            _, fwdbwd = _fwd_and_fwdbwd(fn, module, state, action)
+            fwdbwd()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    fwdbwd()
+                torch.cuda.synchronize()
+            rows = []
+            for ev in prof.key_averages():
+                dev_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+                on_gpu = "cuda" in str(getattr(ev, "device_type", "")).lower()
+                if dev_us > 0 and on_gpu:
+                    rows.append((ev.key[:90], round(dev_us / 1e3 / steps, 4), ev.count // steps))
+            rows.sort(key=lambda r: -r[1])
+            out[f"{name}_{str(dtype).removeprefix('torch.')}"] = rows[:8]
+            module.zero_grad(set_to_none=True)
+            state.grad = action.grad = None
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Static check without a GPU: compile for sm_90 and read ptxas's register / spill report
 # ------------------------------------------------------------------------------------------------
@@ -331,8 +364,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cpu", action="store_true")
     parser.add_argument("--ptxas", action="store_true", help="sm_90 register/spill report")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU: per-kernel device time of one fwd+bwd (torch.profiler)")
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     args = parser.parse_args(argv)
+    if args.profile:
+        print(json.dumps({"profile": run_profile()}, indent=2))
+        return
     result = run(
         quick=args.quick,
         gpu=not args.no_gpu,

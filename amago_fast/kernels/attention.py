@@ -233,6 +233,13 @@ def _prune_configs(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _prune_configs}
 
 
+def _autotune_bench(kernel_call, quantiles):
+    """Time one candidate config: 10 ms warm-up and 40 ms of repeats instead of Triton's 25/100,
+    so a new shape costs ~50 ms of GPU time per candidate rather than ~125 ms; the kernels ran
+    0.08-1.5 ms at the benchmark's shapes on an H100, so 40 ms still gives >= 25 repeats."""
+    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+
+
 def _checked(configs: list, inner: str, outer: str) -> list:
     """The block-range arithmetic in the kernels needs the inner loop's block to divide the
     program's block (e.g. BLOCK_N | BLOCK_M in the forward); refuse configs that break it."""
@@ -242,19 +249,25 @@ def _checked(configs: list, inner: str, outer: str) -> list:
     return configs
 
 
+# Tile lists: on an H100 (bf16, D=64, H=16, L in {512, 2048, 8192}; BENCHMARKS.md "GPU session
+# 7") the autotuner timed 12 forward, 11 dK/dV and 11 dQ candidates, with and without a mask;
+# each list below keeps the configs that reached a top-5 there (the winner was 64x64, 4 warps,
+# 3 stages for all three kernels at L >= 2048). Fewer candidates: each is ~1-3 s of compilation
+# per new dtype/head-dim/mask specialisation the first time a process meets it.
 def _fwd_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
-            (128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3),
-            (64, 32, 4, 4), (128, 128, 8, 2), (64, 64, 4, 2),
+            (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 4, 3), (64, 64, 4, 2),
+            (64, 32, 4, 4),
         ]
     ]
     interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
     return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
 
 
-@triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
+                 do_bench=_autotune_bench)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse,
@@ -399,14 +412,15 @@ def _dkdv_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
-            (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 4),
+            (64, 64, 4, 3), (32, 64, 4, 4), (16, 64, 4, 4), (32, 64, 4, 3), (32, 128, 4, 3),
         ]
     ]
     interp = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4)
     return _checked(autotune_configs(cuda, interp), "BLOCK_M", "BLOCK_N")
 
 
-@triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
+                 do_bench=_autotune_bench)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DK, DV,
@@ -522,14 +536,15 @@ def _dq_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in [
-            (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 4),
+            (64, 64, 4, 3), (64, 32, 4, 3), (64, 32, 4, 4), (128, 32, 8, 3), (64, 16, 4, 4),
         ]
     ]
     interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
     return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
 
 
-@triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
+                 do_bench=_autotune_bench)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DQ,
@@ -733,14 +748,20 @@ def causal_attention(
         window: optional ``C``: query ``i`` sees keys in ``(i - C, i]`` (matches a ring KV cache of
             capacity ``C``, see :mod:`amago_fast.kernels.decode`).
         softmax_scale: defaults to ``1 / sqrt(D)``.
-        backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA when ``D`` is in :data:`SUPPORTED_HEAD_DIMS`, else
+            the reference), ``"triton"`` (an unsupported ``D`` is an error) or ``"reference"``.
 
     Returns:
         ``(B, L, H, D)`` output in the input dtype.
     """
     scale = _check_inputs(q, k, v, valid_mask, window, softmax_scale)
     tensors = [q, k, v] + ([valid_mask] if valid_mask is not None else [])
-    if resolve_backend(backend, tensors, "causal_attention") == "reference":
+    chosen = resolve_backend(backend, tensors, "causal_attention")
+    if chosen == "triton" and backend == "auto" and q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        # Small models (d_model 64 with 4 heads: D=16) run on CUDA too; only an explicit
+        # backend="triton" makes an unsupported head dim an error.
+        chosen = "reference"
+    if chosen == "reference":
         return causal_attention_reference(q, k, v, valid_mask, window, scale)
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(

@@ -127,9 +127,11 @@ class RingKVCache:
         self.head_dim = int(head_dim)
         self.dtype = dtype
         self.io_dtype = torch.float32 if dtype == torch.int8 else dtype
-        self.device = torch.device(device)
         N, C, H, D = self.num_envs, self.capacity, self.num_heads, self.head_dim
-        self.kv = torch.zeros((2, N, H, C, D), dtype=dtype, device=self.device)
+        self.kv = torch.zeros((2, N, H, C, D), dtype=dtype, device=torch.device(device))
+        # The allocated tensor's device, so "cuda" becomes "cuda:0" (the current device) and the
+        # device checks compare like with like: tensors made with device="cuda" are on "cuda:0".
+        self.device = self.kv.device
         self.k = self.kv[0].permute(0, 2, 1, 3)  # (N, C, H, D) view
         self.v = self.kv[1].permute(0, 2, 1, 3)
         self._kv_rows = self.kv.view(2 * N * H * C, D)
@@ -554,11 +556,16 @@ def _decode_combine_kernel(
     tl.store(Out + n * stride_on + h * stride_oh + offs_d, out.to(Out.dtype.element_ty))
 
 
+def _triton_head_dim(head_dim: int) -> bool:
+    """The decode kernel's head dims: powers of two >= 16 (tl.arange and tl.dot sizes)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float,
                    ids_t: torch.Tensor) -> torch.Tensor:
     """q (b, H, D) for the envs ``ids_t`` (b,) int64 on the cache device."""
     N, H, D = q.shape
-    if D & (D - 1) or D < 16:
+    if not _triton_head_dim(D):
         raise ValueError(
             f"decode_attention: the Triton kernel needs a power-of-two head_dim >= 16, got {D}"
         )
@@ -610,13 +617,17 @@ def decode_attention(
     collection); None means all ``N`` envs in order. Returns ``(b, H, D)`` in ``q.dtype``; an env
     with an empty cache gets zeros. Inference only (no autograd).
 
-    ``backend``: ``"auto"`` (Triton for CUDA, reference for CPU), ``"triton"`` or ``"reference"``.
+    ``backend``: ``"auto"`` (Triton for CUDA when the head dim is a power of two >= 16, else the
+    reference), ``"triton"`` or ``"reference"``.
     """
     if not isinstance(cache, RingKVCache):
         raise TypeError(f"decode_attention: cache must be a RingKVCache, got {type(cache)}")
     ids = cache.check_env_ids(env_ids)
     scale = _check_decode(q, cache, softmax_scale, None if ids is None else ids.size)
-    if resolve_backend(backend, [q, cache.k], "decode_attention") == "reference":
+    chosen = resolve_backend(backend, [q, cache.k], "decode_attention")
+    if chosen == "triton" and backend == "auto" and not _triton_head_dim(cache.head_dim):
+        chosen = "reference"  # e.g. D=24; an explicit backend="triton" raises in the launcher
+    if chosen == "reference":
         return decode_attention_reference(q, cache, scale, ids)
     if q.shape[0] == 0:
         return torch.empty_like(q)

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, for a session that has a CUDA machine for a few minutes: the
+# environment, the kernel benchmarks (JSON) and the kernel tests compiled for the GPU.
+#
+# Usage: bash scripts/gpu_session.sh [OUTDIR]        (default: $OUT, else /tmp/gpu_session)
+#   PHASES="env bench_attention bench_critic tests_gpu tests_kernels"  phases to run, in order
+#   BUDGET_S=400   stop starting phases once this many seconds have passed
+#   DEADLINE_S=900 cut each phase's own limit so that the whole run ends ~20 s before this
+#   WORKERS=12     processes for pytest-xdist and for compiling the attention tile candidates
+#   PYTHON=python3
+#
+# Runs from the source tree (PYTHONPATH=.), so the GPU machine needs torch, triton, numpy, pytest
+# (pytest-xdist optional) but not the C++ extension: the buffer falls back to NumPy there and no
+# buffer test runs here. TRITON_INTERPRET is forced to 0: tests/conftest.py would otherwise turn
+# the interpreter on, and CUDA tensors would then run through it on the host.
+set -u
+OUTDIR=${1:-${OUT:-/tmp/gpu_session}}
+mkdir -p "$OUTDIR"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+PY=${PYTHON:-python3}
+WORKERS=${WORKERS:-12}
+BUDGET_S=${BUDGET_S:-400}
+DEADLINE_S=${DEADLINE_S:-900}
+PHASES=${PHASES:-env bench_attention bench_critic critic_profile tests_gpu tests_kernels}
+KERNEL_TESTS="tests/test_attention.py tests/test_decode.py tests/test_critic.py tests/test_ema.py"
+XDIST=""
+$PY -c "import xdist" 2>/dev/null && XDIST="-n $WORKERS"
+$PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 150"
+# Failures are written as they happen (scripts/_pytest_live.py), so a cut-off run still shows them.
+PYTEST="env PYTHONPATH=$PWD/scripts:$PYTHONPATH LIVE_REPORT=$OUTDIR/tests_live.log $PY -m pytest \
+  -p _pytest_live -p no:cacheprovider -p no:benchmark -q -rfE --tb=short $XDIST"
+
+run_phase() {  # name limit_s stdout_file stderr_file command...
+  local name=$1 limit=$2 stdout=$3 stderr=$4
+  shift 4
+  if ((SECONDS >= BUDGET_S || DEADLINE_S - SECONDS < 40)); then
+    echo "=== $name skipped: ${SECONDS}s used (budget ${BUDGET_S}s, deadline ${DEADLINE_S}s)"
+    return
+  fi
+  ((limit > DEADLINE_S - SECONDS - 20)) && limit=$((DEADLINE_S - SECONDS - 20))
+  echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
+  local start=$SECONDS
+  if [[ $stdout == "$stderr" ]]; then
+    timeout -k 10 "$limit" "$@" >"$stdout" 2>&1
+  else
+    timeout -k 10 "$limit" "$@" >"$stdout" 2>"$stderr"
+  fi
+  echo "=== $name rc=$? after $((SECONDS - start))s"
+  tail -25 "$stderr"
+}
+
+for phase in $PHASES; do
+  case $phase in
+    env)
+      run_phase env 60 "$OUTDIR/env.txt" "$OUTDIR/env.txt" bash -c "nvidia-smi \
+--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
+--format=csv; $PY -c 'import sys, torch, triton, numpy; print(sys.version.split()[0], \
+torch.__version__, triton.__version__, numpy.__version__, torch.cuda.get_device_name(), \
+torch.cuda.get_device_properties(0).multi_processor_count)'"
+      ;;
+    bench_attention)
+      run_phase bench_attention 240 "$OUTDIR/bench_attention.json" "$OUTDIR/bench_attention.err" \
+        $PY benchmarks/bench_attention.py --no-cpu --precompile "$WORKERS" ;;
+    bench_critic)
+      run_phase bench_critic 150 "$OUTDIR/bench_critic.json" "$OUTDIR/bench_critic.err" \
+        $PY benchmarks/bench_critic.py --no-cpu ;;
+    critic_profile)
+      run_phase critic_profile 90 "$OUTDIR/critic_profile.json" "$OUTDIR/critic_profile.json" \
+        $PY benchmarks/bench_critic.py --profile ;;
+    tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
+      run_phase tests_gpu 300 "$OUTDIR/tests_gpu.log" "$OUTDIR/tests_gpu.log" $PYTEST -m gpu \
+        tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
+        tests/test_attention.py ;;
+    tests_kernels)  # every kernel test, on CUDA tensors instead of the interpreter
+      run_phase tests_kernels 240 "$OUTDIR/tests_kernels.log" "$OUTDIR/tests_kernels.log" \
+        $PYTEST $KERNEL_TESTS ;;
+    *) echo "unknown phase $phase" ;;
+  esac
+done
+
+find "$OUTDIR" -type f -empty -delete  # the device tool returns at most 8 files
+# A short table last: the device tool returns the end of the output.
+$PY - "$OUTDIR" <<'EOF'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def load(name):
+    try:
+        return json.loads((out / name).read_text())
+    except Exception as exc:
+        print(f"{name}: {type(exc).__name__}")
+        return {}
+att = load("bench_attention.json").get("gpu", {})
+if "precompile" in load("bench_attention.json"):
+    print("precompile", load("bench_attention.json")["precompile"])
+for r in att.get("attention", []):
+    print(f"L={r['L']:5d} B={r['B']:3d} fwd {r['ours_fwd_tflops']:6.1f} TF/s "
+          f"(flash {r['sdpa_flash_fwd_tflops']:6.1f}) fwd+bwd {r['ours_fwd_bwd_tflops']:6.1f} "
+          f"(flash {r['sdpa_flash_fwd_bwd_tflops']:6.1f}) ratio {r['ours_vs_sdpa_flash_fwd_bwd_speedup']:.2f}"
+          f" | vs ref {r['ours_vs_reference_fwd_bwd_speedup']:.1f}x")
+    for v, t in r.get("autotune", {}).items():
+        print("   ", v, {k: x["chosen"] for k, x in t.items()})
+for d in att.get("decode", []):
+    if "error" in d:
+        print("decode", d)
+        continue
+    print(f"decode ctx={d['context']:5d} triton {d['triton_step_ms']:.4f} ms ref "
+          f"{d['reference_step_ms']:.4f} ms  x{d['triton_vs_smallest_context']:.2f}")
+cr = load("bench_critic.json").get("gpu", {})
+for c in cr.get("cases", []):
+    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items()
+           if k.endswith("ratio_vs_reference_fwdbwd") or k.endswith("_ms") or k in ("dtype", "g", "G")})
+prof = load("critic_profile.json").get("profile", {})
+for key, rows in prof.items():
+    if isinstance(rows, list):
+        print("profile", key, [(r[0][:40], r[1]) for r in rows[:4]])
+live = out / "tests_live.log"
+if live.exists():
+    lines = live.read_text().splitlines()
+    print("tests:", sum(x.startswith("passed") for x in lines), "passed,",
+          sum(x.startswith("FAILED") for x in lines), "failed:",
+          [x.split()[1] for x in lines if x.startswith("FAILED")])
+for key in ("td_target_reduce", "ema"):
+    if key in cr:
+        print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in cr[key].items()})
+EOF
