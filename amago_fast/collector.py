@@ -53,11 +53,13 @@ snapshotted: after ``load_state_dict`` their rollouts restart with ``env.reset()
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import math
 import os
 import time
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -806,9 +808,45 @@ class _Rollouts:
         self.batch_rows = None
         self.pstate = copy.deepcopy(sd["policy_state"])
         self.started = bool(sd["started"])
+        fresh = self.policy.init_state(self.n)
+        if not _same_layout(self.pstate, fresh):
+            # Saved on another device, or with another KV-cache dtype (a GPU run resumed on a
+            # CPU box, the native CPU step's float16 cache on a GPU): restart the rollouts (the
+            # env is reset on the next collect) rather than mix devices in the policy step.
+            warnings.warn("collector state: the saved policy memory does not match this "
+                          "policy's device/dtype; the rollouts restart", stacklevel=2)
+            self.pstate = fresh
+            self.started = False
         # collect() flushes before returning: rows can only be owed here after a failed write,
         # and they belong to the rollouts this load replaces.
         self._pending_write = None
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether two policy memories (nested lists/tuples/dicts of tensors and RingKVCaches) have
+    the same structure, shapes, dtypes and devices."""
+    if a is None or b is None:
+        return a is None and b is None
+    import torch  # only policies with tensor memory get here
+
+    from amago_fast.kernels.decode import RingKVCache
+
+    if isinstance(a, RingKVCache) or isinstance(b, RingKVCache):
+        return (isinstance(a, RingKVCache) and isinstance(b, RingKVCache)
+                and a.kv.shape == b.kv.shape and a.dtype == b.dtype and a.device == b.device)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device)
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_layout(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
+                and len(a) == len(b) and all(_same_layout(x, y) for x, y in zip(a, b)))
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+        return all(_same_layout(getattr(a, f.name), getattr(b, f.name))
+                   for f in dataclasses.fields(a))
+    return type(a) is type(b)
 
 
 class Collector:

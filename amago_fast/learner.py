@@ -429,7 +429,8 @@ class Learner:
         self.updates = 0
         # Target-network EMA: one foreach call (swappable for the per-parameter baseline).
         self.ema_fn: Callable = ema_update_
-        # Seconds spent in each phase of the last update (forward, backward, optimizer).
+        # Seconds spent in each phase of the last update (forward, backward, optimizer): wall
+        # time on CPU; on CUDA the GPU time between CUDA events (no extra host syncs).
         self.last_timings: dict[str, float] = {}
         self._ema_pairs = (
             list(self.loss_module.target_actor.parameters())
@@ -437,10 +438,22 @@ class Learner:
             list(self.agent.actor.parameters()) + list(self.agent.critics.parameters()),
         )
 
-    def _clock(self) -> float:
+    def _clock(self) -> float | torch.cuda.Event:
+        """A phase mark: perf_counter on CPU; on CUDA an event recorded on the current stream.
+        A synchronize here (as before) stalled the host at every mark, so it could not queue
+        the backward while the forward ran; the events are read after the update's own sync."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return time.perf_counter()
+
+    @staticmethod
+    def _seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
+        if isinstance(start, float):
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
     # ------------------------------------------------------------------------------ batches
     def _to_tensors(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -552,7 +565,6 @@ class Learner:
         self.loss_module.popart.update(target_mean, target_sq_mean)
         self.updates += 1
         t3 = self._clock()
-        self.last_timings = {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
 
         G = self.agent.num_gammas
         per_gamma = torch.stack([aux["critic_loss_per_gamma"], aux["dpg_per_gamma"],
@@ -562,6 +574,8 @@ class Learner:
                                grad_norm.float(), aux["actor_entropy"].float(),
                                aux["valid_transitions"]]).tolist()
         q = aux["q_stats"].tolist()
+        self.last_timings = {"forward": self._seconds(t0, t1), "backward": self._seconds(t1, t2),
+                             "optimizer": self._seconds(t2, t3)}
         metrics.update({
             "loss": scalars[0], "critic_loss": scalars[1], "actor_loss": scalars[2],
             "bc_accept_rate": scalars[3], "grad_norm": scalars[4], "actor_entropy": scalars[5],
@@ -590,6 +604,7 @@ class Learner:
             "scheduler": self.scheduler.state_dict(),
             "updates": self.updates,
             "generator": self.generator.get_state(),
+            "generator_device": self.generator.device.type,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "agent_config": self.agent.config.to_dict(),
@@ -619,11 +634,35 @@ class Learner:
         opt_groups = sd["optimizer"].get("param_groups", [])
         if len(opt_groups) != 1 or len(opt_groups[0]["params"]) != len(self.trainable):
             raise ValueError("Learner.load_state_dict: optimizer state does not match the model")
+        # RNG states are CPU ByteTensors whatever the device (torch.load's map_location may have
+        # moved them), and their size depends on the generator's device (a CUDA generator's state
+        # is 16 bytes, a CPU one's 5056): a run resumed or evaluated on another device type
+        # restarts the sampling stream from the seed instead of failing.
+        gen_state = torch.as_tensor(sd["generator"]).to("cpu", torch.uint8)
+        torch_rng = torch.as_tensor(sd["torch_rng"]).to("cpu", torch.uint8)
+        if torch_rng.numel() != torch.get_rng_state().numel():
+            raise ValueError("Learner.load_state_dict: torch_rng is not a CPU RNG state "
+                             f"({torch_rng.numel()} bytes)")
+        gen_matches = (gen_state.numel() == self.generator.get_state().numel()
+                       and sd.get("generator_device", self.generator.device.type)
+                       == self.generator.device.type)
         self.loss_module.load_state_dict(theirs)
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scheduler.load_state_dict(sd["scheduler"])
         self.updates = int(sd["updates"])
-        self.generator.set_state(sd["generator"])
-        torch.set_rng_state(sd["torch_rng"])
+        if gen_matches:
+            self.generator.set_state(gen_state)
+        else:
+            warnings.warn(
+                f"Learner.load_state_dict: the checkpoint's sampling generator was on "
+                f"{sd.get('generator_device', 'another device type')}, this learner's is on "
+                f"{self.generator.device.type}; reseeding it with seed {self.config.seed} + "
+                f"updates {self.updates} (the run continues, not bit-identically)",
+                stacklevel=2,
+            )
+            self.generator.manual_seed(self.config.seed + self.updates)
+        torch.set_rng_state(torch_rng)
         if sd.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(sd["cuda_rng"])
+            states = [torch.as_tensor(t).to("cpu", torch.uint8) for t in sd["cuda_rng"]]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

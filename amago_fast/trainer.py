@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,13 @@ class TrainingError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` → cuda if available else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto` → cuda if available else cpu; anything else as given. A CUDA device without an
+    index gets the current one (``cuda`` → ``cuda:0``): ``torch.cuda.set_device`` and device
+    comparisons need the index."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -86,8 +90,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # Only onto the same number of GPUs (a run resumed on another machine draws afresh there).
+    if "cuda" in state and torch.cuda.is_available() \
+            and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.as_tensor(t).cpu() for t in state["cuda"]])
 
 
 def seed_everything(seed: int) -> None:
@@ -155,6 +161,11 @@ class Trainer:
         self.dist = dist if dist is not None else init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # Triton launches on the *current* device: make it the learner's (--device cuda:1
+            # without torchrun would otherwise run kernels on GPU 0). The collector thread
+            # sets it again for itself (the current device is per thread).
+            torch.cuda.set_device(self.device)
         # Counters (per rank; env_steps here counts this rank's transitions).
         self.env_steps = 0
         self.updates = 0
@@ -541,7 +552,9 @@ class Trainer:
         if path is None:
             return None
         path = Path(path)
-        shared = torch.load(path / "learner.pt", map_location=self.device, weights_only=False)
+        # Onto the CPU first: load_state_dict copies weights to the learner's device itself, and
+        # RNG states must stay CPU ByteTensors (map_location=cuda broke the resume of GPU runs).
+        shared = torch.load(path / "learner.pt", map_location="cpu", weights_only=False)
         if shared["world_size"] != self.dist.world_size:
             raise ckpt.CheckpointError(
                 f"{path} was written by {shared['world_size']} ranks; this job has "
@@ -664,6 +677,8 @@ class _CollectorThread:
     def _run(self) -> None:
         t, cfg = self.t, self.t.cfg
         try:
+            if t.device.type == "cuda" and t.device.index is not None:
+                torch.cuda.set_device(t.device)  # per thread: the policy's decode kernels
             while True:
                 with self.cv:
                     while not self.stopping and (self.paused or self._ahead()):
@@ -783,8 +798,10 @@ def evaluate_run(
     try:
         agent = build_agent(env.spec, cfg, dev)
         learner = Learner(agent, _learner_config(cfg, dev))
-        shared = torch.load(path / "learner.pt", map_location=dev, weights_only=False)
-        learner.load_state_dict(shared["learner"])
+        shared = torch.load(path / "learner.pt", map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # evaluation never samples from the learner's generator
+            warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
+            learner.load_state_dict(shared["learner"])
         stats = Collector(env, agent).evaluate(episodes)
     finally:
         env.close()

@@ -3,7 +3,8 @@
 # environment, the kernel benchmarks (JSON) and the kernel tests compiled for the GPU.
 #
 # Usage: bash scripts/gpu_session.sh [OUTDIR]        (default: $OUT, else /tmp/gpu_session)
-#   PHASES="env bench_attention bench_critic tests_gpu tests_kernels"  phases to run, in order
+#   PHASES="env bench_attention bench_critic critic_profile bench_update tests_gpu train_cuda
+#           tests_kernels"   phases to run, in order (default: all of them; ~15+ min in all)
 #   BUDGET_S=400   stop starting phases once this many seconds have passed
 #   DEADLINE_S=900 cut each phase's own limit so that the whole run ends ~20 s before this
 #   WORKERS=12     processes for pytest-xdist and for compiling the attention tile candidates
@@ -22,7 +23,8 @@ PY=${PYTHON:-python3}
 WORKERS=${WORKERS:-12}
 BUDGET_S=${BUDGET_S:-400}
 DEADLINE_S=${DEADLINE_S:-900}
-PHASES=${PHASES:-env bench_attention bench_critic critic_profile tests_gpu tests_kernels}
+PHASES=${PHASES:-env bench_attention bench_critic critic_profile bench_update tests_gpu train_cuda \
+  tests_kernels}
 KERNEL_TESTS="tests/test_attention.py tests/test_decode.py tests/test_critic.py tests/test_ema.py"
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n $WORKERS"
@@ -30,6 +32,8 @@ $PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 150"
 # Failures are written as they happen (scripts/_pytest_live.py), so a cut-off run still shows them.
 PYTEST="env PYTHONPATH=$PWD/scripts:$PYTHONPATH LIVE_REPORT=$OUTDIR/tests_live.log $PY -m pytest \
   -p _pytest_live -p no:cacheprovider -p no:benchmark -q -rfE --tb=short $XDIST"
+
+for f in session.log tests.log tests_live.log train_cuda.log; do : >"$OUTDIR/$f"; done
 
 run_phase() {  # name limit_s stdout_file stderr_file command...
   local name=$1 limit=$2 stdout=$3 stderr=$4
@@ -41,10 +45,11 @@ run_phase() {  # name limit_s stdout_file stderr_file command...
   ((limit > DEADLINE_S - SECONDS - 20)) && limit=$((DEADLINE_S - SECONDS - 20))
   echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
   local start=$SECONDS
+  # Logs are appended (several phases share one: the device tool returns at most 8 files).
   if [[ $stdout == "$stderr" ]]; then
-    timeout -k 10 "$limit" "$@" >"$stdout" 2>&1
+    timeout -k 10 "$limit" "$@" >>"$stdout" 2>&1
   else
-    timeout -k 10 "$limit" "$@" >"$stdout" 2>"$stderr"
+    timeout -k 10 "$limit" "$@" >"$stdout" 2>>"$stderr"
   fi
   echo "=== $name rc=$? after $((SECONDS - start))s"
   tail -25 "$stderr"
@@ -53,33 +58,45 @@ run_phase() {  # name limit_s stdout_file stderr_file command...
 for phase in $PHASES; do
   case $phase in
     env)
-      run_phase env 60 "$OUTDIR/env.txt" "$OUTDIR/env.txt" bash -c "nvidia-smi \
+      run_phase env 60 "$OUTDIR/session.log" "$OUTDIR/session.log" bash -c "nvidia-smi \
 --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
 --format=csv; $PY -c 'import sys, torch, triton, numpy; print(sys.version.split()[0], \
 torch.__version__, triton.__version__, numpy.__version__, torch.cuda.get_device_name(), \
 torch.cuda.get_device_properties(0).multi_processor_count)'"
       ;;
     bench_attention)
-      run_phase bench_attention 240 "$OUTDIR/bench_attention.json" "$OUTDIR/bench_attention.err" \
+      run_phase bench_attention 240 "$OUTDIR/bench_attention.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_attention.py --no-cpu --precompile "$WORKERS" ;;
     bench_critic)
-      run_phase bench_critic 150 "$OUTDIR/bench_critic.json" "$OUTDIR/bench_critic.err" \
+      run_phase bench_critic 150 "$OUTDIR/bench_critic.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_critic.py --no-cpu ;;
     critic_profile)
-      run_phase critic_profile 90 "$OUTDIR/critic_profile.json" "$OUTDIR/critic_profile.json" \
+      run_phase critic_profile 90 "$OUTDIR/critic_profile.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_critic.py --profile ;;
+    bench_update)  # issue 4's updates/s on the GPU, ours vs the reference-style baseline
+      run_phase bench_update 150 "$OUTDIR/bench_update.json" "$OUTDIR/session.log" \
+        $PY benchmarks/bench_update.py --device cuda --iters 30 ;;
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
-      run_phase tests_gpu 300 "$OUTDIR/tests_gpu.log" "$OUTDIR/tests_gpu.log" $PYTEST -m gpu \
+      run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
         tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
         tests/test_attention.py ;;
+    train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
+      rm -rf /tmp/gpu_session_run
+      run_phase train_cuda 150 "$OUTDIR/train_cuda.log" "$OUTDIR/train_cuda.log" \
+        $PY -m amago_fast train --total_env_steps 3000 --progress_bar false \
+        --run-dir /tmp/gpu_session_run ;;
     tests_kernels)  # every kernel test, on CUDA tensors instead of the interpreter
-      run_phase tests_kernels 240 "$OUTDIR/tests_kernels.log" "$OUTDIR/tests_kernels.log" \
+      run_phase tests_kernels 240 "$OUTDIR/tests.log" "$OUTDIR/tests.log" \
         $PYTEST $KERNEL_TESTS ;;
     *) echo "unknown phase $phase" ;;
   esac
 done
 
-find "$OUTDIR" -type f -empty -delete  # the device tool returns at most 8 files
+# Drop this script's empty outputs (the device tool returns at most 8 files); nothing else.
+for f in session.log tests.log tests_live.log train_cuda.log bench_attention.json \
+  bench_critic.json critic_profile.json bench_update.json; do
+  [[ -s $OUTDIR/$f ]] || rm -f "$OUTDIR/$f"
+done
 # A short table last: the device tool returns the end of the output.
 $PY - "$OUTDIR" <<'EOF'
 import json, sys, pathlib
@@ -90,14 +107,17 @@ def load(name):
     except Exception as exc:
         print(f"{name}: {type(exc).__name__}")
         return {}
-att = load("bench_attention.json").get("gpu", {})
-if "precompile" in load("bench_attention.json"):
-    print("precompile", load("bench_attention.json")["precompile"])
+bench = load("bench_attention.json")
+att = bench.get("gpu", {})
+if "precompile" in bench:
+    print("precompile", bench["precompile"])
 for r in att.get("attention", []):
     print(f"L={r['L']:5d} B={r['B']:3d} fwd {r['ours_fwd_tflops']:6.1f} TF/s "
           f"(flash {r['sdpa_flash_fwd_tflops']:6.1f}) fwd+bwd {r['ours_fwd_bwd_tflops']:6.1f} "
           f"(flash {r['sdpa_flash_fwd_bwd_tflops']:6.1f}) ratio {r['ours_vs_sdpa_flash_fwd_bwd_speedup']:.2f}"
-          f" | vs ref {r['ours_vs_reference_fwd_bwd_speedup']:.1f}x")
+          f" | vs ref {r['ours_vs_reference_fwd_bwd_speedup']:.1f}x"
+          f" | graph ratio {r.get('ours_vs_sdpa_flash_fwd_bwd_graph_speedup', float('nan')):.2f}"
+          f" b2b ratio {r.get('ours_vs_sdpa_flash_fwd_bwd_b2b_speedup', float('nan')):.2f}")
     for v, t in r.get("autotune", {}).items():
         print("   ", v, {k: x["chosen"] for k, x in t.items()})
 for d in att.get("decode", []):
@@ -110,6 +130,16 @@ cr = load("bench_critic.json").get("gpu", {})
 for c in cr.get("cases", []):
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items()
            if k.endswith("ratio_vs_reference_fwdbwd") or k.endswith("_ms") or k in ("dtype", "g", "G")})
+def leaves(d, path=""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        yield path, d
+if (out / "bench_update.json").exists():
+    for k, v in leaves(load("bench_update.json")):
+        if "per_s" in k or "speedup" in k or "ratio" in k:
+            print("update", k, round(v, 3))
 prof = load("critic_profile.json").get("profile", {})
 for key, rows in prof.items():
     if isinstance(rows, list):

@@ -4,6 +4,8 @@ each env's own rollout, and the stored trajectories are the rows the agent saw."
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,32 @@ def test_agent_async_envpool_collection_equals_per_env_full_forward():
     # Every finished rollout was committed to the buffer (nothing lost in the async ids).
     assert buf.num_trajectories == stats["episodes"]
     env.close()
+
+
+def test_resume_with_policy_memory_of_another_dtype_restarts_the_rollouts():
+    """Collector state saved with float16 rollout caches (the native CPU step's) loaded next to a
+    policy whose caches are float32 (a GPU agent's): the rollouts restart with fresh memory,
+    with a warning, instead of mixing the two in the policy step."""
+    from amago_fast.envs import make_env
+
+    def build(kv_dtype):
+        torch.manual_seed(0)
+        env = make_env("tmaze-passive", 2, seed=0, corridor_length=3)
+        agent = Agent(env.spec, AgentConfig(**{**SMALL, "kv_cache_dtype": kv_dtype}))
+        buf = TrajectoryBuffer.from_env_spec(env.spec, 1000, 2)
+        return Collector(env, agent, buf), agent
+
+    saved, _ = build("float16")
+    saved.collect(5)
+    sd = saved.state_dict()
+    same, _ = build("float16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a matching state loads silently
+        same.load_state_dict(sd)
+    other, agent = build("float32")
+    with pytest.warns(UserWarning, match="policy memory does not match"):
+        other.load_state_dict(sd)
+    caches = other._train.pstate.memory
+    assert all(c.dtype == torch.float32 for c in caches)
+    stats = other.collect(6)  # restarts from an env reset and goes on
+    assert other._train.started and stats is not None

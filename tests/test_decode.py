@@ -460,3 +460,25 @@ def test_gpu_auto_takes_the_reference_for_head_dims_the_kernel_lacks():
                                decode_attention(q, cache, backend="reference"))
     with pytest.raises(ValueError, match="power-of-two"):
         decode_attention(q, cache, backend="triton")
+
+
+def test_unpickled_cache_lives_where_its_storage_was_loaded():
+    """torch.load(map_location=...) remaps tensors but not a pickled torch.device: a cache saved
+    on a GPU and loaded with map_location="cpu" must come back on the CPU (its storage's
+    device), not try to allocate on the saved device."""
+    import io
+
+    cache = RingKVCache(2, 4, 1, 16)
+    kv = torch.randn(2, 1, 16)
+    cache.append(kv, kv)
+    state = cache.__getstate__()
+    state["device"] = torch.device("cuda", 3)  # what a GPU run pickled
+    restored = RingKVCache.__new__(RingKVCache)
+    restored.__setstate__(state)
+    assert restored.device == torch.device("cpu")
+    assert torch.equal(restored.kv, cache.kv) and torch.equal(restored.counts, cache.counts)
+    buf = io.BytesIO()
+    torch.save(cache, buf)
+    buf.seek(0)
+    again = torch.load(buf, map_location="cpu", weights_only=False)
+    assert again.device == torch.device("cpu") and torch.equal(again.kv, cache.kv)

@@ -552,3 +552,32 @@ def test_action_input_discrete_critic_still_learns(critic_type):
     for _ in range(15):
         last = learner.update(batch)
     assert np.isfinite(last["q_mean"]) and last["critic_loss"] < first["critic_loss"]
+
+
+def test_load_state_dict_from_another_device_type_reseeds_the_generator():
+    """A checkpoint written on a GPU (16-byte CUDA generator state) resumed or evaluated on a
+    CPU box: the weights load and the sampling generator restarts from the seed, with a warning
+    (it raised "Expected a CPUGeneratorImplState of size 5056" before)."""
+    a = make_learner()
+    a.update(make_batch(a.agent.spec))
+    sd = copy.deepcopy(a.state_dict())
+    sd["generator"] = torch.zeros(16, dtype=torch.uint8)
+    sd["generator_device"] = "cuda"
+    b = make_learner(seed=5)
+    with pytest.warns(UserWarning, match="sampling generator was on cuda"):
+        b.load_state_dict(sd)
+    for k, v in sd["loss_module"].items():
+        assert torch.equal(v, b.state_dict()["loss_module"][k]), k
+    expected = torch.Generator().manual_seed(5 + b.updates).get_state()
+    assert torch.equal(b.generator.get_state(), expected)
+
+
+def test_load_state_dict_rejects_a_bad_rng_state_before_changing_anything():
+    a = make_learner()
+    sd = copy.deepcopy(make_learner(seed=3).state_dict())
+    sd["torch_rng"] = torch.zeros(7, dtype=torch.uint8)
+    before = copy.deepcopy(a.state_dict())
+    with pytest.raises(ValueError, match="torch_rng"):
+        a.load_state_dict(sd)
+    for k, v in before["loss_module"].items():
+        assert torch.equal(v, a.state_dict()["loss_module"][k]), k

@@ -36,3 +36,42 @@ def time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def time_cuda_back_to_back(fn: Callable[[], object], iters: int, rounds: int = 3) -> float:
+    """Median over ``rounds`` of (CUDA-event time of ``iters`` calls issued back to back) / iters,
+    in ms. Unlike :func:`time_cuda` there is no sync between calls, so the host's launch work
+    overlaps the GPU's: what a training loop sees when the GPU, not Python, is the bottleneck."""
+    fn()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(rounds):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        per_call.append(start.elapsed_time(end) / iters)
+    return statistics.median(per_call)
+
+
+def time_cuda_graph(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median ms per replay of a CUDA graph that captured one ``fn()``: the GPU time of the
+    launched kernels without any host launch cost (METHOD: many small launches -> graphs).
+    ``fn`` must already be warm (autotuned, compiled): nothing may synchronise during capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    try:
+        return time_cuda(graph.replay, repeats)
+    finally:
+        del graph
+        torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ benchmark configs, and each interpreted program costs ~0.5 ms).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -82,3 +83,11 @@ def cuda_sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``t``'s CUDA device current around a Triton launch. Triton launches on the thread's
+    current device and its stream, not on the tensors' device: without this a tensor on
+    ``cuda:1`` in a thread whose current device is 0 (``--device cuda:1`` without torchrun, a
+    DDP collector thread) would be read by a kernel running on GPU 0."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

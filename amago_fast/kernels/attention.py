@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from amago_fast.kernels._utils import autotune_configs, resolve_backend
+from amago_fast.kernels._utils import autotune_configs, launch_device, resolve_backend
 
 __all__ = [
     "CausalAttention",
@@ -715,7 +715,8 @@ class CausalAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, valid_mask, window, softmax_scale):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         mask_u8 = valid_mask.to(torch.uint8).contiguous() if valid_mask is not None else None
-        out, lse = _attn_fwd(q, k, v, mask_u8, window, softmax_scale)
+        with launch_device(q):
+            out, lse = _attn_fwd(q, k, v, mask_u8, window, softmax_scale)
         ctx.save_for_backward(q, k, v, out, lse, mask_u8)
         ctx.window = window
         ctx.softmax_scale = softmax_scale
@@ -725,7 +726,9 @@ class CausalAttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, out, lse, mask_u8 = ctx.saved_tensors
-        dq, dk, dv = _attn_bwd(do, q, k, v, out, lse, mask_u8, ctx.window, ctx.softmax_scale)
+        with launch_device(q):
+            dq, dk, dv = _attn_bwd(do, q, k, v, out, lse, mask_u8, ctx.window,
+                                   ctx.softmax_scale)
         return dq, dk, dv, None, None, None
 
 

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, resolve_backend
+from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, launch_device, resolve_backend
 
 try:
     import triton
@@ -753,7 +753,9 @@ class CriticEnsembleFunction(torch.autograd.Function):
     def forward(ctx, state, action, w_state, w_action, b1, w2, b2, w3, b3, negative_slope):
         params = CriticParams(w_state, w_action, b1, w2, b2, w3, b3)
         needs_grad = any(ctx.needs_input_grad[:9])
-        q, p = _critic_forward_launch(state, action, params, negative_slope, save_p=needs_grad)
+        with launch_device(state):
+            q, p = _critic_forward_launch(state, action, params, negative_slope,
+                                          save_p=needs_grad)
         if needs_grad:
             ctx.save_for_backward(state, action, *params, p)
         ctx.negative_slope = negative_slope
@@ -763,7 +765,7 @@ class CriticEnsembleFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dq):
         state, action, *params, p = ctx.saved_tensors
-        with torch.autocast(device_type=state.device.type, enabled=False):
+        with torch.autocast(device_type=state.device.type, enabled=False), launch_device(state):
             grads = _critic_backward_launch(
                 dq.contiguous(), state, action, CriticParams(*params), p,
                 ctx.negative_slope, tuple(ctx.needs_input_grad[:9]),
@@ -1060,7 +1062,8 @@ class TDTargetReduceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_next, subset_flags):
-        q_min, q_mean, arg = _td_reduce_launch(q_next, subset_flags)
+        with launch_device(q_next):
+            q_min, q_mean, arg = _td_reduce_launch(q_next, subset_flags)
         ctx.save_for_backward(arg)
         ctx.num_critics = q_next.shape[1]
         ctx.mark_non_differentiable(arg)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, resolve_backend
+from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, launch_device, resolve_backend
 
 __all__ = [
     "DecodeStep",
@@ -178,7 +178,10 @@ class RingKVCache:
     def __setstate__(self, state: dict) -> None:
         kv = state["kv"]
         _, N, H, C, D = kv.shape
-        self.__init__(N, C, H, D, state["dtype"], state["device"])
+        # The storage tensor's device, not the pickled torch.device: torch.load's map_location
+        # remaps tensors only, so a cache saved on a GPU and loaded with map_location="cpu"
+        # comes back on the CPU (deepcopy keeps the device either way).
+        self.__init__(N, C, H, D, state["dtype"], kv.device)
         self.kv.copy_(kv)
         self.counts.copy_(state["counts"])
         if self.scales is not None:
@@ -470,8 +473,11 @@ def decode_step_attention(q: torch.Tensor, cache: RingKVCache, step: DecodeStep)
     scale, after ``cache.write(step, ...)`` and ``cache.commit(step)``; returns (b, H, D) in
     ``q.dtype``. Triton on CUDA (q in the cache's ``io_dtype``), the reference formulation on
     CPU — in ``q.dtype``: a float32 q over a float16 (or int8) cache reads the keys/values
-    widened (dequantised)."""
+    widened (dequantised). On CUDA a head dim the kernel lacks (not a power of two >= 16, e.g.
+    d_model 64 with 8 heads) takes the reference decode instead of raising."""
     if cache.device.type == "cuda":
+        if not _triton_head_dim(cache.head_dim):
+            return decode_attention_reference(q, cache, 1.0, step.ids)
         ids_t = cache._env_index if step.ids_t is None else step.ids_t
         return _decode_launch(q, cache, 1.0, ids_t)
     return _attend(q, cache, step.ids_t, step.length, step.bias)
@@ -588,19 +594,20 @@ def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float,
     ks = cache.k_scale if quant else part_m  # unread when not quantised
     vs = cache.v_scale if quant else part_m
     s_strides = cache.k_scale.stride() if quant else (0, 0, 0)
-    _decode_split_kernel[(N * H, num_splits)](
-        q, cache.k, cache.v, ks, vs, cache.counts, ids_t, part_acc, part_m, part_l,
-        q.stride(0), q.stride(1),
-        cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
-        cache.v.stride(0), cache.v.stride(1), cache.v.stride(2),
-        s_strides[0], s_strides[1], s_strides[2],
-        H, C, split_size, num_splits, scale * _LOG2E,
-        HEAD_DIM=D, BLOCK_N=block_n, QUANT=quant, num_warps=4,
-    )
-    _decode_combine_kernel[(N * H,)](
-        part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H, num_splits,
-        HEAD_DIM=D, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
-    )
+    with launch_device(q):
+        _decode_split_kernel[(N * H, num_splits)](
+            q, cache.k, cache.v, ks, vs, cache.counts, ids_t, part_acc, part_m, part_l,
+            q.stride(0), q.stride(1),
+            cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
+            cache.v.stride(0), cache.v.stride(1), cache.v.stride(2),
+            s_strides[0], s_strides[1], s_strides[2],
+            H, C, split_size, num_splits, scale * _LOG2E,
+            HEAD_DIM=D, BLOCK_N=block_n, QUANT=quant, num_warps=4,
+        )
+        _decode_combine_kernel[(N * H,)](
+            part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H, num_splits,
+            HEAD_DIM=D, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+        )
     return out
 
 
