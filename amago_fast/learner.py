@@ -483,22 +483,33 @@ class Learner:
         if tuple(ti.shape) != (B, L1) or ti.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"Learner.update: time_index must be int (B, L+1), got "
                              f"{tuple(ti.shape)} {ti.dtype}")
-        if not torch.isfinite(batch["reward"][mask]).all():
-            raise ValueError("Learner.update: non-finite reward in a valid row")
+        # Value checks as device flags read in one host sync (each `if tensor` would be a sync of
+        # its own, and boolean indexing another): on a GPU every sync drains the launch queue.
+        # Padded rows are checked too: the update reads them (a NaN there, times a zero weight,
+        # is still NaN, and a negative discrete action there would index out of range).
+        checks: list[tuple[torch.Tensor, str]] = []
+        checks.append(((~torch.isfinite(batch["reward"])).any(),
+                       "Learner.update: non-finite reward (padded rows included)"))
         for f in spec.observation:
-            floating = np.issubdtype(f.dtype, np.floating)
-            if floating and not torch.isfinite(batch[f.name][mask]).all():
-                raise ValueError(f"Learner.update: non-finite values in observation {f.name!r}")
-        a = batch["action"][mask]
+            if np.issubdtype(f.dtype, np.floating):
+                checks.append(((~torch.isfinite(batch[f.name])).any(),
+                               f"Learner.update: non-finite values in observation {f.name!r}"))
+        a = batch["action"]
         act = spec.action
-        if act.kind == "discrete" and (a.min() < 0 or a.max() >= act.n):
-            raise ValueError(f"Learner.update: discrete actions outside [0, {act.n})")
-        if act.kind == "multidiscrete":
+        if act.kind == "discrete":
+            checks.append((((a < 0) | (a >= act.n)).any(),
+                           f"Learner.update: discrete actions outside [0, {act.n})"))
+        elif act.kind == "multidiscrete":
             hi = torch.tensor(act.nvec, device=a.device)
-            if (a < 0).any() or (a >= hi).any():
-                raise ValueError(f"Learner.update: multi-discrete actions outside nvec {act.nvec}")
-        if act.kind == "continuous" and not torch.isfinite(a).all():
-            raise ValueError("Learner.update: non-finite continuous actions")
+            checks.append((((a < 0) | (a >= hi)).any(),
+                           f"Learner.update: multi-discrete actions outside nvec {act.nvec}"))
+        elif act.kind == "continuous":
+            checks.append(((~torch.isfinite(a)).any(),
+                           "Learner.update: non-finite continuous actions"))
+        flags = torch.stack([flag for flag, _ in checks]).tolist()
+        for bad, (_, message) in zip(flags, checks):
+            if bad:
+                raise ValueError(message)
 
     # ------------------------------------------------------------------------------- update
     def update(self, batch: dict[str, Any]) -> dict[str, float]:

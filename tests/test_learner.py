@@ -223,6 +223,23 @@ def test_bad_batches_raise_and_leave_state_unchanged(mutate, match):
     assert after["updates"] == before["updates"]
 
 
+@pytest.mark.parametrize("kind,bad_action", [("continuous", np.nan), ("multidiscrete", 99),
+                                             ("discrete", -1)])
+@pytest.mark.parametrize("row", [(2, 4), (0, 9)])  # a valid row; padding (make_batch)
+def test_bad_actions_are_refused_in_any_row(kind, bad_action, row):
+    """Out-of-range or non-finite actions are refused wherever they are: the update reads
+    padded rows too (NaN times a zero weight is NaN; -1 would index out of range)."""
+    learner = make_learner(kind)
+    batch = make_batch(learner.agent.spec)
+    learner.update(batch)
+    before = copy.deepcopy(learner.state_dict())
+    batch["action"][row] = bad_action
+    with pytest.raises(ValueError, match="actions"):
+        learner.update(batch)
+    for k, v in before["loss_module"].items():
+        assert torch.equal(v, learner.state_dict()["loss_module"][k]), k
+
+
 def test_popart_update_preserves_outputs_exactly():
     pop = PopArt(3, beta=0.3, init_nu=4.0)
     with torch.no_grad():
