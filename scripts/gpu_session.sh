@@ -3,8 +3,8 @@
 # environment, the kernel benchmarks (JSON) and the kernel tests compiled for the GPU.
 #
 # Usage: bash scripts/gpu_session.sh [OUTDIR]        (default: $OUT, else /tmp/gpu_session)
-#   PHASES="env bench_attention bench_critic critic_profile bench_update tests_gpu train_cuda
-#           tests_kernels"   phases to run, in order (default: all of them; ~15+ min in all)
+#   PHASES="env bench_attention bench_critic critic_profile bench_update context_cuda tests_gpu
+#           train_cuda tests_kernels"   phases to run, in order (default: all; ~15+ min in all)
 #   BUDGET_S=400   stop starting phases once this many seconds have passed
 #   DEADLINE_S=900 cut each phase's own limit so that the whole run ends ~20 s before this
 #   WORKERS=12     processes for pytest-xdist and for compiling the attention tile candidates
@@ -23,8 +23,8 @@ PY=${PYTHON:-python3}
 WORKERS=${WORKERS:-12}
 BUDGET_S=${BUDGET_S:-400}
 DEADLINE_S=${DEADLINE_S:-900}
-PHASES=${PHASES:-env bench_attention bench_critic critic_profile bench_update tests_gpu train_cuda \
-  tests_kernels}
+PHASES=${PHASES:-env bench_attention bench_critic critic_profile bench_update context_cuda tests_gpu \
+  train_cuda tests_kernels}
 KERNEL_TESTS="tests/test_attention.py tests/test_decode.py tests/test_critic.py tests/test_ema.py"
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n $WORKERS"
@@ -33,7 +33,7 @@ $PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 150"
 PYTEST="env PYTHONPATH=$PWD/scripts:$PYTHONPATH LIVE_REPORT=$OUTDIR/tests_live.log $PY -m pytest \
   -p _pytest_live -p no:cacheprovider -p no:benchmark -q -rfE --tb=short $XDIST"
 
-for f in session.log tests.log tests_live.log train_cuda.log; do : >"$OUTDIR/$f"; done
+for f in session.log tests.log tests_live.log; do : >"$OUTDIR/$f"; done
 
 run_phase() {  # name limit_s stdout_file stderr_file command...
   local name=$1 limit=$2 stdout=$3 stderr=$4
@@ -76,13 +76,16 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
     bench_update)  # issue 4's updates/s on the GPU, ours vs the reference-style baseline
       run_phase bench_update 150 "$OUTDIR/bench_update.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_update.py --device cuda --iters 30 ;;
+    context_cuda)  # issue 5: Agent.act per step at context 64 vs 1024, on the GPU
+      run_phase context_cuda 200 "$OUTDIR/context_cuda.json" "$OUTDIR/session.log" \
+        $PY benchmarks/bench_collect.py --context-only --context-device cuda ;;
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
       run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
         tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
         tests/test_attention.py ;;
     train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
       rm -rf /tmp/gpu_session_run
-      run_phase train_cuda 150 "$OUTDIR/train_cuda.log" "$OUTDIR/train_cuda.log" \
+      run_phase train_cuda 150 "$OUTDIR/session.log" "$OUTDIR/session.log" \
         $PY -m amago_fast train --total_env_steps 3000 --progress_bar false \
         --run-dir /tmp/gpu_session_run ;;
     tests_kernels)  # every kernel test, on CUDA tensors instead of the interpreter
@@ -93,8 +96,8 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
 done
 
 # Drop this script's empty outputs (the device tool returns at most 8 files); nothing else.
-for f in session.log tests.log tests_live.log train_cuda.log bench_attention.json \
-  bench_critic.json critic_profile.json bench_update.json; do
+for f in session.log tests.log tests_live.log bench_attention.json bench_critic.json \
+  critic_profile.json bench_update.json context_cuda.json; do
   [[ -s $OUTDIR/$f ]] || rm -f "$OUTDIR/$f"
 done
 # A short table last: the device tool returns the end of the output.
@@ -140,6 +143,10 @@ if (out / "bench_update.json").exists():
     for k, v in leaves(load("bench_update.json")):
         if "per_s" in k or "speedup" in k or "ratio" in k:
             print("update", k, round(v, 3))
+if (out / "context_cuda.json").exists():
+    for k, v in leaves(load("context_cuda.json")):
+        if k.endswith("ratio"):
+            print("context", k, round(v, 3))
 prof = load("critic_profile.json").get("profile", {})
 for key, rows in prof.items():
     if isinstance(rows, list):

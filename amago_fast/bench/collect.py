@@ -225,7 +225,8 @@ def _rollout_stepper(agent, env):
 
 
 def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int = 64,
-                        sizes: tuple[str, ...] = ("tiny", "default")) -> dict:
+                        sizes: tuple[str, ...] = ("tiny", "default"), device: str = "cpu"
+                        ) -> dict:
     """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi, for the
     native step (``amago_fast.native_policy``) and the PyTorch rollout path.
 
@@ -240,11 +241,15 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
     t=steps_lo — the same with a float32 and with an int8 cache, and the model's default
     context_len — both times past the capacity, so "flat" (cost set by the capacity C, not by
     the steps taken) means a ratio ~1.
+
+    ``device="cuda"``: the agent on the GPU (the PyTorch rollout path with the Triton decode;
+    the time includes copying the actions back, as the collector does).
     """
     import torch
 
-    out: dict[str, Any] = {}
-    paths = ("native", "torch") if _native_available() else ("torch",)
+    out: dict[str, Any] = {"device": device}
+    on_cpu = torch.device(device).type == "cpu"
+    paths = ("native", "torch") if on_cpu and _native_available() else ("torch",)
     for size in sizes:
         for label, ctx, kv in (("capacity_hi", steps_hi, None),
                                ("capacity_hi_kv_float32", steps_hi, "float32"),
@@ -252,7 +257,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                                ("default_context", None, None)):
             row: dict[str, Any] = {}
             for path in paths:
-                if size == "default" and ctx == steps_hi and path == "torch":
+                if size == "default" and ctx == steps_hi and path == "torch" and on_cpu:
                     # ~10 ms/step x 1100 steps on this machine; the native run shows the model.
                     row[path] = "skipped (slow)"
                     continue
@@ -261,6 +266,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                 agent = _agent_policy(env_lo.spec, size, context_len=ctx)
                 if agent is None:
                     return {"skipped": "amago_fast.agent not importable"}
+                agent.to(device)
                 if kv is not None:
                     agent.config.kv_cache_dtype = kv  # read by init_state
                 agent.native_policy = path == "native"
@@ -672,6 +678,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--context-only", action="store_true",
                    help="only the Agent step checks (act_step, policy_context)")
+    p.add_argument("--context-device", default="cpu",
+                   help="device for --context-only's policy_context check (e.g. cuda: then "
+                        "only that check runs; act_step compares CPU paths)")
     p.add_argument("--overhead", action="store_true",
                    help="only the framework's CPU µs per vector step over a replayed env")
     p.add_argument("--breakdown", action="store_true",
@@ -693,8 +702,13 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(a.torch_threads)
-        print(json.dumps({"machine": f"{os.cpu_count()} CPU cores, torch threads "
-                          f"{torch.get_num_threads()}", "act_step": act_step_cost(),
+        machine = f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+        if torch.device(a.context_device).type != "cpu":
+            name = torch.cuda.get_device_name() if torch.cuda.is_available() else "?"
+            print(json.dumps({"machine": f"{machine}, {name}", "policy_context":
+                              policy_context_cost(device=a.context_device)}, indent=1))
+            return
+        print(json.dumps({"machine": machine, "act_step": act_step_cost(),
                           "policy_context": policy_context_cost()}, indent=1))
         return
     res = run(tuple(a.envs), tuple(a.num_envs), tuple(a.modes), a.seconds, a.repeats,
