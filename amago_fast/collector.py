@@ -809,12 +809,19 @@ class _Rollouts:
         self.pstate = copy.deepcopy(sd["policy_state"])
         self.started = bool(sd["started"])
         fresh = self.policy.init_state(self.n)
-        if not _same_layout(self.pstate, fresh):
-            # Saved on another device, or with another KV-cache dtype (a GPU run resumed on a
-            # CPU box, the native CPU step's float16 cache on a GPU): restart the rollouts (the
-            # env is reset on the next collect) rather than mix devices in the policy step.
+        if _same_layout(self.pstate, fresh):
+            pass
+        elif _same_layout(self.pstate, fresh, compare_devices=False):
+            # Checkpoints load onto the CPU (map_location="cpu"): a GPU run's rollout memory
+            # comes back on the CPU and is copied onto the policy's device; the rollouts go on.
+            _copy_into(fresh, self.pstate)
+            self.pstate = fresh
+        else:
+            # Another KV-cache dtype or shape (a GPU run resumed on a CPU box, where the native
+            # step keeps float16 caches): restart the rollouts (the env is reset on the next
+            # collect) rather than mix layouts in the policy step.
             warnings.warn("collector state: the saved policy memory does not match this "
-                          "policy's device/dtype; the rollouts restart", stacklevel=2)
+                          "policy's cache dtype/shape; the rollouts restart", stacklevel=2)
             self.pstate = fresh
             self.started = False
         # collect() flushes before returning: rows can only be owed here after a failed write,
@@ -822,31 +829,58 @@ class _Rollouts:
         self._pending_write = None
 
 
-def _same_layout(a: Any, b: Any) -> bool:
-    """Whether two policy memories (nested lists/tuples/dicts of tensors and RingKVCaches) have
-    the same structure, shapes, dtypes and devices."""
+def _same_layout(a: Any, b: Any, compare_devices: bool = True) -> bool:
+    """Whether two policy memories (nested lists/tuples/dicts/dataclasses of tensors and
+    RingKVCaches) have the same structure, shapes and dtypes (and devices, if asked)."""
     if a is None or b is None:
         return a is None and b is None
     import torch  # only policies with tensor memory get here
 
     from amago_fast.kernels.decode import RingKVCache
 
+    same_dev = (lambda x, y: x.device == y.device) if compare_devices else (lambda x, y: True)
     if isinstance(a, RingKVCache) or isinstance(b, RingKVCache):
         return (isinstance(a, RingKVCache) and isinstance(b, RingKVCache)
-                and a.kv.shape == b.kv.shape and a.dtype == b.dtype and a.device == b.device)
+                and a.kv.shape == b.kv.shape and a.dtype == b.dtype and same_dev(a, b))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device)
+                and a.shape == b.shape and a.dtype == b.dtype and same_dev(a, b))
     if isinstance(a, dict) or isinstance(b, dict):
         return (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
-                and all(_same_layout(a[k], b[k]) for k in a))
+                and all(_same_layout(a[k], b[k], compare_devices) for k in a))
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
-                and len(a) == len(b) and all(_same_layout(x, y) for x, y in zip(a, b)))
+                and len(a) == len(b)
+                and all(_same_layout(x, y, compare_devices) for x, y in zip(a, b)))
     if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
-        return all(_same_layout(getattr(a, f.name), getattr(b, f.name))
+        return all(_same_layout(getattr(a, f.name), getattr(b, f.name), compare_devices)
                    for f in dataclasses.fields(a))
-    return type(a) is type(b)
+    return a == b if isinstance(a, (int, float, str, bool)) else type(a) is type(b)
+
+
+def _copy_into(dst: Any, src: Any) -> None:
+    """Copy the policy memory ``src`` into ``dst`` of the same layout (see :func:`_same_layout`
+    with ``compare_devices=False``), across devices."""
+    import torch
+
+    from amago_fast.kernels.decode import RingKVCache
+
+    if isinstance(dst, RingKVCache):
+        dst.kv.copy_(src.kv)
+        dst.counts.copy_(src.counts)  # on the CPU also the NumPy bookkeeping (shared memory)
+        if dst.scales is not None:
+            dst.scales.copy_(src.scales)
+    elif isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, dict):
+        for k in dst:
+            _copy_into(dst[k], src[k])
+    elif isinstance(dst, (list, tuple)):
+        for x, y in zip(dst, src):
+            _copy_into(x, y)
+    elif dataclasses.is_dataclass(dst):
+        for f in dataclasses.fields(dst):
+            _copy_into(getattr(dst, f.name), getattr(src, f.name))
 
 
 class Collector:

@@ -463,6 +463,14 @@ class Learner:
                 out[k] = torch.as_tensor(v).to(self.device, non_blocking=True)
         return out
 
+    def _nvec_on(self, device: torch.device) -> torch.Tensor:
+        """The multi-discrete action sizes on ``device``, made once (a host-to-device copy per
+        update would be a sync of its own)."""
+        cached = getattr(self, "_nvec_cache", None)
+        if cached is None or cached.device != device:
+            cached = self._nvec_cache = torch.tensor(self.agent.spec.action.nvec, device=device)
+        return cached
+
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         spec = self.agent.spec
         need = [f.name for f in spec.buffer_fields()] + ["mask", "time_index"]
@@ -500,7 +508,7 @@ class Learner:
             checks.append((((a < 0) | (a >= act.n)).any(),
                            f"Learner.update: discrete actions outside [0, {act.n})"))
         elif act.kind == "multidiscrete":
-            hi = torch.tensor(act.nvec, device=a.device)
+            hi = self._nvec_on(a.device)
             checks.append((((a < 0) | (a >= hi)).any(),
                            f"Learner.update: multi-discrete actions outside nvec {act.nvec}"))
         elif act.kind == "continuous":

@@ -109,3 +109,33 @@ def test_resume_with_policy_memory_of_another_dtype_restarts_the_rollouts():
     assert all(c.dtype == torch.float32 for c in caches)
     stats = other.collect(6)  # restarts from an env reset and goes on
     assert other._train.started and stats is not None
+
+
+def test_policy_memory_copied_into_a_fresh_state_acts_identically():
+    """The resume path for rollout memory that only changed device (checkpoints load onto the
+    CPU; a GPU run copies it back onto its device): _copy_into a fresh state of the same layout
+    gives the same next actions and caches as the original state."""
+    import copy
+
+    from amago_fast.collector import _copy_into, _same_layout
+    from amago_fast.envs import make_env
+
+    torch.manual_seed(0)
+    env = make_env("tmaze-passive", 3, seed=0, corridor_length=5)
+    agent = Agent(env.spec, AgentConfig(**SMALL))
+    obs = env.reset()
+    state = agent.init_state(3)
+    zeros = dict(action=np.zeros(3, np.int32), reward=np.zeros(3, np.float32))
+    for t in range(4):
+        _, state = agent.act(dict(obs, **zeros, time_index=np.full(3, t, np.int64)), state,
+                             sample=False)
+    fresh = agent.init_state(3)
+    assert _same_layout(state, fresh, compare_devices=False)
+    assert not _same_layout(state, agent.init_state(2), compare_devices=False)
+    _copy_into(fresh, copy.deepcopy(state))
+    rows = dict(obs, **zeros, time_index=np.full(3, 4, np.int64))
+    a1, s1 = agent.act(rows, state, sample=False)
+    a2, s2 = agent.act(rows, fresh, sample=False)
+    np.testing.assert_array_equal(a1, a2)
+    for c1, c2 in zip(s1.memory, s2.memory):
+        assert torch.equal(c1.kv, c2.kv) and torch.equal(c1.counts, c2.counts)

@@ -591,10 +591,16 @@ def test_load_state_dict_from_another_device_type_reseeds_the_generator():
 
 def test_load_state_dict_rejects_a_bad_rng_state_before_changing_anything():
     a = make_learner()
-    sd = copy.deepcopy(make_learner(seed=3).state_dict())
+    trained = make_learner()
+    trained.update(make_batch(trained.agent.spec))  # differs from `a` in weights and counters
+    sd = copy.deepcopy(trained.state_dict())
     sd["torch_rng"] = torch.zeros(7, dtype=torch.uint8)
     before = copy.deepcopy(a.state_dict())
     with pytest.raises(ValueError, match="torch_rng"):
         a.load_state_dict(sd)
+    after = a.state_dict()
+    assert after["updates"] == before["updates"] == 0
+    assert after["optimizer"]["state"] == before["optimizer"]["state"] == {}
+    assert torch.equal(after["generator"], before["generator"])
     for k, v in before["loss_module"].items():
-        assert torch.equal(v, a.state_dict()["loss_module"][k]), k
+        assert torch.equal(v, after["loss_module"][k]), k
