@@ -192,3 +192,31 @@ def test_checkpoint_from_before_popart_step_counter_resumes(tmp_path):
     # The counter restarts from the learner's update count at the checkpoint.
     resumed = torch.load(ckpt.latest_checkpoint(run_dir) / "learner.pt", weights_only=False)
     assert float(resumed["learner"]["loss_module"][key]) >= first["updates"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_resumes_on_the_gpu_and_evaluates_on_the_cpu(tmp_path):
+    """A GPU run's checkpoints load onto the CPU first (map_location="cpu": a CUDA RNG state
+    broke the resume before); on resume the CUDA generator state and the rollout KV caches go
+    back onto the GPU, so nothing is reseeded or restarted; `evaluate_run` on the CPU reads it."""
+    import warnings
+
+    from amago_fast.trainer import evaluate_run
+
+    run_dir = tmp_path / "run"
+    first = Trainer(tiny_config(device="cuda"), run_dir).train()
+    steps = int(first["env_steps"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = Trainer(tiny_config(device="cuda", total_env_steps=steps + 64), run_dir,
+                          resume=True)
+        result = trainer.train()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "sampling generator" in m or "rollouts restart" in m], \
+        messages
+    assert result["env_steps"] >= steps + 64
+    assert trainer.learner.generator.device.type == "cuda"
+    assert all(c.device.type == "cuda" for c in trainer.collector._train.pstate.memory)
+    stats = evaluate_run(run_dir, episodes=2, device="cpu")
+    assert stats["checkpoint_env_steps"] >= steps + 64
