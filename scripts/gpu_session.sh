@@ -83,7 +83,7 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
       run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
         tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
-        tests/test_attention.py ;;
+        tests/test_trainer_resume.py tests/test_attention.py ;;
     train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
       rm -rf /tmp/gpu_session_run
       run_phase train_cuda 150 "$OUTDIR/session.log" "$OUTDIR/session.log" \
