@@ -384,6 +384,15 @@ class AMAGOLoss(nn.Module):
         return loss, aux
 
 
+def restore_cuda_rng_states(states: list | None) -> None:
+    """Restore ``torch.cuda.get_rng_state_all()`` output, only onto the same number of GPUs
+    (a run resumed or evaluated on another machine draws afresh there). The states may have
+    been moved by ``torch.load``'s map_location; they must be CPU ByteTensors."""
+    if not states or not torch.cuda.is_available() or len(states) != torch.cuda.device_count():
+        return
+    torch.cuda.set_rng_state_all([torch.as_tensor(t).to("cpu", torch.uint8) for t in states])
+
+
 class Learner:
     """Owns the loss module, optimizer, LR schedule, PopArt and the update counter.
 
@@ -427,6 +436,11 @@ class Learner:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self.updates = 0
+        # Multi-discrete action sizes on the device, for the batch check (made once: a
+        # host-to-device copy per update would be a sync of its own).
+        action = agent.spec.action
+        self._nvec = (torch.tensor(action.nvec, device=self.device)
+                      if action.kind == "multidiscrete" else None)
         # Target-network EMA: one foreach call (swappable for the per-parameter baseline).
         self.ema_fn: Callable = ema_update_
         # Seconds spent in each phase of the last update (forward, backward, optimizer): wall
@@ -462,14 +476,6 @@ class Learner:
             if isinstance(v, np.ndarray) or isinstance(v, torch.Tensor):
                 out[k] = torch.as_tensor(v).to(self.device, non_blocking=True)
         return out
-
-    def _nvec_on(self, device: torch.device) -> torch.Tensor:
-        """The multi-discrete action sizes on ``device``, made once (a host-to-device copy per
-        update would be a sync of its own)."""
-        cached = getattr(self, "_nvec_cache", None)
-        if cached is None or cached.device != device:
-            cached = self._nvec_cache = torch.tensor(self.agent.spec.action.nvec, device=device)
-        return cached
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         spec = self.agent.spec
@@ -508,8 +514,7 @@ class Learner:
             checks.append((((a < 0) | (a >= act.n)).any(),
                            f"Learner.update: discrete actions outside [0, {act.n})"))
         elif act.kind == "multidiscrete":
-            hi = self._nvec_on(a.device)
-            checks.append((((a < 0) | (a >= hi)).any(),
+            checks.append((((a < 0) | (a >= self._nvec)).any(),
                            f"Learner.update: multi-discrete actions outside nvec {act.nvec}"))
         elif act.kind == "continuous":
             checks.append(((~torch.isfinite(a)).any(),
@@ -681,7 +686,4 @@ class Learner:
             )
             self.generator.manual_seed(self.config.seed + self.updates)
         torch.set_rng_state(torch_rng)
-        if sd.get("cuda_rng") and torch.cuda.is_available():
-            states = [torch.as_tensor(t).to("cpu", torch.uint8) for t in sd["cuda_rng"]]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
+        restore_cuda_rng_states(sd.get("cuda_rng"))

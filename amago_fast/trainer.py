@@ -65,6 +65,12 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def _make_current(device: torch.device) -> None:
+    """Make an indexed CUDA ``device`` the calling thread's current device (no-op otherwise)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     """`<log_dir>/<run_name or env-name-timestamp>`."""
     name = cfg.run_name or (
@@ -89,11 +95,10 @@ def set_rng_state(state: dict) -> None:
     """Restore `rng_state()` output."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    from amago_fast.learner import restore_cuda_rng_states  # lazy, as elsewhere in this module
+
     torch.set_rng_state(state["torch"])
-    # Only onto the same number of GPUs (a run resumed on another machine draws afresh there).
-    if "cuda" in state and torch.cuda.is_available() \
-            and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([torch.as_tensor(t).cpu() for t in state["cuda"]])
+    restore_cuda_rng_states(state.get("cuda"))
 
 
 def seed_everything(seed: int) -> None:
@@ -161,11 +166,10 @@ class Trainer:
         self.dist = dist if dist is not None else init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.device.type == "cuda" and self.device.index is not None:
-            # Triton launches on the *current* device: make it the learner's (--device cuda:1
-            # without torchrun would otherwise run kernels on GPU 0). The collector thread
-            # sets it again for itself (the current device is per thread).
-            torch.cuda.set_device(self.device)
+        # Triton launches on the *current* device: make it the learner's (--device cuda:1
+        # without torchrun would otherwise run kernels on GPU 0). The collector thread sets it
+        # again for itself (the current device is per thread).
+        _make_current(self.device)
         # Counters (per rank; env_steps here counts this rank's transitions).
         self.env_steps = 0
         self.updates = 0
@@ -677,8 +681,7 @@ class _CollectorThread:
     def _run(self) -> None:
         t, cfg = self.t, self.t.cfg
         try:
-            if t.device.type == "cuda" and t.device.index is not None:
-                torch.cuda.set_device(t.device)  # per thread: the policy's decode kernels
+            _make_current(t.device)  # per thread: the policy's decode kernels
             while True:
                 with self.cv:
                     while not self.stopping and (self.paused or self._ahead()):

@@ -26,16 +26,19 @@ def time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
+    return statistics.median(_event_ms(fn, 1) for _ in range(repeats))
+
+
+def _event_ms(fn: Callable[[], object], calls: int) -> float:
+    """CUDA-event time in ms of ``calls`` calls of ``fn`` issued back to back, then a sync."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
 
 
 def time_cuda_back_to_back(fn: Callable[[], object], iters: int, rounds: int = 3) -> float:
@@ -44,17 +47,7 @@ def time_cuda_back_to_back(fn: Callable[[], object], iters: int, rounds: int = 3
     overlaps the GPU's: what a training loop sees when the GPU, not Python, is the bottleneck."""
     fn()
     torch.cuda.synchronize()
-    per_call = []
-    for _ in range(rounds):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        per_call.append(start.elapsed_time(end) / iters)
-    return statistics.median(per_call)
+    return statistics.median(_event_ms(fn, iters) / iters for _ in range(rounds))
 
 
 def time_cuda_graph(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:

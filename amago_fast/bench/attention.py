@@ -87,20 +87,18 @@ def _autotune_tables(top: int = 5) -> dict:
     picked. Empty for a kernel that has not autotuned (one config, e.g. the interpreter)."""
     from amago_fast.kernels import attention as A
 
+    def label(c):
+        return f"M{c.kwargs['BLOCK_M']}_N{c.kwargs['BLOCK_N']}_w{c.num_warps}_s{c.num_stages}"
+
+    def median(t):  # Triton records [median, p20, p80] per config
+        return t[0] if isinstance(t, (list, tuple)) else t
+
     tables = {}
     for kind, kern in (("fwd", A._attn_fwd_kernel), ("bwd_dkdv", A._attn_bwd_dkdv_kernel),
                        ("bwd_dq", A._attn_bwd_dq_kernel)):
         timings = getattr(kern, "configs_timings", None)
         if not timings:
             continue
-
-        def label(c):
-            return (f"M{c.kwargs['BLOCK_M']}_N{c.kwargs['BLOCK_N']}_w{c.num_warps}"
-                    f"_s{c.num_stages}")
-
-        def median(t):
-            return t[0] if isinstance(t, (list, tuple)) else t
-
         ranked = sorted(timings.items(), key=lambda kv: median(kv[1]))
         tables[kind] = {
             "chosen": label(kern.best_config),
@@ -179,6 +177,13 @@ def _inputs(B, L, H, D, dtype, device, grad):
     mask = torch.ones(B, L, dtype=torch.bool, device=device)
     mask[:, L - L // 8 :] = False  # a padded tail, as in sampled windows
     return q, k, v, g, mask
+
+
+def _causal_flops(B: int, L: int, H: int, D: int) -> dict[str, float]:
+    """Matmul FLOPs of causal attention: the causal half of the two (L x L x D) products in the
+    forward; the backward counted as 2.5x the forward (FlashAttention's convention)."""
+    fwd = 4 * B * H * L * L * D / 2
+    return {"fwd": fwd, "fwd_bwd": 3.5 * fwd}
 
 
 def _compile_one(job: tuple) -> str:
@@ -285,8 +290,7 @@ def run_gpu(
     for L in lengths or GPU_LENGTHS:
         B = max(1, tokens // L)
         q, k, v, g, mask = _inputs(B, L, H, D, dtype, device, grad=True)
-        flops_fwd = 4 * B * H * L * L * D / 2  # causal: half of the two (L x L x D) matmuls
-        flops = {"fwd": flops_fwd, "fwd_bwd": 3.5 * flops_fwd}  # bwd = 2.5 x fwd matmul work
+        flops = _causal_flops(B, L, H, D)
         row: dict = {"B": B, "L": L, "H": H, "D": D, "dtype": str(dtype)}
         tuned: dict = {}
 
@@ -335,7 +339,7 @@ def _add_host_free_timings(results: list[dict], H: int, D: int, dtype, repeats: 
     for row in results:
         B, L = row["B"], row["L"]
         q, k, v, g, mask = _inputs(B, L, H, D, dtype, "cuda", grad=True)
-        flops_fwd_bwd = 3.5 * 4 * B * H * L * L * D / 2
+        flops_fwd_bwd = _causal_flops(B, L, H, D)["fwd_bwd"]
         host_free = _measure_without_host_gaps(_gpu_variants(mask), q, k, v, g, repeats)
         for name, vals in host_free.items():
             for key, val in vals.items():
