@@ -519,9 +519,48 @@ class _TextObsEnv(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
 
-class _TupleObsEnv(gym.Env):
-    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+class _NestedTupleObsEnv(gym.Env):
+    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2),
+                                          gym.spaces.Tuple((gym.spaces.Discrete(3),))))
     action_space = gym.spaces.Discrete(2)
+
+
+class _TupleObsEnv(gym.Env):
+    """A Tuple observation whose values say which step and env produced them: a Discrete with
+    start 1, a float Box and a MultiBinary (POPGym's Autoencode tasks have Tuple(Discrete,
+    Discrete))."""
+
+    observation_space = gym.spaces.Tuple((
+        gym.spaces.Discrete(5, start=1),
+        gym.spaces.Box(-100, 100, (2,), np.float64),
+        gym.spaces.MultiBinary(3),
+    ))
+    action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        return (1 + (self.t + self.tag) % 5, np.array([self.t, self.tag + 0.5]),
+                np.array([self.t % 2, 1, self.tag % 2], np.int8))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.tag = int(self.np_random.integers(0, 50))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), self.t >= 4, False, {}
+
+
+class _DictWithTupleEnv(_TupleObsEnv):
+    observation_space = gym.spaces.Dict({
+        "pair": gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.Box(0, 1, (2, 2)))),
+        "pos": gym.spaces.Box(-1, 1, (2,), np.float32),
+    })
+
+    def _obs(self):
+        grid = np.full((2, 2), (self.t % 10) / 10, np.float32)
+        return {"pair": (self.t % 3, grid), "pos": np.array([self.tag / 50, 0], np.float32)}
 
 
 class _DictObsEnv(gym.Env):
@@ -573,11 +612,125 @@ def test_envpool_async_send_reuses_int32_ids_only_for_its_own_array():
     env.close()
 
 
-@pytest.mark.parametrize("space_env,name", [(_TextObsEnv, "Text"), (_TupleObsEnv, "Tuple")])
+@pytest.mark.parametrize("space_env,name", [(_TextObsEnv, "Text"),
+                                            (_NestedTupleObsEnv, r"nested .*observation\[1\]")])
 def test_gym_unsupported_space_names_it(space_env, name):
     vec = gym.vector.SyncVectorEnv([space_env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     with pytest.raises(ValueError, match=name):
         GymVectorEnv(vec)
+
+
+def _sync(env_cls, n=2):
+    return gym.vector.SyncVectorEnv([env_cls] * n,
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+def test_gym_tuple_observation_is_one_field_per_element():
+    """Tuple(Discrete(start=1), Box, MultiBinary): fields observation_0..2 with each element's
+    values (the Discrete shifted to start at 0), step after step across the autoreset; a Tuple
+    entry of a Dict becomes key_0, key_1; flatten_keys takes those names; clashes are refused."""
+    env = GymVectorEnv(_sync(_TupleObsEnv))
+    assert [(f.name, f.shape, f.dtype) for f in env.spec.observation] == [
+        ("observation_0", (1,), np.int32), ("observation_1", (2,), np.float32),
+        ("observation_2", (3,), np.uint8)]
+    twin = _sync(_TupleObsEnv)
+    obs, (ref, _) = env.reset(seed=7), twin.reset(seed=7)
+    for t in range(7):  # across the autoreset after step 4
+        assert_obs_matches(env.spec, obs, 2)
+        np.testing.assert_array_equal(obs["observation_0"][:, 0], ref[0] - 1)
+        np.testing.assert_array_equal(obs["observation_1"], ref[1].astype(np.float32))
+        np.testing.assert_array_equal(obs["observation_2"], ref[2])
+        a = np.array([t % 2, 1], np.int32)
+        obs, *_ = env.step(a)
+        ref, *_ = twin.step(a.astype(np.int64))
+
+    env = GymVectorEnv(_sync(_DictWithTupleEnv), flatten_keys=["pair_1"])
+    assert [(f.name, f.shape) for f in env.spec.observation] == [
+        ("pair_0", (1,)), ("pair_1", (4,)), ("pos", (2,))]
+    twin = _sync(_DictWithTupleEnv)
+    obs, (ref, _) = env.reset(seed=3), twin.reset(seed=3)
+    for _ in range(6):
+        np.testing.assert_array_equal(obs["pair_0"][:, 0], ref["pair"][0])
+        np.testing.assert_array_equal(obs["pair_1"], ref["pair"][1].reshape(2, 4))
+        np.testing.assert_array_equal(obs["pos"], ref["pos"])
+        obs, *_ = env.step(np.ones(2, np.int32))
+        ref, *_ = twin.step(np.ones(2, np.int64))
+    assert [f.name for f in GymVectorEnv(_sync(_DictWithTupleEnv), ignore_keys=["pair"])
+            .spec.observation] == ["pos"]
+    with pytest.raises(ValueError, match="both"):
+        GymVectorEnv(_sync(_DictWithTupleEnv), ignore_keys=["pair"], flatten_keys=["pair_1"])
+    with pytest.raises(ValueError, match=r"name no observation field.*observation_0"):
+        GymVectorEnv(_sync(_TupleObsEnv), flatten_keys=["observation"])
+
+    class Clash(_DictWithTupleEnv):
+        observation_space = gym.spaces.Dict({
+            "pair": gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.Box(0, 1, (2, 2)))),
+            "pair_0": gym.spaces.Box(-1, 1, (2,), np.float32),
+        })
+
+    with pytest.raises(ValueError, match="'pair_0', which is also an observation key"):
+        GymVectorEnv(_sync(Clash))
+
+
+def test_every_popgym_task_builds_and_steps_through_the_adapter():
+    """All registered POPGym tasks (optional install; 42 in popgym 1.0.7, three of them with a
+    Tuple observation) build through make_env("gym:..."), reset and step with valid random
+    actions, and return observations that match their spec."""
+    pytest.importorskip("popgym")
+    ids = sorted(e for e in gym.registry if e.startswith("popgym-"))
+    assert len(ids) >= 39
+    rng = np.random.default_rng(0)
+    for eid in ids:
+        env = make_env(f"gym:{eid}", 2, seed=0)
+        obs = env.reset()
+        assert_obs_matches(env.spec, obs, 2)
+        for _ in range(3):
+            act = env.spec.action
+            if act.kind == "discrete":
+                a = rng.integers(0, act.n, 2).astype(np.int32)
+            elif act.kind == "multidiscrete":
+                a = np.stack([rng.integers(0, n, 2) for n in act.nvec], 1).astype(np.int32)
+            else:
+                a = rng.uniform(act.low, act.high, (2, *act.shape)).astype(np.float32)
+            obs, *_ = env.step(a)
+            assert_obs_matches(env.spec, obs, 2)
+        env.close()
+
+
+def test_popgym_tuple_task_runs_through_the_collector_and_buffer(tmp_path):
+    """POPGym's Autoencode (a Tuple(Discrete(2), Discrete(4)) observation; optional install)
+    through make_env("gym:..."), the collector and the buffer: every stored row is one the env
+    returned (none invented at an autoreset)."""
+    pytest.importorskip("popgym")
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.collector import Collector, RandomPolicy
+
+    env = make_env("gym:popgym-AutoencodeEasy-v0", 2, seed=1)
+    assert [(f.name, f.shape) for f in env.spec.observation] == [
+        ("observation_0", (1,)), ("observation_1", (1,))]
+    seen: set[tuple[int, int]] = set()
+
+    def recording(fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            obs = out if isinstance(out, dict) else out[0]
+            seen.update(zip(obs["observation_0"][:, 0].tolist(),
+                            obs["observation_1"][:, 0].tolist()))
+            return out
+        return call
+
+    env.reset = recording(env.reset)
+    env.step_trusted = recording(env.step_trusted)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 2)
+    col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
+    stats = col.collect(300)
+    assert stats["env_steps"] >= 300 and stats["episodes"] >= 2
+    paths = buf.export_npz(tmp_path)
+    rows = [np.load(p) for p in paths]
+    stored = {(int(a), int(b)) for r in rows
+              for a, b in zip(r["observation_0"][:, 0], r["observation_1"][:, 0])}
+    assert stored <= seen and len(stored) > 2
+    env.close()
 
 
 class _DictWithTextEnv(_DictObsEnv):
@@ -667,7 +820,7 @@ def test_gym_flatten_keys_stores_a_code_grid_as_a_flat_vector():
     for kwargs, exc, msg in bad:
         with pytest.raises(exc, match=msg):
             GymVectorEnv(vec(), **kwargs)
-    with pytest.raises(ValueError, match="can only name 'observation'"):
+    with pytest.raises(ValueError, match=r"name no observation field.*\['observation'\]"):
         make_env("gym:CartPole-v1", 1, flatten_keys=["image"])
     flat = make_env("gym:CartPole-v1", 1, flatten_keys=["observation"])
     assert _field(flat.spec, "observation").shape == (4,)

@@ -72,12 +72,13 @@ _KTD = [
 ]
 
 
-def _popgym(task: str) -> list[str]:
-    # Easy POPGym tasks end after 51 steps; the context holds the whole episode.
+def _popgym(task: str, context: int = 64) -> list[str]:
+    # The context holds the whole episode: most Easy POPGym tasks end after 51 steps,
+    # AutoencodeEasy after 104 (52 cards shown, then recalled).
     return [
         *_TINY,
         "--env.name", f"gym:popgym-{task}-v0",
-        "--agent.context_len", "64", "--window_len", "64",
+        "--agent.context_len", str(context), "--window_len", str(context),
         "--agent.gammas", "[0.9,0.99]",
         "--exploration", json.dumps({"eps_start": 1.0, "eps_end": 0.05, "anneal_steps": 5000}),
         "--total_env_steps", "60000", "--learning_starts", "1000",
@@ -126,6 +127,8 @@ CURVES: dict[str, Curve] = {
                                "popgym", "return", label="RepeatPreviousEasy"),
     "popgym_countrecall": Curve("popgym", _popgym("CountRecallEasy"), (0,), 600.0,
                                 "popgym", "return", label="CountRecallEasy"),
+    "popgym_autoencode": Curve("popgym", _popgym("AutoencodeEasy", context=112), (0,), 600.0,
+                               "popgym", "return", label="AutoencodeEasy"),
     "maze_k2_relabel": Curve("maze-runner", _maze(True), (0, 1, 2), 600.0, "maze_k2_long",
                              "return", label="relabel all (p 0.8)"),
     "maze_k2_none": Curve("maze-runner", _maze(False), (0, 1, 2), 600.0, "maze_k2_long",

@@ -109,7 +109,8 @@ class ObsConverter:
 
     Shared by the EnvPool and gymnasium adapters (the only per-step work between the backend's
     step and the collector). A plan entry is ``(key, name, dtype, shape, op)``: `key` is the
-    backend's Dict key (None: the whole observation), `name` our field name, `dtype` / `shape`
+    backend's Dict key or Tuple index (None: the whole observation; ``(dict key, index)``: an
+    element of a Dict's Tuple entry), `name` our field name, `dtype` / `shape`
     the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC) or
     an int `start` (a Discrete space's values shifted to start at 0, as int32 (1,)).
     Conversions happen only where needed: an array already in the right dtype and shape is
@@ -123,7 +124,12 @@ class ObsConverter:
     def __call__(self, obs: Any) -> dict[str, np.ndarray]:
         out = {}
         for key, name, dtype, shape, op in self.plan:
-            arr = obs if key is None else obs[key]
+            if key is None:
+                arr = obs
+            elif type(key) is tuple:  # a Tuple entry of a Dict: (dict key, element index)
+                arr = obs[key[0]][key[1]]
+            else:
+                arr = obs[key]
             if type(arr) is not np.ndarray:
                 arr = np.asarray(arr)
             if op is not None:

@@ -6,9 +6,11 @@ vector env with ``autoreset_mode=NEXT_STEP`` (our contract); an existing
 
 Supported observation spaces (per single env): Box (float -> float32, uint8 kept, other ints ->
 int32; key ``observation``), Discrete (int32 (1,), value minus ``start``), MultiDiscrete (int32),
-MultiBinary (uint8), and a flat Dict of those (its keys, which must not clash with the buffer's
-reserved names). Actions: Discrete (start 0), MultiDiscrete, 1-d Box. Anything else (Text,
-Graph, Sequence, Tuple, OneOf, nested Dict, ...) raises ValueError naming the space.
+MultiBinary (uint8), a Tuple of those (one field per element: ``observation_0``, ...), and a
+Dict of those or of such Tuples (its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names
+must not clash with the buffer's reserved names). Actions: Discrete (start 0), MultiDiscrete,
+1-d Box. Anything else (Text, Graph, Sequence, OneOf, a Dict inside a Dict or Tuple, ...)
+raises ValueError naming the space.
 
 Two options shape what the agent sees (both also work through ``make_env("gym:<id>", ...)`` and
 ``--env.kwargs`` on the command line):
@@ -80,6 +82,39 @@ def _flat(f: FieldSpec, space: Any, where: str) -> FieldSpec:
     return FieldSpec(f.name, (int(np.prod(f.shape)),), f.dtype)
 
 
+def _entries(space: Any, where: str) -> list[tuple[Any, str, Any, str]]:
+    """The stored entries of a single-env observation space: (backend key path, our field name,
+    leaf space, the Dict key that ``ignore_keys`` drops it by). A plain leaf is
+    ``observation``; a Tuple's elements are ``observation_0``, ``observation_1``, ...; a Dict's
+    entries keep their keys, and a Tuple entry ``k`` becomes ``k_0``, ``k_1``, ... (one level:
+    deeper nesting raises, naming the entry)."""
+    from gymnasium import spaces as gs
+
+    def tuple_entries(path: Any, base: str, sub: Any, key: str) -> list:
+        out = []
+        for i, el in enumerate(sub.spaces):
+            if isinstance(el, (gs.Dict, gs.Tuple)):
+                raise ValueError(f"{where}: unsupported nested observation space {base}[{i}]: "
+                                 f"{el!r} (Tuple elements must be Box, Discrete, MultiDiscrete "
+                                 f"or MultiBinary)")
+            out.append(((*path, i) if path else i, f"{base}_{i}", el, key))
+        return out
+
+    if isinstance(space, gs.Tuple):
+        return tuple_entries((), "observation", space, "observation")
+    if not isinstance(space, gs.Dict):
+        return [(None, "observation", space, "observation")]
+    out = []
+    for key, sub in space.spaces.items():
+        if isinstance(sub, gs.Dict):
+            out.append((key, str(key), sub, key))  # rejected below unless ignored
+        elif isinstance(sub, gs.Tuple):
+            out.extend(tuple_entries((key,), str(key), sub, key))
+        else:
+            out.append((key, str(key), sub, key))
+    return out
+
+
 def observation_fields(
     space: Any,
     where: str = "gymnasium env",
@@ -88,9 +123,12 @@ def observation_fields(
 ) -> tuple[list[FieldSpec], ObsConverter]:
     """FieldSpecs for a single-env observation space, and the converter of its batches.
 
-    `ignore_keys`: Dict entries to drop (e.g. MiniGrid's ``mission``). `flatten_keys`: Box
-    entries (Dict keys, or ``"observation"`` for a plain Box) stored 1-d, dtype kept (e.g.
-    MiniGrid's symbolic ``image`` grid, so it is not taken for an image).
+    A Tuple observation (e.g. POPGym's Autoencode tasks: ``Tuple(Discrete(2), Discrete(4))``)
+    is stored as one field per element, ``observation_0``, ``observation_1``, ...; a Tuple entry
+    ``k`` of a Dict as ``k_0``, ``k_1``, ... `ignore_keys`: Dict entries to drop (e.g.
+    MiniGrid's ``mission``). `flatten_keys`: Box entries (field names: Dict keys, the names
+    above, or ``"observation"`` for a plain Box) stored 1-d, dtype kept (e.g. MiniGrid's
+    symbolic ``image`` grid, so it is not taken for an image).
     """
     from gymnasium import spaces as gs
 
@@ -98,43 +136,52 @@ def observation_fields(
         if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
             raise TypeError(f"{where}: {opt} must be a list of key strings, got {keys!r}")
     ignore_keys, flatten_keys = tuple(ignore_keys), tuple(flatten_keys)
-    if isinstance(space, gs.Dict):
-        for opt, keys in (("ignore_keys", ignore_keys), ("flatten_keys", flatten_keys)):
-            unknown = sorted(set(keys) - set(space.spaces))
-            if unknown:
-                raise ValueError(f"{where}: {opt} {unknown} are not observation keys "
-                                 f"(keys: {sorted(space.spaces)})")
-        both = sorted(set(ignore_keys) & set(flatten_keys))
-        if both:
-            raise ValueError(f"{where}: keys {both} are in both ignore_keys and flatten_keys")
-        fields, plan = [], []
-        for key, sub in space.spaces.items():
-            if key in ignore_keys:
-                continue
-            if isinstance(sub, (gs.Dict, gs.Tuple)):
-                raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}"
-                                 f" (drop it with ignore_keys=[{key!r}])")
-            if key in RESERVED_FIELDS:
-                raise ValueError(f"{where}: observation key {key!r} is reserved by the buffer")
-            try:
-                f, op = _leaf_field(str(key), sub, f"{where} key {key!r}")
-            except ValueError as e:
-                raise ValueError(f"{e} (drop it with ignore_keys=[{key!r}]; on the command line "
-                                 f"--env.kwargs '{{\"ignore_keys\": [\"{key}\"]}}')") from None
-            if key in flatten_keys:
-                f = _flat(f, sub, f"{where} key {key!r}")
-            fields.append(f)
-            plan.append((key, f.name, f.dtype, f.shape, op))
-        return fields, ObsConverter(plan)
-    if ignore_keys:
+    if ignore_keys and not isinstance(space, gs.Dict):
         raise ValueError(f"{where}: ignore_keys needs a Dict observation space, got {space!r}")
-    if set(flatten_keys) - {"observation"}:
-        raise ValueError(f"{where}: flatten_keys {sorted(flatten_keys)} for a non-Dict observation"
-                         f" space can only name 'observation', got {space!r}")
-    f, op = _leaf_field("observation", space, where)
-    if flatten_keys:
-        f = _flat(f, space, where)
-    return [f], ObsConverter([(None, "observation", f.dtype, f.shape, op)])
+    entries = _entries(space, where)
+    if isinstance(space, gs.Dict):
+        unknown = sorted(set(ignore_keys) - set(space.spaces))
+        if unknown:
+            raise ValueError(f"{where}: ignore_keys {unknown} are not observation keys "
+                             f"(keys: {sorted(space.spaces)})")
+    names = [name for _, name, _, _ in entries]
+    unknown = sorted(set(flatten_keys) - set(names))
+    if unknown:
+        if isinstance(space, gs.Dict):
+            raise ValueError(f"{where}: flatten_keys {unknown} are not observation keys "
+                             f"(keys: {sorted(names)})")
+        raise ValueError(f"{where}: flatten_keys {unknown} name no observation field of "
+                         f"{space!r} (fields: {names})")
+    flat_ignored = sorted({key for _, name, _, key in entries if name in flatten_keys}
+                          & set(ignore_keys))
+    if flat_ignored:
+        raise ValueError(f"{where}: keys {flat_ignored} are in both ignore_keys and flatten_keys")
+    dict_keys = set(space.spaces) if isinstance(space, gs.Dict) else set()
+    fields, plan = [], []
+    for path, name, sub, key in entries:
+        if key in ignore_keys:
+            continue
+        if isinstance(sub, gs.Dict):
+            raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}"
+                             f" (drop it with ignore_keys=[{key!r}])")
+        if name in RESERVED_FIELDS:
+            raise ValueError(f"{where}: observation key {name!r} is reserved by the buffer")
+        if name != key and name in dict_keys:
+            raise ValueError(f"{where}: Tuple entry {key!r} would store element field {name!r},"
+                             f" which is also an observation key")
+        where_key = f"{where} key {key!r}" if isinstance(space, gs.Dict) else where
+        try:
+            f, op = _leaf_field(name, sub, where_key)
+        except ValueError as e:
+            if not isinstance(space, gs.Dict):
+                raise
+            raise ValueError(f"{e} (drop it with ignore_keys=[{key!r}]; on the command line "
+                             f"--env.kwargs '{{\"ignore_keys\": [\"{key}\"]}}')") from None
+        if name in flatten_keys:
+            f = _flat(f, sub, where_key)
+        fields.append(f)
+        plan.append((path, f.name, f.dtype, f.shape, op))
+    return fields, ObsConverter(plan)
 
 
 def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSpec:
