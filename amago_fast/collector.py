@@ -920,7 +920,7 @@ class Collector:
         ):
             raise TypeError("buffer must provide reset_envs() and append_step()")
         if buffer is not None:
-            _check_buffer_matches(buffer, env)
+            check_buffer_matches(buffer, env)
         for e in (env, eval_env):
             if e is not None and e.is_async and not _accepts_env_ids(policy):
                 raise ValueError(f"env {e.spec.name!r} is async: policy.act must accept an "
@@ -1055,7 +1055,7 @@ class Collector:
         self.seed = sd.get("seed")
 
 
-def _check_buffer_matches(buffer: Any, env: VectorEnv) -> None:
+def check_buffer_matches(buffer: Any, env: VectorEnv) -> None:
     """A buffer with per-env slots and a row schema (TrajectoryBuffer) must have one slot per
     env and hold every field the env's transitions carry, with the same shape and dtype; found
     at construction rather than as an index error mid-collect. Duck-typed buffers without

@@ -286,13 +286,15 @@ class Trainer:
                 "to continue it or pick another run_name"
             )
         self.build()
+        resumed_from = None
+        if self.resume_requested:
+            # Before the config is saved: a resume that fails (a checkpoint that does not fit
+            # the overridden config) leaves the run's config.json as it was.
+            resumed_from = self.load_checkpoint()
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.json")
         dist.barrier()
-        resumed_from = None
-        if self.resume_requested:
-            resumed_from = self.load_checkpoint()
         world = dist.world_size
         total_per_rank = self.total_per_rank
         self.logger = RunLogger(
@@ -549,7 +551,7 @@ class Trainer:
     def load_checkpoint(self) -> Path | None:
         """Restore everything from the run's newest complete checkpoint (None if it has none)."""
         from amago_fast.buffer import TrajectoryBuffer
-        from amago_fast.collector import Collector
+        from amago_fast.collector import Collector, check_buffer_matches
 
         path = ckpt.latest_checkpoint(self.run_dir)
         path = self.dist.broadcast_object(str(path) if path is not None else None)
@@ -575,10 +577,26 @@ class Trainer:
                    if self.dist.world_size > 1 else
                    "the model in learner.pt differs from the one this run recorded in state.pt")
             raise ckpt.CheckpointError(f"{path}: {who}")
+        # The buffer first: a run whose env now stores other observation fields (another
+        # env, other env kwargs, or the gymnasium adapter's one-hot Discrete observations read
+        # by a run that stored indices) is named here instead of as a weight-shape mismatch.
+        buffer = TrajectoryBuffer.load(rank_dir / "buffer")
+        try:
+            check_buffer_matches(buffer, self.env)
+        except ValueError as e:
+            hint = ""
+            if any(np.dtype(f.dtype) == np.int32 and f.name in {g.name for g in
+                   self.env.spec.observation if np.dtype(g.dtype) == np.uint8}
+                   for f in buffer.fields):
+                hint = (" (gymnasium Discrete observations are one-hot by default; a run that "
+                        "stored them as indices resumes with --env.kwargs "
+                        "'{\"discrete_obs\": \"index\"}')")
+            raise ckpt.CheckpointError(
+                f"{path}: the run's buffer does not fit this env: {e}{hint}") from None
         self.learner.load_state_dict(shared["learner"])
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
-        self.buffer = TrajectoryBuffer.load(rank_dir / "buffer")
+        self.buffer = buffer
         self.collector = Collector(self.env, self.policy, self.buffer, self.exploration,
                                    nan_policy=self.cfg.env.nan_policy)
         self.collector.load_state_dict(state["collector"])

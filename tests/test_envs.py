@@ -629,7 +629,7 @@ def test_gym_tuple_observation_is_one_field_per_element():
     """Tuple(Discrete(start=1), Box, MultiBinary): fields observation_0..2 with each element's
     values (the Discrete shifted to start at 0), step after step across the autoreset; a Tuple
     entry of a Dict becomes key_0, key_1; flatten_keys takes those names; clashes are refused."""
-    env = GymVectorEnv(_sync(_TupleObsEnv))
+    env = GymVectorEnv(_sync(_TupleObsEnv), discrete_obs="index")
     assert [(f.name, f.shape, f.dtype) for f in env.spec.observation] == [
         ("observation_0", (1,), np.int32), ("observation_1", (2,), np.float32),
         ("observation_2", (3,), np.uint8)]
@@ -646,11 +646,11 @@ def test_gym_tuple_observation_is_one_field_per_element():
 
     env = GymVectorEnv(_sync(_DictWithTupleEnv), flatten_keys=["pair_1"])
     assert [(f.name, f.shape) for f in env.spec.observation] == [
-        ("pair_0", (1,)), ("pair_1", (4,)), ("pos", (2,))]
+        ("pair_0", (3,)), ("pair_1", (4,)), ("pos", (2,))]
     twin = _sync(_DictWithTupleEnv)
     obs, (ref, _) = env.reset(seed=3), twin.reset(seed=3)
     for _ in range(6):
-        np.testing.assert_array_equal(obs["pair_0"][:, 0], ref["pair"][0])
+        np.testing.assert_array_equal(obs["pair_0"], np.eye(3, dtype=np.uint8)[ref["pair"][0]])
         np.testing.assert_array_equal(obs["pair_1"], ref["pair"][1].reshape(2, 4))
         np.testing.assert_array_equal(obs["pos"], ref["pos"])
         obs, *_ = env.step(np.ones(2, np.int32))
@@ -670,6 +670,74 @@ def test_gym_tuple_observation_is_one_field_per_element():
 
     with pytest.raises(ValueError, match="'pair_0', which is also an observation key"):
         GymVectorEnv(_sync(Clash))
+
+
+class _CategoricalObsEnv(gym.Env):
+    """Discrete(5, start=-2) and MultiDiscrete([3, 2]) entries whose values follow the step
+    count; `bad_at` makes the Discrete value leave its space at that step (an env bug)."""
+
+    observation_space = gym.spaces.Dict({
+        "cell": gym.spaces.Discrete(5, start=-2),
+        "pair": gym.spaces.MultiDiscrete([3, 2]),
+    })
+    action_space = gym.spaces.Discrete(2)
+    bad_at = None
+
+    def _obs(self):
+        cell = 3 if self.t == self.bad_at else (self.t + self.tag) % 5 - 2
+        return {"cell": cell, "pair": np.array([self.t % 3, (self.t + self.tag) % 2])}
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.tag = int(self.np_random.integers(0, 5))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, self.t >= 4, False, {}
+
+
+def test_gym_discrete_observations_are_one_hot_or_indices():
+    """Default discrete_obs="onehot": a Discrete entry (start -2) is a uint8 one-hot of its n
+    values and a MultiDiscrete one the concatenated one-hots, equal to the env's values at
+    every step across the autoreset; "index" keeps int32 indices (start subtracted); a value
+    outside its space raises ValueError naming the entry; a bad option is refused."""
+    env = GymVectorEnv(_sync(_CategoricalObsEnv))
+    assert [(f.name, f.shape, f.dtype) for f in env.spec.observation] == [
+        ("cell", (5,), np.uint8), ("pair", (5,), np.uint8)]
+    idx = GymVectorEnv(_sync(_CategoricalObsEnv), discrete_obs="index")
+    assert [(f.name, f.shape, f.dtype) for f in idx.spec.observation] == [
+        ("cell", (1,), np.int32), ("pair", (2,), np.int32)]
+    twin = _sync(_CategoricalObsEnv)
+    obs, got, (ref, _) = env.reset(seed=5), idx.reset(seed=5), twin.reset(seed=5)
+    eye3, eye2, eye5 = (np.eye(k, dtype=np.uint8) for k in (3, 2, 5))
+    for _ in range(7):
+        np.testing.assert_array_equal(obs["cell"], eye5[ref["cell"] + 2])
+        np.testing.assert_array_equal(
+            obs["pair"], np.concatenate([eye3[ref["pair"][:, 0]], eye2[ref["pair"][:, 1]]], 1))
+        np.testing.assert_array_equal(got["cell"][:, 0], ref["cell"] + 2)
+        np.testing.assert_array_equal(got["pair"], ref["pair"])
+        a = np.zeros(2, np.int32)
+        obs, got, (ref, *_) = env.step(a), idx.step(a), twin.step(a.astype(np.int64))
+        obs, got = obs[0], got[0]
+
+    class Bad(_CategoricalObsEnv):
+        bad_at = 2
+
+    bad = GymVectorEnv(_sync(Bad))
+    bad.reset()
+    bad.step(np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"'cell': value 3 is outside its space"):
+        bad.step(np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="discrete_obs must be 'onehot' or 'index'"):
+        GymVectorEnv(_sync(_CategoricalObsEnv), discrete_obs="embed")
+    # through make_env / --env.kwargs, on a real gymnasium task
+    lake = make_env("gym:FrozenLake-v1", 2, seed=0)
+    assert [(f.name, f.shape) for f in lake.spec.observation] == [("observation", (16,))]
+    assert lake.reset()["observation"].sum(1).tolist() == [1, 1]
+    lake_idx = make_env("gym:FrozenLake-v1", 2, seed=0, discrete_obs="index")
+    assert [(f.name, f.shape) for f in lake_idx.spec.observation] == [("observation", (1,))]
 
 
 def test_every_popgym_task_builds_and_steps_through_the_adapter():
@@ -707,15 +775,17 @@ def test_popgym_tuple_task_runs_through_the_collector_and_buffer(tmp_path):
 
     env = make_env("gym:popgym-AutoencodeEasy-v0", 2, seed=1)
     assert [(f.name, f.shape) for f in env.spec.observation] == [
-        ("observation_0", (1,)), ("observation_1", (1,))]
+        ("observation_0", (2,)), ("observation_1", (4,))]  # one-hot
     seen: set[tuple[int, int]] = set()
 
     def recording(fn):
         def call(*args, **kwargs):
             out = fn(*args, **kwargs)
             obs = out if isinstance(out, dict) else out[0]
-            seen.update(zip(obs["observation_0"][:, 0].tolist(),
-                            obs["observation_1"][:, 0].tolist()))
+            assert (obs["observation_0"].sum(1) == 1).all()
+            assert (obs["observation_1"].sum(1) == 1).all()
+            seen.update(zip(obs["observation_0"].argmax(1).tolist(),
+                            obs["observation_1"].argmax(1).tolist()))
             return out
         return call
 
@@ -728,7 +798,7 @@ def test_popgym_tuple_task_runs_through_the_collector_and_buffer(tmp_path):
     paths = buf.export_npz(tmp_path)
     rows = [np.load(p) for p in paths]
     stored = {(int(a), int(b)) for r in rows
-              for a, b in zip(r["observation_0"][:, 0], r["observation_1"][:, 0])}
+              for a, b in zip(r["observation_0"].argmax(1), r["observation_1"].argmax(1))}
     assert stored <= seen and len(stored) > 2
     env.close()
 
@@ -809,7 +879,7 @@ def test_gym_flatten_keys_stores_a_code_grid_as_a_flat_vector():
         obs, *_ = env.step(a)
         ref, *_ = twin.step(a.astype(np.int64))
         np.testing.assert_array_equal(obs["image"], ref["image"].reshape(2, 18))
-        np.testing.assert_array_equal(obs["direction"][:, 0], ref["direction"])
+        np.testing.assert_array_equal(obs["direction"], np.eye(4, dtype=np.uint8)[ref["direction"]])
     bad = [
         (dict(ignore_keys=["mission"], flatten_keys=["direction"]), ValueError,
          "only Box entries"),

@@ -194,6 +194,31 @@ def test_checkpoint_from_before_popart_step_counter_resumes(tmp_path):
     assert float(resumed["learner"]["loss_module"][key]) >= first["updates"]
 
 
+def test_resume_with_other_observation_fields_names_them_and_keeps_the_run(tmp_path):
+    """A FrozenLake run that stored Discrete observations as indices (discrete_obs="index"),
+    resumed with the default one-hot layout: a CheckpointError names the field, both layouts
+    and the env kwarg that restores the old one, and leaves the checkpoint and config.json as
+    they were (the config used to be saved before the checkpoint loaded); resumed as saved, it
+    trains on."""
+    run_dir = tmp_path / "run"
+    lake = {"env.name": "gym:FrozenLake-v1", "env.kwargs": {"discrete_obs": "index"},
+            "total_env_steps": 48, "eval_interval": 0}
+    first = Trainer(tiny_config(**lake), run_dir).train()
+    path = ckpt.latest_checkpoint(run_dir)
+    before = {p: p.read_bytes() for p in [*path.rglob("*"), run_dir / "config.json"]
+              if p.is_file()}
+    with pytest.raises(ckpt.CheckpointError) as err:
+        Trainer.resume(run_dir, {"env.kwargs": {}}).train()
+    msg = str(err.value)
+    assert "'observation' is int32(1,)" in msg and "uint8(16,)" in msg, msg
+    assert "discrete_obs" in msg, msg
+    # The failed resume changed neither the checkpoint nor the run's config.
+    assert {p: p.read_bytes() for p in before} == before
+    assert ckpt.latest_checkpoint(run_dir) == path
+    second = Trainer.resume(run_dir, {"total_env_steps": 64}).train()
+    assert second["env_steps"] >= 64 and second["updates"] > first["updates"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_run_resumes_on_the_gpu_and_evaluates_on_the_cpu(tmp_path):

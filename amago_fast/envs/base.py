@@ -111,8 +111,9 @@ class ObsConverter:
     step and the collector). A plan entry is ``(key, name, dtype, shape, op)``: `key` is the
     backend's Dict key or Tuple index (None: the whole observation; ``(dict key, index)``: an
     element of a Dict's Tuple entry), `name` our field name, `dtype` / `shape`
-    the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC) or
-    an int `start` (a Discrete space's values shifted to start at 0, as int32 (1,)).
+    the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC),
+    an int `start` (a Discrete space's values shifted to start at 0, as int32 (1,)) or a
+    callable taking and returning the batch (e.g. ``gym_adapter.OneHot``).
     Conversions happen only where needed: an array already in the right dtype and shape is
     passed through without a copy.
     """
@@ -135,8 +136,10 @@ class ObsConverter:
             if op is not None:
                 if op == "hwc":
                     arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-                else:
+                elif type(op) is int:
                     arr = arr.astype(np.int64) - op
+                else:  # a callable (e.g. the gymnasium adapter's one-hot encoding)
+                    arr = op(arr)
             if arr.dtype is not dtype and arr.dtype != dtype:  # `is`: the common case, ~60 ns
                 arr = arr.astype(dtype)
             if arr.shape[1:] != shape:

@@ -5,14 +5,15 @@ vector env with ``autoreset_mode=NEXT_STEP`` (our contract); an existing
 ``gymnasium.vector.VectorEnv`` is accepted if its ``metadata["autoreset_mode"]`` is NEXT_STEP.
 
 Supported observation spaces (per single env): Box (float -> float32, uint8 kept, other ints ->
-int32; key ``observation``), Discrete (int32 (1,), value minus ``start``), MultiDiscrete (int32),
-MultiBinary (uint8), a Tuple of those (one field per element: ``observation_0``, ...), and a
-Dict of those or of such Tuples (its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names
-must not clash with the buffer's reserved names). Actions: Discrete (start 0), MultiDiscrete,
+int32; key ``observation``), Discrete and MultiDiscrete (one-hot uint8 vectors; with
+``discrete_obs="index"`` int32 indices, ``start`` subtracted), MultiBinary (uint8), a Tuple of
+those (one field per element: ``observation_0``, ...), and a Dict of those or of such Tuples
+(its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names must not clash with the buffer's
+reserved names). Actions: Discrete (start 0), MultiDiscrete,
 1-d Box. Anything else (Text, Graph, Sequence, OneOf, a Dict inside a Dict or Tuple, ...)
 raises ValueError naming the space.
 
-Two options shape what the agent sees (both also work through ``make_env("gym:<id>", ...)`` and
+Three options shape what the agent sees (both also work through ``make_env("gym:<id>", ...)`` and
 ``--env.kwargs`` on the command line):
 
 - ``ignore_keys``: Dict entries to drop, e.g. MiniGrid's ``mission`` (a ``MissionSpace`` string:
@@ -23,6 +24,9 @@ Two options shape what the agent sees (both also work through ``make_env("gym:<i
   object, colour and state codes (0..10, not pixels), which the encoder should instead read as
   a normalised vector — ``flatten_keys=("image",)`` does that (and keeps the native policy step,
   which takes no image inputs).
+- ``discrete_obs``: ``"onehot"`` (default) or ``"index"``, see above. A Discrete observation is
+  a category (a FrozenLake cell, a POPGym card, a MiniGrid direction): fed to the network as
+  one number, cell 7 would be read as "more" than cell 6.
 """
 
 from __future__ import annotations
@@ -45,7 +49,31 @@ from amago_fast.envs.envpool_env import is_envpool_pool
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
 
 
-def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
+class OneHot:
+    """ObsConverter op: Discrete / MultiDiscrete index observations (B, k) as concatenated
+    one-hot uint8 rows (B, sum(sizes)), after subtracting `start`. Values outside their space
+    raise ValueError naming the field (an env bug would otherwise set a wrong bit or wrap)."""
+
+    def __init__(self, name: str, sizes: tuple[int, ...], start: int = 0) -> None:
+        self.name, self.start = name, int(start)
+        self.sizes = np.asarray(sizes, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.width = int(self.sizes.sum())
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        b = arr.shape[0]
+        idx = np.asarray(arr).reshape(b, len(self.sizes)).astype(np.int64) - self.start
+        if (idx < 0).any() or (idx >= self.sizes).any():
+            bad = idx[(idx < 0) | (idx >= self.sizes)][0] + self.start
+            raise ValueError(f"observation {self.name!r}: value {bad} is outside its space "
+                             f"(sizes {self.sizes.tolist()}, start {self.start})")
+        out = np.zeros((b, self.width), np.uint8)
+        out[np.arange(b)[:, None], idx + self.offsets] = 1
+        return out
+
+
+def _leaf_field(name: str, space: Any, where: str,
+                discrete_obs: str = "onehot") -> tuple[FieldSpec, Any]:
     """The FieldSpec of one single-env space and its :class:`ObsConverter` op."""
     from gymnasium import spaces as gs
 
@@ -60,11 +88,20 @@ def _leaf_field(name: str, space: Any, where: str) -> tuple[FieldSpec, Any]:
         return FieldSpec(name, shape, dtype), None
     if isinstance(space, gs.Discrete):
         start = int(space.start)
+        if discrete_obs == "onehot":
+            op = OneHot(name, (int(space.n),), start)
+            return FieldSpec(name, (op.width,), np.uint8), op
         return FieldSpec(name, (1,), np.int32), (start or None)
     if isinstance(space, gs.MultiDiscrete):
         if space.nvec.ndim != 1:
             raise ValueError(f"{where}: unsupported observation space {space!r} "
                              "(MultiDiscrete must be 1-d)")
+        if discrete_obs == "onehot":
+            if np.any(space.start != 0):
+                raise ValueError(f"{where}: unsupported observation space {space!r} "
+                                 "(MultiDiscrete with a non-zero start)")
+            op = OneHot(name, tuple(int(n) for n in space.nvec))
+            return FieldSpec(name, (op.width,), np.uint8), op
         return FieldSpec(name, (len(space.nvec),), np.int32), None
     if isinstance(space, gs.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
@@ -120,6 +157,7 @@ def observation_fields(
     where: str = "gymnasium env",
     ignore_keys: tuple[str, ...] = (),
     flatten_keys: tuple[str, ...] = (),
+    discrete_obs: str = "onehot",
 ) -> tuple[list[FieldSpec], ObsConverter]:
     """FieldSpecs for a single-env observation space, and the converter of its batches.
 
@@ -128,10 +166,15 @@ def observation_fields(
     ``k`` of a Dict as ``k_0``, ``k_1``, ... `ignore_keys`: Dict entries to drop (e.g.
     MiniGrid's ``mission``). `flatten_keys`: Box entries (field names: Dict keys, the names
     above, or ``"observation"`` for a plain Box) stored 1-d, dtype kept (e.g. MiniGrid's
-    symbolic ``image`` grid, so it is not taken for an image).
+    symbolic ``image`` grid, so it is not taken for an image). `discrete_obs`: Discrete and
+    MultiDiscrete entries as one-hot uint8 vectors (``"onehot"``, the default: a state index,
+    a card suit or a direction is a category, and fed raw the network would read it as a
+    magnitude) or as int32 indices (``"index"``, start subtracted; what the encoder then sees raw).
     """
     from gymnasium import spaces as gs
 
+    if discrete_obs not in ("onehot", "index"):
+        raise ValueError(f"{where}: discrete_obs must be 'onehot' or 'index', got {discrete_obs!r}")
     for opt, keys in (("ignore_keys", ignore_keys), ("flatten_keys", flatten_keys)):
         if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
             raise TypeError(f"{where}: {opt} must be a list of key strings, got {keys!r}")
@@ -171,7 +214,7 @@ def observation_fields(
                              f" which is also an observation key")
         where_key = f"{where} key {key!r}" if isinstance(space, gs.Dict) else where
         try:
-            f, op = _leaf_field(name, sub, where_key)
+            f, op = _leaf_field(name, sub, where_key, discrete_obs)
         except ValueError as e:
             if not isinstance(space, gs.Dict):
                 raise
@@ -241,6 +284,7 @@ class GymVectorEnv(VectorEnv):
         name: str | None = None,
         ignore_keys: tuple[str, ...] = (),
         flatten_keys: tuple[str, ...] = (),
+        discrete_obs: str = "onehot",
         **make_kwargs: Any,
     ) -> None:
         import gymnasium as gym
@@ -282,8 +326,8 @@ class GymVectorEnv(VectorEnv):
             )
         try:
             fields, self._obs = observation_fields(
-                self.vec.single_observation_space, env_name, ignore_keys, flatten_keys
-            )
+                self.vec.single_observation_space, env_name, ignore_keys, flatten_keys,
+                discrete_obs)
             action = action_spec_from_space(self.vec.single_action_space, env_name)
         except (ValueError, TypeError):
             self.vec.close()
