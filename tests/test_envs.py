@@ -732,6 +732,14 @@ def test_gym_discrete_observations_are_one_hot_or_indices():
         bad.step(np.zeros(2, np.int32))
     with pytest.raises(ValueError, match="discrete_obs must be 'onehot' or 'index'"):
         GymVectorEnv(_sync(_CategoricalObsEnv), discrete_obs="embed")
+
+    class Huge(_CategoricalObsEnv):
+        observation_space = gym.spaces.Dict({"cell": gym.spaces.Discrete(5000)})
+
+    with pytest.raises(ValueError, match=r"'cell' has 5000 discrete values.*discrete_obs"):
+        GymVectorEnv(_sync(Huge))
+    assert [f.shape for f in GymVectorEnv(_sync(Huge), discrete_obs="index")
+            .spec.observation] == [(1,)]
     # through make_env / --env.kwargs, on a real gymnasium task
     lake = make_env("gym:FrozenLake-v1", 2, seed=0)
     assert [(f.name, f.shape) for f in lake.spec.observation] == [("observation", (16,))]

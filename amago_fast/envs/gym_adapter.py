@@ -13,7 +13,7 @@ reserved names). Actions: Discrete (start 0), MultiDiscrete,
 1-d Box. Anything else (Text, Graph, Sequence, OneOf, a Dict inside a Dict or Tuple, ...)
 raises ValueError naming the space.
 
-Three options shape what the agent sees (both also work through ``make_env("gym:<id>", ...)`` and
+Three options shape what the agent sees (all also work through ``make_env("gym:<id>", ...)`` and
 ``--env.kwargs`` on the command line):
 
 - ``ignore_keys``: Dict entries to drop, e.g. MiniGrid's ``mission`` (a ``MissionSpace`` string:
@@ -48,17 +48,28 @@ from amago_fast.envs.base import (
 from amago_fast.envs.envpool_env import is_envpool_pool
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
 
+# Widest one-hot field the adapter builds (uint8 bytes per step and env): a Discrete(500) Taxi
+# state is 500 B a step; a space of 100k values would be 100 kB a step in the buffer and a
+# 100k-wide first layer, which is not what anyone wants by default (discrete_obs="index").
+MAX_ONE_HOT = 4096
+
 
 class OneHot:
     """ObsConverter op: Discrete / MultiDiscrete index observations (B, k) as concatenated
     one-hot uint8 rows (B, sum(sizes)), after subtracting `start`. Values outside their space
     raise ValueError naming the field (an env bug would otherwise set a wrong bit or wrap)."""
 
-    def __init__(self, name: str, sizes: tuple[int, ...], start: int = 0) -> None:
+    def __init__(self, name: str, sizes: tuple[int, ...], start: int = 0,
+                 where: str = "gymnasium env") -> None:
         self.name, self.start = name, int(start)
         self.sizes = np.asarray(sizes, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.width = int(self.sizes.sum())
+        if self.width > MAX_ONE_HOT:
+            raise ValueError(
+                f"{where}: observation {name!r} has {self.width} discrete values, more than "
+                f"{MAX_ONE_HOT} for a one-hot field; pass discrete_obs='index' (on the command "
+                "line --env.kwargs '{\"discrete_obs\": \"index\"}') to store indices")
 
     def __call__(self, arr: np.ndarray) -> np.ndarray:
         b = arr.shape[0]
@@ -89,7 +100,7 @@ def _leaf_field(name: str, space: Any, where: str,
     if isinstance(space, gs.Discrete):
         start = int(space.start)
         if discrete_obs == "onehot":
-            op = OneHot(name, (int(space.n),), start)
+            op = OneHot(name, (int(space.n),), start, where)
             return FieldSpec(name, (op.width,), np.uint8), op
         return FieldSpec(name, (1,), np.int32), (start or None)
     if isinstance(space, gs.MultiDiscrete):
@@ -100,7 +111,7 @@ def _leaf_field(name: str, space: Any, where: str,
             if np.any(space.start != 0):
                 raise ValueError(f"{where}: unsupported observation space {space!r} "
                                  "(MultiDiscrete with a non-zero start)")
-            op = OneHot(name, tuple(int(n) for n in space.nvec))
+            op = OneHot(name, tuple(int(n) for n in space.nvec), where=where)
             return FieldSpec(name, (op.width,), np.uint8), op
         return FieldSpec(name, (len(space.nvec),), np.int32), None
     if isinstance(space, gs.MultiBinary):
