@@ -748,6 +748,58 @@ def test_gym_discrete_observations_are_one_hot_or_indices():
     assert [(f.name, f.shape) for f in lake_idx.spec.observation] == [("observation", (1,))]
 
 
+class _GoalReportingEnv(gym.Env):
+    """Reports gymnasium-robotics' ``is_success`` only on an episode's last step (episodes of
+    2-4 steps, drawn at reset, so envs end at different steps; success iff the last action was
+    1), as goal envs that set it at termination do."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(2, 5))
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        info = {"is_success": bool(action == 1)} if done else {}
+        return np.zeros(2, np.float32), 0.0, done, False, info
+
+
+def test_gym_success_from_is_success_counts_only_reporting_envs(tmp_path):
+    """info["is_success"] is read like "success"; envs that did not report it this step (the
+    vector env zero-fills them and clears "_is_success") are NaN, not failures, so the
+    collector's success statistic is the share of successful episodes."""
+    env = GymVectorEnv(_sync(_GoalReportingEnv, 3))
+    env.reset(seed=0)
+    partial = 0
+    for _ in range(12):
+        _, _, term, _, info = env.step(np.array([1, 0, 1], np.int32))
+        if term.any():
+            got = info["success"]
+            np.testing.assert_array_equal(got[term], np.array([1.0, 0.0, 1.0])[term])
+            assert np.isnan(got[~term]).all()  # no report: no information, not a failure
+            partial += int(not term.all())
+        else:
+            assert "success" not in info
+    assert partial > 0  # some steps ended only some envs
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.collector import Collector, RandomPolicy
+
+    env = GymVectorEnv(_sync(_GoalReportingEnv, 2))
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 1000, 2)
+    col = Collector(env, RandomPolicy(env.spec, seed=3), buf)
+    stats = col.collect(60)
+    assert stats["episodes"] >= 10
+    # The share of episodes whose last action was 1, from the stored episodes.
+    eps = [np.load(p) for p in buf.export_npz(tmp_path)]
+    assert len(eps) == stats["episodes"]
+    want = np.mean([int(np.asarray(e["action"]).reshape(-1)[-1]) == 1 for e in eps])
+    assert 0.0 < want < 1.0 and stats["success"] == pytest.approx(want)
+
+
 def test_every_popgym_task_builds_and_steps_through_the_adapter():
     """All registered POPGym tasks (optional install; 42 in popgym 1.0.7, three of them with a
     Tuple observation) build through make_env("gym:..."), reset and step with valid random

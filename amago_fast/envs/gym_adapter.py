@@ -283,6 +283,22 @@ def _lost_worker(vec: Any) -> bool:
         pipes is not None and any(p is None for p in pipes))
 
 
+def _success(info: dict[str, Any]) -> np.ndarray | None:
+    """The per-env success flags of a gymnasium vector step's info: ``success`` (Meta-World and
+    most task suites) or ``is_success`` (gymnasium-robotics' goal envs). The vector env fills
+    envs that did not report the key with zeros and marks the reporting ones in ``_<key>``; an
+    env that did not report has no success information this step (NaN, which the collector's
+    statistic skips), not a failure."""
+    for key in ("success", "is_success"):
+        if key in info:
+            flags = np.asarray(info[key]).astype(np.bool_)
+            mask = info.get("_" + key)
+            if mask is None or np.asarray(mask, np.bool_).all():
+                return flags
+            return np.where(np.asarray(mask, np.bool_), flags, np.nan).astype(np.float32)
+    return None
+
+
 class GymVectorEnv(VectorEnv):
     """A gymnasium env id or vector env as a VectorEnv (see the module docstring)."""
 
@@ -428,8 +444,10 @@ class GymVectorEnv(VectorEnv):
             self._faulted = True  # the next reset recovers (see _recover)
             raise
         out_info = {}
-        if isinstance(info, dict) and "success" in info:
-            out_info["success"] = np.asarray(info["success"], dtype=np.bool_)
+        if isinstance(info, dict):
+            success = _success(info)
+            if success is not None:
+                out_info["success"] = success
         return (self._obs(obs), *step_arrays(reward, term, trunc), out_info)
 
     def close(self) -> None:
