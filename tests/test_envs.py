@@ -800,6 +800,32 @@ def test_gym_success_from_is_success_counts_only_reporting_envs(tmp_path):
     assert 0.0 < want < 1.0 and stats["success"] == pytest.approx(want)
 
 
+class _OffsetActionEnv(gym.Env):
+    """Discrete(3, start=-1) actions (e.g. left / stay / right); the observation echoes the
+    action the env received."""
+
+    observation_space = gym.spaces.Box(-5, 5, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3, start=-1)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        return np.array([action], np.float32), 0.0, False, False, {}
+
+
+def test_gym_discrete_actions_with_a_start_are_zero_based_for_the_agent():
+    env = GymVectorEnv(_sync(_OffsetActionEnv, 3))
+    assert env.spec.action.kind == "discrete" and env.spec.action.n == 3
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0, 1, 2], np.int32))
+    assert obs["observation"][:, 0].tolist() == [-1.0, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        env.step(np.array([0, 1, 3], np.int32))  # 3 is outside the agent's 0..2
+
+
 def test_every_popgym_task_builds_and_steps_through_the_adapter():
     """All registered POPGym tasks (optional install; 42 in popgym 1.0.7, three of them with a
     Tuple observation) build through make_env("gym:..."), reset and step with valid random

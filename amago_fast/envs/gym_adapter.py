@@ -9,9 +9,9 @@ int32; key ``observation``), Discrete and MultiDiscrete (one-hot uint8 vectors; 
 ``discrete_obs="index"`` int32 indices, ``start`` subtracted), MultiBinary (uint8), a Tuple of
 those (one field per element: ``observation_0``, ...), and a Dict of those or of such Tuples
 (its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names must not clash with the buffer's
-reserved names). Actions: Discrete (start 0), MultiDiscrete,
-1-d Box. Anything else (Text, Graph, Sequence, OneOf, a Dict inside a Dict or Tuple, ...)
-raises ValueError naming the space.
+reserved names). Actions: Discrete and MultiDiscrete (0-based for the agent; a space's
+``start`` is added before the env steps), 1-d bounded Box. Anything else (Text, Graph,
+Sequence, OneOf, a Dict inside a Dict or Tuple, ...) raises ValueError naming the space.
 
 Three options shape what the agent sees (all also work through ``make_env("gym:<id>", ...)`` and
 ``--env.kwargs`` on the command line):
@@ -239,12 +239,12 @@ def observation_fields(
 
 
 def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSpec:
-    """Our ActionSpec for a single-env gymnasium action space (or ValueError naming it)."""
+    """Our ActionSpec for a single-env gymnasium action space (or ValueError naming it).
+    Discrete / MultiDiscrete actions are 0-based here; :func:`action_start` gives the offset
+    the adapter adds before stepping a space whose ``start`` is not 0."""
     from gymnasium import spaces as gs
 
     if isinstance(space, gs.Discrete):
-        if int(space.start) != 0:
-            raise ValueError(f"{where}: unsupported action space {space!r} (start must be 0)")
         return ActionSpec("discrete", n=int(space.n))
     if isinstance(space, gs.MultiDiscrete) and space.nvec.ndim == 1:
         return ActionSpec("multidiscrete", nvec=tuple(int(v) for v in space.nvec))
@@ -256,6 +256,18 @@ def action_spec_from_space(space: Any, where: str = "gymnasium env") -> ActionSp
         return ActionSpec("continuous", shape=space.shape, low=tuple(low.tolist()),
                           high=tuple(high.tolist()))
     raise ValueError(f"{where}: unsupported action space {type(space).__name__}: {space!r}")
+
+
+def action_start(space: Any) -> np.ndarray | None:
+    """The ``start`` of a Discrete / MultiDiscrete action space when it is not all zeros (added
+    to our 0-based actions before the env steps), else None."""
+    from gymnasium import spaces as gs
+
+    if isinstance(space, (gs.Discrete, gs.MultiDiscrete)):
+        start = np.asarray(space.start, np.int64)
+        if start.any():
+            return start
+    return None
 
 
 @contextlib.contextmanager
@@ -356,6 +368,7 @@ class GymVectorEnv(VectorEnv):
                 self.vec.single_observation_space, env_name, ignore_keys, flatten_keys,
                 discrete_obs)
             action = action_spec_from_space(self.vec.single_action_space, env_name)
+            self._action_start = action_start(self.vec.single_action_space)
         except (ValueError, TypeError):
             self.vec.close()
             raise
@@ -438,6 +451,8 @@ class GymVectorEnv(VectorEnv):
                                "shut down; call reset() (which rebuilds it) before stepping")
         if self.spec.action.is_discrete:
             actions = actions.astype(np.int64)
+            if self._action_start is not None:
+                actions = actions + self._action_start
         try:
             obs, reward, term, trunc, info = self.vec.step(actions)
         except BaseException:
