@@ -673,19 +673,20 @@ def test_gym_tuple_observation_is_one_field_per_element():
 
 
 class _CategoricalObsEnv(gym.Env):
-    """Discrete(5, start=-2) and MultiDiscrete([3, 2]) entries whose values follow the step
-    count; `bad_at` makes the Discrete value leave its space at that step (an env bug)."""
+    """Discrete(5, start=-2) and MultiDiscrete([3, 2], start=[1, 0]) entries whose values
+    follow the step count; `bad_at` makes the Discrete value leave its space at that step (an
+    env bug)."""
 
     observation_space = gym.spaces.Dict({
         "cell": gym.spaces.Discrete(5, start=-2),
-        "pair": gym.spaces.MultiDiscrete([3, 2]),
+        "pair": gym.spaces.MultiDiscrete([3, 2], start=[1, 0]),
     })
     action_space = gym.spaces.Discrete(2)
     bad_at = None
 
     def _obs(self):
         cell = 3 if self.t == self.bad_at else (self.t + self.tag) % 5 - 2
-        return {"cell": cell, "pair": np.array([self.t % 3, (self.t + self.tag) % 2])}
+        return {"cell": cell, "pair": np.array([1 + self.t % 3, (self.t + self.tag) % 2])}
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
@@ -715,9 +716,9 @@ def test_gym_discrete_observations_are_one_hot_or_indices():
     for _ in range(7):
         np.testing.assert_array_equal(obs["cell"], eye5[ref["cell"] + 2])
         np.testing.assert_array_equal(
-            obs["pair"], np.concatenate([eye3[ref["pair"][:, 0]], eye2[ref["pair"][:, 1]]], 1))
+            obs["pair"], np.concatenate([eye3[ref["pair"][:, 0] - 1], eye2[ref["pair"][:, 1]]], 1))
         np.testing.assert_array_equal(got["cell"][:, 0], ref["cell"] + 2)
-        np.testing.assert_array_equal(got["pair"], ref["pair"])
+        np.testing.assert_array_equal(got["pair"], ref["pair"] - [1, 0])
         a = np.zeros(2, np.int32)
         obs, got, (ref, *_) = env.step(a), idx.step(a), twin.step(a.astype(np.int64))
         obs, got = obs[0], got[0]

@@ -59,10 +59,11 @@ class OneHot:
     one-hot uint8 rows (B, sum(sizes)), after subtracting `start`. Values outside their space
     raise ValueError naming the field (an env bug would otherwise set a wrong bit or wrap)."""
 
-    def __init__(self, name: str, sizes: tuple[int, ...], start: int = 0,
+    def __init__(self, name: str, sizes: tuple[int, ...], start: Any = 0,
                  where: str = "gymnasium env") -> None:
-        self.name, self.start = name, int(start)
+        self.name = name
         self.sizes = np.asarray(sizes, np.int64)
+        self.start = np.broadcast_to(np.asarray(start, np.int64), self.sizes.shape)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.width = int(self.sizes.sum())
         if self.width > MAX_ONE_HOT:
@@ -75,12 +76,23 @@ class OneHot:
         b = arr.shape[0]
         idx = np.asarray(arr).reshape(b, len(self.sizes)).astype(np.int64) - self.start
         if (idx < 0).any() or (idx >= self.sizes).any():
-            bad = idx[(idx < 0) | (idx >= self.sizes)][0] + self.start
+            row, col = np.argwhere((idx < 0) | (idx >= self.sizes))[0]
+            bad = idx[row, col] + self.start[col]
             raise ValueError(f"observation {self.name!r}: value {bad} is outside its space "
-                             f"(sizes {self.sizes.tolist()}, start {self.start})")
+                             f"(sizes {self.sizes.tolist()}, start {self.start.tolist()})")
         out = np.zeros((b, self.width), np.uint8)
         out[np.arange(b)[:, None], idx + self.offsets] = 1
         return out
+
+
+class Shift:
+    """ObsConverter op: MultiDiscrete indices minus the space's per-entry ``start``."""
+
+    def __init__(self, start: np.ndarray) -> None:
+        self.start = start
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr).astype(np.int64) - self.start
 
 
 def _leaf_field(name: str, space: Any, where: str,
@@ -108,12 +120,11 @@ def _leaf_field(name: str, space: Any, where: str,
             raise ValueError(f"{where}: unsupported observation space {space!r} "
                              "(MultiDiscrete must be 1-d)")
         if discrete_obs == "onehot":
-            if np.any(space.start != 0):
-                raise ValueError(f"{where}: unsupported observation space {space!r} "
-                                 "(MultiDiscrete with a non-zero start)")
-            op = OneHot(name, tuple(int(n) for n in space.nvec), where=where)
+            op = OneHot(name, tuple(int(n) for n in space.nvec), space.start, where)
             return FieldSpec(name, (op.width,), np.uint8), op
-        return FieldSpec(name, (len(space.nvec),), np.int32), None
+        start = np.asarray(space.start, np.int64)
+        return FieldSpec(name, (len(space.nvec),), np.int32), (Shift(start) if start.any()
+                                                               else None)
     if isinstance(space, gs.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
         return FieldSpec(name, shape, np.uint8), None
