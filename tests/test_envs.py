@@ -1592,3 +1592,61 @@ def test_continuous_step_validates_bounds(name):
     squashed = np.tanh(np.array([[-40.0], [0.3], [40.0]], np.float32))
     env.step((-2.0 + (squashed + 1) / 2 * 4.0).astype(np.float32))
     env.close()
+
+
+@pytest.mark.parametrize("task", ["FrozenLake-v1", "Taxi-v3"])
+def test_envpool_discrete_observation_tasks_one_hot(task, tmp_path):
+    """EnvPool's toy-text tasks have Discrete observations (FrozenLake's cell, Taxi's 500
+    states): one-hot uint8 by default, indices with discrete_obs="index", both equal to the raw
+    pool's observation at every step across episode ends; an async collector run stores only
+    rows the env returned."""
+    import envpool
+
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.collector import Collector, RandomPolicy
+
+    n = 4
+    pool = envpool.make(task, env_type="gymnasium", num_envs=n, seed=3)
+    env = EnvPoolEnv(task, n, seed=3)
+    idx = EnvPoolEnv(task, n, seed=3, discrete_obs="index")
+    size = pool.observation_space.n
+    assert [(f.name, f.shape, f.dtype) for f in env.spec.observation] == [
+        ("observation", (size,), np.uint8)]
+    assert [(f.name, f.shape) for f in idx.spec.observation] == [("observation", (1,))]
+    ref, obs, got = pool.reset()[0], env.reset(), idx.reset()
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(210):  # Taxi's episodes are cut at 200 steps
+        np.testing.assert_array_equal(obs["observation"].argmax(1), ref)
+        np.testing.assert_array_equal(obs["observation"].sum(1), 1)
+        np.testing.assert_array_equal(got["observation"][:, 0], ref)
+        a = rng.integers(0, pool.action_space.n, n).astype(np.int32)
+        ref, _, te, tr, _ = pool.step(a)
+        obs, got = env.step(a)[0], idx.step(a)[0]
+        ends += int((te | tr).sum())
+    assert ends > 0  # the comparison crossed EnvPool's autoreset
+    for e in (pool, env, idx):
+        e.close()
+    with pytest.raises(ValueError, match="discrete_obs must be 'onehot' or 'index'"):
+        EnvPoolEnv(task, n, seed=3, discrete_obs="embed")
+
+    env = EnvPoolEnv(task, n, seed=3, batch_size=2)
+    seen: set[int] = set()
+
+    def recording(fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            o = out if isinstance(out, dict) else out[0]
+            seen.update(o["observation"].argmax(1).tolist())
+            return out
+        return call
+
+    env.reset = recording(env.reset)
+    env.recv_step = recording(env.recv_step)
+    buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, n)
+    stats = Collector(env, RandomPolicy(env.spec, seed=0), buf).collect(1000)
+    assert stats["env_steps"] >= 1000 and stats["episodes"] >= 1
+    stored = np.concatenate([np.load(p)["observation"] for p in buf.export_npz(tmp_path)])
+    assert stored.shape[1:] == (size,) and (stored.sum(1) == 1).all()
+    assert set(stored.argmax(1).tolist()) <= seen
+    env.close()

@@ -148,6 +148,53 @@ class ObsConverter:
         return out
 
 
+# Widest one-hot field the adapters build (uint8 bytes per step and env): a Discrete(500) Taxi
+# state is 500 B a step; a space of 100k values would be 100 kB a step in the buffer and a
+# 100k-wide first layer, which is not what anyone wants by default (discrete_obs="index").
+MAX_ONE_HOT = 4096
+
+
+class OneHot:
+    """ObsConverter op: Discrete / MultiDiscrete index observations (B, k) as concatenated
+    one-hot uint8 rows (B, sum(sizes)), after subtracting `start`. Values outside their space
+    raise ValueError naming the field (an env bug would otherwise set a wrong bit or wrap)."""
+
+    def __init__(self, name: str, sizes: tuple[int, ...], start: Any = 0,
+                 where: str = "gymnasium env") -> None:
+        self.name = name
+        self.sizes = np.asarray(sizes, np.int64)
+        self.start = np.broadcast_to(np.asarray(start, np.int64), self.sizes.shape)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.width = int(self.sizes.sum())
+        if self.width > MAX_ONE_HOT:
+            raise ValueError(
+                f"{where}: observation {name!r} has {self.width} discrete values, more than "
+                f"{MAX_ONE_HOT} for a one-hot field; pass discrete_obs='index' (on the command "
+                "line --env.kwargs '{\"discrete_obs\": \"index\"}') to store indices")
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        b = arr.shape[0]
+        idx = np.asarray(arr).reshape(b, len(self.sizes)).astype(np.int64) - self.start
+        if (idx < 0).any() or (idx >= self.sizes).any():
+            row, col = np.argwhere((idx < 0) | (idx >= self.sizes))[0]
+            bad = idx[row, col] + self.start[col]
+            raise ValueError(f"observation {self.name!r}: value {bad} is outside its space "
+                             f"(sizes {self.sizes.tolist()}, start {self.start.tolist()})")
+        out = np.zeros((b, self.width), np.uint8)
+        out[np.arange(b)[:, None], idx + self.offsets] = 1
+        return out
+
+
+class Shift:
+    """ObsConverter op: MultiDiscrete indices minus the space's per-entry ``start``."""
+
+    def __init__(self, start: np.ndarray) -> None:
+        self.start = start
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        return np.asarray(arr).astype(np.int64) - self.start
+
+
 _F32 = np.dtype(np.float32)
 _BOOL = np.dtype(np.bool_)
 

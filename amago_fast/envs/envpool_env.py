@@ -6,6 +6,9 @@ Conversions at the boundary (the only per-step Python work besides the C++ step)
 - a Box observation becomes the key ``observation``; a Dict (dm_control) keeps its keys;
 - float64 (dm_control) -> float32; scalar entries () -> (1,); uint8 images stay uint8 and
   channel-first frames (C, H, W) with C < W, e.g. Atari's stacked frames, become HWC;
+- a Discrete observation (the toy-text tasks: FrozenLake, Taxi, NChain, CliffWalking) becomes a
+  one-hot uint8 vector, or with ``discrete_obs="index"`` an int32 index (as in the gymnasium
+  adapter);
 - rewards -> float32, done flags -> bool; ``info`` keeps EnvPool's ``env_id`` and
   ``elapsed_step``.
 
@@ -40,6 +43,7 @@ import numpy as np
 
 from amago_fast.envs.base import (
     ObsConverter,
+    OneHot,
     VectorEnv,
     check_actions,
     check_env_ids,
@@ -88,22 +92,38 @@ def _action_spec(space: Any, task_id: str) -> ActionSpec:
     raise ValueError(f"{task_id}: unsupported action space {space!r}")
 
 
-def _observation_plan(space: Any, task_id: str) -> tuple[list[FieldSpec], ObsConverter]:
-    """FieldSpecs of an EnvPool observation space and the converter of its batches."""
+def _observation_plan(space: Any, task_id: str, discrete_obs: str = "onehot"
+                      ) -> tuple[list[FieldSpec], ObsConverter]:
+    """FieldSpecs of an EnvPool observation space and the converter of its batches: Box
+    entries (uint8 channel-first frames to HWC), and Discrete ones (the toy-text tasks'
+    states, e.g. FrozenLake's cell) as one-hot uint8 vectors or, with ``discrete_obs="index"``,
+    int32 indices (see the gymnasium adapter)."""
     from gymnasium import spaces as gs
 
+    if discrete_obs not in ("onehot", "index"):
+        raise ValueError(f"{task_id}: discrete_obs must be 'onehot' or 'index', "
+                         f"got {discrete_obs!r}")
     fields: list[FieldSpec] = []
-    plan: list[tuple[str | None, str, np.dtype, tuple[int, ...], str | None]] = []
+    plan: list[tuple[str | None, str, np.dtype, tuple[int, ...], Any]] = []
     if isinstance(space, gs.Dict):
         items = list(space.spaces.items())
-    elif isinstance(space, gs.Box):
+    elif isinstance(space, (gs.Box, gs.Discrete)):
         items = [(None, space)]
     else:
         raise ValueError(f"{task_id}: unsupported observation space {space!r}")
     for key, sub in items:
+        name = "observation" if key is None else str(key)
+        if isinstance(sub, gs.Discrete):
+            if discrete_obs == "onehot":
+                op: Any = OneHot(name, (int(sub.n),), int(sub.start), task_id)
+                shape, dtype = (op.width,), np.dtype(np.uint8)
+            else:
+                op, shape, dtype = int(sub.start) or None, (1,), np.dtype(np.int32)
+            fields.append(FieldSpec(name, shape, dtype))
+            plan.append((key, name, dtype, shape, op))
+            continue
         if not isinstance(sub, gs.Box):
             raise ValueError(f"{task_id}: unsupported observation sub-space {key}: {sub!r}")
-        name = "observation" if key is None else str(key)
         shape = tuple(int(s) for s in sub.shape)
         op = None
         if sub.dtype == np.uint8:
@@ -234,6 +254,7 @@ class EnvPoolEnv(VectorEnv):
         batch_size: int | None = None,
         name: str | None = None,
         direct_calls: bool = True,
+        discrete_obs: str = "onehot",
         **envpool_kwargs: Any,
     ) -> None:
         envpool = _import_envpool()
@@ -269,7 +290,13 @@ class EnvPoolEnv(VectorEnv):
         self._make_kwargs = dict(envpool_kwargs)
         self.pool = self._make_pool() if pool is None else pool
         self._started = False
-        fields, self._obs = _observation_plan(self.pool.observation_space, task_id)
+        try:
+            fields, self._obs = _observation_plan(self.pool.observation_space, task_id,
+                                                  discrete_obs)
+        except ValueError:
+            if pool is None:  # ours: built above
+                self.pool.close() if hasattr(self.pool, "close") else None
+            raise
         self._obs_name = fields[0].name  # the field of a single-Box observation
         action = _action_spec(self.pool.action_space, task_id)
         max_steps = getattr(self.pool.spec.config, "max_episode_steps", None)
