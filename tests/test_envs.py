@@ -34,6 +34,20 @@ def random_actions(spec, n, rng):
     return rng.uniform(a.low, a.high, (n, *a.shape)).astype(np.float32)
 
 
+def record_observations(env, on_obs, methods=("reset", "step_trusted")):
+    """Wrap `env`'s `methods` so that every observation dict they return is passed to
+    `on_obs` (the tests that check a buffer stores only rows its env returned)."""
+    def wrap(fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            on_obs(out if isinstance(out, dict) else out[0])
+            return out
+        return call
+
+    for m in methods:
+        setattr(env, m, wrap(getattr(env, m)))
+
+
 def assert_obs_matches(spec, obs, n):
     assert set(obs) == {f.name for f in spec.observation}
     for f in spec.observation:
@@ -865,19 +879,13 @@ def test_popgym_tuple_task_runs_through_the_collector_and_buffer(tmp_path):
         ("observation_0", (2,)), ("observation_1", (4,))]  # one-hot
     seen: set[tuple[int, int]] = set()
 
-    def recording(fn):
-        def call(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            obs = out if isinstance(out, dict) else out[0]
-            assert (obs["observation_0"].sum(1) == 1).all()
-            assert (obs["observation_1"].sum(1) == 1).all()
-            seen.update(zip(obs["observation_0"].argmax(1).tolist(),
-                            obs["observation_1"].argmax(1).tolist()))
-            return out
-        return call
+    def on_obs(obs):
+        assert (obs["observation_0"].sum(1) == 1).all()
+        assert (obs["observation_1"].sum(1) == 1).all()
+        seen.update(zip(obs["observation_0"].argmax(1).tolist(),
+                        obs["observation_1"].argmax(1).tolist()))
 
-    env.reset = recording(env.reset)
-    env.step_trusted = recording(env.step_trusted)
+    record_observations(env, on_obs)
     buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 2)
     col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
     stats = col.collect(300)
@@ -995,17 +1003,7 @@ def test_minigrid_runs_through_the_collector_and_buffer(tmp_path):
                    flatten_keys=["image"])
     assert [f.name for f in env.spec.observation] == ["direction", "image"]
     seen: set[bytes] = set()
-
-    def recording(fn):
-        def call(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            obs = out if isinstance(out, dict) else out[0]
-            seen.update(row.tobytes() for row in obs["image"])
-            return out
-        return call
-
-    env.reset = recording(env.reset)
-    env.step_trusted = recording(env.step_trusted)
+    record_observations(env, lambda obs: seen.update(row.tobytes() for row in obs["image"]))
     buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, 2)
     col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
     stats = col.collect(400)  # 100-step timeouts (or the goal): several episodes per env
@@ -1632,17 +1630,8 @@ def test_envpool_discrete_observation_tasks_one_hot(task, tmp_path):
 
     env = EnvPoolEnv(task, n, seed=3, batch_size=2)
     seen: set[int] = set()
-
-    def recording(fn):
-        def call(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            o = out if isinstance(out, dict) else out[0]
-            seen.update(o["observation"].argmax(1).tolist())
-            return out
-        return call
-
-    env.reset = recording(env.reset)
-    env.recv_step = recording(env.recv_step)
+    record_observations(env, lambda obs: seen.update(obs["observation"].argmax(1).tolist()),
+                        methods=("reset", "recv_step"))
     buf = TrajectoryBuffer.from_env_spec(env.spec, 10_000, n)
     stats = Collector(env, RandomPolicy(env.spec, seed=0), buf).collect(1000)
     assert stats["env_steps"] >= 1000 and stats["episodes"] >= 1
