@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import math
 import os
 import random
@@ -551,7 +552,7 @@ class Trainer:
     def load_checkpoint(self) -> Path | None:
         """Restore everything from the run's newest complete checkpoint (None if it has none)."""
         from amago_fast.buffer import TrajectoryBuffer
-        from amago_fast.collector import Collector, check_buffer_matches
+        from amago_fast.collector import Collector
 
         path = ckpt.latest_checkpoint(self.run_dir)
         path = self.dist.broadcast_object(str(path) if path is not None else None)
@@ -581,18 +582,10 @@ class Trainer:
         # env, other env kwargs, or the gymnasium adapter's one-hot Discrete observations read
         # by a run that stored indices) is named here instead of as a weight-shape mismatch.
         buffer = TrajectoryBuffer.load(rank_dir / "buffer")
-        try:
-            check_buffer_matches(buffer, self.env)
-        except ValueError as e:
-            hint = ""
-            if any(np.dtype(f.dtype) == np.int32 and f.name in {g.name for g in
-                   self.env.spec.observation if np.dtype(g.dtype) == np.uint8}
-                   for f in buffer.fields):
-                hint = (" (gymnasium Discrete observations are one-hot by default; a run that "
-                        "stored them as indices resumes with --env.kwargs "
-                        "'{\"discrete_obs\": \"index\"}')")
-            raise ckpt.CheckpointError(
-                f"{path}: the run's buffer does not fit this env: {e}{hint}") from None
+        mismatch = fields_mismatch(buffer.fields, self.env)
+        if mismatch:
+            raise ckpt.CheckpointError(f"{path}: the run's buffer does not fit this env: "
+                                       f"{mismatch}")
         self.learner.load_state_dict(shared["learner"])
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
@@ -773,6 +766,47 @@ class _CollectorThread:
             self.thread.join()
 
 
+def fields_mismatch(saved_fields: list, env: Any) -> str | None:
+    """Why a run's stored fields (its buffer's schema) do not fit `env`'s transitions, or None
+    when they do: what resume and eval check before any weights load, so that another env,
+    other env kwargs, or the adapters' one-hot Discrete observations read by a run that stored
+    indices are named as such instead of as a weight-shape mismatch."""
+    from types import SimpleNamespace
+
+    from amago_fast.collector import check_buffer_matches
+
+    try:
+        check_buffer_matches(SimpleNamespace(fields=saved_fields), env)
+    except ValueError as e:
+        hint = ""
+        now = {f.name: np.dtype(f.dtype) for f in env.spec.observation}
+        for f in saved_fields:
+            pair = (np.dtype(f.dtype), now.get(f.name))
+            if pair in ((np.dtype(np.int32), np.dtype(np.uint8)),
+                        (np.dtype(np.uint8), np.dtype(np.int32))):
+                form = "index" if pair[0] == np.int32 else "onehot"
+                hint = (" (Discrete observations are one-hot by default, int32 indices with "
+                        "discrete_obs='index'; this run stored them as "
+                        f"{'indices' if form == 'index' else 'one-hot'}: --env.kwargs "
+                        f"'{{\"discrete_obs\": \"{form}\"}}')")
+                break
+        return f"{e}{hint}"
+    return None
+
+
+def saved_fields(checkpoint: Path) -> list | None:
+    """The fields rank 0's buffer stored in `checkpoint` (its manifest's schema), or None
+    when the manifest does not say (then nothing is checked)."""
+    from amago_fast.spaces import FieldSpec
+
+    try:
+        manifest = json.loads((checkpoint / "rank0" / "buffer" / "manifest.json").read_text())
+        return [FieldSpec(f["name"], tuple(f["shape"]), f["dtype"])
+                for f in manifest["schema"]]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def eval_env_kwargs(cfg: TrainConfig, extra: dict | None = None) -> dict:
     """The evaluation env's keyword arguments: ``env.kwargs``, then ``env.eval_kwargs``, then
     `extra` (e.g. ``amago-fast eval --env-kwargs``) on top."""
@@ -817,6 +851,11 @@ def evaluate_run(
     except TypeError as e:  # unknown keyword arguments
         raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs}: {e}") from e
     try:
+        fields = saved_fields(path)
+        mismatch = fields_mismatch(fields, env) if fields is not None else None
+        if mismatch:
+            raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs} does not fit the "
+                             f"run's checkpoint {path.name}: {mismatch}")
         agent = build_agent(env.spec, cfg, dev)
         learner = Learner(agent, _learner_config(cfg, dev))
         shared = torch.load(path / "learner.pt", map_location="cpu", weights_only=False)

@@ -24,7 +24,7 @@ import torch
 
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import overrides_to_args, save_config
-from amago_fast.trainer import Trainer, model_fingerprint
+from amago_fast.trainer import Trainer, evaluate_run, model_fingerprint
 from tests._tiny_run import TINY_TMAZE_RUN, tiny_tmaze_config
 
 # Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
@@ -215,6 +215,10 @@ def test_resume_with_other_observation_fields_names_them_and_keeps_the_run(tmp_p
     # The failed resume changed neither the checkpoint nor the run's config.
     assert {p: p.read_bytes() for p in before} == before
     assert ckpt.latest_checkpoint(run_dir) == path
+    # Evaluation checks the same before loading weights; as saved, it runs.
+    with pytest.raises(ValueError, match=r"does not fit the run's checkpoint.*discrete_obs"):
+        evaluate_run(run_dir, episodes=2, env_kwargs={"discrete_obs": "onehot"})
+    assert evaluate_run(run_dir, episodes=2)["episodes"] >= 2
     second = Trainer.resume(run_dir, {"total_env_steps": 64}).train()
     assert second["env_steps"] >= 64 and second["updates"] > first["updates"]
 
