@@ -841,6 +841,8 @@ def test_gym_discrete_actions_with_a_start_are_zero_based_for_the_agent():
         env.step(np.array([0, 1, 3], np.int32))  # 3 is outside the agent's 0..2
 
 
+# (some POPGym tasks return one info dict at every step, which gymnasium's checker warns of)
+@pytest.mark.filterwarnings("ignore:.*The infos returned by:UserWarning")
 def test_every_popgym_task_builds_and_steps_through_the_adapter():
     """All registered POPGym tasks (optional install; 42 in popgym 1.0.7, three of them with a
     Tuple observation) build through make_env("gym:..."), reset and step with valid random
