@@ -294,8 +294,8 @@ class EnvPoolEnv(VectorEnv):
             fields, self._obs = _observation_plan(self.pool.observation_space, task_id,
                                                   discrete_obs)
         except ValueError:
-            if pool is None:  # ours: built above
-                self.pool.close() if hasattr(self.pool, "close") else None
+            if pool is None and hasattr(self.pool, "close"):  # ours (built above): no leak
+                self.pool.close()
             raise
         self._obs_name = fields[0].name  # the field of a single-Box observation
         action = _action_spec(self.pool.action_space, task_id)
