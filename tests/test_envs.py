@@ -993,6 +993,63 @@ def test_gym_flatten_keys_stores_a_code_grid_as_a_flat_vector():
     assert _field(flat.spec, "observation").shape == (4,)
 
 
+def test_template_missions_are_one_hot_per_placeholder():
+    """MissionOneHot (duck-typed MiniGrid MissionSpace): each template mission becomes the
+    one-hot of its placeholder values, concatenated; a string the template cannot produce, a
+    template that produces one string twice and an oversized template raise, naming the
+    field."""
+    from types import SimpleNamespace
+
+    from amago_fast.envs.gym_adapter import MissionOneHot
+
+    space = SimpleNamespace(mission_func=lambda c, t: f"get the {c} {t}",
+                            ordered_placeholders=[["red", "blue", "grey"], ["ball", "key"]])
+    op = MissionOneHot("mission", space)
+    assert op.width == 5
+    got = op(np.array(["get the blue key", "get the red ball", "get the grey key"]))
+    np.testing.assert_array_equal(got, [[0, 1, 0, 0, 1], [1, 0, 0, 1, 0], [0, 0, 1, 0, 1]])
+    assert got.dtype == np.uint8
+    with pytest.raises(ValueError, match="'mission': mission 'get the green key' is not one"):
+        op(("get the green key",))
+    twice = SimpleNamespace(mission_func=lambda c: "go", ordered_placeholders=[["a", "b"]])
+    with pytest.raises(ValueError, match="comes from two placeholder choices"):
+        MissionOneHot("mission", twice)
+    huge = SimpleNamespace(mission_func=lambda *a: " ".join(a),
+                           ordered_placeholders=[[str(i) for i in range(100)]] * 3)
+    with pytest.raises(ValueError, match="1000000 template missions.*ignore_keys"):
+        MissionOneHot("mission", huge)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_minigrid_template_mission_is_kept_one_hot(mode):
+    """A real MiniGrid task whose mission is a template ("go to the {color} door"; optional
+    install): the mission is a 6-bit one-hot field equal to the colour in the env's own mission
+    string, step after step across episode ends, sync and async (gymnasium's shared memory
+    cannot hold MissionSpace: the adapter then builds the async env without it). DoorKey's
+    free-text mission is still refused, naming ignore_keys."""
+    pytest.importorskip("minigrid")
+    colours = ["blue", "green", "grey", "purple", "red", "yellow"]  # the template's list
+    env = make_env("gym:MiniGrid-GoToDoor-5x5-v0", 2, seed=2, vectorization=mode,
+                   flatten_keys=["image"])
+    assert _field(env.spec, "mission").shape == (6,)
+    twin = gym.make_vec("MiniGrid-GoToDoor-5x5-v0", num_envs=2, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    obs, (ref, _) = env.reset(seed=2), twin.reset(seed=2)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(60):
+        want = [colours.index(m.split()[3]) for m in ref["mission"]]
+        np.testing.assert_array_equal(obs["mission"], np.eye(6, dtype=np.uint8)[want])
+        a = rng.integers(0, 7, 2).astype(np.int32)
+        obs, _, te, tr, _ = env.step(a)
+        ref, *_ = twin.step(a.astype(np.int64))
+        ends += int((te | tr).sum())
+    assert ends > 0
+    env.close(), twin.close()
+    with pytest.raises(ValueError, match=r"mission.*ignore_keys=\['mission'\]"):
+        make_env("gym:MiniGrid-DoorKey-5x5-v0", 1, flatten_keys=["image"])
+
+
 def test_minigrid_runs_through_the_collector_and_buffer(tmp_path):
     """A real MiniGrid task (optional install) through make_env("gym:..."), the collector and
     the buffer, with the mission dropped and the grid flattened: every stored grid row is one

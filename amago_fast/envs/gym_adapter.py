@@ -9,8 +9,11 @@ int32; key ``observation``), Discrete and MultiDiscrete (one-hot uint8 vectors; 
 ``discrete_obs="index"`` int32 indices, ``start`` subtracted), MultiBinary (uint8), a Tuple of
 those (one field per element: ``observation_0``, ...), and a Dict of those or of such Tuples
 (its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names must not clash with the buffer's
-reserved names). Actions: Discrete and MultiDiscrete (0-based for the agent; a space's
-``start`` is added before the env steps), 1-d bounded Box. Anything else (Text, Graph,
+reserved names). A MiniGrid template mission ("go to the {color} door": a ``MissionSpace``
+with ``ordered_placeholders``) is stored as the one-hot of each placeholder's value; free-text
+missions (DoorKey's constant one, BabyAI's generated ones) are refused like Text.
+Actions: Discrete and MultiDiscrete (0-based for the agent; a space's ``start`` is added
+before the env steps), 1-d bounded Box. Anything else (Text, Graph,
 Sequence, OneOf, a Dict inside a Dict or Tuple, ...) raises ValueError naming the space.
 
 Three options shape what the agent sees (all also work through ``make_env("gym:<id>", ...)`` and
@@ -84,7 +87,58 @@ def _leaf_field(name: str, space: Any, where: str,
     if isinstance(space, gs.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
         return FieldSpec(name, shape, np.uint8), None
+    if _placeholder_missions(space):
+        op = MissionOneHot(name, space, where)
+        return FieldSpec(name, (op.width,), np.uint8), op
     raise ValueError(f"{where}: unsupported observation space {type(space).__name__}: {space!r}")
+
+
+def _placeholder_missions(space: Any) -> bool:
+    """A MiniGrid ``MissionSpace`` whose missions are a template over finite lists of values
+    (``mission_func`` and ``ordered_placeholders``; duck-typed, minigrid is optional)."""
+    ph = getattr(space, "ordered_placeholders", None)
+    return callable(getattr(space, "mission_func", None)) and bool(ph) and all(
+        isinstance(p, (list, tuple)) and len(p) > 0 for p in ph)
+
+
+# Most template missions MissionOneHot enumerates (MiniGrid's largest, PutNear, has 324).
+MAX_MISSIONS = 100_000
+
+
+class MissionOneHot:
+    """ObsConverter op: MiniGrid template missions ("go to the {color} door") as the one-hot
+    of each placeholder's value, concatenated (GoToDoor: 6 colours -> 6 bits; PutNear: colour,
+    type, colour, type -> 18). Every mission the template can produce is enumerated once; a
+    string outside them raises ValueError naming the field."""
+
+    def __init__(self, name: str, space: Any, where: str = "gymnasium env") -> None:
+        import itertools
+
+        self.name = name
+        sizes = [len(p) for p in space.ordered_placeholders]
+        total = int(np.prod(sizes, dtype=np.int64))
+        if total > MAX_MISSIONS:
+            raise ValueError(f"{where}: observation {name!r} has {total} template missions, "
+                             f"more than {MAX_MISSIONS}; drop it with ignore_keys=[{name!r}] "
+                             "or map it to a Discrete entry with a wrapper")
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.width = int(sum(sizes))
+        self.rows: dict[str, np.ndarray] = {}
+        for combo in itertools.product(*(range(n) for n in sizes)):
+            text = space.mission_func(*(p[i] for p, i in zip(space.ordered_placeholders, combo)))
+            row = np.zeros(self.width, np.uint8)
+            row[offsets + np.asarray(combo)] = 1
+            if text in self.rows and not np.array_equal(self.rows[text], row):
+                raise ValueError(f"{where}: observation {name!r}: the mission {text!r} comes "
+                                 "from two placeholder choices; it cannot be encoded")
+            self.rows[text] = row
+
+    def __call__(self, arr: Any) -> np.ndarray:
+        try:
+            return np.stack([self.rows[str(m)] for m in np.asarray(arr).reshape(-1)])
+        except KeyError as e:
+            raise ValueError(f"observation {self.name!r}: mission {e.args[0]!r} is not one "
+                             "its template produces") from None
 
 
 def _flat(f: FieldSpec, space: Any, where: str) -> FieldSpec:
@@ -354,10 +408,19 @@ class GymVectorEnv(VectorEnv):
         from gymnasium.vector import AutoresetMode
 
         env_id, n, mode, kwargs = self._build  # type: ignore[misc]
+        vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
         with _gc_frozen() if mode == "async" else contextlib.nullcontext():
-            return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
-                                vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
-                                **kwargs)
+            try:
+                return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
+                                    vector_kwargs=vector_kwargs, **kwargs)
+            except ValueError as e:
+                # gymnasium's async shared memory knows only its own spaces (not, e.g.,
+                # MiniGrid's MissionSpace): the workers then send observations by pipe.
+                if mode != "async" or not isinstance(e.__cause__, gym.error.CustomSpaceError):
+                    raise
+                return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode,
+                                    vector_kwargs={**vector_kwargs, "shared_memory": False},
+                                    **kwargs)
 
     def _recover(self) -> None:
         """After a step or reset that raised. Built from an id: close the vector env and build
