@@ -1175,7 +1175,7 @@ def test_actuator_inversion_contexts_change_only_at_episode_starts():
 def test_obs_converter_against_numpy_reference():
     """The one step-output converter both adapters use: HWC frames, Discrete offsets, dtype and
     shape conversions, pass-through (no copy) when nothing is to convert."""
-    from amago_fast.envs.base import ObsConverter
+    from amago_fast.envs.base import ObsConverter, Shift
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (3, 4, 5, 6), dtype=np.uint8)  # (B, C, H, W)
@@ -1185,7 +1185,7 @@ def test_obs_converter_against_numpy_reference():
     scalar = rng.normal(size=3)  # () per env
     conv = ObsConverter([
         ("frames", "frames", np.uint8, (5, 6, 4), "hwc"),
-        ("room", "room", np.int32, (1,), 1),
+        ("room", "room", np.int32, (1,), Shift(np.array([1]))),
         ("pos", "pos", np.float32, (2,), None),
         ("ok", "ok", np.float32, (2,), None),
         ("scalar", "scalar", np.float32, (1,), None),

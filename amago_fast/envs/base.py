@@ -111,9 +111,9 @@ class ObsConverter:
     step and the collector). A plan entry is ``(key, name, dtype, shape, op)``: `key` is the
     backend's Dict key or Tuple index (None: the whole observation; ``(dict key, index)``: an
     element of a Dict's Tuple entry), `name` our field name, `dtype` / `shape`
-    the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC),
-    an int `start` (a Discrete space's values shifted to start at 0, as int32 (1,)) or a
-    callable taking and returning the batch (e.g. ``gym_adapter.OneHot``).
+    the per-env FieldSpec ones, and `op` None, ``"hwc"`` (channel-first uint8 frames -> HWC) or
+    a callable taking and returning the batch (:class:`OneHot`, :class:`Shift`: see
+    :func:`discrete_field`).
     Conversions happen only where needed: an array already in the right dtype and shape is
     passed through without a copy.
     """
@@ -136,9 +136,7 @@ class ObsConverter:
             if op is not None:
                 if op == "hwc":
                     arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-                elif type(op) is int:
-                    arr = arr.astype(np.int64) - op
-                else:  # a callable (e.g. the gymnasium adapter's one-hot encoding)
+                else:  # a callable: OneHot, Shift, the gymnasium adapter's MissionOneHot
                     arr = op(arr)
             if arr.dtype is not dtype and arr.dtype != dtype:  # `is`: the common case, ~60 ns
                 arr = arr.astype(dtype)
@@ -199,13 +197,38 @@ class OneHot:
 
 
 class Shift:
-    """ObsConverter op: MultiDiscrete indices minus the space's per-entry ``start``."""
+    """ObsConverter op: Discrete / MultiDiscrete indices minus the space's (per-entry)
+    ``start``."""
 
     def __init__(self, start: np.ndarray) -> None:
         self.start = start
 
     def __call__(self, arr: np.ndarray) -> np.ndarray:
         return np.asarray(arr).astype(np.int64) - self.start
+
+
+DISCRETE_OBS = ("onehot", "index")
+
+
+def check_discrete_obs(discrete_obs: Any, where: str) -> None:
+    """The adapters' ``discrete_obs`` option must be one of :data:`DISCRETE_OBS`."""
+    if discrete_obs not in DISCRETE_OBS:
+        raise ValueError(f"{where}: discrete_obs must be 'onehot' or 'index', "
+                         f"got {discrete_obs!r}")
+
+
+def discrete_field(name: str, sizes: tuple[int, ...], start: Any, discrete_obs: str,
+                   where: str) -> tuple[FieldSpec, Any]:
+    """The FieldSpec and ObsConverter op of a Discrete (one size) or MultiDiscrete observation
+    entry, shared by the EnvPool and gymnasium adapters: ``"onehot"`` a uint8 vector of
+    ``sum(sizes)`` bits (:class:`OneHot`), ``"index"`` int32 indices (len(sizes),) with `start`
+    subtracted. Why one-hot by default: a cell number or a card suit is a category, and fed as
+    one number the network would read cell 7 as "more" than cell 6."""
+    if discrete_obs == "onehot":
+        op = OneHot(name, sizes, start, where)
+        return FieldSpec(name, (op.width,), np.uint8), op
+    start = np.broadcast_to(np.asarray(start, np.int64), (len(sizes),))
+    return FieldSpec(name, (len(sizes),), np.int32), (Shift(start) if start.any() else None)
 
 
 _F32 = np.dtype(np.float32)

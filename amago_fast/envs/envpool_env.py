@@ -43,10 +43,11 @@ import numpy as np
 
 from amago_fast.envs.base import (
     ObsConverter,
-    OneHot,
     VectorEnv,
     check_actions,
+    check_discrete_obs,
     check_env_ids,
+    discrete_field,
     positive_int,
     step_arrays,
 )
@@ -100,9 +101,7 @@ def _observation_plan(space: Any, task_id: str, discrete_obs: str = "onehot"
     int32 indices (see the gymnasium adapter)."""
     from gymnasium import spaces as gs
 
-    if discrete_obs not in ("onehot", "index"):
-        raise ValueError(f"{task_id}: discrete_obs must be 'onehot' or 'index', "
-                         f"got {discrete_obs!r}")
+    check_discrete_obs(discrete_obs, task_id)
     fields: list[FieldSpec] = []
     plan: list[tuple[str | None, str, np.dtype, tuple[int, ...], Any]] = []
     if isinstance(space, gs.Dict):
@@ -114,13 +113,9 @@ def _observation_plan(space: Any, task_id: str, discrete_obs: str = "onehot"
     for key, sub in items:
         name = "observation" if key is None else str(key)
         if isinstance(sub, gs.Discrete):
-            if discrete_obs == "onehot":
-                op: Any = OneHot(name, (int(sub.n),), int(sub.start), task_id)
-                shape, dtype = (op.width,), np.dtype(np.uint8)
-            else:
-                op, shape, dtype = int(sub.start) or None, (1,), np.dtype(np.int32)
-            fields.append(FieldSpec(name, shape, dtype))
-            plan.append((key, name, dtype, shape, op))
+            f, op = discrete_field(name, (int(sub.n),), int(sub.start), discrete_obs, task_id)
+            fields.append(f)
+            plan.append((key, name, f.dtype, f.shape, op))
             continue
         if not isinstance(sub, gs.Box):
             raise ValueError(f"{task_id}: unsupported observation sub-space {key}: {sub!r}")

@@ -42,11 +42,11 @@ import numpy as np
 
 from amago_fast.envs.base import (
     ObsConverter,
-    OneHot,
-    Shift,
     VectorEnv,
     check_actions,
+    check_discrete_obs,
     check_env_ids,
+    discrete_field,
     positive_int,
     step_arrays,
 )
@@ -69,21 +69,13 @@ def _leaf_field(name: str, space: Any, where: str,
         shape = tuple(space.shape) or (1,)
         return FieldSpec(name, shape, dtype), None
     if isinstance(space, gs.Discrete):
-        start = int(space.start)
-        if discrete_obs == "onehot":
-            op = OneHot(name, (int(space.n),), start, where)
-            return FieldSpec(name, (op.width,), np.uint8), op
-        return FieldSpec(name, (1,), np.int32), (start or None)
+        return discrete_field(name, (int(space.n),), int(space.start), discrete_obs, where)
     if isinstance(space, gs.MultiDiscrete):
         if space.nvec.ndim != 1:
             raise ValueError(f"{where}: unsupported observation space {space!r} "
                              "(MultiDiscrete must be 1-d)")
-        if discrete_obs == "onehot":
-            op = OneHot(name, tuple(int(n) for n in space.nvec), space.start, where)
-            return FieldSpec(name, (op.width,), np.uint8), op
-        start = np.asarray(space.start, np.int64)
-        return FieldSpec(name, (len(space.nvec),), np.int32), (Shift(start) if start.any()
-                                                               else None)
+        return discrete_field(name, tuple(int(n) for n in space.nvec), space.start,
+                              discrete_obs, where)
     if isinstance(space, gs.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
         return FieldSpec(name, shape, np.uint8), None
@@ -205,8 +197,7 @@ def observation_fields(
     """
     from gymnasium import spaces as gs
 
-    if discrete_obs not in ("onehot", "index"):
-        raise ValueError(f"{where}: discrete_obs must be 'onehot' or 'index', got {discrete_obs!r}")
+    check_discrete_obs(discrete_obs, where)
     for opt, keys in (("ignore_keys", ignore_keys), ("flatten_keys", flatten_keys)):
         if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
             raise TypeError(f"{where}: {opt} must be a list of key strings, got {keys!r}")
