@@ -467,23 +467,9 @@ class ReferenceTrajectoryBuffer:
         :class:`SnapshotError` (a ValueError) on missing/corrupt/truncated/wrong-version files.
         """
         directory = Path(directory)
-        mpath = directory / MANIFEST
-        if not mpath.is_file():
-            raise SnapshotError(f"no buffer snapshot at {directory} ({MANIFEST} missing)")
+        mpath, manifest = _read_manifest(directory)
         try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SnapshotError(f"corrupt buffer manifest {mpath}: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise SnapshotError(f"{mpath} is not a {FORMAT_NAME} snapshot")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise SnapshotError(
-                f"{mpath}: format version {manifest.get('format_version')!r} is not supported "
-                f"(this build reads version {FORMAT_VERSION})"
-            )
-        try:
-            fields = [FieldSpec(d["name"], tuple(d["shape"]), np.dtype(d["dtype"]))
-                      for d in manifest["schema"]]
+            fields = _manifest_fields(manifest)
             g = manifest["goals"]
             goals = (None if g is None
                      else GoalSpec(**{**g, "goal_dtype": np.dtype(g["goal_dtype"])}))
@@ -976,3 +962,37 @@ class ReferenceTrajectoryBuffer:
                 out[f.name][b, cut:] = 0
             out["mask"][b, cut:] = False
             out["time_index"][b, cut:] = 0
+
+
+def _read_manifest(directory: Path) -> tuple[Path, dict]:
+    """A snapshot's manifest path and contents, checked to be this format and version."""
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise SnapshotError(f"no buffer snapshot at {directory} ({MANIFEST} missing)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapshotError(f"corrupt buffer manifest {mpath}: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise SnapshotError(f"{mpath} is not a {FORMAT_NAME} snapshot")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"{mpath}: format version {manifest.get('format_version')!r} is not supported "
+            f"(this build reads version {FORMAT_VERSION})"
+        )
+    return mpath, manifest
+
+
+def _manifest_fields(manifest: dict) -> list[FieldSpec]:
+    return [FieldSpec(d["name"], tuple(d["shape"]), np.dtype(d["dtype"]))
+            for d in manifest["schema"]]
+
+
+def snapshot_fields(directory: str | os.PathLike) -> list[FieldSpec]:
+    """The row schema of the snapshot in `directory`, from its manifest alone (no data read);
+    SnapshotError as :meth:`ReferenceTrajectoryBuffer.load` for a missing or corrupt one."""
+    mpath, manifest = _read_manifest(Path(directory))
+    try:
+        return _manifest_fields(manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"corrupt buffer manifest {mpath}: {e!r}") from e

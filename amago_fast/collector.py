@@ -1066,8 +1066,13 @@ def check_buffer_matches(buffer: Any, env: VectorEnv) -> None:
                          f"{env.num_envs} envs (TrajectoryBuffer.from_env_spec(spec, capacity, "
                          f"{env.num_envs}))")
     fields = getattr(buffer, "fields", None)
-    if fields is None:
-        return
+    if fields is not None:
+        check_fields_match(fields, env)
+
+
+def check_fields_match(fields: list, env: VectorEnv) -> None:
+    """`fields` (a buffer's row schema) hold every field `env`'s transitions carry, with the
+    same shape and dtype; ValueError naming the first that does not."""
     have = {f.name: f for f in fields}
     for f in env.spec.buffer_fields():
         g = have.get(f.name)

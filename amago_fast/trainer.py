@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import math
 import os
 import random
@@ -771,39 +770,39 @@ def fields_mismatch(saved_fields: list, env: Any) -> str | None:
     when they do: what resume and eval check before any weights load, so that another env,
     other env kwargs, or the adapters' one-hot Discrete observations read by a run that stored
     indices are named as such instead of as a weight-shape mismatch."""
-    from types import SimpleNamespace
-
-    from amago_fast.collector import check_buffer_matches
+    from amago_fast.collector import check_fields_match
 
     try:
-        check_buffer_matches(SimpleNamespace(fields=saved_fields), env)
+        check_fields_match(saved_fields, env)
     except ValueError as e:
-        hint = ""
         now = {f.name: np.dtype(f.dtype) for f in env.spec.observation}
         for f in saved_fields:
-            pair = (np.dtype(f.dtype), now.get(f.name))
-            if pair in ((np.dtype(np.int32), np.dtype(np.uint8)),
-                        (np.dtype(np.uint8), np.dtype(np.int32))):
-                form = "index" if pair[0] == np.int32 else "onehot"
-                hint = (" (Discrete observations are one-hot by default, int32 indices with "
-                        "discrete_obs='index'; this run stored them as "
-                        f"{'indices' if form == 'index' else 'one-hot'}: --env.kwargs "
-                        f"'{{\"discrete_obs\": \"{form}\"}}')")
-                break
-        return f"{e}{hint}"
+            stored = _DISCRETE_FORMS.get((np.dtype(f.dtype), now.get(f.name)))
+            if stored is not None:
+                what, option = stored
+                return (f"{e} (Discrete observations are one-hot by default, int32 indices with "
+                        f"discrete_obs='index'; this run stored them as {what}: --env.kwargs "
+                        f"'{{\"discrete_obs\": \"{option}\"}}')")
+        return str(e)
     return None
 
 
+# (stored dtype, the env's dtype now) of one observation field -> how the run stored its
+# Discrete values and the discrete_obs option that reads them so.
+_DISCRETE_FORMS = {
+    (np.dtype(np.int32), np.dtype(np.uint8)): ("indices", "index"),
+    (np.dtype(np.uint8), np.dtype(np.int32)): ("one-hot", "onehot"),
+}
+
+
 def saved_fields(checkpoint: Path) -> list | None:
-    """The fields rank 0's buffer stored in `checkpoint` (its manifest's schema), or None
-    when the manifest does not say (then nothing is checked)."""
-    from amago_fast.spaces import FieldSpec
+    """The fields rank 0's buffer stored in `checkpoint` (its snapshot manifest's schema), or
+    None when that cannot be read (then nothing is checked)."""
+    from amago_fast.buffer_reference import SnapshotError, snapshot_fields
 
     try:
-        manifest = json.loads((checkpoint / "rank0" / "buffer" / "manifest.json").read_text())
-        return [FieldSpec(f["name"], tuple(f["shape"]), f["dtype"])
-                for f in manifest["schema"]]
-    except (OSError, KeyError, TypeError, ValueError):
+        return snapshot_fields(checkpoint / "rank0" / "buffer")
+    except SnapshotError:
         return None
 
 
