@@ -528,6 +528,28 @@ def test_envpool_direct_calls_match_public_api(task, batch_size, action_kind):
 
 
 # ----------------------------------------------------------------------------- gymnasium
+class _StepCountEnv(gym.Env):
+    """A synthetic env whose observations (subclasses' ``_obs``) come from the step count `t`
+    and a `tag` drawn at reset in [0, tag_high), so they say which step and env produced
+    them; episodes end after `length` steps."""
+
+    tag_high = 10
+    length = 4
+
+    def reward(self, action):
+        return 0.0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.tag = int(self.np_random.integers(0, self.tag_high))
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), self.reward(action), self.t >= self.length, False, {}
+
+
 class _TextObsEnv(gym.Env):
     observation_space = gym.spaces.Text(5)
     action_space = gym.spaces.Discrete(2)
@@ -539,7 +561,7 @@ class _NestedTupleObsEnv(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
 
-class _TupleObsEnv(gym.Env):
+class _TupleObsEnv(_StepCountEnv):
     """A Tuple observation whose values say which step and env produced them: a Discrete with
     start 1, a float Box and a MultiBinary (POPGym's Autoencode tasks have Tuple(Discrete,
     Discrete))."""
@@ -550,20 +572,14 @@ class _TupleObsEnv(gym.Env):
         gym.spaces.MultiBinary(3),
     ))
     action_space = gym.spaces.Discrete(2)
+    tag_high = 50
 
     def _obs(self):
         return (1 + (self.t + self.tag) % 5, np.array([self.t, self.tag + 0.5]),
                 np.array([self.t % 2, 1, self.tag % 2], np.int8))
 
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.tag = int(self.np_random.integers(0, 50))
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        return self._obs(), float(action), self.t >= 4, False, {}
+    def reward(self, action):
+        return float(action)
 
 
 class _DictWithTupleEnv(_TupleObsEnv):
@@ -686,7 +702,7 @@ def test_gym_tuple_observation_is_one_field_per_element():
         GymVectorEnv(_sync(Clash))
 
 
-class _CategoricalObsEnv(gym.Env):
+class _CategoricalObsEnv(_StepCountEnv):
     """Discrete(5, start=-2) and MultiDiscrete([3, 2], start=[1, 0]) entries whose values
     follow the step count; `bad_at` makes the Discrete value leave its space at that step (an
     env bug)."""
@@ -698,19 +714,11 @@ class _CategoricalObsEnv(gym.Env):
     action_space = gym.spaces.Discrete(2)
     bad_at = None
 
+    tag_high = 5
+
     def _obs(self):
         cell = 3 if self.t == self.bad_at else (self.t + self.tag) % 5 - 2
         return {"cell": cell, "pair": np.array([1 + self.t % 3, (self.t + self.tag) % 2])}
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.tag = int(self.np_random.integers(0, 5))
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        return self._obs(), 0.0, self.t >= 4, False, {}
 
 
 def test_gym_discrete_observations_are_one_hot_or_indices():
@@ -921,7 +929,7 @@ def test_gym_ignore_keys_drops_unsupported_entries():
         GymVectorEnv(vec(), ignore_keys=("nope",))
 
 
-class _GridWithMissionEnv(gym.Env):
+class _GridWithMissionEnv(_StepCountEnv):
     """MiniGrid's observation layout: a uint8 (H, W, C) grid of codes, a Discrete direction
     and a Text mission; the grid's values say which step and env produced it."""
 
@@ -932,19 +940,11 @@ class _GridWithMissionEnv(gym.Env):
     })
     action_space = gym.spaces.Discrete(3)
 
+    length = 5
+
     def _obs(self):
         grid = ((np.arange(18).reshape(3, 3, 2) + 20 * self.t + self.tag) % 256).astype(np.uint8)
         return {"image": grid, "direction": self.t % 4, "mission": "go"}
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.tag = int(self.np_random.integers(0, 10))
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        return self._obs(), 0.0, self.t >= 5, False, {}
 
 
 def _field(spec, name):
