@@ -257,7 +257,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="backend"):
         causal_attention(q, k, v, backend="cuda")
     with pytest.raises(ValueError, match="head dims"):
-        x = torch.randn(1, 8, 1, 48)
+        x = torch.randn(1, 8, 1, 48, device=DEVICE)
         causal_attention(x, x, x, backend="triton")
     with pytest.raises(ValueError, match="window"):
         CausalAttention(window=-1)
@@ -407,3 +407,26 @@ def test_gpu_auto_takes_the_reference_for_head_dims_the_kernel_lacks(D):
     assert torch.equal(auto, causal_attention_reference(q, k, v, mask))
     with pytest.raises(ValueError, match="head dims"):
         causal_attention(q, k, v, mask, backend="triton")
+
+
+def test_autotune_pruning_keeps_small_tiles_for_float32(monkeypatch):
+    """The GPU candidate lists (not the interpreter's single config): float32 keeps only tiles up
+    to 64x32 at D=64 (its IEEE dots compile slowly, see ``_prune_configs``), half precision keeps
+    them all, and every dtype/head dim keeps at least one candidate per kernel."""
+    from amago_fast.kernels import attention as A
+
+    monkeypatch.setattr(_utils, "INTERPRET", False)
+    lists = {"fwd": A._fwd_configs(), "dkdv": A._dkdv_configs(), "dq": A._dq_configs()}
+    area = lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]  # noqa: E731
+    for name, configs in lists.items():
+        assert len(configs) > 1, name
+        half = A._prune_configs(configs, {}, DTYPE_KEY="float16", HEAD_DIM=64)
+        assert half == configs, name
+        fp32 = A._prune_configs(configs, {}, DTYPE_KEY="float32", HEAD_DIM=64)
+        assert fp32 and all(area(c) <= 64 * 32 for c in fp32), (name, fp32)
+        assert len(fp32) < len(configs), name
+        fp32_d128 = A._prune_configs(configs, {}, DTYPE_KEY="float32", HEAD_DIM=128)
+        assert fp32_d128 and all(area(c) <= area(min(configs, key=area)) or area(c) <= 64 * 16
+                                 for c in fp32_d128), (name, fp32_d128)
+    assert [len(A._prune_configs(c, {}, DTYPE_KEY="float32", HEAD_DIM=64))
+            for c in lists.values()] == [1, 3, 3]

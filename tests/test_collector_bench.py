@@ -59,3 +59,22 @@ def test_policy_context_cost_reports_its_fields():
     assert all(f32[p]["kv_cache_dtype"] == "float32" for p in ("native", "torch") if p in f32)
     own = out["tiny_default_context"]  # the model's own context 64 > 16 steps: not yet full
     assert own["context_len"] == 64
+
+
+def test_policy_context_cost_keeps_other_rows_when_one_fails(monkeypatch):
+    """A path or cache dtype that raises (say, a kernel that does not compile on some GPU) is
+    reported in its own row; the other rows are still measured."""
+    real = bench._context_row
+
+    def int8_breaks(size, ctx, kv, *args, **kwargs):
+        if kv == "int8":
+            raise RuntimeError("int8 decode failed to compile")
+        return real(size, ctx, kv, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_context_row", int8_breaks)
+    out = bench.policy_context_cost(steps_lo=2, steps_hi=6, measure=2, sizes=("tiny",))
+    bad = out["tiny_capacity_hi_kv_int8"]
+    assert bad and all(v == {"error": "RuntimeError: int8 decode failed to compile"}
+                       for v in bad.values())
+    good = out["tiny_capacity_hi_kv_float32"]
+    assert all(good[p]["ratio"] > 0 for p in ("native", "torch") if p in good)

@@ -261,50 +261,62 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                     # ~10 ms/step x 1100 steps on this machine; the native run shows the model.
                     row[path] = "skipped (slow)"
                     continue
-                env_lo = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
-                env_hi = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
-                agent = _agent_policy(env_lo.spec, size, context_len=ctx)
-                if agent is None:
-                    return {"skipped": "amago_fast.agent not importable"}
-                agent.to(device)
-                if kv is not None:
-                    agent.config.kv_cache_dtype = kv  # read by init_state
-                agent.native_policy = path == "native"
-                lo, hi = _rollout_stepper(agent, env_lo), _rollout_stepper(agent, env_hi)
-                t_lo: list[float] = []
-                t_hi: list[float] = []
-                with torch.no_grad():
-                    for _ in range(steps_hi):
-                        hi()
-                    for _ in range(steps_lo):
-                        lo()
-                    for _ in range(measure):
-                        t_lo.append(lo())
-                        t_hi.append(hi())
-                m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
-                row["context_len"] = agent.config.context_len
-                kv_dtype = agent.rollout_kv_dtype()
-                # Cached keys+values attention reads per 8-env step at each time, and the rate
-                # at which the step-hi step reads its extra ones: what bounds the ratio on CPU.
-                cfg = agent.config
-                # (int8: one byte an element plus a float32 scale per head and key/value row)
-                per_key = 2 * cfg.num_layers * (
-                    cfg.d_model * torch.empty((), dtype=kv_dtype).element_size()
-                    + (4 * cfg.num_heads if kv_dtype == torch.int8 else 0))
-                keys_lo = env_lo.num_envs * min(steps_lo + 1, cfg.context_len)
-                keys_hi = env_hi.num_envs * min(steps_hi + 1, cfg.context_len)
-                extra_s = m_hi - m_lo
-                row[path] = {
-                    "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
-                    f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
-                    f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
-                    "ratio": m_hi / m_lo,
-                    f"kv_mb_read_at_t{steps_hi}": keys_hi * per_key / 1e6,
-                    "extra_kv_gb_per_s": ((keys_hi - keys_lo) * per_key / extra_s / 1e9
-                                          if extra_s > 0 and keys_hi > keys_lo else None),
-                }
+                try:
+                    row[path] = _context_row(size, ctx, kv, path, device, steps_lo, steps_hi,
+                                             measure, row)
+                except Exception as exc:  # one path/dtype failing must not lose the others
+                    row[path] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             out[f"{size}_{label}"] = row
     return out
+
+
+def _context_row(size: str, ctx: int | None, kv: str | None, path: str, device: str,
+                 steps_lo: int, steps_hi: int, measure: int, row: dict) -> dict:
+    """One ``policy_context_cost`` measurement (see there); sets ``row["context_len"]``."""
+    import torch
+
+    env_lo = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+    env_hi = make_env("tmaze-passive", 8, corridor_length=4 * steps_hi)
+    agent = _agent_policy(env_lo.spec, size, context_len=ctx)
+    if agent is None:
+        raise ImportError("amago_fast.agent not importable")
+    agent.to(device)
+    if kv is not None:
+        agent.config.kv_cache_dtype = kv  # read by init_state
+    agent.native_policy = path == "native"
+    lo, hi = _rollout_stepper(agent, env_lo), _rollout_stepper(agent, env_hi)
+    t_lo: list[float] = []
+    t_hi: list[float] = []
+    with torch.no_grad():
+        for _ in range(steps_hi):
+            hi()
+        for _ in range(steps_lo):
+            lo()
+        for _ in range(measure):
+            t_lo.append(lo())
+            t_hi.append(hi())
+    m_lo, m_hi = float(np.median(t_lo)), float(np.median(t_hi))
+    row["context_len"] = agent.config.context_len
+    kv_dtype = agent.rollout_kv_dtype()
+    # Cached keys+values attention reads per 8-env step at each time, and the rate
+    # at which the step-hi step reads its extra ones: what bounds the ratio on CPU.
+    cfg = agent.config
+    # (int8: one byte an element plus a float32 scale per head and key/value row)
+    per_key = 2 * cfg.num_layers * (
+        cfg.d_model * torch.empty((), dtype=kv_dtype).element_size()
+        + (4 * cfg.num_heads if kv_dtype == torch.int8 else 0))
+    keys_lo = env_lo.num_envs * min(steps_lo + 1, cfg.context_len)
+    keys_hi = env_hi.num_envs * min(steps_hi + 1, cfg.context_len)
+    extra_s = m_hi - m_lo
+    return {
+        "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
+        f"ms_per_step_at_t{steps_lo}": m_lo * 1e3,
+        f"ms_per_step_at_t{steps_hi}": m_hi * 1e3,
+        "ratio": m_hi / m_lo,
+        f"kv_mb_read_at_t{steps_hi}": keys_hi * per_key / 1e6,
+        "extra_kv_gb_per_s": ((keys_hi - keys_lo) * per_key / extra_s / 1e9
+                              if extra_s > 0 and keys_hi > keys_lo else None),
+    }
 
 
 def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default"),

@@ -217,12 +217,20 @@ def _attn_fwd_inner(
 def _prune_configs(configs, named_args, **kwargs):
     """Drop tiles too large for the operand width: fp32 operands (exact IEEE dots) take twice the
     shared memory and registers of bf16/fp16, and D=128 doubles the K/V tiles, so the largest
-    tiles either exceed an H100's 228 KB of shared memory or spill and only cost compile time."""
+    tiles either exceed an H100's 228 KB of shared memory or spill and only cost compile time.
+
+    float32 gets a 4x smaller budget: its IEEE dots run on the CUDA cores as unrolled FMAs, so
+    compilation grows with the tile. On an H200 (session 9, 14 test processes compiling at
+    once) a float32 test compiling the 16 candidates of the three kernels took 71-90 s, and the
+    D=64 one passed pytest's 150 s limit; tensor-core dtypes compiled theirs in 8-27 s. The
+    budget keeps 1 forward, 3 dK/dV and 3 dQ candidates at D=64 (64x32 tiles and smaller)."""
     if len(configs) <= 1:
         return configs
-    bytes_per = 4 if kwargs.get("DTYPE_KEY", named_args.get("DTYPE_KEY")) == "float32" else 2
+    fp32 = kwargs.get("DTYPE_KEY", named_args.get("DTYPE_KEY")) == "float32"
+    bytes_per = 4 if fp32 else 2
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64))
-    budget = 128 * 128 * 64 * 2  # largest bf16 D=64 tile product kept (BLOCK_M*BLOCK_N*D*bytes)
+    # Largest tile product kept (BLOCK_M*BLOCK_N*D*bytes): bf16 128x128 at D=64; fp32 64x32.
+    budget = 64 * 32 * 64 * 4 if fp32 else 128 * 128 * 64 * 2
     kept = [
         c for c in configs
         if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * head_dim * bytes_per <= budget
