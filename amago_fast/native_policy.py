@@ -3,10 +3,11 @@
 ``Agent.act`` on CPU spends almost all its time in PyTorch's per-op dispatch (~40 aten ops of
 10-25 µs each for the tiny agent: 1.9 ms per 8-env step). ``amago_fast._core.PolicyEngine``
 runs the same network part of the step — timestep features and MLP, Transformer decode over
-the ring KV caches (or the memory-free FF encoder), output norm, the actor MLP of the main
-gamma — in one C++ call and returns the main gamma's distribution parameters; sampling is
-shared with the PyTorch path (``Agent._actions_from_params``: discrete actions through
-:func:`sample_categorical`), so both paths consume the same random numbers.
+the ring KV caches (or a GRU over its hidden state, or the memory-free FF encoder), output
+norm, the actor MLP of the main gamma — in one C++ call and returns the main gamma's
+distribution parameters; sampling is shared with the PyTorch path
+(``Agent._actions_from_params``: discrete actions through :func:`sample_categorical`), so both
+paths consume the same random numbers.
 
 The engine reads the weights in place from the agent's existing rollout plans
 (``Agent._rollout_plans``: σ-reparam effective weights, softmax scale folded into the query
@@ -18,9 +19,9 @@ switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
 CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
-vector observations (image keys → PyTorch path), Transformer or FF trajectory encoder (GRU →
-PyTorch path), discrete or continuous actions, stock module types, an actor without hooks
-(``Agent._actor_plain``).
+vector observations (image keys → PyTorch path), Transformer, GRU (the hidden state's rows
+updated in place, as the PyTorch path does) or FF trajectory encoder, discrete or continuous
+actions, stock module types, an actor without hooks (``Agent._actor_plain``).
 ``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
 the PyTorch path.
 """
@@ -38,7 +39,7 @@ import torch
 from amago_fast.buffer import _core
 from amago_fast.kernels.decode import RingKVCache
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan
-from amago_fast.nets.trajectory import FFTrajEncoder, TransformerTrajEncoder
+from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
 
 if TYPE_CHECKING:
     from amago_fast.agent import Agent, AgentState
@@ -98,10 +99,18 @@ def unsupported_reason(agent: Agent) -> str | None:
     if agent.spec.action.kind not in ("discrete", "continuous"):
         return f"{agent.spec.action.kind} actions"
     traj = agent.traj_encoder
-    if type(traj) not in (TransformerTrajEncoder, FFTrajEncoder) or "rollout_step" in vars(traj):
-        return f"trajectory encoder {type(traj).__name__} (GRU or custom: PyTorch path)"
-    if isinstance(traj, FFTrajEncoder) and _has_hooks(traj):
-        return "hooks on the FF trajectory encoder"
+    if (type(traj) not in (TransformerTrajEncoder, GRUTrajEncoder, FFTrajEncoder)
+            or "rollout_step" in vars(traj)):
+        return f"trajectory encoder {type(traj).__name__} (custom: PyTorch path)"
+    if isinstance(traj, (FFTrajEncoder, GRUTrajEncoder)) and _has_hooks(traj):
+        # The PyTorch path calls these modules (the Transformer's runs from its plan).
+        return f"hooks on the {type(traj).__name__}"
+    if isinstance(traj, GRUTrajEncoder) and (
+            type(traj.gru) is not torch.nn.GRU or not traj.gru.bias or traj.gru.bidirectional
+            or traj.gru.proj_size or type(traj.in_proj) is not torch.nn.Linear
+            or traj.in_proj.bias is None or type(traj.norm_out) is not torch.nn.LayerNorm
+            or not traj.norm_out.elementwise_affine):
+        return "a modified GRU encoder (stock nn.GRU with biases, Linear in_proj, LayerNorm)"
     if any(p.dtype != torch.float32 for m in (enc, traj, agent.actor) for p in m.parameters()):
         return "non-float32 parameters"
     return None
@@ -161,6 +170,19 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
     if isinstance(traj, FFTrajEncoder):
         cfg["traj"] = "ff"
         cfg["ff"] = _ops(mlp_plan(traj.net))
+        return cfg
+    if isinstance(traj, GRUTrajEncoder):
+        # Copies of the module's weights, transposed (the engine is rebuilt with the plan, i.e.
+        # after every parameter change, so copies never go stale).
+        g = traj.gru
+        cfg.update(traj="gru", d_model=traj.d_model, wt_in=_np(traj.in_proj.weight.t()),
+                   b_in=_np(traj.in_proj.bias), norm_out=_norm(
+                       ("norm", traj.norm_out.weight, traj.norm_out.bias, traj.norm_out.eps)))
+        cfg["gru_layers"] = [
+            {f"wt_{w}": _np(getattr(g, f"weight_{w}_l{i}").t()) for w in ("ih", "hh")}
+            | {f"b_{w}": _np(getattr(g, f"bias_{w}_l{i}")) for w in ("ih", "hh")}
+            for i in range(g.num_layers)
+        ]
         return cfg
     d = jplan.d_model
     cfg.update(traj="transformer", d_model=d, wt_in=_np(jplan.wt_in), b_in=_np(jplan.b_in))
@@ -259,6 +281,7 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     engine = entry.engine
     if engine is None:
         return None
+    hidden = None
     if type(agent.traj_encoder) is TransformerTrajEncoder:
         if not _bind_memory(entry, state.memory):
             return None
@@ -266,6 +289,12 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     else:
         kv = counts = []
         scales = None
+        if type(agent.traj_encoder) is GRUTrajEncoder:
+            mem = state.memory
+            if not (isinstance(mem, torch.Tensor) and mem.device.type == "cpu"
+                    and mem.dtype == torch.float32 and mem.is_contiguous()):
+                return None  # the PyTorch path takes (or refuses) any other state
+            hidden = mem.detach().numpy()  # a view: the engine updates the rows in place
     enc = agent.tstep_encoder
     fields = [_contig(rows[k]) for k in enc.norm_keys]
     if enc.raw_keys:
@@ -273,7 +302,7 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     ti = rows["time_index"]
     out = np.empty((ti.shape[0], engine.param_dim), np.float32)
     engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
-                counts, None if ids is None else _contig(ids), out, scales)
+                counts, None if ids is None else _contig(ids), out, scales, hidden)
     return out
 
 

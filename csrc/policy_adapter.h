@@ -56,11 +56,27 @@ class PyPolicyEngine {
     int64_t w = m.in_dim;
     m.tstep = Ops(cfg["tstep"], &w, "tstep");
     const std::string traj = cfg["traj"].cast<std::string>();
-    if (traj != "transformer" && traj != "ff") {
-      throw py::value_error("policy engine: traj must be 'transformer' or 'ff'");
+    if (traj != "transformer" && traj != "gru" && traj != "ff") {
+      throw py::value_error("policy engine: traj must be 'transformer', 'gru' or 'ff'");
     }
     m.transformer = traj == "transformer";
-    if (!m.transformer) {
+    m.gru = traj == "gru";
+    if (m.gru) {
+      m.d_model = cfg["d_model"].cast<int64_t>();
+      const int64_t d = m.d_model;
+      if (d < 1) throw py::value_error("policy engine: d_model must be >= 1");
+      m.in_proj = Lin(cfg["wt_in"], cfg["b_in"], w, d, "in_proj");
+      for (py::handle item : cfg["gru_layers"].cast<py::list>()) {
+        py::dict ld = py::reinterpret_borrow<py::dict>(item);
+        policy::GruLayer G;
+        G.ih = Lin(ld["wt_ih"], ld["b_ih"], d, 3 * d, "gru weight_ih");
+        G.hh = Lin(ld["wt_hh"], ld["b_hh"], d, 3 * d, "gru weight_hh");
+        m.gru_layers.push_back(G);
+      }
+      if (m.gru_layers.empty()) throw py::value_error("policy engine: gru_layers is empty");
+      m.norm_out = NormOf(cfg["norm_out"], d, "norm_out", false);
+      w = d;
+    } else if (!m.transformer) {
       m.ff = Ops(cfg["ff"], &w, "ff");
       m.d_model = w;
     } else {
@@ -122,10 +138,12 @@ class PyPolicyEngine {
   // or int8, the same for every layer) and one (N,) int64 array per layer (the ring caches,
   // written in place); kv_scales: with int8 caches one (2, N, H, C) float32 array of row
   // scales per layer (written in place), else None; env_ids: None or (b,) int64, distinct, in
-  // [0, N); out: (b, P) float32, written.
+  // [0, N); out: (b, P) float32, written; hidden: GRU encoders only (else None), the
+  // (layers, N, d_model) float32 hidden state, rows of the stepped envs written in place (N
+  // then comes from it; kv and counts are empty).
   void Step(py::list fields, py::object action, py::object reward, py::object time_index,
             py::list kv, py::list counts, py::object env_ids, py::object out,
-            py::object kv_scales) {
+            py::object kv_scales, py::object hidden) {
     const policy::Model& m = engine_->model();
     policy::StepIO io;
     py::array ti = Arr(time_index, "time_index", py::dtype::of<int64_t>());
@@ -215,26 +233,7 @@ class PyPolicyEngine {
           io.kv_scales.push_back(static_cast<float*>(sc.mutable_data()));
         }
       }
-      if (!env_ids.is_none()) {
-        ids = Arr(env_ids, "env_ids", py::dtype::of<int64_t>());
-        if (ids.ndim() != 1 || ids.shape(0) != io.b) {
-          throw py::value_error("policy step: env_ids must be (b,) int64");
-        }
-        io.env_ids = static_cast<const int64_t*>(ids.data());
-        std::vector<bool> seen(io.num_envs, false);
-        for (int64_t r = 0; r < io.b; ++r) {
-          const int64_t n = io.env_ids[r];
-          if (n < 0 || n >= io.num_envs) {
-            throw py::value_error("policy step: env_ids must be in [0, " +
-                                  std::to_string(io.num_envs) + "), got " + std::to_string(n));
-          }
-          if (seen[n]) throw py::value_error("policy step: env_ids has repeated id " + std::to_string(n));
-          seen[n] = true;
-        }
-      } else if (io.b != io.num_envs) {
-        throw py::value_error("policy step: " + std::to_string(io.b) + " rows for " +
-                              std::to_string(io.num_envs) + " envs needs env_ids");
-      }
+      ids = EnvIds(env_ids, &io);
       for (size_t l = 1; l < nl; ++l) {
         for (int64_t r = 0; r < io.b; ++r) {
           const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
@@ -254,6 +253,19 @@ class PyPolicyEngine {
         }
       }
     }
+    if (m.gru) {
+      const int64_t nl = static_cast<int64_t>(m.gru_layers.size());
+      py::array hs = Arr(hidden, "hidden");
+      if (hs.ndim() != 3 || hs.shape(0) != nl || hs.shape(2) != m.d_model || !hs.writeable()) {
+        throw py::value_error("policy step: hidden must be a writeable (" + std::to_string(nl) +
+                              ", N, " + std::to_string(m.d_model) + ") float32 array");
+      }
+      io.num_envs = hs.shape(1);
+      io.hidden = static_cast<float*>(hs.mutable_data());
+      ids = EnvIds(env_ids, &io);
+    } else if (!hidden.is_none()) {
+      throw py::value_error("policy step: hidden is only for a GRU encoder");
+    }
     if (io.b == 0) return;
     py::gil_scoped_release release;
     engine_->Step(io);
@@ -262,6 +274,37 @@ class PyPolicyEngine {
  private:
   std::vector<py::array> keep_;
   std::unique_ptr<policy::PolicyEngine> engine_;
+
+  // Checks env_ids (None, or (b,) distinct int64 in [0, io->num_envs)) and points io at it;
+  // returns the array, which the caller keeps alive through the step.
+  static py::array EnvIds(py::object env_ids, policy::StepIO* io) {
+    if (env_ids.is_none()) {
+      if (io->b != io->num_envs) {
+        throw py::value_error("policy step: " + std::to_string(io->b) + " rows for " +
+                              std::to_string(io->num_envs) + " envs needs env_ids");
+      }
+      return py::array();
+    }
+    py::array ids = Arr(env_ids, "env_ids", py::dtype::of<int64_t>());
+    if (ids.ndim() != 1 || ids.shape(0) != io->b) {
+      throw py::value_error("policy step: env_ids must be (b,) int64");
+    }
+    const int64_t* p = static_cast<const int64_t*>(ids.data());
+    std::vector<bool> seen(io->num_envs, false);
+    for (int64_t r = 0; r < io->b; ++r) {
+      const int64_t n = p[r];
+      if (n < 0 || n >= io->num_envs) {
+        throw py::value_error("policy step: env_ids must be in [0, " +
+                              std::to_string(io->num_envs) + "), got " + std::to_string(n));
+      }
+      if (seen[n]) {
+        throw py::value_error("policy step: env_ids has repeated id " + std::to_string(n));
+      }
+      seen[n] = true;
+    }
+    io->env_ids = p;
+    return ids;
+  }
 
   // A C-contiguous array of `dtype` (float32 by default); no conversion, no copy.
   static py::array Arr(py::handle obj, const std::string& name,
@@ -427,7 +470,8 @@ inline void RegisterPolicy(py::module_& m) {
            py::arg("threads") = 1, py::arg("parallel_min") = -1)
       .def("step", &PyPolicyEngine::Step, py::arg("fields"), py::arg("action"),
            py::arg("reward"), py::arg("time_index"), py::arg("kv"), py::arg("counts"),
-           py::arg("env_ids"), py::arg("out"), py::arg("kv_scales") = py::none())
+           py::arg("env_ids"), py::arg("out"), py::arg("kv_scales") = py::none(),
+           py::arg("hidden") = py::none())
       .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
       .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
       .def_property_readonly("avx2", &PyPolicyEngine::Avx2)

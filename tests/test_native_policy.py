@@ -100,6 +100,8 @@ def _assert_same_memory(s1, s2, what: str) -> None:
         for c1, c2 in zip(s1.memory, s2.memory):
             np.testing.assert_array_equal(c1._counts_np, c2._counts_np, err_msg=what)
             _assert_close(c1.kv.numpy(), c2.kv.numpy(), f"{what}: kv cache")
+    elif isinstance(s1.memory, torch.Tensor):  # a GRU's hidden state
+        _assert_close(s1.memory.numpy(), s2.memory.numpy(), f"{what}: GRU hidden state")
 
 
 def _drive(agent: Agent, steps: int, n: int = 4, seed: int = 0, t0=None) -> None:
@@ -155,6 +157,8 @@ CASES = {
     "no_normalizer": ({"normalize_inputs": False, "tstep_layers": 0, "actor_layers": 1},
                       DISCRETE, False),
     "ff_encoder": ({"traj_encoder": "ff"}, CONTINUOUS, False),
+    "gru_encoder": ({"traj_encoder": "gru", "num_layers": 3}, DISCRETE, True),
+    "gru_continuous": ({"traj_encoder": "gru", "d_model": 20}, CONTINUOUS, False),
     "wide_heads": ({"d_model": 48, "num_heads": 2, "d_ff": 40}, DISCRETE, False),
     "odd_head_dim": ({"d_model": 15, "num_heads": 3, "tstep_out": 7}, CONTINUOUS, False),
 }
@@ -221,7 +225,9 @@ def test_dispatch_and_unsupported_configs():
     agent = _agent(_spec())
     assert npol.unsupported_reason(agent) is None
     gru = _agent(_spec(), traj_encoder="gru")
-    assert "GRU" in npol.unsupported_reason(gru)
+    assert npol.unsupported_reason(gru) is None
+    gru.traj_encoder.register_forward_hook(lambda m, i, o: None)  # must see the PyTorch call
+    assert "hooks on the GRUTrajEncoder" in npol.unsupported_reason(gru)
     img = EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE)
     assert "image" in npol.unsupported_reason(_agent(img))
     multi = _agent(_spec(ActionSpec("multidiscrete", nvec=(2, 3))))
@@ -351,6 +357,91 @@ def test_engine_config_rejects_bad_weights():
     for threads in (0, 17):
         with pytest.raises(ValueError, match="threads"):
             npol.PolicyEngine(cfg, True, threads)
+
+
+def test_gru_engine_baseline_and_avx2_agree_and_follow_weight_changes():
+    """The GRU step: both builds agree over a long rollout; an in-place weight change (an
+    optimizer step) rebuilds the engine, whose weights are copies, and a deep-copied agent and
+    state continue on the native step exactly as the original on the PyTorch path."""
+    agent = _agent(_spec(), traj_encoder="gru", d_model=24, num_layers=2)
+    rng = np.random.default_rng(11)
+    s1, s2 = agent.init_state(5), agent.init_state(5)
+    for t in range(30):
+        rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
+        p1 = _native_params(agent, rows, s1, None, use_simd=True)
+        p2 = _native_params(agent, rows, s2, None, use_simd=False)
+        _assert_close(p1, p2, f"step {t}")
+    _assert_same_memory(s1, s2, "baseline vs avx2")
+    eng = npol.engine_for(agent)
+    with torch.no_grad():
+        agent.traj_encoder.gru.weight_hh_l1.mul_(1.7)
+        agent.traj_encoder.in_proj.bias.add_(0.2)
+    assert npol.engine_for(agent) is not eng
+    twin, twin_state = copy.deepcopy(agent), copy.deepcopy(s1)
+    for t in range(30, 40):
+        rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
+        _assert_close(_native_params(twin, rows, twin_state, None),
+                      _torch_params(agent, rows, s1, None), f"step {t}")
+    _assert_same_memory(twin_state, s1, "copied GRU agent")
+
+
+def test_gru_step_bad_inputs_raise_and_leave_hidden_unchanged():
+    agent = _agent(_spec(), traj_encoder="gru", d_model=12, num_layers=2)
+    rng = np.random.default_rng(12)
+    state = agent.init_state(4)
+    for t in range(3):
+        agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
+    eng = npol.engine_for(agent)
+    hidden = state.memory.numpy()
+    assert np.abs(hidden).max() > 0
+    rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
+    rows["aux"] = rows["aux"].astype(np.float32)
+    good = dict(fields=[rows["obs"], rows["aux"]], action=rows["action"], reward=rows["reward"],
+                time_index=rows["time_index"], kv=[], counts=[], env_ids=None,
+                out=np.empty((4, eng.param_dim), np.float32), hidden=hidden)
+    before = hidden.copy()
+    bad = {
+        "missing": (dict(hidden=None), TypeError, "hidden"),
+        "dtype": (dict(hidden=hidden.astype(np.float64)), TypeError, "hidden"),
+        "layers": (dict(hidden=hidden[:1].copy()), ValueError, r"\(2, N, 12\)"),
+        "width": (dict(hidden=np.zeros((2, 4, 11), np.float32)), ValueError, "hidden"),
+        "read-only": (dict(hidden=np.frombuffer(hidden.tobytes(), np.float32).reshape(
+            hidden.shape)), ValueError, "writeable"),
+        "non-contiguous": (dict(hidden=np.zeros((2, 4, 24), np.float32)[:, :, ::2]), ValueError,
+                           "C-contiguous"),
+        "env_ids repeated": (dict(env_ids=np.array([0, 0, 1, 2])), ValueError, "repeated"),
+        "env_ids range": (dict(env_ids=np.array([0, 1, 2, 4])), ValueError, r"\[0, 4\)"),
+        "rows without env_ids": (dict(hidden=np.zeros((2, 6, 12), np.float32)), ValueError,
+                                 "needs env_ids"),
+    }
+    for name, (change, exc, match) in bad.items():
+        with pytest.raises(exc, match=match):
+            eng.step(**{**good, **change})
+        np.testing.assert_array_equal(hidden, before, err_msg=name)
+    # A Transformer engine refuses a hidden state.
+    tf = _agent(_spec())
+    tf_state = tf.init_state(4)
+    tf_eng = npol.engine_for(tf)
+    with pytest.raises(ValueError, match="only for a GRU"):
+        tf_eng.step(**{**good, "kv": [c.kv.numpy() for c in tf_state.memory],
+                       "counts": [c._counts_np for c in tf_state.memory],
+                       "out": np.empty((4, tf_eng.param_dim), np.float32)})
+    eng.step(**good)  # and the good call updates every env's rows
+    assert not np.array_equal(hidden, before)
+
+
+def test_gru_state_the_engine_cannot_take_goes_through_pytorch():
+    """A hidden state the engine does not take in place (float64, a non-contiguous view) is
+    left to the PyTorch path: native_params returns None and changes nothing."""
+    agent = _agent(_spec(), traj_encoder="gru", d_model=8)
+    rng = np.random.default_rng(13)
+    for mem in (torch.zeros(2, 3, 8, dtype=torch.float64), torch.zeros(2, 8, 3).transpose(1, 2)):
+        state = agent.init_state(3)
+        state.memory = mem
+        rows = agent._check_rows(dict(_rows(agent.spec, 3, rng),
+                                      time_index=np.zeros(3, np.int64)), 3)
+        assert npol.native_params(agent, rows, state, None) is None
+        assert not mem.any()
 
 
 def _twin_engines(monkeypatch, agent: Agent, threads: tuple[int, int], parallel_min: int = 0):

@@ -183,11 +183,18 @@ def _agent_policy(spec, size: str, context_len: int | None = None):
         from amago_fast.agent import Agent, AgentConfig
     except Exception:  # noqa: BLE001 - the Agent is another part; absent -> skipped
         return None
-    if size == "tiny":
+    # "<size>_gru": the same model with the GRU trajectory encoder (AgentConfig.traj_encoder).
+    base, _, enc = size.partition("_")
+    extra = {"traj_encoder": enc} if enc else {}
+    if base == "tiny":
         cfg = AgentConfig(d_model=64, num_layers=2, num_heads=4, context_len=context_len or 64,
-                          tstep_hidden=64, tstep_out=64, actor_hidden=64, critic_hidden=64)
+                          tstep_hidden=64, tstep_out=64, actor_hidden=64, critic_hidden=64,
+                          **extra)
+    elif base == "default":
+        cfg = AgentConfig(**extra) if context_len is None else AgentConfig(
+            context_len=context_len, **extra)
     else:
-        cfg = AgentConfig() if context_len is None else AgentConfig(context_len=context_len)
+        raise ValueError(f"unknown agent size {size!r}: tiny, default, tiny_gru or default_gru")
     agent = Agent(spec, cfg)
     agent.eval()
     return agent
@@ -319,14 +326,16 @@ def _context_row(size: str, ctx: int | None, kv: str | None, path: str, device: 
     }
 
 
-def act_step_cost(steps: int = 300, sizes: tuple[str, ...] = ("tiny", "default"),
+def act_step_cost(steps: int = 300,
+                  sizes: tuple[str, ...] = ("tiny", "default", "tiny_gru", "default_gru"),
                   num_envs: tuple[int, ...] = (8, 64)) -> dict:
     """Per-step ``Agent.act`` (sync, past the cache capacity): the native step vs the PyTorch
     rollout path (``agent.native_policy = False``, the baseline) and, at 8 envs, vs the same
-    step through the plain modules — ``TimestepEncoder.forward``, ``TransformerTrajEncoder.step``
-    (σ-reparam weights recomputed, per-key tensor conversion) and the actor — interleaved call
-    by call on twin states; medians and speedups. 64 envs: steps 130..160 only (the PyTorch
-    default model takes ~40 ms a step here)."""
+    step through the plain modules — ``TimestepEncoder.forward``, the trajectory encoder's
+    ``step`` (Transformer: σ-reparam weights recomputed; per-key tensor conversion) and the
+    actor — interleaved call by call on twin states; medians and speedups. 64 envs: steps
+    130..160 only (the PyTorch default model takes ~40 ms a step here). ``*_gru`` sizes: the
+    GRU trajectory encoder (its hidden state instead of the KV cache)."""
     import copy
 
     import torch

@@ -3,7 +3,8 @@
 // One call = Agent.act's network part for b envs: timestep features (normalised vector
 // observations, raw categorical fields, previous action/reward, boundary flag) → timestep MLP
 // → Transformer decode per layer over the caller's ring KV caches (written in place, counts
-// incremented: the same storage the PyTorch path uses) or the memory-free FF encoder → output
+// incremented: the same storage the PyTorch path uses), a GRU over the caller's hidden state
+// (rows updated in place) or the memory-free FF encoder → output
 // LayerNorm → actor MLP for the main gamma → distribution parameters (b, P). Sampling stays in
 // Python. Weights are borrowed pointers (the adapter keeps their arrays alive); the model is
 // immutable after construction and each Step validates nothing: the adapter checks every input

@@ -76,6 +76,13 @@ struct Layer {
   int64_t head_dim = 0;
 };
 
+// One layer of a GRU trajectory encoder (torch.nn.GRU's gate order r, z, n in the 3d columns):
+// r = σ(x Wir + bir + h Whr + bhr), z = σ(x Wiz + biz + h Whz + bhz),
+// n = tanh(x Win + bin + r ⊙ (h Whn + bhn)), h' = (1 - z) ⊙ n + z ⊙ h.
+struct GruLayer {
+  Dense ih, hh;  // (d, 3d) each, biases included
+};
+
 // Element type of an input field (NumPy dtype kinds the adapter accepts).
 enum class FieldType { kF32, kF64, kI8, kI16, kI32, kI64, kU8, kU16, kU32, kU64, kBool };
 
@@ -100,10 +107,12 @@ struct Model {
   const float* act_range = nullptr;
   int64_t in_dim = 0;
   std::vector<MlpOp> tstep;
-  // Trajectory encoder.
+  // Trajectory encoder: Transformer (transformer), GRU (gru) or memory-free MLP (neither).
   bool transformer = true;
+  bool gru = false;
   std::vector<MlpOp> ff;  // memory-free encoder
-  Dense in_proj;          // no bias: it is part of the position rows
+  std::vector<GruLayer> gru_layers;
+  Dense in_proj;          // Transformer: no bias (it is part of the position rows); GRU: biased
   const float* b_in = nullptr;
   bool learned_pos = false;
   const float* pos_table = nullptr;  // learned: (pos_rows, d_model), bias included
@@ -139,11 +148,13 @@ inline void PackModel(Model* m) {
       if (op.kind == OpKind::kLinear) PackDense(m, &op.lin);
     }
   }
-  if (m->transformer) {
-    PackDense(m, &m->in_proj);
-    for (Layer& L : m->layers) {
-      for (Dense* w : {&L.qkv, &L.proj, &L.ff1, &L.ff2}) PackDense(m, w);
-    }
+  if (m->transformer || m->gru) PackDense(m, &m->in_proj);
+  for (Layer& L : m->layers) {
+    for (Dense* w : {&L.qkv, &L.proj, &L.ff1, &L.ff2}) PackDense(m, w);
+  }
+  for (GruLayer& G : m->gru_layers) {
+    PackDense(m, &G.ih);
+    PackDense(m, &G.hh);
   }
 }
 
@@ -158,6 +169,7 @@ struct StepIO {
   KVType kv_type = KVType::kF32;
   std::vector<float*> kv_scales;     // kI8: per layer (2, N, H, C) float32 row scales
   std::vector<int64_t*> counts;      // per layer (N)
+  float* hidden = nullptr;            // GRU: (layers, N, d) float32 hidden state, in place
   int64_t num_envs = 0;
   int64_t capacity = 0;
   float* out = nullptr;  // (b, param_dim)

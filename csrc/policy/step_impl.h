@@ -608,9 +608,11 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
   const int64_t b = io.b;
   const int64_t tw = std::max(MlpMaxWidth(m.tstep, m.in_dim),
                               std::max(MlpMaxWidth(m.actor, m.d_model),
-                                       m.transformer ? m.d_model : MlpMaxWidth(m.ff, m.d_model)));
+                                       m.transformer || m.gru ? m.d_model
+                                                              : MlpMaxWidth(m.ff, m.d_model)));
   int64_t lw = tw;
   for (const Layer& L : m.layers) lw = std::max({lw, L.qkv.out, L.ff1.out});
+  for (const GruLayer& G : m.gru_layers) lw = std::max(lw, G.ih.out);
   float* xa = Scratch::Get(&s->a, b * lw);
   float* xb = Scratch::Get(&s->b, b * lw);
   float* tmp = Scratch::Get(&s->tmp, lw);
@@ -661,7 +663,42 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
 
   // ---- trajectory encoder
   float* h;
-  if (!m.transformer) {
+  if (m.gru) {
+    // h = in_proj(x); per layer: gates from the layer input and the env's hidden row, the new
+    // hidden row written back in place and fed to the next layer.
+    const int64_t d = m.d_model, N = io.num_envs;
+    h = Scratch::Get(&s->d, b * lw);  // lw: the actor MLP ping-pongs between h and xa
+    Gemm(x, width, b, m.in_proj, m.in_proj.bias, nullptr, 0, h, d);
+    float* gi = x == xa ? xb : xa;    // (b, 3d): x is dead once projected
+    float* gh = Scratch::Get(&s->c, b * 3 * d);
+    float* hp = x;                    // (b, d): the previous hidden rows
+    for (size_t l = 0; l < m.gru_layers.size(); ++l) {
+      const GruLayer& G = m.gru_layers[l];
+      float* state = io.hidden + static_cast<int64_t>(l) * N * d;
+      for (int64_t r = 0; r < b; ++r) {
+        const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
+        std::memcpy(hp + r * d, state + n * d, d * sizeof(float));
+      }
+      Gemm(h, d, b, G.ih, G.ih.bias, nullptr, 0, gi, 3 * d);
+      Gemm(hp, d, b, G.hh, G.hh.bias, nullptr, 0, gh, 3 * d);
+      for (int64_t r = 0; r < b; ++r) {
+        const float* a = gi + r * 3 * d;
+        const float* c = gh + r * 3 * d;
+        const float* prev = hp + r * d;
+        float* out = h + r * d;
+        for (int64_t j = 0; j < d; ++j) {
+          const float rg = 1.0f / (1.0f + std::exp(-(a[j] + c[j])));
+          const float zg = 1.0f / (1.0f + std::exp(-(a[d + j] + c[d + j])));
+          const float ng = std::tanh(a[2 * d + j] + rg * c[2 * d + j]);
+          out[j] = (1.0f - zg) * ng + zg * prev[j];
+        }
+        const int64_t n = io.env_ids != nullptr ? io.env_ids[r] : r;
+        std::memcpy(state + n * d, out, d * sizeof(float));
+      }
+    }
+    LayerNormRows(h, d, b, d, m.norm_out.gamma, m.norm_out.beta, m.norm_out.eps, tmp);
+    width = d;
+  } else if (!m.transformer) {
     h = RunMlp(m.ff, b, width, x, other, tmp, &width);
   } else {
     const int64_t d = m.d_model;
