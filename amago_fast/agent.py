@@ -371,8 +371,7 @@ class Agent(nn.Module):
         run its MLP from the cached plan, main gamma only); else it is called as a module."""
         a = self.actor
         return (self.device.type == "cpu" and type(a) is ActorHead and "forward" not in vars(a)
-                and not a._forward_hooks and not a._forward_pre_hooks
-                and self.spec.action.kind != "multidiscrete")
+                and not a._forward_hooks and not a._forward_pre_hooks)
 
     def _actor_rollout(self, h: torch.Tensor, sample: bool) -> np.ndarray:
         """Main-gamma action from the cached actor plan; the distribution math in NumPy on the
@@ -391,6 +390,17 @@ class Agent(nn.Module):
             # Inverse CDF of softmax(params) at torch-drawn uniforms (torch.manual_seed
             # governs rollouts), one native call (native_policy.sample_categorical).
             return sample_categorical(params, torch.rand(b, dtype=torch.float64).numpy())
+        if spec.kind == "multidiscrete":
+            # One categorical per component, its logits the next nvec[i] columns (ActorHead's
+            # split); sampled component by component, each with its own uniforms.
+            out = np.empty((b, len(spec.nvec)), np.int32)
+            col = 0
+            for i, n in enumerate(spec.nvec):
+                logits = params[:, col:col + n]
+                out[:, i] = (logits.argmax(-1) if not sample else sample_categorical(
+                    np.ascontiguousarray(logits), torch.rand(b, dtype=torch.float64).numpy()))
+                col += n
+            return out
         d = spec.shape[0]
         mean = params[:, :d]
         if sample:
@@ -414,7 +424,7 @@ class Agent(nn.Module):
         (last) gamma's head. No critic is evaluated. A rejected call leaves ``state`` unchanged.
 
         Speed (CPU): the network part runs as one native C++ call when supported
-        (``amago_fast.native_policy``: vector observations, Transformer/FF encoder, float32;
+        (``amago_fast.native_policy``: vector observations, Transformer/GRU/FF encoder, float32;
         set ``native_policy = False`` to force PyTorch), reading the same cached plans and
         writing the same ring KV caches. Otherwise (the PyTorch path) parameter-derived tensors
         are cached per parameter version (see :meth:`refresh_inference_cache`), features are

@@ -20,8 +20,8 @@ switched mid-rollout.
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
 CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
 vector observations (image keys → PyTorch path), Transformer, GRU (the hidden state's rows
-updated in place, as the PyTorch path does) or FF trajectory encoder, discrete or continuous
-actions, stock module types, an actor without hooks (``Agent._actor_plain``).
+updated in place, as the PyTorch path does) or FF trajectory encoder, discrete, multi-discrete
+or continuous actions, stock module types, an actor without hooks (``Agent._actor_plain``).
 ``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
 the PyTorch path.
 """
@@ -96,8 +96,6 @@ def unsupported_reason(agent: Agent) -> str | None:
         return "custom timestep encoder"
     if enc.image_keys:
         return f"image observations {enc.image_keys} (CNN: PyTorch path)"
-    if agent.spec.action.kind not in ("discrete", "continuous"):
-        return f"{agent.spec.action.kind} actions"
     traj = agent.traj_encoder
     if (type(traj) not in (TransformerTrajEncoder, GRUTrajEncoder, FFTrajEncoder)
             or "rollout_step" in vars(traj)):
@@ -160,6 +158,7 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
         "clip": None if tplan.clip is None else float(tplan.clip),
         "action_kind": a.kind,
         "action_dim": enc.action_dim,
+        "action_nvec": [int(n) for n in a.nvec] if a.kind == "multidiscrete" else None,
         "tstep": _ops(tplan.mlp),
         "actor": _ops(aplan),
     }

@@ -43,11 +43,27 @@ class PyPolicyEngine {
     m.clip = !cfg["clip"].is_none();
     if (m.clip) m.clip_value = cfg["clip"].cast<float>();
     const std::string kind = cfg["action_kind"].cast<std::string>();
-    if (kind != "discrete" && kind != "continuous") {
-      throw py::value_error("policy engine: action_kind must be 'discrete' or 'continuous'");
+    if (kind != "discrete" && kind != "multidiscrete" && kind != "continuous") {
+      throw py::value_error(
+          "policy engine: action_kind must be 'discrete', 'multidiscrete' or 'continuous'");
     }
-    m.discrete = kind == "discrete";
+    m.discrete = kind != "continuous";
     m.action_dim = cfg["action_dim"].cast<int64_t>();
+    if (kind == "discrete") m.nvec = {m.action_dim};
+    if (kind == "multidiscrete") {
+      if (!cfg.contains("action_nvec") || cfg["action_nvec"].is_none()) {
+        throw py::value_error("policy engine: multidiscrete actions need action_nvec");
+      }
+      m.nvec = cfg["action_nvec"].cast<std::vector<int64_t>>();
+      int64_t total = 0;
+      for (int64_t n : m.nvec) {
+        if (n < 1) throw py::value_error("policy engine: action_nvec entries must be >= 1");
+        total += n;
+      }
+      if (m.nvec.empty() || total != m.action_dim) {
+        throw py::value_error("policy engine: action_nvec must be non-empty and sum to action_dim");
+      }
+    }
     if (!m.discrete) {
       m.act_low = Vec(cfg["act_low"], m.action_dim, "act_low");
       m.act_range = Vec(cfg["act_range"], m.action_dim, "act_range");
@@ -164,7 +180,8 @@ class PyPolicyEngine {
       policy::Field f = FieldOf(fields[i], io.b, width, "observation " + std::to_string(i));
       (is_norm ? io.norm_fields : io.raw_fields).push_back(f);
     }
-    io.action = FieldOf(action, io.b, m.discrete ? 1 : m.action_dim, "action");
+    io.action = FieldOf(action, io.b,
+                        m.discrete ? static_cast<int64_t>(m.nvec.size()) : m.action_dim, "action");
     io.reward = FieldOf(reward, io.b, 1, "reward");
     py::array o = Arr(out, "out");
     if (o.ndim() != 2 || o.shape(0) != io.b || o.shape(1) != m.param_dim || !o.writeable()) {

@@ -29,6 +29,7 @@ TINY = dict(d_model=16, num_layers=2, num_heads=2, context_len=6, tstep_hidden=1
             actor_hidden=16, critic_hidden=16, num_critics=2, kv_cache_dtype="float32")
 DISCRETE = ActionSpec("discrete", n=3)
 CONTINUOUS = ActionSpec("continuous", shape=(2,), low=(-2.0, 0.0), high=(2.0, 1.0))
+MULTI = ActionSpec("multidiscrete", nvec=(2, 5, 3))
 
 
 def _spec(action=DISCRETE, goals: bool = False) -> EnvSpec:
@@ -136,6 +137,10 @@ def _drive(agent: Agent, steps: int, n: int = 4, seed: int = 0, t0=None) -> None
             agent.native_policy = True
         if spec.action.kind == "discrete":
             np.testing.assert_array_equal(a_mix, p_ref.argmax(-1), err_msg=f"step {step}")
+        elif spec.action.kind == "multidiscrete":
+            parts = np.split(p_ref, np.cumsum(spec.action.nvec)[:-1], axis=-1)
+            np.testing.assert_array_equal(a_mix, np.stack([p.argmax(-1) for p in parts], -1),
+                                          err_msg=f"step {step}")
         else:
             d = spec.action.shape[0]
             low, high = np.asarray(spec.action.low), np.asarray(spec.action.high)
@@ -159,6 +164,8 @@ CASES = {
     "ff_encoder": ({"traj_encoder": "ff"}, CONTINUOUS, False),
     "gru_encoder": ({"traj_encoder": "gru", "num_layers": 3}, DISCRETE, True),
     "gru_continuous": ({"traj_encoder": "gru", "d_model": 20}, CONTINUOUS, False),
+    "multidiscrete": ({}, MULTI, False),
+    "multidiscrete_gru": ({"traj_encoder": "gru"}, MULTI, True),
     "wide_heads": ({"d_model": 48, "num_heads": 2, "d_ff": 40}, DISCRETE, False),
     "odd_head_dim": ({"d_model": 15, "num_heads": 3, "tstep_out": 7}, CONTINUOUS, False),
 }
@@ -230,14 +237,11 @@ def test_dispatch_and_unsupported_configs():
     assert "hooks on the GRUTrajEncoder" in npol.unsupported_reason(gru)
     img = EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE)
     assert "image" in npol.unsupported_reason(_agent(img))
-    multi = _agent(_spec(ActionSpec("multidiscrete", nvec=(2, 3))))
-    assert npol.unsupported_reason(multi) is not None
     rng = np.random.default_rng(3)
-    for a in (gru, multi):  # still act through the PyTorch path
-        st = a.init_state(2)
-        rows = dict(_rows(a.spec, 2, rng), time_index=np.zeros(2, np.int64))
-        acts, _ = a.act(rows, st, sample=True)
-        assert acts.shape[0] == 2
+    st = gru.init_state(2)  # still acts, through the PyTorch path
+    acts, _ = gru.act(dict(_rows(gru.spec, 2, rng), time_index=np.zeros(2, np.int64)), st,
+                      sample=True)
+    assert acts.shape == (2,)
     # A forward hook on the actor: the PyTorch path (the hook must see the call).
     seen = []
     agent.actor.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -351,9 +355,16 @@ def test_engine_config_rejects_bad_weights():
     bad = dict(cfg, b_in=cfg["b_in"].astype(np.float64))
     with pytest.raises(TypeError, match="b_in"):
         npol.PolicyEngine(bad)
-    bad = dict(cfg, action_kind="multidiscrete")
+    bad = dict(cfg, action_kind="multibinary")
     with pytest.raises(ValueError, match="action_kind"):
         npol.PolicyEngine(bad)
+    with pytest.raises(ValueError, match="need action_nvec"):
+        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete"))
+    with pytest.raises(ValueError, match="sum to action_dim"):  # action_dim is 3 here
+        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[2, 2]))
+    with pytest.raises(ValueError, match=">= 1"):
+        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[3, 0]))
+    npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[1, 2]))
     for threads in (0, 17):
         with pytest.raises(ValueError, match="threads"):
             npol.PolicyEngine(cfg, True, threads)
@@ -774,3 +785,27 @@ def test_sample_categorical_matches_numpy_reference():
         ):
             with pytest.raises(exc, match=match):
                 f(*args)
+
+
+def test_multidiscrete_actions_sample_each_components_softmax():
+    """Multi-discrete actions from (b, Σ nvec) parameters: greedy is the argmax of each
+    component's columns; sampled components follow their own softmax (frequencies over 20k
+    rows within 4 standard errors) and are drawn independently."""
+    agent = _agent(_spec(MULTI))
+    logits = [np.array(x) for x in ([0.0, 1.0], [2.0, 0.0, -1.0, 0.5, 0.0], [0.0, 0.0, 3.0])]
+    row = np.concatenate(logits).astype(np.float32)
+    np.testing.assert_array_equal(agent._actions_from_params(row[None], sample=False),
+                                  [[1, 0, 2]])
+    b = 20_000
+    torch.manual_seed(0)
+    acts = agent._actions_from_params(np.repeat(row[None], b, 0), sample=True)
+    assert acts.shape == (b, 3) and acts.dtype == np.int32
+    for i, lg in enumerate(logits):
+        p = np.exp(lg - lg.max())
+        p /= p.sum()
+        freq = np.bincount(acts[:, i], minlength=len(p)) / b
+        assert np.all(np.abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / b) + 1e-12), (i, freq, p)
+    # Independence: the joint frequency of the two likeliest pairs matches the product.
+    joint = np.mean((acts[:, 0] == 1) & (acts[:, 2] == 2))
+    f0, f2 = np.mean(acts[:, 0] == 1), np.mean(acts[:, 2] == 2)
+    assert abs(joint - f0 * f2) <= 4 * np.sqrt(f0 * f2 * (1 - f0 * f2) / b)

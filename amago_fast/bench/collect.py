@@ -328,14 +328,15 @@ def _context_row(size: str, ctx: int | None, kv: str | None, path: str, device: 
 
 def act_step_cost(steps: int = 300,
                   sizes: tuple[str, ...] = ("tiny", "default", "tiny_gru", "default_gru"),
-                  num_envs: tuple[int, ...] = (8, 64)) -> dict:
+                  num_envs: tuple[int, ...] = (8, 64), env_name: str = "tmaze-passive") -> dict:
     """Per-step ``Agent.act`` (sync, past the cache capacity): the native step vs the PyTorch
     rollout path (``agent.native_policy = False``, the baseline) and, at 8 envs, vs the same
     step through the plain modules — ``TimestepEncoder.forward``, the trajectory encoder's
     ``step`` (Transformer: σ-reparam weights recomputed; per-key tensor conversion) and the
     actor — interleaved call by call on twin states; medians and speedups. 64 envs: steps
     130..160 only (the PyTorch default model takes ~40 ms a step here). ``*_gru`` sizes: the
-    GRU trajectory encoder (its hidden state instead of the KV cache)."""
+    GRU trajectory encoder (its hidden state instead of the KV cache). ``env_name``: any
+    ``make_env`` id (default the passive T-Maze, its corridor longer than the run)."""
     import copy
 
     import torch
@@ -345,7 +346,8 @@ def act_step_cost(steps: int = 300,
     for size in sizes:
         for n in num_envs:
             total, first = (steps, 100) if n <= 8 else (160, 130)
-            env = make_env("tmaze-passive", n, corridor_length=4 * total)
+            kw = {"corridor_length": 4 * total} if env_name == "tmaze-passive" else {}
+            env = make_env(env_name, n, **kw)
             agent = _agent_policy(env.spec, size)
             if agent is None:
                 return {"skipped": "amago_fast.agent not importable"}
@@ -353,7 +355,7 @@ def act_step_cost(steps: int = 300,
             s_nat = agent.init_state(n)
             s_torch = copy.deepcopy(s_nat)
             twin = copy.deepcopy(s_nat)
-            act = np.zeros(n, np.int32)
+            act = _random_actions(env.spec, n, np.random.default_rng(0))
             rew = np.zeros(n, np.float32)
             times: dict[str, list[float]] = {"native": [], "torch": [], "modules": []}
             with torch.no_grad():
@@ -380,7 +382,7 @@ def act_step_cost(steps: int = 300,
                         times["modules"].append(t3 - t2)
                     if not native:
                         act = a_torch
-                    obs, rew, *_ = env.step(np.asarray(act, np.int32))
+                    obs, rew, *_ = env.step(act)
             env.close()
             med = {k: float(np.median(v)) * 1e3 if v else None for k, v in times.items()}
             row: dict[str, Any] = {"num_envs": n, "torch_act_ms": med["torch"]}
@@ -702,6 +704,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context-device", default="cpu",
                    help="device for --context-only's policy_context check (e.g. cuda: then "
                         "only that check runs; act_step compares CPU paths)")
+    p.add_argument("--act-only", action="store_true",
+                   help="only act_step: Agent.act, native step vs PyTorch path")
+    p.add_argument("--act-env", default="tmaze-passive",
+                   help="env id for --act-only (e.g. gym:popgym-MineSweeperEasy-v0)")
+    p.add_argument("--act-import", nargs="*", default=[],
+                   help="modules to import first (registering --act-env, e.g. popgym)")
+    p.add_argument("--act-sizes", nargs="+", default=["tiny", "default", "tiny_gru",
+                                                      "default_gru"])
     p.add_argument("--overhead", action="store_true",
                    help="only the framework's CPU µs per vector step over a replayed env")
     p.add_argument("--breakdown", action="store_true",
@@ -718,6 +728,20 @@ def main(argv: list[str] | None = None) -> None:
                           "breakdown": overhead_breakdown(tuple(a.envs), tuple(a.num_envs),
                                                           tuple(a.modes), a.seconds,
                                                           a.repeats)}, indent=1))
+        return
+    if a.act_only:
+        import importlib
+
+        import torch
+
+        for mod in a.act_import:
+            importlib.import_module(mod)
+        torch.set_num_threads(a.torch_threads)
+        print(json.dumps({"machine": f"{os.cpu_count()} CPU cores, torch threads "
+                                     f"{torch.get_num_threads()}", "env": a.act_env,
+                          "act_step": act_step_cost(sizes=tuple(a.act_sizes),
+                                                    num_envs=tuple(a.num_envs),
+                                                    env_name=a.act_env)}, indent=1))
         return
     if a.context_only:
         import torch

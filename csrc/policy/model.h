@@ -101,8 +101,9 @@ struct Model {
   const float* norm_std = nullptr;
   bool clip = false;  // a normaliser exists: clip to ±clip_value
   float clip_value = 10.0f;
-  bool discrete = true;
-  int64_t action_dim = 0;          // one-hot width (discrete) or vector width (continuous)
+  bool discrete = true;            // Discrete or MultiDiscrete: one-hot per component
+  std::vector<int64_t> nvec;       // discrete: choices per component ({n} for Discrete)
+  int64_t action_dim = 0;          // one-hot width (Σ nvec) or vector width (continuous)
   const float* act_low = nullptr;  // continuous
   const float* act_range = nullptr;
   int64_t in_dim = 0;
@@ -161,7 +162,7 @@ inline void PackModel(Model* m) {
 struct StepIO {
   int64_t b = 0;
   std::vector<Field> norm_fields, raw_fields;
-  Field action;  // (b, action width) for continuous, (b, 1) index for discrete
+  Field action;  // (b, action width) for continuous, (b, components) indices for discrete
   Field reward;  // (b, 1)
   const int64_t* time_index = nullptr;
   const int64_t* env_ids = nullptr;  // null: row r is env r

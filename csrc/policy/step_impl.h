@@ -506,7 +506,7 @@ inline void LoadRow(const Field& f, int64_t r, float* dst) {
   }
 }
 
-// Element r of a one-wide field as double (exact for every integer action index).
+// Element r (flat index) of a field as double (exact for every integer action index).
 inline double LoadScalar(const Field& f, int64_t r) {
   switch (f.type) {
     case FieldType::kF32: return static_cast<const float*>(f.data)[r];
@@ -638,9 +638,15 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       col += fld.width;
     }
     if (m.discrete) {
-      const double a = LoadScalar(io.action, r);
-      for (int64_t j = 0; j < m.action_dim; ++j) {
-        f[col + j] = a == static_cast<double>(j) ? exists : 0.0f;
+      // One one-hot per component (a Discrete action is the single component n = action_dim).
+      const int64_t k = static_cast<int64_t>(m.nvec.size());
+      int64_t off = col;
+      for (int64_t i = 0; i < k; ++i) {
+        const double a = LoadScalar(io.action, r * k + i);
+        for (int64_t j = 0; j < m.nvec[i]; ++j) {
+          f[off + j] = a == static_cast<double>(j) ? exists : 0.0f;
+        }
+        off += m.nvec[i];
       }
     } else {
       LoadRow(io.action, r, f + col);
