@@ -32,8 +32,10 @@ CONTINUOUS = ActionSpec("continuous", shape=(2,), low=(-2.0, 0.0), high=(2.0, 1.
 MULTI = ActionSpec("multidiscrete", nvec=(2, 5, 3))
 
 
-def _spec(action=DISCRETE, goals: bool = False) -> EnvSpec:
+def _spec(action=DISCRETE, goals: bool = False, image: bool = False) -> EnvSpec:
     obs = [FieldSpec("obs", (5,), np.float32), FieldSpec("aux", (2, 2), np.float16)]
+    if image:  # two image keys of different shapes, between the vector keys
+        obs[1:1] = [FieldSpec("view", (7, 7, 3), np.uint8), FieldSpec("cam", (5, 6, 1), np.uint8)]
     g = None
     if goals:
         g = GoalSpec(k=2, goal_dim=3)
@@ -46,6 +48,8 @@ def _rows(spec: EnvSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarr
     for f in spec.observation:
         if f.dtype == np.bool_:
             rows[f.name] = rng.random((n, *f.shape)) < 0.5
+        elif f.dtype == np.uint8 and len(f.shape) == 3:  # an image
+            rows[f.name] = rng.integers(0, 256, (n, *f.shape)).astype(np.uint8)
         elif np.issubdtype(f.dtype, np.integer):
             rows[f.name] = rng.integers(0, 3, (n, *f.shape)).astype(f.dtype)
         else:
@@ -168,13 +172,16 @@ CASES = {
     "multidiscrete_gru": ({"traj_encoder": "gru"}, MULTI, True),
     "wide_heads": ({"d_model": 48, "num_heads": 2, "d_ff": 40}, DISCRETE, False),
     "odd_head_dim": ({"d_model": 15, "num_heads": 3, "tstep_out": 7}, CONTINUOUS, False),
+    "images": ({"image_features": 6}, DISCRETE, True, True),
+    "images_gru_continuous": ({"traj_encoder": "gru", "image_features": 5}, CONTINUOUS, False,
+                              True),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_native_step_matches_torch_path(case):
-    cfg, action, goals = CASES[case]
-    agent = _agent(_spec(action, goals), **cfg)
+    cfg, action, goals, *image = CASES[case]
+    agent = _agent(_spec(action, goals, *image), **cfg)
     assert npol.unsupported_reason(agent) is None
     _drive(agent, steps=2 * TINY["context_len"] + 3)
 
@@ -235,8 +242,17 @@ def test_dispatch_and_unsupported_configs():
     assert npol.unsupported_reason(gru) is None
     gru.traj_encoder.register_forward_hook(lambda m, i, o: None)  # must see the PyTorch call
     assert "hooks on the GRUTrajEncoder" in npol.unsupported_reason(gru)
-    img = EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE)
-    assert "image" in npol.unsupported_reason(_agent(img))
+    img = _agent(EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE))
+    assert npol.unsupported_reason(img) is None
+    cnn_calls = []  # the CNN runs as a module on the native step: its hooks see the call
+    img.tstep_encoder.image_encoders["pixels"].register_forward_hook(
+        lambda m, i, o: cnn_calls.append(o.shape))
+    rows = img._check_rows(dict(_rows(img.spec, 3, np.random.default_rng(0)),
+                                time_index=np.zeros(3, np.int64)), 3)
+    assert npol.native_params(img, rows, img.init_state(3), None) is not None
+    assert cnn_calls == [(3, img.config.image_features)]
+    img.tstep_encoder.image_encoders["pixels"] = torch.nn.Sequential()  # not the stock CNN
+    assert "custom image encoder" in npol.unsupported_reason(img)
     rng = np.random.default_rng(3)
     st = gru.init_state(2)  # still acts, through the PyTorch path
     acts, _ = gru.act(dict(_rows(gru.spec, 2, rng), time_index=np.zeros(2, np.int64)), st,
