@@ -424,8 +424,8 @@ class Agent(nn.Module):
         (last) gamma's head. No critic is evaluated. A rejected call leaves ``state`` unchanged.
 
         Speed (CPU): the network part runs as one native C++ call when supported
-        (``amago_fast.native_policy``: vector or image observations — CNNs stay in PyTorch —,
-        Transformer/GRU/FF encoder, any action kind, float32;
+        (``amago_fast.native_policy``: vector or image observations, Transformer/GRU/FF
+        encoder, any action kind, float32;
         set ``native_policy = False`` to force PyTorch), reading the same cached plans and
         writing the same ring KV caches. Otherwise (the PyTorch path) parameter-derived tensors
         are cached per parameter version (see :meth:`refresh_inference_cache`), features are

@@ -19,10 +19,11 @@ switched mid-rollout.
 
 Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
 CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
-vector and image observations (the CNNs run in PyTorch, the rest natively on their
-embeddings), Transformer, GRU (the hidden state's rows updated in place, as the PyTorch path
-does) or FF trajectory encoder, discrete, multi-discrete or continuous actions, stock module
-types, an actor without hooks (``Agent._actor_plain``).
+vector and image observations (stock CNNs run natively as im2col + GEMM; others, or hooked
+ones, in PyTorch with the rest of the step native on their embeddings), Transformer, GRU (the
+hidden state's rows updated in place, as the PyTorch path does) or FF trajectory encoder,
+discrete, multi-discrete or continuous actions, stock module types, an actor without hooks
+(``Agent._actor_plain``).
 ``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
 the PyTorch path.
 """
@@ -70,6 +71,12 @@ THREADS = _env_int("AMAGO_FAST_POLICY_THREADS", 0) or min(2, os.cpu_count() or 1
 # Split threshold override for the engine (-1: the engine's measured default).
 PARALLEL_MIN = _env_int("AMAGO_FAST_POLICY_PARALLEL_MIN", -1)
 
+# Largest CNN work (multiply-adds of all image CNNs over the step's rows) the engine runs
+# itself; above it PyTorch's convolutions (oneDNN) compute the embeddings and the engine takes
+# them. Measured per 1-thread act on this 2-core VM with the stock CNN on 64x64x3 images
+# (15.0M MACs an env): 8 envs native 7.4 ms vs PyTorch path 11.6 ms, 64 envs 81 vs 64 ms.
+NATIVE_CNN_MAX_MACS = _env_int("AMAGO_FAST_NATIVE_CNN_MAX_MACS", 250_000_000)
+
 # agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
 # Kept beside the agent (not in its __dict__) so deep copies and pickles of the agent never see
 # the C++ object; the copy builds its own engine lazily.
@@ -95,8 +102,6 @@ def unsupported_reason(agent: Agent) -> str | None:
     enc = agent.tstep_encoder
     if type(enc) is not TimestepEncoder or "rollout_forward" in vars(enc):
         return "custom timestep encoder"
-    if any(type(m) is not ImageEncoder for m in enc.image_encoders.values()):
-        return "custom image encoder"
     traj = agent.traj_encoder
     if (type(traj) not in (TransformerTrajEncoder, GRUTrajEncoder, FFTrajEncoder)
             or "rollout_step" in vars(traj)):
@@ -113,6 +118,64 @@ def unsupported_reason(agent: Agent) -> str | None:
     if any(p.dtype != torch.float32 for m in (enc, traj, agent.actor) for p in m.parameters()):
         return "non-float32 parameters"
     return None
+
+
+def _conv_chain(cnn: ImageEncoder) -> list[tuple[torch.nn.Conv2d, float]] | None:
+    """The (Conv2d, LeakyReLU slope) pairs of a stock image CNN the engine can run (square
+    stride and padding, zero padding mode, no dilation or groups, biases, no hooks), else None
+    (its module then runs in PyTorch and only its embedding enters the engine)."""
+    if type(cnn) is not ImageEncoder or _has_hooks(cnn) or type(cnn.out) is not torch.nn.Linear:
+        return None
+    mods = list(cnn.convs)
+    if len(mods) % 2 or not mods:
+        return None
+    chain = []
+    for conv, act in zip(mods[::2], mods[1::2]):
+        if (type(conv) is not torch.nn.Conv2d or type(act) is not torch.nn.LeakyReLU
+                or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+                or conv.bias is None or isinstance(conv.padding, str)
+                or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]):
+            return None
+        chain.append((conv, float(act.negative_slope)))
+    return chain
+
+
+def _image_configs(enc: TimestepEncoder) -> list[dict] | None:
+    """The engine's CNN configs for every image key, or None when any CNN must run in PyTorch
+    (then all do, and the engine takes their embeddings as raw fields)."""
+    out = []
+    for k in enc.image_keys:
+        cnn = enc.image_encoders[k]
+        chain = _conv_chain(cnn)
+        if chain is None:
+            return None
+        h, w, c = enc.field_shapes[k]
+        convs = []
+        for conv, slope in chain:
+            kh, kw = conv.kernel_size
+            s, p = conv.stride[0], conv.padding[0]
+            # (cout, cin, kh, kw) -> rows in the im2col order (ky, kx, ci).
+            wt = conv.weight.detach().permute(2, 3, 1, 0).reshape(kh * kw * c, conv.out_channels)
+            convs.append({"wt": _np(wt), "b": _np(conv.bias), "cin": c, "cout": conv.out_channels,
+                          "kh": kh, "kw": kw, "stride": s, "pad": p, "slope": slope})
+            h, w, c = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1, conv.out_channels
+        # torch flattens (C, H, W); the engine's activations are (H, W, C).
+        lin = cnn.out.weight.detach()
+        wt_out = lin.reshape(lin.shape[0], c, h, w).permute(2, 3, 1, 0).reshape(h * w * c, -1)
+        out.append({"shape": tuple(enc.field_shapes[k]), "convs": convs, "wt_out": _np(wt_out),
+                    "b_out": _np(cnn.out.bias)})
+    return out
+
+
+def _cnn_macs(cfg: dict) -> int:
+    """Multiply-adds of one engine CNN config (``_image_configs``) per image."""
+    h, w, _ = cfg["shape"]
+    total = 0
+    for c in cfg["convs"]:
+        h = (h + 2 * c["pad"] - c["kh"]) // c["stride"] + 1
+        w = (w + 2 * c["pad"] - c["kw"]) // c["stride"] + 1
+        total += h * w * c["wt"].size
+    return total + cfg["wt_out"].size
 
 
 def runs_natively(agent: Agent) -> bool:
@@ -153,10 +216,8 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
     a = agent.spec.action
     cfg: dict[str, Any] = {
         "norm_widths": [enc._flat_dims[k] for k in enc.norm_keys],
-        # Image keys enter as raw fields after the raw keys (their place in the features):
-        # the CNN embeddings, computed by PyTorch each step (native_params).
-        "raw_widths": [enc._flat_dims[k] for k in enc.raw_keys]
-        + [enc.image_features] * len(enc.image_keys),
+        "raw_widths": [enc._flat_dims[k] for k in enc.raw_keys],
+        "images": _image_configs(enc) if enc.image_keys else [],
         "norm_mean": None if tplan.norm_mean is None else _np(tplan.norm_mean),
         "norm_std": None if tplan.norm_std is None else _np(tplan.norm_std),
         "clip": None if tplan.clip is None else float(tplan.clip),
@@ -166,6 +227,10 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
         "tstep": _ops(tplan.mlp),
         "actor": _ops(aplan),
     }
+    if cfg["images"] is None:
+        # A CNN the engine cannot run: every image key enters as a raw field after the raw
+        # keys (their place in the features), its embedding computed by PyTorch each step.
+        cfg["raw_widths"] += [enc.image_features] * len(enc.image_keys)
     if a.kind == "continuous":
         cfg["act_low"] = _np(enc._act_low)
         cfg["act_range"] = _np(enc._act_range)
@@ -216,11 +281,14 @@ class _Entry:
     """The engine of one agent for one rollout plan, plus the NumPy views of the last state's
     ring caches (rebuilt when the state's cache objects change)."""
 
-    __slots__ = ("plan", "engine", "reason", "use_simd", "memory", "caches", "kv", "counts",
-                 "scales")
+    __slots__ = ("plan", "engine", "reason", "use_simd", "native_images", "cnn_macs", "memory",
+                 "caches", "kv", "counts", "scales")
 
-    def __init__(self, plan: tuple, engine: Any, reason: str | None, use_simd: bool) -> None:
+    def __init__(self, plan: tuple, engine: Any, reason: str | None, use_simd: bool,
+                 native_images: bool = False, cnn_macs: int = 0) -> None:
         self.plan, self.engine, self.reason, self.use_simd = plan, engine, reason, use_simd
+        self.native_images = native_images  # the engine can run the CNNs (else PyTorch does)
+        self.cnn_macs = cnn_macs  # multiply-adds of the engine's CNNs per env row
         self.memory: Any = None
         self.caches: tuple = ()
         self.kv: list[np.ndarray] = []
@@ -235,10 +303,14 @@ def _entry(agent: Agent, use_simd: bool) -> _Entry:
         return entry
     reason = unsupported_reason(agent)
     engine = None
+    native_images, cnn_macs = False, 0
     if reason is None:
         with torch.inference_mode(False), torch.no_grad():
-            engine = PolicyEngine(engine_config(agent, plan), use_simd, THREADS, PARALLEL_MIN)
-    entry = _Entry(plan, engine, reason, use_simd)
+            cfg = engine_config(agent, plan)
+            engine = PolicyEngine(cfg, use_simd, THREADS, PARALLEL_MIN)
+        native_images = bool(cfg["images"])
+        cnn_macs = sum(_cnn_macs(c) for c in cfg["images"] or ())
+    entry = _Entry(plan, engine, reason, use_simd, native_images, cnn_macs)
     _ENGINES[agent] = entry
     return entry
 
@@ -302,10 +374,19 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     fields = [_contig(rows[k]) for k in enc.norm_keys]
     if enc.raw_keys:
         fields += [_contig(rows[k]) for k in enc.raw_keys]
-    if enc.image_keys:
-        # The CNNs stay in PyTorch (convolutions are what its kernels do well; ~0.1 ms for a
-        # MiniGrid 7x7 view at 8 envs), called as modules so hooks on them see the call; the
-        # rest of the step runs natively on their embeddings.
+    images = None
+    if entry.native_images:
+        if any(_has_hooks(enc.image_encoders[k]) for k in enc.image_keys):
+            return None  # hooked after the engine was built: they must see a module call
+        if rows["time_index"].shape[0] * entry.cnn_macs <= NATIVE_CNN_MAX_MACS:
+            images = [np.ascontiguousarray(rows[k], dtype=np.uint8) for k in enc.image_keys]
+        else:  # a large batch of large images: PyTorch's convolutions, then the engine
+            with torch.inference_mode():
+                images = [enc.image_encoders[k](torch.from_numpy(np.ascontiguousarray(
+                    rows[k]))).numpy() for k in enc.image_keys]
+    elif enc.image_keys:
+        # CNNs the engine cannot run stay in PyTorch, called as modules (hooks see the call);
+        # the rest of the step runs natively on their embeddings.
         with torch.inference_mode():
             for k in enc.image_keys:
                 img = torch.from_numpy(np.ascontiguousarray(rows[k]))
@@ -313,7 +394,7 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     ti = rows["time_index"]
     out = np.empty((ti.shape[0], engine.param_dim), np.float32)
     engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
-                counts, None if ids is None else _contig(ids), out, scales, hidden)
+                counts, None if ids is None else _contig(ids), out, scales, hidden, images)
     return out
 
 

@@ -68,7 +68,11 @@ class PyPolicyEngine {
       m.act_low = Vec(cfg["act_low"], m.action_dim, "act_low");
       m.act_range = Vec(cfg["act_range"], m.action_dim, "act_range");
     }
-    m.in_dim = m.norm_dim + raw_dim + m.action_dim + 2;
+    if (cfg.contains("images") && !cfg["images"].is_none()) {
+      for (py::handle item : cfg["images"].cast<py::list>()) m.images.push_back(ImageNetOf(item));
+    }
+    for (const policy::ImageNet& net : m.images) m.image_dim += net.out.out;
+    m.in_dim = m.norm_dim + raw_dim + m.image_dim + m.action_dim + 2;
     int64_t w = m.in_dim;
     m.tstep = Ops(cfg["tstep"], &w, "tstep");
     const std::string traj = cfg["traj"].cast<std::string>();
@@ -156,10 +160,13 @@ class PyPolicyEngine {
   // scales per layer (written in place), else None; env_ids: None or (b,) int64, distinct, in
   // [0, N); out: (b, P) float32, written; hidden: GRU encoders only (else None), the
   // (layers, N, d_model) float32 hidden state, rows of the stepped envs written in place (N
-  // then comes from it; kv and counts are empty).
+  // then comes from it; kv and counts are empty); images: one (b, H, W, C) uint8 array per
+  // native image CNN of the model, or instead that CNN's (b, F) float32 output computed by the
+  // caller (large batches of large images: PyTorch's convolutions are faster there); None when
+  // the model has no image CNN.
   void Step(py::list fields, py::object action, py::object reward, py::object time_index,
             py::list kv, py::list counts, py::object env_ids, py::object out,
-            py::object kv_scales, py::object hidden) {
+            py::object kv_scales, py::object hidden, py::object images) {
     const policy::Model& m = engine_->model();
     policy::StepIO io;
     py::array ti = Arr(time_index, "time_index", py::dtype::of<int64_t>());
@@ -179,6 +186,38 @@ class PyPolicyEngine {
       const int64_t width = is_norm ? m.norm_widths[i] : m.raw_widths[i - m.norm_widths.size()];
       policy::Field f = FieldOf(fields[i], io.b, width, "observation " + std::to_string(i));
       (is_norm ? io.norm_fields : io.raw_fields).push_back(f);
+    }
+    const size_t ni = images.is_none() ? 0 : static_cast<size_t>(py::len(images));
+    if (ni != m.images.size()) {
+      throw py::value_error("policy step: expected " + std::to_string(m.images.size()) +
+                            " image arrays, got " + std::to_string(ni));
+    }
+    for (size_t i = 0; i < ni; ++i) {
+      const policy::ImageNet& net = m.images[i];
+      const std::string name = "image " + std::to_string(i);
+      py::handle obj = images.cast<py::list>()[i];
+      const bool embedded = py::isinstance<py::array>(obj) &&
+                            py::reinterpret_borrow<py::array>(obj).dtype().kind() == 'f';
+      if (embedded) {  // the CNN's output, computed by the caller
+        py::array a = Arr(obj, name + " embedding");
+        if (a.ndim() != 2 || a.shape(0) != io.b || a.shape(1) != net.out.out) {
+          throw py::value_error("policy step: " + name + " embedding must be (" +
+                                std::to_string(io.b) + ", " + std::to_string(net.out.out) +
+                                ") float32");
+        }
+        io.images.push_back(nullptr);
+        io.image_embeddings.push_back(static_cast<const float*>(a.data()));
+        continue;
+      }
+      py::array a = Arr(obj, name, py::dtype::of<uint8_t>());
+      if (a.ndim() != 4 || a.shape(0) != io.b || a.shape(1) != net.h || a.shape(2) != net.w ||
+          a.shape(3) != net.c) {
+        throw py::value_error("policy step: " + name + " must be (" + std::to_string(io.b) +
+                              ", " + std::to_string(net.h) + ", " + std::to_string(net.w) +
+                              ", " + std::to_string(net.c) + ") uint8");
+      }
+      io.images.push_back(static_cast<const uint8_t*>(a.data()));
+      io.image_embeddings.push_back(nullptr);
     }
     io.action = FieldOf(action, io.b,
                         m.discrete ? static_cast<int64_t>(m.nvec.size()) : m.action_dim, "action");
@@ -321,6 +360,50 @@ class PyPolicyEngine {
     }
     io->env_ids = p;
     return ids;
+  }
+
+  // {"shape": (h, w, c), "convs": [{"wt": (kh*kw*cin, cout), "b": (cout,), "cin", "cout",
+  // "kh", "kw", "stride", "pad", "slope"}, ...], "wt_out": (oh*ow*cout, F), "b_out": (F,)}.
+  policy::ImageNet ImageNetOf(py::handle item) {
+    py::dict d = py::reinterpret_borrow<py::dict>(item);
+    policy::ImageNet net;
+    auto shape = d["shape"].cast<std::vector<int64_t>>();
+    if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[2] < 1) {
+      throw py::value_error("policy engine: image shape must be (H, W, C) >= 1");
+    }
+    net.h = shape[0];
+    net.w = shape[1];
+    net.c = shape[2];
+    int64_t h = net.h, w = net.w, c = net.c;
+    for (py::handle ch : d["convs"].cast<py::list>()) {
+      py::dict cd = py::reinterpret_borrow<py::dict>(ch);
+      policy::ConvLayer cv;
+      cv.cin = cd["cin"].cast<int64_t>();
+      cv.cout = cd["cout"].cast<int64_t>();
+      cv.kh = cd["kh"].cast<int64_t>();
+      cv.kw = cd["kw"].cast<int64_t>();
+      cv.stride = cd["stride"].cast<int64_t>();
+      cv.pad = cd["pad"].cast<int64_t>();
+      cv.slope = cd["slope"].cast<float>();
+      if (cv.cin != c || cv.cout < 1 || cv.kh < 1 || cv.kw < 1 || cv.stride < 1 || cv.pad < 0) {
+        throw py::value_error("policy engine: image conv must take " + std::to_string(c) +
+                              " channels, with cout, kernel and stride >= 1 and pad >= 0");
+      }
+      cv.in_h = h;
+      cv.in_w = w;
+      cv.out_h = (h + 2 * cv.pad - cv.kh) / cv.stride + 1;
+      cv.out_w = (w + 2 * cv.pad - cv.kw) / cv.stride + 1;
+      if (h + 2 * cv.pad < cv.kh || w + 2 * cv.pad < cv.kw) {
+        throw py::value_error("policy engine: image conv kernel larger than its padded input");
+      }
+      cv.w = Lin(cd["wt"], cd["b"], cv.kh * cv.kw * cv.cin, cv.cout, "image conv");
+      net.convs.push_back(cv);
+      h = cv.out_h;
+      w = cv.out_w;
+      c = cv.cout;
+    }
+    net.out = Lin(d["wt_out"], d["b_out"], h * w * c, -1, "image out");
+    return net;
   }
 
   // A C-contiguous array of `dtype` (float32 by default); no conversion, no copy.
@@ -488,7 +571,7 @@ inline void RegisterPolicy(py::module_& m) {
       .def("step", &PyPolicyEngine::Step, py::arg("fields"), py::arg("action"),
            py::arg("reward"), py::arg("time_index"), py::arg("kv"), py::arg("counts"),
            py::arg("env_ids"), py::arg("out"), py::arg("kv_scales") = py::none(),
-           py::arg("hidden") = py::none())
+           py::arg("hidden") = py::none(), py::arg("images") = py::none())
       .def_property_readonly("param_dim", &PyPolicyEngine::ParamDim)
       .def_property_readonly("num_layers", &PyPolicyEngine::NumLayers)
       .def_property_readonly("avx2", &PyPolicyEngine::Avx2)

@@ -242,17 +242,6 @@ def test_dispatch_and_unsupported_configs():
     assert npol.unsupported_reason(gru) is None
     gru.traj_encoder.register_forward_hook(lambda m, i, o: None)  # must see the PyTorch call
     assert "hooks on the GRUTrajEncoder" in npol.unsupported_reason(gru)
-    img = _agent(EnvSpec("img", (FieldSpec("pixels", (8, 8, 3), np.uint8),), DISCRETE))
-    assert npol.unsupported_reason(img) is None
-    cnn_calls = []  # the CNN runs as a module on the native step: its hooks see the call
-    img.tstep_encoder.image_encoders["pixels"].register_forward_hook(
-        lambda m, i, o: cnn_calls.append(o.shape))
-    rows = img._check_rows(dict(_rows(img.spec, 3, np.random.default_rng(0)),
-                                time_index=np.zeros(3, np.int64)), 3)
-    assert npol.native_params(img, rows, img.init_state(3), None) is not None
-    assert cnn_calls == [(3, img.config.image_features)]
-    img.tstep_encoder.image_encoders["pixels"] = torch.nn.Sequential()  # not the stock CNN
-    assert "custom image encoder" in npol.unsupported_reason(img)
     rng = np.random.default_rng(3)
     st = gru.init_state(2)  # still acts, through the PyTorch path
     acts, _ = gru.act(dict(_rows(gru.spec, 2, rng), time_index=np.zeros(2, np.int64)), st,
@@ -266,6 +255,138 @@ def test_dispatch_and_unsupported_configs():
     assert npol.native_params(agent, rows, st, None) is None
     agent.act(rows, st, sample=True)
     assert seen
+
+
+def _image_agent(**cfg) -> Agent:
+    spec = EnvSpec("img", (FieldSpec("pixels", (9, 8, 3), np.uint8),
+                           FieldSpec("obs", (3,), np.float32)), DISCRETE)
+    return _agent(spec, image_features=7, **cfg)
+
+
+def _check_image_steps(agent: Agent, steps: int = 6, seed: int = 0) -> None:
+    """The native step (whatever runs the CNN) against the PyTorch path, step by step."""
+    rng = np.random.default_rng(seed)
+    s_nat, s_ref = agent.init_state(3), agent.init_state(3)
+    for t in range(steps):
+        rows = dict(_rows(agent.spec, 3, rng), time_index=np.full(3, t, np.int64))
+        _assert_close(_native_params(agent, rows, s_nat, None),
+                      _torch_params(agent, rows, s_ref, None), f"step {t}")
+
+
+def test_large_cnn_batches_take_pytorch_embeddings(monkeypatch):
+    """Above NATIVE_CNN_MAX_MACS per step the CNN runs in PyTorch and the engine takes its
+    embeddings (same parameters); at or below it the engine runs it on the pixels."""
+    agent = _image_agent()
+    entry = npol._entry(agent, True)
+    assert entry.cnn_macs > 0
+    seen = []
+
+    class Recorder:  # the real engine, recording what each step passed as the image
+        def __init__(self, engine):
+            self.engine, self.param_dim = engine, engine.param_dim
+
+        def step(self, *args):
+            seen.append(args[-1][0].dtype)
+            return self.engine.step(*args)
+
+    entry.engine = Recorder(entry.engine)
+    monkeypatch.setattr(npol, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs - 1)  # 3 rows: PyTorch
+    _check_image_steps(agent, steps=3)
+    monkeypatch.setattr(npol, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs)  # the engine's CNN
+    _check_image_steps(agent, steps=3)
+    assert seen == [np.float32] * 3 + [np.uint8] * 3
+
+
+def test_image_cnn_runs_in_the_engine_unless_hooked_or_custom():
+    """Stock CNNs run in the engine (im2col + GEMM); a CNN hooked before the engine is built,
+    or one the engine cannot express (reflect padding, a custom module), runs in PyTorch as
+    a module with only its embedding entering the engine; a hook added after the engine was
+    built sends the whole step to PyTorch. Every case matches the PyTorch path."""
+    agent = _image_agent()
+    _check_image_steps(agent)
+    assert npol._entry(agent, True).native_images
+    # Hooked after the engine was built: the PyTorch path, and the hook sees the call.
+    calls = []
+    agent.tstep_encoder.image_encoders["pixels"].register_forward_hook(
+        lambda m, i, o: calls.append(o.shape))
+    rows = agent._check_rows(dict(_rows(agent.spec, 3, np.random.default_rng(1)),
+                                  time_index=np.zeros(3, np.int64)), 3)
+    assert npol.native_params(agent, rows, agent.init_state(3), None) is None
+    agent.act(rows, agent.init_state(3), sample=True)
+    assert calls == [(3, 7)]
+    # Hooked before: the engine takes the module's embedding (the hook sees each step).
+    hooked = _image_agent()
+    hooked.tstep_encoder.image_encoders["pixels"].register_forward_hook(
+        lambda m, i, o: calls.append(o.shape))
+    _check_image_steps(hooked)
+    assert not npol._entry(hooked, True).native_images and len(calls) == 1 + 2 * 6
+    # CNNs the engine does not run: reflect padding, and a module that is not an ImageEncoder.
+    reflect = _image_agent()
+    reflect.tstep_encoder.image_encoders["pixels"].convs[2].padding_mode = "reflect"
+    _check_image_steps(reflect)
+    assert not npol._entry(reflect, True).native_images
+    custom = _image_agent()
+    lin = torch.nn.Linear(9 * 8 * 3, 7)
+
+    class Pixels(torch.nn.Module):  # uint8 (b, H, W, C) -> (b, 7)
+        def forward(self, img):
+            return lin(img.reshape(img.shape[0], -1).float() / 255.0)
+
+    custom.tstep_encoder.image_encoders["pixels"] = Pixels()
+    custom.refresh_inference_cache()
+    _check_image_steps(custom)
+    assert not npol._entry(custom, True).native_images
+
+
+def test_image_cnn_odd_geometries_match_pytorch():
+    """Non-square images, a 1-channel image smaller than the kernel span, strides and paddings
+    of every kind the engine takes (stride 3, padding 0 and 2, a 5x5 kernel)."""
+    for shape, convs in (
+        ((5, 6, 1), [(4, 3, 2, 1), (6, 3, 1, 0)]),
+        ((11, 7, 2), [(3, 5, 3, 2), (5, 3, 2, 0), (4, 1, 1, 0)]),
+        ((2, 3, 4), [(3, 3, 2, 1)]),
+    ):
+        spec = EnvSpec("img", (FieldSpec("px", shape, np.uint8),), CONTINUOUS)
+        agent = _agent(spec, image_features=5)
+        cnn = agent.tstep_encoder.image_encoders["px"]
+        layers, c = [], shape[2]
+        for cout, k, stride, pad in convs:
+            layers += [torch.nn.Conv2d(c, cout, k, stride=stride, padding=pad),
+                       torch.nn.LeakyReLU(0.2)]
+            c = cout
+        cnn.convs = torch.nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = cnn.convs(torch.zeros(1, shape[2], *shape[:2])).numel()
+        cnn.out = torch.nn.Linear(flat, 5)
+        agent.refresh_inference_cache()
+        _check_image_steps(agent, steps=4)
+        assert npol._entry(agent, True).native_images, shape
+
+
+def test_image_arrays_are_checked():
+    agent = _image_agent()
+    eng = npol.engine_for(agent)
+    state = agent.init_state(2)
+    rows = dict(_rows(agent.spec, 2, np.random.default_rng(2)), time_index=np.zeros(2, np.int64))
+    good = dict(fields=[rows["obs"]], action=rows["action"], reward=rows["reward"],
+                time_index=rows["time_index"], kv=[c.kv.numpy() for c in state.memory],
+                counts=[c._counts_np for c in state.memory], env_ids=None,
+                out=np.empty((2, eng.param_dim), np.float32), images=[rows["pixels"]])
+    before = _snapshot(state)
+    for change, exc, match in (
+        (dict(images=None), ValueError, "expected 1 image arrays, got 0"),
+        (dict(images=[rows["pixels"].astype(np.int16)]), TypeError, "image 0 has dtype int16"),
+        (dict(images=[rows["pixels"].astype(np.float32)]), ValueError,
+         r"image 0 embedding must be \(2, 7\) float32"),
+        (dict(images=[np.zeros((2, 7))]), TypeError, "image 0 embedding has dtype float64"),
+        (dict(images=[rows["pixels"][:, :8].copy()]), ValueError, r"\(2, 9, 8, 3\) uint8"),
+        (dict(images=[rows["pixels"][:, ::-1]]), ValueError, "C-contiguous"),
+    ):
+        with pytest.raises(exc, match=match):
+            eng.step(**{**good, **change})
+        for (kv0, c0), c in zip(before, state.memory):
+            assert torch.equal(c.kv, kv0) and np.array_equal(c._counts_np, c0)
+    eng.step(**good)
 
 
 def test_noncontiguous_rows_through_act():

@@ -83,6 +83,24 @@ struct GruLayer {
   Dense ih, hh;  // (d, 3d) each, biases included
 };
 
+// One convolution of an image encoder, run as im2col + GEMM over NHWC activations: w is
+// (kh * kw * cin, cout) with rows in (ky, kx, ci) order, bias included; a LeakyReLU follows.
+struct ConvLayer {
+  Dense w;
+  int64_t cin = 0, cout = 0, kh = 0, kw = 0, stride = 1, pad = 0;
+  int64_t in_h = 0, in_w = 0, out_h = 0, out_w = 0;
+  float slope = 0.01f;
+};
+
+// The CNN of one uint8 (H, W, C) image key (nets.timestep.ImageEncoder): pixels / 255, the
+// convolutions, then a linear on the flattened NHWC activations (its input rows permuted from
+// torch's CHW flattening when the model is built) to `out.out` features.
+struct ImageNet {
+  int64_t h = 0, w = 0, c = 0;
+  std::vector<ConvLayer> convs;
+  Dense out;
+};
+
 // Element type of an input field (NumPy dtype kinds the adapter accepts).
 enum class FieldType { kF32, kF64, kI8, kI16, kI32, kI64, kU8, kU16, kU32, kU64, kBool };
 
@@ -106,6 +124,8 @@ struct Model {
   int64_t action_dim = 0;          // one-hot width (Σ nvec) or vector width (continuous)
   const float* act_low = nullptr;  // continuous
   const float* act_range = nullptr;
+  std::vector<ImageNet> images;  // image keys (native CNNs); features after the raw keys
+  int64_t image_dim = 0;         // Σ images' output widths
   int64_t in_dim = 0;
   std::vector<MlpOp> tstep;
   // Trajectory encoder: Transformer (transformer), GRU (gru) or memory-free MLP (neither).
@@ -144,6 +164,10 @@ inline void PackDense(Model* m, Dense* w) {
 
 // Packs every weight of the model (once per engine, i.e. per parameter version).
 inline void PackModel(Model* m) {
+  for (ImageNet& net : m->images) {
+    for (ConvLayer& cv : net.convs) PackDense(m, &cv.w);
+    PackDense(m, &net.out);
+  }
   for (auto* ops : {&m->tstep, &m->ff, &m->actor}) {
     for (MlpOp& op : *ops) {
       if (op.kind == OpKind::kLinear) PackDense(m, &op.lin);
@@ -162,6 +186,10 @@ inline void PackModel(Model* m) {
 struct StepIO {
   int64_t b = 0;
   std::vector<Field> norm_fields, raw_fields;
+  // Per Model::images, one of: (b, H, W, C) uint8 pixels (the engine runs the CNN) or the
+  // CNN's (b, F) float32 embeddings computed by the caller (the other pointer is null).
+  std::vector<const uint8_t*> images;
+  std::vector<const float*> image_embeddings;
   Field action;  // (b, action width) for continuous, (b, components) indices for discrete
   Field reward;  // (b, 1)
   const int64_t* time_index = nullptr;
@@ -179,6 +207,7 @@ struct StepIO {
 // Scratch memory of one step (grown on demand, reused across calls).
 struct Scratch {
   std::vector<float> a, b, c, d, tmp;
+  std::vector<float> img_a, img_b;  // CNN activations and im2col columns
   std::vector<std::vector<float>> scores;  // attention scores, one per thread of the team
   static float* Get(std::vector<float>* v, size_t n) {
     if (v->size() < n) v->resize(n);

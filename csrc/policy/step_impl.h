@@ -551,6 +551,50 @@ inline int64_t MlpMaxWidth(const std::vector<MlpOp>& ops, int64_t in) {
   return w;
 }
 
+// The CNN of one image key for b rows: NHWC pixels / 255 (a division, as the PyTorch module
+// computes it), each convolution as im2col + the packed GEMM + LeakyReLU, then the output
+// linear on the flattened NHWC activations into y (b rows of stride ldy).
+inline void RunImageNet(const ImageNet& net, const uint8_t* px, int64_t b, Scratch* s, float* y,
+                        int64_t ldy) {
+  const int64_t n = b * net.h * net.w * net.c;
+  int64_t max_act = n, max_cols = 0;
+  for (const ConvLayer& cv : net.convs) {
+    max_act = std::max(max_act, b * cv.out_h * cv.out_w * cv.cout);
+    max_cols = std::max(max_cols, b * cv.out_h * cv.out_w * cv.kh * cv.kw * cv.cin);
+  }
+  float* cur = Scratch::Get(&s->img_a, 2 * max_act);
+  float* nxt = cur + max_act;
+  float* cols = Scratch::Get(&s->img_b, max_cols);
+  for (int64_t i = 0; i < n; ++i) cur[i] = static_cast<float>(px[i]) / 255.0f;
+  for (const ConvLayer& cv : net.convs) {
+    const int64_t K = cv.kh * cv.kw * cv.cin, rows = b * cv.out_h * cv.out_w;
+    const size_t row_bytes = cv.cin * sizeof(float);
+    for (int64_t bi = 0; bi < b; ++bi) {
+      for (int64_t oy = 0; oy < cv.out_h; ++oy) {
+        for (int64_t ox = 0; ox < cv.out_w; ++ox) {
+          float* dst = cols + ((bi * cv.out_h + oy) * cv.out_w + ox) * K;
+          for (int64_t ky = 0; ky < cv.kh; ++ky) {
+            const int64_t iy = oy * cv.stride - cv.pad + ky;
+            for (int64_t kx = 0; kx < cv.kw; ++kx) {
+              const int64_t ix = ox * cv.stride - cv.pad + kx;
+              float* d = dst + (ky * cv.kw + kx) * cv.cin;
+              if (iy < 0 || iy >= cv.in_h || ix < 0 || ix >= cv.in_w) {
+                std::memset(d, 0, row_bytes);  // zero padding
+              } else {
+                std::memcpy(d, cur + ((bi * cv.in_h + iy) * cv.in_w + ix) * cv.cin, row_bytes);
+              }
+            }
+          }
+        }
+      }
+    }
+    Gemm(cols, K, rows, cv.w, cv.w.bias, nullptr, 0, nxt, cv.cout);
+    LeakyRows(nxt, cv.cout, rows, cv.cout, cv.slope);
+    std::swap(cur, nxt);
+  }
+  Gemm(cur, net.out.in, b, net.out, net.out.bias, nullptr, 0, y, ldy);
+}
+
 // Sinusoidal position rows (bias included) for the engine's lifetime, grown on demand like
 // the PyTorch plan's table; rows past kMaxTableRows are computed per call.
 constexpr int64_t kMaxTableRows = 16384;
@@ -637,6 +681,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
       LoadRow(fld, r, f + col);
       col += fld.width;
     }
+    col += m.image_dim;  // filled for all rows at once below
     if (m.discrete) {
       // One one-hot per component (a Discrete action is the single component n = action_dim).
       const int64_t k = static_cast<int64_t>(m.nvec.size());
@@ -662,6 +707,18 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
     const float sg = rew > 0.0f ? 1.0f : (rew < 0.0f ? -1.0f : 0.0f);
     f[col] = sg * std::log1p(std::fabs(rew)) * exists;
     f[col + 1] = 1.0f - exists;
+  }
+  int64_t img_col = m.in_dim - m.image_dim - m.action_dim - 2;
+  for (size_t i = 0; i < m.images.size(); ++i) {
+    const int64_t F = m.images[i].out.out;
+    if (io.image_embeddings[i] != nullptr) {
+      for (int64_t r = 0; r < b; ++r) {
+        std::memcpy(xa + r * m.in_dim + img_col, io.image_embeddings[i] + r * F, F * sizeof(float));
+      }
+    } else {
+      RunImageNet(m.images[i], io.images[i], b, s, xa + img_col, m.in_dim);
+    }
+    img_col += F;
   }
   int64_t width = m.in_dim;
   float* x = RunMlp(m.tstep, b, width, xa, xb, tmp, &width);
