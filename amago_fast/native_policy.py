@@ -74,7 +74,8 @@ PARALLEL_MIN = _env_int("AMAGO_FAST_POLICY_PARALLEL_MIN", -1)
 # Largest CNN work (multiply-adds of all image CNNs over the step's rows) the engine runs
 # itself; above it PyTorch's convolutions (oneDNN) compute the embeddings and the engine takes
 # them. Measured per 1-thread act on this 2-core VM with the stock CNN on 64x64x3 images
-# (15.0M MACs an env): 8 envs native 7.4 ms vs PyTorch path 11.6 ms, 64 envs 81 vs 64 ms.
+# (15.0M MACs an env): the engine's CNN 8.7 ms vs 9.8 ms with PyTorch's CNN feeding the engine
+# at 8 envs (120M MACs), 75 vs 51 ms at 64 envs (960M); BENCHMARKS.md "Image observations".
 NATIVE_CNN_MAX_MACS = _env_int("AMAGO_FAST_NATIVE_CNN_MAX_MACS", 250_000_000)
 
 # agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
