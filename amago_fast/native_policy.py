@@ -75,7 +75,9 @@ PARALLEL_MIN = _env_int("AMAGO_FAST_POLICY_PARALLEL_MIN", -1)
 # itself; above it PyTorch's convolutions (oneDNN) compute the embeddings and the engine takes
 # them. Measured per 1-thread act on this 2-core VM with the stock CNN on 64x64x3 images
 # (15.0M MACs an env): the engine's CNN 8.7 ms vs 9.8 ms with PyTorch's CNN feeding the engine
-# at 8 envs (120M MACs), 75 vs 51 ms at 64 envs (960M); BENCHMARKS.md "Image observations".
+# at 8 envs (120M MACs), 75 vs 51 ms at 64 envs (960M); with the convolutions split over the
+# 2-thread team, 52.6 vs 51.8 ms at 64 envs: equal here, and PyTorch's convolutions scale with
+# its thread setting on bigger hosts. BENCHMARKS.md "Image observations".
 NATIVE_CNN_MAX_MACS = _env_int("AMAGO_FAST_NATIVE_CNN_MAX_MACS", 250_000_000)
 
 # agent → (rollout plan tuple the engine was built from, engine or None, reason or None).

@@ -630,6 +630,24 @@ def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
         np.testing.assert_array_equal(c1._counts_np, c2._counts_np)
 
 
+def test_threaded_cnn_is_bit_identical(monkeypatch):
+    """A frame-sized CNN's convolutions split by output rows over a 2-thread team (attention
+    never split here) give exactly the single-thread parameters: rows are independent and the
+    blocks start on the GEMM's row tiles."""
+    spec = EnvSpec("px", (FieldSpec("rgb", (64, 64, 3), np.uint8),), DISCRETE)
+    agent = _agent(spec, d_model=16, num_heads=2, image_features=8)
+    one, two = _twin_engines(monkeypatch, agent, (1, 2), parallel_min=1 << 40)
+    rng = np.random.default_rng(8)
+    s1, s2 = one.init_state(4), two.init_state(4)
+    split_before = npol.engine_for(two).split_runs
+    for t in range(4):
+        rows = dict(_rows(spec, 4, rng), time_index=np.full(4, t, np.int64))
+        np.testing.assert_array_equal(_native_params(one, rows, s1, None),
+                                      _native_params(two, rows, s2, None), err_msg=f"step {t}")
+    assert npol.engine_for(two).split_runs > split_before
+    assert npol.engine_for(one).split_runs == 0
+
+
 def test_engine_reports_its_team(monkeypatch):
     """THREADS reaches the engine (default threshold); the constructor's default is inline."""
     agent = _agent(_spec())

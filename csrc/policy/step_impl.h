@@ -551,11 +551,59 @@ inline int64_t MlpMaxWidth(const std::vector<MlpOp>& ops, int64_t in) {
   return w;
 }
 
+// One convolution over output rows [r0, r1) (row = one (image, y, x) position): im2col of
+// those rows, the packed GEMM, LeakyReLU. Rows are independent, so any split of the rows gives
+// the same bits as none (blocks start at multiples of the GEMM's row tile).
+struct ConvJob {
+  const ConvLayer* cv;
+  const float* in;  // (b, in_h, in_w, cin)
+  float* cols;      // (rows, kh * kw * cin)
+  float* out;       // (rows, cout)
+  int64_t rows, block;
+};
+
+inline void ConvRows(const ConvJob& j, int64_t r0, int64_t r1) {
+  const ConvLayer& cv = *j.cv;
+  const int64_t K = cv.kh * cv.kw * cv.cin, per_image = cv.out_h * cv.out_w;
+  const size_t row_bytes = cv.cin * sizeof(float);
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t bi = row / per_image, oy = row % per_image / cv.out_w, ox = row % cv.out_w;
+    float* dst = j.cols + row * K;
+    for (int64_t ky = 0; ky < cv.kh; ++ky) {
+      const int64_t iy = oy * cv.stride - cv.pad + ky;
+      for (int64_t kx = 0; kx < cv.kw; ++kx) {
+        const int64_t ix = ox * cv.stride - cv.pad + kx;
+        float* d = dst + (ky * cv.kw + kx) * cv.cin;
+        if (iy < 0 || iy >= cv.in_h || ix < 0 || ix >= cv.in_w) {
+          std::memset(d, 0, row_bytes);  // zero padding
+        } else {
+          std::memcpy(d, j.in + ((bi * cv.in_h + iy) * cv.in_w + ix) * cv.cin, row_bytes);
+        }
+      }
+    }
+  }
+  Gemm(j.cols + r0 * K, K, r1 - r0, cv.w, cv.w.bias, nullptr, 0, j.out + r0 * cv.cout, cv.cout);
+  LeakyRows(j.out + r0 * cv.cout, cv.cout, r1 - r0, cv.cout, cv.slope);
+}
+
+inline void ConvTask(void* ctx, int64_t i, int /*slot*/) {
+  const ConvJob& j = *static_cast<const ConvJob*>(ctx);
+  ConvRows(j, i * j.block, std::min(j.rows, (i + 1) * j.block));
+}
+
+// Work (multiply-adds) of one convolution from which its rows are split across the team: a
+// split costs ~10-35 µs to hand off here (see kParallelMinFloats), a 64x64x3 frame's second
+// convolution ~4.7M multiply-adds (~1.5 ms on one core).
+constexpr int64_t kConvParallelMinMacs = int64_t{1} << 22;
+// Output rows per task: a multiple of every kTileRows, a few tasks per thread on big images.
+constexpr int64_t kConvBlockRows = 256;
+
 // The CNN of one image key for b rows: NHWC pixels / 255 (a division, as the PyTorch module
-// computes it), each convolution as im2col + the packed GEMM + LeakyReLU, then the output
-// linear on the flattened NHWC activations into y (b rows of stride ldy).
+// computes it), each convolution as im2col + the packed GEMM + LeakyReLU (rows split across the
+// team when large), then the output linear on the flattened NHWC activations into y (b rows of
+// stride ldy).
 inline void RunImageNet(const ImageNet& net, const uint8_t* px, int64_t b, Scratch* s, float* y,
-                        int64_t ldy) {
+                        int64_t ldy, Team* team, TeamBackoff* backoff) {
   const int64_t n = b * net.h * net.w * net.c;
   int64_t max_act = n, max_cols = 0;
   for (const ConvLayer& cv : net.convs) {
@@ -567,29 +615,15 @@ inline void RunImageNet(const ImageNet& net, const uint8_t* px, int64_t b, Scrat
   float* cols = Scratch::Get(&s->img_b, max_cols);
   for (int64_t i = 0; i < n; ++i) cur[i] = static_cast<float>(px[i]) / 255.0f;
   for (const ConvLayer& cv : net.convs) {
-    const int64_t K = cv.kh * cv.kw * cv.cin, rows = b * cv.out_h * cv.out_w;
-    const size_t row_bytes = cv.cin * sizeof(float);
-    for (int64_t bi = 0; bi < b; ++bi) {
-      for (int64_t oy = 0; oy < cv.out_h; ++oy) {
-        for (int64_t ox = 0; ox < cv.out_w; ++ox) {
-          float* dst = cols + ((bi * cv.out_h + oy) * cv.out_w + ox) * K;
-          for (int64_t ky = 0; ky < cv.kh; ++ky) {
-            const int64_t iy = oy * cv.stride - cv.pad + ky;
-            for (int64_t kx = 0; kx < cv.kw; ++kx) {
-              const int64_t ix = ox * cv.stride - cv.pad + kx;
-              float* d = dst + (ky * cv.kw + kx) * cv.cin;
-              if (iy < 0 || iy >= cv.in_h || ix < 0 || ix >= cv.in_w) {
-                std::memset(d, 0, row_bytes);  // zero padding
-              } else {
-                std::memcpy(d, cur + ((bi * cv.in_h + iy) * cv.in_w + ix) * cv.cin, row_bytes);
-              }
-            }
-          }
-        }
-      }
+    const int64_t rows = b * cv.out_h * cv.out_w;
+    ConvJob job{&cv, cur, cols, nxt, rows, kConvBlockRows};
+    const int64_t tasks = (rows + kConvBlockRows - 1) / kConvBlockRows;
+    if (team != nullptr && tasks > 1 &&
+        rows * cv.kh * cv.kw * cv.cin * cv.cout >= kConvParallelMinMacs) {
+      team->Run(tasks, &ConvTask, &job, backoff);
+    } else {
+      ConvRows(job, 0, rows);
     }
-    Gemm(cols, K, rows, cv.w, cv.w.bias, nullptr, 0, nxt, cv.cout);
-    LeakyRows(nxt, cv.cout, rows, cv.cout, cv.slope);
     std::swap(cur, nxt);
   }
   Gemm(cur, net.out.in, b, net.out, net.out.bias, nullptr, 0, y, ldy);
@@ -716,7 +750,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
         std::memcpy(xa + r * m.in_dim + img_col, io.image_embeddings[i] + r * F, F * sizeof(float));
       }
     } else {
-      RunImageNet(m.images[i], io.images[i], b, s, xa + img_col, m.in_dim);
+      RunImageNet(m.images[i], io.images[i], b, s, xa + img_col, m.in_dim, team, backoff);
     }
     img_col += F;
   }
