@@ -79,9 +79,10 @@ class PyPolicyEngine {
     if (traj != "transformer" && traj != "gru" && traj != "ff") {
       throw py::value_error("policy engine: traj must be 'transformer', 'gru' or 'ff'");
     }
-    m.transformer = traj == "transformer";
-    m.gru = traj == "gru";
-    if (m.gru) {
+    m.traj = traj == "transformer" ? policy::TrajKind::kTransformer
+             : traj == "gru"       ? policy::TrajKind::kGru
+                                   : policy::TrajKind::kFF;
+    if (m.traj == policy::TrajKind::kGru) {
       m.d_model = cfg["d_model"].cast<int64_t>();
       const int64_t d = m.d_model;
       if (d < 1) throw py::value_error("policy engine: d_model must be >= 1");
@@ -96,7 +97,7 @@ class PyPolicyEngine {
       if (m.gru_layers.empty()) throw py::value_error("policy engine: gru_layers is empty");
       m.norm_out = NormOf(cfg["norm_out"], d, "norm_out", false);
       w = d;
-    } else if (!m.transformer) {
+    } else if (m.traj == policy::TrajKind::kFF) {
       m.ff = Ops(cfg["ff"], &w, "ff");
       m.d_model = w;
     } else {
@@ -229,7 +230,7 @@ class PyPolicyEngine {
     }
     io.out = static_cast<float*>(o.mutable_data());
     py::array ids;
-    if (m.transformer) {
+    if (m.traj == policy::TrajKind::kTransformer) {
       const size_t nl = m.layers.size();
       if (static_cast<size_t>(py::len(kv)) != nl || static_cast<size_t>(py::len(counts)) != nl) {
         throw py::value_error("policy step: one kv and one counts array per layer (" +
@@ -309,7 +310,7 @@ class PyPolicyEngine {
         }
       }
     }
-    if (m.gru) {
+    if (m.traj == policy::TrajKind::kGru) {
       const int64_t nl = static_cast<int64_t>(m.gru_layers.size());
       py::array hs = Arr(hidden, "hidden");
       if (hs.ndim() != 3 || hs.shape(0) != nl || hs.shape(2) != m.d_model || !hs.writeable()) {

@@ -61,6 +61,10 @@ struct Norm {
 
 enum class OpKind { kLinear, kNorm, kLeaky };
 
+// The trajectory encoder: causal Transformer over the ring KV caches, GRU over a hidden state,
+// or the memory-free MLP.
+enum class TrajKind { kTransformer, kGru, kFF };
+
 struct MlpOp {
   OpKind kind = OpKind::kLinear;
   Dense lin;
@@ -128,9 +132,8 @@ struct Model {
   int64_t image_dim = 0;         // Σ images' output widths
   int64_t in_dim = 0;
   std::vector<MlpOp> tstep;
-  // Trajectory encoder: Transformer (transformer), GRU (gru) or memory-free MLP (neither).
-  bool transformer = true;
-  bool gru = false;
+  // Trajectory encoder.
+  TrajKind traj = TrajKind::kTransformer;
   std::vector<MlpOp> ff;  // memory-free encoder
   std::vector<GruLayer> gru_layers;
   Dense in_proj;          // Transformer: no bias (it is part of the position rows); GRU: biased
@@ -173,7 +176,7 @@ inline void PackModel(Model* m) {
       if (op.kind == OpKind::kLinear) PackDense(m, &op.lin);
     }
   }
-  if (m->transformer || m->gru) PackDense(m, &m->in_proj);
+  if (m->traj != TrajKind::kFF) PackDense(m, &m->in_proj);
   for (Layer& L : m->layers) {
     for (Dense* w : {&L.qkv, &L.proj, &L.ff1, &L.ff2}) PackDense(m, w);
   }

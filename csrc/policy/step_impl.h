@@ -686,8 +686,8 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
   const int64_t b = io.b;
   const int64_t tw = std::max(MlpMaxWidth(m.tstep, m.in_dim),
                               std::max(MlpMaxWidth(m.actor, m.d_model),
-                                       m.transformer || m.gru ? m.d_model
-                                                              : MlpMaxWidth(m.ff, m.d_model)));
+                                       m.traj != TrajKind::kFF ? m.d_model
+                                                               : MlpMaxWidth(m.ff, m.d_model)));
   int64_t lw = tw;
   for (const Layer& L : m.layers) lw = std::max({lw, L.qkv.out, L.ff1.out});
   for (const GruLayer& G : m.gru_layers) lw = std::max(lw, G.ih.out);
@@ -760,7 +760,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
 
   // ---- trajectory encoder
   float* h;
-  if (m.gru) {
+  if (m.traj == TrajKind::kGru) {
     // h = in_proj(x); per layer: gates from the layer input and the env's hidden row, the new
     // hidden row written back in place and fed to the next layer.
     const int64_t d = m.d_model, N = io.num_envs;
@@ -795,7 +795,7 @@ inline void StepBody(const Model& m, const StepIO& io, Scratch* s,
     }
     LayerNormRows(h, d, b, d, m.norm_out.gamma, m.norm_out.beta, m.norm_out.eps, tmp);
     width = d;
-  } else if (!m.transformer) {
+  } else if (m.traj == TrajKind::kFF) {
     h = RunMlp(m.ff, b, width, x, other, tmp, &width);
   } else {
     const int64_t d = m.d_model;
