@@ -153,7 +153,7 @@ def _image_configs(enc: TimestepEncoder) -> list[dict] | None:
         if chain is None:
             return None
         h, w, c = enc.field_shapes[k]
-        convs = []
+        convs, macs = [], 0
         for conv, slope in chain:
             kh, kw = conv.kernel_size
             s, p = conv.stride[0], conv.padding[0]
@@ -162,23 +162,14 @@ def _image_configs(enc: TimestepEncoder) -> list[dict] | None:
             convs.append({"wt": _np(wt), "b": _np(conv.bias), "cin": c, "cout": conv.out_channels,
                           "kh": kh, "kw": kw, "stride": s, "pad": p, "slope": slope})
             h, w, c = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1, conv.out_channels
+            macs += h * w * wt.numel()
         # torch flattens (C, H, W); the engine's activations are (H, W, C).
         lin = cnn.out.weight.detach()
         wt_out = lin.reshape(lin.shape[0], c, h, w).permute(2, 3, 1, 0).reshape(h * w * c, -1)
+        # "macs": multiply-adds per image (the engine ignores it; NATIVE_CNN_MAX_MACS reads it).
         out.append({"shape": tuple(enc.field_shapes[k]), "convs": convs, "wt_out": _np(wt_out),
-                    "b_out": _np(cnn.out.bias)})
+                    "b_out": _np(cnn.out.bias), "macs": macs + wt_out.numel()})
     return out
-
-
-def _cnn_macs(cfg: dict) -> int:
-    """Multiply-adds of one engine CNN config (``_image_configs``) per image."""
-    h, w, _ = cfg["shape"]
-    total = 0
-    for c in cfg["convs"]:
-        h = (h + 2 * c["pad"] - c["kh"]) // c["stride"] + 1
-        w = (w + 2 * c["pad"] - c["kw"]) // c["stride"] + 1
-        total += h * w * c["wt"].size
-    return total + cfg["wt_out"].size
 
 
 def runs_natively(agent: Agent) -> bool:
@@ -312,7 +303,7 @@ def _entry(agent: Agent, use_simd: bool) -> _Entry:
             cfg = engine_config(agent, plan)
             engine = PolicyEngine(cfg, use_simd, THREADS, PARALLEL_MIN)
         native_images = bool(cfg["images"])
-        cnn_macs = sum(_cnn_macs(c) for c in cfg["images"] or ())
+        cnn_macs = sum(c["macs"] for c in cfg["images"] or ())
     entry = _Entry(plan, engine, reason, use_simd, native_images, cnn_macs)
     _ENGINES[agent] = entry
     return entry
@@ -377,24 +368,21 @@ def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
     fields = [_contig(rows[k]) for k in enc.norm_keys]
     if enc.raw_keys:
         fields += [_contig(rows[k]) for k in enc.raw_keys]
+    ti = rows["time_index"]
     images = None
     if entry.native_images:
         if any(_has_hooks(enc.image_encoders[k]) for k in enc.image_keys):
             return None  # hooked after the engine was built: they must see a module call
-        if rows["time_index"].shape[0] * entry.cnn_macs <= NATIVE_CNN_MAX_MACS:
+        if ti.shape[0] * entry.cnn_macs <= NATIVE_CNN_MAX_MACS:
             images = [np.ascontiguousarray(rows[k], dtype=np.uint8) for k in enc.image_keys]
         else:  # a large batch of large images: PyTorch's convolutions, then the engine
             with torch.inference_mode():
-                images = [enc.image_encoders[k](torch.from_numpy(np.ascontiguousarray(
-                    rows[k]))).numpy() for k in enc.image_keys]
+                images = [e.numpy() for e in enc.image_embeddings(rows)]
     elif enc.image_keys:
-        # CNNs the engine cannot run stay in PyTorch, called as modules (hooks see the call);
-        # the rest of the step runs natively on their embeddings.
+        # CNNs the engine cannot run stay in PyTorch (called as modules: hooks see the call);
+        # their embeddings enter as the last raw fields, the rest of the step runs natively.
         with torch.inference_mode():
-            for k in enc.image_keys:
-                img = torch.from_numpy(np.ascontiguousarray(rows[k]))
-                fields.append(enc.image_encoders[k](img).numpy())
-    ti = rows["time_index"]
+            fields += [e.numpy() for e in enc.image_embeddings(rows)]
     out = np.empty((ti.shape[0], engine.param_dim), np.float32)
     engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
                 counts, None if ids is None else _contig(ids), out, scales, hidden, images)

@@ -201,16 +201,22 @@ def test_sinusoidal_positions_past_the_table():
     _drive(agent, steps=8, n=3, t0=[16380, 3, 20000])
 
 
-def test_baseline_and_avx2_builds_agree():
-    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=16)
-    rng = np.random.default_rng(1)
-    s1, s2 = agent.init_state(5), agent.init_state(5)
-    for t in range(20):
-        rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
+def _builds_agree(agent: Agent, steps: int, rng: np.random.Generator, n: int = 5):
+    """The AVX2 and the baseline build step twin states ``steps`` times with the same
+    parameters and memory; returns the AVX2 build's state."""
+    s1, s2 = agent.init_state(n), agent.init_state(n)
+    for t in range(steps):
+        rows = dict(_rows(agent.spec, n, rng), time_index=np.full(n, t, np.int64))
         p1 = _native_params(agent, rows, s1, None, use_simd=True)
         p2 = _native_params(agent, rows, s2, None, use_simd=False)
         _assert_close(p1, p2, f"step {t}")
     _assert_same_memory(s1, s2, "baseline vs avx2")
+    return s1
+
+
+def test_baseline_and_avx2_builds_agree():
+    agent = _agent(_spec(), d_model=32, num_heads=4, context_len=16)
+    _builds_agree(agent, 20, np.random.default_rng(1))
 
 
 def test_parameter_change_rebuilds_engine_and_copies_work():
@@ -513,13 +519,7 @@ def test_gru_engine_baseline_and_avx2_agree_and_follow_weight_changes():
     state continue on the native step exactly as the original on the PyTorch path."""
     agent = _agent(_spec(), traj_encoder="gru", d_model=24, num_layers=2)
     rng = np.random.default_rng(11)
-    s1, s2 = agent.init_state(5), agent.init_state(5)
-    for t in range(30):
-        rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
-        p1 = _native_params(agent, rows, s1, None, use_simd=True)
-        p2 = _native_params(agent, rows, s2, None, use_simd=False)
-        _assert_close(p1, p2, f"step {t}")
-    _assert_same_memory(s1, s2, "baseline vs avx2")
+    s1 = _builds_agree(agent, 30, rng)
     eng = npol.engine_for(agent)
     with torch.no_grad():
         agent.traj_encoder.gru.weight_hh_l1.mul_(1.7)

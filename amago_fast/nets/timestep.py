@@ -174,6 +174,12 @@ class TimestepEncoder(nn.Module):
         feats.append(boundary)
         return self.net(torch.cat(feats, dim=-1))
 
+    def image_embeddings(self, rows: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """Each image key's CNN embedding (b, image_features) from NumPy rollout rows (uint8
+        (b, H, W, C)); the CNNs are called as modules, so their hooks see the call."""
+        return [self.image_encoders[k](torch.from_numpy(np.ascontiguousarray(rows[k])))
+                for k in self.image_keys]
+
     def rollout_plan(self) -> TimestepRolloutPlan:
         """Parameter-derived tensors for :meth:`rollout_forward` (rebuild after any change)."""
         return TimestepRolloutPlan(self)
@@ -288,8 +294,7 @@ def _timestep_rollout_forward(
     x = torch.from_numpy(feats)
     if enc.image_keys:
         x = x.clone()
-        for j, k in enumerate(enc.image_keys):
-            img = torch.from_numpy(np.ascontiguousarray(rows[k]))
+        for j, emb in enumerate(enc.image_embeddings(rows)):
             s = first + j * enc.image_features
-            x[:, s:s + enc.image_features] = enc.image_encoders[k](img)
+            x[:, s:s + enc.image_features] = emb
     return run_mlp_plan(plan.mlp, x)
