@@ -60,6 +60,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,6 +72,10 @@ from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, ActionSpec,
 _I64 = np.dtype(np.int64)
 _F32 = np.dtype(np.float32)
 _BOOL = np.dtype(np.bool_)
+
+# Evaluation's step cap reads an env's time limit as at most this many steps per episode (and
+# uses it for envs that declare none): see default_eval_step_cap.
+EVAL_STEPS_PER_EPISODE_CEILING = 100_000
 
 
 def _native_absorb():
@@ -230,6 +235,96 @@ class _EpisodeLog:
             if np.isfinite(later).any():
                 out["trial_later_episode_return"] = float(np.nanmean(later))
         return out, extra
+
+
+class _QuotaLog:
+    """The episode log of an evaluation: each env slot counts toward its own quota.
+
+    Slot i keeps its first ``quotas[i]`` finished rollouts; later ones in that slot are
+    discarded (the slot keeps stepping, its results ignored), so envs whose episodes are short
+    do not outweigh the others and the run reports exactly ``sum(quotas)`` episodes. Accepted
+    rollouts go to an :class:`_EpisodeLog` (the same summary as collect's); the per-slot
+    returns, and the inner-episode returns of trial envs, are kept in finishing order. Env ids
+    and lengths come from `rollouts`' state after the step (a done env keeps its time index,
+    the rollout's length, until its autoreset step): sync batches are every env in order, async
+    ones ``rollouts.batch_ids``.
+    """
+
+    def __init__(self, quotas: list[int], rollouts: _Rollouts) -> None:
+        self.inner = _EpisodeLog()
+        self.left = list(quotas)
+        self.remaining = sum(quotas)
+        self.slot_returns: list[list[float]] = [[] for _ in quotas]
+        self.slot_episode_returns: list[list[list[float]]] = [[] for _ in quotas]
+        self.has_trials = False
+        self._rollouts = rollouts
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    @property
+    def nonfinite(self) -> int:
+        return self.inner.nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: int) -> None:
+        self.inner.nonfinite = value
+
+    def add(self, returns: list[float], length_sum: int, info: dict[str, Any], pos: Any,
+            lengths: np.ndarray | None = None) -> None:
+        """As :meth:`_EpisodeLog.add`; rollouts past their slot's quota are dropped."""
+        pos_arr = np.asarray(pos, np.int64).reshape(-1)
+        batch_ids = self._rollouts.batch_ids
+        ids = pos_arr if batch_ids is None else np.asarray(batch_ids)[pos_arr]
+        if lengths is None:
+            lengths = self._rollouts.time_index[ids]
+        ep_ret = info.get("episode_returns")
+        ep_ret = None if ep_ret is None else np.asarray(ep_ret)
+        keep: list[int] = []
+        for j, slot in enumerate(ids.tolist()):
+            if self.left[slot] <= 0:
+                continue
+            self.left[slot] -= 1
+            self.remaining -= 1
+            keep.append(j)
+            self.slot_returns[slot].append(float(returns[j]))
+            if ep_ret is not None:
+                self.has_trials = True
+                self.slot_episode_returns[slot].append(
+                    np.asarray(ep_ret[pos_arr[j]], np.float64).reshape(-1).tolist())
+        if keep:
+            self.inner.add([float(returns[j]) for j in keep],
+                           int(np.asarray(lengths)[keep].sum()), info, pos_arr[keep])
+
+    def add_arrays(self, returns: np.ndarray, lengths: np.ndarray, info: dict[str, Any],
+                   pos: np.ndarray) -> None:
+        self.add(returns.tolist(), 0, info, pos, lengths)
+
+    def summary(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        out, extra = self.inner.summary()
+        extra["slot_returns"] = self.slot_returns
+        if self.has_trials:
+            extra["slot_episode_returns"] = self.slot_episode_returns
+        return out, extra
+
+
+def eval_quotas(num_episodes: int, num_envs: int) -> list[int]:
+    """Episodes per env slot: ``num_episodes`` spread as evenly as possible (slot i gets
+    ``num_episodes // num_envs``, plus one for ``i < num_episodes % num_envs``)."""
+    base, extra = divmod(num_episodes, num_envs)
+    return [base + (1 if i < extra else 0) for i in range(num_envs)]
+
+
+def default_eval_step_cap(spec: EnvSpec, quotas: list[int]) -> int:
+    """Env steps (summed over slots) an evaluation may take before it stops unfinished: per slot
+    its quota × (the env's time limit + 1 for the autoreset step), the time limit read as at
+    most :data:`EVAL_STEPS_PER_EPISODE_CEILING` (also the value for envs that declare none), so
+    an env whose episodes never end stops after a bounded, reported number of steps."""
+    t = spec.max_episode_steps
+    t = EVAL_STEPS_PER_EPISODE_CEILING if t is None else min(int(t),
+                                                             EVAL_STEPS_PER_EPISODE_CEILING)
+    return max(1, len(quotas) * max(quotas) * (t + 1))
 
 
 class _Rollouts:
@@ -971,32 +1066,66 @@ class Collector:
         return self._stats(log, stored, vec, dt)
 
     def evaluate(self, num_episodes: int, env: VectorEnv | None = None,
-                 sample: bool = False) -> dict[str, Any]:
-        """Run `num_episodes` whole rollouts without exploration or buffer writes.
+                 sample: bool = False, max_steps: int | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Run exactly `num_episodes` whole rollouts without exploration or buffer writes.
+
+        The episodes are spread over the env slots as evenly as possible (slot i gets
+        ``num_episodes // N``, plus one for ``i < num_episodes % N``); a slot's rollouts past
+        its quota are discarded (it keeps stepping, its results ignored), so envs with short
+        episodes are not over-weighted. Async envs count per env id the same way. The run stops
+        when every slot met its quota, or early — ``stats["stopped_early"]`` then says why and
+        the stats cover the rollouts that finished — after `max_steps` env steps (summed over
+        slots; None: :func:`default_eval_step_cap`, from the env's time limit) or when
+        `should_stop()` returns True (checked every vector step: a stop signal ends a long
+        evaluation within one step).
 
         Uses `env`, else the collector's `eval_env`, else the training env (its open training
         rollouts are then abandoned and restart at the next `collect`). Policy memory is separate
         from the training rollouts'. ``sample=False`` takes the policy's greedy action.
+
+        Stats as :meth:`collect`'s, plus ``slot_returns`` (per env slot, the kept rollouts'
+        returns in the order they finished) and, for envs whose info carries
+        ``episode_returns`` (trial envs), ``slot_episode_returns`` (per slot, per kept
+        rollout, the inner-episode returns).
         """
+        if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)):
+            raise TypeError(f"num_episodes must be an int, got {type(num_episodes).__name__}")
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if max_steps is not None and (isinstance(max_steps, bool)
+                                      or not isinstance(max_steps, (int, np.integer))
+                                      or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
         env = env or self.eval_env or self.env
+        if env.is_async and not _accepts_env_ids(self.policy):
+            raise ValueError(f"eval env {env.spec.name!r} is async: policy.act needs env_ids")
         if env is self.env:
             self._train.flush()
             self._train.started = False
-        if env.is_async and not _accepts_env_ids(self.policy):
-            raise ValueError(f"eval env {env.spec.name!r} is async: policy.act needs env_ids")
+        quotas = eval_quotas(int(num_episodes), env.num_envs)
+        cap = default_eval_step_cap(env.spec, quotas) if max_steps is None else int(max_steps)
         r = _Rollouts(env, self.policy, None, None, self.nan_policy)
-        log = _EpisodeLog()
+        log = _QuotaLog(quotas, r)
         t0 = time.perf_counter()
         r.start(None)
         stored = vec = 0
-        while log.count < num_episodes:
-            stored += r.step(explore=False, sample=sample, log=log)
+        stopped: str | None = None
+        while log.remaining:
+            if stored >= cap:
+                stopped = f"step cap ({cap} env steps)"
+                break
+            if should_stop is not None and should_stop():
+                stopped = "stop requested"
+                break
+            stored += r.step(False, sample, log)
             vec += 1
-        return self._stats(log, stored, vec, time.perf_counter() - t0, name=env.spec.name)
+        out = self._stats(log, stored, vec, time.perf_counter() - t0, name=env.spec.name)
+        if stopped is not None:
+            out["stopped_early"] = stopped
+        return out
 
-    def _stats(self, log: _EpisodeLog, stored: int, vec: int, dt: float,
+    def _stats(self, log: _EpisodeLog | _QuotaLog, stored: int, vec: int, dt: float,
                name: str | None = None) -> dict[str, Any]:
         summary, extra = log.summary()
         out: dict[str, Any] = {
