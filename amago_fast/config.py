@@ -66,7 +66,7 @@ class EnvConfig:
 
     name: str = "tmaze-passive"
     """Environment name given to `amago_fast.envs.make_env` (tmaze-passive, tmaze-active,
-    key-to-door, maze-runner, bandit, aib-ballincup/-walker/-cartpole/-hopper,
+    key-to-door, maze-runner, bandit, actinv-ballincup/-walker/-cartpole/-hopper, aib-di/-di-friction/-ode (and the MuJoCo aib-* tasks),
     envpool:<TaskId>, gym:<id>)."""
     kwargs: dict = field(default_factory=dict)
     """Extra keyword arguments for `make_env`, as JSON on the command line

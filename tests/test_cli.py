@@ -129,7 +129,7 @@ def test_aib_presets_evaluate_on_the_eval_in_split(tmp_path):
     from amago_fast.presets import get_preset
     from amago_fast.trainer import Trainer
 
-    cfg = get_preset("aib-cartpole")
+    cfg = get_preset("actinv-cartpole")
     assert cfg.env.eval_kwargs == {"split": "eval-in"}
     cfg.env.num_envs = cfg.env.eval_num_envs = 2
     t = Trainer(cfg, tmp_path / "run")

@@ -59,7 +59,7 @@ def assert_obs_matches(spec, obs, n):
 def test_registry_names_and_errors():
     names = list_envs()
     for n in ["tmaze-passive", "tmaze-active", "key-to-door", "maze-runner", "bandit",
-              "aib-ballincup", "aib-walker", "aib-cartpole", "aib-hopper"]:
+              "actinv-ballincup", "actinv-walker", "actinv-cartpole", "actinv-hopper"]:
         assert n in names
     with pytest.raises(ValueError, match="tmaze-passive"):
         make_env("no-such-env", 2)
@@ -72,7 +72,7 @@ def test_registry_names_and_errors():
     with pytest.raises(ValueError, match="unknown gymnasium id"):
         make_env("gym:NoSuchTask-v9", 2)
     with pytest.raises(ValueError, match="split"):
-        make_env("aib-cartpole", 2, split="test")
+        make_env("actinv-cartpole", 2, split="test")
     assert make_env("maze-runner", 1, num_goals=2).spec.goals.k == 2
     assert make_env("maze-runner", 1, k=4).spec.goals.k == 4
     with pytest.raises(ValueError, match="disagree"):
@@ -89,7 +89,7 @@ def test_registry_names_and_errors():
         ("bandit", {}),
         ("envpool:CartPole-v1", {}),
         ("envpool:BallInCupCatch-v1", {}),
-        ("aib-cartpole", {}),
+        ("actinv-cartpole", {}),
         ("gym:CartPole-v1", {}),
         ("gym:Pendulum-v1", {}),
     ],
@@ -1243,13 +1243,13 @@ def test_check_actions_rejects_out_of_range_discrete(bad, dtype):
 
 
 # --- audit fixes (AIB, T-Maze)
-def _aib_cartpole(seed, n=4):
+def _actinv_cartpole(seed, n=4):
     # Time-limit-only episodes of 5 steps: episode starts do not depend on the simulator state.
     base = EnvPoolEnv("CartpoleSwingup-v1", n, seed=seed, max_episode_steps=5)
     return ActuatorInversionEnv(base, split="train", seed=seed)
 
 
-def _aib_contexts_after_reset(env, steps=24):
+def _actinv_contexts_after_reset(env, steps=24):
     """Contexts of a reset() and of the episodes started over `steps` zero-action steps."""
     env.reset()
     out = [(env.sign.copy(), env.inverted.copy())]
@@ -1259,14 +1259,14 @@ def _aib_contexts_after_reset(env, steps=24):
     return out
 
 
-def test_aib_rng_state_resume_continues_the_context_stream():
+def test_actinv_rng_state_resume_continues_the_context_stream():
     """Env A runs, saves its context RNG and (as the collector does on resume) resets; a fresh env
     B with another seed loads the state and resets: both draw the same contexts from there on —
     the continuation of A's stream, not its start again."""
     import json
     import pickle
 
-    a = _aib_cartpole(seed=1)
+    a = _actinv_cartpole(seed=1)
     a.reset()
     for _ in range(13):  # two rounds of episode starts draw contexts
         a.step(np.zeros((4, 1), np.float32))
@@ -1274,31 +1274,31 @@ def test_aib_rng_state_resume_continues_the_context_stream():
     via_json = json.loads(json.dumps(saved))
     via_pickle = pickle.loads(pickle.dumps(saved))
     assert via_json == saved == via_pickle
-    want = _aib_contexts_after_reset(a)
+    want = _actinv_contexts_after_reset(a)
     assert a.rng_state_dict() != saved  # a copy: A's later draws did not change it
     assert len({tuple(inv) for _, inv in want}) > 1  # contexts were redrawn along the way
     for state in (via_json, via_pickle):
-        b = _aib_cartpole(seed=7)
+        b = _actinv_cartpole(seed=7)
         b.load_rng_state_dict(state)
-        got = _aib_contexts_after_reset(b)
+        got = _actinv_contexts_after_reset(b)
         for (ws, wi), (gs, gi) in zip(want, got):
             np.testing.assert_array_equal(gs, ws)
             np.testing.assert_array_equal(gi, wi)
         b.close()
     # Without the state, a restarted env replays the stream from its start instead.
-    fresh = _aib_contexts_after_reset(_aib_cartpole(seed=1))
+    fresh = _actinv_contexts_after_reset(_actinv_cartpole(seed=1))
     assert any((f[1] != w[1]).any() for f, w in zip(fresh, want))
     # state_dict() (what the trainer saves for the eval env) is the same state.
-    c = _aib_cartpole(seed=9)
+    c = _actinv_cartpole(seed=9)
     c.load_state_dict(a.state_dict())
     assert c.rng_state_dict() == a.rng_state_dict()
     a.close()
 
 
-def test_aib_rng_state_rejects_wrong_or_corrupt_state_unchanged():
+def test_actinv_rng_state_rejects_wrong_or_corrupt_state_unchanged():
     import json
 
-    env = _aib_cartpole(seed=2, n=2)
+    env = _actinv_cartpole(seed=2, n=2)
     good = env.rng_state_dict()
     before = env.rng.bit_generator.state
     other = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", 2, seed=0), seed=0)
@@ -1319,7 +1319,7 @@ def test_aib_rng_state_rejects_wrong_or_corrupt_state_unchanged():
     bad_states = [
         None, [], {}, {"rng": 1},
         other.rng_state_dict(),  # d = 2, not 1
-        _aib_eval_state("eval-in"),
+        _actinv_eval_state("eval-in"),
         edited(format="something-else"), edited(split="eval-out"), edited(invert_prob=0.3),
         edited(subsets="all"), edited(d=KeyError),
         edited(bit_generator="PCG64"), edited(bit_generator__bit_generator="MT19937"),
@@ -1344,30 +1344,30 @@ def test_aib_rng_state_rejects_wrong_or_corrupt_state_unchanged():
     env.close()
 
 
-def _aib_eval_state(split):
+def _actinv_eval_state(split):
     e = ActuatorInversionEnv(EnvPoolEnv("CartpoleSwingup-v1", 2, seed=0), split=split, seed=2)
     st = e.rng_state_dict()
     e.close()
     return st
 
 
-def test_aib_hopper_version_option():
-    from amago_fast.envs.actuator_inversion import make_aib_env
+def test_actinv_hopper_version_option():
+    from amago_fast.envs.actuator_inversion import make_actinv_env
 
     for version, task in [(None, "Hopper-v5"), ("v4", "Hopper-v4"), ("v3", "Hopper-v3")]:
         kw = {} if version is None else {"version": version}
-        env = make_env("aib-hopper", 2, seed=0, **kw)
+        env = make_env("actinv-hopper", 2, seed=0, **kw)
         assert env.env.spec.extra["task_id"] == task and env.d == 3
         env.reset()
         obs, r, *_ = env.step(np.zeros((2, 3), np.float32))
         assert obs["observation"].shape == (2, 11) and np.isfinite(r).all()
         env.close()
     with pytest.raises(ValueError, match="version"):
-        make_env("aib-hopper", 2, version="v2")
+        make_env("actinv-hopper", 2, version="v2")
     with pytest.raises(TypeError, match="version"):  # dm_control tasks have no version option
-        make_env("aib-walker", 2, version="v4")
-    with pytest.raises(ValueError, match="aib-hopper only"):
-        make_aib_env("aib-cartpole", 2, version="v4")
+        make_env("actinv-walker", 2, version="v4")
+    with pytest.raises(ValueError, match="actinv-hopper only"):
+        make_actinv_env("actinv-cartpole", 2, version="v4")
 
 
 @pytest.mark.parametrize("active", [False, True])
@@ -1441,8 +1441,8 @@ def test_envpool_async_step_without_env_ids_says_so():
     env.close()
 
 
-def test_aib_async_step_rejects_bad_env_ids():
-    env = make_env("aib-hopper", 4, batch_size=2)
+def test_actinv_async_step_rejects_bad_env_ids():
+    env = make_env("actinv-hopper", 4, batch_size=2)
     env.reset()
     ids = np.asarray(env.last_env_ids).copy()
     with pytest.raises(ValueError, match="needs env_ids"):

@@ -13,7 +13,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from amago_fast.envs.actuator_inversion import AIB_TASKS, ActuatorInversionEnv, make_aib_env
+from amago_fast.envs.actuator_inversion import ACTINV_TASKS, ActuatorInversionEnv, make_actinv_env
+from amago_fast.envs.aib import AIBEnv, ComplexODE, DoubleIntegrator
 from amago_fast.envs.bandit import BanditTrials
 from amago_fast.envs.base import (
     EPISODE_START,
@@ -40,6 +41,7 @@ __all__ = [
     "MazeRunner",
     "BanditTrials",
     "ActuatorInversionEnv",
+    "AIBEnv",
     "check_actions",
     "check_env_ids",
     "make_env",
@@ -83,19 +85,38 @@ def _bandit(num_envs: int, seed: int = 0, num_arms: int = 5, pulls_per_episode: 
                         episodes_per_trial=episodes_per_trial, seed=seed)
 
 
-def _aib(name: str) -> Callable[..., VectorEnv]:
+def _actinv(name: str) -> Callable[..., VectorEnv]:
     def build(num_envs: int, seed: int = 0, split: str = "train", batch_size: int | None = None,
               invert_prob: float = 0.5, subsets: str = "split"):
-        return make_aib_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
+        return make_actinv_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
                             invert_prob=invert_prob, subsets=subsets)
 
     def build_hopper(num_envs: int, seed: int = 0, split: str = "train",
                      batch_size: int | None = None, invert_prob: float = 0.5,
                      subsets: str = "split", version: str = "v5"):
-        return make_aib_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
+        return make_actinv_env(name, num_envs, seed=seed, split=split, batch_size=batch_size,
                             invert_prob=invert_prob, subsets=subsets, version=version)
 
-    return build_hopper if name == "aib-hopper" else build
+    return build_hopper if name == "actinv-hopper" else build
+
+
+def _aib_di(num_envs: int, seed: int = 0, split: str = "train", instances: Any = None,
+            warmup_steps: int | None = None, episodes_per_trial: int = 1):
+    return DoubleIntegrator(num_envs, seed=seed, split=split, instances=instances,
+                            warmup_steps=warmup_steps, episodes_per_trial=episodes_per_trial)
+
+
+def _aib_di_friction(num_envs: int, seed: int = 0, split: str = "train", instances: Any = None,
+                     warmup_steps: int | None = None, episodes_per_trial: int = 1):
+    return DoubleIntegrator(num_envs, seed=seed, friction=True, split=split,
+                            instances=instances, warmup_steps=warmup_steps,
+                            episodes_per_trial=episodes_per_trial)
+
+
+def _aib_ode(num_envs: int, seed: int = 0, split: str = "train", instances: Any = None,
+             warmup_steps: int | None = None, episodes_per_trial: int = 1):
+    return ComplexODE(num_envs, seed=seed, split=split, instances=instances,
+                      warmup_steps=warmup_steps, episodes_per_trial=episodes_per_trial)
 
 
 _REGISTRY: dict[str, Callable[..., VectorEnv]] = {
@@ -104,7 +125,10 @@ _REGISTRY: dict[str, Callable[..., VectorEnv]] = {
     "key-to-door": _key_to_door,
     "maze-runner": _maze_runner,
     "bandit": _bandit,
-    **{name: _aib(name) for name in AIB_TASKS},
+    **{name: _actinv(name) for name in ACTINV_TASKS},
+    "aib-di": _aib_di,
+    "aib-di-friction": _aib_di_friction,
+    "aib-ode": _aib_ode,
 }
 
 

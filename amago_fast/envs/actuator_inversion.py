@@ -1,4 +1,9 @@
-"""Actuator inversion (AIB-style, after Benad et al. 2026) on EnvPool continuous-control tasks.
+"""Actuator-subset inversion on EnvPool tasks (``actinv-*``): our own variant, NOT the AIB.
+
+The published Actuator Inversion Benchmark lives in :mod:`amago_fast.envs.aib` (``aib-*``
+names). This variant stays because it runs on EnvPool's compiled tasks at EnvPool speed (no
+physics changes) and draws a fresh hidden context every episode instead of fixing one per slot:
+a quick in-context-adaptation check on MuJoCo tasks without dm_control.
 
 Every episode of every env gets a latent context that is never observed: a binary flag
 ``b ~ Bernoulli(invert_prob)`` (default 0.5) and, when b = 1, a subset S of the d actuators whose
@@ -20,10 +25,10 @@ autoreset: the step on which an env returns the first observation of a new episo
   held-out subset, so S = {0} with a held-out gain g ~ U(0.4, 0.7) (weaker, inverted actuator —
   an actuator-strength range never seen in training).
 
-Tasks (``make_env`` names): aib-ballincup = BallInCupCatch-v1 (d=2), aib-walker = WalkerWalk-v1
-(d=6), aib-cartpole = CartpoleSwingup-v1 (d=1) — the dm_control tasks of EnvPool — and
-aib-hopper = EnvPool's Hopper-v5 (d=3): EnvPool's C++ port of the MuJoCo Hopper of gym/gymnasium
-(the benchmark's "Hopper (gym)"), not gymnasium's own env; ``version="v3"``/``"v4"`` picks
+Tasks (``make_env`` names): actinv-ballincup = BallInCupCatch-v1 (d=2),
+actinv-walker = WalkerWalk-v1 (d=6), actinv-cartpole = CartpoleSwingup-v1 (d=1) — the
+dm_control tasks of EnvPool — and actinv-hopper = EnvPool's Hopper-v5 (d=3): EnvPool's C++ port
+of the MuJoCo Hopper of gym/gymnasium, not gymnasium's own env; ``version="v3"``/``"v4"`` picks
 EnvPool's Hopper-v3/-v4 (same 11-d observation, 3 actuators, 1000-step limit). gymnasium's MuJoCo
 Hopper needs the ``mujoco`` package, which is not a dependency here. The wrapped env's ``info``
 gains ``inverted`` (b for the envs of the batch) so a caller stepping the env can split returns
@@ -56,11 +61,11 @@ import numpy as np
 from amago_fast.envs.base import VectorEnv, check_actions, check_env_ids
 from amago_fast.envs.envpool_env import EnvPoolEnv
 
-AIB_TASKS = {
-    "aib-ballincup": "BallInCupCatch-v1",
-    "aib-walker": "WalkerWalk-v1",
-    "aib-cartpole": "CartpoleSwingup-v1",
-    "aib-hopper": "Hopper-v5",
+ACTINV_TASKS = {
+    "actinv-ballincup": "BallInCupCatch-v1",
+    "actinv-walker": "WalkerWalk-v1",
+    "actinv-cartpole": "CartpoleSwingup-v1",
+    "actinv-hopper": "Hopper-v5",
 }
 SPLITS = ("train", "eval-in", "eval-out")
 EVAL_OUT_GAIN = (0.4, 0.7)
@@ -281,21 +286,21 @@ def _generator_from_state(st: Any, name: str) -> np.random.Generator:
 HOPPER_VERSIONS = ("v3", "v4", "v5")  # EnvPool 1.2.5's Hopper-v3/-v4/-v5
 
 
-def make_aib_env(
+def make_actinv_env(
     name: str, num_envs: int, seed: int = 0, split: str = "train", batch_size: int | None = None,
     version: str | None = None, **kwargs: Any,
 ) -> ActuatorInversionEnv:
-    """One of the AIB tasks (`AIB_TASKS`) on EnvPool with actuator inversion.
+    """One of the AIB tasks (`ACTINV_TASKS`) on EnvPool with actuator inversion.
 
-    ``version`` (aib-hopper only): ``"v3"``, ``"v4"`` or ``"v5"`` (default, = `AIB_TASKS`)."""
-    if name not in AIB_TASKS:
-        raise ValueError(f"unknown AIB task {name!r}; valid: {sorted(AIB_TASKS)}")
-    task = AIB_TASKS[name]
+    ``version`` (actinv-hopper only): ``"v3"``, ``"v4"`` or ``"v5"`` (default, = `ACTINV_TASKS`)."""
+    if name not in ACTINV_TASKS:
+        raise ValueError(f"unknown AIB task {name!r}; valid: {sorted(ACTINV_TASKS)}")
+    task = ACTINV_TASKS[name]
     if version is not None:
-        if name != "aib-hopper":
-            raise ValueError(f"{name}: version= applies to aib-hopper only ({name} is {task})")
+        if name != "actinv-hopper":
+            raise ValueError(f"{name}: version= applies to actinv-hopper only ({name} is {task})")
         if version not in HOPPER_VERSIONS:
-            raise ValueError(f"aib-hopper: version must be one of {HOPPER_VERSIONS}, "
+            raise ValueError(f"actinv-hopper: version must be one of {HOPPER_VERSIONS}, "
                              f"got {version!r}")
         task = f"Hopper-{version}"
     base = EnvPoolEnv(task, num_envs, seed=seed, batch_size=batch_size, name=name)
