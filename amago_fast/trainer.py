@@ -294,6 +294,11 @@ class Trainer:
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.json")
+            # The agent's observation/action spec: load_agent rebuilds the agent from it (an
+            # env given as an object has no name a config could rebuild it from).
+            from amago_fast.spec_io import SPEC_FILE, save_spec
+
+            save_spec(self.spec, self.run_dir / SPEC_FILE)
         dist.barrier()
         world = dist.world_size
         total_per_rank = self.total_per_rank
