@@ -30,4 +30,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --no-deps "popgym>=1.0.7"  # POPGym (optional suite): pure Python; its deps numpy + gymnasium are ours
 # MiniGrid (optional suite): pure Python; it imports pygame-ce (a PyPI wheel) for rendering.
 "${PIP[@]}" install "minigrid>=2.3"
+# AIB MuJoCo tasks (aib-walker ... aib-hoppergym): dm_control's suite on MuJoCo, gymnasium's
+# MuJoCo envs (which import imageio); none of them requires torch or another numpy.
+"${PIP[@]}" install "dm-control==1.0.50" "mujoco>=3.1,<4" "imageio>=2.9"
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"

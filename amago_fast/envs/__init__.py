@@ -15,6 +15,7 @@ from typing import Any
 
 from amago_fast.envs.actuator_inversion import ACTINV_TASKS, ActuatorInversionEnv, make_actinv_env
 from amago_fast.envs.aib import AIBEnv, ComplexODE, DoubleIntegrator
+from amago_fast.envs.aib_mujoco import MUJOCO_TASKS, AIBMujocoEnv
 from amago_fast.envs.bandit import BanditTrials
 from amago_fast.envs.base import (
     EPISODE_START,
@@ -42,6 +43,7 @@ __all__ = [
     "BanditTrials",
     "ActuatorInversionEnv",
     "AIBEnv",
+    "AIBMujocoEnv",
     "check_actions",
     "check_env_ids",
     "make_env",
@@ -119,6 +121,17 @@ def _aib_ode(num_envs: int, seed: int = 0, split: str = "train", instances: Any 
                       warmup_steps=warmup_steps, episodes_per_trial=episodes_per_trial)
 
 
+def _aib_mujoco(name: str) -> Callable[..., VectorEnv]:
+    def build(num_envs: int, seed: int = 0, split: str = "train", instances: Any = None,
+              warmup_steps: int | None = None, episodes_per_trial: int = 1,
+              num_workers: int | None = None):
+        return AIBMujocoEnv(name, num_envs, seed=seed, split=split, instances=instances,
+                            warmup_steps=warmup_steps, episodes_per_trial=episodes_per_trial,
+                            num_workers=num_workers)
+
+    return build
+
+
 _REGISTRY: dict[str, Callable[..., VectorEnv]] = {
     "tmaze-passive": _tmaze_passive,
     "tmaze-active": _tmaze_active,
@@ -129,6 +142,7 @@ _REGISTRY: dict[str, Callable[..., VectorEnv]] = {
     "aib-di": _aib_di,
     "aib-di-friction": _aib_di_friction,
     "aib-ode": _aib_ode,
+    **{name: _aib_mujoco(name) for name in MUJOCO_TASKS},
 }
 
 
