@@ -12,6 +12,17 @@
   at the junction needs a random action at the last step and none in the H - 1 steps before it,
   at most ~1.2% of episodes for corridor 20 whatever the ε schedule (max over ε of
   (1 - 3ε/4)^20 · ε/2). AMAGO's T-Maze experiments use the same kind of windowed schedule.
+- :class:`BilevelEpsilonGreedy` (discrete / multi-discrete; the profiles' default when the env
+  has an episode limit): ε is annealed over training *and* over each rollout's time steps, as in
+  AMAGO's bilevel schedule. At rollout step t of a rollout of `horizon` steps
+  ε = ε_first(n) + (ε_last(n) − ε_first(n)) · min(t / horizon, 1), where ε_first and ε_last anneal
+  linearly over `anneal_steps` env steps n (first: `eps_first_start` → `eps_first_end`, last:
+  `eps_last_start` → `eps_last_end`), times the same per-env U(0, 1) multiplier. Knowing nothing
+  of the task, it explores early in a rollout (the first episodes of a meta-RL trial) and acts
+  more on its own policy later; the per-env multiplier leaves some envs almost greedy, which is
+  what lets a memory task's long deterministic stretch (T-Maze's corridor) be crossed while
+  other envs explore broadly. The policy's own sampled actions (training collection samples
+  from the actor) explore the rest.
 - :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
   same per-env multiplier scheme.
@@ -180,6 +191,92 @@ class EpsilonGreedy(_Annealed):
         return np.where(replace[:, None], rand, actions).astype(np.int32)
 
 
+class BilevelEpsilonGreedy(EpsilonGreedy):
+    """ε annealed over training and over each rollout's steps, per-env random multiplier.
+
+    ``current()`` is the annealed ε at a rollout's first step (what the collector logs as
+    ``exploration_value``); each env's ε at its current step comes from :meth:`per_env`.
+    """
+
+    kind = "bilevel_epsilon_greedy"
+
+    def __init__(
+        self,
+        action: ActionSpec,
+        num_envs: int,
+        horizon: int,
+        eps_first_start: float = 1.0,
+        eps_first_end: float = 0.05,
+        eps_last_start: float = 0.8,
+        eps_last_end: float = 0.01,
+        anneal_steps: int = 1_000_000,
+        randomize: bool = True,
+        seed: int = 0,
+        late_start_prob: float = 0.0,
+    ) -> None:
+        if isinstance(late_start_prob, bool) or not isinstance(
+                late_start_prob, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(late_start_prob) <= 1.0:
+            raise ValueError(f"late_start_prob must be a number in [0, 1], got "
+                             f"{late_start_prob!r}")
+        values = {"eps_first_start": eps_first_start, "eps_first_end": eps_first_end,
+                  "eps_last_start": eps_last_start, "eps_last_end": eps_last_end}
+        for name, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+        if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        # The parent's window is off (horizon=None there): every step may explore, with the
+        # step-dependent ε below.
+        super().__init__(action, num_envs, eps_first_start, eps_first_end, anneal_steps,
+                         randomize, seed)
+        self.rollout_horizon = int(horizon)
+        self.last_start, self.last_end = float(eps_last_start), float(eps_last_end)
+        self.late_start_prob = float(late_start_prob)
+        # The step from which each env's current rollout explores (0: from its first step).
+        self.explore_from = self._draw_start(self.num_envs)
+
+    def _draw_start(self, n: int) -> np.ndarray:
+        """Per rollout: with probability late_start_prob a step drawn uniformly from the
+        horizon (the policy acts alone before it), else 0."""
+        late = self.rng.random(n) < self.late_start_prob
+        return np.where(late, self.rng.integers(0, self.rollout_horizon, size=n), 0)
+
+    def reset_envs(self, env_ids: np.ndarray) -> None:
+        """New rollouts in `env_ids`: new multipliers, step counts and exploration starts."""
+        super().reset_envs(env_ids)
+        ids = np.asarray(env_ids)
+        if ids.size:
+            self.explore_from[ids] = self._draw_start(ids.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "explore_from": self.explore_from.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        start = np.asarray(state.get("explore_from", np.zeros(self.num_envs)), dtype=np.int64)
+        if start.shape != (self.num_envs,):
+            raise ValueError(f"state explore_from has shape {start.shape}, expected "
+                             f"({self.num_envs},)")
+        super().load_state_dict(state)
+        self.explore_from = start.copy()
+
+    def _last(self) -> float:
+        if self.anneal_steps == 0:
+            return self.last_end
+        frac = min(1.0, self.steps / self.anneal_steps)
+        return self.last_start + (self.last_end - self.last_start) * frac
+
+    def per_env(self, env_ids: np.ndarray | None = None) -> np.ndarray:
+        """ε of each env at its current rollout step (before :meth:`apply` advances it)."""
+        t = self.rollout_t if env_ids is None else self.rollout_t[env_ids]
+        s = self.scale if env_ids is None else self.scale[env_ids]
+        start = self.explore_from if env_ids is None else self.explore_from[env_ids]
+        progress = np.minimum(t / self.rollout_horizon, 1.0)
+        first = self.current()
+        return (first + (self._last() - first) * progress) * s * (t >= start)
+
+
 class GaussianNoise(_Annealed):
     """Annealed Gaussian noise, per-env std multiplier, clipped to bounds (continuous actions)."""
 
@@ -214,8 +311,23 @@ class GaussianNoise(_Annealed):
         return np.clip(noisy, self.low, self.high).astype(np.float32)
 
 
+EXPLORATION_KINDS = ("epsilon_greedy", "bilevel", "gaussian")
+
+
 def make_exploration(action: ActionSpec, num_envs: int, seed: int = 0, **kwargs: Any):
-    """EpsilonGreedy for discrete actions, GaussianNoise for continuous ones."""
-    if action.is_discrete:
-        return EpsilonGreedy(action, num_envs, seed=seed, **kwargs)
-    return GaussianNoise(action, num_envs, seed=seed, **kwargs)
+    """The exploration named by ``kind`` (``epsilon_greedy``, ``bilevel`` or ``gaussian``);
+    without ``kind``: EpsilonGreedy for discrete actions, GaussianNoise for continuous ones. The
+    other keyword arguments go to that class."""
+    kind = kwargs.pop("kind", None)
+    if kind is None:
+        kind = "epsilon_greedy" if action.is_discrete else "gaussian"
+    if kind not in EXPLORATION_KINDS:
+        raise ValueError(f"kind must be one of {list(EXPLORATION_KINDS)}, got {kind!r}")
+    if kind == "gaussian":
+        return GaussianNoise(action, num_envs, seed=seed, **kwargs)
+    if not action.is_discrete:
+        raise ValueError(f"exploration kind {kind!r} needs a discrete action space; "
+                         "continuous actions take kind 'gaussian'")
+    if kind == "bilevel":
+        return BilevelEpsilonGreedy(action, num_envs, seed=seed, **kwargs)
+    return EpsilonGreedy(action, num_envs, seed=seed, **kwargs)
