@@ -14,8 +14,11 @@ Transformer) on CPU in minutes. Any field of TrainConfig can be overridden with 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +261,10 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `amago-fast` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug (anywhere) or AMAGO_FAST_DEBUG=1: errors keep their traceback. Otherwise every
+    # user-caused error is one line on stderr and exit code 2 (see _user_error_message).
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv:
         argv = ["train"]  # the main job: `amago-fast` alone trains the default preset
     parser = build_parser()
@@ -272,7 +279,55 @@ def main(argv: list[str] | None = None) -> int:
         "plot": _cmd_plot,
         "presets": _cmd_presets,
     }
-    return handlers[args.command](args)
+    if debug:
+        return handlers[args.command](args)
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("amago-fast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = _user_error_message(e)
+        if message is None:
+            raise
+        print(f"amago-fast: {message} (--debug or {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = old_format
+
+
+DEBUG_ENV = "AMAGO_FAST_DEBUG"
+_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only file system"}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings shown as one ``amago-fast: warning: ...`` line (no source line, no location)."""
+    return "amago-fast: warning: " + " ".join(str(message).split()) + "\n"
+
+
+def _user_error_message(e: BaseException) -> str | None:
+    """One line for an error the user caused (bad config, run directory, checkpoint, input
+    file, disk full); None for anything else (a bug: its traceback is shown)."""
+    from amago_fast.checkpoint import CheckpointError, RunDirError, RunLockedError
+    from amago_fast.config import ConfigError
+
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        where = f" writing {e.filename}" if e.filename else ""
+        return (f"{_NO_SPACE[e.errno]}{where}; the previous checkpoint is intact (free space "
+                "and resume with --resume)")
+    user = (ConfigError, CheckpointError, RunDirError, RunLockedError, ValueError,
+            FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError)
+    if not isinstance(e, user):
+        return None
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{text}: {e.filename}"
+    return text
 
 
 if __name__ == "__main__":

@@ -277,10 +277,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------- train
     def train(self) -> dict:
-        """Train until `total_env_steps` (or a stop signal); return the final evaluation stats."""
+        """Train until `total_env_steps` (or a stop signal); return the final evaluation stats.
+
+        Rank 0 holds the run directory's lock (:func:`amago_fast.checkpoint.lock_run_dir`) from
+        before anything is built until training returns: a second trainer on the same
+        directory is refused (RunLockedError), and an unusable directory (read-only, under a
+        regular file) is named (RunDirError) before any env or agent is built."""
+        lock = ckpt.lock_run_dir(self.run_dir) if self.dist.is_main else None
+        try:
+            return self._train_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_locked(self) -> dict:
         cfg, dist = self.cfg, self.dist
         # --- components, run dir, config, resume ---------------------------------------
-        if not self.resume_requested and ckpt.latest_checkpoint(self.run_dir) is not None:
+        if not self.resume_requested and ckpt.checkpoint_candidates(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; use --resume {self.run_dir} "
                 "to continue it or pick another run_name"
@@ -538,10 +551,10 @@ class Trainer:
                 tmp = ckpt.begin_checkpoint(self.run_dir, step, clean=False)
             rank_dir = tmp / f"rank{dist.rank}"
             rank_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(self._rank_state(), rank_dir / "state.pt")
+            ckpt.save_object(self._rank_state(), rank_dir / "state.pt")
             self.buffer.save(rank_dir / "buffer")
             if dist.is_main:
-                torch.save(
+                ckpt.save_object(
                     {"learner": self.learner.state_dict(), "world_size": dist.world_size},
                     tmp / "learner.pt",
                 )
@@ -553,44 +566,119 @@ class Trainer:
             if thread is not None:
                 thread.resume()
 
-    def load_checkpoint(self) -> Path | None:
-        """Restore everything from the run's newest complete checkpoint (None if it has none)."""
+    def _read_checkpoint(self, path: Path) -> tuple[dict, dict, Any]:
+        """(learner state, this rank's state, its buffer) of checkpoint `path`, every file
+        verified (sizes and sha256; the buffer's arrays by their snapshot manifest) and read
+        without running code, before anything of this trainer changes. CheckpointError names
+        the checkpoint and what failed."""
         from amago_fast.buffer import TrajectoryBuffer
-        from amago_fast.collector import Collector
+        from amago_fast.buffer_reference import SnapshotError
 
-        path = ckpt.latest_checkpoint(self.run_dir)
-        path = self.dist.broadcast_object(str(path) if path is not None else None)
-        if path is None:
-            return None
-        path = Path(path)
-        # Onto the CPU first: load_state_dict copies weights to the learner's device itself, and
-        # RNG states must stay CPU ByteTensors (map_location=cuda broke the resume of GPU runs).
-        shared = torch.load(path / "learner.pt", map_location="cpu", weights_only=False)
-        if shared["world_size"] != self.dist.world_size:
-            raise ckpt.CheckpointError(
-                f"{path} was written by {shared['world_size']} ranks; this job has "
-                f"{self.dist.world_size} (resume with the same --nproc_per_node)"
-            )
+        ckpt.verify_checkpoint(path)
+        # Onto the CPU (load_object): load_state_dict copies weights to the learner's device
+        # itself, and RNG states must stay CPU ByteTensors.
+        shared = ckpt.load_object(path / "learner.pt")
         rank_dir = path / f"rank{self.dist.rank}"
-        state = torch.load(rank_dir / "state.pt", map_location="cpu", weights_only=False)
+        state = ckpt.load_object(rank_dir / "state.pt")
+        if not isinstance(shared, dict) or not isinstance(state, dict) or not isinstance(
+                shared.get("learner"), dict) or "loss_module" not in shared["learner"]:
+            raise ckpt.CheckpointError(f"{path}: learner.pt / state.pt do not hold a trainer's "
+                                       "state")
+        try:
+            fingerprint = model_fingerprint(shared["learner"]["loss_module"])
+        except (AttributeError, TypeError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"{path}: learner.pt holds no model weights: {e}") from e
         # Compare with the model exactly as saved (not as loaded: loading may upgrade an older
         # checkpoint, e.g. add PopArt's step counter, which changes the loaded state's hash).
         saved = state.get("model_fingerprint")
-        if saved is not None and saved != model_fingerprint(shared["learner"]["loss_module"]):
+        if saved is not None and saved != fingerprint:
             who = (f"rank {self.dist.rank}'s model differs from rank 0's in this checkpoint (the "
                    "ranks had drifted apart before it was written)"
                    if self.dist.world_size > 1 else
                    "the model in learner.pt differs from the one this run recorded in state.pt")
             raise ckpt.CheckpointError(f"{path}: {who}")
+        try:
+            buffer = TrajectoryBuffer.load(rank_dir / "buffer")
+        except SnapshotError as e:
+            raise ckpt.CheckpointError(f"{path}: buffer snapshot: {e}") from e
+        return shared, state, buffer
+
+    def _choose_checkpoint(self) -> tuple[Path, dict, dict, Any] | None:
+        """The newest checkpoint every rank reads intact, with what it holds; None for a run
+        with no checkpoint directory at all (a fresh start, said in a warning).
+
+        A damaged newer checkpoint (missing manifest, truncated or corrupted file, refused
+        pickle) is skipped with a warning and moved aside to ``checkpoints/damaged-<name>-*``
+        (never deleted, and never again mistaken for the newest); when checkpoints exist and
+        none is intact, CheckpointError names each and what failed, and nothing changes."""
+        cands = self.dist.broadcast_object(
+            [str(p) for p in ckpt.checkpoint_candidates(self.run_dir)])
+        if not cands:
+            warnings.warn(f"--resume {self.run_dir}: the run has no checkpoint yet; training "
+                          "starts from step 0", stacklevel=3)
+            return None
+        failed: list[tuple[Path, str]] = []
+        for cand in map(Path, cands):
+            try:
+                got: tuple | None = (cand, *self._read_checkpoint(cand))
+                reason = ""
+            except ckpt.CheckpointError as e:
+                got, reason = None, str(e)
+            ok = self.dist.all_min([0 if got is None else 1])[0] == 1
+            if ok:
+                break
+            failed.append((cand, reason or f"{cand}: damaged on another rank"))
+        else:
+            got = None
+        if got is None:
+            listing = "; ".join(reason for _, reason in failed)
+            raise ckpt.CheckpointError(
+                f"{self.run_dir} has checkpoints but none verifies ({listing}); nothing was "
+                "changed: restore a checkpoint or move the run's checkpoints away")
+        if failed:
+            moved = []
+            if self.dist.is_main:
+                for bad, _ in failed:
+                    dest = bad.parent / f"damaged-{bad.name}-{os.urandom(4).hex()}"
+                    try:
+                        os.replace(bad, dest)
+                        moved.append(dest.name)
+                    except OSError:
+                        moved.append(bad.name)
+            self.dist.barrier()
+            warnings.warn(
+                f"resuming from {got[0].name}: newer checkpoint(s) failed verification "
+                f"({'; '.join(r for _, r in failed)}); kept as {', '.join(moved) or 'is'}",
+                stacklevel=3)
+        return got  # type: ignore[return-value]
+
+    def load_checkpoint(self) -> Path | None:
+        """Restore everything from the run's newest intact checkpoint (None if it has none)."""
+        from amago_fast.collector import Collector
+
+        chosen = self._choose_checkpoint()
+        if chosen is None:
+            return None
+        path, shared, state, buffer = chosen
+        if shared.get("world_size") != self.dist.world_size:
+            raise ckpt.CheckpointError(
+                f"{path} was written by {shared.get('world_size')} ranks; this job has "
+                f"{self.dist.world_size} (resume with the same --nproc_per_node)"
+            )
         # The buffer first: a run whose env now stores other observation fields (another
         # env, other env kwargs, or the gymnasium adapter's one-hot Discrete observations read
         # by a run that stored indices) is named here instead of as a weight-shape mismatch.
-        buffer = TrajectoryBuffer.load(rank_dir / "buffer")
         mismatch = fields_mismatch(buffer.fields, self.env)
         if mismatch:
             raise ckpt.CheckpointError(f"{path}: the run's buffer does not fit this env: "
                                        f"{mismatch}")
-        self.learner.load_state_dict(shared["learner"])
+        try:
+            self.learner.load_state_dict(shared["learner"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), repr(e))
+            raise ckpt.CheckpointError(
+                f"{path}: its model does not fit this config's agent ({first[:300]}); resume "
+                "with the run's own agent.* settings") from e
         if self.policy is not self.agent:
             self.policy.load_state_dict(self.agent.state_dict())
         self.buffer = buffer
@@ -840,7 +928,7 @@ def evaluate_run(
         raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory)")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    path = ckpt.latest_checkpoint(run_dir)
+    path = ckpt.newest_intact_checkpoint(run_dir)  # CheckpointError when all are damaged
     if path is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
     cfg = load_config(run_dir / "config.json")
@@ -862,7 +950,7 @@ def evaluate_run(
                              f"run's checkpoint {path.name}: {mismatch}")
         agent = build_agent(env.spec, cfg, dev)
         learner = Learner(agent, _learner_config(cfg, dev))
-        shared = torch.load(path / "learner.pt", map_location="cpu", weights_only=False)
+        shared = ckpt.load_object(path / "learner.pt")
         with warnings.catch_warnings():  # evaluation never samples from the learner's generator
             warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
             learner.load_state_dict(shared["learner"])

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import overrides_to_args
@@ -53,7 +52,7 @@ def _torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProc
 
 
 def _rank_states(path: Path) -> list[dict]:
-    return [torch.load(path / f"rank{r}" / "state.pt", weights_only=False) for r in (0, 1)]
+    return [ckpt.load_object(path / f"rank{r}" / "state.pt") for r in (0, 1)]
 
 
 def _check_identical(path: Path) -> list[dict]:
@@ -61,7 +60,7 @@ def _check_identical(path: Path) -> list[dict]:
     fps = [s["model_fingerprint"] for s in states]
     assert fps[0] == fps[1], "ranks' models differ"
     # ... and equal to the model rank 0 saved (recomputed from the tensors themselves)
-    shared = torch.load(path / "learner.pt", weights_only=False)["learner"]["loss_module"]
+    shared = ckpt.load_object(path / "learner.pt")["learner"]["loss_module"]
     assert model_fingerprint(shared) == fps[0]
     return states
 

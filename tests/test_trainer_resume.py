@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -53,8 +54,8 @@ def final_state(run_dir: Path) -> dict:
 
     path = ckpt.latest_checkpoint(run_dir)
     assert path is not None
-    learner = torch.load(path / "learner.pt", weights_only=False)["learner"]
-    state = torch.load(path / "rank0" / "state.pt", weights_only=False)
+    learner = ckpt.load_object(path / "learner.pt")["learner"]
+    state = ckpt.load_object(path / "rank0" / "state.pt")
     buf = TrajectoryBuffer.load(path / "rank0" / "buffer")
     return {
         "step": ckpt.verify_checkpoint(path)["step"],
@@ -174,23 +175,25 @@ def test_checkpoint_from_before_popart_step_counter_resumes(tmp_path):
     first = Trainer(tiny_config(total_env_steps=48, eval_interval=0), run_dir).train()
     path = ckpt.latest_checkpoint(run_dir)
     # Rewrite the checkpoint the way the older version wrote it.
-    shared = torch.load(path / "learner.pt", weights_only=False)
+    shared = ckpt.load_object(path / "learner.pt")
     model = shared["learner"]["loss_module"]
     key = next(k for k in model if k.endswith("popart.updates"))
     del model[key]
-    torch.save(shared, path / "learner.pt")
-    state = torch.load(path / "rank0" / "state.pt", weights_only=False)
+    ckpt.save_object(shared, path / "learner.pt")
+    state = ckpt.load_object(path / "rank0" / "state.pt")
     state["model_fingerprint"] = model_fingerprint(model)
-    torch.save(state, path / "rank0" / "state.pt")
+    ckpt.save_object(state, path / "rank0" / "state.pt")
     manifest = json.loads((path / ckpt.MANIFEST).read_text())
-    for rel in manifest["files"]:
-        manifest["files"][rel] = (path / rel).stat().st_size
+    for rel, entry in manifest["files"].items():
+        entry["size"] = (path / rel).stat().st_size
+        if "sha256" in entry:
+            entry["sha256"] = hashlib.sha256((path / rel).read_bytes()).hexdigest()
     (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
 
     second = Trainer.resume(run_dir, {"total_env_steps": 64}).train()
     assert second["env_steps"] == 64 and second["updates"] > first["updates"]
     # The counter restarts from the learner's update count at the checkpoint.
-    resumed = torch.load(ckpt.latest_checkpoint(run_dir) / "learner.pt", weights_only=False)
+    resumed = ckpt.load_object(ckpt.latest_checkpoint(run_dir) / "learner.pt")
     assert float(resumed["learner"]["loss_module"][key]) >= first["updates"]
 
 
