@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+MAX_SEED = 2**31 - 2**20
+"""Largest `seed`: env seeds are seed + 1000 * rank + 500 and EnvPool takes int32 seeds."""
+
+
 class ConfigError(ValueError):
     """An invalid configuration value. The message starts with the dotted field name."""
 
@@ -139,6 +143,11 @@ class TrainConfig:
     """Run evaluation episodes every this many env transitions (0: only at the end)."""
     eval_episodes: int = 16
     """Greedy (no exploration) episodes per evaluation."""
+    eval_max_steps: int = 0
+    """Env steps per eval env slot one evaluation may take before it stops unfinished (logged
+    as eval.csv's stopped_early = 1): an env whose episodes never end cannot hang training.
+    0: per slot its episode quota x (the env's time limit + 1), the limit read as at most
+    100k steps (amago_fast.collector.default_eval_step_cap)."""
     checkpoint_interval: int = 10_000
     """Write a full checkpoint every this many env transitions (0: only at the end/on signal)."""
     log_interval: int = 1_000
@@ -501,6 +510,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """
     _check(isinstance(cfg, TrainConfig), "config", "expected a TrainConfig")
     _check_types(cfg)
+    for name, owner_path, f, _tp in _leaf_paths(cfg):
+        value = getattr(_get_path(cfg, owner_path), f.name)
+        _check(not isinstance(value, int) or isinstance(value, bool)
+               or -(2**63) <= value < 2**63, name,
+               f"{value} is out of range (a 64-bit integer at most)")
     e = cfg.env
     _check(bool(e.name.strip()), "env.name", "must be a non-empty environment name")
     if not e.name.startswith(("envpool:", "gym:")):
@@ -543,6 +557,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"must be None or >= 2, got {b.max_trajectory_len}",
     )
     _check(
+        b.max_trajectory_len is None or b.max_trajectory_len <= b.capacity_steps,
+        "buffer.max_trajectory_len",
+        f"must be <= buffer.capacity_steps = {b.capacity_steps} (a trajectory must fit the "
+        f"buffer), got {b.max_trajectory_len}",
+    )
+    _check(
         b.relabel in _RELABEL_STRATEGIES,
         "buffer.relabel",
         f"must be one of {list(_RELABEL_STRATEGIES)}, got {b.relabel!r}",
@@ -575,9 +595,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("eval_interval", "checkpoint_interval", "log_interval"):
         _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
     _check(cfg.eval_episodes >= 0, "eval_episodes", f"must be >= 0, got {cfg.eval_episodes}")
+    _check(cfg.eval_max_steps >= 0, "eval_max_steps", f"must be >= 0, got {cfg.eval_max_steps}")
     _check(bool(cfg.log_dir), "log_dir", "must be a directory path")
     _check("/" not in cfg.run_name, "run_name", f"must be a plain name, got {cfg.run_name!r}")
-    _check(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+    _check(0 <= cfg.seed <= MAX_SEED, "seed",
+           f"must be in [0, {MAX_SEED}] (env seeds add rank offsets to it and EnvPool takes "
+           f"32-bit seeds), got {cfg.seed}")
     _check(cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads}")
     _check(
         cfg.max_skipped_updates >= 0,

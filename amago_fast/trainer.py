@@ -293,6 +293,8 @@ class Trainer:
     def _train_locked(self) -> dict:
         cfg, dist = self.cfg, self.dist
         # --- components, run dir, config, resume ---------------------------------------
+        if self.resume_requested and (self.run_dir / "config.json").is_file():
+            check_resume_overrides(load_config(self.run_dir / "config.json"), cfg)
         if not self.resume_requested and ckpt.checkpoint_candidates(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; use --resume {self.run_dir} "
@@ -497,7 +499,16 @@ class Trainer:
         """Greedy episodes (no exploration) on the eval envs; returns their statistics."""
         if self.cfg.eval_episodes == 0:
             return {}
-        return flatten_episode_stats(self.eval_collector.evaluate(self.cfg.eval_episodes))
+        return flatten_episode_stats(self.eval_collector.evaluate(
+            self.cfg.eval_episodes, **self._eval_limits(self.eval_collector)))
+
+    def _eval_limits(self, collector: Any) -> dict[str, Any]:
+        """Collector.evaluate's step cap (``eval_max_steps`` per env slot; 0: the collector's
+        default from the env's time limit) and stop check: a SIGTERM/SIGINT ends an evaluation
+        within one vector step, so the trainer checkpoints and exits within seconds."""
+        per_slot = self.cfg.eval_max_steps
+        return {"max_steps": per_slot * collector.env.num_envs if per_slot else None,
+                "should_stop": lambda: self._stop_signal is not None}
 
     def evaluate_and_log(self, thread: _CollectorThread | None) -> dict[str, float]:
         """Run `evaluate` (pausing the collector thread if any) and log the result."""
@@ -685,8 +696,10 @@ class Trainer:
         self.collector = Collector(self.env, self.policy, self.buffer, self.exploration,
                                    nan_policy=self.cfg.env.nan_policy)
         self.collector.load_state_dict(state["collector"])
-        if "eval_env" in state:
-            self.eval_env.load_state_dict(state["eval_env"])
+        eval_state = state.get("eval_env")
+        if eval_state is not None and eval_state.get("num_envs") == self.eval_env.num_envs:
+            # (another env.eval_num_envs: the evaluation env starts afresh from its seed)
+            self.eval_env.load_state_dict(eval_state)
         c = state["counters"]
         self.env_steps = c["env_steps"]
         self.updates = c["updates"]
@@ -720,9 +733,49 @@ class Trainer:
             signal.signal(sig, h)
 
 
+# Fields a checkpoint's state fixes: a resume restores the weights (agent architecture), the
+# buffer (capacity, trajectory cap), the per-env collector/env/exploration state (env, env
+# count, exploration kind) and the RNG streams (seed), so an override of them could not take
+# effect. Every other field (schedule, learner settings, evaluation, logging, dropout, KV cache
+# dtype) is applied; env.kwargs may change where the stored observation fields still fit (the
+# checkpoint's buffer is checked against the env, naming a field that does not).
+_RESUME_FIXED = ("env.name", "env.num_envs", "buffer.capacity_steps",
+                 "buffer.max_trajectory_len", "seed", "agent.")
+_RESUME_CHANGEABLE = ("agent.dropout_emb", "agent.dropout_ff", "agent.dropout_attn_out",
+                      "agent.kv_cache_dtype")
+
+
+def check_resume_overrides(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """ConfigError naming every field `cfg` changes from the run's `saved` config that the
+    restored state fixes (see _RESUME_FIXED), with both values."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("kwargs", "eval_kwargs", "eval_sets",
+                                                 "exploration"):
+                out |= flat(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(config_to_dict(saved)), flat(config_to_dict(cfg))
+    bad = [f"{k} ({old[k]!r} in the run, {new.get(k)!r} given)" for k in old
+           if k.startswith(_RESUME_FIXED) and k not in _RESUME_CHANGEABLE
+           and old[k] != new.get(k)]
+    kind_old = (old.get("exploration") or {}).get("kind")
+    kind_new = (new.get("exploration") or {}).get("kind")
+    if kind_old != kind_new:
+        bad.append(f"exploration kind ({kind_old!r} in the run, {kind_new!r} given)")
+    if bad:
+        raise ConfigError(f"--resume cannot change {'; '.join(bad)}: the checkpoint's restored "
+                          "state fixes them (start a new run to change them)")
+
+
 def flatten_episode_stats(stats: dict) -> dict[str, float]:
     """Numeric episode statistics of a collect/evaluate call, per-env ones as `<env>/<key>`."""
     out = {k: float(v) for k, v in stats.items() if _is_number(v)}
+    if "stopped_early" in stats:  # a step cap or a stop signal cut the evaluation short
+        out["stopped_early"] = 1.0
     per_env = stats.get("per_env", {})
     if len(per_env) > 1:
         for name, sub in per_env.items():

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from amago_fast import checkpoint as ckpt
+from amago_fast.config import ConfigError
 from amago_fast.trainer import Trainer, evaluate_run
 from tests._tiny_run import tiny_tmaze_config
 
@@ -259,3 +260,26 @@ def test_read_only_run_dir_is_named(tmp_path):
             Trainer(_config(), ro / "run").train()
     finally:
         ro.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- bug 3
+def test_resume_refuses_overrides_the_restored_state_fixes(trained, tmp_path):
+    """`--resume --buffer.capacity_steps 300` used to write 300 into config.json while the
+    restored buffer kept its capacity (buffer_fill > 1)."""
+    run = _copy(trained, "run48", tmp_path / "run")
+    config_before = (run / "config.json").read_text()
+    for overrides, field in [({"buffer.capacity_steps": 300}, "buffer.capacity_steps"),
+                             ({"env.num_envs": 3}, "env.num_envs"),
+                             ({"agent.d_model": 32}, "agent.d_model"),
+                             ({"seed": 4}, "seed"),
+                             ({"env.name": "tmaze-active"}, "env.name")]:
+        with pytest.raises(ConfigError, match=rf"--resume cannot change {field} "):
+            Trainer.resume(run, {"total_env_steps": 64, **overrides}).train()
+    assert (run / "config.json").read_text() == config_before
+    # Fields the restored state does not fix are applied.
+    t = Trainer.resume(run, {"total_env_steps": 64, "learner.lr": 5e-4,
+                             "env.eval_num_envs": 3, "agent.dropout_ff": 0.0})
+    assert t.train()["env_steps"] == 64
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["learner"]["lr"] == 5e-4 and saved["env"]["eval_num_envs"] == 3
+    assert t.learner.config.lr == 5e-4 and t.eval_env.num_envs == 3

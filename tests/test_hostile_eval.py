@@ -137,3 +137,62 @@ def test_bad_episode_counts_are_refused(bad):
     env = make_env("tmaze-passive", 2, corridor_length=3)
     with pytest.raises((ValueError, TypeError), match="num_episodes"):
         Collector(env, RandomPolicy(env.spec)).evaluate(bad)
+
+
+# ----------------------------------------------------------------------------- in the trainer
+NEVER_ENDS = {"env.eval_kwargs": {"corridor_length": 10**9}}
+
+
+def test_trainer_evaluation_stops_at_eval_max_steps(tmp_path):
+    """`--env.kwargs '{"corridor_length": 1000000000}'`: evaluation used to never end."""
+    from amago_fast.logger import read_csv
+    from amago_fast.trainer import Trainer
+    from tests._tiny_run import tiny_tmaze_config
+
+    cfg = tiny_tmaze_config(total_env_steps=32, eval_interval=16, eval_max_steps=25,
+                            learning_starts=16, updates_per_env_step=0.1, **NEVER_ENDS)
+    t0 = time.perf_counter()
+    Trainer(cfg, tmp_path / "run").train()
+    assert time.perf_counter() - t0 < 20
+    rows = read_csv(tmp_path / "run" / "eval.csv")
+    assert list(rows["stopped_early"]) == [1.0, 1.0]
+    assert list(rows["episodes"]) == [0.0, 0.0]
+
+
+def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from amago_fast import checkpoint as ckpt
+    from amago_fast.config import overrides_to_args
+    from tests._tiny_run import TINY_TMAZE_RUN
+
+    run = tmp_path / "run"
+    args = overrides_to_args({**TINY_TMAZE_RUN, "total_env_steps": 10**6, "eval_interval": 16,
+                              "learning_starts": 16, "updates_per_env_step": 0.1,
+                              **NEVER_ENDS})
+    proc = subprocess.Popen([sys.executable, "-m", "amago_fast", "train", "--run-dir", str(run),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 60
+        while not (run / "train.csv").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # inside the first evaluation (at step 16), which never finishes
+        assert proc.poll() is None
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert took < 10, took
+    result = json.loads(out[out.index("{"):])
+    assert result["interrupted"] and result["env_steps"] < 100
+    assert ckpt.latest_checkpoint(run) is not None
