@@ -2,7 +2,10 @@
 
 Reads each run's `eval.csv` (greedy evaluation returns) — or, for runs without evaluations yet,
 the `recent_return` column of `train.csv` — and writes two figures: return vs env steps and
-return vs wall-clock training time. Uses matplotlib's Agg backend (no display needed).
+return vs wall-clock training time. Where eval.csv holds the metric's 95% interval
+(``<metric>_ci_low`` / ``<metric>_ci_high``, amago_fast/intervals.py) it is drawn as a band
+around the curve; ``reference`` lines (random play, chance, a paper's figure) are drawn
+dashed. Uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -41,11 +44,17 @@ def load_curve(run_dir: str | os.PathLike, metric: str | None = None) -> tuple[s
                 keep = [i for i, v in enumerate(cols[name]) if not math.isnan(v)]
                 if not keep:
                     continue
-                return name, {
+                curve = {
                     "env_steps": [cols["env_steps"][i] for i in keep],
                     "wall_time": [cols["wall_time"][i] for i in keep],
                     "value": [cols[name][i] for i in keep],
                 }
+                for bound in ("ci_low", "ci_high"):
+                    if f"{name}_{bound}" in cols:
+                        # one-episode evaluations have unbounded intervals: no band there
+                        curve[bound] = [v if math.isfinite(v) else math.nan
+                                        for v in (cols[f"{name}_{bound}"][i] for i in keep)]
+                return name, curve
         if metric is None and path.name == "eval.csv":
             # eval.csv without a known return column: fall back to any "*return*" column.
             for name, values in cols.items():
@@ -66,10 +75,12 @@ def plot_runs(
     metric: str | None = None,
     labels: list[str] | None = None,
     stem: str = "curves",
+    reference: dict[str, float] | None = None,
 ) -> list[Path]:
     """Write `<stem>_env_steps.png` and `<stem>_wall_clock.png`; return their paths.
 
-    `labels`: one legend entry per run (default: the run directory's name).
+    `labels`: one legend entry per run (default: the run directory's name). `reference`:
+    horizontal dashed lines, label -> value (e.g. {"random": -0.51, "chance": 0.5}).
     """
     import matplotlib
 
@@ -82,6 +93,10 @@ def plot_runs(
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run directories")
     if not stem or os.sep in stem:
         raise ValueError(f"stem must be a non-empty file-name prefix, got {stem!r}")
+    for label, value in (reference or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value):
+            raise ValueError(f"reference {label!r} must be a finite number, got {value!r}")
     curves = []
     for i, rd in enumerate(run_dirs):
         name, curve = load_curve(rd, metric)
@@ -96,9 +111,15 @@ def plot_runs(
     ):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
         for label, name, curve in curves:
-            ax.plot(
+            (line,) = ax.plot(
                 curve[x_key], curve["value"], marker="o", markersize=3, label=f"{label} ({name})"
             )
+            if "ci_low" in curve and "ci_high" in curve:
+                ax.fill_between(curve[x_key], curve["ci_low"], curve["ci_high"],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+        for i, (ref_label, value) in enumerate((reference or {}).items()):
+            ax.axhline(value, linestyle="--", linewidth=1, color=f"C{(len(curves) + i) % 10}",
+                       label=ref_label)
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric or "return")
         ax.grid(alpha=0.3)
