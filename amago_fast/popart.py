@@ -94,6 +94,35 @@ class PopArt(nn.Module):
         self.w.mul_(old_sigma / new_sigma)
         self.b.copy_((old_sigma * self.b + old_mu - self.mu) / new_sigma)
 
+    @torch.no_grad()
+    def update_where(self, target_mean: torch.Tensor, target_sq_mean: torch.Tensor,
+                     apply: torch.Tensor) -> None:
+        """:meth:`update` without reading a tensor on the host, applied where ``apply`` (a
+        0-dim bool tensor) is True and an exact no-op where it is False. Why: a learner step on
+        a GPU that branches on "were the statistics finite?" waits for the whole forward and
+        backward to finish before it can queue the next kernel; here the caller folds
+        finiteness into ``apply`` and nothing leaves the device. No-op when disabled."""
+        if not self.enabled:
+            return
+        k = self.updates + 1.0
+        if self.bias_correction:
+            beta = self.beta / (1.0 - (1.0 - self.beta) ** (k + 1.0))
+        else:
+            beta = torch.full_like(k, self.beta)
+        # 1 - β rounded from float64, as update()'s Python-float arithmetic does.
+        keep, beta = (1.0 - beta).to(self.mu.dtype), beta.to(self.mu.dtype)
+        old_mu, old_sigma = self.mu.clone(), self.sigma
+        mu = self.mu * keep + beta * target_mean.to(self.mu.dtype)
+        nu = self.nu * keep + beta * target_sq_mean.to(self.nu.dtype)
+        self.mu.copy_(torch.where(apply, mu, self.mu))
+        self.nu.copy_(torch.where(apply, nu, self.nu))
+        self.updates.add_(apply.to(self.updates.dtype))
+        new_sigma = self.sigma
+        w = self.w * (old_sigma / new_sigma)
+        b = (old_sigma * self.b + old_mu - self.mu) / new_sigma
+        self.w.copy_(torch.where(apply, w, self.w))
+        self.b.copy_(torch.where(apply, b, self.b))
+
     def stats(self) -> dict[str, float]:
         """μ and σ for every gamma, for logging."""
         out = {}

@@ -11,7 +11,7 @@ matrix; for the (discrete) bench actions the reference's discrete critic — an 
 state with G·A outputs, contracted with an action vector (one-hot buffer action, the actor's
 probabilities for the policy value, the target actor's for the TD target), so three trunk passes
 per update (``ReferenceDiscreteCritic``, einsum layers as the reference's ensemble layers); and a
-per-parameter Python loop for the target EMA (``ema_update_reference``); torch's ``F.dropout``
+per-parameter Python loop for the target EMA (``ema_per_parameter``); torch's ``F.dropout``
 (ours draws CPU masks from a NumPy stream, ``amago_fast.nets.layers.dropout_mask``).
 Process-wide settings apply to both: the learner's allocator tuning (``tune_cpu_malloc``, which
 the reference does not do) speeds the baseline up too, so the ratio understates that gain. The
@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from amago_fast.agent import DEFAULT_GAMMAS, Agent, AgentConfig
 from amago_fast.buffer import TrajectoryBuffer
 from amago_fast.kernels.critic import StateCriticEnsemble
-from amago_fast.kernels.ema import ema_update_reference
 from amago_fast.learner import Learner, LearnerConfig
 from amago_fast.nets.layers import Dropout
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
@@ -89,6 +88,14 @@ class ReferenceDiscreteCritic(StateCriticEnsemble):
         out = torch.einsum("nch,cho->nco", h2, w3) + b3
         out = out.reshape(state.shape[0], self.num_critics, self.num_gammas, self.num_actions)
         return (out * action.unsqueeze(1)).sum(-1, keepdim=True)
+
+
+def ema_per_parameter(targets, onlines, tau: float, apply: torch.Tensor) -> None:
+    """Reference-style target EMA: a Python loop, ``t·(1 − tau) + o·tau`` per parameter, kept
+    where ``apply`` (the learner's skip flag) is True. Same signature as ``Learner.ema_fn``."""
+    with torch.no_grad():
+        for t, o in zip(targets, onlines):
+            torch.where(apply, t * (1.0 - tau) + o * tau, t, out=t)
 
 
 def bench_spec(obs_dim: int = 16, num_actions: int = 4) -> EnvSpec:
@@ -150,7 +157,7 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
         agent.state_critic = False
     learner = Learner(agent, LearnerConfig(device=device, warmup_steps=10, seed=seed))
     if baseline:
-        learner.ema_fn = ema_update_reference
+        learner.ema_fn = ema_per_parameter
     return learner
 
 

@@ -122,8 +122,10 @@ def _allowed_mask(
 
 
 def _is_prefix_mask(valid_mask: torch.Tensor) -> bool:
-    """True when every row of ``valid_mask`` (B, L) is valid steps followed by padding only."""
-    return not bool((valid_mask[:, 1:] & ~valid_mask[:, :-1]).any())
+    """True when every row of ``valid_mask`` (B, L) is valid steps followed by padding only.
+    Host masks only (read through NumPy): on a GPU the answer would cost a device sync."""
+    m = valid_mask.numpy()
+    return not bool((m[:, 1:] & ~m[:, :-1]).any())
 
 
 def causal_attention_reference(
@@ -145,7 +147,8 @@ def causal_attention_reference(
     if window is not None and window >= L:
         window = None
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D) views
-    if window is None and valid_mask is not None and _is_prefix_mask(valid_mask):
+    if (window is None and valid_mask is not None and valid_mask.device.type == "cpu"
+            and _is_prefix_mask(valid_mask)):
         # Padding only trails (what sample_windows produces): every valid query's causal keys
         # are valid, and padded queries are zeroed below (so they send no gradient). The plain
         # causal kernel then computes the same function and skips the upper-triangle blocks

@@ -151,22 +151,31 @@ class RunningNorm(nn.Module):
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """Fold the (..., dim) rows of ``x`` selected by ``valid`` (...,) into the statistics."""
+    def update(self, x: torch.Tensor, valid: torch.Tensor | None = None,
+               check_finite: bool = True) -> None:
+        """Fold the (..., dim) rows of ``x`` selected by ``valid`` (...,) into the statistics.
+
+        Rows are selected by masking, not indexing (a boolean index has a data-dependent size,
+        so on a GPU it waits for the device); no rows selected is an exact no-op.
+        ``check_finite=False`` skips the finiteness check, the one host read here: for a
+        caller that validates the rows itself (the learner checks every batch on the device).
+        """
         flat = x.reshape(-1, self.dim).to(torch.float64)
-        if valid is not None:
-            flat = flat[valid.reshape(-1).to(torch.bool)]
-        n = flat.shape[0]
-        if n == 0:
-            return
-        if not torch.isfinite(flat).all():
+        if valid is None:
+            keep = torch.ones((flat.shape[0], 1), dtype=torch.bool, device=flat.device)
+        else:
+            keep = valid.reshape(-1, 1).to(torch.bool)
+        flat = torch.where(keep, flat, 0.0)
+        if check_finite and not torch.isfinite(flat).all():
             raise ValueError("RunningNorm.update: non-finite observation values")
-        batch_mean = flat.mean(0)
-        batch_m2 = ((flat - batch_mean) ** 2).sum(0)
+        n = keep.sum(dtype=torch.float64)
+        batch_mean = flat.sum(0) / n.clamp_min(1.0)
+        batch_m2 = torch.where(keep, (flat - batch_mean) ** 2, 0.0).sum(0)
         total = self.count + n
+        frac = n / total.clamp_min(1.0)
         delta = batch_mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += batch_m2 + delta**2 * (self.count * n / total)
+        self.mean += delta * frac
+        self.m2 += batch_m2 + delta**2 * (self.count * frac)
         self.count.copy_(total)
 
     @property
@@ -174,11 +183,11 @@ class RunningNorm(nn.Module):
         return self.m2 / self.count.clamp(min=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if float(self.count) < 2:
-            return x.clamp(-self.clip, self.clip)
+        # Fewer than 2 rows seen: identity (then clip). Chosen on the device, not by reading the
+        # count on the host.
         mean = self.mean.to(x.dtype)
         std = torch.sqrt(self.var + self.eps).to(x.dtype)
-        return ((x - mean) / std).clamp(-self.clip, self.clip)
+        return torch.where(self.count >= 2, (x - mean) / std, x).clamp(-self.clip, self.clip)
 
 
 def mlp(

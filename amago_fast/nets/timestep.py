@@ -7,6 +7,8 @@ action/reward do not exist (their features are zeroed there, the boundary flag i
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,9 +39,16 @@ def action_features(action: torch.Tensor, spec: ActionSpec) -> torch.Tensor:
     if spec.kind == "multidiscrete":
         parts = [F.one_hot(action[..., i].long(), n) for i, n in enumerate(spec.nvec)]
         return torch.cat(parts, dim=-1).to(torch.float32)
-    low = torch.tensor(spec.low, dtype=torch.float32, device=action.device)
-    high = torch.tensor(spec.high, dtype=torch.float32, device=action.device)
+    low, high = _action_bounds(tuple(spec.low), tuple(spec.high), action.device)
     return (2.0 * (action.to(torch.float32) - low) / (high - low) - 1.0).clamp(-1.0, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _action_bounds(low: tuple, high: tuple, device: torch.device):
+    """(low, high) float32 tensors on ``device``, made once: building them from the tuples on
+    every call is a blocking host-to-device copy on a GPU (and cannot be graph-captured)."""
+    return (torch.tensor(low, dtype=torch.float32, device=device),
+            torch.tensor(high, dtype=torch.float32, device=device))
 
 
 def action_feature_dim(spec: ActionSpec) -> int:
@@ -144,12 +153,14 @@ class TimestepEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
     @torch.no_grad()
-    def update_normalizer(self, rows: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
-        """Fold the observation rows where ``valid`` (…,) is True into the running statistics."""
+    def update_normalizer(self, rows: dict[str, torch.Tensor], valid: torch.Tensor,
+                          check_finite: bool = True) -> None:
+        """Fold the observation rows where ``valid`` (…,) is True into the running statistics
+        (``check_finite``: see :meth:`RunningNorm.update`)."""
         if self.normalizer is None:
             return
         x = self._vector(rows, self.norm_keys, valid.shape)
-        self.normalizer.update(x, valid)
+        self.normalizer.update(x, valid, check_finite=check_finite)
 
     def forward(self, rows: dict[str, torch.Tensor], time_index: torch.Tensor) -> torch.Tensor:
         """``rows``: observation keys, ``action``, ``reward``, leading dims ``time_index.shape``.
