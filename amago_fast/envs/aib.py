@@ -229,7 +229,7 @@ class AIBEnv(BatchedTaskEnv):
             raise ValueError(f"{self.task.name}: instances must be a finite (k, {nf}) array of "
                              f"{list(self.task.factor_names)}, got shape {inst.shape}")
         if self.task.flip and not np.isin(inst[:, -1], (-1.0, 1.0)).all():
-            raise ValueError(f"{self.task.name}: {ACTION_FACTOR} must be -1 or +1")
+            raise ValueError(f"{self.task.name}: instances: {ACTION_FACTOR} must be -1 or +1")
         self.instances = inst
         self.context = inst[np.arange(self.num_envs) % len(inst)]
         self.action_sign = (self.context[:, -1].astype(np.float32) if self.task.flip
@@ -243,6 +243,14 @@ class AIBEnv(BatchedTaskEnv):
             extra={"split": self.split, "warmup_steps": self.warmup_steps,
                    "scored_episodes": self.scored_episodes},
         )
+
+    def slot_groups(self) -> dict[str, np.ndarray]:
+        """Env slots by the sign of the action factor (sign-flip tasks only): evaluation
+        reports the return of each group as ``return/sign+1`` and ``return/sign-1``."""
+        if not self.task.flip:
+            return {}
+        return {"sign+1": np.nonzero(self.action_sign > 0)[0],
+                "sign-1": np.nonzero(self.action_sign < 0)[0]}
 
     # ------------------------------------------------------------ physics hooks (subclasses)
     obs_dim: int = 0
