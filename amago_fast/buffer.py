@@ -100,15 +100,26 @@ class _NativeEngineBuffer(ReferenceTrajectoryBuffer):
 
     # The adapter validates rows (dtype, shape, env ids, finite rewards, goal_active range) in
     # C++ before anything changes, so the hot path skips the Python checks.
+    # Re-entry from a relabel match_fn is refused (the store's lock would deadlock), and
+    # unsigned env ids are range-checked here (the int64 crossing would show 2**64-1 as -1).
     def reset_envs(self, rows, env_ids=None) -> None:
+        self._refuse_reentry("reset_envs")
+        if type(env_ids) is np.ndarray and env_ids.dtype.kind == "u":
+            self._check_env_ids(env_ids)
         with self._lock:
             self._core.reset(rows, env_ids)
 
     def append_step(self, rows, env_ids=None) -> None:
+        self._refuse_reentry("append_step")
+        if type(env_ids) is np.ndarray and env_ids.dtype.kind == "u":
+            self._check_env_ids(env_ids)
         with self._lock:
             self._total_steps_added += self._core.append(rows, env_ids)
 
     def write_step(self, rows, env_ids=None, starts=None) -> int:
+        self._refuse_reentry("write_step")
+        if type(env_ids) is np.ndarray and env_ids.dtype.kind == "u":
+            self._check_env_ids(env_ids)
         with self._lock:
             if starts is None:
                 appended = self._core.append(rows, env_ids)

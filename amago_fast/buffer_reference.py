@@ -37,8 +37,10 @@ import bisect
 import hashlib
 import json
 import os
+import re
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,74 @@ META_KEYS = ("mask", "time_index", "trajectory_id", "start")
 SAMPLE_MODES = ("timesteps", "trajectories")
 NPZ_TIME_OFFSET = "__time_offset__"
 NPZ_TRAJECTORY_ID = "__trajectory_id__"
+DATA_FILE_PATTERN = re.compile(r"data-[0-9a-f]{32}\.bin")
+"""The only data file name a snapshot manifest may give: a plain name inside the snapshot."""
+MAX_TIME_INDEX = 2**63 - 1
+MAX_NUM_ENVS = 2**31 - 1
+
+
+def check_time_offset(value: Any, rows: int, where: str) -> int:
+    """A trajectory's time offset (the time_index of its first row): a non-negative integer
+    scalar with ``offset + rows - 1`` inside int64, so no stored time_index can wrap
+    negative. ValueError naming `where` (the argument or file) otherwise."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            raise ValueError(f"{where}: time offset must be an integer scalar, got an array of "
+                             f"shape {value.shape}")
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{where}: time offset must be a non-negative integer, got "
+                         f"{value!r} ({type(value).__name__})")
+    v = int(value)
+    if v < 0:
+        raise ValueError(f"{where}: time offset must be >= 0, got {v}")
+    if v > MAX_TIME_INDEX - (rows - 1):
+        raise ValueError(f"{where}: time offset {v} + {rows} rows exceeds the int64 time_index "
+                         f"(at most {MAX_TIME_INDEX - (rows - 1)})")
+    return v
+
+
+def _read_npz(path: Any) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, each member's header checked against its stored size
+    before anything is allocated (a header may declare terabytes) and no pickles. ValueError
+    naming the file for anything that is not a well-formed npz."""
+    where = f"import_npz: {path}"
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise ValueError(f"{where}: cannot read it as an .npz file ({e})") from None
+    out: dict[str, np.ndarray] = {}
+    with zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{where}: member {info.filename!r} is not a .npy array")
+            key = info.filename[:-4]
+            try:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    if dtype.hasobject:
+                        raise ValueError("object (pickled) arrays are refused")
+                    count = 1
+                    for d in shape:
+                        count *= int(d)
+                    need = count * dtype.itemsize
+                    have = info.file_size - fh.tell()
+                    if need != have:
+                        raise ValueError(f"its header declares shape {shape} {dtype} "
+                                         f"({need} bytes) but it holds {have} bytes")
+                    raw = fh.read(need)
+                arr = np.frombuffer(raw, dtype=dtype, count=count)
+                arr = arr.reshape(shape, order="F" if fortran else "C")
+                out[key] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+                raise ValueError(f"{where}: array {key!r}: {e}") from None
+    return out
 
 
 class SnapshotError(ValueError):
@@ -181,8 +251,8 @@ class ReferenceTrajectoryBuffer:
                 f"capacity must hold at least 2 rows (one transition), got {capacity_steps!r} rows"
             )
         capacity_steps = int(capacity_steps)
-        if int(num_envs) != num_envs or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if int(num_envs) != num_envs or not 1 <= num_envs <= MAX_NUM_ENVS:
+            raise ValueError(f"num_envs must be an int in [1, {MAX_NUM_ENVS}], got {num_envs!r}")
         if max_trajectory_len is None:
             max_trajectory_len = capacity_steps - 1
         if int(max_trajectory_len) != max_trajectory_len or max_trajectory_len < 1:
@@ -214,13 +284,27 @@ class ReferenceTrajectoryBuffer:
         ]
         self._max_rows = self.max_trajectory_len + 1
         if _ring is None:
-            _ring = {f.name: np.zeros((capacity_steps, *f.shape), f.dtype) for f in fields}
+            try:
+                _ring = {f.name: np.zeros((capacity_steps, *f.shape), f.dtype) for f in fields}
+            except (MemoryError, ValueError) as e:
+                raise MemoryError(
+                    f"capacity_steps={capacity_steps}: the buffer needs {capacity_steps} rows x "
+                    f"{row_bytes} bytes = {capacity_steps * row_bytes / 2**30:.3g} GiB, which "
+                    f"cannot be allocated ({e})") from None
         self._ring = _ring
         self._lock = threading.RLock()  # mutations and save (one writer at a time)
         self._counter_lock = threading.Lock()
+        # Set on the thread inside sample_windows: a relabel match_fn calling back into this
+        # buffer (append, sample, save) is refused instead of deadlocking on the store's lock.
+        self._sampling = threading.local()
         self._sample_counter = 0
         self._total_steps_added = 0
-        self._store_init()
+        try:
+            self._store_init()
+        except MemoryError as e:
+            raise MemoryError(
+                f"num_envs={self.num_envs} x max_trajectory_len={self.max_trajectory_len}: the "
+                f"per-env staging cannot be allocated ({e})") from None
 
     @classmethod
     def from_env_spec(cls, spec: EnvSpec, capacity_steps: int | None = None, num_envs: int = 1,
@@ -250,6 +334,15 @@ class ReferenceTrajectoryBuffer:
         """Successful ``sample_windows`` calls so far (the RNG's call counter)."""
         return self._sample_counter
 
+    def _refuse_reentry(self, what: str) -> None:
+        """RuntimeError when called on a thread that is inside this buffer's sample_windows (a
+        relabel match_fn calling back into the buffer), which would deadlock on the store's
+        lock (native engine) or change the pieces being sampled (NumPy engine)."""
+        if getattr(self._sampling, "active", False):
+            raise RuntimeError(
+                f"{what}: called from inside this buffer's sample_windows (a relabel match_fn "
+                "must not use the buffer it relabels for)")
+
     def reset_envs(self, rows: Mapping[str, np.ndarray], env_ids: np.ndarray | None = None) -> None:
         """Open new trajectories for ``env_ids`` with their first observation (row 0).
 
@@ -257,6 +350,7 @@ class ReferenceTrajectoryBuffer:
         row 0's action/reward are zero and its flags False. An env's still-open trajectory is
         committed first if it has at least one transition (like a cut), else dropped.
         """
+        self._refuse_reentry("reset_envs")
         ids = self._check_env_ids(env_ids)
         checked = self._check_rows(rows, self._obs_names, len(ids), "reset_envs")
         with self._lock:
@@ -266,6 +360,7 @@ class ReferenceTrajectoryBuffer:
         self, rows: Mapping[str, np.ndarray], env_ids: np.ndarray | None = None
     ) -> None:
         """Append one full row per env (every field); commits on terminated | truncated."""
+        self._refuse_reentry("append_step")
         ids = self._check_env_ids(env_ids)
         checked = self._check_rows(rows, [f.name for f in self.fields], len(ids), "append_step")
         with self._lock:
@@ -290,6 +385,7 @@ class ReferenceTrajectoryBuffer:
         row is appended (exactly :meth:`append_step`). Starts happen before appends. Nothing
         changes if any check fails (e.g. an appended env without an open trajectory).
         Returns the number of appended rows (transitions)."""
+        self._refuse_reentry("write_step")
         ids = self._check_env_ids(env_ids)
         checked = self._check_rows(rows, [f.name for f in self.fields], len(ids), "write_step")
         if starts is None:
@@ -317,15 +413,17 @@ class ReferenceTrajectoryBuffer:
         return appended
 
     def add_trajectory(self, rows: Mapping[str, np.ndarray], time_offset: int = 0) -> None:
-        """Commit a whole trajectory of T+1 >= 2 rows (offline data); cut like streamed ones."""
+        """Commit a whole trajectory of T+1 >= 2 rows (offline data); cut like streamed ones.
+        ``time_offset``: the time_index of its first row (a non-negative int; offset + rows
+        must stay inside int64)."""
+        self._refuse_reentry("add_trajectory")
         checked = self._check_rows(rows, [f.name for f in self.fields], None, "add_trajectory")
         n = next(iter(checked.values())).shape[0]
         if n < 2:
             raise ValueError(f"add_trajectory needs at least 2 rows (1 transition), got {n}")
-        if int(time_offset) != time_offset or time_offset < 0:
-            raise ValueError(f"time_offset must be a non-negative int, got {time_offset!r}")
+        offset = check_time_offset(time_offset, n, "add_trajectory(time_offset=...)")
         with self._lock:
-            self._commit_split(checked, n, int(time_offset))
+            self._commit_split(checked, n, offset)
             self._total_steps_added += n - 1
 
     def sample_windows(
@@ -343,6 +441,7 @@ class ReferenceTrajectoryBuffer:
         ``time_index`` (B, L+1) int64, ``trajectory_id`` (B,) int64 and ``start`` (B,) int64
         (the window's first row inside the stored piece). See :mod:`amago_fast.relabel`.
         """
+        self._refuse_reentry("sample_windows")
         B, L = self._check_sample_args(batch_size, length, relabel, mode)
         if out is None:
             out = self.allocate_batch(B, L)
@@ -351,6 +450,7 @@ class ReferenceTrajectoryBuffer:
         with self._counter_lock:
             counter = self._sample_counter
             self._sample_counter += 1
+        self._sampling.active = True
         try:
             self._store_sample(B, L, mode, relabel, out, counter)
         except Exception:
@@ -358,6 +458,8 @@ class ReferenceTrajectoryBuffer:
                 if self._sample_counter == counter + 1:
                     self._sample_counter = counter
             raise
+        finally:
+            self._sampling.active = False
         return out
 
     def allocate_batch(self, batch_size: int, length: int, pin_memory: bool = False) -> dict:
@@ -391,6 +493,7 @@ class ReferenceTrajectoryBuffer:
         (temp file + fsync + rename) and only then is the previous data file removed, so a crash
         at any point leaves the previous snapshot loadable.
         """
+        self._refuse_reentry("save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data_name = f"data-{uuid.uuid4().hex}.bin"
@@ -463,8 +566,14 @@ class ReferenceTrajectoryBuffer:
         """Load a snapshot written by :meth:`save`.
 
         ``mmap=True`` maps the ring arrays copy-on-write (pages load lazily; the snapshot on disk
-        is never modified). ``verify`` checks every array's sha256 (reads the whole file). Raises
-        :class:`SnapshotError` (a ValueError) on missing/corrupt/truncated/wrong-version files.
+        is never modified). Hazard: the data file must then stay exactly as it is for the
+        buffer's whole life — if it is truncated or replaced in place, the next sample touching
+        a lost page kills the process with SIGBUS (the kernel has nothing to back the mapping
+        with; no Python error is possible). The default copies the arrays into memory and is
+        safe against any later change to the files. ``verify`` checks every array's sha256
+        (reads the whole file). Raises :class:`SnapshotError` (a ValueError) on missing,
+        corrupt, truncated or wrong-version files, and on a manifest whose ``data_file`` is not
+        a plain ``data-<32 hex>.bin`` regular file inside `directory`.
         """
         directory = Path(directory)
         mpath, manifest = _read_manifest(directory)
@@ -473,13 +582,21 @@ class ReferenceTrajectoryBuffer:
             g = manifest["goals"]
             goals = (None if g is None
                      else GoalSpec(**{**g, "goal_dtype": np.dtype(g["goal_dtype"])}))
-            data_path = directory / str(manifest["data_file"])
+            data_name = manifest["data_file"]
+            if not isinstance(data_name, str) or not DATA_FILE_PATTERN.fullmatch(data_name):
+                raise SnapshotError(
+                    f"snapshot {directory}: data_file {data_name!r} is not a plain "
+                    "data-<32 hex digits>.bin name inside the snapshot folder")
+            data_path = directory / data_name
             data_bytes = int(manifest["data_bytes"])
             entries = dict(manifest["arrays"])
             capacity = int(manifest["capacity_steps"])
             num_envs = int(manifest["num_envs"])
         except (KeyError, TypeError, ValueError) as e:
             raise SnapshotError(f"corrupt buffer manifest {mpath}: {e!r}") from e
+        if data_path.is_symlink() or (data_path.exists() and not data_path.is_file()):
+            raise SnapshotError(f"snapshot {directory}: data file {data_path.name} is not a "
+                                "regular file")
         if not data_path.is_file():
             raise SnapshotError(f"snapshot {directory}: data file {data_path.name} is missing")
         if data_path.stat().st_size != data_bytes:
@@ -571,17 +688,19 @@ class ReferenceTrajectoryBuffer:
     def import_npz(self, paths: Iterable[str | os.PathLike]) -> int:
         """Add trajectories from ``.npz`` files (one per file, all schema fields as keys).
 
-        Every file is read and validated before anything is added. Returns how many were added.
+        Every file is read and validated before anything is added (each array's header against
+        its stored size, no pickles; ``__time_offset__`` a non-negative integer scalar). Returns
+        how many were added. ValueError/TypeError name the file and the problem.
         """
+        self._refuse_reentry("import_npz")
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise TypeError(f"import_npz: paths must be a list of file paths, got one "
+                            f"{type(paths).__name__} ({paths!r}); wrap it in a list")
         trajs = []
         names = [f.name for f in self.fields]
         for p in paths:
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    data = {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError) as e:
-                raise ValueError(f"import_npz: cannot read {p}: {e}") from e
-            offset = int(data.pop(NPZ_TIME_OFFSET, 0))
+            data = _read_npz(p)
+            raw_offset = data.pop(NPZ_TIME_OFFSET, np.int64(0))
             data.pop(NPZ_TRAJECTORY_ID, None)
             try:
                 checked = self._check_rows(data, names, None, f"import_npz({p})")
@@ -590,6 +709,7 @@ class ReferenceTrajectoryBuffer:
             n = next(iter(checked.values())).shape[0]
             if n < 2:
                 raise ValueError(f"import_npz: {p} has {n} rows, need at least 2")
+            offset = check_time_offset(raw_offset, n, f"import_npz: {p}: {NPZ_TIME_OFFSET}")
             trajs.append((checked, n, offset))
         with self._lock:
             for checked, n, offset in trajs:
@@ -605,6 +725,10 @@ class ReferenceTrajectoryBuffer:
         ids = np.asarray(env_ids)
         if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
             raise TypeError(f"env_ids must be a 1-d integer array, got {ids.dtype} {ids.shape}")
+        if ids.dtype.kind == "u" and ids.size and int(ids.max()) >= self.num_envs:
+            # (before the int64 cast, which shows 2**64-1 as -1)
+            raise ValueError(f"env_ids out of range [0, {self.num_envs}): "
+                             f"{[int(i) for i in ids[ids >= self.num_envs][:8]]}")
         ids = ids.astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_envs):
             raise ValueError(f"env_ids out of range [0, {self.num_envs}): {ids.tolist()[:8]}")
@@ -725,6 +849,9 @@ class ReferenceTrajectoryBuffer:
             and int(p[:, 2].sum()) <= C
             and np.all((ol >= 0) & (ol <= self._max_rows))
             and np.all(oo >= 0)
+            # time offsets leave every row's time_index inside int64 (no wrap to negative)
+            and np.all(p[:, 3] <= MAX_TIME_INDEX - p[:, 2])
+            and np.all(oo <= MAX_TIME_INDEX - self._max_rows)
             and state["next_id"] >= (int(p[:, 0].max()) + 1 if len(p) else 0)
         )
         if len(p):
