@@ -181,18 +181,21 @@ def _gammas(limit: int | None) -> list[float]:
 
 
 def sized_overrides(profile: str, limit: int | None, discrete: bool,
-                    cores: int | None = None) -> dict[str, Any]:
+                    cores: int | None = None, num_envs: int | None = None) -> dict[str, Any]:
     """The dotted-name values profile `profile` (cpu or gpu) gives an env with episode limit
-    `limit` (None: none declared) and discrete (else continuous) actions."""
+    `limit` (None: none declared) and discrete (else continuous) actions; `num_envs`: the
+    training envs when the user chose them (learning start, evaluation and collection cadence
+    follow them)."""
     p = PROFILES[profile]
+    envs = num_envs or p.num_envs
     window = min(limit, p.max_window) if limit else p.unlimited_window
     ups = p.replay_rows / (_BATCH * window)
     ups = round(min(p.max_updates_per_env_step, max(p.min_updates_per_env_step, ups)), 4)
     ep = limit or window
-    learning_starts = min(p.learning_starts_max, max(p.learning_starts_min, p.num_envs * ep))
+    learning_starts = min(p.learning_starts_max, max(p.learning_starts_min, envs * ep))
     # An evaluation every ~4 rounds of episodes (all training envs), at most eval_interval_max:
     # T-Maze 50 every ~1.6k env steps (~20 s here), CartPole every 5k.
-    eval_interval = min(p.eval_interval_max, max(1_000, 4 * p.num_envs * ep))
+    eval_interval = min(p.eval_interval_max, max(1_000, 4 * envs * ep))
     total = p.total_env_steps
     if discrete and limit:
         exploration: dict[str, Any] = {
@@ -224,13 +227,13 @@ def sized_overrides(profile: str, limit: int | None, discrete: bool,
         "total_env_steps": total,
         "learning_starts": learning_starts,
         "updates_per_env_step": ups,
-        "collect_steps_per_iter": 8 * p.num_envs,
+        "collect_steps_per_iter": 8 * envs,
         "eval_interval": eval_interval,
         "eval_episodes": p.eval_episodes,
         "checkpoint_interval": p.checkpoint_interval,
         "log_interval": max(500, eval_interval // 4),
         "torch_threads": default_torch_threads(cores),
-        "buffer.capacity_steps": max(200_000, 4 * (window + 1) * p.num_envs),
+        "buffer.capacity_steps": max(200_000, 4 * (window + 1) * envs),
     }
 
 
@@ -243,7 +246,8 @@ def size_config(cfg: TrainConfig, explicit: Iterable[str] = ()) -> TrainConfig:
     profile = resolve_profile(cfg.profile, cfg.device)
     limit, discrete = episode_limit(cfg)
     typed = set(explicit)
-    values = sized_overrides(profile, limit, discrete)
+    values = sized_overrides(profile, limit, discrete,
+                             num_envs=cfg.env.num_envs if "env.num_envs" in typed else None)
     # A typed context or window bounds the other: a window holds window + 1 rows of context.
     if "agent.context_len" in typed and "window_len" not in typed:
         values["window_len"] = max(1, min(values["window_len"], cfg.agent.context_len - 1))
