@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import warnings
 from typing import Any
 
 import numpy as np
@@ -282,6 +283,50 @@ def action_start(space: Any) -> np.ndarray | None:
     return None
 
 
+def _lookup(obs: Any, key: Any) -> Any:
+    """The batch of one stored entry (an ObsConverter plan key) in a vector observation."""
+    if key is None:
+        return obs
+    if type(key) is tuple:
+        return obs[key[0]][key[1]]
+    return obs[key]
+
+
+def _observation_checks(space: Any, where: str, ignore_keys: tuple[str, ...]) -> list[tuple]:
+    """Per stored entry: (plan key, label, per-env shape or None, low, high or None): what
+    :meth:`GymVectorEnv._convert` checks each batch against. Bounds are kept only where values
+    can fall outside them (a finite Box narrower than its dtype, Discrete/MultiDiscrete,
+    MultiBinary); a uint8 Box over 0..255 or an unbounded float Box costs nothing."""
+    from gymnasium import spaces as gs
+
+    out = []
+    for path, name, sub, key in _entries(space, where):
+        if key in ignore_keys:
+            continue
+        label = repr(name) if path is not None else "'observation'"
+        low = high = None
+        shape = tuple(sub.shape) if getattr(sub, "shape", None) is not None else None
+        if isinstance(sub, gs.Box):
+            lo, hi = np.asarray(sub.low), np.asarray(sub.high)
+            if sub.dtype.kind in "iu":
+                info = np.iinfo(sub.dtype)
+                full = (lo <= info.min).all() and (hi >= info.max).all()
+            else:
+                full = not (np.isfinite(lo).any() or np.isfinite(hi).any())
+            if not full:
+                low, high = lo, hi
+        elif isinstance(sub, gs.Discrete):
+            low, high = np.asarray(sub.start), np.asarray(sub.start + sub.n - 1)
+        elif isinstance(sub, gs.MultiDiscrete):
+            low, high = np.asarray(sub.start), np.asarray(sub.start + sub.nvec - 1)
+        elif isinstance(sub, gs.MultiBinary):
+            low, high = np.asarray(0), np.asarray(1)
+        else:  # mission strings and other spaces without a fixed array shape
+            shape = None
+        out.append((path, label, shape, low, high))
+    return out
+
+
 @contextlib.contextmanager
 def _gc_frozen():
     """Around forking async workers: objects they inherit must not be collected there (a
@@ -392,7 +437,52 @@ class GymVectorEnv(VectorEnv):
         max_steps = getattr(getattr(self.vec, "spec", None), "max_episode_steps", None)
         self.spec = EnvSpec(env_name, tuple(fields), action, max_episode_steps=max_steps,
                             extra={"backend": "gymnasium"})
+        self._obs_checks = _observation_checks(self.vec.single_observation_space, env_name,
+                                               tuple(ignore_keys))
+        self._warned_keys: set[str] = set()  # keys already warned about out-of-space values
         self._closed = False
+
+    def _explain_batching(self, e: BaseException) -> None:
+        """gymnasium's own batching of the envs' observations failed (an env returned an
+        observation of another shape than its space's): raise ValueError naming every entry's
+        expected shape instead of NumPy's bare "Output array is the wrong shape"."""
+        if isinstance(e, ValueError) and "shape" in str(e):
+            expected = ", ".join(f"{label} {shape}" for _, label, shape, _, _ in self._obs_checks
+                                 if shape is not None)
+            raise ValueError(
+                f"{self.spec.name}: gymnasium could not batch the envs' observations ({e}); "
+                f"each env's observation must fit its declared space: {expected}") from e
+
+    def _convert(self, obs: Any) -> dict[str, np.ndarray]:
+        """The observation dict of a vector observation, each entry checked first: a missing
+        key or a batch of the wrong shape raises ValueError naming the key and the expected
+        shape (instead of a NumPy reshape error); values outside the declared space warn once
+        per key and are stored as given (Discrete values the one-hot cannot represent raise in
+        the conversion). ~1 us per key and step for CartPole-sized observations."""
+        n = self.num_envs
+        for key, label, shape, low, high in self._obs_checks:
+            try:
+                arr = _lookup(obs, key)
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"{self.spec.name}: the observation has no entry {label} "
+                                 f"(its observation space declares it)") from None
+            if shape is None:
+                continue
+            if type(arr) is not np.ndarray:
+                arr = np.asarray(arr)
+            if arr.shape != (n, *shape):
+                raise ValueError(
+                    f"{self.spec.name}: observation {label} has shape {arr.shape}, expected "
+                    f"{(n, *shape)} ({n} envs x the space's shape {shape})")
+            if low is not None and label not in self._warned_keys and (
+                    (arr < low).any() or (arr > high).any()):
+                self._warned_keys.add(label)
+                warnings.warn(
+                    f"{self.spec.name}: observation {label} has values outside its declared "
+                    f"space (range [{np.min(arr)}, {np.max(arr)}], space bounds "
+                    f"[{np.min(low)}, {np.max(high)}]); stored as given (warned once per key)",
+                    stacklevel=3)
+        return self._obs(obs)
 
     def _make_vec(self) -> Any:
         import gymnasium as gym
@@ -446,6 +536,7 @@ class GymVectorEnv(VectorEnv):
             obs, _ = self.vec.reset(seed=s)
         except BaseException as e:
             self._faulted = True
+            self._explain_batching(e)
             if faulted and self._build is None and isinstance(e, Exception):
                 raise RuntimeError(
                     f"{self.spec.name}: the wrapped vector env ({type(self.vec).__name__}) "
@@ -455,7 +546,7 @@ class GymVectorEnv(VectorEnv):
             raise
         self._faulted = False
         self._next_seed = None  # later resets continue the env's own RNG streams
-        return self._obs(obs)
+        return self._convert(obs)
 
     def step(self, actions, env_ids=None):
         self._check_open()
@@ -476,15 +567,16 @@ class GymVectorEnv(VectorEnv):
                 actions = actions + self._action_start
         try:
             obs, reward, term, trunc, info = self.vec.step(actions)
-        except BaseException:
+        except BaseException as e:
             self._faulted = True  # the next reset recovers (see _recover)
+            self._explain_batching(e)
             raise
         out_info = {}
         if isinstance(info, dict):
             success = _success(info)
             if success is not None:
                 out_info["success"] = success
-        return (self._obs(obs), *step_arrays(reward, term, trunc), out_info)
+        return (self._convert(obs), *step_arrays(reward, term, trunc), out_info)
 
     def close(self) -> None:
         if not self._closed:
