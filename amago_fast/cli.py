@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser"]
 
 def _add_train(sub) -> None:
     from amago_fast.config import TrainConfig, add_dataclass_arguments
-    from amago_fast.presets import DEFAULT_PRESET, list_presets
+    from amago_fast.presets import AUTO_PRESET, DEFAULT_PRESET, list_presets
 
     p = sub.add_parser(
         "train",
@@ -39,7 +39,8 @@ def _add_train(sub) -> None:
         "--preset",
         default=None,
         choices=list_presets(),
-        help=f"starting config (default {DEFAULT_PRESET}; ignored with --resume)",
+        help=f"starting config (default {DEFAULT_PRESET}, or {AUTO_PRESET} when --env.name is "
+        "given: sized for the machine and the env by --profile; ignored with --resume)",
     )
     p.add_argument("--run-dir", default=None, help="run directory (default: <log_dir>/<run_name>)")
     p.add_argument(
@@ -52,6 +53,15 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
     )
+    p.add_argument(
+        "--data", dest="cfg:data.path", metavar="PATH", default=argparse.SUPPRESS,
+        help="offline dataset (= --data.path): a folder of .npz trajectories, a buffer "
+        "snapshot, a checkpoint or a run directory (amago_fast/offline.py)")
+    p.add_argument(
+        "--config", metavar="FILE.json", default=None,
+        help="start from this config file (an earlier run's config.json, or a partial one: "
+        "fields it leaves out keep the defaults, or --preset's values when given); overrides "
+        "given here apply on top")
     add_dataclass_arguments(p, TrainConfig())
 
 
@@ -73,6 +83,29 @@ def _add_eval(sub) -> None:
     )
 
 
+def _add_aib(sub) -> None:
+    p = sub.add_parser(
+        "aib", help="AIB protocol: AER per split over run directories (seeds) of one aib-* task",
+        description="Evaluate each run's newest checkpoint on the 20 instances of every split "
+        "(5 greedy episodes each), add it to the run's evaluation history, and print AER (the "
+        "better of the last two evaluations per seed; mean ± std over seeds) beside AMAGO's "
+        "published rows. --combine builds one table from several --json reports.")
+    p.add_argument("run_dirs", nargs="*", help="run directories of one aib-* task, one per seed")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="use the training-time evaluation history only (no fresh evaluation)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="history warm-up before each scored episode (default: the run's)")
+    p.add_argument("--episodes-per-trial", type=int, default=None,
+                   help="scored episodes per rollout, context kept (default: the run's)")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per instance")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--seed", type=int, default=12345, help="eval env seed (start states)")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--markdown", default=None, help="also write a markdown table to this file")
+    p.add_argument("--combine", nargs="+", default=None, metavar="REPORT.json",
+                   help="instead of evaluating: one table from reports written with --json")
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench", help="run the benchmarks that exist (buffer, collect, update, attention, critic)"
@@ -89,6 +122,12 @@ def _add_plot(sub) -> None:
     p.add_argument(
         "--metric", default=None, help="eval.csv column to plot (default: return / mean return)"
     )
+    p.add_argument(
+        "--reference", action="append", default=[], metavar="LABEL=VALUE",
+        help="a dashed horizontal line (random play, chance, a paper's figure), e.g. "
+        "--reference random=-0.51; repeatable. The 95%% interval band of each curve is drawn "
+        "when eval.csv holds it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_aib(sub)
     _add_bench(sub)
     _add_plot(sub)
     sub.add_parser("presets", help="list the training presets")
@@ -138,10 +178,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides_from_namespace,
         validate,
     )
-    from amago_fast.presets import DEFAULT_PRESET, get_preset
+    from amago_fast.presets import default_preset, get_preset
+    from amago_fast.profiles import size_config
     from amago_fast.trainer import Trainer, TrainingError
 
     overrides = overrides_from_namespace(args)
+    if args.resume and args.config:
+        print("amago-fast: --config starts a new run; --resume continues one with its own "
+              "config.json (give overrides instead)", file=sys.stderr)
+        return 2
     try:
         if args.resume:
             run_dir = Path(args.resume)
@@ -152,10 +197,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 )
                 return 2
             cfg = apply_overrides(load_config(run_dir / "config.json"), overrides)
+        elif args.config:  # a run from a file (amago_fast/config_file.py)
+            from amago_fast.config_file import read_config_file
+
+            base = get_preset(args.preset) if args.preset else None
+            try:
+                cfg, typed = read_config_file(args.config, base)
+            except ValueError as e:
+                if isinstance(e, ConfigError):
+                    raise
+                print(f"amago-fast: {e}", file=sys.stderr)
+                return 2
+            cfg = apply_overrides(cfg, overrides)
+            validate(cfg)
+            cfg = size_config(cfg, explicit=[*typed, *overrides])
+            run_dir = Path(args.run_dir) if args.run_dir else None
         else:
-            preset = get_preset(args.preset or DEFAULT_PRESET)
-            _drop_preset_env_kwargs(preset, overrides, args.preset or DEFAULT_PRESET)
+            # no --preset: the T-Maze demo, or with --env.name the profile-sized `auto`
+            preset_name = args.preset or default_preset(overrides)
+            preset = get_preset(preset_name)
+            _drop_preset_env_kwargs(preset, overrides, preset_name)
             cfg = apply_overrides(preset, overrides)
+            validate(cfg)  # a bad typed value is named before any env is built for sizing
+            # profile-sized presets (auto, gym, ...): every field not typed is sized for the
+            # device and the env's episode limit (amago_fast/profiles.py)
+            cfg = size_config(cfg, explicit=overrides)
             run_dir = Path(args.run_dir) if args.run_dir else None
         validate(cfg)
     except ConfigError as e:
@@ -221,6 +287,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_aib(args: argparse.Namespace) -> int:
+    from amago_fast.aib_protocol import (
+        aib_report,
+        combine_reports,
+        format_table,
+        markdown_table,
+    )
+
+    if bool(args.combine) == bool(args.run_dirs):
+        print("amago-fast: aib takes run directories or --combine REPORT.json ..., not both",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.combine:
+            reports = combine_reports(args.combine)
+        else:
+            report = aib_report(args.run_dirs, evaluate=not args.no_evaluate,
+                                warmup_steps=args.warmup_steps,
+                                episodes_per_trial=args.episodes_per_trial,
+                                episodes_per_instance=args.episodes, device=args.device,
+                                seed=args.seed)
+            reports = [report]
+            if args.json:
+                _write_text(args.json, json.dumps(report, indent=2) + "\n")
+        print(format_table(reports))
+        if args.markdown:
+            _write_text(args.markdown, markdown_table(reports) + "\n")
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"amago-fast: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write `text` atomically (a temporary file renamed over `path`)."""
+    import os
+    import tempfile
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from amago_fast.bench.suite import run_suite
 
@@ -240,8 +355,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from amago_fast.plot import plot_runs
 
+    reference: dict[str, float] = {}
+    for item in args.reference:
+        label, sep, value = item.rpartition("=")
+        try:
+            reference[label] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not label:
+            print(f"amago-fast: --reference wants LABEL=VALUE with a number, got {item!r}",
+                  file=sys.stderr)
+            return 2
     try:
-        paths = plot_runs(args.run_dirs, out_dir=args.out, metric=args.metric)
+        paths = plot_runs(args.run_dirs, out_dir=args.out, metric=args.metric,
+                          reference=reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"amago-fast: {e}", file=sys.stderr)
         return 2
@@ -275,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "train": _cmd_train,
         "eval": _cmd_eval,
+        "aib": _cmd_aib,
         "bench": _cmd_bench,
         "plot": _cmd_plot,
         "presets": _cmd_presets,

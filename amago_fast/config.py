@@ -64,14 +64,21 @@ def _default_learner_config() -> Any:
     return LearnerConfig()
 
 
+def _default_data_config() -> Any:
+    from amago_fast.offline import DataConfig
+
+    return DataConfig()
+
+
 @dataclass
 class EnvConfig:
     """Which environment to train on, and how many copies run in parallel."""
 
     name: str = "tmaze-passive"
     """Environment name given to `amago_fast.envs.make_env` (tmaze-passive, tmaze-active,
-    key-to-door, maze-runner, bandit, actinv-ballincup/-walker/-cartpole/-hopper, aib-di/-di-friction/-ode (and the MuJoCo aib-* tasks),
-    envpool:<TaskId>, gym:<id>)."""
+    key-to-door, maze-runner, bandit, aib-<task> (the Actuator Inversion Benchmark: aib-di,
+    aib-di-friction, aib-ode, aib-cartpole, aib-walker, ...), actinv-ballincup/-walker/-cartpole/
+    -hopper, envpool:<TaskId>, gym:<id>)."""
     kwargs: dict = field(default_factory=dict)
     """Extra keyword arguments for `make_env`, as JSON on the command line
     (e.g. '{"corridor_length": 20}')."""
@@ -79,6 +86,12 @@ class EnvConfig:
     """Keyword arguments merged over `kwargs` for the evaluation env only, as JSON (e.g.
     '{"split": "eval-out"}' evaluates actuator inversion on held-out contexts while training on
     the train split; '{"batch_size": 4}' sizes an async EnvPool eval pool)."""
+    eval_sets: dict = field(default_factory=dict)
+    """Named evaluation envs, as JSON: label -> kwargs merged over `kwargs` and `eval_kwargs`
+    (the AIB presets: '{"train": {"split": "train"}, "eval-in": {"split": "eval-in"},
+    "eval-out": {"split": "eval-out"}}'). Each set is evaluated at every `eval_interval` with
+    `eval_episodes` episodes and logged as `<label>/<statistic>` (eval.csv, TensorBoard, plot);
+    empty: the one evaluation env of `eval_kwargs`."""
     num_envs: int = 8
     """Parallel environments used for training collection (per rank when distributed)."""
     eval_num_envs: int = 8
@@ -117,6 +130,9 @@ class TrainConfig:
     """The agent's model (amago_fast.agent.AgentConfig)."""
     learner: Any = field(default_factory=_default_learner_config)
     """The learning update (amago_fast.learner.LearnerConfig)."""
+    data: Any = field(default_factory=_default_data_config)
+    """An offline dataset and how training uses it (amago_fast.offline.DataConfig; `--data
+    PATH`)."""
     buffer: BufferConfig = field(default_factory=BufferConfig)
     """The replay buffer."""
     exploration: dict = field(default_factory=dict)
@@ -160,6 +176,12 @@ class TrainConfig:
     """Seed for model init, envs, exploration and buffer sampling (envs use seed + rank)."""
     device: str = "auto"
     """Torch device for the learner: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    profile: str = "auto"
+    """How `amago-fast train` sizes the fields you do not type (model, context/window from the
+    env's episode limit, update ratio, exploration, budgets, evaluation, threads; see
+    amago_fast/profiles.py): cpu (learns in minutes on a laptop CPU), gpu (AMAGO-sized), auto
+    (gpu when the device is CUDA, else cpu) or off (keep the preset's values: the hand-tuned
+    presets tmaze, key-to-door, ... set off)."""
     torch_threads: int = 0
     """torch intra-op threads (0: leave torch's default)."""
     max_skipped_updates: int = 100
@@ -502,7 +524,7 @@ def _check_types(cfg: Any) -> None:
             _check(isinstance(value, dict), name, f"expected a JSON object, got {value!r}")
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+def validate(cfg: TrainConfig, *, check_env_name: bool = True) -> TrainConfig:
     """Check the whole config; raise ConfigError naming the first bad field. Returns `cfg`.
 
     Runs before any env, buffer or model is built. The agent's and learner's own configs are
@@ -517,7 +539,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                f"{value} is out of range (a 64-bit integer at most)")
     e = cfg.env
     _check(bool(e.name.strip()), "env.name", "must be a non-empty environment name")
-    if not e.name.startswith(("envpool:", "gym:")):
+    # check_env_name=False: the env is given as an object (Trainer(cfg, env=...)) and its
+    # name is only a label.
+    if check_env_name and not e.name.startswith(("envpool:", "gym:")):
         from amago_fast.envs import list_envs
 
         known = [n for n in list_envs() if "<" not in n]
@@ -543,6 +567,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             json.dumps(value)
         except TypeError as err:
             raise ConfigError(f"{name}: must be JSON-serializable: {err}") from None
+    _check(isinstance(e.eval_sets, dict), "env.eval_sets",
+           f"must be a JSON object of label -> kwargs, got {e.eval_sets!r}")
+    for label, kw in e.eval_sets.items():
+        _check(isinstance(label, str) and label.replace("-", "").replace("_", "").isalnum(),
+               "env.eval_sets", f"labels must be names of letters, digits, - and _, got {label!r}")
+        _check(isinstance(kw, dict), "env.eval_sets",
+               f"set {label!r} must map to a JSON object of kwargs, got {kw!r}")
+    try:
+        json.dumps(e.eval_sets)
+    except TypeError as err:
+        raise ConfigError(f"env.eval_sets: must be JSON-serializable: {err}") from None
     _check(e.nan_policy in ("raise", "flag"), "env.nan_policy",
            f"must be 'raise' or 'flag', got {e.nan_policy!r}")
     try:
@@ -602,6 +637,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
            f"must be in [0, {MAX_SEED}] (env seeds add rank offsets to it and EnvPool takes "
            f"32-bit seeds), got {cfg.seed}")
     _check(cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads}")
+    _check(cfg.profile in ("auto", "cpu", "gpu", "off"), "profile",
+           f"must be auto, cpu, gpu or off, got {cfg.profile!r}")
     _check(
         cfg.max_skipped_updates >= 0,
         "max_skipped_updates",
@@ -616,7 +653,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         import torch
 
         _check(torch.cuda.is_available(), "device", f"{dev!r} requested but CUDA is not available")
-    for sub in ("agent", "learner"):
+    for sub in ("agent", "learner", "data"):
         sub_cfg = getattr(cfg, sub)
         check = getattr(sub_cfg, "validate", None)
         if callable(check):

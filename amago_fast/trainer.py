@@ -21,7 +21,9 @@ import importlib
 import math
 import os
 import random
+import shutil
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -46,6 +48,7 @@ from amago_fast.distributed import (
     init_distributed,
     wrap_ddp,
 )
+from amago_fast.intervals import format_interval, interval_stats
 from amago_fast.logger import RunLogger
 
 __all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent"]
@@ -149,6 +152,9 @@ class Trainer:
         run_dir: where logs and checkpoints go (default: `default_run_dir(cfg)`).
         resume: continue from the newest complete checkpoint in `run_dir`.
         dist: the distributed context (default: join torchrun's job when launched by it).
+        env: the user's own training env instead of ``cfg.env.name``: a VectorEnv, a gymnasium
+            vector env, an EnvPool pool or a callable building one (amago_fast.user_env).
+        eval_env: the evaluation env, in the same forms (default: see amago_fast.user_env).
     """
 
     def __init__(
@@ -158,8 +164,18 @@ class Trainer:
         *,
         resume: bool = False,
         dist: DistContext | None = None,
+        env: Any = None,
+        eval_env: Any = None,
     ) -> None:
-        self.cfg = validate(cfg)
+        from amago_fast.user_env import EnvSource
+
+        if eval_env is not None and env is None:
+            raise TypeError("eval_env is given without env (give both, or neither)")
+        # A given env is checked before anything else; cfg.env.name is then only a label.
+        self.env_source = EnvSource(env, eval_env) if env is not None else None
+        # (a copy then: build() records the given env's counts in it, not in the caller's)
+        self.cfg = validate(copy.deepcopy(cfg) if env is not None else cfg,
+                            check_env_name=env is None)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
         self.resume_requested = resume
         self.device = resolve_device(cfg.device)
@@ -180,20 +196,25 @@ class Trainer:
         self.next_checkpoint = cfg.checkpoint_interval
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
+        self.eval_env_steps = 0  # env steps spent in evaluation episodes (not in env_steps)
         self._stop_signal: int | None = None
+        self.offline_updates = 0  # updates made on the dataset alone (amago_fast.offline)
+        self.dataset = None  # the offline dataset's buffer, when cfg.data.path names one
         # Every rank collects the same number of steps (and so makes the same number of updates,
         # which DDP needs).
         self.total_per_rank = math.ceil(cfg.total_env_steps / self.dist.world_size)
 
     @classmethod
-    def resume(cls, run_dir: str | os.PathLike, overrides: dict | None = None) -> Trainer:
-        """A Trainer continuing the run in `run_dir` (its saved config, plus `overrides`)."""
+    def resume(cls, run_dir: str | os.PathLike, overrides: dict | None = None, *,
+               env: Any = None, eval_env: Any = None) -> Trainer:
+        """A Trainer continuing the run in `run_dir` (its saved config, plus `overrides`); a
+        run trained on the user's own env gets it again as `env` / `eval_env`."""
         from amago_fast.config import apply_overrides
 
         cfg = load_config(Path(run_dir) / "config.json")
         if overrides:
             cfg = apply_overrides(cfg, overrides)
-        return cls(cfg, run_dir, resume=True)
+        return cls(cfg, run_dir, resume=True, env=env, eval_env=eval_env)
 
     # ------------------------------------------------------------------------------ build
     def build(self) -> None:
@@ -203,6 +224,7 @@ class Trainer:
         from amago_fast.envs import make_env
         from amago_fast.exploration import make_exploration
         from amago_fast.learner import Learner
+        from amago_fast.user_env import BorrowedEval
 
         cfg, rank = self.cfg, self.dist.rank
         if cfg.torch_threads:
@@ -210,35 +232,59 @@ class Trainer:
         for mod in cfg.env.import_modules:  # e.g. popgym registers its gymnasium ids on import
             importlib.import_module(mod)
         env_seed = cfg.seed + 1000 * rank
-        # Env construction errors (unknown id, bad kwargs, unsupported spaces) are config
-        # errors: ConfigError names the fields, and the CLI prints it on one line.
-        try:
-            self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed, **cfg.env.kwargs)
-        except (ValueError, TypeError) as e:
-            msg = f"env.name={cfg.env.name!r} / env.kwargs={cfg.env.kwargs}: {e}"
-            raise ConfigError(msg) from e
-        eval_kwargs = eval_env_kwargs(cfg)
-        try:
-            self.eval_env = make_env(
-                cfg.env.name, cfg.env.eval_num_envs, seed=env_seed + 500, **eval_kwargs
-            )
-        except (ValueError, TypeError) as e:
-            self.env.close()
-            raise ConfigError(
-                f"env.eval_num_envs={cfg.env.eval_num_envs} / env.eval_kwargs (the evaluation "
-                f"env: {cfg.env.name!r} with kwargs {eval_kwargs}): {e}"
-            ) from e
+        eval_envs: dict[str, Any] = {}
+        if self.env_source is not None:
+            # The user's own env (amago_fast.user_env): its env counts are the run's (and so
+            # recorded in config.json); without an eval env, evaluation borrows this one.
+            if cfg.env.eval_sets:
+                raise ConfigError("env.eval_sets: named evaluation sets are built by env name; "
+                                  "with env= given, pass eval_env= instead")
+            self.env, own_eval = self.env_source.build(
+                cfg.env.num_envs, cfg.env.eval_num_envs, env_seed, env_seed + 500)
+            cfg.env.num_envs = self.env.num_envs
+            if own_eval is None and cfg.overlap_collection:
+                self.env.close()
+                raise ConfigError("overlap_collection: the collector thread owns the training "
+                                  "env, so evaluation cannot borrow it: give eval_env=")
+            if own_eval is not None:
+                cfg.env.eval_num_envs = own_eval.num_envs
+            eval_envs[""] = own_eval if own_eval is not None else self.env
+            sets: dict[str, dict] = {}
+        else:
+            # Env construction errors (unknown id, bad kwargs, unsupported spaces) are config
+            # errors: ConfigError names the fields, and the CLI prints it on one line.
+            try:
+                self.env = make_env(cfg.env.name, cfg.env.num_envs, seed=env_seed,
+                                    **cfg.env.kwargs)
+            except (ValueError, TypeError) as e:
+                msg = f"env.name={cfg.env.name!r} / env.kwargs={cfg.env.kwargs}: {e}"
+                raise ConfigError(msg) from e
+            # One evaluation env, or one per named set (env.eval_sets: AIB's three splits).
+            sets = cfg.env.eval_sets or {"": {}}
         spec = self.env.spec
         self.spec = spec
-        if self.eval_env.spec.observation != spec.observation or (
-            self.eval_env.spec.action != spec.action
-        ):
-            self.env.close()
-            self.eval_env.close()
-            raise ConfigError(
-                f"env.eval_kwargs={cfg.env.eval_kwargs}: the evaluation env's observation/action "
-                f"spec differs from the training env's ({self.eval_env.spec} vs {spec})"
-            )
+        for i, (label, set_kwargs) in enumerate(sets.items()):
+            eval_kwargs = eval_env_kwargs(cfg, set_kwargs)
+            where = f"env.eval_sets[{label!r}]" if label else "env.eval_kwargs"
+            try:
+                env = make_env(cfg.env.name, cfg.env.eval_num_envs,
+                               seed=env_seed + 500 + 100 * i, **eval_kwargs)
+            except (ValueError, TypeError) as e:
+                for opened in (self.env, *eval_envs.values()):
+                    opened.close()
+                raise ConfigError(
+                    f"env.eval_num_envs={cfg.env.eval_num_envs} / {where} (the evaluation "
+                    f"env: {cfg.env.name!r} with kwargs {eval_kwargs}): {e}"
+                ) from e
+            eval_envs[label] = env
+            if env.spec.observation != spec.observation or env.spec.action != spec.action:
+                for opened in (self.env, *eval_envs.values()):
+                    opened.close()
+                raise ConfigError(
+                    f"{where}: the evaluation env's observation/action spec differs from the "
+                    f"training env's ({env.spec} vs {spec})"
+                )
+        self.eval_env = next(iter(eval_envs.values()))
         if cfg.buffer.relabel != "none" and spec.goals is None:
             raise ConfigError(
                 f"buffer.relabel={cfg.buffer.relabel!r} needs a multi-goal env; "
@@ -251,6 +297,16 @@ class Trainer:
             max_trajectory_len=cfg.buffer.max_trajectory_len,
             seed=cfg.seed + rank,
         )
+        if cfg.data.path:  # an offline dataset, read and checked whole (amago_fast.offline)
+            from amago_fast.offline import load_dataset
+
+            try:
+                self.dataset = load_dataset(cfg.data.path, spec, seed=cfg.seed + rank,
+                                            max_trajectory_len=cfg.buffer.max_trajectory_len)
+            except ConfigError:
+                for opened in (self.env, *eval_envs.values()):
+                    opened.close()
+                raise
         self.agent = build_agent(spec, cfg, self.device)
         seed_everything(cfg.seed + rank)  # collection/sampling randomness differs per rank
         wrap = wrap_ddp(self.dist, self.device)
@@ -268,7 +324,9 @@ class Trainer:
             self.policy = self.agent
         self.collector = Collector(self.env, self.policy, self.buffer, self.exploration,
                                    nan_policy=cfg.env.nan_policy)
-        self.eval_collector = Collector(self.eval_env, self.agent)
+        self.eval_collectors = {label: Collector(env, self.agent) if env is not self.env
+                                else BorrowedEval(self) for label, env in eval_envs.items()}
+        self.eval_collector = self.eval_collectors[next(iter(eval_envs))]
         self.relabel = (
             None
             if cfg.buffer.relabel == "none"
@@ -340,19 +398,30 @@ class Trainer:
                 unit="step",
                 dynamic_ncols=True,
             )
+        if dist.is_main:  # before the first step: where to look (tail eval.csv, plot, resume)
+            _note(f"run directory {self.run_dir}", progress)
+        # The bar's rates and return refresh every PROGRESS_REFRESH_S seconds of the loop,
+        # whatever log_interval is (a log_interval of thousands of steps left ups=0.0 on
+        # screen for minutes while training).
+        bar_t0, bar_steps, bar_updates = time.perf_counter(), 0, 0
         recent_returns: deque[float] = deque(maxlen=100)
         recent_success: deque[float] = deque(maxlen=100)
         window_t0, window_steps, window_updates = time.perf_counter(), 0, 0
         t_start = time.perf_counter()
         t_offset = self.train_seconds
         pending: dict[str, list[float]] = {}
-        thread = _CollectorThread(self) if cfg.overlap_collection else None
+        thread = _CollectorThread(self) if cfg.overlap_collection and cfg.data.online else None
         interrupted = False
         try:
-            if thread is not None:
+            # --- 0. offline updates on the dataset first (amago_fast.offline) ---------------
+            if self.dataset is not None and self.offline_updates < cfg.data.offline_updates:
+                from amago_fast.offline import run_offline_phase
+
+                interrupted = run_offline_phase(self)
+            if thread is not None and not interrupted:
                 thread.start()
             min_steps = self.env_steps
-            while min_steps < total_per_rank:
+            while min_steps < total_per_rank and cfg.data.online and not interrupted:
                 # --- 1. collect --------------------------------------------------------
                 if thread is None:
                     stats = self.collector.collect(cfg.collect_steps_per_iter)
@@ -361,7 +430,11 @@ class Trainer:
                 else:
                     stats, new_steps = thread.wait_for_data(self)
                 window_steps += new_steps
+                bar_steps += new_steps
                 recent_returns.extend(stats.get("returns", []))
+                if "exploration_value" in stats:  # the annealed ε / noise std, in train.csv
+                    pending.setdefault("exploration_value", []).append(
+                        stats["exploration_value"])
                 per_env = stats.get("per_env", {})
                 if len(per_env) > 1:  # several env names: each one's return in the train row
                     for name, sub in per_env.items():
@@ -374,7 +447,9 @@ class Trainer:
                 # number of DDP updates and the same checkpoint/stop decisions.
                 min_steps, owed, stop = self._sync_counters()
                 # --- 2. learn: as many updates as the ratio says are owed ----------------
-                window_updates += self.learn_owed(pending, thread, owed)
+                done = self.learn_owed(pending, thread, owed)
+                window_updates += done
+                bar_updates += done
                 if thread is not None:
                     thread.notify_learner_progress()
                 # --- 3. progress, logs, eval, checkpoint --------------------------------
@@ -383,6 +458,11 @@ class Trainer:
                 global_steps = min_steps * world
                 if progress is not None:
                     progress.update(global_steps - progress.n)
+                    if now - bar_t0 >= PROGRESS_REFRESH_S:
+                        dt = now - bar_t0
+                        progress.set_postfix_str(self._progress_text(
+                            bar_steps * world / dt, bar_updates / dt, recent_returns))
+                        bar_t0, bar_steps, bar_updates = now, 0, 0
                 if global_steps >= self.next_log:
                     dt = max(now - window_t0, 1e-9)
                     sps = window_steps * world / dt
@@ -399,11 +479,6 @@ class Trainer:
                         "recent_success": _mean(recent_success),
                     }
                     self.logger.log("train", row, global_steps, self.train_seconds)
-                    if progress is not None:
-                        progress.set_postfix(
-                            sps=f"{sps:.0f}", ups=f"{ups:.1f}",
-                            ret=f"{_mean(recent_returns):.3f}",
-                        )
                     pending.clear()
                     window_t0, window_steps, window_updates = now, 0, 0
                     while self.next_log <= global_steps:
@@ -435,17 +510,32 @@ class Trainer:
                 progress.close()
             self.logger.close()
             self.env.close()
-            self.eval_env.close()
+            for collector in self.eval_collectors.values():
+                collector.env.close()
         result = {
             "env_steps": self.env_steps * world,
             "updates": self.updates,
             "skipped_updates": self.skipped_updates,
             "train_seconds": self.train_seconds,
+            # greedy evaluation episodes' env steps, counted apart from the training env_steps
+            "eval_env_steps": self.eval_env_steps,
             "interrupted": interrupted,
             "run_dir": str(self.run_dir),
             "eval": dict(self.last_eval),
         }
         return result
+
+    def _progress_text(self, sps: float, ups: float, recent_returns) -> str:
+        """The bar's postfix: env steps/s and updates/s over the last refresh period, the mean
+        return of the last 100 training episodes, and the last evaluation's mean with its 95%
+        interval (success when the env reports it, else return)."""
+        text = f"sps={sps:.0f} ups={ups:.1f} ret={_mean(recent_returns):.3g}"
+        ev = self.last_eval
+        shown = format_interval(ev, "success") or format_interval(ev, "return")
+        if shown:
+            metric = "success" if "success" in ev else "return"
+            text += f" eval {metric}={shown}"
+        return text
 
     def _sync_counters(self) -> tuple[int, int, bool]:
         """(min env steps over ranks, updates owed by every rank, stop requested on any rank)."""
@@ -465,7 +555,14 @@ class Trainer:
         cfg = self.cfg
         done = 0
         while owed > 0:
-            batch = self.buffer.sample_windows(cfg.batch_size, cfg.window_len, relabel=self.relabel)
+            if self.dataset is None:
+                batch = self.buffer.sample_windows(cfg.batch_size, cfg.window_len,
+                                                   relabel=self.relabel)
+            else:  # offline→online: data.share of the windows from the dataset
+                from amago_fast.offline import sample_mixed
+
+                batch = sample_mixed(self.buffer, self.dataset, cfg.batch_size, cfg.window_len,
+                                     cfg.data.share, self.relabel)
             if thread is not None:  # the collector thread copies weights between updates only
                 with thread.weights_lock:
                     metrics = self.learner.update(_to_torch(batch, self.device))
@@ -492,15 +589,21 @@ class Trainer:
         if self.env_steps < cfg.learning_starts:
             return 0
         target = int((self.env_steps - cfg.learning_starts) * cfg.updates_per_env_step)
-        return max(0, target - self.updates)
+        # the ratio counts online updates: the offline phase's come on top
+        return max(0, target - (self.updates - self.offline_updates))
 
     # ------------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
         """Greedy episodes (no exploration) on the eval envs; returns their statistics."""
         if self.cfg.eval_episodes == 0:
             return {}
-        return flatten_episode_stats(self.eval_collector.evaluate(
-            self.cfg.eval_episodes, **self._eval_limits(self.eval_collector)))
+        out: dict[str, float] = {}
+        for label, collector in self.eval_collectors.items():
+            stats = collector.evaluate(self.cfg.eval_episodes, **self._eval_limits(collector))
+            self.eval_env_steps += int(stats.get("env_steps", 0))
+            flat = flatten_episode_stats(stats) | slot_group_returns(collector.env, stats)
+            out |= {(f"{label}/{k}" if label else k): v for k, v in flat.items()}
+        return out
 
     def _eval_limits(self, collector: Any) -> dict[str, Any]:
         """Collector.evaluate's step cap (``eval_max_steps`` per env slot; 0: the collector's
@@ -534,6 +637,8 @@ class Trainer:
                 "next_log": self.next_log,
                 "next_eval": self.next_eval,
                 "next_checkpoint": self.next_checkpoint,
+                "offline_updates": self.offline_updates,
+                "eval_env_steps": self.eval_env_steps,
             },
             "last_eval": self.last_eval,
             "last_eval_step": self.last_eval_step,
@@ -546,12 +651,19 @@ class Trainer:
         state["collector"] = self.collector.state_dict()
         if hasattr(self.eval_env, "state_dict"):
             state["eval_env"] = self.eval_env.state_dict()
+        # The other named evaluation sets (env.eval_sets), so a resumed run draws the same
+        # evaluation episodes as an uninterrupted one.
+        others = {label: c.env.state_dict() for label, c in list(self.eval_collectors.items())[1:]
+                  if hasattr(c.env, "state_dict")}
+        if others:
+            state["eval_sets"] = others
         return state
 
     def save_checkpoint(self, thread: _CollectorThread | None) -> Path | None:
         """Write a full checkpoint (every rank its own part; rank 0 commits)."""
         if thread is not None:
             thread.pause()
+        tmp: Path | None = None
         try:
             dist = self.dist
             # Named by the slowest rank's steps so every rank writes into the same directory.
@@ -573,6 +685,12 @@ class Trainer:
             final = ckpt.commit_checkpoint(self.run_dir, tmp, step) if dist.is_main else None
             dist.barrier()
             return final
+        except OSError:
+            # A full disk (ENOSPC) or a vanished directory: the previous checkpoint is untouched
+            # (the write went to a temp dir); free what the failed write took.
+            if self.dist.is_main and tmp is not None and tmp.name.startswith(".tmp-"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         finally:
             if thread is not None:
                 thread.resume()
@@ -700,6 +818,9 @@ class Trainer:
         if eval_state is not None and eval_state.get("num_envs") == self.eval_env.num_envs:
             # (another env.eval_num_envs: the evaluation env starts afresh from its seed)
             self.eval_env.load_state_dict(eval_state)
+        for label, env_state in state.get("eval_sets", {}).items():
+            if label in self.eval_collectors:
+                self.eval_collectors[label].env.load_state_dict(env_state)
         c = state["counters"]
         self.env_steps = c["env_steps"]
         self.updates = c["updates"]
@@ -707,12 +828,19 @@ class Trainer:
         self.train_seconds = c["train_seconds"]
         self.next_log, self.next_eval = c["next_log"], c["next_eval"]
         self.next_checkpoint = c["next_checkpoint"]
+        self.offline_updates = c.get("offline_updates", 0)
+        self.eval_env_steps = int(c.get("eval_env_steps", 0))  # absent in older checkpoints
         self.last_eval = state["last_eval"]
         self.last_eval_step = state.get("last_eval_step", -1)
         set_rng_state(state["rng"])
         return path
 
     # ------------------------------------------------------------------------- signals
+    @property
+    def stop_requested(self) -> bool:
+        """A SIGINT/SIGTERM arrived: the loop checkpoints and stops at its next boundary."""
+        return self._stop_signal is not None
+
     def _install_signal_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
             return {}
@@ -731,6 +859,19 @@ class Trainer:
     def _restore_signal_handlers(old: dict) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+PROGRESS_REFRESH_S = 2.0
+"""Seconds between refreshes of the progress bar's rates, return and last evaluation."""
+
+
+def _note(text: str, progress: Any) -> None:
+    """One `amago-fast: ...` line on stderr (through tqdm when a bar is shown, so the bar is
+    not torn)."""
+    if progress is not None:
+        progress.write(f"amago-fast: {text}", file=sys.stderr)
+    else:
+        print(f"amago-fast: {text}", file=sys.stderr, flush=True)
 
 
 # Fields a checkpoint's state fixes: a resume restores the weights (agent architecture), the
@@ -776,12 +917,28 @@ def flatten_episode_stats(stats: dict) -> dict[str, float]:
     out = {k: float(v) for k, v in stats.items() if _is_number(v)}
     if "stopped_early" in stats:  # a step cap or a stop signal cut the evaluation short
         out["stopped_early"] = 1.0
+    out |= interval_stats(out)  # 95% intervals of the return and success means
     per_env = stats.get("per_env", {})
     if len(per_env) > 1:
         for name, sub in per_env.items():
-            for k, v in sub.items():
-                if _is_number(v):
-                    out[f"{name}/{k}"] = float(v)
+            flat = {k: float(v) for k, v in sub.items() if _is_number(v)}
+            for k, v in (flat | interval_stats(flat)).items():
+                out[f"{name}/{k}"] = v
+    return out
+
+
+def slot_group_returns(env: Any, stats: dict) -> dict[str, float]:
+    """Mean return of each group of env slots the env names (``env.slot_groups()``, e.g. AIB's
+    sign-flip instances) as ``return/<group>``, from an exact-count evaluation's slot_returns."""
+    groups = getattr(env, "slot_groups", None)
+    slot_returns = stats.get("slot_returns")
+    if not callable(groups) or not slot_returns:
+        return {}
+    out = {}
+    for group, slots in groups().items():
+        rets = [r for i in slots if i < len(slot_returns) for r in slot_returns[i]]
+        if rets:
+            out[f"return/{group}"] = float(np.mean(rets))
     return out
 
 
@@ -979,20 +1136,33 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory)")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
+    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int)
+                                 or num_envs < 1):
+        raise ValueError(f"num_envs must be an int >= 1 (or None: the run's "
+                         f"env.eval_num_envs), got {num_envs!r}")
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a torch device ({str(e).splitlines()[0]})"
+                         ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: evaluation runs on cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
     path = ckpt.newest_intact_checkpoint(run_dir)  # CheckpointError when all are damaged
     if path is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
     cfg = load_config(run_dir / "config.json")
-    dev = resolve_device(device)
     for mod in cfg.env.import_modules:
         importlib.import_module(mod)
     if env_kwargs is not None and not isinstance(env_kwargs, dict):
         raise ValueError(f"env_kwargs must be a dict, got {env_kwargs!r}")
     kwargs = eval_env_kwargs(cfg, env_kwargs)
     try:
-        env = make_env(cfg.env.name, num_envs or cfg.env.eval_num_envs, seed=seed, **kwargs)
+        env = make_env(cfg.env.name, cfg.env.eval_num_envs if num_envs is None else num_envs,
+                       seed=seed, **kwargs)
     except TypeError as e:  # unknown keyword arguments
         raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs}: {e}") from e
     try:
@@ -1004,6 +1174,8 @@ def evaluate_run(
         agent = build_agent(env.spec, cfg, dev)
         learner = Learner(agent, _learner_config(cfg, dev))
         shared = ckpt.load_object(path / "learner.pt")
+        if not isinstance(shared, dict) or not isinstance(shared.get("learner"), dict):
+            raise ckpt.CheckpointError(f"{path}/learner.pt holds no learner state")
         with warnings.catch_warnings():  # evaluation never samples from the learner's generator
             warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
             learner.load_state_dict(shared["learner"])

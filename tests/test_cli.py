@@ -112,7 +112,8 @@ def test_env_build_errors_are_one_line_config_errors(tmp_path, capsys):
 def test_changing_env_name_drops_the_presets_env_kwargs(capsys):
     """tmaze's corridor_length is not passed to key-to-door (a note says so); within an env
     family (another gym: id) a preset's env kwargs are kept; given explicitly, they win."""
-    assert main(["train", "--env.name", "key-to-door", "--print-config"]) == 0
+    assert main(["train", "--preset", "tmaze", "--env.name", "key-to-door",
+                 "--print-config"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["env"]["kwargs"] == {}
     assert "corridor_length" in out.err and "not passed" in out.err
@@ -168,7 +169,8 @@ def test_readme_documents_every_command_and_train_option():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for cmd in ("amago-fast train", "amago-fast eval", "amago-fast bench", "amago-fast plot",
-                "amago-fast presets", "--resume", "--preset", "--print-config", "torchrun",
+                "amago-fast presets", "amago-fast aib", "--resume", "--preset", "--print-config",
+                "torchrun",
                 "bash scripts/setup.sh && .venv/bin/amago-fast train", "bash scripts/test.sh"):
         assert cmd in readme, cmd
     for prefix, cls in (("", TrainConfig), ("env.", EnvConfig), ("buffer.", BufferConfig),

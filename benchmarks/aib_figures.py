@@ -1,0 +1,70 @@
+"""Learning curves of AIB runs, one figure per task: the three splits side by side.
+
+    python benchmarks/aib_figures.py --out docs/figures RUN_DIR [RUN_DIR ...]
+
+Each run directory is one seed of an ``aib-*`` preset (its eval.csv holds the periodic
+evaluation of every split). Runs are grouped by task and by trajectory encoder (Transformer vs
+the memory-free ``ff`` ablation); AMAGO's published AER for a split, where there is one, is drawn
+as a dotted line. Prints one JSON line per figure written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from amago_fast.aib_protocol import read_history
+    from amago_fast.config import load_config
+    from amago_fast.envs.aib import AIB_SPLITS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--out", default="docs/figures")
+    args = ap.parse_args(argv)
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    tasks = {}
+    for rd in map(Path, args.run_dirs):
+        task, rows = read_history(rd)
+        encoder = load_config(rd / "config.json").agent.traj_encoder
+        tasks[task.name] = task
+        groups[task.name][encoder].append((rd.name, rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    styles = {"transformer": "-", "ff": "--", "gru": "-."}
+    for name, by_encoder in groups.items():
+        task = tasks[name]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+        for ax, split in zip(axes, AIB_SPLITS):
+            for encoder, runs in sorted(by_encoder.items()):
+                for i, (label, rows) in enumerate(runs):
+                    ax.plot([r["env_steps"] for r in rows], [r[f"{split}/return"] for r in rows],
+                            styles.get(encoder, ":"), color=f"C{i}", alpha=0.85,
+                            label=f"{label} ({encoder})")
+            if task.amago.get(split) is not None:
+                ax.axhline(task.amago[split], color="k", ls=":", label="AMAGO (published AER)")
+            ax.set_title(f"{task.title} {split}")
+            ax.set_xlabel("env steps (20 envs)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("return (mean of 20 instances x 5 episodes)")
+        axes[-1].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out / f"aib_{name.removeprefix('aib-')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(json.dumps({"task": name, "figure": str(path),
+                          "runs": {e: [r[0] for r in v] for e, v in by_encoder.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
