@@ -494,6 +494,11 @@ class Learner:
     ) -> None:
         config = config or LearnerConfig()
         config.validate()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if config.cuda_graph and (wrap_module is not None or distributed):
+            raise ValueError("LearnerConfig.cuda_graph: not with torch.distributed or a wrapped "
+                             "loss module (their collectives are not captured); set "
+                             "cuda_graph=False")
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cpu":

@@ -95,3 +95,31 @@ def test_update_gflop_counts_the_fused_attention_causally(monkeypatch):
     B, L1, H, D = 3, 9, 2, 16
     assert (full - fused) * 1e9 == pytest.approx(2 * (12 - 7) * B * H * L1 * L1 * D)
     assert gemm_gflops(repeats=1) > 0
+
+
+def test_realistic_grid_smoke_on_cpu():
+    """The AMAGO-like grid (a GPU benchmark) runs end to end with its windows/batches shrunk:
+    updates/s, timesteps/s, op counts per implementation; 18 gammas where the size says so."""
+    from amago_fast.bench.update import REALISTIC, run
+
+    size = "amago_256x3_ctx512"
+    res = run((size,), iters=1, warmup=0, threads=1, count_flops=False, window=6,
+              batch_size=2, num_gammas=18)
+    for row in (res[size],):
+        assert row["config"]["window"] == 6 and row["gammas"] == 18
+        for name in ("ours", "baseline"):
+            assert row[name]["timesteps_per_s"] == pytest.approx(
+                12 * row[name]["updates_per_s"])
+            assert row["ops_per_update"][name]["aten_ops"] > 100
+        # Ours' host syncs on CPU: the metrics read and Dropout's CPU-only NumPy masks.
+        sites = row["ops_per_update"]["ours"]["host_sync_sites"]
+        assert all("layers.py" in x or "learner.py" in x for x in sites), sites
+    assert REALISTIC["amago_256x3_ctx512"]["window"] == 512  # the grid itself is unchanged
+
+
+def test_cuda_graph_bench_refuses_on_cpu():
+    from amago_fast.bench.update import run
+
+    with pytest.raises(ValueError, match="cuda_graph"):
+        run(("small",), iters=1, warmup=0, count_flops=False, cuda_graph=True, window=4,
+            batch_size=2)

@@ -2,12 +2,8 @@
 (forward, backward, clip, AdamW, EMA, PopArt, metrics) without waiting for the device, which is
 also what CUDA-graph capture needs. Metrics come back in one read every ``stats_every`` updates.
 
-CPU-side proof: a dispatch-mode hook sees every aten op of the update. A device read cannot be
-seen as a copy on a CPU-only machine, so the ops that make the host wait on a GPU are the proxies:
-``_local_scalar_dense`` (``.item()``, ``float(t)``, ``if t``), ``nonzero`` / ``masked_select`` /
-``unique`` / boolean indexing (output size depends on the data), ``lift_fresh`` (a tensor built
-from host data: a blocking host-to-device copy), and the Python-level ``.tolist()`` / ``.cpu()``
-(seen through a torch-function mode: on a CPU tensor they dispatch nothing).
+CPU-side proof: amago_fast.bench.sync.HostSyncDetector sees every aten op of the update and
+records the ones that make the host wait on a GPU (its docstring lists the proxies).
 """
 
 from __future__ import annotations
@@ -19,80 +15,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from amago_fast.agent import Agent, AgentConfig
+from amago_fast.bench.sync import HostSyncDetector
 from amago_fast.learner import Learner, LearnerConfig, StaticBatch
 from amago_fast.nets.layers import Dropout
 from amago_fast.popart import PopArt
 from tests.test_learner import SMALL, make_batch, make_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# aten ops whose result the host must wait for on a GPU (or whose output size does).
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "unique",
-            "_unique", "_unique2", "unique_dim", "unique_consecutive", "equal", "is_nonzero",
-            "lift_fresh", "repeat_interleave", "masked_scatter"}
-# Tensor methods that read a tensor on the host (no aten op on a CPU tensor).
-SYNC_METHODS = {"tolist", "cpu", "item", "__bool__", "__float__", "__int__", "__index__"}
-
-
-class HostSyncDetector:
-    """Records every op of the two kinds above while active; ``events`` lists (op, where).
-
-    ``F.one_hot`` is exempt: its class-range check reads the min/max on the host only for CPU
-    tensors (ATen's one_hot; on CUDA a bad class is a device assert in its scatter)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-        self.ops = 0
-        self._exempt = 0
-        detector = self
-
-        class _Dispatch(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                detector.ops += 1
-                name = func._schema.name.split("::")[-1]
-                bool_index = name in ("index", "index_put", "index_put_") and any(
-                    isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                    for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple))
-                              else ()))
-                if (name in SYNC_OPS or bool_index) and not detector._exempt:
-                    detector.events.append((name, _caller()))
-                return func(*args, **(kwargs or {}))
-
-        class _Function(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                name = getattr(func, "__name__", "")
-                if func is F.one_hot or name == "one_hot":
-                    detector._exempt += 1
-                    try:
-                        return func(*args, **(kwargs or {}))
-                    finally:
-                        detector._exempt -= 1
-                if name in SYNC_METHODS and not detector._exempt:
-                    detector.events.append((name, _caller()))
-                return func(*args, **(kwargs or {}))
-
-        self._modes = (_Function(), _Dispatch())
-
-    def __enter__(self) -> HostSyncDetector:
-        for m in self._modes:
-            m.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for m in reversed(self._modes):
-            m.__exit__(*exc)
-
-
-def _caller() -> str:
-    import traceback
-
-    frames = [f for f in traceback.extract_stack() if "amago_fast" in f.filename]
-    return " > ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in frames[-3:])
-
 
 def gpu_like_learner(kind: str = "discrete", agent_kw=None, **learner_kw) -> Learner:
     """The small test learner with the code paths a GPU takes: Dropout's NumPy-stream masks are

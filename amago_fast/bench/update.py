@@ -21,6 +21,12 @@ baseline's loss is the same function as ours (tested), ours evaluates Q(s, ·) o
 MLP per (critic, gamma) row), the form AMAGO uses for continuous actions. Both (all) run in the
 same process, alternating, on the same batches.
 
+``--grid realistic`` runs AMAGO-like sizes (:data:`REALISTIC`: d_model 256-768, 3-6 layers,
+context 256-2048, batch 24-32, 7 or 18 gammas) for a GPU, with timesteps/s and peak memory;
+``--cuda-graph`` adds ours with the whole update captured as one CUDA graph. Every row counts
+the aten ops and host-sync ops of one update per implementation (a launch-bound GPU update
+costs roughly per op).
+
 On a shared machine, run multi-thread cases with ``OMP_WAIT_POLICY=PASSIVE`` (recorded in the
 JSON): OpenMP workers that spin while waiting steal the cores other processes need. Measured on
 the shared 2-core box at load ~5, small model, 2 threads: 0.89-1.02 updates/s passive vs
@@ -30,6 +36,7 @@ the shared 2-core box at load ~5, small model, 2 threads: 0.89-1.02 updates/s pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from amago_fast.agent import DEFAULT_GAMMAS, Agent, AgentConfig
+from amago_fast.bench.sync import HostSyncDetector
 from amago_fast.buffer import TrajectoryBuffer
 from amago_fast.kernels.critic import StateCriticEnsemble
 from amago_fast.learner import Learner, LearnerConfig
@@ -52,6 +60,29 @@ SIZES: dict[str, dict[str, int]] = {
     "small": dict(num_layers=2, d_model=128, num_heads=4, window=128, batch=24),
     "large": dict(num_layers=3, d_model=256, num_heads=8, window=512, batch=24),
 }
+REALISTIC: dict[str, dict[str, int]] = {
+    # AMAGO-like training configs (issue 22): d_model 256-768, 3-6 layers, context 256-2048,
+    # batch 24-32, 7 or 18 gammas; head dims 32/64 (the Triton attention's sizes).
+    "amago_256x3_ctx512": dict(num_layers=3, d_model=256, num_heads=8, window=512, batch=24,
+                               num_gammas=7),
+    "amago_512x4_ctx1024": dict(num_layers=4, d_model=512, num_heads=8, window=1024, batch=32,
+                                num_gammas=7),
+    "amago_384x4_ctx2048_g18": dict(num_layers=4, d_model=384, num_heads=6, window=2048,
+                                    batch=24, num_gammas=18),
+    "amago_768x6_ctx256_g18": dict(num_layers=6, d_model=768, num_heads=12, window=256,
+                                   batch=32, num_gammas=18),
+}
+SIZES.update(REALISTIC)
+
+
+def bench_gammas(num_gammas: int | None) -> tuple[float, ...]:
+    """The last ``num_gammas`` default gammas (main 0.999 included); more than the 7 defaults:
+    ``1 - geomspace(0.9, 0.001, G)`` (0.1 ... 0.999, denser toward 1, as AMAGO's sets are)."""
+    if not num_gammas:
+        return DEFAULT_GAMMAS
+    if num_gammas <= len(DEFAULT_GAMMAS):
+        return DEFAULT_GAMMAS[-num_gammas:]
+    return tuple(float(g) for g in 1.0 - np.geomspace(0.9, 0.001, num_gammas))
 
 
 def materialized_attention(q, k, v, valid_mask=None, window=None, softmax_scale=None):
@@ -125,11 +156,11 @@ def filled_buffer(spec: EnvSpec, window: int, num_trajectories: int, seed: int):
 
 def build(size: str, baseline: bool, device: str, seed: int = 0,
           num_gammas: int | None = None, critic_hidden: int = 256,
-          discrete_critic: str | None = None) -> Learner:
-    """Learner of the stated size; ``num_gammas`` keeps that many of the default gammas (the
-    last ones, main gamma included); None keeps all 7 (AMAGO's default set).
-    ``discrete_critic``: ours' critic form ("state", default, or "action_input"); the baseline
-    always uses :class:`ReferenceDiscreteCritic` (the reference's form) and rejects it."""
+          discrete_critic: str | None = None, cuda_graph: bool = False) -> Learner:
+    """Learner of the stated size; ``num_gammas`` (else the size's own, else 7): see
+    :func:`bench_gammas`. ``discrete_critic``: ours' critic form ("state", default, or
+    "action_input"); the baseline always uses :class:`ReferenceDiscreteCritic` (the
+    reference's form) and rejects it. ``cuda_graph``: ours with ``LearnerConfig.cuda_graph``."""
     if baseline and discrete_critic is not None:
         raise ValueError("the reference-style baseline has a fixed critic form; "
                          "discrete_critic applies to ours only")
@@ -137,7 +168,7 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
     s = SIZES[size]
     spec = bench_spec()
     torch.manual_seed(seed)
-    gammas = DEFAULT_GAMMAS[-num_gammas:] if num_gammas else DEFAULT_GAMMAS
+    gammas = bench_gammas(num_gammas or s.get("num_gammas"))
     cfg = AgentConfig(d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
                       context_len=s["window"] + 1, gammas=gammas, critic_hidden=critic_hidden,
                       discrete_critic=discrete_critic)
@@ -155,7 +186,8 @@ def build(size: str, baseline: bool, device: str, seed: int = 0,
         agent.critics = ref
         # The learner's action-input path: critic(state, one-hot / probability vector) per call.
         agent.state_critic = False
-    learner = Learner(agent, LearnerConfig(device=device, warmup_steps=10, seed=seed))
+    learner = Learner(agent, LearnerConfig(device=device, warmup_steps=10, seed=seed,
+                                           cuda_graph=cuda_graph))
     if baseline:
         learner.ema_fn = ema_per_parameter
     return learner
@@ -198,6 +230,18 @@ def gemm_gflops(repeats: int = 7) -> float:
     return statistics.median(rates)
 
 
+def update_op_counts(learner: Learner, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """aten ops and host-sync ops (:class:`amago_fast.bench.sync.HostSyncDetector`) of one update
+    of ``learner`` on ``batch`` (it performs that update, metrics read included: the one sync of
+    an update with ``stats_every=1``). Launch-bound GPU updates cost roughly per op.
+    ``host_sync_sites``: where they happen (on CPU, Dropout's NumPy-stream masks read a host
+    seed: a CPU-only path, F.dropout on a GPU)."""
+    with HostSyncDetector() as d:
+        learner.update(batch)
+    sites = sorted({f"{op} @ {where}" for op, where in d.events})
+    return {"aten_ops": d.ops, "host_sync_ops": len(d.events), "host_sync_sites": sites}
+
+
 def _sample(buf: TrajectoryBuffer, B: int, L: int, device: torch.device):
     t0 = time.perf_counter()
     batch = buf.sample_windows(B, L)
@@ -217,58 +261,97 @@ def run(
     critic_hidden: int = 256,
     with_action_input: bool = False,
     count_flops: bool = True,
+    count_ops: bool = True,
+    cuda_graph: bool = False,
+    window: int | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Median phase times and updates/s for each size, ours vs the reference-style baseline.
+    """Median phase times, updates/s and timesteps/s for each size, ours vs the reference-style
+    baseline.
 
-    ``iters`` timed updates per implementation (default 10 small / 3 large; ``quick``: 4 / 2).
-    The implementations alternate update by update so machine noise hits them alike.
-    ``with_action_input`` adds a third one, ``ours_action_input``: our kernels with the
-    reference's critic form (separates the critic-form gain from the rest).
+    ``iters`` timed updates per implementation (default 10 for sizes up to ``small``'s, 3
+    above; ``quick``: 4 / 2). The implementations alternate update by update so machine noise
+    hits them alike. ``with_action_input`` adds ``ours_action_input``: our kernels with the
+    reference's critic form (separates the critic-form gain from the rest). ``cuda_graph``
+    adds ``ours_graph``: ours with the whole update captured as one CUDA graph (CUDA only).
     ``count_flops`` (CPU): also report each implementation's GFLOP per update
     (:func:`update_gflop`), a GEMM rate measured in the same run (:func:`gemm_gflops`) and
     their ratio ``flop_floor_updates_per_s``: the ceiling if the whole update ran at GEMM speed.
+    ``count_ops``: aten and host-sync ops per update (:func:`update_op_counts`).
+    ``window`` / ``batch_size`` override every size's (a CPU smoke run of the realistic grid).
+    On CUDA each row has ``peak_mb`` (``max_memory_allocated`` during that implementation's
+    updates, all resident models included) and ``update_transient_mb`` (that peak minus what
+    was allocated when its update started).
     """
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": device,
                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                               "num_gammas": num_gammas or len(DEFAULT_GAMMAS),
+                               "num_gammas": num_gammas,
                                "critic_hidden": critic_hidden}
+    if dev.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(dev)
     for size in sizes:
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
-        s = SIZES[size]
-        n = iters or ((4 if size == "small" else 2) if quick else (10 if size == "small" else 3))
+    for size in sizes:
+        s = dict(SIZES[size])
+        if window:
+            s["window"] = window
+        if batch_size:
+            s["batch"] = batch_size
+        small = s["window"] * s["d_model"] <= 128 * 128
+        n = iters or ((4 if small else 2) if quick else (10 if small else 3))
         buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
-        impls = {name: build(size, name == "baseline", device, seed, num_gammas, critic_hidden)
-                 for name in ("ours", "baseline")}
-        if with_action_input:
-            impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
-                                               critic_hidden, discrete_critic="action_input")
+        with _patched_size(size, s):
+            impls = {name: build(size, name == "baseline", device, seed, num_gammas,
+                                 critic_hidden) for name in ("ours", "baseline")}
+            if with_action_input:
+                impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
+                                                   critic_hidden, discrete_critic="action_input")
+            if cuda_graph:
+                impls["ours_graph"] = build(size, False, device, seed, num_gammas,
+                                            critic_hidden, cuda_graph=True)
+        # The graph is captured during warm-up (after its own eager warm-up updates).
+        n_warm = max(warmup, impls["ours_graph"].config.cuda_graph_warmup + 1
+                     if cuda_graph else 0)
         times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
+        peaks: dict[str, list[float]] = {k: [] for k in impls}
         gemm_rates: list[float] = []
-        for i in range(warmup + n):
-            if count_flops and dev.type == "cpu" and i >= warmup:
+        for i in range(n_warm + n):
+            if count_flops and dev.type == "cpu" and i >= n_warm:
                 # Interleaved with the updates, so machine noise hits the GEMM rate alike.
                 gemm_rates.append(gemm_gflops(repeats=3))
             batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
             for name, learner in impls.items():
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                    before = torch.cuda.memory_allocated(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
                 t0 = time.perf_counter()
-                m = learner.update(batch)
+                m = learner.update(batch)  # stats_every=1: ends with the metrics read
                 total = time.perf_counter() - t0
-                if i < warmup:
+                if i < n_warm:
                     continue
                 if m["skipped_nonfinite"]:
                     raise RuntimeError(f"bench update {name} produced a non-finite loss")
+                if dev.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(dev)
+                    peaks[name].append(peak / 2**20)
+                    times[name].setdefault("transient_mb", []).append((peak - before) / 2**20)
                 phases = dict(learner.last_timings, sample=t_sample, update_total=total)
                 for k, v in phases.items():
                     times[name].setdefault(k, []).append(v)
         params = sum(p.numel() for p in impls["ours"].agent.parameters())
-        row: dict[str, Any] = {"config": dict(s), "iters": n, "params": params}
+        row: dict[str, Any] = {"config": s, "iters": n, "params": params,
+                               "gammas": len(impls["ours"].agent.config.gammas)}
+        batch, _ = _sample(buf, s["batch"], s["window"], dev)
+        if count_ops:
+            row["ops_per_update"] = {name: update_op_counts(learner, batch)
+                                     for name, learner in impls.items()}
         if count_flops and dev.type == "cpu":
             # After the timed updates (counting costs one more update per implementation).
-            batch, _ = _sample(buf, s["batch"], s["window"], dev)
             gemm = statistics.median(gemm_rates)
             row["gemm_gflops_measured"] = gemm
             for name, learner in impls.items():
@@ -281,39 +364,76 @@ def run(
             per_update = med["sample"] + med["update_total"]
             row[name] = {
                 "updates_per_s": 1.0 / per_update,
+                # Timesteps trained per second (B windows of L transitions), sampling included.
+                "timesteps_per_s": s["batch"] * s["window"] / per_update,
+                "update_only_ms": 1000 * med["update_total"],
                 "breakdown_ms": {k: 1000 * med[k] for k in
-                                 ("sample", "forward", "backward", "optimizer")},
+                                 ("sample", "forward", "backward", "optimizer") if k in med},
             }
+            if peaks[name]:
+                row[name]["peak_mb"] = max(peaks[name])
+                row[name]["update_transient_mb"] = max(ph["transient_mb"])
         row["updates_per_s"] = row["ours"]["updates_per_s"]
         row["baseline_updates_per_s"] = row["baseline"]["updates_per_s"]
         row["ratio"] = row["updates_per_s"] / row["baseline_updates_per_s"]
         if with_action_input:
             row["ours_action_input_ratio_vs_baseline"] = (
                 row["ours_action_input"]["updates_per_s"] / row["baseline_updates_per_s"])
+        if cuda_graph:
+            row["ours_graph_ratio_vs_baseline"] = (
+                row["ours_graph"]["updates_per_s"] / row["baseline_updates_per_s"])
+            row["ours_graph_vs_eager_speedup"] = (
+                row["ours_graph"]["updates_per_s"] / row["updates_per_s"])
         results[size] = row
+        del impls
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     return results
+
+
+@contextlib.contextmanager
+def _patched_size(name: str, size: dict[str, int]):
+    """``SIZES[name]`` replaced by ``size`` (window/batch overrides) while building."""
+    saved = SIZES[name]
+    SIZES[name] = size
+    try:
+        yield
+    finally:
+        SIZES[name] = saved
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["small", "large"], choices=sorted(SIZES))
+    p.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES))
+    p.add_argument("--grid", choices=["issue4", "realistic"], default="issue4",
+                   help="issue4: small and large (default); realistic: the AMAGO-like configs "
+                        f"{sorted(REALISTIC)} (for a GPU; --window/--batch shrink them)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--num-gammas", type=int, default=None,
-                   help="keep the last N default gammas (default: all 7)")
+                   help="gammas (default: the size's, else the 7 defaults; see bench_gammas)")
     p.add_argument("--critic-hidden", type=int, default=256)
     p.add_argument("--with-action-input", action="store_true",
                    help="also time ours with discrete_critic='action_input'")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time ours with the update captured as one CUDA graph")
+    p.add_argument("--window", type=int, default=None, help="override every size's window")
+    p.add_argument("--batch", type=int, default=None, help="override every size's batch")
     p.add_argument("--no-flops", action="store_true",
                    help="skip the FLOP count and GEMM-rate floor")
+    p.add_argument("--no-op-count", action="store_true",
+                   help="skip the aten / host-sync op count per update")
     a = p.parse_args(argv)
-    print(json.dumps(run(tuple(a.sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
+    sizes = a.sizes or (sorted(REALISTIC) if a.grid == "realistic" else ["small", "large"])
+    print(json.dumps(run(tuple(sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
                          num_gammas=a.num_gammas, critic_hidden=a.critic_hidden,
                          with_action_input=a.with_action_input,
-                         count_flops=not a.no_flops), indent=2))
+                         count_flops=not a.no_flops, count_ops=not a.no_op_count,
+                         cuda_graph=a.cuda_graph, window=a.window, batch_size=a.batch),
+                     indent=2))
 
 
 if __name__ == "__main__":
