@@ -31,8 +31,9 @@ gymnasium observation, converted by the same code the gymnasium adapter trains w
 carry a leading env dimension; with ``num_envs=1`` it may be left out (a single env's
 observation), and the action comes back without it too.
 
-Weights are read from the checkpoint's ``learner.pt`` with ``torch.load(weights_only=True)``
-(nothing read from disk runs code) and only the online agent's tensors are kept; the
+Weights are read from the checkpoint's ``learner.pt`` by the checkpoint module's code-free
+loader (``torch.load(weights_only=True)``: nothing read from disk runs code) and only the
+online agent's tensors are kept; the
 agent's architecture comes from the run's ``config.json`` and its observation/action spec from
 ``env_spec.json`` (written by the trainer; runs without one build their env once to read it).
 """
@@ -89,20 +90,23 @@ def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: str | int = "late
 
 def load_agent_weights(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The online agent's tensors (``Agent.state_dict()`` keys) from a checkpoint's
-    ``learner.pt``, read on the CPU with ``weights_only=True``. The optimizer, target networks
-    and RNG states in the same file are dropped (and no global RNG is touched)."""
+    ``learner.pt``, read by :func:`amago_fast.checkpoint.load_object` (``torch.load`` with
+    ``weights_only=True``: nothing in the file runs). The optimizer, target networks and RNG
+    states in the same file are dropped (and no global RNG is touched)."""
+    from amago_fast import checkpoint as ckpt
+
     path = Path(checkpoint_dir) / "learner.pt"
     try:
-        shared = torch.load(path, map_location="cpu", weights_only=True)
-        model = shared["learner"]["loss_module"]
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read the agent's weights ({type(e).__name__}: "
-                         f"{e})") from None
-    except Exception as e:  # noqa: BLE001 - the unpickler's refusal names what it met
-        raise ValueError(f"{path}: not a learner checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        model = ckpt.load_object(path)["learner"]["loss_module"]
+    except ckpt.CheckpointError as e:
+        raise ValueError(f"cannot read the agent's weights: {e}") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a learner checkpoint (no {e})") from None
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: not a learner checkpoint (loss_module is not a dict)")
     prefix = "agent."
-    return {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in model.items()
+            if k.startswith(prefix) and isinstance(v, torch.Tensor)}
 
 
 def _run_spec(run_dir: Path, cfg: Any) -> EnvSpec:

@@ -33,6 +33,13 @@ tops = sorted({n.split("/")[0] for n in names if not n.split("/")[0].endswith(".
 assert core, "wheel has no amago_fast/_core*.so"
 assert "amago_fast/kernels/attention.py" in kernels, f"kernels missing: {kernels}"
 assert tops == ["amago_fast"], f"unexpected top-level entries in the wheel: {tops}"
+assert "amago_fast/py.typed" in names, "wheel has no amago_fast/py.typed (PEP 561 marker)"
+import re
+meta = [n for n in names if n.endswith(".dist-info/METADATA")]
+version = re.search(r"^Version: (.+)$", zipfile.ZipFile(sys.argv[1]).read(meta[0]).decode(),
+                    re.M).group(1)
+source = re.search(r'^__version__ = "(.+)"$', open("amago_fast/__init__.py").read(), re.M)
+assert version == source.group(1), f"wheel version {version} != __version__ {source.group(1)}"
 print(f"wheel_check: contents ok ({core[0]}, {len(kernels)} kernel modules, top level {tops})")
 EOF
 
