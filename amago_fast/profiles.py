@@ -98,7 +98,7 @@ PROFILES: dict[str, Profile] = {
         model=_CPU_MODEL, lr=1e-3, warmup_steps=50, replay_rows=360.0,
         max_updates_per_env_step=0.5, min_updates_per_env_step=0.01, max_window=1024,
         unlimited_window=128, num_envs=8, eval_num_envs=16, eval_episodes=64,
-        total_env_steps=50_000, anneal_steps=5_000, learning_starts_min=500,
+        total_env_steps=50_000, anneal_steps=25_000, learning_starts_min=500,
         learning_starts_max=5_000, eval_interval_max=5_000, checkpoint_interval=25_000,
     ),
     "gpu": Profile(
