@@ -74,16 +74,20 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
     critic_profile)
       run_phase critic_profile 90 "$OUTDIR/critic_profile.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_critic.py --profile ;;
-    bench_update)  # issue 4's updates/s on the GPU, ours vs the reference-style baseline
-      run_phase bench_update 150 "$OUTDIR/bench_update.json" "$OUTDIR/session.log" \
-        $PY benchmarks/bench_update.py --device cuda --iters 30 ;;
+    bench_update)  # issues 4/22: updates/s, ours eager and CUDA-graph vs the reference-style
+      # baseline, issue 4's sizes then the AMAGO-like grid (timesteps/s, peak memory, ops per
+      # update); rows are written as they finish, so a cut-off run keeps the first ones
+      run_phase bench_update 300 /dev/null "$OUTDIR/session.log" \
+        $PY benchmarks/bench_update.py --device cuda --cuda-graph --no-flops \
+        --sizes small large amago_256x3_ctx512 amago_768x6_ctx256_g18 amago_512x4_ctx1024 \
+        amago_384x4_ctx2048_g18 --json-out "$OUTDIR/bench_update.json" ;;
     context_cuda)  # issue 5: Agent.act per step at context 64 vs 1024, on the GPU
       run_phase context_cuda 200 "$OUTDIR/context_cuda.json" "$OUTDIR/session.log" \
         $PY benchmarks/bench_collect.py --context-only --context-device cuda ;;
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
       run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
         tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
-        tests/test_trainer_resume.py tests/test_attention.py ;;
+        tests/test_trainer_resume.py tests/test_attention.py tests/test_learner_sync.py ;;
     train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
       rm -rf /tmp/gpu_session_run
       run_phase train_cuda 150 "$OUTDIR/session.log" "$OUTDIR/session.log" \
@@ -144,8 +148,12 @@ def leaves(d, path=""):
         yield path, d
 if (out / "bench_update.json").exists():
     for k, v in leaves(load("bench_update.json")):
-        if "per_s" in k or "speedup" in k or "ratio" in k:
+        if ("per_s" in k or "speedup" in k or "ratio" in k or k.endswith("_mb")
+                or k.endswith("aten_ops") or k.endswith("host_sync_ops")):
             print("update", k, round(v, 3))
+    for k, v in load("bench_update.json").items():
+        if isinstance(v, dict) and "error" in v:
+            print("update", k, "error:", v["error"][:300])
 if (out / "context_cuda.json").exists():
     for k, v in leaves(load("context_cuda.json")):
         if k.endswith("ratio"):

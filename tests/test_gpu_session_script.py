@@ -41,3 +41,21 @@ def test_summary_survives_a_partial_decode_table_and_missing_files(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "capture failed" in res.stdout and "boom" in res.stdout
     assert not (tmp_path / "bench_critic.json").exists()  # empty outputs are dropped
+
+
+def test_summary_prints_the_update_rows_and_a_failed_size(tmp_path):
+    """bench_update's JSON (written row by row by --json-out) is summarised with its ratios,
+    op counts and a size that failed (e.g. out of GPU memory) by its error."""
+    from amago_fast.bench.update import run
+
+    out = tmp_path / "bench_update.json"
+    run(("small",), iters=1, warmup=0, threads=1, count_flops=False, window=4, batch_size=2,
+        json_out=str(out))
+    rows = json.loads(out.read_text())
+    rows["amago_384x4_ctx2048_g18"] = {"error": "OutOfMemoryError: CUDA out of memory"}
+    out.write_text(json.dumps(rows))
+    res = _run_summary(tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "update small.ratio" in res.stdout
+    assert "update small.ops_per_update.ours.aten_ops" in res.stdout
+    assert "amago_384x4_ctx2048_g18 error: OutOfMemoryError" in res.stdout

@@ -231,3 +231,57 @@ def test_static_batch_copies_in_place_and_rejects_other_shapes():
 def test_cuda_graph_and_stats_options_refuse_clearly(kw, match):
     with pytest.raises(ValueError, match=match):
         LearnerConfig(**kw)
+
+
+def _cuda_learner(**learner_kw) -> Learner:
+    """A head-dim-16 model (d_model 64, 4 heads) with dropout off (so eager and captured
+    updates draw the same random numbers only through the learner's generator)."""
+    torch.manual_seed(0)
+    cfg = {**SMALL, "d_model": 64, "num_heads": 4, "dropout_emb": 0.0, "dropout_ff": 0.0}
+    agent = Agent(make_spec(), AgentConfig(**cfg))
+    return Learner(agent, LearnerConfig(**{"device": "cuda", "warmup_steps": 5, "lr": 1e-3,
+                                           **learner_kw}))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_update_does_not_synchronize():
+    """On the GPU itself: CUDA's sync debug mode raises on any synchronising call (a device
+    read, a pageable host-to-device copy) during an update that does not read its metrics."""
+    learner = _cuda_learner(stats_every=3)
+    spec = learner.agent.spec
+    batches = [{k: v.cuda() for k, v in device_batch(spec, s).items()} for s in range(3)]
+    learner.update(batches[0])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert learner.update(batches[1]) == {}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert learner.update(batches[2])["updates"] == 3.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_update_matches_eager():
+    """The captured update (capture after 2 eager warm-up updates, then replays) follows the
+    eager one: same metrics and weights after 6 updates, up to kernel reduction order; a batch
+    of another shape is refused and changes nothing."""
+    spec = make_spec()
+    batches = [{k: v.cuda() for k, v in device_batch(spec, s).items()} for s in range(6)]
+    runs = []
+    for graph in (False, True):
+        learner = _cuda_learner(cuda_graph=graph, cuda_graph_warmup=2)
+        runs.append((learner, [learner.update(b) for b in batches]))
+    (eager, m_eager), (captured, m_graph) = runs
+    assert captured._graph is not None
+    for a, b in zip(m_eager, m_graph):
+        assert b["updates"] == a["updates"] and b["skipped_nonfinite"] == 0.0
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-5)
+    for (n, p), q in zip(eager.agent.named_parameters(), captured.agent.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=n)
+    before = [p.clone() for p in captured.agent.parameters()]
+    short = {k: v[:, :-1].contiguous() for k, v in batches[0].items()}
+    with pytest.raises(ValueError, match="captured"):
+        captured.update(short)
+    assert all(torch.equal(p, q) for p, q in zip(before, captured.agent.parameters()))

@@ -265,6 +265,7 @@ def run(
     cuda_graph: bool = False,
     window: int | None = None,
     batch_size: int | None = None,
+    json_out: str | None = None,
 ) -> dict[str, Any]:
     """Median phase times, updates/s and timesteps/s for each size, ours vs the reference-style
     baseline.
@@ -279,6 +280,10 @@ def run(
     their ratio ``flop_floor_updates_per_s``: the ceiling if the whole update ran at GEMM speed.
     ``count_ops``: aten and host-sync ops per update (:func:`update_op_counts`).
     ``window`` / ``batch_size`` override every size's (a CPU smoke run of the realistic grid).
+    A size that raises a RuntimeError (out of GPU memory, a failed capture) gets
+    ``{"error": ...}`` and the rest still run;
+    ``json_out``: the results so far are written there (atomically) after every size, so a
+    run cut off by a time limit keeps its finished rows.
     On CUDA each row has ``peak_mb`` (``max_memory_allocated`` during that implementation's
     updates, all resident models included) and ``update_transient_mb`` (that peak minus what
     was allocated when its update started).
@@ -296,99 +301,117 @@ def run(
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; sizes: {sorted(SIZES)}")
     for size in sizes:
-        s = dict(SIZES[size])
-        if window:
-            s["window"] = window
-        if batch_size:
-            s["batch"] = batch_size
-        small = s["window"] * s["d_model"] <= 128 * 128
-        n = iters or ((4 if small else 2) if quick else (10 if small else 3))
-        buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
-        with _patched_size(size, s):
-            impls = {name: build(size, name == "baseline", device, seed, num_gammas,
-                                 critic_hidden) for name in ("ours", "baseline")}
-            if with_action_input:
-                impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
-                                                   critic_hidden, discrete_critic="action_input")
-            if cuda_graph:
-                impls["ours_graph"] = build(size, False, device, seed, num_gammas,
-                                            critic_hidden, cuda_graph=True)
-        # The graph is captured during warm-up (after its own eager warm-up updates).
-        n_warm = max(warmup, impls["ours_graph"].config.cuda_graph_warmup + 1
-                     if cuda_graph else 0)
-        times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
-        peaks: dict[str, list[float]] = {k: [] for k in impls}
-        gemm_rates: list[float] = []
-        for i in range(n_warm + n):
-            if count_flops and dev.type == "cpu" and i >= n_warm:
-                # Interleaved with the updates, so machine noise hits the GEMM rate alike.
-                gemm_rates.append(gemm_gflops(repeats=3))
-            batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
-            for name, learner in impls.items():
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                    before = torch.cuda.memory_allocated(dev)
-                    torch.cuda.reset_peak_memory_stats(dev)
-                t0 = time.perf_counter()
-                m = learner.update(batch)  # stats_every=1: ends with the metrics read
-                total = time.perf_counter() - t0
-                if i < n_warm:
-                    continue
-                if m["skipped_nonfinite"]:
-                    raise RuntimeError(f"bench update {name} produced a non-finite loss")
-                if dev.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(dev)
-                    peaks[name].append(peak / 2**20)
-                    times[name].setdefault("transient_mb", []).append((peak - before) / 2**20)
-                phases = dict(learner.last_timings, sample=t_sample, update_total=total)
-                for k, v in phases.items():
-                    times[name].setdefault(k, []).append(v)
-        params = sum(p.numel() for p in impls["ours"].agent.parameters())
-        row: dict[str, Any] = {"config": s, "iters": n, "params": params,
-                               "gammas": len(impls["ours"].agent.config.gammas)}
-        batch, _ = _sample(buf, s["batch"], s["window"], dev)
-        if count_ops:
-            row["ops_per_update"] = {name: update_op_counts(learner, batch)
-                                     for name, learner in impls.items()}
-        if count_flops and dev.type == "cpu":
-            # After the timed updates (counting costs one more update per implementation).
-            gemm = statistics.median(gemm_rates)
-            row["gemm_gflops_measured"] = gemm
-            for name, learner in impls.items():
-                g = update_gflop(learner, batch)
-                row.setdefault("gflop_per_update", {})[name] = g
-                # The update rate if every FLOP ran at the measured GEMM rate (sampling excluded).
-                row.setdefault("flop_floor_updates_per_s", {})[name] = gemm / g
-        for name, ph in times.items():
-            med = {k: statistics.median(v) for k, v in ph.items()}
-            per_update = med["sample"] + med["update_total"]
-            row[name] = {
-                "updates_per_s": 1.0 / per_update,
-                # Timesteps trained per second (B windows of L transitions), sampling included.
-                "timesteps_per_s": s["batch"] * s["window"] / per_update,
-                "update_only_ms": 1000 * med["update_total"],
-                "breakdown_ms": {k: 1000 * med[k] for k in
-                                 ("sample", "forward", "backward", "optimizer") if k in med},
-            }
-            if peaks[name]:
-                row[name]["peak_mb"] = max(peaks[name])
-                row[name]["update_transient_mb"] = max(ph["transient_mb"])
-        row["updates_per_s"] = row["ours"]["updates_per_s"]
-        row["baseline_updates_per_s"] = row["baseline"]["updates_per_s"]
-        row["ratio"] = row["updates_per_s"] / row["baseline_updates_per_s"]
-        if with_action_input:
-            row["ours_action_input_ratio_vs_baseline"] = (
-                row["ours_action_input"]["updates_per_s"] / row["baseline_updates_per_s"])
-        if cuda_graph:
-            row["ours_graph_ratio_vs_baseline"] = (
-                row["ours_graph"]["updates_per_s"] / row["baseline_updates_per_s"])
-            row["ours_graph_vs_eager_speedup"] = (
-                row["ours_graph"]["updates_per_s"] / row["updates_per_s"])
-        results[size] = row
-        del impls
+        try:
+            results[size] = _run_size(size, iters, warmup, dev, quick, seed, num_gammas,
+                                      critic_hidden, with_action_input, count_flops,
+                                      count_ops, cuda_graph, window, batch_size)
+        except RuntimeError as e:  # out of GPU memory, a failed capture: keep the other sizes
+            results[size] = {"error": f"{type(e).__name__}: {e}"[:500]}
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+        if json_out:
+            tmp = f"{json_out}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(tmp, json_out)
     return results
+
+
+def _run_size(size: str, iters: int | None, warmup: int, dev: torch.device, quick: bool,
+              seed: int, num_gammas: int | None, critic_hidden: int, with_action_input: bool,
+              count_flops: bool, count_ops: bool, cuda_graph: bool, window: int | None,
+              batch_size: int | None) -> dict[str, Any]:
+    """One row of :func:`run` (arguments as there)."""
+    device = str(dev)
+    s = dict(SIZES[size])
+    if window:
+        s["window"] = window
+    if batch_size:
+        s["batch"] = batch_size
+    small = s["window"] * s["d_model"] <= 128 * 128
+    n = iters or ((4 if small else 2) if quick else (10 if small else 3))
+    buf = filled_buffer(bench_spec(), s["window"], 4 * s["batch"], seed)
+    with _patched_size(size, s):
+        impls = {name: build(size, name == "baseline", device, seed, num_gammas,
+                             critic_hidden) for name in ("ours", "baseline")}
+        if with_action_input:
+            impls["ours_action_input"] = build(size, False, device, seed, num_gammas,
+                                               critic_hidden, discrete_critic="action_input")
+        if cuda_graph:
+            impls["ours_graph"] = build(size, False, device, seed, num_gammas,
+                                        critic_hidden, cuda_graph=True)
+    # The graph is captured during warm-up (after its own eager warm-up updates).
+    n_warm = max(warmup, impls["ours_graph"].config.cuda_graph_warmup + 1
+                 if cuda_graph else 0)
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
+    peaks: dict[str, list[float]] = {k: [] for k in impls}
+    gemm_rates: list[float] = []
+    for i in range(n_warm + n):
+        if count_flops and dev.type == "cpu" and i >= n_warm:
+            # Interleaved with the updates, so machine noise hits the GEMM rate alike.
+            gemm_rates.append(gemm_gflops(repeats=3))
+        batch, t_sample = _sample(buf, s["batch"], s["window"], dev)
+        for name, learner in impls.items():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                before = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+            t0 = time.perf_counter()
+            m = learner.update(batch)  # stats_every=1: ends with the metrics read
+            total = time.perf_counter() - t0
+            if i < n_warm:
+                continue
+            if m["skipped_nonfinite"]:
+                raise RuntimeError(f"bench update {name} produced a non-finite loss")
+            if dev.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(dev)
+                peaks[name].append(peak / 2**20)
+                times[name].setdefault("transient_mb", []).append((peak - before) / 2**20)
+            phases = dict(learner.last_timings, sample=t_sample, update_total=total)
+            for k, v in phases.items():
+                times[name].setdefault(k, []).append(v)
+    params = sum(p.numel() for p in impls["ours"].agent.parameters())
+    row: dict[str, Any] = {"config": s, "iters": n, "params": params,
+                           "gammas": len(impls["ours"].agent.config.gammas)}
+    batch, _ = _sample(buf, s["batch"], s["window"], dev)
+    if count_ops:
+        row["ops_per_update"] = {name: update_op_counts(learner, batch)
+                                 for name, learner in impls.items()}
+    if count_flops and dev.type == "cpu":
+        # After the timed updates (counting costs one more update per implementation).
+        gemm = statistics.median(gemm_rates)
+        row["gemm_gflops_measured"] = gemm
+        for name, learner in impls.items():
+            g = update_gflop(learner, batch)
+            row.setdefault("gflop_per_update", {})[name] = g
+            # The update rate if every FLOP ran at the measured GEMM rate (sampling excluded).
+            row.setdefault("flop_floor_updates_per_s", {})[name] = gemm / g
+    for name, ph in times.items():
+        med = {k: statistics.median(v) for k, v in ph.items()}
+        per_update = med["sample"] + med["update_total"]
+        row[name] = {
+            "updates_per_s": 1.0 / per_update,
+            # Timesteps trained per second (B windows of L transitions), sampling included.
+            "timesteps_per_s": s["batch"] * s["window"] / per_update,
+            "update_only_ms": 1000 * med["update_total"],
+            "breakdown_ms": {k: 1000 * med[k] for k in
+                             ("sample", "forward", "backward", "optimizer") if k in med},
+        }
+        if peaks[name]:
+            row[name]["peak_mb"] = max(peaks[name])
+            row[name]["update_transient_mb"] = max(ph["transient_mb"])
+    row["updates_per_s"] = row["ours"]["updates_per_s"]
+    row["baseline_updates_per_s"] = row["baseline"]["updates_per_s"]
+    row["ratio"] = row["updates_per_s"] / row["baseline_updates_per_s"]
+    if with_action_input:
+        row["ours_action_input_ratio_vs_baseline"] = (
+            row["ours_action_input"]["updates_per_s"] / row["baseline_updates_per_s"])
+    if cuda_graph:
+        row["ours_graph_ratio_vs_baseline"] = (
+            row["ours_graph"]["updates_per_s"] / row["baseline_updates_per_s"])
+        row["ours_graph_vs_eager_speedup"] = (
+            row["ours_graph"]["updates_per_s"] / row["updates_per_s"])
+    return row
 
 
 @contextlib.contextmanager
@@ -426,13 +449,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip the FLOP count and GEMM-rate floor")
     p.add_argument("--no-op-count", action="store_true",
                    help="skip the aten / host-sync op count per update")
+    p.add_argument("--json-out", default=None,
+                   help="also write the results there after every size (atomic)")
     a = p.parse_args(argv)
     sizes = a.sizes or (sorted(REALISTIC) if a.grid == "realistic" else ["small", "large"])
     print(json.dumps(run(tuple(sizes), a.iters, a.warmup, a.threads, a.device, a.quick,
                          num_gammas=a.num_gammas, critic_hidden=a.critic_hidden,
                          with_action_input=a.with_action_input,
                          count_flops=not a.no_flops, count_ops=not a.no_op_count,
-                         cuda_graph=a.cuda_graph, window=a.window, batch_size=a.batch),
+                         cuda_graph=a.cuda_graph, window=a.window, batch_size=a.batch,
+                         json_out=a.json_out),
                      indent=2))
 
 
