@@ -1039,8 +1039,12 @@ class Collector:
     def spec(self) -> EnvSpec:
         return self.env.spec
 
-    def collect(self, num_steps: int, explore: bool = True) -> dict[str, Any]:
+    def collect(self, num_steps: int, explore: bool = True,
+                sample: bool = True) -> dict[str, Any]:
         """Step until at least `num_steps` transitions are stored; returns statistics.
+
+        ``sample``: act with a draw from the policy's distribution (True) or its greedy action
+        (False: the exploration scheme alone explores, as in DPG/TD3-style training).
 
         Stats: env_steps (transitions stored), vector_steps, seconds, steps_per_second,
         episodes and, if any ended, return / length / success means (per env name under
@@ -1057,7 +1061,7 @@ class Collector:
         stored = vec = 0
         step = r.step
         while stored < num_steps:
-            stored += step(explore, True, log)  # positional: ~0.1 µs less than keywords
+            stored += step(explore, sample, log)  # positional: ~0.1 µs less than keywords
             vec += 1
         r.flush()  # every transition counted here is in the buffer when collect returns
         dt = time.perf_counter() - t0

@@ -149,6 +149,11 @@ class TrainConfig:
     collect_steps_per_iter: int = 64
     """Transitions (summed over this rank's envs) stored per collection call; learning, logging,
     evaluation and checkpoints are checked between calls."""
+    collect_sample: bool = True
+    """Training collection acts with a draw from the policy's distribution (true, AMAGO's
+    default) or with its greedy action (false: only `exploration` adds noise, DPG/TD3-style;
+    the AIB presets use it, since sampling a near-uniform continuous actor fed back its own
+    noise through the filtered BC term: docs/AIB.md)."""
     updates_per_env_step: float = 0.05
     """Gradient updates per environment transition collected by a rank (the collection/learning
     ratio; with DDP every update averages the gradients of all ranks' batches)."""

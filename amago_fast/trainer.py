@@ -424,7 +424,8 @@ class Trainer:
             while min_steps < total_per_rank and cfg.data.online and not interrupted:
                 # --- 1. collect --------------------------------------------------------
                 if thread is None:
-                    stats = self.collector.collect(cfg.collect_steps_per_iter)
+                    stats = self.collector.collect(cfg.collect_steps_per_iter,
+                                                   sample=cfg.collect_sample)
                     new_steps = _steps_collected(stats, cfg)
                     self.env_steps += new_steps
                 else:
@@ -571,8 +572,8 @@ class Trainer:
             self.updates += 1
             done += 1
             owed -= 1
-            if metrics.get("skipped_nonfinite"):
-                self.skipped_updates += 1
+            if metrics.get("skipped_nonfinite"):  # a count (learner stats_every > 1)
+                self.skipped_updates += int(metrics["skipped_nonfinite"])
                 if self.skipped_updates > cfg.max_skipped_updates:
                     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
                     raise TrainingError(
@@ -1002,7 +1003,7 @@ class _CollectorThread:
                     if self.stopping or t.env_steps >= t.total_per_rank:
                         return
                     self.busy = True
-                stats = t.collector.collect(cfg.collect_steps_per_iter)
+                stats = t.collector.collect(cfg.collect_steps_per_iter, sample=cfg.collect_sample)
                 n = _steps_collected(stats, cfg)
                 with self.weights_lock:
                     t.policy.load_state_dict(t.agent.state_dict())
@@ -1144,8 +1145,8 @@ def evaluate_run(
                          f"env.eval_num_envs), got {num_envs!r}")
     try:
         dev = resolve_device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r} is not a torch device ({str(e).splitlines()[0]})"
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)"
                          ) from None
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r}: evaluation runs on cpu or cuda[:N]")

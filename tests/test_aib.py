@@ -215,7 +215,7 @@ def test_aib_preset_names_cover_every_task():
     assert cfg.env.num_envs == 20 and cfg.eval_episodes == 100
     assert set(cfg.env.eval_sets) == set(AIB_SPLITS)
     assert cfg.total_env_steps == 105_000 * 20 and cfg.learning_starts == 100_000
-    assert cfg.agent.context_len == 125 and cfg.window_len == 124
+    assert cfg.agent.context_len == 25 and cfg.window_len == 24 and not cfg.collect_sample
     assert get_preset("aib-di-ff").agent.traj_encoder == "ff"
 
 

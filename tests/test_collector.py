@@ -1102,3 +1102,24 @@ def test_collector_checkpoint_keeps_the_actuator_inversion_context_stream():
     assert col_b.total_env_steps == steps
     for env in (a, b):
         env.close()
+
+
+def test_collect_passes_greedy_or_sampled_actions_to_the_policy():
+    """collect(sample=False) asks the policy for its greedy action (TrainConfig.collect_sample
+    = false: only the exploration scheme explores); the default samples."""
+    env = make_env("aib-di", 2, seed=0)
+
+    class Recorder(RandomPolicy):
+        def __init__(self, spec):
+            super().__init__(spec, seed=0)
+            self.flags = set()
+
+        def act(self, rows, state, sample=True, env_ids=None):
+            self.flags.add(sample)
+            return super().act(rows, state, sample, env_ids)
+
+    for sample in (False, True):
+        pol = Recorder(env.spec)
+        buf = TrajectoryBuffer.from_env_spec(env.spec, 1000, 2)
+        Collector(env, pol, buf).collect(10, sample=sample)
+        assert pol.flags == {sample}
