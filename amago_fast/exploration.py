@@ -19,10 +19,12 @@
   linearly over `anneal_steps` env steps n (first: `eps_first_start` → `eps_first_end`, last:
   `eps_last_start` → `eps_last_end`), times the same per-env U(0, 1) multiplier. Knowing nothing
   of the task, it explores early in a rollout (the first episodes of a meta-RL trial) and acts
-  more on its own policy later; the per-env multiplier leaves some envs almost greedy, which is
-  what lets a memory task's long deterministic stretch (T-Maze's corridor) be crossed while
-  other envs explore broadly. The policy's own sampled actions (training collection samples
-  from the actor) explore the rest.
+  more on its own policy later. With ``late_start_prob`` p a rollout explores only from a step
+  drawn uniformly from the horizon (the policy alone before it): a decision that comes after a
+  long stretch that any random action spoils (T-Maze's junction after its corridor) is then
+  explored in ~1/(1.5 T) of the episodes whatever ε is (passive T-Maze 50, simulated: 1.4%
+  with p = 1 vs 0.05% with p = 0), where exploring from the first step reaches it almost never.
+  The profiles use p = 1 (amago_fast/profiles.py, docs/LEARNING.md).
 - :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
   same per-env multiplier scheme.
