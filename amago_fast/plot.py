@@ -69,6 +69,29 @@ def load_curve(run_dir: str | os.PathLike, metric: str | None = None) -> tuple[s
     raise ValueError(f"{run_dir}: no logged values of {wanted} in eval.csv or train.csv")
 
 
+def eval_set_returns(run_dir: str | os.PathLike) -> list[str]:
+    """The ``<set>/return`` columns of a run's eval.csv when it evaluated several named sets
+    (``env.eval_sets``), in logged order; [] otherwise."""
+    path = Path(run_dir) / "eval.csv"
+    if not path.is_file():
+        return []
+    names = [k for k in read_csv(path) if k.count("/") == 1 and k.endswith("/return")]
+    return names if len(names) > 1 else []
+
+
+def run_curves(run_dirs: list[str | os.PathLike], metric: str | None = None,
+               labels: list[str] | None = None) -> list[tuple[str, str, dict]]:
+    """(legend label, metric name, curve) of every line `plot_runs` draws: one per run, or one
+    per named evaluation set (``env.eval_sets``: AIB's three splits) when no metric is named."""
+    curves = []
+    for i, rd in enumerate(run_dirs):
+        label = labels[i] if labels is not None else (Path(rd).name or str(rd))
+        for m in ([metric] if metric is not None else eval_set_returns(rd) or [None]):
+            name, curve = load_curve(rd, m)
+            curves.append((label, name, curve))
+    return curves
+
+
 def plot_runs(
     run_dirs: list[str | os.PathLike],
     out_dir: str | os.PathLike | None = None,
@@ -97,11 +120,7 @@ def plot_runs(
         if not isinstance(value, (int, float)) or isinstance(value, bool) \
                 or not math.isfinite(value):
             raise ValueError(f"reference {label!r} must be a finite number, got {value!r}")
-    curves = []
-    for i, rd in enumerate(run_dirs):
-        name, curve = load_curve(rd, metric)
-        label = labels[i] if labels is not None else (Path(rd).name or str(rd))
-        curves.append((label, name, curve))
+    curves = run_curves(run_dirs, metric, labels)
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -73,3 +73,24 @@ def test_wandb_is_only_imported_when_asked(tmp_path):
     if importlib.util.find_spec("wandb") is None:
         with pytest.raises(ImportError, match="pip install wandb"):
             RunLogger(tmp_path / "b", tensorboard=False, wandb=True)
+
+
+def test_plot_draws_one_curve_per_evaluation_set(tmp_path):
+    """A run with named evaluation sets (AIB's splits) gets one curve per set by default."""
+    from amago_fast.plot import eval_set_returns, run_curves
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    for i in (1, 2):
+        log.log("eval", {"train/return": 1.0 * i, "eval-in/return": 2.0 * i,
+                         "eval-out/return": 3.0 * i, "eval-out/return/sign+1": 0.0},
+                env_steps=100 * i, wall_time=1.0 * i)
+    log.close()
+    assert eval_set_returns(tmp_path) == ["eval-in/return", "eval-out/return", "train/return"]
+    curves = run_curves([tmp_path])
+    assert [(c[0], c[1]) for c in curves] == [(tmp_path.name, n) for n in
+                                              ("eval-in/return", "eval-out/return",
+                                               "train/return")]
+    assert curves[1][2]["value"] == [3.0, 6.0]
+    assert [c[1] for c in run_curves([tmp_path], metric="train/return")] == ["train/return"]
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "p")]) == 0
+    assert eval_set_returns(tmp_path / "p") == []  # no eval.csv: no sets
