@@ -40,6 +40,7 @@ import collections
 import errno
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -196,8 +197,13 @@ def _decode(obj: Any, where: str) -> Any:
 def save_object(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` of `obj` in the code-free form :func:`load_object` reads: tensors, plain
     containers and values, NumPy arrays/scalars/dtypes and :data:`OBJECT_TYPES`. Anything else
-    raises TypeError naming where it sits, before the file is written."""
-    torch.save(_encode(obj, "state"), path)
+    raises TypeError naming where it sits, before the file is written. The bytes are written
+    with a plain file write, so a full disk is an OSError (ENOSPC) naming the file rather than
+    torch's "file write failed" RuntimeError."""
+    data = io.BytesIO()
+    torch.save(_encode(obj, "state"), data)
+    with open(path, "wb") as fh:
+        fh.write(data.getbuffer())
 
 
 def _refusal(e: BaseException) -> str:

@@ -187,63 +187,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("amago-fast: --config starts a new run; --resume continues one with its own "
               "config.json (give overrides instead)", file=sys.stderr)
         return 2
-    try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.json").is_file():
-                print(
-                    f"amago-fast: {run_dir} has no config.json (not a run directory)",
-                    file=sys.stderr,
-                )
-                return 2
-            cfg = apply_overrides(load_config(run_dir / "config.json"), overrides)
-        elif args.config:  # a run from a file (amago_fast/config_file.py)
-            from amago_fast.config_file import read_config_file
+    # a ConfigError is one "invalid config: ..." line (main's error handling)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            print(
+                f"amago-fast: {run_dir} has no config.json (not a run directory)",
+                file=sys.stderr,
+            )
+            return 2
+        cfg = apply_overrides(load_config(run_dir / "config.json"), overrides)
+    elif args.config:  # a run from a file (amago_fast/config_file.py)
+        from amago_fast.config_file import read_config_file
 
-            base = get_preset(args.preset) if args.preset else None
-            try:
-                cfg, typed = read_config_file(args.config, base)
-            except ValueError as e:
-                if isinstance(e, ConfigError):
-                    raise
-                print(f"amago-fast: {e}", file=sys.stderr)
-                return 2
-            cfg = apply_overrides(cfg, overrides)
-            validate(cfg)
-            cfg = size_config(cfg, explicit=[*typed, *overrides])
-            run_dir = Path(args.run_dir) if args.run_dir else None
-        else:
-            # no --preset: the T-Maze demo, or with --env.name the profile-sized `auto`
-            preset_name = args.preset or default_preset(overrides)
-            preset = get_preset(preset_name)
-            _drop_preset_env_kwargs(preset, overrides, preset_name)
-            cfg = apply_overrides(preset, overrides)
-            validate(cfg)  # a bad typed value is named before any env is built for sizing
-            # profile-sized presets (auto, gym, ...): every field not typed is sized for the
-            # device and the env's episode limit (amago_fast/profiles.py)
-            cfg = size_config(cfg, explicit=overrides)
-            run_dir = Path(args.run_dir) if args.run_dir else None
+        base = get_preset(args.preset) if args.preset else None
+        try:
+            cfg, typed = read_config_file(args.config, base)
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            print(f"amago-fast: {e}", file=sys.stderr)
+            return 2
+        cfg = apply_overrides(cfg, overrides)
         validate(cfg)
-    except ConfigError as e:
-        print(f"amago-fast: invalid config: {e}", file=sys.stderr)
-        return 2
+        cfg = size_config(cfg, explicit=[*typed, *overrides])
+        run_dir = Path(args.run_dir) if args.run_dir else None
+    else:
+        # no --preset: the T-Maze demo, or with --env.name the profile-sized `auto`
+        preset_name = args.preset or default_preset(overrides)
+        preset = get_preset(preset_name)
+        _drop_preset_env_kwargs(preset, overrides, preset_name)
+        cfg = apply_overrides(preset, overrides)
+        validate(cfg)  # a bad typed value is named before any env is built for sizing
+        # profile-sized presets (auto, gym, ...): every field not typed is sized for the
+        # device and the env's episode limit (amago_fast/profiles.py)
+        cfg = size_config(cfg, explicit=overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else None
+    validate(cfg)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
-    from amago_fast.checkpoint import CheckpointError
-
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     try:
+        # Config errors found while building the envs, run-directory, lock and checkpoint
+        # errors are one line each (main's error handling).
         result = trainer.train()
-    except ConfigError as e:  # found while building the envs (unknown id, bad kwargs, spaces)
-        print(f"amago-fast: invalid config: {e}", file=sys.stderr)
-        return 2
     except TrainingError as e:
         print(f"amago-fast: training stopped: {e}", file=sys.stderr)
         return 1
-    except (FileExistsError, CheckpointError) as e:
-        print(f"amago-fast: {e}", file=sys.stderr)
-        return 2
     finally:
         trainer.dist.shutdown()
     if trainer.dist.is_main:
@@ -271,18 +262,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"amago-fast: --env-kwargs must be a JSON object, got {args.env_kwargs}",
                   file=sys.stderr)
             return 2
-    try:
-        stats = evaluate_run(
-            args.run_dir,
-            episodes=args.episodes,
-            num_envs=args.num_envs,
-            device=args.device,
-            seed=args.seed,
-            env_kwargs=env_kwargs,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"amago-fast: {e}", file=sys.stderr)
-        return 2
+    # a bad argument, run directory or checkpoint is one line (main's error handling)
+    stats = evaluate_run(
+        args.run_dir,
+        episodes=args.episodes,
+        num_envs=args.num_envs,
+        device=args.device,
+        seed=args.seed,
+        env_kwargs=env_kwargs,
+    )
     print(json.dumps(stats, indent=2, default=float))
     return 0
 
@@ -381,7 +369,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     from amago_fast.presets import PRESETS
 
     for name, overrides in sorted(PRESETS.items()):
-        print(f"{name:15s} env={overrides.get('env.name')}")
+        sized = " (sized by --profile)" if overrides.get("profile", "off") != "off" else ""
+        print(f"{name:15s} env={overrides.get('env.name', '<--env.name>')}{sized}")
     return 0
 
 
@@ -455,6 +444,8 @@ def _user_error_message(e: BaseException) -> str | None:
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
+    if isinstance(e, ConfigError):
+        text = f"invalid config: {text}"
     return text
 
 

@@ -189,10 +189,10 @@ def test_mmap_load_then_truncation_is_the_documented_sigbus_and_copy_is_safe(tmp
         print("sampled")
     """)
     copy = subprocess.run([sys.executable, "-c", script, "copy"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert copy.returncode == 0 and "sampled" in copy.stdout, copy.stderr
     mapped = subprocess.run([sys.executable, "-c", script, "mmap"], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=600)
     assert mapped.returncode == -7  # SIGBUS
 
 

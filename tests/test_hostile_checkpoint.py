@@ -101,7 +101,7 @@ def test_crafted_checkpoint_is_refused_and_runs_no_code(trained, tmp_path, which
                          if which == "learner.pt" else
                          [sys.executable, "-m", "amago_fast", "train", "--resume", str(run),
                           "--total_env_steps", "64"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused" in lines[0] and "Traceback" not in out.stderr
@@ -227,7 +227,7 @@ def test_one_trainer_per_run_directory(trained, tmp_path):
         with pytest.raises(ckpt.RunLockedError):
             Trainer(_config(), tmp_path / "run").train()
         out = subprocess.run([sys.executable, "-m", "amago_fast", "train", "--resume", str(run)],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=600)
         assert out.returncode == 2
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and "in use by another trainer" in lines[0], out.stderr
