@@ -153,7 +153,7 @@ def test_trainer_evaluation_stops_at_eval_max_steps(tmp_path):
                             learning_starts=16, updates_per_env_step=0.1, **NEVER_ENDS)
     t0 = time.perf_counter()
     Trainer(cfg, tmp_path / "run").train()
-    assert time.perf_counter() - t0 < 20
+    assert time.perf_counter() - t0 < 120  # (loaded 2-core machine; seconds when idle)
     rows = read_csv(tmp_path / "run" / "eval.csv")
     assert list(rows["stopped_early"]) == [1.0, 1.0]
     assert list(rows["episodes"]) == [0.0, 0.0]
@@ -178,21 +178,21 @@ def test_sigterm_during_a_long_evaluation_stops_within_seconds(tmp_path):
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 300
         while not (run / "train.csv").exists() and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(1.5)  # inside the first evaluation (at step 16), which never finishes
         assert proc.poll() is None
         t0 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=120)
         took = time.perf_counter() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert took < 10, took
+    assert took < 30, took  # ~1 s on an idle machine; never, before the stop check
     result = json.loads(out[out.index("{"):])
     assert result["interrupted"] and result["env_steps"] < 100
     assert ckpt.latest_checkpoint(run) is not None
