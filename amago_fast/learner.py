@@ -89,7 +89,8 @@ class LearnerConfig:
     attention_entropy_every: int = 0
     """Log attention entropy every N updates (costs an L×L materialisation); 0 = never."""
     check_batch: bool = True
-    """Validate batch keys/shapes/dtypes/finiteness before touching any state."""
+    """Validate every batch: keys/shapes/dtypes at once; values (finiteness, action ranges) as
+    device flags — a bad batch changes no state and raises at the metrics read covering it."""
     seed: int = 0
     """Seed of the learner's generator (critic subsets, continuous action noise)."""
     device: str = "cpu"
