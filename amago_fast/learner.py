@@ -767,8 +767,12 @@ class Learner:
         t3 = self._clock()
         self._marks = (t0, t1, t2, t3) if t0 is not None else ()
 
-    def _accumulate(self, loss, grad_norm, aux, ok, batch_ok, bad) -> None:
-        """Add this update's metrics to the device accumulators (applied updates only)."""
+    def _accumulate(self, loss: torch.Tensor, grad_norm: torch.Tensor,
+                    aux: dict[str, torch.Tensor], ok: torch.Tensor,
+                    batch_ok: torch.Tensor | None, bad: torch.Tensor | None) -> None:
+        """Add this update's metrics to the device accumulators (applied updates only), count
+        it as applied or skipped (a skip caused by bad batch values is not "non-finite"), and
+        keep the value-check flags for the read."""
         vec = torch.cat([
             torch.stack([loss.float(), aux["critic_loss"].float(), aux["actor_loss"].float(),
                          aux["accept_rate"].float(), grad_norm.float(),
