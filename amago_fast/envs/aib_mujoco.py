@@ -95,7 +95,6 @@ MUJOCO_TASKS: dict[str, _Backend] = {
 # dm_control's walker-walk target speed and the two Reacher target radii (easy / hard).
 _WALK_SPEED = 1.0
 _REACHER_TARGET = {"aib-reacher-easy": 0.05, "aib-reacher-hard": 0.015}
-_BALL_IN_CUP_STRING = 0.3  # the stock model's string length (tendon range upper bound)
 _CHEETAH_LEG_GEOMS = ("bthigh", "bshin", "bfoot", "fthigh", "fshin", "ffoot")
 _CHEETAH_LEG_BODIES = ("bshin", "bfoot", "fshin", "ffoot")
 _CARTPOLE_POLE_MASS = 0.1
@@ -107,7 +106,7 @@ def mujoco_available() -> str | None:
     try:
         _import_backends()
     except ImportError as e:
-        return f"{e.name or e}: {e}"
+        return str(e)
     return None
 
 
@@ -162,7 +161,7 @@ def morph_xml(name: str, xml: bytes | str, context: dict[str, float]) -> bytes:
     if name == "aib-ballincup":
         d = context["distance"]
         tendon = root.find("tendon/spatial")
-        lo, hi = _floats(tendon.get("range"))
+        _, hi = _floats(tendon.get("range"))
         tendon.set("range", _fmt([0.0, d]))
         (ball,) = _named(root, "body", ("ball",))
         x, y, z = _floats(ball.get("pos"))
@@ -385,21 +384,22 @@ def _worker_main(conn: Any, name: str, contexts: np.ndarray, first: int) -> None
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", first, f"{type(e).__name__}: {e}"))
         return
-    conn.send(("ok", group.state_size))
-    while True:
-        try:
+    try:
+        conn.send(("ok", group.state_size))
+        while True:
             cmd, args = conn.recv()
-        except (EOFError, OSError):
-            return
-        if cmd == "close":
-            conn.send(("ok", None))
-            return
-        try:
-            conn.send(("ok", getattr(group, cmd)(*args)))
-        except _SlotError as e:
-            conn.send(("error", e.slot, e.message))
-        except Exception as e:  # noqa: BLE001 - not one slot's: reported on the group's first
-            conn.send(("error", first, f"{type(e).__name__}: {e}"))
+            if cmd == "close":
+                conn.send(("ok", None))
+                return
+            try:
+                reply = ("ok", getattr(group, cmd)(*args))
+            except _SlotError as e:
+                reply = ("error", e.slot, e.message)
+            except Exception as e:  # noqa: BLE001 - not one slot's: reported on the first
+                reply = ("error", first, f"{type(e).__name__}: {e}")
+            conn.send(reply)
+    except (EOFError, OSError):  # the parent is gone (closed its end, or died): stop quietly
+        return
 
 
 def _stop_workers(procs: list, conns: list) -> None:
