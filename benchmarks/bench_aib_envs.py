@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -82,6 +83,10 @@ def main() -> None:
     for rep in range(args.repeats):  # repeats interleaved: load drifts hit every config alike
         for task, label, name, kwargs in configs:
             sample = _measure(name, args.num_envs, kwargs, args.steps, rep)
+            print(json.dumps({"task": task, "config": label, "repeat": rep,
+                              "env_steps_per_s": round(sample[0]), "build_s": round(sample[1], 2),
+                              "loadavg": round(os.getloadavg()[0], 2)}),
+                  file=sys.stderr, flush=True)  # progress
             samples.setdefault((task, label), []).append(sample)
     results: dict[str, dict] = {}
     for (task, label), vals in samples.items():
