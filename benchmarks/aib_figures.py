@@ -5,7 +5,8 @@
 Each run directory is one seed of an ``aib-*`` preset (its eval.csv holds the periodic
 evaluation of every split). Runs are grouped by task and by trajectory encoder (Transformer vs
 the memory-free ``ff`` ablation); AMAGO's published AER for a split, where there is one, is drawn
-as a dotted line. Prints one JSON line per figure written.
+as a dotted line, and with ``--baselines`` the random / zero-action scores of the same protocol
+(benchmarks/aib_baselines.py) as dashed lines. Prints one JSON line per figure written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", nargs="+")
     ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--baselines", default=None,
+                    help="JSON written by benchmarks/aib_baselines.py: random / zero-action lines")
     args = ap.parse_args(argv)
+    baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else {}
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     tasks = {}
     for rd in map(Path, args.run_dirs):
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                     ax.plot([r["env_steps"] for r in rows], [r[f"{split}/return"] for r in rows],
                             styles.get(encoder, ":"), color=f"C{i}", alpha=0.85,
                             label=f"{label} ({encoder})")
+            for kind, color in (("random", "0.5"), ("zero", "0.75")):
+                value = baselines.get(name, {}).get(f"{kind}/{split}", {}).get("return")
+                if value is not None:
+                    ax.axhline(value, color=color, ls="--", lw=1, label=f"{kind} actions")
             if task.amago.get(split) is not None:
                 ax.axhline(task.amago[split], color="k", ls=":", label="AMAGO (published AER)")
             ax.set_title(f"{task.title} {split}")
