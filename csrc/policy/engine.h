@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(AMAGO_FAST_GENERIC)
 #include <immintrin.h>
 #endif
 
@@ -37,7 +37,7 @@ namespace simd_base {
 }  // namespace simd_base
 #undef AMAGO_POLICY_LANES
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(AMAGO_FAST_GENERIC)
 #define AMAGO_POLICY_HAS_AVX2_PATH 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")

@@ -134,7 +134,7 @@ class Team {
   static constexpr int64_t kMaxWaitNs = 50000;
 
   static void Pause() {
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(AMAGO_FAST_GENERIC)
     __builtin_ia32_pause();
 #else
     std::this_thread::yield();
