@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
 from amago_fast.native_policy import native_params, runs_natively, sample_categorical
+from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
 from amago_fast.nets.heads import LOG_STD_MAX, LOG_STD_MIN, ActorHead
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amago_fast.agent import Agent
-from amago_fast.kernels.critic import td_target_reduce
+from amago_fast.kernels.td_reduce import td_target_reduce
 from amago_fast.nets.heads import twohot_encode, twohot_expectation
 from amago_fast.popart import PopArt
 

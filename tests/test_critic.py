@@ -13,15 +13,13 @@ import torch
 
 from amago_fast.kernels import _utils
 from amago_fast.kernels.critic import (
-    CriticEnsemble,
     CriticParams,
-    StateCriticEnsemble,
     critic_ensemble,
     critic_ensemble_reference,
     critic_ensemble_tiled_reference,
-    td_target_reduce,
-    td_target_reduce_reference,
 )
+from amago_fast.kernels.td_reduce import td_target_reduce, td_target_reduce_reference
+from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
 
 needs_interpreter = pytest.mark.skipif(
     not (_utils.INTERPRET or torch.cuda.is_available()),

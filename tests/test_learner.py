@@ -462,7 +462,7 @@ def _trained_learner(**kw):
 
 
 def test_default_discrete_critic_is_state_only_and_multidiscrete_is_not():
-    from amago_fast.kernels.critic import CriticEnsemble, StateCriticEnsemble
+    from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
 
     assert isinstance(make_learner().agent.critics, StateCriticEnsemble)
     assert make_learner().agent.state_critic

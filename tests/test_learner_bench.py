@@ -15,7 +15,7 @@ from amago_fast.bench.update import (
     update_gflop,
 )
 from amago_fast.kernels.attention import causal_attention
-from amago_fast.kernels.critic import StateCriticEnsemble
+from amago_fast.nets.critics import StateCriticEnsemble
 from amago_fast.nets.layers import Dropout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

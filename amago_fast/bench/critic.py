@@ -33,14 +33,13 @@ import torch
 
 from amago_fast.bench._timing import time_cpu, time_cuda
 from amago_fast.kernels.critic import (
-    CriticEnsemble,
     critic_ensemble,
     critic_ensemble_reference,
     critic_ensemble_tiled_reference,
-    td_target_reduce,
-    td_target_reduce_reference,
 )
 from amago_fast.kernels.ema import ema_update_, ema_update_reference
+from amago_fast.kernels.td_reduce import td_target_reduce, td_target_reduce_reference
+from amago_fast.nets.critics import CriticEnsemble
 
 
 def _critic_case(n, g, d_s, d_a, e, h, dtype, device, seed=0):
@@ -246,6 +245,7 @@ def _ptxas_worker(dtype: str = "bf16") -> list[dict]:
     from triton.compiler import ASTSource
 
     from amago_fast.kernels import critic as c
+    from amago_fast.kernels import td_reduce as td
 
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     prec = "ieee" if dtype == "fp32" else "tf32"
@@ -275,7 +275,7 @@ def _ptxas_worker(dtype: str = "bf16") -> list[dict]:
         (c._critic_bwd_rows_kernel, bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
         (c._critic_bwd_weights_kernel, bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
         (
-            c._td_reduce_kernel,
+            td._td_reduce_kernel,
             dict(Q=f, SUBSET="*i32", MIN_OUT=f, MEAN_OUT=f, ARG_OUT="*i32"),
             dict(E=4, BLOCK=1024),
             4,

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from amago_fast.agent import DEFAULT_GAMMAS, Agent, AgentConfig
 from amago_fast.bench.sync import HostSyncDetector
 from amago_fast.buffer import TrajectoryBuffer
-from amago_fast.kernels.critic import StateCriticEnsemble
 from amago_fast.learner import Learner, LearnerConfig
+from amago_fast.nets.critics import StateCriticEnsemble
 from amago_fast.nets.layers import Dropout
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 

@@ -1,4 +1,4 @@
-"""Fused critic ensemble × discount factors, and the TD-target reductions over the ensemble.
+"""Fused critic ensemble × discount factors: the op (its modules are amago_fast.nets.critics).
 
 AMAGO evaluates E critics for every timestep and every one of G discount factors. Each critic is
 an MLP ``(state, action, gamma) -> q`` with two hidden layers. Written naively, the state is tiled
@@ -34,11 +34,9 @@ CUDA too, and the fused kernels are opt-in (``backend="triton"``) until they are
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, launch_device, resolve_backend
 
@@ -49,14 +47,11 @@ except ImportError:  # pragma: no cover - triton ships with the package on Linux
     triton = None
 
 __all__ = [
+    "BACKENDS",
     "CriticParams",
-    "CriticEnsemble",
-    "StateCriticEnsemble",
     "critic_ensemble",
     "critic_ensemble_reference",
     "critic_ensemble_tiled_reference",
-    "td_target_reduce",
-    "td_target_reduce_reference",
 ]
 
 
@@ -207,7 +202,7 @@ def critic_ensemble_tiled_reference(
     return q.view(e, n, g, -1).permute(1, 0, 2, 3)
 
 
-_BACKENDS = ("auto", "reference", "triton")  # same names as _utils.BACKENDS
+BACKENDS = ("auto", "reference", "triton")  # same names as _utils.BACKENDS
 
 # ----------------------------------------------------------------------------------------------
 # Triton path
@@ -528,34 +523,6 @@ if triton is not None:
         )
         tl.store(DB2_PART + base * H + offs_j, acc_b2, mask=j_ok)
 
-    @triton.jit
-    def _td_reduce_kernel(
-        Q, SUBSET, MIN_OUT, MEAN_OUT, ARG_OUT, M, TOTAL,
-        E: tl.constexpr, BLOCK: tl.constexpr,
-    ):  # fmt: skip
-        """q (N, E, M) → min over the critics flagged in SUBSET (first index wins ties, NaN
-        propagates), mean over all E, and the argmin (for the backward)."""
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        ok = offs < TOTAL
-        n = offs // M
-        r = offs % M
-        base = Q + n * (E * M) + r
-        q_min = tl.full((BLOCK,), float("inf"), dtype=tl.float32)
-        arg = tl.zeros((BLOCK,), dtype=tl.int32)
-        have = tl.zeros((BLOCK,), dtype=tl.int32)
-        total = tl.zeros((BLOCK,), dtype=tl.float32)
-        for e in tl.static_range(E):
-            v = tl.load(base + e * M, mask=ok, other=0.0).to(tl.float32)
-            total += v
-            flag = tl.load(SUBSET + e)
-            take = (flag != 0) & ((have == 0) | (v < q_min) | ((v != v) & (q_min == q_min)))
-            q_min = tl.where(take, v, q_min)
-            arg = tl.where(take, e, arg)
-            have = tl.where(flag != 0, 1, have)
-        tl.store(MIN_OUT + offs, q_min.to(MIN_OUT.dtype.element_ty), mask=ok)
-        tl.store(MEAN_OUT + offs, (total / E).to(MEAN_OUT.dtype.element_ty), mask=ok)
-        tl.store(ARG_OUT + offs, arg, mask=ok)
-
 
 class _Config(NamedTuple):
     block_n_proj: int
@@ -816,298 +783,3 @@ def critic_ensemble(
         state.contiguous(), action.contiguous(), *(t.contiguous() for t in params),
         float(negative_slope),
     )  # fmt: skip
-
-
-def _check_ensemble_args(negative_slope: float, backend: str, **dims: int) -> None:
-    """Constructor checks shared by the critic modules: positive int sizes, slope, backend."""
-    for name, v in dims.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not (0.0 <= negative_slope < 1.0):
-        raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-
-
-class CriticEnsemble(nn.Module):
-    """E critics over G discount factors with a state projection shared across gammas.
-
-    Initialization (per critic, documented because it matters for early TD targets):
-    ``w_state``, ``w_action``, ``b1`` ~ U(±1/sqrt(d_s + d_a + G)) — PyTorch's ``nn.Linear``
-    default for the equivalent concatenated ``[state, action, onehot(gamma)]`` input;
-    ``w2``, ``b2`` ~ U(±1/sqrt(H)); the output layer ``w3`` ~ U(±3e-3), ``b3 = 0`` so that
-    initial Q-values (or two-hot logits: a near-uniform distribution over bins) are small and
-    do not dominate the first TD targets.
-    """
-
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        num_gammas: int,
-        num_critics: int = 4,
-        hidden_dim: int = 256,
-        out_dim: int = 1,
-        negative_slope: float = 0.01,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        _check_ensemble_args(
-            negative_slope, backend, state_dim=state_dim, action_dim=action_dim,
-            num_gammas=num_gammas, num_critics=num_critics, hidden_dim=hidden_dim,
-            out_dim=out_dim,
-        )
-        self.state_dim, self.action_dim = state_dim, action_dim
-        self.num_gammas, self.num_critics = num_gammas, num_critics
-        self.hidden_dim, self.out_dim = hidden_dim, out_dim
-        self.negative_slope, self.backend = negative_slope, backend
-        e, h = num_critics, hidden_dim
-        self.w_state = nn.Parameter(torch.empty(e, state_dim, h))
-        self.w_action = nn.Parameter(torch.empty(e, action_dim, h))
-        self.b1 = nn.Parameter(torch.empty(e, num_gammas, h))
-        self.w2 = nn.Parameter(torch.empty(e, h, h))
-        self.b2 = nn.Parameter(torch.empty(e, h))
-        self.w3 = nn.Parameter(torch.empty(e, h, out_dim))
-        self.b3 = nn.Parameter(torch.empty(e, out_dim))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Re-draw all parameters with the documented initialization."""
-        bound1 = 1.0 / math.sqrt(self.state_dim + self.action_dim + self.num_gammas)
-        for p in (self.w_state, self.w_action, self.b1):
-            p.uniform_(-bound1, bound1)
-        bound2 = 1.0 / math.sqrt(self.hidden_dim)
-        self.w2.uniform_(-bound2, bound2)
-        self.b2.uniform_(-bound2, bound2)
-        self.w3.uniform_(-3e-3, 3e-3)
-        self.b3.zero_()
-
-    @property
-    def params(self) -> CriticParams:
-        """The parameters as a :class:`CriticParams` (live, autograd-connected)."""
-        return CriticParams(
-            self.w_state, self.w_action, self.b1, self.w2, self.b2, self.w3, self.b3
-        )
-
-    def forward(
-        self, state: torch.Tensor, action: torch.Tensor, detach_params: bool = False
-    ) -> torch.Tensor:
-        """``q (N, E, G, out_dim)`` for ``state (N, d_s)`` and ``action (N, G, d_a)``.
-
-        ``detach_params=True`` evaluates the same function with the parameters cut from autograd:
-        gradients reach ``state`` and ``action`` only (the actor's DPG term through the critic).
-        """
-        params = self.params.detached() if detach_params else self.params
-        return critic_ensemble(state, action, params, self.negative_slope, self.backend)
-
-    def extra_repr(self) -> str:
-        return (
-            f"state_dim={self.state_dim}, action_dim={self.action_dim}, "
-            f"num_gammas={self.num_gammas}, num_critics={self.num_critics}, "
-            f"hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
-        )
-
-
-class StateCriticEnsemble(nn.Module):
-    """E discrete-action critics over G discount factors that read the state only:
-    ``Q(s, ·)`` for every action at once, ``q (N, E, G, A, out_dim)`` from ``state (N, d_s)``.
-
-    The standard discrete Q-network form: per critic one MLP trunk over the state (two hidden
-    layers, leaky ReLU) whose output layer has one unit block per (gamma, action). Compared with
-    :class:`CriticEnsemble` fed the action, the hidden layers run on N·E rows instead of N·G·E
-    (7× fewer at AMAGO's 7 gammas), and a policy's value Σ_a π(a|s) Q(s, a) needs no second
-    critic pass. It is computed by :func:`critic_ensemble` with ``action_dim = 0`` and a single
-    "gamma" slot whose outputs are all (gamma, action, out) units, so the Triton path and the
-    PyTorch reference are the same ones the action-input critic uses (Triton limits: G·A·out_dim
-    ≤ 128 output units; ``backend="auto"`` always takes the reference, see the module docstring).
-
-    Initialization: ``w_state``, ``b1`` ~ U(±1/sqrt(d_s)) (``nn.Linear``'s default), ``w2``,
-    ``b2`` ~ U(±1/sqrt(H)), ``w3`` ~ U(±3e-3), ``b3 = 0`` (small initial values, as in
-    :class:`CriticEnsemble`).
-    """
-
-    def __init__(
-        self,
-        state_dim: int,
-        num_actions: int,
-        num_gammas: int,
-        num_critics: int = 4,
-        hidden_dim: int = 256,
-        out_dim: int = 1,
-        negative_slope: float = 0.01,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        _check_ensemble_args(
-            negative_slope, backend, state_dim=state_dim, num_actions=num_actions,
-            num_gammas=num_gammas, num_critics=num_critics, hidden_dim=hidden_dim,
-            out_dim=out_dim,
-        )
-        self.state_dim, self.num_actions = state_dim, num_actions
-        self.num_gammas, self.num_critics = num_gammas, num_critics
-        self.hidden_dim, self.out_dim = hidden_dim, out_dim
-        self.negative_slope, self.backend = negative_slope, backend
-        e, h = num_critics, hidden_dim
-        units = num_gammas * num_actions * out_dim
-        self.w_state = nn.Parameter(torch.empty(e, state_dim, h))
-        self.b1 = nn.Parameter(torch.empty(e, 1, h))
-        self.w2 = nn.Parameter(torch.empty(e, h, h))
-        self.b2 = nn.Parameter(torch.empty(e, h))
-        self.w3 = nn.Parameter(torch.empty(e, h, units))
-        self.b3 = nn.Parameter(torch.empty(e, units))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Re-draw all parameters with the documented initialization."""
-        bound1 = 1.0 / math.sqrt(self.state_dim)
-        self.w_state.uniform_(-bound1, bound1)
-        self.b1.uniform_(-bound1, bound1)
-        bound2 = 1.0 / math.sqrt(self.hidden_dim)
-        self.w2.uniform_(-bound2, bound2)
-        self.b2.uniform_(-bound2, bound2)
-        self.w3.uniform_(-3e-3, 3e-3)
-        self.b3.zero_()
-
-    @property
-    def params(self) -> CriticParams:
-        """The parameters as a :class:`CriticParams` with an empty ``w_action (E, 0, H)``."""
-        w_action = self.w_state.new_zeros((self.num_critics, 0, self.hidden_dim))
-        return CriticParams(self.w_state, w_action, self.b1, self.w2, self.b2, self.w3, self.b3)
-
-    def forward(self, state: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """``q (N, E, G, A, out_dim)`` for ``state (N, d_s)``.
-
-        ``detach_params=True`` cuts the parameters from autograd (gradients reach ``state``
-        only). To evaluate a policy without any critic gradient, detach the output instead.
-        """
-        if not isinstance(state, torch.Tensor) or state.dim() != 2:
-            raise ValueError("StateCriticEnsemble: state must be a (N, d_s) tensor, got "
-                             f"{getattr(state, 'shape', type(state).__name__)}")
-        params = self.params.detached() if detach_params else self.params
-        no_action = state.new_zeros((state.shape[0], 1, 0))
-        q = critic_ensemble(state, no_action, params, self.negative_slope, self.backend)
-        return q.reshape(state.shape[0], self.num_critics, self.num_gammas, self.num_actions,
-                         self.out_dim)
-
-    def extra_repr(self) -> str:
-        return (
-            f"state_dim={self.state_dim}, num_actions={self.num_actions}, "
-            f"num_gammas={self.num_gammas}, num_critics={self.num_critics}, "
-            f"hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# TD-target reductions over the ensemble
-# ----------------------------------------------------------------------------------------------
-
-
-def _draw_subset(num_critics: int, subset_size: int, generator: torch.Generator | None):
-    """Sorted critic indices of one REDQ subset, drawn once per call on the generator's device."""
-    if not isinstance(subset_size, int) or isinstance(subset_size, bool):
-        raise TypeError(f"subset_size must be an int, got {type(subset_size).__name__}")
-    if not 1 <= subset_size <= num_critics:
-        raise ValueError(f"subset_size must be in [1, {num_critics}] (E), got {subset_size}")
-    device = generator.device if generator is not None else torch.device("cpu")
-    perm = torch.randperm(num_critics, generator=generator, device=device)
-    return perm[:subset_size].sort().values
-
-
-def _check_q_next(q_next: torch.Tensor) -> None:
-    if not isinstance(q_next, torch.Tensor) or not q_next.is_floating_point():
-        raise TypeError("q_next must be a floating-point torch.Tensor")
-    if q_next.dim() != 4 or min(q_next.shape) == 0:
-        raise ValueError(
-            f"q_next must be a non-empty (N, E, G, O) tensor, got {tuple(q_next.shape)}"
-        )
-
-
-def td_target_reduce_reference(
-    q_next: torch.Tensor, subset_size: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(min over a random subset of subset_size critics, mean over all E)``, each ``(N, G, O)``.
-
-    The subset (REDQ-style, e.g. 2 of 4) is drawn once per call from ``generator`` (same generator
-    state → same subset). Differentiable: the min's gradient goes to the chosen critic.
-    """
-    _check_q_next(q_next)
-    subset = _draw_subset(q_next.shape[1], subset_size, generator).to(q_next.device)
-    q_min = q_next.index_select(1, subset).min(dim=1).values
-    q_mean = q_next.mean(dim=1)
-    return q_min, q_mean
-
-
-def _td_reduce_launch(
-    q_next: torch.Tensor, subset_flags: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch ``_td_reduce_kernel``: (min, mean) in q's dtype and the argmin (int32), (N, G, O)."""
-    q_next = q_next.contiguous()
-    n, e, g, o = q_next.shape
-    q_min = torch.empty((n, g, o), dtype=q_next.dtype, device=q_next.device)
-    q_mean = torch.empty_like(q_min)
-    arg = torch.empty((n, g, o), dtype=torch.int32, device=q_next.device)
-    total = n * g * o
-    block = 1024
-    _td_reduce_kernel[(triton.cdiv(total, block),)](
-        q_next, subset_flags, q_min, q_mean, arg, g * o, total, E=e, BLOCK=block, num_warps=4
-    )
-    return q_min, q_mean, arg
-
-
-class TDTargetReduceFunction(torch.autograd.Function):
-    """Fused (subset-min, mean) over the ensemble; backward routes the min's gradient to the
-    chosen critic and spreads the mean's evenly."""
-
-    @staticmethod
-    def forward(ctx, q_next, subset_flags):
-        with launch_device(q_next):
-            q_min, q_mean, arg = _td_reduce_launch(q_next, subset_flags)
-        ctx.save_for_backward(arg)
-        ctx.num_critics = q_next.shape[1]
-        ctx.mark_non_differentiable(arg)
-        return q_min, q_mean, arg
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_min, d_mean, _d_arg):
-        (arg,) = ctx.saved_tensors
-        e = ctx.num_critics
-        n, g, o = arg.shape
-        if d_mean is None:
-            grad = torch.zeros((n, e, g, o), dtype=d_min.dtype, device=d_min.device)
-        else:
-            grad = (d_mean / e).unsqueeze(1).expand(n, e, g, o).contiguous()
-        if d_min is not None:
-            grad.scatter_add_(1, arg.long().unsqueeze(1), d_min.unsqueeze(1).to(grad.dtype))
-        return grad, None
-
-
-def td_target_reduce(
-    q_next: torch.Tensor,
-    subset_size: int,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(min over a random subset of subset_size critics, mean over all E)``, each ``(N, G, O)``.
-
-    One pass over ``q_next (N, E, G, O)`` on the Triton path (``backend="triton"``: both
-    reductions fused); the reference otherwise, ``"auto"`` included (faster on an H100; see
-    :func:`td_target_reduce_reference`). The same generator state draws the same subset, so both
-    backends agree exactly in fp32 up to the summation order of the mean.
-    """
-    _check_q_next(q_next)
-    chosen = resolve_backend(backend, [q_next], "td_target_reduce")
-    if backend == "auto":
-        chosen = "reference"  # 0.07 ms vs the fused kernel's 0.22 ms on an H100 (N=24576, G=18)
-    if chosen == "reference" or triton is None:
-        if backend == "triton":
-            raise ValueError("td_target_reduce: backend='triton' needs triton installed")
-        return td_target_reduce_reference(q_next, subset_size, generator)
-    e = q_next.shape[1]
-    subset = _draw_subset(e, subset_size, generator).to(q_next.device)
-    flags = torch.zeros(e, dtype=torch.int32, device=q_next.device)
-    flags[subset] = 1
-    q_min, q_mean, _ = TDTargetReduceFunction.apply(q_next, flags)
-    return q_min, q_mean

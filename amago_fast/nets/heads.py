@@ -1,6 +1,6 @@
 """Actor head (one action distribution per discount factor) and two-hot value utilities.
 
-The critic ensemble itself is ``amago_fast.kernels.critic.CriticEnsemble``; this module provides
+The critic ensemble itself is ``amago_fast.nets.critics.CriticEnsemble``; this module provides
 the actor and the helpers that turn actions into critic inputs.
 """
 
