@@ -166,10 +166,9 @@ def _aib(name: str, memory_free: bool = False) -> dict[str, Any]:
         "total_env_steps": (task.budget_vector_steps + 5_000) * vector,
         "learning_starts": 5_000 * vector,
         "collect_steps_per_iter": 5 * vector,
-        # Sized for this 2-core CPU (docs/AIB.md): an update of the tiny model on 24 windows of
-        # 24 rows costs ~40 ms of one core, so a DI / DI-Friction / ODE run gets ~17k updates
-        # over its 2.1M env steps (~12 core-minutes of updates; AMAGO's published runs made
-        # ~100k). Learning was measured to need thousands of updates before it starts.
+        # Sized for a shared 2-core CPU (docs/AIB.md): a DI / DI-Friction / ODE run makes ~17k
+        # updates of the tiny model on 24 windows of 24 rows over its 2.1M env steps and took
+        # 6 min of one core's user time in all (AMAGO's published runs made ~100k updates).
         "updates_per_env_step": 0.008 if small else 0.002,
         # AMAGO's lr is 1e-4 over ~100k updates; a tenth of the updates needs a larger step
         "learner.lr": 3e-4,
