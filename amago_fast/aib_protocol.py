@@ -93,7 +93,7 @@ def evaluate_protocol(
     ``instances`` (the 20 instance scores) and, for sign-flip tasks, ``return/sign±1``."""
     from amago_fast import checkpoint as ckpt
     from amago_fast.collector import Collector
-    from amago_fast.deploy import load_agent, resolve_checkpoint
+    from amago_fast.deploy import load_agent
     from amago_fast.envs import make_env
 
     run_dir = Path(run_dir)
@@ -101,15 +101,16 @@ def evaluate_protocol(
     task = get_task(cfg.env.name)
     if episodes_per_instance < 1:
         raise ValueError(f"episodes_per_instance must be >= 1, got {episodes_per_instance}")
-    path = resolve_checkpoint(run_dir, checkpoint)
-    agent = load_agent(run_dir, path.name, device=device).agent
+    policy = load_agent(run_dir, checkpoint, device=device)  # resolves and verifies (sha256)
+    agent, path = policy.agent, policy.checkpoint
     kwargs = {k: v for k, v in cfg.env.kwargs.items() if k not in ("split", "instances")}
     if warmup_steps is not None:
         kwargs["warmup_steps"] = warmup_steps
     if episodes_per_trial is not None:
         kwargs["episodes_per_trial"] = episodes_per_trial
-    out: dict[str, Any] = {"env_steps": float(ckpt.verify_checkpoint(path)["step"]),
-                           "checkpoint": path.name}
+    # the manifest's step only: load_agent already checked every file's sha256
+    step = ckpt.verify_checkpoint(path, hashes=False)["step"]
+    out: dict[str, Any] = {"env_steps": float(step), "checkpoint": path.name}
     for split in AIB_SPLITS:
         env = make_env(task.name, INSTANCES, seed=seed, split=split, **kwargs)
         try:
@@ -133,7 +134,7 @@ def evaluate_protocol(
 
 def _scored_episodes(stats: dict, env: Any, want: int) -> list[list[float]]:
     """Per slot, its first `want` scored episode returns (warm-up excluded)."""
-    if env.spec.extra.get("episodes_per_trial", 1) > 1:  # warm-up or several episodes
+    if env.trial_mode:  # warm-up or several episodes: the inner episodes' returns
         per_slot = [[float(x) for r in rollouts for x in r if np.isfinite(x)]
                     for rollouts in stats["slot_episode_returns"]]
     else:
