@@ -46,7 +46,10 @@ def train(
     if overrides:
         config = apply_overrides(config, overrides)
     trainer = Trainer(config, run_dir, env=env, eval_env=eval_env)
+    finished = False
     try:
-        return trainer.train()
+        result = trainer.train()
+        finished = True
+        return result
     finally:
-        trainer.dist.shutdown()
+        trainer.dist.shutdown(synchronize=finished)

@@ -228,15 +228,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+    finished = False
     try:
         # Config errors found while building the envs, run-directory, lock and checkpoint
         # errors are one line each (main's error handling).
         result = trainer.train()
+        finished = True
     except TrainingError as e:
         print(f"amago-fast: training stopped: {e}", file=sys.stderr)
         return 1
     finally:
-        trainer.dist.shutdown()
+        trainer.dist.shutdown(synchronize=finished)
     if trainer.dist.is_main:
         print(json.dumps(result, indent=2, default=float))
         if result["interrupted"]:

@@ -69,6 +69,7 @@ results["w"] = pa.w.detach().tolist()
 results["b"] = pa.b.detach().tolist()
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
     json.dump(results, f)
+dist.barrier()  # no rank closes its connections while the other is still in a collective
 dist.destroy_process_group()
 '''
 
