@@ -1,7 +1,7 @@
 """The `amago-fast` command (also `python -m amago_fast`).
 
     amago-fast train [--preset NAME] [--run-dir DIR] [--resume RUN_DIR] [--<field> VALUE ...]
-    amago-fast eval RUN_DIR [--episodes N] [--num-envs N] [--device DEV]
+    amago-fast eval RUN_DIR [--episodes N] [--num-envs N] [--device DEV] [--video DIR]
     amago-fast bench [--only NAME,...] [--quick] [--json PATH]
     amago-fast plot RUN_DIR... [--out DIR] [--metric NAME]
     amago-fast presets
@@ -81,6 +81,13 @@ def _add_eval(sub) -> None:
         help="env keyword arguments merged over the run's env.kwargs and env.eval_kwargs, e.g. "
         "'{\"split\": \"eval-out\"}' (actuator inversion's held-out contexts)",
     )
+    p.add_argument(
+        "--video", metavar="DIR", default=None,
+        help="also write MP4s of greedy episodes to DIR (gymnasium envs with rgb_array "
+        "rendering, AIB MuJoCo tasks; needs imageio-ffmpeg: pip install 'amago_fast[video]'); "
+        "existing videos are never replaced")
+    p.add_argument("--video-episodes", type=int, default=2, metavar="N",
+                   help="episodes recorded with --video")
 
 
 def _add_aib(sub) -> None:
@@ -274,6 +281,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         env_kwargs=env_kwargs,
     )
     print(json.dumps(stats, indent=2, default=float))
+    if args.video is not None:
+        from amago_fast.video import record_videos
+
+        # a non-rendering env or a missing encoder is one line (RenderError is a ValueError)
+        for path in record_videos(args.run_dir, args.video, episodes=args.video_episodes,
+                                  seed=args.seed, device=args.device, env_kwargs=env_kwargs):
+            print(path)
     return 0
 
 

@@ -33,4 +33,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # AIB MuJoCo tasks (aib-walker ... aib-hoppergym): dm_control's suite on MuJoCo, gymnasium's
 # MuJoCo envs (which import imageio); none of them requires torch or another numpy.
 "${PIP[@]}" install "dm-control==1.0.50" "mujoco>=3.1,<4" "imageio>=2.9"
+# `amago-fast eval --video` (the [video] extra): MP4 encoding; a pure wheel with its own ffmpeg
+"${PIP[@]}" install --no-deps "imageio-ffmpeg>=0.4"
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"

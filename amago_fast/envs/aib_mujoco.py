@@ -591,6 +591,7 @@ class AIBMujocoEnv(AIBEnv):
         self._sim = (_InProcess(name, self.context) if workers == 0
                      else _WorkerPool(name, self.context, workers))
         self._physics_state = np.zeros((self.num_envs, self._sim.state_size), np.float64)
+        self._renderers: dict[int, Any] = {}  # slot -> mujoco.Renderer (render_slot)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -646,7 +647,33 @@ class AIBMujocoEnv(AIBEnv):
         self._pending = {}
         self._sim.set_state(self._physics_state)
 
+    def render_slot(self, index: int, height: int = 240, width: int = 320) -> np.ndarray | None:
+        """Slot `index`'s current frame as (H, W, 3) uint8 from the model's first camera (the
+        tracking camera of walker / cheetah / Walker2d), or None when the slots run in worker
+        processes (``num_workers=0`` keeps them here; ``amago-fast eval --video`` builds it
+        so). Needs an OpenGL backend: ``MUJOCO_GL=egl`` (headless) or ``glfw``."""
+        import mujoco
+
+        self._check_open()
+        group = getattr(self._sim, "group", None)
+        if group is None:
+            return None
+        self._flush_resets()
+        slot = group.slots[index]
+        if isinstance(slot, _DmcSlot):
+            model, data = slot.physics.model.ptr, slot.physics.data.ptr
+        else:
+            model, data = slot.env.model, slot.env.data
+        renderer = self._renderers.get(index)
+        if renderer is None:
+            renderer = self._renderers[index] = mujoco.Renderer(model, height, width)
+        renderer.update_scene(data, camera=0 if model.ncam > 0 else -1)
+        return np.asarray(renderer.render(), np.uint8)
+
     def close(self) -> None:
         if not self._closed:
+            for renderer in self._renderers.values():
+                renderer.close()
+            self._renderers = {}
             self._sim.close()
         super().close()

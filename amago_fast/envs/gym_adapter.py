@@ -578,6 +578,25 @@ class GymVectorEnv(VectorEnv):
                 out_info["success"] = success
         return (self._convert(obs), *step_arrays(reward, term, trunc), out_info)
 
+    def render_slot(self, index: int) -> np.ndarray | None:
+        """Env `index`'s current frame as (H, W, 3) uint8 (``amago-fast eval --video``), or
+        None when the envs were not made with ``render_mode="rgb_array"`` (a sync vector env:
+        gymnasium's render returns one frame per env)."""
+        self._check_open()
+        if self.vec.render_mode != "rgb_array":
+            return None
+        frames = self.vec.render()
+        if frames is None:
+            return None
+        frame = np.asarray(frames[index])
+        return frame[..., :3].astype(np.uint8) if frame.ndim == 3 else None
+
+    @property
+    def render_fps(self) -> float | None:
+        """Frames per second the env declares (``metadata["render_fps"]``), if any."""
+        fps = self.vec.metadata.get("render_fps")
+        return float(fps) if fps else None
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
