@@ -7,21 +7,15 @@ core (``amago_fast._core.TrajectoryStore``): per-env staging of open trajectorie
 evictions under the write side of a reader/writer lock, window gathers (and native hindsight
 relabeling) under the read side on a pool of ``num_threads`` threads, GIL released.
 
-If the extension is missing, importing this module warns once and ``TrajectoryBuffer`` is the
-NumPy engine (same results, slower). ``AMAGO_FAST_CORE_PATH=/path/to/_core*.so`` loads the core
-from that file instead (scripts/sanitize.sh uses it for the ASan/UBSan build).
+If the extension is missing (see :mod:`amago_fast._native`, the one loader), ``TrajectoryBuffer``
+is the NumPy engine (same results, slower).
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import os
-import warnings
-from types import ModuleType
-
 import numpy as np
 
+from amago_fast import _native
 from amago_fast import relabel as rl
 from amago_fast.buffer_reference import (
     ReferenceTrajectoryBuffer,
@@ -32,43 +26,8 @@ from amago_fast.spaces import REWARD, TERMINATED, TRUNCATED
 
 __all__ = ["TrajectoryBuffer", "RelabelConfig", "SnapshotError", "NATIVE_AVAILABLE"]
 
-_CORE_ABI = 3
-
-
-def _load_core() -> ModuleType | None:
-    path = os.environ.get("AMAGO_FAST_CORE_PATH")
-    try:
-        if path:
-            loader = importlib.machinery.ExtensionFileLoader("amago_fast._core", path)
-            spec = importlib.util.spec_from_file_location("amago_fast._core", path, loader=loader)
-            if spec is None:
-                raise ImportError(f"cannot load {path}")
-            mod = importlib.util.module_from_spec(spec)
-            loader.exec_module(mod)
-        else:
-            from amago_fast import _core as mod  # type: ignore[attr-defined]
-    except ImportError as e:
-        warnings.warn(
-            f"amago_fast._core is not available ({e}); TrajectoryBuffer uses the NumPy reference "
-            "engine (slow). Build it with `pip install --no-build-isolation -e .`.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    if getattr(mod, "ABI_VERSION", None) != _CORE_ABI or not hasattr(mod, "TrajectoryStore"):
-        warnings.warn(
-            f"amago_fast._core has ABI {getattr(mod, 'ABI_VERSION', None)}, expected "
-            f"{_CORE_ABI}: rebuild it (`pip install --no-build-isolation -e .`); using the NumPy "
-            "reference engine",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    return mod
-
-
-_core = _load_core()
-NATIVE_AVAILABLE = _core is not None
+_core = _native.core
+NATIVE_AVAILABLE = _native.NATIVE_AVAILABLE
 
 _MODES = {"timesteps": 0, "trajectories": 1}
 

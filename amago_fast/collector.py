@@ -65,6 +65,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from amago_fast._native import core
 from amago_fast.envs.base import VectorEnv, check_actions, split_step, trusted_step
 from amago_fast.exploration import EpsilonGreedy, GaussianNoise
 from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, ActionSpec, EnvSpec
@@ -84,9 +85,7 @@ def _native_absorb():
     reference it is tested against."""
     if os.environ.get("AMAGO_FAST_NATIVE_COLLECTOR", "1") == "0":
         return None
-    from amago_fast.buffer import _core
-
-    return getattr(_core, "absorb_step", None) if _core is not None else None
+    return core.absorb_step if core is not None else None
 
 
 class Policy(Protocol):
@@ -377,11 +376,7 @@ class _Rollouts:
         # Async batches go through a _core.AsyncAbsorber (see _absorb_async) when its rows
         # would be written by it (fused) or not at all (no buffer); a separate write needs the
         # full absorb_step result.
-        from amago_fast.buffer import _core as core_mod
-
-        self._core_mod = core_mod
         self._async_absorber_ok = (self.is_async and self._absorb_step is not None
-                                   and getattr(core_mod, "ASYNC_ABSORBER_ROWS", False)
                                    and (self._fused is not None or buffer is None))
         self._absorber = None  # the AsyncAbsorber of the current state arrays
         act = self.spec.action.field
@@ -420,8 +415,7 @@ class _Rollouts:
         from amago_fast import buffer as buffer_mod
 
         native = getattr(buffer_mod, "_NativeEngineBuffer", None)
-        core = buffer_mod._core
-        if (native is None or core is None or not hasattr(core, "AsyncAbsorber")
+        if (native is None or core is None
                 or not isinstance(buffer, native)
                 or type(buffer).write_step is not native.write_step
                 or type(buffer).append_step is not native.append_step):
@@ -794,7 +788,7 @@ class _Rollouts:
         """The AsyncAbsorber bound to the current per-env state arrays (and the fused store)."""
         store, plan = (None, []) if self._fused is None else self._fused[:2]
         names = self.obs_names
-        return self._core_mod.AsyncAbsorber(
+        return core.AsyncAbsorber(
             self.pending_reset, self.time_index, self.ep_return, self.prev_reward,
             self.prev_action, self.sent_action, [self.rows[k] for k in names],
             self._float_obs_idx, store, plan, [*names, ACTION, REWARD, "time_index"])

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from amago_fast.buffer import _core
+from amago_fast._native import core as _core
 from amago_fast.kernels.decode import RingKVCache
 from amago_fast.nets.timestep import ImageEncoder, TimestepEncoder, mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder

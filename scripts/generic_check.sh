@@ -22,8 +22,8 @@ fi
 export AMAGO_FAST_CORE_PATH="$SO"
 "$PY" - "$SO" <<'PY'
 import sys
-import amago_fast.buffer as b
-assert b.NATIVE_AVAILABLE and b._core.__file__ == sys.argv[1], b._core
+import amago_fast._native as n
+assert n.NATIVE_AVAILABLE and n.core.__file__ == sys.argv[1], n.core
 from amago_fast.agent import Agent, AgentConfig
 from amago_fast.envs import make_env
 from amago_fast import native_policy as npol
@@ -37,7 +37,7 @@ rows = {**env.reset(), "action": np.zeros(2, np.int32), "reward": np.zeros(2, np
 agent.act(rows, state, sample=False)
 eng = npol.engine_for(agent)
 assert eng is not None and not eng.avx2, "the generic build took an AVX2 path"
-print("generic core:", b._core.__file__, "(policy engine: baseline build)")
+print("generic core:", n.core.__file__, "(policy engine: baseline build)")
 PY
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py \

@@ -21,7 +21,7 @@ export AMAGO_FAST_CORE_PATH="$SO"
 export LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-"$PY" -c "import amago_fast.buffer as b; assert b.NATIVE_AVAILABLE and b._core.__file__ == '$SO', b._core; print('sanitized core:', b._core.__file__)"
+"$PY" -c "import amago_fast._native as n; assert n.NATIVE_AVAILABLE and n.core.__file__ == '$SO', n.core; print('sanitized core:', n.core.__file__)"
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py \
   tests/test_relabel_tables.py tests/test_native_policy.py \

@@ -107,10 +107,10 @@ def test_big_batch_equals_reference_with_images():
 
 
 def test_core_path_override_loads_that_module():
-    from amago_fast.buffer import _core
+    from amago_fast._native import core as _core
 
-    code = ("import amago_fast.buffer as b; assert b.NATIVE_AVAILABLE; "
-            "print(b._core.__file__)")
+    code = ("import amago_fast._native as n, amago_fast.buffer as b; assert b.NATIVE_AVAILABLE; "
+            "print(n.core.__file__)")
     env = {**os.environ, "AMAGO_FAST_CORE_PATH": _core.__file__}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1])

@@ -849,7 +849,7 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     for a, c in zip(state + obs_state, copies):
         a[...] = c
     # The AsyncAbsorber (state and store bound once) does the same step and the same write.
-    from amago_fast.buffer import _core
+    from amago_fast._native import core as _core
 
     sent = np.zeros(n, np.int32)
     float_idx = [i for i, f in enumerate(env.spec.observation) if f.dtype.kind == "f"]
