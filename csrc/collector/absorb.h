@@ -1,6 +1,6 @@
 // The collector's per-step bookkeeping of open rollouts (amago_fast.collector._Rollouts), as one
 // pass over the batch instead of ~30 whole-array NumPy calls (~0.7 µs each, most of the
-// collector's own cost on a 32-env CartPole batch). Pure C++: the adapter (collector_adapter.h)
+// collector's own cost on a 32-env CartPole batch). Pure C++: the adapter (py_collector.h)
 // checks the arrays and owns the outputs. The NumPy reference is _Rollouts._absorb_numpy.
 #ifndef AMAGO_FAST_COLLECTOR_ABSORB_H_
 #define AMAGO_FAST_COLLECTOR_ABSORB_H_

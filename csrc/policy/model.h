@@ -36,7 +36,7 @@ constexpr float kInv127 = 1.0f / 127.0f;
 // stored row (one key or value of one head).
 enum class KVType { kF32, kF16, kI8 };
 
-// Output columns per packed weight panel (GEMM tile width, step_impl.h).
+// Output columns per packed weight panel (GEMM tile width, step/dense.h).
 constexpr int kPanel = 16;
 
 struct Dense {

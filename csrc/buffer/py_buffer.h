@@ -1,8 +1,9 @@
-// Adapter between Python and the pure C++ TrajectoryStore: checks and converts NumPy arrays
-// (raising TypeError/ValueError that name the field, before anything is changed), keeps the
-// caller-owned ring arrays alive, and releases the GIL around the core's work.
-#ifndef AMAGO_FAST_BUFFER_ADAPTER_H_
-#define AMAGO_FAST_BUFFER_ADAPTER_H_
+// Adapter between Python (amago_fast.buffer) and the pure C++ TrajectoryStore: checks and
+// converts NumPy arrays (raising TypeError/ValueError that name the field, before anything is
+// changed), keeps the caller-owned ring arrays alive, and releases the GIL around the core's
+// work. RegisterBuffer adds `TrajectoryStore` to the module.
+#ifndef AMAGO_FAST_BUFFER_PY_BUFFER_H_
+#define AMAGO_FAST_BUFFER_PY_BUFFER_H_
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -15,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "buffer/py_store_handle.h"
 #include "buffer/trajectory_store.h"
 
 namespace amago {
@@ -33,8 +35,7 @@ class PyTrajectoryStore {
                     py::object goal_cfg)
       : names_(names),
         obs_fields_(obs_fields),
-        reward_field_(reward_field),
-        allow_nonfinite_(allow_nonfinite_rewards) {
+        reward_field_(reward_field) {
     if (static_cast<size_t>(py::len(ring)) != names.size()) {
       throw py::value_error("one ring array per field is required");
     }
@@ -86,6 +87,9 @@ class PyTrajectoryStore {
     store_ = std::make_unique<TrajectoryStore>(std::move(fields), capacity, num_envs, max_rows,
                                                seed, num_threads, reward_field, terminated_field,
                                                truncated_field, goals);
+    handle_ = std::make_unique<StoreHandle>(names_, dtypes_, shapes_, obs_fields_,
+                                            allow_nonfinite_rewards, active_field_, k_,
+                                            store_.get());
   }
 
   void Reset(py::object rows, py::object env_ids) {
@@ -308,86 +312,8 @@ class PyTrajectoryStore {
     store_->SetState(s);
   }
 
-  // --- The collector's fused step write (collector_adapter.h: absorb_step with a store). The
-  // caller checks every field with CheckField and the goal/reward rules with CheckGoalActive /
-  // CheckRewards, exactly as write_step does, then releases the GIL and calls WriteChecked.
-  // Skipping write_step's dict, env-id and key-set checks (done by the collector's own pass)
-  // saves a Python->C++ crossing and ~2 µs of a 32-row async CartPole step.
-  size_t num_fields() const { return names_.size(); }
-  int active_field() const { return active_field_; }  // -1: no goals
-  bool IsScalarField(size_t f, const py::dtype& dt) const {
-    return shapes_[f].empty() && dtypes_[f].equal(dt);
-  }
-
-  // Field f of a step batch of n rows: a NumPy array of the field's exact dtype and shape
-  // (n, *shape); C-contiguous (a strided one is copied and kept alive in `keep`). Throws
-  // TypeError/ValueError naming the field.
-  const uint8_t* CheckField(size_t f, py::handle value, int64_t n, const char* what,
-                            std::vector<py::array>* keep) const {
-    const std::string& name = names_[f];
-    py::array a;
-    if (py::isinstance<py::array>(value)) {
-      a = py::reinterpret_borrow<py::array>(value);
-    } else {
-      a = py::array::ensure(value);
-      if (!a) {
-        throw py::type_error(std::string(what) + ": field '" + name + "' must be a NumPy array");
-      }
-    }
-    if (!a.dtype().equal(dtypes_[f])) {
-      throw py::type_error(std::string(what) + ": field '" + name + "' has dtype " +
-                           py::str(a.dtype()).cast<std::string>() + ", expected " +
-                           py::str(dtypes_[f]).cast<std::string>());
-    }
-    bool ok = a.ndim() == static_cast<ssize_t>(shapes_[f].size()) + 1;
-    for (size_t d = 0; ok && d < shapes_[f].size(); ++d) ok = a.shape(d + 1) == shapes_[f][d];
-    if (!ok) {
-      throw py::value_error(std::string(what) + ": field '" + name + "' has shape " +
-                            py::str(a.attr("shape")).cast<std::string>() + ", expected (" +
-                            std::to_string(n) + ", ...) per-row shape " + ShapeStr(shapes_[f]));
-    }
-    if (a.shape(0) != n) {
-      throw py::value_error(std::string(what) + ": field '" + name + "' has " +
-                            std::to_string(a.shape(0)) + " rows, expected " + std::to_string(n) +
-                            " (one per env)");
-    }
-    if (!(a.flags() & py::array::c_style)) a = py::array::ensure(a, py::array::c_style);
-    keep->push_back(a);
-    return static_cast<const uint8_t*>(a.data());
-  }
-
-  // Rewards must be finite unless the buffer allows otherwise (no GIL needed: throws a C++
-  // exception, which pybind11 raises as ValueError).
-  void CheckRewards(const float* r, int64_t n, const char* what) const {
-    if (allow_nonfinite_) return;
-    for (int64_t i = 0; i < n; ++i) {
-      if (!std::isfinite(r[i])) {
-        throw std::invalid_argument(std::string(what) +
-                                    ": field 'reward' contains NaN/inf "
-                                    "(allow_nonfinite_rewards=False)");
-      }
-    }
-  }
-
-  // goal_active in [0, k] (buffers with goals; `active` null = the field was not given).
-  void CheckGoalActive(const uint8_t* active, int64_t n, const char* what) const {
-    if (active_field_ < 0 || active == nullptr) return;
-    const int32_t* a = reinterpret_cast<const int32_t*>(active);
-    for (int64_t i = 0; i < n; ++i) {
-      if (a[i] < 0 || a[i] > k_) {
-        throw py::value_error(std::string(what) + ": field '" + names_[active_field_] +
-                              "' must be in [0, " + std::to_string(k_) + "]");
-      }
-    }
-  }
-
-  // TrajectoryStore::WriteStep on checked rows (one pointer per field, schema order); env ids
-  // are range-checked and open trajectories verified there, before anything changes. The
-  // caller has released the GIL.
-  int64_t WriteChecked(const int64_t* ids, int64_t n, const uint8_t* starts,
-                       const std::vector<const uint8_t*>& ptrs) {
-    return store_->WriteStep(ids, n, starts, ptrs, obs_fields_);
-  }
+  // The store as the collector's fused step write sees it (py_store_handle.h).
+  StoreHandle& handle() { return *handle_; }
 
  private:
   static py::array_t<int64_t> Vec(const std::vector<int64_t>& v) {
@@ -487,26 +413,19 @@ class PyTrajectoryStore {
     if (!missing.empty()) throw py::value_error(std::string(what) + ": missing fields" + missing);
     for (size_t f = 0; f < names_.size(); ++f) {
       if (!values[f]) continue;
-      ptrs[f] = CheckField(f, values[f], n, what, keep);
+      ptrs[f] = handle_->CheckField(f, values[f], n, what, keep);
     }
     if (ptrs[reward_field_] != nullptr) {
-      CheckRewards(reinterpret_cast<const float*>(ptrs[reward_field_]), n, what);
+      handle_->CheckRewards(reinterpret_cast<const float*>(ptrs[reward_field_]), n, what);
     }
-    if (active_field_ >= 0) CheckGoalActive(ptrs[active_field_], n, what);
+    if (active_field_ >= 0) handle_->CheckGoalActive(ptrs[active_field_], n, what);
     return ptrs;
-  }
-
-  static std::string ShapeStr(const std::vector<ssize_t>& s) {
-    std::string out = "(";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + (s.size() == 1 ? ",)" : ")");
   }
 
   std::vector<std::string> names_;
   std::vector<int> obs_fields_;
   std::vector<bool> is_obs_;
   int reward_field_;
-  bool allow_nonfinite_;
   int goal_field_ = -1, active_field_ = -1, k_ = 0;
   py::dtype goal_dtype_ = py::dtype::of<float>();
   std::vector<py::array> ring_;
@@ -516,8 +435,38 @@ class PyTrajectoryStore {
   std::unordered_map<std::string, int> index_;
   std::vector<py::object> key_objs_;  // the field names as Python str, for dict lookups
   std::unique_ptr<TrajectoryStore> store_;
+  std::unique_ptr<StoreHandle> handle_;  // points into store_
 };
+
+inline StoreHandle& StoreHandleOf(py::handle store) {
+  return store.cast<PyTrajectoryStore&>().handle();
+}
+
+inline void RegisterBuffer(py::module_& m) {
+  py::class_<PyTrajectoryStore>(m, "TrajectoryStore")
+      .def(py::init<const std::vector<std::string>&, py::list, int64_t, int, int64_t, uint64_t,
+                    int, int, int, int, const std::vector<int>&, bool, py::object>(),
+           py::arg("names"), py::arg("ring"), py::arg("capacity"), py::arg("num_envs"),
+           py::arg("max_rows"), py::arg("seed"), py::arg("num_threads"),
+           py::arg("reward_field"), py::arg("terminated_field"), py::arg("truncated_field"),
+           py::arg("obs_fields"), py::arg("allow_nonfinite_rewards"), py::arg("goal_cfg"))
+      .def("reset", &PyTrajectoryStore::Reset, py::arg("rows"), py::arg("env_ids"))
+      .def("append", &PyTrajectoryStore::Append, py::arg("rows"), py::arg("env_ids"))
+      .def("write_step", &PyTrajectoryStore::WriteStep, py::arg("rows"), py::arg("env_ids"),
+           py::arg("starts"))
+      .def("commit", &PyTrajectoryStore::Commit, py::arg("rows"), py::arg("offset"))
+      .def("sample", &PyTrajectoryStore::Sample, py::arg("batch_size"), py::arg("length"),
+           py::arg("mode"), py::arg("counter"), py::arg("relabel"), py::arg("match_cb"),
+           py::arg("out"))
+      .def("used_rows", &PyTrajectoryStore::UsedRows)
+      .def("num_pieces", &PyTrajectoryStore::NumPieces)
+      .def("num_threads", &PyTrajectoryStore::NumThreads)
+      .def("open_lengths", &PyTrajectoryStore::OpenLengths)
+      .def("pieces", &PyTrajectoryStore::Pieces)
+      .def("get_state", &PyTrajectoryStore::GetState)
+      .def("set_state", &PyTrajectoryStore::SetState);
+}
 
 }  // namespace amago
 
-#endif  // AMAGO_FAST_BUFFER_ADAPTER_H_
+#endif  // AMAGO_FAST_BUFFER_PY_BUFFER_H_

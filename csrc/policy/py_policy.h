@@ -3,8 +3,8 @@
 // arrays are kept alive and read in place), and checks every input of a step before anything
 // is written — so a rejected call raises a TypeError/ValueError naming the input and leaves the
 // caches and counts unchanged — then releases the GIL for the step.
-#ifndef AMAGO_FAST_POLICY_ADAPTER_H_
-#define AMAGO_FAST_POLICY_ADAPTER_H_
+#ifndef AMAGO_FAST_POLICY_PY_POLICY_H_
+#define AMAGO_FAST_POLICY_PY_POLICY_H_
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -582,4 +582,4 @@ inline void RegisterPolicy(py::module_& m) {
 
 }  // namespace amago
 
-#endif  // AMAGO_FAST_POLICY_ADAPTER_H_
+#endif  // AMAGO_FAST_POLICY_PY_POLICY_H_

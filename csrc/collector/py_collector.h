@@ -1,8 +1,10 @@
-// Adapter between Python (amago_fast.collector._Rollouts) and the pure C++ step bookkeeping
+// Adapter between Python (amago_fast.collector) and the pure C++ step bookkeeping
 // (collector/absorb.h): checks every array (dtype, C-contiguity, rows, row bytes, env ids)
-// before anything is written, allocates the fresh per-batch outputs, releases the GIL.
-#ifndef AMAGO_FAST_COLLECTOR_ADAPTER_H_
-#define AMAGO_FAST_COLLECTOR_ADAPTER_H_
+// before anything is written, allocates the fresh per-batch outputs, releases the GIL. The
+// fused buffer write goes through the store's handle (buffer/py_store_handle.h), not the
+// buffer's adapter. RegisterCollector adds `absorb_step` and `AsyncAbsorber` to the module.
+#ifndef AMAGO_FAST_COLLECTOR_PY_COLLECTOR_H_
+#define AMAGO_FAST_COLLECTOR_PY_COLLECTOR_H_
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -12,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "buffer_adapter.h"
+#include "buffer/py_store_handle.h"
 #include "collector/absorb.h"
 
 namespace amago {
@@ -215,11 +217,11 @@ inline py::object AbsorbStepPy(py::object pending, py::object time_index, py::ob
                   static_cast<int64_t*>(mut(o_time)), static_cast<double*>(mut(o_ret)),
                   static_cast<uint8_t*>(mut(o_done)), Rows(o_prev_a),
                   static_cast<uint8_t*>(mut(o_starts)), {}, {}};
-  PyTrajectoryStore* store = nullptr;
+  StoreHandle* store = nullptr;
   std::vector<const uint8_t*> wptrs;
   std::vector<int64_t> all_ids;
   if (!store_obj.is_none()) {
-    store = store_obj.cast<PyTrajectoryStore*>();
+    store = &StoreHandleOf(store_obj);
     if (store_plan.size() != store->num_fields()) {
       throw py::value_error("absorb_step: store_plan needs one entry per buffer field");
     }
@@ -321,7 +323,7 @@ class PyAsyncAbsorber {
       }
     }
     if (store_obj.is_none()) return;
-    store_ = store_obj.cast<PyTrajectoryStore*>();
+    store_ = &StoreHandleOf(store_obj);
     store_obj_ = store_obj;
     if (store_plan_.size() != store_->num_fields()) {
       throw py::value_error("absorb_step: store_plan needs one entry per buffer field");
@@ -516,7 +518,7 @@ class PyAsyncAbsorber {
   std::vector<int> store_plan_;
   std::vector<py::str> row_keys_;  // observation keys, then prev action / reward / time index
   py::object store_obj_;  // keeps store_ alive
-  PyTrajectoryStore* store_ = nullptr;
+  StoreHandle* store_ = nullptr;
   int active_obs_ = -1;
   // Per-step scratch, reused.
   std::vector<uint8_t> seen_, done_, starts_, acts_;
@@ -534,12 +536,6 @@ inline void RegisterCollector(py::module_& m) {
         py::arg("check_finite"), py::arg("store") = py::none(),
         py::arg("store_plan") = std::vector<int>(),
         "One collector step's rollout bookkeeping (amago_fast.collector; private).");
-  // absorb_step takes store/store_plan (the fused buffer write); the Python side checks this
-  // instead of the core ABI, so an older core keeps working with the separate write.
-  m.attr("ABSORB_STEP_WRITES") = true;
-  // AsyncAbsorber takes row_keys and returns the policy's rows dict and list-valued episode
-  // results (collector.py checks this, as above, instead of the core ABI).
-  m.attr("ASYNC_ABSORBER_ROWS") = true;
   py::class_<PyAsyncAbsorber>(m, "AsyncAbsorber")
       .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object,
                     py::list, const std::vector<int>&, py::object, const std::vector<int>&,
@@ -556,4 +552,4 @@ inline void RegisterCollector(py::module_& m) {
 
 }  // namespace amago
 
-#endif  // AMAGO_FAST_COLLECTOR_ADAPTER_H_
+#endif  // AMAGO_FAST_COLLECTOR_PY_COLLECTOR_H_
