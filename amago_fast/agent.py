@@ -17,7 +17,7 @@ from torch import nn
 
 from amago_fast.native_policy import native_params, runs_natively, sample_categorical
 from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
-from amago_fast.nets.heads import LOG_STD_MAX, LOG_STD_MIN, ActorHead
+from amago_fast.nets.heads import ActorHead, bounded_log_std
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
 from amago_fast.spaces import EnvSpec
@@ -404,7 +404,7 @@ class Agent(nn.Module):
         d = spec.shape[0]
         mean = params[:, :d]
         if sample:
-            log_std = np.clip(params[:, d:], LOG_STD_MIN, LOG_STD_MAX)
+            log_std = bounded_log_std(torch.from_numpy(params[:, d:])).numpy()
             mean = mean + np.exp(log_std) * torch.randn(b, d).numpy()
         low = np.asarray(spec.low, np.float32)
         high = np.asarray(spec.high, np.float32)

@@ -110,13 +110,34 @@ def test_actor_head_continuous_tanh_gaussian_log_prob():
     params = head(torch.randn(6, 8))
     env_action = torch.stack([torch.rand(6) * 3.8 - 1.9, torch.rand(6) * 0.9 + 0.05], -1)
     a = torch.stack([env_action[:, 0] / 2.0, env_action[:, 1] * 2 - 1], -1)  # in [-1, 1]
-    mean, log_std = params.chunk(2, -1)
+    mean, raw_std = params.chunk(2, -1)
+    std = torch.exp(-5.0 + 3.5 * (torch.tanh(raw_std) + 1))  # log-std smoothly in [-5, 2]
     u = torch.atanh(a)[:, None]
-    ref = (Normal(mean, log_std.clamp(-5, 2).exp()).log_prob(u)
+    ref = (Normal(mean, std).log_prob(u)
            - torch.log(1 - a[:, None] ** 2 + 1e-5)).sum(-1)  # the head's eps
     torch.testing.assert_close(head.log_prob(params, env_action), ref, rtol=1e-4, atol=1e-4)
+    # Actions on (or beyond) the bounds are scored as +-0.99, where atanh stays moderate.
+    edge = torch.tensor([[2.0, 0.0]]).expand(6, 2)
+    a99 = torch.tensor([0.99, -0.99])
+    ref_edge = (Normal(mean, std).log_prob(torch.atanh(a99))
+                - torch.log(1 - a99 ** 2 + 1e-5)).sum(-1)
+    torch.testing.assert_close(head.log_prob(params, edge), ref_edge, rtol=1e-4, atol=1e-4)
     x = head.critic_input(params)
     assert x.shape == (6, 2, 2) and x.abs().max() < 1 and x.requires_grad
+
+
+def test_actor_head_log_std_has_gradient_everywhere():
+    """A raw std output far above the range still gets a gradient (a hard clamp gave none, so a
+    std pushed to its bound stayed there), and the log-std stays inside [-5, 2]."""
+    spec = ActionSpec("continuous", shape=(1,), low=(-1.0,), high=(1.0,))
+    head = ActorHead(4, spec, num_gammas=1, hidden=8, num_layers=1)
+    params = torch.tensor([[[0.0, 3.0]], [[0.0, -3.0]]], requires_grad=True)
+    lp = head.log_prob(params, torch.tensor([[0.5], [0.5]]))
+    lp.sum().backward()
+    assert (params.grad[:, 0, 1].abs() > 1e-4).all()
+    ent = head.entropy(params.detach())
+    lo, hi = -5 + 0.5 * math.log(2 * math.pi * math.e), 2 + 0.5 * math.log(2 * math.pi * math.e)
+    assert (ent > lo).all() and (ent < hi).all()
 
 
 def test_twohot_roundtrip_and_brute_force_reference():
@@ -432,6 +453,6 @@ def test_actor_rollout_path_matches_actor_head(kind):
         want = low + (np.tanh(mean.numpy()) + 1) * 0.5 * (high - low)
         np.testing.assert_allclose(greedy, want, rtol=1e-5, atol=1e-5)
         u = np.arctanh(np.clip((sampled - low) / (high - low) * 2 - 1, -1 + 1e-6, 1 - 1e-6))
-        z = (u - mean.numpy()) / np.exp(log_std.clamp(-5, 2).numpy())
+        z = (u - mean.numpy()) / np.exp(-5.0 + 3.5 * (np.tanh(log_std.numpy()) + 1))
         assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
         assert greedy.dtype == sampled.dtype == np.float32

@@ -17,8 +17,19 @@ from amago_fast.nets.timestep import action_feature_dim, action_features
 from amago_fast.spaces import ActionSpec
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-# Keeps atanh finite for buffer actions sitting exactly on the bounds.
+# Keeps log(1 - a^2) finite.
 TANH_EPS = 1e-5
+# Buffer actions are clipped to this before log π(a): exploration noise puts many of them on the
+# bounds, where atanh(1 - 1e-5) = 6.1 pulled the mean far outside and the std up to fit it;
+# at 0.99 (atanh 2.65, AMAGO's choice) the BC target stays inside tanh's responsive range.
+LOG_PROB_ACTION_CLIP = 0.99
+
+
+def bounded_log_std(raw: torch.Tensor) -> torch.Tensor:
+    """The actor's raw std output → log-std in [LOG_STD_MIN, LOG_STD_MAX], smoothly (a tanh
+    rescaled to the range). A hard clamp has zero gradient outside the range: a std pushed to
+    the upper bound by behaviour cloning of noisy actions stayed there for the whole run."""
+    return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
 
 
 class ActorHead(nn.Module):
@@ -52,15 +63,14 @@ class ActorHead(nn.Module):
         return list(params.split(sizes, dim=-1))
 
     def _gaussian(self, params: torch.Tensor):
-        mean, log_std = params.chunk(2, dim=-1)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return mean, log_std
+        mean, raw_std = params.chunk(2, dim=-1)
+        return mean, bounded_log_std(raw_std)
 
     def log_prob(self, params: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """log π(buffer action) for every gamma: params (…, G, P), action (…, *shape) → (…, G)."""
         if self.spec.kind == "continuous":
             a = action_features(action, self.spec).unsqueeze(-2)
-            a = a.clamp(-1.0 + TANH_EPS, 1.0 - TANH_EPS)
+            a = a.clamp(-LOG_PROB_ACTION_CLIP, LOG_PROB_ACTION_CLIP)
             u = torch.atanh(a)
             mean, log_std = self._gaussian(params)
             normal_lp = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(
