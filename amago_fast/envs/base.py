@@ -29,6 +29,13 @@ from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
 EPISODE_START = "episode_start"
 
 
+class EnvUnavailableError(ImportError, ValueError):
+    """An env named by the user needs an optional package that is not installed (EnvPool,
+    dm_control). An ImportError for code that catches those, and a ValueError so that the
+    trainer, the profiles and the CLI report it as a config error in one line, like any other
+    env name that cannot be built here."""
+
+
 class VectorEnv(abc.ABC):
     """A batch of `num_envs` environments stepped together (see the module docstring).
 

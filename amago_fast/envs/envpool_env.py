@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from amago_fast.envs.base import (
+    EnvUnavailableError,
     ObsConverter,
     VectorEnv,
     check_actions,
@@ -61,10 +62,10 @@ _BOOL = np.dtype(np.bool_)
 def _import_envpool():
     try:
         import envpool
-    except ImportError as e:  # pragma: no cover - envpool is a dependency on Linux x86_64
-        raise ImportError(
-            "envpool is not installed (Linux x86_64, Python <= 3.11 only); "
-            "use gym:<id> envs or the built-in tasks instead"
+    except ImportError as e:  # EnvPool has Linux x86_64 wheels for Python <= 3.11 only
+        raise EnvUnavailableError(
+            "envpool is not installed (wheels exist for Linux x86_64, Python <= 3.11 only: "
+            "pip install envpool); use gym:<id> envs or the built-in tasks instead"
         ) from e
     return envpool
 
