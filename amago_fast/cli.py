@@ -164,7 +164,7 @@ def _drop_preset_env_kwargs(preset: Any, overrides: dict[str, str], preset_name:
     ``--env.eval_kwargs`` is given, they are dropped (with a note) instead of being passed to
     an env that does not take them (tmaze's corridor_length to key-to-door). Within a family
     (``--preset minigrid --env.name gym:MiniGrid-Empty-5x5-v0``) they are kept."""
-    new = overrides.get("env.name")
+    new = overrides.get("env.name", "mixture" if "env.mixture" in overrides else None)
     if new is None or _env_family(new) == _env_family(preset.env.name):
         return
     for field_name in ("kwargs", "eval_kwargs"):

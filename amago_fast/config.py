@@ -103,6 +103,13 @@ class EnvConfig:
     import_modules: list = field(default_factory=list)
     """Python modules imported before the env is made, as JSON (e.g. '["popgym"]' registers
     POPGym's gymnasium ids)."""
+    mixture: list = field(default_factory=list)
+    """A multi-task run, as JSON: env names or {"name", "kwargs", "label"} entries sharing the
+    parallel envs (e.g. '["gym:popgym-RepeatPreviousEasy-v0", "gym:popgym-CountRecallEasy-v0"]').
+    Sets env.name to "mixture" with the tasks in env.kwargs, logs each task's training returns
+    (return/<label>) and evaluates each as a named set (env.eval_sets); observation/action specs
+    are joined by amago_fast/envs/mixture.py's rule (1-d fields zero-padded, the largest
+    discrete action space) or refused. Empty: one env."""
 
 
 @dataclass
@@ -543,6 +550,15 @@ def validate(cfg: TrainConfig, *, check_env_name: bool = True) -> TrainConfig:
                or -(2**63) <= value < 2**63, name,
                f"{value} is out of range (a 64-bit integer at most)")
     e = cfg.env
+    if e.mixture:  # a multi-task run: env.name / kwargs / eval_sets from the task list
+        _check(check_env_name, "env.mixture",
+               "builds its envs by name; with an env object given (env=) leave it empty")
+        from amago_fast.envs.mixture import apply_mixture
+
+        try:
+            apply_mixture(e)
+        except ValueError as err:
+            raise ConfigError(f"env.mixture: {err}") from None
     _check(bool(e.name.strip()), "env.name", "must be a non-empty environment name")
     # check_env_name=False: the env is given as an object (Trainer(cfg, env=...)) and its
     # name is only a label.

@@ -10,6 +10,7 @@
 | aib-ballincup, -walker, -cartpole, -hopper | actuator inversion | continuous control |
 | auto (default with --env.name) | any (`--env.name ID`) | sized by the profile and the env |
 | popgym | gym:popgym-RepeatPreviousEasy-v0 | needs `pip install popgym`; profile-sized |
+| multitask | tmaze-passive 4 + 8 mixture | AMAGO-2: two-hot, action-input critic, BC actor |
 | minigrid | gym:MiniGrid-DoorKey-5x5-v0 | `pip install minigrid`; mission dropped; profile-sized |
 | envpool, gym | any `envpool:<TaskId>` / `gym:<id>` | give the id with --env.name; profile-sized |
 
@@ -262,6 +263,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         "env.import_modules": ["minigrid"],
         "env.kwargs": {"ignore_keys": ["mission"], "flatten_keys": ["image"]},
     },
+    # A multi-task run with AMAGO-2's settings: passive T-Maze at corridors 4 and 8 sharing
+    # the 8 envs (amago_fast/envs/mixture.py), a two-hot classification critic, a discrete
+    # critic that reads the action, and the AMAGO-2 actor (filtered BC alone: dpg_coeff 0,
+    # bc_coeff 1). Each task's train returns and evaluation are logged on their own.
+    "multitask": {
+        **_TINY_MODEL,
+        "env.mixture": [
+            {"name": "tmaze-passive", "kwargs": {"corridor_length": 4}, "label": "tmaze-4"},
+            {"name": "tmaze-passive", "kwargs": {"corridor_length": 8}, "label": "tmaze-8"},
+        ],
+        "env.num_envs": 8,
+        "env.eval_num_envs": 8,
+        "agent.critic_type": "twohot",
+        "agent.discrete_critic": "action_input",
+        "agent.gammas": [0.9, 0.99],
+        "learner.dpg_coeff": 0.0,
+        "learner.bc_coeff": 1.0,
+        "learner.lr": 1e-3,
+        "learner.warmup_steps": 50,
+        "agent.context_len": 10,  # the longest rollout (corridor 8: 9 steps) + 1
+        "window_len": 9,
+        "batch_size": 24,
+        "buffer.capacity_steps": 100_000,
+        # every rollout explores from a uniformly drawn step on (the junction turn of either
+        # corridor is reached without a spoiling random step before it; profiles.py's rule)
+        "exploration": {"kind": "bilevel", "horizon": 9, "anneal_steps": 3000,
+                        "eps_first_start": 1.0, "eps_first_end": 0.05,
+                        "eps_last_start": 0.8, "eps_last_end": 0.05, "late_start_prob": 1.0},
+        "total_env_steps": 8_000,
+        "learning_starts": 500,
+        "collect_steps_per_iter": 64,
+        "updates_per_env_step": 0.3,
+        "eval_interval": 1_000,
+        "eval_episodes": 16,
+        "checkpoint_interval": 4_000,
+        "log_interval": 500,
+        "torch_threads": 1,
+    },
     "envpool": {"profile": "auto", "env.name": "envpool:CartPole-v1"},
     "gym": {"profile": "auto", "env.name": "gym:CartPole-v1"},
     # Nothing but the profile: every size comes from the profile and the env (see
@@ -278,7 +317,8 @@ AUTO_PRESET = "auto"
 def default_preset(overrides: dict[str, Any]) -> str:
     """The preset `amago-fast train` starts from when none is named: `auto` when the env is
     named (``env.name`` among the typed overrides), else the T-Maze demo."""
-    return AUTO_PRESET if "env.name" in overrides else DEFAULT_PRESET
+    return AUTO_PRESET if "env.name" in overrides or "env.mixture" in overrides \
+        else DEFAULT_PRESET
 
 
 def list_presets() -> list[str]:

@@ -29,6 +29,13 @@ from amago_fast.envs.envpool_env import EnvPoolEnv
 from amago_fast.envs.gym_adapter import GymVectorEnv
 from amago_fast.envs.key_door import DarkKeyToDoor
 from amago_fast.envs.maze_runner import MazeRunner
+from amago_fast.envs.mixture import (
+    MIXTURE_NAME,
+    MixtureEnv,
+    mixture_spec,
+    normalize_tasks,
+    task_slots,
+)
 from amago_fast.envs.tmaze import TMaze
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "ActuatorInversionEnv",
     "AIBEnv",
     "AIBMujocoEnv",
+    "MixtureEnv",
     "check_actions",
     "check_env_ids",
     "make_env",
@@ -158,6 +166,39 @@ def _check_kwargs(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> 
     if bad:
         raise TypeError(f"make_env({name!r}): unknown keyword arguments {bad}; "
                         f"valid: {allowed}")
+
+
+def _mixture(num_envs: int, seed: int = 0, tasks: Any = None, only: str | None = None):
+    """Several envs across the slots (amago_fast/envs/mixture.py); ``only=<label>``: every slot
+    on that task, with the whole mixture's joined spec (its evaluation set)."""
+    entries = normalize_tasks(tasks)
+    labels = [t["label"] for t in entries]
+    if only is not None and only not in labels:
+        raise ValueError(f"mixture: only={only!r} is not a task label; labels: {labels}")
+    counts = ([num_envs if t["label"] == only else 0 for t in entries] if only is not None
+              else task_slots(num_envs, len(entries)))
+    built: list[tuple[str, VectorEnv]] = []
+    specs = []
+    try:
+        for k, (t, n) in enumerate(zip(entries, counts)):
+            try:
+                env = make_env(t["name"], max(n, 1), seed=seed + 7919 * k, **t["kwargs"])
+            except (ValueError, TypeError) as e:
+                kind = ValueError if isinstance(e, ValueError) else TypeError
+                raise kind(f"mixture task {t['label']!r} ({t['name']!r}): {e}") from e
+            specs.append((t["label"], env.spec))
+            if n:
+                built.append((t["label"], env))
+            else:  # (only=...) built for its spec alone
+                env.close()
+        return MixtureEnv(built, spec=mixture_spec(specs))
+    except BaseException:
+        for _, env in built:
+            env.close()
+        raise
+
+
+_REGISTRY[MIXTURE_NAME] = _mixture
 
 
 def make_env(name: str, num_envs: int, seed: int = 0, **kwargs: Any) -> VectorEnv:
