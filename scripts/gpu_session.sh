@@ -11,15 +11,22 @@
 #   WORKERS=12     processes for pytest-xdist and for compiling the attention tile candidates
 #   PYTHON=python3
 #
-# Runs from the source tree (PYTHONPATH=.), so the GPU machine needs torch, triton, numpy, pytest
-# (pytest-xdist optional) but not the C++ extension: the buffer falls back to NumPy there and no
-# buffer test runs here. TRITON_INTERPRET is forced to 0: tests/conftest.py would otherwise turn
+# Runs from the source tree without building anything, so the GPU machine needs torch, triton,
+# numpy, pytest (pytest-xdist optional) but not the C++ extension: the buffer falls back to NumPy
+# there and no buffer test runs here. The kernels' source is the top-level kernels/ folder, which
+# only an install places inside the package (amago_fast.kernels), so the script first installs
+# the pure-Python part as links: a temporary import root holding amago_fast/ with each source
+# entry linked and kernels/ linked in as amago_fast/kernels (the wheel's layout). TRITON_INTERPRET is forced to 0: tests/conftest.py would otherwise turn
 # the interpreter on, and CUDA tensors would then run through it on the host.
 set -u
 OUTDIR=${1:-${OUT:-/tmp/gpu_session}}
 mkdir -p "$OUTDIR"
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+IMPORT_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/amago_import.XXXXXX")
+mkdir "$IMPORT_ROOT/amago_fast"
+for entry in "$PWD"/amago_fast/*; do ln -s "$entry" "$IMPORT_ROOT/amago_fast/"; done
+ln -s "$PWD/kernels" "$IMPORT_ROOT/amago_fast/kernels"
+export PYTHONPATH="$IMPORT_ROOT:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 PY=${PYTHON:-python3}
 WORKERS=${WORKERS:-12}
 BUDGET_S=${BUDGET_S:-400}
