@@ -284,7 +284,7 @@ def _snapshot_data_files(tmp: Path) -> dict[str, str]:
     """{data file: its snapshot manifest} (relative paths) for every buffer snapshot under
     `tmp`: their arrays' sha256 are in that manifest, so the file is not hashed a second time
     (the manifest itself is)."""
-    from amago_fast.buffer_reference import FORMAT_NAME
+    from amago_fast.buffer import FORMAT_NAME
 
     out = {}
     for mf in tmp.rglob("manifest.json"):

@@ -66,6 +66,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from amago_fast._native import core
+from amago_fast.buffer import NativeSink, TrajectoryBuffer
 from amago_fast.envs.base import VectorEnv, check_actions, split_step, trusted_step
 from amago_fast.exploration import EpsilonGreedy, GaussianNoise
 from amago_fast.spaces import ACTION, REWARD, TERMINATED, TRUNCATED, ActionSpec, EnvSpec
@@ -397,35 +398,30 @@ class _Rollouts:
         self.checked_obs = False
         self.all_ids = np.arange(n)
 
-    def _fused_write_plan(self, buffer: Any) -> tuple | None:
-        """(store, store_plan, buffer) when ``_core.absorb_step`` can write each step's rows
-        straight into the native buffer (see ``_absorb``), else None.
+    def _fused_write_plan(self, buffer: Any) -> tuple[NativeSink, list[int]] | None:
+        """(sink, store_plan) when ``_core.absorb_step`` can write each step's rows straight
+        into the native buffer (see ``_absorb``), else None.
 
-        Only for our own native buffer (its ``write_step`` / ``append_step`` not overridden) with
-        exactly the spec's row schema, and only where the write is not deferred to the
-        send/recv gap: async EnvPool (while our thread works on one batch the workers step the
-        other, so writing before the next send overlaps as well) and envs stepped in one call.
-        Sync EnvPool keeps the deferred write, which runs while the workers step all envs.
-        ``AMAGO_FAST_FUSED_WRITE=0`` turns it off (the separate ``write_step`` call).
+        Only for our own native buffer (:meth:`TrajectoryBuffer.native_sink`: its
+        ``write_step`` / ``append_step`` not overridden) with exactly the spec's row schema,
+        and only where the write is not deferred to the send/recv gap: async EnvPool (while our
+        thread works on one batch the workers step the other, so writing before the next send
+        overlaps as well) and envs stepped in one call. Sync EnvPool keeps the deferred write,
+        which runs while the workers step all envs. ``AMAGO_FAST_FUSED_WRITE=0`` turns it off
+        (the separate ``write_step`` call).
         """
         if (self._absorb_step is None or buffer is None
                 or os.environ.get("AMAGO_FAST_FUSED_WRITE", "1") == "0"
-                or (self._split is not None and not self.is_async)):
+                or (self._split is not None and not self.is_async)
+                or not isinstance(buffer, TrajectoryBuffer)):
             return None
-        from amago_fast import buffer as buffer_mod
-
-        native = getattr(buffer_mod, "_NativeEngineBuffer", None)
-        if (native is None or core is None
-                or not isinstance(buffer, native)
-                or type(buffer).write_step is not native.write_step
-                or type(buffer).append_step is not native.append_step):
+        sink = buffer.native_sink()
+        if sink is None:
             return None
         sources = {f.name: i for i, f in enumerate(self.spec.observation)}
         sources.update({ACTION: -1, REWARD: -2, TERMINATED: -3, TRUNCATED: -4})
-        names = [f.name for f in buffer.fields]
-        if sorted(names) != sorted(sources):
-            return None
-        return buffer._core, [sources[k] for k in names], buffer
+        plan = sink.plan(sources)
+        return None if plan is None else (sink, plan)
 
     # -------------------------------------------------------------- start / restart
     def start(self, seed: int | None = None) -> None:
@@ -706,15 +702,15 @@ class _Rollouts:
                 self.prev_action, [] if idx is None else [self.rows[k] for k in names], idx,
                 reward, term, trunc, actions, obs_batch, self._float_obs_idx, True)
         else:  # sync (async batches take _absorb_async)
-            store, plan, buf = fused
+            sink, plan = fused
             try:
-                with buf._lock:
+                with sink.lock:
                     res = absorb_step(
                         self.pending_reset, self.time_index, self.ep_return,
                         self.prev_reward, self.prev_action, [], None, reward, term, trunc,
-                        actions, obs_batch, self._float_obs_idx, True, store, plan)
+                        actions, obs_batch, self._float_obs_idx, True, sink.store, plan)
                     if res is not None:
-                        buf._total_steps_added += res[0].size - res[7].size
+                        sink.count_steps(res[0].size - res[7].size)
             except Exception:
                 self.started = False
                 raise
@@ -760,12 +756,12 @@ class _Rollouts:
             if fused is None:
                 res = absorber.step(idx, reward, term, trunc, sent_ids, sent_actions, obs, True)
             else:
-                buf = fused[2]
-                with buf._lock:
+                sink = fused[0]
+                with sink.lock:
                     res = absorber.step(idx, reward, term, trunc, sent_ids, sent_actions, obs,
                                         True)
                     if res is not None:
-                        buf._total_steps_added += res[1]
+                        sink.count_steps(res[1])
         except Exception:
             if fused is not None:
                 self.started = False
@@ -786,7 +782,8 @@ class _Rollouts:
 
     def _make_absorber(self):
         """The AsyncAbsorber bound to the current per-env state arrays (and the fused store)."""
-        store, plan = (None, []) if self._fused is None else self._fused[:2]
+        store, plan = (None, []) if self._fused is None else (self._fused[0].store,
+                                                              self._fused[1])
         names = self.obs_names
         return core.AsyncAbsorber(
             self.pending_reset, self.time_index, self.ep_return, self.prev_reward,

@@ -441,6 +441,10 @@ class Trainer:
                     for name, sub in per_env.items():
                         if "return" in sub:
                             pending.setdefault(f"return/{name}", []).append(sub["return"])
+                task_stats = getattr(self.env, "pop_task_stats", None)
+                if callable(task_stats):  # a mixture (env.mixture): each task's own episodes
+                    for key, values in task_stats().items():
+                        pending.setdefault(key, []).extend(values)
                 if "success" in stats:
                     recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
                 # Ranks agree (one all-reduce) on the slowest rank's env steps, the updates all
@@ -702,7 +706,7 @@ class Trainer:
         without running code, before anything of this trainer changes. CheckpointError names
         the checkpoint and what failed."""
         from amago_fast.buffer import TrajectoryBuffer
-        from amago_fast.buffer_reference import SnapshotError
+        from amago_fast.buffer import SnapshotError
 
         ckpt.verify_checkpoint(path)
         # Onto the CPU (load_object): load_state_dict copies weights to the learner's device
@@ -1102,7 +1106,7 @@ _DISCRETE_FORMS = {
 def saved_fields(checkpoint: Path) -> list | None:
     """The fields rank 0's buffer stored in `checkpoint` (its snapshot manifest's schema), or
     None when that cannot be read (then nothing is checked)."""
-    from amago_fast.buffer_reference import SnapshotError, snapshot_fields
+    from amago_fast.buffer import SnapshotError, snapshot_fields
 
     try:
         return snapshot_fields(checkpoint / "rank0" / "buffer")

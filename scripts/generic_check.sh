@@ -40,7 +40,7 @@ assert eng is not None and not eng.avx2, "the generic build took an AVX2 path"
 print("generic core:", n.core.__file__, "(policy engine: baseline build)")
 PY
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
-  tests/test_buffer.py tests/test_buffer_native.py tests/test_buffer_stateful.py \
-  tests/test_relabel_tables.py tests/test_native_policy.py \
+  tests/buffer/test_trajectory_buffer.py tests/buffer/test_native_engine.py tests/buffer/test_stateful.py \
+  tests/buffer/test_relabel_tables.py tests/test_native_policy.py \
   "tests/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
   "tests/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"

@@ -576,10 +576,10 @@ def _assert_same_collection(cols, stats, stat_keys, state_keys=_STATE_KEYS) -> N
 def _assert_same_buffers(bufs) -> None:
     assert bufs[0].total_steps_added == bufs[1].total_steps_added > 200
     assert len(bufs[0]) == len(bufs[1])
-    np.testing.assert_array_equal(bufs[0]._store_pieces(), bufs[1]._store_pieces())
-    np.testing.assert_array_equal(bufs[0]._store_open_lengths(), bufs[1]._store_open_lengths())
-    for k in bufs[0]._ring:
-        np.testing.assert_array_equal(bufs[0]._ring[k], bufs[1]._ring[k], err_msg=k)
+    np.testing.assert_array_equal(bufs[0].storage.pieces(), bufs[1].storage.pieces())
+    np.testing.assert_array_equal(bufs[0].storage.open_lengths(), bufs[1].storage.open_lengths())
+    for k in bufs[0].storage.ring:
+        np.testing.assert_array_equal(bufs[0].storage.ring[k], bufs[1].storage.ring[k], err_msg=k)
 
 
 @pytest.mark.parametrize("name,kw,nan_at", [
@@ -740,8 +740,8 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
 
     from amago_fast.bench.collect import ReplayEnv
     from amago_fast.buffer import NATIVE_AVAILABLE
-    from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
     from amago_fast.collector import _native_absorb
+    from tests._buffers import NUMPY
 
     if _native_absorb() is None or not NATIVE_AVAILABLE:
         pytest.skip("amago_fast._core not built")
@@ -752,7 +752,7 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
         _poison_replay(env_fused, nan_at, 1, np.nan)
     env_ref = copy.deepcopy(env_fused)
     cols = []
-    for env, buf_cls in ((env_fused, TrajectoryBuffer), (env_ref, ReferenceTrajectoryBuffer)):
+    for env, buf_cls in ((env_fused, TrajectoryBuffer), (env_ref, NUMPY)):
         buf = buf_cls.from_env_spec(env.spec, capacity_steps=3000, num_envs=6, seed=0,
                                     max_trajectory_len=9)
         col = Collector(env, RandomPolicy(env.spec, seed=3), buf,
@@ -792,7 +792,8 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     env = make_env("tmaze-passive", 4, corridor_length=3)
     buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=500, num_envs=4)
     col = Collector(env, RandomPolicy(env.spec), buf)
-    store, plan, _ = col._train._fused
+    sink, plan = col._train._fused
+    store = sink.store
     n = 4
     state = [np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.float32),
              np.zeros(n, np.int32)]
@@ -800,7 +801,7 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     obs_state = [np.zeros((n, *f.shape), f.dtype) for f in env.spec.observation]
     obs = [np.ones((2, *f.shape), f.dtype) for f in env.spec.observation]
     before = [a.copy() for a in state + obs_state]
-    ring_before = {k: v.copy() for k, v in buf._ring.items()}
+    ring_before = {k: v.copy() for k, v in buf.storage.ring.items()}
 
     def call(**over):
         args = dict(pending_reset=state[0], time_index=state[1], ep_return=state[2],
@@ -817,9 +818,9 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     def unchanged():
         for a, b in zip(state + obs_state, before):
             np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(buf._store_open_lengths(), np.zeros(n, np.int64))
+        np.testing.assert_array_equal(buf.storage.open_lengths(), np.zeros(n, np.int64))
         assert len(buf) == 0
-        for k, v in buf._ring.items():
+        for k, v in buf.storage.ring.items():
             np.testing.assert_array_equal(v, ring_before[k], err_msg=k)
 
     # No env has an open trajectory: appending to envs 0 and 2 must fail before any change.
@@ -841,7 +842,7 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     # Open env 0 and 2 (a start row each), then a good append commits env 0's trajectory.
     state[0][:] = True
     assert call() is not None
-    np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 1, 0])
+    np.testing.assert_array_equal(buf.storage.open_lengths(), [1, 0, 1, 0])
     state[0][:] = False
     copies = [a.copy() for a in state + obs_state]
     full = call(store=None)  # the same step without the write, full result
@@ -867,7 +868,7 @@ def test_fused_write_failure_changes_neither_store_nor_state():
 
     lean = step(sent_ids=np.array([2, 0, 3]), sent_actions=np.array([1, 1, 0], np.int32))
     np.testing.assert_array_equal(sent, [1, 0, 1, 0])  # the sent actions are recorded
-    np.testing.assert_array_equal(buf._store_open_lengths(), [0, 0, 2, 0])
+    np.testing.assert_array_equal(buf.storage.open_lengths(), [0, 0, 2, 0])
     assert buf.num_trajectories == 1
     for a, want in zip(state + obs_state, full_state):  # the same state update
         np.testing.assert_array_equal(a, want)
@@ -896,10 +897,10 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     np.testing.assert_array_equal(rows["time_index"], [0, 2])
     np.testing.assert_array_equal(start_ids, [0])
     assert stored == 1 and done_pos is None and done_returns is None and done_length_sum == 0
-    np.testing.assert_array_equal(buf._store_open_lengths(), [1, 0, 3, 0])
+    np.testing.assert_array_equal(buf.storage.open_lengths(), [1, 0, 3, 0])
     # Bad batches: a clear error, and neither the state nor the store changes.
     copies = [a.copy() for a in state + obs_state + [sent]]
-    opened = buf._store_open_lengths().copy()
+    opened = buf.storage.open_lengths().copy()
     for over, err, match in [
         (dict(env_ids=np.array([1, 1])), ValueError, "env_ids"),
         (dict(env_ids=np.array([0, 4])), ValueError, "env_ids"),
@@ -919,7 +920,7 @@ def test_fused_write_failure_changes_neither_store_nor_state():
             step(**over)
         for a, c in zip(state + obs_state + [sent], copies):
             np.testing.assert_array_equal(a, c)
-        np.testing.assert_array_equal(buf._store_open_lengths(), opened)
+        np.testing.assert_array_equal(buf.storage.open_lengths(), opened)
     assert step(obs={k: np.full_like(o, np.nan) if o.dtype.kind == "f" else o
                      for k, o in obs_dict.items()}, sent_actions=np.zeros(2, np.int32)) is None
     for a, c in zip(state + obs_state + [sent], copies):  # sent_action untouched too

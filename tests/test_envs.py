@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from amago_fast import relabel
+from amago_fast.buffer import relabel
 from amago_fast.envs import (
     BanditTrials,
     DarkKeyToDoor,

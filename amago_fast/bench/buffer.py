@@ -28,9 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from amago_fast._buffer_testing import goal_env_spec, plain_env_spec
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer.synthetic import goal_env_spec, plain_env_spec
 from amago_fast.spaces import ActionSpec, EnvSpec
 
 TARGETS = {
@@ -97,11 +96,11 @@ def _trajectory(spec: EnvSpec, T: int, rng: np.random.Generator) -> dict[str, np
     return rows
 
 
-def _filled(cls, spec: EnvSpec, L: int, num_threads: int | None, seed: int = 0):
+def _filled(engine: str | None, spec: EnvSpec, L: int, num_threads: int | None, seed: int = 0):
     T = 2 * L
     num_traj = 8
-    buf = cls.from_env_spec(spec, capacity_steps=num_traj * (T + 1), num_envs=1, seed=seed,
-                            num_threads=num_threads)
+    buf = TrajectoryBuffer.from_env_spec(spec, capacity_steps=num_traj * (T + 1), num_envs=1,
+                                         seed=seed, num_threads=num_threads, engine=engine)
     rng = np.random.default_rng(seed)
     for i in range(num_traj):
         buf.add_trajectory(_trajectory(spec, T, rng), time_offset=i)
@@ -115,7 +114,7 @@ def _window_bytes(buf, B: int, L: int) -> int:
 def sample_case(obs: str, L: int, relabel: bool, B: int = 24, num_threads: int | None = None,
                 budget_s: float = 1.0, reference: bool = True) -> dict:
     spec = _spec(obs, goals=relabel)
-    native = _filled(TrajectoryBuffer, spec, L, num_threads)
+    native = _filled(None, spec, L, num_threads)
     rel = RelabelConfig("all", 1.0) if relabel else None
     out = native.allocate_batch(B, L)
     t_native = _median_time(lambda: native.sample_windows(B, L, out=out, relabel=rel),
@@ -152,7 +151,7 @@ def sample_case(obs: str, L: int, relabel: bool, B: int = 24, num_threads: int |
         res["native_plain_same_schema_windows_per_s"] = B / t_plain
         res["relabel_cost"] = statistics.median(t_rel_list) / t_plain
     if reference:
-        ref = _filled(ReferenceTrajectoryBuffer, spec, L, None)
+        ref = _filled("numpy", spec, L, None)
         ref_out = ref.allocate_batch(B, L)
         t_ref = _median_time(lambda: ref.sample_windows(B, L, out=ref_out, relabel=rel),
                              3, 50, budget_s)
@@ -174,10 +173,10 @@ def append_case(num_envs: int = 64, obs_dim: int = 16, budget_s: float = 1.0,
     }
     res: dict = {"case": f"append_step {num_envs} envs obs {obs_dim}-d f32"}
 
-    def measure(cls):
+    def measure(engine: str | None):
         # cuts every 500 steps, so the timed appends include their share of commits
-        buf = cls.from_env_spec(spec, capacity_steps=200_000, num_envs=num_envs,
-                                max_trajectory_len=500)
+        buf = TrajectoryBuffer.from_env_spec(spec, capacity_steps=200_000, num_envs=num_envs,
+                                             max_trajectory_len=500, engine=engine)
         buf.reset_envs({"obs": rows["obs"]})
 
         def hundred():
@@ -186,7 +185,7 @@ def append_case(num_envs: int = 64, obs_dim: int = 16, budget_s: float = 1.0,
 
         return _median_time(hundred, 5, 200, budget_s) / 100, buf.engine
 
-    t_native, engine = measure(TrajectoryBuffer)
+    t_native, engine = measure(None)
     res.update(native_engine=engine, native_us=t_native * 1e6)
     row_bytes = num_envs * (obs_dim * 4 + 4 + 4 + 2)
     src = np.ones(row_bytes, np.uint8)
@@ -198,7 +197,7 @@ def append_case(num_envs: int = 64, obs_dim: int = 16, budget_s: float = 1.0,
 
     res["memcpy_same_bytes_us"] = _median_time(copies, 5, 200, budget_s) / 100 * 1e6
     if reference:
-        t_ref, _ = measure(ReferenceTrajectoryBuffer)
+        t_ref, _ = measure("numpy")
         res.update(reference_us=t_ref * 1e6, native_over_reference=t_ref / t_native)
     return res
 

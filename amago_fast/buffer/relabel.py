@@ -1,24 +1,8 @@
-"""Hindsight instruction relabeling: configuration, the counter-based RNG and the NumPy rule.
+"""Hindsight instruction relabeling: configuration and the NumPy rule (csrc/buffer/goals.h).
 
-Everything here is the *reference* semantics: the native core (csrc/buffer/goals.h, rng.h)
-implements the same arithmetic and must agree bit-for-bit (tests/test_buffer_native.py,
-tests/test_relabel_tables.py).
-
-Counter-based RNG
------------------
-Every random number the buffer draws is a pure function of ``(seed, call counter, window index,
-draw index)``::
-
-    x = mix64(seed + GOLDEN * (counter + 1))
-    x = mix64(x + GOLDEN * (window + 1))
-    x = mix64(x + GOLDEN * (draw + 1))
-
-with ``mix64`` the SplitMix64 finaliser and all arithmetic mod 2**64. So windows do not depend on
-how many threads gather them, or in which order. Integers in ``[0, n)`` are ``(x * n) >> 64``
-(Lemire's multiply-shift), probabilities compare ``(x >> 11) * 2**-53 < p``.
-
-Draw indices per window: 0 picks the trajectory, 1 the start row, 2 the relabel coin, 3 the
-count ("some") or the row ("future"), 4.. the rows of the replacement goals (Floyd's sampling).
+Everything here is the *reference* semantics: the native core (csrc/buffer/goals.h) implements
+the same arithmetic and must agree bit-for-bit (tests/buffer/test_native_engine.py,
+tests/buffer/test_relabel_tables.py). Random draws come from :mod:`amago_fast.buffer.rng`.
 
 Relabeling semantics
 --------------------
@@ -66,16 +50,18 @@ from typing import Literal
 
 import numpy as np
 
-from amago_fast.spaces import GoalSpec
+from amago_fast.buffer.rng import (
+    DRAW_COIN,
+    DRAW_COUNT,
+    DRAW_ROWS,
+    draw,
+    uniform_float,
+    uniform_int,
+)
+from amago_fast.spaces import REWARD, TERMINATED, GoalSpec
 
 STRATEGIES = ("none", "some", "all", "final", "future")
 STRATEGY_CODES = {name: i for i, name in enumerate(STRATEGIES)}
-
-MASK64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
-
-# Draw indices inside one window (see the module docstring).
-DRAW_TRAJECTORY, DRAW_START, DRAW_COIN, DRAW_COUNT, DRAW_ROWS = 0, 1, 2, 3, 4
 
 MatchFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -85,7 +71,7 @@ class RelabelConfig:
     """How ``sample_windows`` relabels multi-goal instructions in hindsight.
 
     strategy: one of ``none``, ``some``, ``all`` (AMAGO's), ``final``, ``future`` (HER's); exact
-        semantics in the :mod:`amago_fast.relabel` module docstring.
+        semantics in the :mod:`amago_fast.buffer.relabel` module docstring.
     probability: chance that a window with unreached goals is relabeled.
     match_fn: optional Python predicate replacing the GoalSpec's built-in exact / tolerance match
         (the slow path: called with the GIL held, once per window, gathers single-threaded). It
@@ -108,30 +94,6 @@ class RelabelConfig:
         object.__setattr__(self, "probability", p)
         if self.match_fn is not None and not callable(self.match_fn):
             raise TypeError("relabel match_fn must be callable or None")
-
-
-def mix64(z: int) -> int:
-    """SplitMix64 finaliser on a 64-bit unsigned integer."""
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
-
-
-def draw(seed: int, counter: int, window: int, index: int) -> int:
-    """The 64-bit random number for (seed, sample call counter, window, draw index)."""
-    x = mix64((seed + GOLDEN * (counter + 1)) & MASK64)
-    x = mix64((x + GOLDEN * (window + 1)) & MASK64)
-    return mix64((x + GOLDEN * (index + 1)) & MASK64)
-
-
-def uniform_int(x: int, n: int) -> int:
-    """Map a 64-bit random number to [0, n) (multiply-shift)."""
-    return (x * n) >> 64
-
-
-def uniform_float(x: int) -> float:
-    """Map a 64-bit random number to [0, 1) with 53 bits."""
-    return (x >> 11) * (1.0 / 9007199254740992.0)
 
 
 def builtin_match(goals: GoalSpec, achieved: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -215,3 +177,58 @@ def plan_relabel(
         chosen.add(j if t in chosen else t)
     rows = sorted(lo + 1 + x for x in chosen)
     return [(c + i, row) for i, row in enumerate(rows)]
+
+
+def relabel_window(goals: GoalSpec, config: RelabelConfig, seed: int, counter: int, b: int,
+                   ring: dict[str, np.ndarray], fields: list, pos: int, T: int, s: int,
+                   valid: int, out: dict[str, np.ndarray]) -> None:
+    """Steps 1-3 above for window ``b`` of ``out`` (NumPy engine): the piece of T+1 rows starts
+    at ring row ``pos``; the window's rows ``s .. s+valid-1`` are already gathered into
+    ``out[...][b]``. Rewrites the goal fields, reward and terminated, and cuts the rows after
+    the last goal is completed (mask False, zero-filled)."""
+    k = goals.k
+    C = next(iter(ring.values())).shape[0]
+    idx = (pos + np.arange(T + 1)) % C
+    ach = ring[goals.achieved_field][idx]
+    instr = ring[goals.goal_field][pos].copy()
+    active0 = int(ring[goals.active_field][pos])
+    completed0 = ring[goals.completed_field][pos].copy()
+    M = match_matrix(goals, ach, instr, config.match_fn)
+    plan = plan_relabel(config, seed, counter, b, M, active0, k, T, s)
+    last = s + valid - 1
+    if plan:
+        for j, row in plan:
+            instr[j] = ach[row]
+        M = match_matrix(goals, ach[: last + 1], instr, config.match_fn)
+    reached, _ = replay(M, active0, k, last)
+    reward = np.float32(goals.goal_reward)
+    # The state of row t is the state after replaying rows 1..t; first bring it to row s.
+    active = active0
+    completed = completed0.copy()
+    for t in range(1, s + 1):
+        j = reached[t]
+        if j >= 0:
+            completed[j] = True
+            active += 1
+    cut = None
+    for t in range(s, last + 1):
+        w = t - s
+        if t > s:
+            j = reached[t]
+            if j >= 0:
+                completed[j] = True
+                active += 1
+        out[goals.goal_field][b, w] = instr
+        out[goals.active_field][b, w] = active
+        out[goals.completed_field][b, w] = completed
+        if t >= 1:
+            out[REWARD][b, w] = reward if reached[t] >= 0 else np.float32(0)
+            out[TERMINATED][b, w] = active == k
+            if active == k:
+                cut = w + 1
+                break
+    if cut is not None and cut < valid:
+        for f in fields:
+            out[f.name][b, cut:] = 0
+        out["mask"][b, cut:] = False
+        out["time_index"][b, cut:] = 0

@@ -18,9 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from amago_fast._buffer_testing import goal_env_spec
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer.synthetic import goal_env_spec
+from tests._buffers import NUMPY
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
 
@@ -54,7 +54,7 @@ class BufferMachine(RuleBasedStateMachine):
         kw = dict(capacity_steps=capacity, num_envs=NUM_ENVS, max_trajectory_len=max_len,
                   seed=seed)
         self.native = TrajectoryBuffer.from_env_spec(SPEC, num_threads=threads, **kw)
-        self.ref = ReferenceTrajectoryBuffer.from_env_spec(SPEC, **kw)
+        self.ref = NUMPY.from_env_spec(SPEC, **kw)
         self.capacity = capacity
         self.dirs: list[str] = []
 
@@ -73,7 +73,7 @@ class BufferMachine(RuleBasedStateMachine):
     def append(self, data_seed, steps):
         rng = np.random.default_rng(data_seed)
         for _ in range(steps):
-            open_ids = np.nonzero(self.ref._store_open_lengths())[0]
+            open_ids = np.nonzero(self.ref.storage.open_lengths())[0]
             if len(open_ids) == 0:
                 return
             rows = random_rows(rng, len(open_ids), full=True)
@@ -116,7 +116,7 @@ class BufferMachine(RuleBasedStateMachine):
         # snapshots are engine-independent: load each engine's file into the other engine
         n_src, r_src = (f"{d}/r", f"{d}/n") if swap else (f"{d}/n", f"{d}/r")
         self.native = TrajectoryBuffer.load(n_src, mmap=mmap, num_threads=2)
-        self.ref = ReferenceTrajectoryBuffer.load(r_src, mmap=mmap)
+        self.ref = NUMPY.load(r_src, mmap=mmap)
 
     @invariant()
     def same_state(self):
@@ -125,8 +125,8 @@ class BufferMachine(RuleBasedStateMachine):
         n, r = self.native, self.ref
         assert (len(n), n.num_trajectories, n.total_steps_added, n.sample_counter) == (
             len(r), r.num_trajectories, r.total_steps_added, r.sample_counter)
-        np.testing.assert_array_equal(n._store_pieces(), r._store_pieces())
-        np.testing.assert_array_equal(n._store_open_lengths(), r._store_open_lengths())
+        np.testing.assert_array_equal(n.storage.pieces(), r.storage.pieces())
+        np.testing.assert_array_equal(n.storage.open_lengths(), r.storage.open_lengths())
         assert len(r) <= self.capacity
 
 

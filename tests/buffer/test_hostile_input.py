@@ -16,11 +16,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from amago_fast._buffer_testing import GoalRollouts, drive, goal_env_spec, plain_env_spec
-from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, SnapshotError, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer import RelabelConfig, SnapshotError, TrajectoryBuffer
+from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec, plain_env_spec
+from tests._buffers import ENGINES
 
-ENGINES = [ReferenceTrajectoryBuffer] + ([TrajectoryBuffer] if NATIVE_AVAILABLE else [])
 SPEC = plain_env_spec(obs_dim=2)
 
 
@@ -170,7 +169,7 @@ def test_mmap_load_then_truncation_is_the_documented_sigbus_and_copy_is_safe(tmp
     script = textwrap.dedent(f"""
         import json, os, sys
         import numpy as np
-        from amago_fast._buffer_testing import plain_env_spec
+        from amago_fast.buffer.synthetic import plain_env_spec
         from amago_fast.buffer import TrajectoryBuffer
         spec = plain_env_spec(obs_dim=2048)
         buf = TrajectoryBuffer.from_env_spec(spec, 4000)

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from amago_fast._buffer_testing import GoalRollouts, drive, goal_env_spec
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec
+from tests._buffers import NUMPY
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
 
@@ -22,7 +22,7 @@ STRATEGIES = ["none", "all", "some", "final", "future"]
 
 def _pair(spec, **kw):
     return (TrajectoryBuffer.from_env_spec(spec, **kw),
-            ReferenceTrajectoryBuffer.from_env_spec(spec, **kw))
+            NUMPY.from_env_spec(spec, **kw))
 
 
 def _assert_same(native, ref, B, L, relabel, mode="timesteps", what=""):
@@ -128,7 +128,7 @@ def test_tables_of_evicted_pieces_are_not_reused():
         assert native.num_trajectories == ref.num_trajectories
         for strategy in ("none", "all", "future"):
             _assert_same(native, ref, 9, 12, RelabelConfig(strategy, 1.0), what=f"{i} {strategy}")
-    np.testing.assert_array_equal(native._store_pieces(), ref._store_pieces())
+    np.testing.assert_array_equal(native.storage.pieces(), ref.storage.pieces())
 
 
 @pytest.mark.parametrize("match,eps,dtype", [("exact", 0.0, np.float32),
@@ -141,8 +141,8 @@ def test_max_length_cut_pieces_carry_goal_state(match, eps, dtype):
     native, ref = _pair(spec, capacity_steps=500, num_envs=3, max_trajectory_len=23, seed=3)
     roll = GoalRollouts(spec, 3, seed=4, p_truncate=0.005, values=8)
     drive([native, ref], roll, 150)
-    pieces = native._store_pieces()  # (id, pos, rows, offset)
-    active0 = native._ring["goal_active"][pieces[:, 1]]
+    pieces = native.storage.pieces()  # (id, pos, rows, offset)
+    active0 = native.storage.ring["goal_active"][pieces[:, 1]]
     assert (active0 > 0).any() and (pieces[:, 2] == 24).any() and (pieces[:, 3] > 0).any()
     _assert_all_strategies(native, ref, lengths=(1, 5, 22, 60), what=match)
 

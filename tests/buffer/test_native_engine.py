@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amago_fast._buffer_testing import GoalRollouts, drive, goal_env_spec, plain_env_spec
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec, plain_env_spec
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+from tests._buffers import NUMPY
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
 
@@ -24,7 +24,7 @@ STRATEGIES = [None, "none", "all", "some", "final", "future"]
 
 def _pair(spec, **kw):
     return (TrajectoryBuffer.from_env_spec(spec, **kw),
-            ReferenceTrajectoryBuffer.from_env_spec(spec, **kw))
+            NUMPY.from_env_spec(spec, **kw))
 
 
 def _assert_equal_batches(x, y, what=""):
@@ -47,16 +47,16 @@ def test_native_equals_reference_exactly(goal_dtype, match, eps):
     for _ in range(2):
         drive([native, ref], roll, 37, started=True)
         assert len(native) == len(ref) and native.num_trajectories == ref.num_trajectories
-        np.testing.assert_array_equal(native._store_pieces(), ref._store_pieces())
-        np.testing.assert_array_equal(native._store_open_lengths(), ref._store_open_lengths())
+        np.testing.assert_array_equal(native.storage.pieces(), ref.storage.pieces())
+        np.testing.assert_array_equal(native.storage.open_lengths(), ref.storage.open_lengths())
         for strategy in STRATEGIES:
             rel = None if strategy is None else RelabelConfig(strategy, 0.7)
             for L, mode in ((1, "timesteps"), (9, "trajectories"), (40, "timesteps")):
                 x = native.sample_windows(11, L, relabel=rel, mode=mode)
                 y = ref.sample_windows(11, L, relabel=rel, mode=mode)
                 _assert_equal_batches(x, y, f"{strategy} L={L} {mode}")
-    for k in native._ring:
-        np.testing.assert_array_equal(native._ring[k], ref._ring[k])
+    for k in native.storage.ring:
+        np.testing.assert_array_equal(native.storage.ring[k], ref.storage.ring[k])
 
 
 def test_native_match_fn_slow_path_equals_reference():
@@ -88,7 +88,7 @@ def test_gather_threads_do_not_change_results():
     spec = plain_env_spec(obs_dim=16, image=(16, 16, 3))
     bufs = [TrajectoryBuffer.from_env_spec(spec, capacity_steps=3000, num_envs=4, seed=9,
                                            num_threads=n) for n in (1, 2, 4)]
-    assert [b._core.num_threads() for b in bufs] == [1, 2, 4]
+    assert [b.storage.num_threads() for b in bufs] == [1, 2, 4]
     drive(bufs, GoalRollouts(spec, 4, seed=1, p_truncate=0.01), 400)
     for _ in range(3):  # > 64 KiB per call: the pool is used
         outs = [b.sample_windows(24, 64) for b in bufs]
@@ -113,7 +113,7 @@ def test_core_path_override_loads_that_module():
             "print(n.core.__file__)")
     env = {**os.environ, "AMAGO_FAST_CORE_PATH": _core.__file__}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == _core.__file__
     env["AMAGO_FAST_CORE_PATH"] = "/nonexistent/_core.so"
@@ -250,7 +250,7 @@ def test_match_fn_sampling_with_concurrent_appends_does_not_deadlock():
     threads = [threading.Thread(target=run, args=(f,), daemon=True) for f in (
         lambda: buf.sample_windows(4, 8, relabel=rel),
         lambda: buf.sample_windows(4, 8, relabel=rel),
-        lambda: (len(buf), buf.num_trajectories, buf._store_pieces()),
+        lambda: (len(buf), buf.num_trajectories, buf.storage.pieces()),
     )]
     for th in threads:
         th.start()
@@ -330,7 +330,7 @@ def _write_step_streams(spec, buffers_ws, buffers_two_calls, steps, seed):
         appended += got[0]
         for b in buffers_two_calls:  # same env order: pieces commit in the same order
             if starts.any():
-                b.reset_envs({k: prow[k][starts] for k in b._obs_names}, perm[starts])
+                b.reset_envs({k: prow[k][starts] for k in b.storage.layout.obs_names}, perm[starts])
             b.append_step({k: v[~starts] for k, v in prow.items()}, perm[~starts])
         ended = np.zeros(n, bool)
         ended[done] = True
@@ -348,17 +348,17 @@ def test_write_step_equals_reset_plus_append_and_reference(goals):
     bufs = [native_ws, ref_ws, native_two, ref_two]
     assert appended > 100 and all(b.total_steps_added == appended for b in bufs)
     for b in bufs[1:]:
-        np.testing.assert_array_equal(b._store_pieces(), native_ws._store_pieces())
-        np.testing.assert_array_equal(b._store_open_lengths(), native_ws._store_open_lengths())
-        for k in b._ring:
-            np.testing.assert_array_equal(b._ring[k], native_ws._ring[k], err_msg=k)
+        np.testing.assert_array_equal(b.storage.pieces(), native_ws.storage.pieces())
+        np.testing.assert_array_equal(b.storage.open_lengths(), native_ws.storage.open_lengths())
+        for k in b.storage.ring:
+            np.testing.assert_array_equal(b.storage.ring[k], native_ws.storage.ring[k], err_msg=k)
     _assert_equal_batches(native_ws.sample_windows(8, 6), ref_ws.sample_windows(8, 6))
 
 
 @pytest.mark.parametrize("engine", ["native", "reference"])
 def test_write_step_rejects_bad_input_and_changes_nothing(engine):
     spec = plain_env_spec(obs_dim=3)
-    cls = TrajectoryBuffer if engine == "native" else ReferenceTrajectoryBuffer
+    cls = TrajectoryBuffer if engine == "native" else NUMPY
     buf = cls.from_env_spec(spec, capacity_steps=50, num_envs=3, seed=0)
     roll = GoalRollouts(spec, 3, seed=0, p_truncate=0.0)
     buf.reset_envs(roll.reset_rows(np.array([0, 1])), np.array([0, 1]))
@@ -375,23 +375,23 @@ def test_write_step_rejects_bad_input_and_changes_nothing(engine):
     strided = np.zeros(6, bool)[::2]  # a non-contiguous mask is read correctly, not by raw bytes
     assert buf.write_step(dict(rows), None, strided) == 3
     rows, _ = roll.step_rows()
-    snapshot = (buf._store_open_lengths().copy(), buf._store_pieces().copy(), len(buf))
+    snapshot = (buf.storage.open_lengths().copy(), buf.storage.pieces().copy(), len(buf))
     for kwargs, match in bad_cases:
         with pytest.raises((ValueError, TypeError), match=match):
             buf.write_step(rows, kwargs.get("env_ids"), kwargs["starts"])
     with pytest.raises(ValueError, match="reward"):
         buf.write_step(nan_rows, None, np.zeros(3, bool))
-    np.testing.assert_array_equal(buf._store_open_lengths(), snapshot[0])
-    np.testing.assert_array_equal(buf._store_pieces(), snapshot[1])
+    np.testing.assert_array_equal(buf.storage.open_lengths(), snapshot[0])
+    np.testing.assert_array_equal(buf.storage.pieces(), snapshot[1])
     assert len(buf) == snapshot[2]
     # env 1 ended nothing but env 2's trajectory is closed after a terminated row:
     closing = {k: v.copy() for k, v in rows.items()}
     closing["terminated"][:] = [False, False, True]
     buf.write_step(closing, None, np.zeros(3, bool))
-    opened = buf._store_open_lengths().copy()
-    pieces = buf._store_pieces().copy()
+    opened = buf.storage.open_lengths().copy()
+    pieces = buf.storage.pieces().copy()
     with pytest.raises(ValueError, match="no open trajectory"):
         buf.write_step(rows, None, np.array([True, False, False]))  # env 2 appended: closed
     # all or nothing: env 0's start (listed first) did not happen either
-    np.testing.assert_array_equal(buf._store_open_lengths(), opened)
-    np.testing.assert_array_equal(buf._store_pieces(), pieces)
+    np.testing.assert_array_equal(buf.storage.open_lengths(), opened)
+    np.testing.assert_array_equal(buf.storage.pieces(), pieces)

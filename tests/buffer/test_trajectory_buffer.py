@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amago_fast._buffer_testing import GoalRollouts, drive, goal_env_spec, plain_env_spec
-from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, SnapshotError, TrajectoryBuffer
-from amago_fast.buffer_reference import ReferenceTrajectoryBuffer
+from amago_fast.buffer import RelabelConfig, SnapshotError
+from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec, plain_env_spec
 from amago_fast.spaces import ActionSpec, FieldSpec
-
-ENGINES = [pytest.param(ReferenceTrajectoryBuffer, id="numpy")]
-if NATIVE_AVAILABLE:
-    ENGINES.append(pytest.param(TrajectoryBuffer, id="native"))
+from tests._buffers import ENGINES, NUMPY
 
 
 def counting_spec():
@@ -42,9 +38,9 @@ def reset_row(uid, n=1):
 
 def snapshot(buf):
     """Everything observable about a buffer's state (to check rejected calls change nothing)."""
-    st = buf._store_get_state()
+    st = buf.storage.get_state()
     return (
-        {k: v.copy() for k, v in buf._ring.items()},
+        {k: v.copy() for k, v in buf.storage.ring.items()},
         {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()
          if k != "open_rows"},
         {k: v.copy() for k, v in st["open_rows"].items()},
@@ -91,7 +87,7 @@ def test_max_length_cut_keeps_boundary_row(cls):
     buf.reset_envs(reset_row(1))
     for t in range(1, 11):
         buf.append_step(count_row(1, t, done=t == 10))
-    pieces = buf._store_pieces()
+    pieces = buf.storage.pieces()
     # 10 transitions cut at 4: pieces of rows 0-4, 4-8, 8-10 (boundary rows on both sides)
     assert pieces[:, 2].tolist() == [5, 5, 3]
     assert pieces[:, 3].tolist() == [0, 4, 8]
@@ -111,7 +107,7 @@ def test_eviction_is_oldest_first_whole_trajectories(cls):
             buf.append_step(count_row(uid, t, done=t == 3))
     # 4 rows each, capacity 12: the last three survive
     assert buf.num_trajectories == 3 and len(buf) == 12
-    assert buf._store_pieces()[:, 0].tolist() == [2, 3, 4]
+    assert buf.storage.pieces()[:, 0].tolist() == [2, 3, 4]
     out = buf.sample_windows(64, 3)
     assert set(out["obs"][:, 0, 0].tolist()) <= {2.0, 3.0, 4.0}
     assert set(out["trajectory_id"].tolist()) <= {2, 3, 4}
@@ -334,18 +330,18 @@ def test_bad_input_raises_and_leaves_buffer_unchanged(cls):
 def test_constructor_errors():
     f = counting_spec().buffer_fields()
     with pytest.raises(ValueError, match="capacity"):
-        ReferenceTrajectoryBuffer(f, capacity_steps=1)
+        NUMPY(f, capacity_steps=1)
     with pytest.raises(ValueError, match="max_trajectory_len"):
-        ReferenceTrajectoryBuffer(f, capacity_steps=10, max_trajectory_len=10)
+        NUMPY(f, capacity_steps=10, max_trajectory_len=10)
     with pytest.raises(ValueError, match="exactly one"):
-        ReferenceTrajectoryBuffer(f, capacity_steps=10, capacity_bytes=100)
+        NUMPY(f, capacity_steps=10, capacity_bytes=100)
     with pytest.raises(ValueError, match="reward"):
-        ReferenceTrajectoryBuffer([x for x in f if x.name != "reward"], capacity_steps=10)
+        NUMPY([x for x in f if x.name != "reward"], capacity_steps=10)
     with pytest.raises(ValueError, match="seed"):
-        ReferenceTrajectoryBuffer(f, capacity_steps=10, seed=-1)
+        NUMPY(f, capacity_steps=10, seed=-1)
     with pytest.raises(ValueError, match="goal"):
-        ReferenceTrajectoryBuffer(f, capacity_steps=10, goals=goal_env_spec().goals)
-    buf = ReferenceTrajectoryBuffer(f, capacity_bytes=1000)
+        NUMPY(f, capacity_steps=10, goals=goal_env_spec().goals)
+    buf = NUMPY(f, capacity_bytes=1000)
     assert buf.capacity_steps == 1000 // buf.row_bytes
     with pytest.raises(ValueError, match="no committed trajectory"):
         buf.sample_windows(2, 3)
@@ -442,7 +438,7 @@ def test_crash_mid_save_keeps_previous_snapshot(cls, tmp_path, monkeypatch):
     buf.save(snap)
     reference = cls.load(snap)
     drive([buf], roll, 30, started=True)
-    import amago_fast.buffer_reference as br
+    import amago_fast.buffer.persistence as br
 
     real_fsync = os.fsync
     calls = {"n": 0}
@@ -479,7 +475,7 @@ def test_export_import_npz_roundtrip(cls, tmp_path):
                               num_envs=1, max_trajectory_len=15)
     assert other.import_npz(paths) == len(paths)
     assert len(other) == len(buf) and other.num_trajectories == buf.num_trajectories
-    np.testing.assert_array_equal(other._store_pieces()[:, 2:], buf._store_pieces()[:, 2:])
+    np.testing.assert_array_equal(other.storage.pieces()[:, 2:], buf.storage.pieces()[:, 2:])
     # bad files are rejected before anything is added
     bad = tmp_path / "bad.npz"
     with np.load(paths[0]) as z:
@@ -499,8 +495,8 @@ def test_add_trajectory_long_is_cut(cls):
     buf = cls.from_env_spec(counting_spec(), capacity_steps=50, max_trajectory_len=6)
     rows = {k: np.concatenate([count_row(0, t)[k] for t in range(15)]) for k in count_row(0, 0)}
     buf.add_trajectory(rows, time_offset=100)
-    assert buf._store_pieces()[:, 2].tolist() == [7, 7, 3]
-    assert buf._store_pieces()[:, 3].tolist() == [100, 106, 112]
+    assert buf.storage.pieces()[:, 2].tolist() == [7, 7, 3]
+    assert buf.storage.pieces()[:, 3].tolist() == [100, 106, 112]
     out = buf.sample_windows(20, 4)
     v = out["mask"]
     np.testing.assert_array_equal(out["obs"][..., 1][v] + 100, out["time_index"][v])
@@ -514,25 +510,30 @@ def test_fallback_without_native_core_warns_once():
         "    warnings.simplefilter('always')\n"
         "    import amago_fast.buffer as b\n"
         "    import amago_fast.buffer\n"
-        "from amago_fast.buffer_reference import ReferenceTrajectoryBuffer\n"
         "msgs = [str(x.message) for x in w if 'NumPy reference' in str(x.message)]\n"
         "assert len(msgs) == 1, msgs\n"
-        "assert not b.NATIVE_AVAILABLE and b.TrajectoryBuffer.engine == 'numpy'\n"
-        "assert issubclass(b.TrajectoryBuffer, ReferenceTrajectoryBuffer)\n"
-        "from amago_fast._buffer_testing import plain_env_spec\n"
+        "assert not b.NATIVE_AVAILABLE\n"
+        "from amago_fast.buffer.synthetic import plain_env_spec\n"
         "buf = b.TrajectoryBuffer.from_env_spec(plain_env_spec(), 10)\n"
+        "assert buf.engine == 'numpy'\n"
+        "try:\n"
+        "    b.TrajectoryBuffer.from_env_spec(plain_env_spec(), 10, engine='native')\n"
+        "except ValueError as e:\n"
+        "    assert 'engine=' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('engine=native without the core was accepted')\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "AMAGO_FAST_CORE_PATH"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 
 
 def test_schema_from_fields_and_pinned_allocation():
     fields = [FieldSpec("x", (2,), np.float16), *plain_env_spec().buffer_fields()[1:]]
-    buf = ReferenceTrajectoryBuffer(fields, capacity_steps=10)
+    buf = NUMPY(fields, capacity_steps=10)
     out = buf.allocate_batch(2, 3)
     assert out["x"].dtype == np.float16 and out["x"].shape == (2, 4, 2)
     import torch
