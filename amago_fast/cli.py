@@ -2,6 +2,7 @@
 
     amago-fast train [--preset NAME] [--run-dir DIR] [--resume RUN_DIR] [--<field> VALUE ...]
     amago-fast eval RUN_DIR [--episodes N] [--num-envs N] [--device DEV] [--video DIR]
+    amago-fast export RUN_DIR OUT.pt2 [--batch N] [--checkpoint NAME]
     amago-fast bench [--only NAME,...] [--quick] [--json PATH]
     amago-fast plot RUN_DIR... [--out DIR] [--metric NAME]
     amago-fast presets
@@ -90,6 +91,20 @@ def _add_eval(sub) -> None:
                    help="episodes recorded with --video")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a run's greedy policy step as a torch.export program (.pt2)",
+        description="Export the one-step greedy policy (observation row + rollout state in, "
+        "action + state out) of a run's checkpoint with torch.export (amago_fast/export.py); "
+        "amago_fast.export.load_exported(OUT) acts with it like load_agent.")
+    p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
+    p.add_argument("out", help="the .pt2 file to write (never replaced unless --overwrite)")
+    p.add_argument("--batch", type=int, default=1, help="envs the program steps at once")
+    p.add_argument("--checkpoint", default="latest",
+                   help="'latest', an env-step count or a ckpt-<12 digits> name")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
 def _add_aib(sub) -> None:
     p = sub.add_parser(
         "aib", help="AIB protocol: AER per split over run directories (seeds) of one aib-* task",
@@ -146,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_aib(sub)
     _add_bench(sub)
     _add_plot(sub)
@@ -291,6 +307,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from amago_fast.deploy import load_agent
+
+    checkpoint: str | int = args.checkpoint
+    if checkpoint.isdigit():
+        checkpoint = int(checkpoint)
+    # a bad run, checkpoint, batch or an existing OUT is one line (main's error handling)
+    policy = load_agent(args.run_dir, checkpoint)
+    print(policy.export(args.out, batch=args.batch, overwrite=args.overwrite))
+    return 0
+
+
 def _cmd_aib(args: argparse.Namespace) -> int:
     from amago_fast.aib_protocol import (
         aib_report,
@@ -407,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "train": _cmd_train,
         "eval": _cmd_eval,
+        "export": _cmd_export,
         "aib": _cmd_aib,
         "bench": _cmd_bench,
         "plot": _cmd_plot,

@@ -364,6 +364,19 @@ class DeployedPolicy:
 
     __call__ = act
 
+    def export(self, path: str | os.PathLike, batch: int | None = None, *,
+               overwrite: bool = False) -> Path:
+        """Write the greedy step as a ``torch.export`` program (``.pt2``) for `batch` envs
+        (default: the envs of the last :meth:`reset`, else 1); :func:`amago_fast.export.
+        load_exported` runs it with this class's bookkeeping (amago_fast/export.py)."""
+        from amago_fast.export import export_policy
+
+        if not hasattr(self.agent, "tstep_encoder"):
+            raise ValueError("export: this policy does not run an amago_fast Agent")
+        return export_policy(self.agent, path,
+                             batch=max(self.num_envs, 1) if batch is None else batch,
+                             overwrite=overwrite)
+
 
 def _add_batch_dim(obs: Any) -> Any:
     if isinstance(obs, dict):

@@ -1,0 +1,222 @@
+"""The one-step greedy policy as a ``torch.export`` program: ``amago-fast export RUN OUT.pt2``,
+:meth:`amago_fast.DeployedPolicy.export` and :func:`load_exported`.
+
+The program maps (this step's row, the rollout state) to (the greedy action, the next state),
+with no Python and no amago_fast code needed to run it (``torch.export.load``, or AOTInductor /
+ExecuTorch from the same file). Inputs, in order (B = the batch the program was exported
+for, W = its window, below):
+
+- the step's row: each observation field ``(B, *shape)`` in the run's order, the previous
+  action, the previous reward ``(B,)`` float32 and the step's time index ``(B,)`` int64 (0 opens
+  a rollout: previous action and reward are then ignored);
+- the state: the same fields over the last W steps ``(B, W, ...)`` and ``filled`` ``(B,)`` int64,
+  the number of those rows in use (set an env's ``filled`` to 0 to start a new rollout there).
+
+Outputs: the action ``(B,)`` int32 / ``(B, k)`` int32 / ``(B, d)`` float32 within the env's
+bounds, then the next state in the same order.
+
+Why a window and not the KV cache the eager step keeps: a ring cache is updated in place at
+a data-dependent slot, which an exported graph expresses poorly; the window holds the inputs
+instead and the step re-encodes them. The Transformer attends over the last ``context_len``
+steps in every layer, so the newest step depends on at most ``W = num_layers · (context_len -
+1) + 1`` earlier rows: with that window the program computes what the eager step computes, at
+every step of any rollout length (the test checks equal actions on a trained run). Cost: one
+W-row encoder pass per step instead of one row (fine for deployment; training never uses it).
+The feed-forward (memory-free) encoder has W = 1. GRU encoders keep a recurrent state the
+window cannot reproduce: export refuses them.
+
+Files hold the run's observation/action spec (``extra_files["amago_fast_spec.json"]``), so
+:func:`load_exported` gives back a :class:`~amago_fast.deploy.DeployedPolicy` that keeps the
+bookkeeping (previous action / reward, time index, episode starts) as the eager one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from amago_fast.spaces import ACTION, REWARD, EnvSpec
+
+__all__ = ["export_policy", "load_exported", "ExportedAgent", "SPEC_ENTRY"]
+
+SPEC_ENTRY = "amago_fast_spec.json"
+"""The name of the spec inside an exported file's extra files."""
+
+
+def window_len(agent: Any) -> int:
+    """W: the rows the newest step of `agent` depends on (see the module docstring)."""
+    cfg = agent.config
+    if cfg.traj_encoder == "transformer":
+        return cfg.num_layers * (cfg.context_len - 1) + 1
+    if cfg.traj_encoder == "ff":
+        return 1
+    raise ValueError(f"export supports the Transformer and feed-forward encoders, not "
+                     f"{cfg.traj_encoder!r} (a recurrent state is not a window of inputs)")
+
+
+def _row_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, per-step shape, dtype) of the program's row inputs, in order."""
+    out = [(f.name, tuple(f.shape), torch.from_numpy(np.zeros(0, f.dtype)).dtype)
+           for f in spec.observation]
+    act = spec.action.field
+    out.append((ACTION, tuple(act.shape), torch.from_numpy(np.zeros(0, act.dtype)).dtype))
+    out.append((REWARD, (), torch.float32))
+    out.append(("time_index", (), torch.int64))
+    return out
+
+
+class _GreedyStep(nn.Module):
+    """The exported function (see the module docstring) around an Agent's modules."""
+
+    def __init__(self, agent: Any, window: int) -> None:
+        super().__init__()
+        self.tstep_encoder, self.traj_encoder, self.actor = (agent.tstep_encoder,
+                                                             agent.traj_encoder, agent.actor)
+        self.fields = _row_fields(agent.spec)
+        self.window = window
+        spec = agent.spec.action
+        self.kind = spec.kind
+        if spec.kind == "continuous":
+            low = torch.tensor(spec.low, dtype=torch.float32)
+            self.register_buffer("low", low)
+            self.register_buffer("half_range",
+                                 0.5 * (torch.tensor(spec.high, dtype=torch.float32) - low))
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(self.fields)
+        row, win, filled = args[:n], args[n:2 * n], args[2 * n]
+        W = self.window
+        full = filled >= W
+        pos = torch.where(full, torch.full_like(filled, W - 1), filled)  # the new row's slot
+        slots = torch.arange(W, device=filled.device)
+        at_pos = slots[None, :] == pos[:, None]  # (B, W)
+        new_win = []
+        for r, w in zip(row, win):
+            extra = (1,) * (w.dim() - 2)
+            shifted = torch.cat([w[:, 1:], torch.zeros_like(w[:, :1])], dim=1)
+            base = torch.where(full.view(-1, 1, *extra), shifted, w)
+            new_win.append(torch.where(at_pos.view(*at_pos.shape, *extra), r[:, None], base))
+        new_filled = torch.clamp(filled + 1, max=W)
+        rows = {name: t for (name, _, _), t in zip(self.fields, new_win)}
+        ti = rows.pop("time_index")
+        # Rows past `pos` are stale or zero: the attention is causal, so row `pos` never reads
+        # them (the window is filled from slot 0 on), and no mask is needed.
+        emb = self.tstep_encoder(rows, ti)
+        h = self.traj_encoder(emb, ti, None)
+        h = h.gather(1, pos.view(-1, 1, 1).expand(-1, 1, h.shape[-1])).squeeze(1)
+        params = self.actor(h)[:, -1]
+        action = self.actor.act(params, False)
+        if self.kind == "continuous":
+            action = (self.low + (action + 1.0) * self.half_range).to(torch.float32)
+        else:
+            action = action.to(torch.int32)
+        return (action, *new_win, new_filled)
+
+
+def _example_inputs(spec: EnvSpec, batch: int, window: int) -> tuple[torch.Tensor, ...]:
+    fields = _row_fields(spec)
+    row = [torch.zeros((batch, *shape), dtype=dt) for _, shape, dt in fields]
+    win = [torch.zeros((batch, window, *shape), dtype=dt) for _, shape, dt in fields]
+    return (*row, *win, torch.zeros(batch, dtype=torch.int64))
+
+
+def export_program(agent: Any, batch: int = 1) -> Any:
+    """The ``torch.export.ExportedProgram`` of `agent`'s greedy step for `batch` envs (CPU,
+    float32; the agent is copied, not changed)."""
+    import copy
+
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"export: batch must be a positive integer, got {batch!r}")
+    window = window_len(agent)
+    cpu = copy.deepcopy(agent).to("cpu").float().eval().requires_grad_(False)
+    step = _GreedyStep(cpu, window).eval()
+    with torch.no_grad():
+        return torch.export.export(step, _example_inputs(cpu.spec, int(batch), window))
+
+
+def export_policy(agent: Any, path: str | os.PathLike, batch: int = 1,
+                  overwrite: bool = False) -> Path:
+    """Write `agent`'s greedy step (see the module docstring) to `path` (``.pt2``),
+    atomically; an existing file is replaced only with ``overwrite=True``."""
+    from amago_fast.spec_io import spec_to_dict
+
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"export: {target} exists (pass overwrite=True to replace it)")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"export: no directory {target.parent}")
+    program = export_program(agent, batch)
+    meta = {"spec": spec_to_dict(agent.spec), "window": window_len(agent), "batch": int(batch)}
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pt2")
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp, extra_files={SPEC_ENTRY: json.dumps(meta)})
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+class ExportedAgent:
+    """An exported step behind the agent interface :class:`~amago_fast.deploy.DeployedPolicy`
+    drives (``init_state`` / ``reset_state`` / ``act``), so a loaded program acts with the same
+    bookkeeping as the eager policy. Greedy only; ``num_envs`` must be the exported batch."""
+
+    def __init__(self, program: Any, spec: EnvSpec, window: int, batch: int) -> None:
+        self.module = program.module()
+        self.spec, self.window, self.batch = spec, window, batch
+        self._fields = _row_fields(spec)
+
+    def init_state(self, num_envs: int) -> list[torch.Tensor]:
+        if num_envs != self.batch:
+            raise ValueError(f"this exported policy runs {self.batch} envs, not {num_envs} "
+                             "(export again with batch=...)")
+        return list(_example_inputs(self.spec, self.batch, self.window)[len(self._fields):])
+
+    def reset_state(self, state: list[torch.Tensor], env_ids: np.ndarray) -> list[torch.Tensor]:
+        filled = state[-1].clone()
+        filled[torch.as_tensor(np.asarray(env_ids, np.int64))] = 0
+        return [*state[:-1], filled]
+
+    def act(self, rows: dict[str, np.ndarray], state: list[torch.Tensor],
+            sample: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
+        if sample:
+            raise ValueError("an exported policy is greedy (sample=False)")
+        inputs = [torch.as_tensor(np.ascontiguousarray(rows[name]), dtype=dt)
+                  for name, _, dt in self._fields]
+        with torch.no_grad():
+            out = self.module(*inputs, *state)
+        return out[0].numpy(), list(out[1:])
+
+
+def load_exported(path: str | os.PathLike) -> Any:
+    """A :class:`~amago_fast.deploy.DeployedPolicy` running an exported file's program
+    (``reset(batch)`` then ``act(obs, reward, done)`` as with :func:`amago_fast.load_agent`).
+    ValueError names a file that is not an amago_fast export."""
+    from amago_fast.deploy import DeployedPolicy
+    from amago_fast.spec_io import spec_from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such exported policy")
+    extra = {SPEC_ENTRY: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # a zip that is not an ExportedProgram, a truncated file, ...
+        raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})"
+                         ) from None
+    try:
+        meta = json.loads(extra[SPEC_ENTRY])
+        spec = spec_from_dict(meta["spec"], f"{path}:{SPEC_ENTRY}")
+        window, batch = int(meta["window"]), int(meta["batch"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: no amago_fast spec in the file ({SPEC_ENTRY}: {e})"
+                         ) from None
+    return DeployedPolicy(ExportedAgent(program, spec, window, batch))
