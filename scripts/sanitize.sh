@@ -25,5 +25,5 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/buffer/test_trajectory_buffer.py tests/buffer/test_native_engine.py tests/buffer/test_stateful.py \
   tests/buffer/test_relabel_tables.py tests/test_native_policy.py \
-  "tests/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
-  "tests/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"
+  "tests/collector/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
+  "tests/collector/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"

@@ -595,9 +595,9 @@ def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
     import copy
 
     from amago_fast.bench.collect import ReplayEnv
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
 
-    if _native_absorb() is None:
+    if native_absorb_step() is None:
         pytest.skip("amago_fast._core not built")
     real = make_env(name, 6, seed=0, **kw)
     env_native = ReplayEnv(real, steps=120)
@@ -612,8 +612,8 @@ def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
                         exploration=make_exploration(env.spec.action, 6, seed=1),
                         nan_policy="flag")
         if not native:
-            col._train._absorb_step = None
-        assert (col._train._absorb_step is not None) == native
+            col._train.absorb_step = None
+        assert (col._train.absorb_step is not None) == native
         cols.append(col)
     flagged = 0
     for _ in range(6):
@@ -626,9 +626,9 @@ def test_native_bookkeeping_equals_numpy_reference(name, kw, nan_at):
 
 
 def test_native_bookkeeping_rejects_bad_arrays():
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
 
-    absorb = _native_absorb()
+    absorb = native_absorb_step()
     if absorb is None:
         pytest.skip("amago_fast._core not built")
     n = 4
@@ -678,10 +678,10 @@ def test_random_policy_for_another_action_spec_is_still_checked():
     env = make_env("tmaze-passive", 4, corridor_length=3)
     wider = replace(env.spec, action=ActionSpec("discrete", n=50))
     col = Collector(env, RandomPolicy(wider, seed=0))
-    assert not col._train._policy_trusted
+    assert not col._train.policy_trusted
     with pytest.raises(ValueError, match="out of range"):
         col.collect(40)
-    assert Collector(env, RandomPolicy(env.spec))._train._policy_trusted
+    assert Collector(env, RandomPolicy(env.spec))._train.policy_trusted
 
 
 @pytest.mark.parametrize("batch_size", [None, 3])
@@ -691,11 +691,11 @@ def test_every_counted_transition_is_in_the_buffer_when_collect_returns(batch_si
     env = EnvPoolEnv("CartPole-v1", 6, seed=2, batch_size=batch_size)
     buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=10_000, num_envs=6)
     col = Collector(env, RandomPolicy(env.spec, seed=0), buf)
-    assert col._train._split is not None
+    assert col._train.split is not None
     total = 0
     for n in (1, 7, 50):
         total += col.collect(n)["env_steps"]
-        assert col._train._pending_write is None
+        assert col._train.pending_write is None
         assert buf.total_steps_added == total
     col.state_dict()
     assert buf.total_steps_added == total
@@ -740,10 +740,10 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
 
     from amago_fast.bench.collect import ReplayEnv
     from amago_fast.buffer import NATIVE_AVAILABLE
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
     from tests._buffers import NUMPY
 
-    if _native_absorb() is None or not NATIVE_AVAILABLE:
+    if native_absorb_step() is None or not NATIVE_AVAILABLE:
         pytest.skip("amago_fast._core not built")
     real = make_env(name, 6, seed=0, **kw)
     env_fused = _split_replay_env(real, 120) if split else ReplayEnv(real, steps=120)
@@ -759,10 +759,10 @@ def test_fused_buffer_write_equals_numpy_reference_buffer(name, kw, nan_at, spli
                         exploration=make_exploration(env.spec.action, 6, seed=1),
                         nan_policy="flag")
         cols.append(col)
-    assert (cols[0]._train._split is not None) == split
-    assert (cols[0]._train._fused is not None) == (not split or env_fused.is_async)
-    assert cols[1]._train._fused is None  # the reference buffer: separate write_step calls
-    cols[1]._train._absorb_step = None  # and the NumPy bookkeeping
+    assert (cols[0]._train.split is not None) == split
+    assert (cols[0]._train.fused is not None) == (not split or env_fused.is_async)
+    assert cols[1]._train.fused is None  # the reference buffer: separate write_step calls
+    cols[1]._train.absorb_step = None  # and the NumPy bookkeeping
     flagged = 0
     for it in range(6):
         if it == 2:  # a restart (as after an env fault) replaces the state arrays
@@ -784,15 +784,15 @@ def test_fused_write_failure_changes_neither_store_nor_state():
     open trajectory, a NaN reward — raises the write_step error and leaves the store and the
     rollout state as they were."""
     from amago_fast.buffer import NATIVE_AVAILABLE
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
 
-    absorb = _native_absorb()
+    absorb = native_absorb_step()
     if absorb is None or not NATIVE_AVAILABLE:
         pytest.skip("amago_fast._core not built")
     env = make_env("tmaze-passive", 4, corridor_length=3)
     buf = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=500, num_envs=4)
     col = Collector(env, RandomPolicy(env.spec), buf)
-    sink, plan = col._train._fused
+    sink, plan = col._train.fused
     store = sink.store
     n = 4
     state = [np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.zeros(n, np.float32),
@@ -941,9 +941,9 @@ def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
     """A TrajectoryBuffer subclass that overrides write_step is always called through it;
     AMAGO_FAST_FUSED_WRITE=0 restores the separate write_step call."""
     from amago_fast.buffer import NATIVE_AVAILABLE
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
 
-    if _native_absorb() is None or not NATIVE_AVAILABLE:
+    if native_absorb_step() is None or not NATIVE_AVAILABLE:
         pytest.skip("amago_fast._core not built")
     calls = []
 
@@ -955,19 +955,19 @@ def test_fused_write_off_for_overridden_buffers_and_by_switch(monkeypatch):
     env = make_env("tmaze-passive", 3, corridor_length=3)
     col = Collector(env, RandomPolicy(env.spec),
                     Counting.from_env_spec(env.spec, capacity_steps=500, num_envs=3))
-    assert col._train._fused is None
+    assert col._train.fused is None
     col.collect(20)
     assert len(calls) >= 7
     plain = TrajectoryBuffer.from_env_spec(env.spec, capacity_steps=500, num_envs=3)
-    assert Collector(env, RandomPolicy(env.spec), plain)._train._fused is not None
+    assert Collector(env, RandomPolicy(env.spec), plain)._train.fused is not None
     monkeypatch.setenv("AMAGO_FAST_FUSED_WRITE", "0")
-    assert Collector(env, RandomPolicy(env.spec), plain)._train._fused is None
+    assert Collector(env, RandomPolicy(env.spec), plain)._train.fused is None
     sync_pool = EnvPoolEnv("CartPole-v1", 4, seed=0)
     async_pool = EnvPoolEnv("CartPole-v1", 4, seed=0, batch_size=2)
     monkeypatch.delenv("AMAGO_FAST_FUSED_WRITE")
     for pool, fused in ((sync_pool, False), (async_pool, True)):
         b = TrajectoryBuffer.from_env_spec(pool.spec, capacity_steps=500, num_envs=4)
-        assert (Collector(pool, RandomPolicy(pool.spec), b)._train._fused is not None) == fused
+        assert (Collector(pool, RandomPolicy(pool.spec), b)._train.fused is not None) == fused
         pool.close()
 
 
@@ -977,9 +977,9 @@ def test_async_absorber_without_buffer_equals_numpy_path():
     import copy
 
     from amago_fast.bench.collect import ReplayEnv
-    from amago_fast.collector import _native_absorb
+    from amago_fast.collector import native_absorb_step
 
-    if _native_absorb() is None:
+    if native_absorb_step() is None:
         pytest.skip("amago_fast._core not built")
     real = make_env("envpool:CartPole-v1", 6, seed=0, batch_size=3)
     env = ReplayEnv(real, steps=120)
@@ -987,8 +987,8 @@ def test_async_absorber_without_buffer_equals_numpy_path():
     _poison_replay(env, 30, 2, np.inf)
     cols = [Collector(e, RandomPolicy(env.spec, seed=3), nan_policy="flag")
             for e in (env, copy.deepcopy(env))]
-    assert cols[0]._train._async_absorber_ok
-    cols[1]._train._absorb_step = None
+    assert cols[0]._train.async_absorber_ok
+    cols[1]._train.absorb_step = None
     flagged = 0
     for it in range(5):
         if it == 2:
@@ -999,7 +999,7 @@ def test_async_absorber_without_buffer_equals_numpy_path():
         _assert_same_collection(
             cols, stats, ("env_steps", "vector_steps", "episodes", "nonfinite_steps", "length"),
             (*_STATE_KEYS, "batch_ids"))
-    assert cols[0]._train._absorber is not None
+    assert cols[0]._train.absorber is not None
     assert flagged == 1
 
 

@@ -113,11 +113,11 @@ def test_resume_with_policy_memory_of_another_dtype_restarts_the_rollouts():
 
 def test_policy_memory_copied_into_a_fresh_state_acts_identically():
     """The resume path for rollout memory that only changed device (checkpoints load onto the
-    CPU; a GPU run copies it back onto its device): _copy_into a fresh state of the same layout
+    CPU; a GPU run copies it back onto its device): copy_into a fresh state of the same layout
     gives the same next actions and caches as the original state."""
     import copy
 
-    from amago_fast.collector import _copy_into, _same_layout
+    from amago_fast.collector.policy import copy_into, same_layout
     from amago_fast.envs import make_env
 
     torch.manual_seed(0)
@@ -130,9 +130,9 @@ def test_policy_memory_copied_into_a_fresh_state_acts_identically():
         _, state = agent.act(dict(obs, **zeros, time_index=np.full(3, t, np.int64)), state,
                              sample=False)
     fresh = agent.init_state(3)
-    assert _same_layout(state, fresh, compare_devices=False)
-    assert not _same_layout(state, agent.init_state(2), compare_devices=False)
-    _copy_into(fresh, copy.deepcopy(state))
+    assert same_layout(state, fresh, compare_devices=False)
+    assert not same_layout(state, agent.init_state(2), compare_devices=False)
+    copy_into(fresh, copy.deepcopy(state))
     rows = dict(obs, **zeros, time_index=np.full(3, 4, np.int64))
     a1, s1 = agent.act(rows, state, sample=False)
     a2, s2 = agent.act(rows, fresh, sample=False)
