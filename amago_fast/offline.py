@@ -29,8 +29,14 @@ observations and rewards, actions inside the env's action space, boolean done fl
 first problem is one :class:`DatasetError` naming the file and the field; a rejected dataset
 leaves nothing loaded. ``.npz`` files are read with ``allow_pickle=False`` (no code runs).
 
-Minari datasets are not read: minari 0.5.4 needs typer and h5py/pyarrow, which this project's
-environment does not carry.
+Minari datasets (``pip install 'amago_fast[minari]'``: minari and h5py): ``--data
+minari:<dataset_id>`` (a dataset in ``MINARI_DATASETS_PATH``, never downloaded here) or the path
+of a dataset's folder (the one holding ``data/metadata.json``, or that ``data`` folder). Each
+episode's observations go through the gymnasium adapter's conversion of the dataset's
+observation space (one-hot Discrete entries, Dict / Tuple fields: the fields a ``gym:<id>`` run
+of the same env trains on), Discrete actions lose the space's ``start``, and the episode is laid
+out in the row layout above; the same checks then apply, errors naming
+``<folder>/data/main_data.hdf5 episode <id>`` and the field.
 """
 
 from __future__ import annotations
@@ -204,6 +210,10 @@ def _check_actions(arr: np.ndarray, spec: EnvSpec, where: str) -> None:
 def read_trajectories(path: str | Path, spec: EnvSpec) -> list[tuple[dict, int]]:
     """Every trajectory of the dataset at `path` as (rows, time offset), checked against the
     env's `spec` (see the module docstring); DatasetError naming the file and field."""
+    minari_source = _minari_source(str(path))
+    if minari_source is not None:
+        return [_checked(data, spec, f"data.path: {label}")
+                for data, label in _minari_episodes(minari_source, spec)]
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"data.path: {path} does not exist")
@@ -211,8 +221,65 @@ def read_trajectories(path: str | Path, spec: EnvSpec) -> list[tuple[dict, int]]
         return _read_all(path, spec, Path(scratch))
 
 
+MINARI_PREFIX = "minari:"
+
+
+def _minari_source(text: str) -> Path | str | None:
+    """The Minari dataset `text` names (a dataset id after ``minari:``, or the path of a
+    dataset folder / its ``data`` folder), or None when it names none."""
+    if text.startswith(MINARI_PREFIX):
+        return text[len(MINARI_PREFIX):]
+    path = Path(text)
+    for data_dir in (path / "data", path):
+        if (data_dir / "metadata.json").is_file() and (data_dir / "main_data.hdf5").is_file():
+            return data_dir
+    return None
+
+
+def _minari_episodes(source: Path | str, spec: EnvSpec):
+    """(data dict in the row layout, label) per episode of a Minari dataset."""
+    try:
+        import minari
+    except ImportError:
+        raise DatasetError(f"data.path: {source} is a Minari dataset; reading it needs minari "
+                           "and h5py: pip install 'amago_fast[minari]'") from None
+    from amago_fast.envs.gym_adapter import action_start, observation_fields
+    from amago_fast.spaces import REWARD
+
+    try:
+        if isinstance(source, Path):
+            dataset = minari.MinariDataset(source)
+            where = source / "main_data.hdf5"
+        else:
+            dataset = minari.load_dataset(source, download=False)
+            where = Path(dataset.spec.data_path) / "main_data.hdf5"
+    except Exception as e:  # minari raises ValueError, FileNotFoundError, KeyError, ...
+        raise DatasetError(f"data.path: {source}: cannot open it as a Minari dataset "
+                           f"({type(e).__name__}: {e})") from None
+    try:
+        _, convert = observation_fields(dataset.observation_space, spec.name)
+    except (ValueError, TypeError) as e:
+        raise DatasetError(f"data.path: {where}: field 'observations': {e}") from None
+    start = action_start(dataset.action_space)
+    for ep in dataset.iterate_episodes():
+        label = f"{where} episode {ep.id}"
+        try:
+            rows = dict(convert(ep.observations))
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise DatasetError(f"data.path: {label}: field 'observations' does not fit the "
+                               f"dataset's observation space ({e})") from None
+        actions = np.asarray(ep.actions)
+        if start is not None and actions.dtype.kind in "iu":
+            actions = actions - start
+        first = np.zeros((1, *actions.shape[1:]), actions.dtype)
+        rows[ACTION] = np.concatenate([first, actions])
+        rows[REWARD] = np.concatenate([[0.0], np.asarray(ep.rewards, np.float64)])
+        rows[TERMINATED] = np.concatenate([[False], np.asarray(ep.terminations)])
+        rows[TRUNCATED] = np.concatenate([[False], np.asarray(ep.truncations)])
+        yield rows, label
+
+
 def _read_all(path: Path, spec: EnvSpec, scratch: Path) -> list[tuple[dict, int]]:
-    schema = {f.name: f for f in spec.buffer_fields()}
     out = []
     for file, label in _npz_files(path, scratch):
         where = f"data.path: {label}"
@@ -221,34 +288,40 @@ def _read_all(path: Path, spec: EnvSpec, scratch: Path) -> list[tuple[dict, int]
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError) as e:
             raise DatasetError(f"{where}: cannot read it as .npz ({e})") from None
-        offset = int(data.pop(_NPZ_META[0], 0))
-        data.pop(_NPZ_META[1], None)
-        missing = [k for k in schema if k not in data]
-        if missing:
-            raise DatasetError(f"{where}: missing field {missing[0]!r} (the env's rows have "
-                               f"{list(schema)})")
-        extra = sorted(set(data) - set(schema))
-        if extra:
-            raise DatasetError(f"{where}: field {extra[0]!r} is not one of the env's "
-                               f"{list(schema)}")
-        rows = {k: _check_array(k, np.asarray(data[k]), f, where) for k, f in schema.items()}
-        lengths = {k: v.shape[0] for k, v in rows.items()}
-        n = lengths[ACTION]
-        odd = [k for k, m in lengths.items() if m != n]
-        if odd:
-            raise DatasetError(f"{where}: field {odd[0]!r} has {lengths[odd[0]]} rows, "
-                               f"'action' has {n}")
-        if n < 2:
-            raise DatasetError(f"{where}: field 'action' has {n} rows; a trajectory needs at "
-                               "least 2 (one transition)")
-        for k in (TERMINATED, TRUNCATED):
-            if rows[k].dtype != np.bool_:
-                raise DatasetError(f"{where}: field {k!r} must be booleans")
-        _check_actions(rows[ACTION], spec, where)
-        if offset < 0:
-            raise DatasetError(f"{where}: field '__time_offset__' is negative")
-        out.append((rows, offset))
+        out.append(_checked(data, spec, where))
     return out
+
+
+def _checked(data: dict[str, np.ndarray], spec: EnvSpec, where: str) -> tuple[dict, int]:
+    """One trajectory's arrays checked against the env's row schema → (rows, time offset)."""
+    schema = {f.name: f for f in spec.buffer_fields()}
+    offset = int(data.pop(_NPZ_META[0], 0))
+    data.pop(_NPZ_META[1], None)
+    missing = [k for k in schema if k not in data]
+    if missing:
+        raise DatasetError(f"{where}: missing field {missing[0]!r} (the env's rows have "
+                           f"{list(schema)})")
+    extra = sorted(set(data) - set(schema))
+    if extra:
+        raise DatasetError(f"{where}: field {extra[0]!r} is not one of the env's "
+                           f"{list(schema)}")
+    rows = {k: _check_array(k, np.asarray(data[k]), f, where) for k, f in schema.items()}
+    lengths = {k: v.shape[0] for k, v in rows.items()}
+    n = lengths[ACTION]
+    odd = [k for k, m in lengths.items() if m != n]
+    if odd:
+        raise DatasetError(f"{where}: field {odd[0]!r} has {lengths[odd[0]]} rows, "
+                           f"'action' has {n}")
+    if n < 2:
+        raise DatasetError(f"{where}: field 'action' has {n} rows; a trajectory needs at "
+                           "least 2 (one transition)")
+    for k in (TERMINATED, TRUNCATED):
+        if rows[k].dtype != np.bool_:
+            raise DatasetError(f"{where}: field {k!r} must be booleans")
+    _check_actions(rows[ACTION], spec, where)
+    if offset < 0:
+        raise DatasetError(f"{where}: field '__time_offset__' is negative")
+    return rows, offset
 
 
 def load_dataset(path: str | Path, spec: EnvSpec, seed: int = 0, max_trajectory_len=None):

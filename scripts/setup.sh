@@ -35,4 +35,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "dm-control==1.0.50" "mujoco>=3.1,<4" "imageio>=2.9"
 # `amago-fast eval --video` (the [video] extra): MP4 encoding; a pure wheel with its own ffmpeg
 "${PIP[@]}" install --no-deps "imageio-ffmpeg>=0.4"
+# Minari datasets in --data (the [minari] extra: minari + h5py; [create] adds jax for
+# minari.DataCollector, which the tests write datasets with); none of them requires torch
+"${PIP[@]}" install "minari[create]==0.5.4" "h5py>=3.8"
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"
