@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_fast.native_policy import native_params, runs_natively, sample_categorical
 from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
 from amago_fast.nets.heads import ActorHead, bounded_log_std
+from amago_fast.nets.native_step import NativeStep, sample_categorical
 from amago_fast.nets.timestep import TimestepEncoder, mlp_plan, run_mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
 from amago_fast.spaces import EnvSpec
@@ -45,7 +45,7 @@ class AgentConfig:
     kv_cache_dtype: str = "auto"
     """Storage of the rollout KV cache (``Agent.init_state``): "auto" (default), "float16",
     "float32" or "int8". "auto" is float16 where the native CPU step runs the agent
-    (``amago_fast.native_policy``) and float32 otherwise (the PyTorch path: CPU half-precision
+    (``amago_fast.nets.native_step``) and float32 otherwise (the PyTorch path: CPU half-precision
     ops there are slower than float32, and CUDA rollouts are launch-bound). A long-context CPU
     step is bound by the bytes attention reads (context 1024, 8 envs: ~8 MB per step for a
     d_model-64 model, ~50 MB for the default one in float32); float16 halves them and the
@@ -175,9 +175,9 @@ class Agent(nn.Module):
         config: :class:`AgentConfig`.
     """
 
-    native_policy: bool = True
-    """CPU ``act`` takes the native C++ step when supported (amago_fast.native_policy); set
-    False on an instance to force the PyTorch rollout path."""
+    use_native_step: bool = True
+    """CPU ``act`` takes the native C++ step when supported (:attr:`native_step`,
+    amago_fast.nets.native_step); set False on an instance to force the PyTorch rollout path."""
 
     def __init__(self, spec: EnvSpec, config: AgentConfig | None = None) -> None:
         super().__init__()
@@ -231,6 +231,8 @@ class Agent(nn.Module):
         self._row_shapes: dict[str, tuple] | None = None
         self._act_low: torch.Tensor | None = None
         self._act_half_range: torch.Tensor | None = None
+        # The native CPU step of these networks (its engine follows the rollout plans).
+        self.native_step = NativeStep(self.tstep_encoder, self.traj_encoder, self.actor)
 
     @property
     def device(self) -> torch.device:
@@ -262,7 +264,7 @@ class Agent(nn.Module):
         Either path reads either dtype, so a state outlives a switch of path."""
         kv = self.config.kv_cache_dtype
         if kv == "auto":
-            kv = "float16" if runs_natively(self) else "float32"
+            kv = "float16" if self.runs_native_step() else "float32"
         return getattr(torch, kv)
 
     def reset_state(self, state: AgentState, env_ids: np.ndarray) -> AgentState:
@@ -349,6 +351,7 @@ class Agent(nn.Module):
         self._inference_plan = None
         self._inference_tensors = None
         self._act_low = self._act_half_range = None
+        self.native_step = NativeStep(self.tstep_encoder, self.traj_encoder, self.actor)
 
     def _rollout_plans(self) -> tuple:
         key = self._inference_key()
@@ -365,6 +368,22 @@ class Agent(nn.Module):
                         actor)
             self._inference_plan = plan
         return plan
+
+    def runs_native_step(self) -> bool:
+        """``act`` takes the native step (enabled, supported, plain actor) — what
+        ``kv_cache_dtype="auto"`` keys on."""
+        return (self.use_native_step and self.native_step.enabled()
+                and self.native_step.unsupported_reason() is None and self._actor_plain())
+
+    def native_step_params(self, rows: dict[str, np.ndarray], state: AgentState,
+                           ids: np.ndarray | None, use_simd: bool = True) -> np.ndarray | None:
+        """The main gamma's distribution parameters (b, P) from the native step for checked
+        ``rows`` of the envs ``ids`` (None: all), advancing ``state`` in place; None (nothing
+        changed) when the native step does not apply (switched off, unsupported networks or
+        state, an actor with hooks)."""
+        if not (self.use_native_step and self._actor_plain()):
+            return None
+        return self.native_step.params(self._rollout_plans(), rows, state.memory, ids, use_simd)
 
     def _actor_plain(self) -> bool:
         """The actor is the stock ActorHead with no hooks or forward override (then act may
@@ -388,7 +407,7 @@ class Agent(nn.Module):
             if not sample:
                 return params.argmax(-1).astype(np.int32)
             # Inverse CDF of softmax(params) at torch-drawn uniforms (torch.manual_seed
-            # governs rollouts), one native call (native_policy.sample_categorical).
+            # governs rollouts), one native call (native_step.sample_categorical).
             return sample_categorical(params, torch.rand(b, dtype=torch.float64).numpy())
         if spec.kind == "multidiscrete":
             # One categorical per component, its logits the next nvec[i] columns (ActorHead's
@@ -424,9 +443,9 @@ class Agent(nn.Module):
         (last) gamma's head. No critic is evaluated. A rejected call leaves ``state`` unchanged.
 
         Speed (CPU): the network part runs as one native C++ call when supported
-        (``amago_fast.native_policy``: vector or image observations, Transformer/GRU/FF
+        (``amago_fast.nets.native_step``: vector or image observations, Transformer/GRU/FF
         encoder, any action kind, float32;
-        set ``native_policy = False`` to force PyTorch), reading the same cached plans and
+        set ``use_native_step = False`` to force PyTorch), reading the same cached plans and
         writing the same ring KV caches. Otherwise (the PyTorch path) parameter-derived tensors
         are cached per parameter version (see :meth:`refresh_inference_cache`), features are
         assembled by NumPy into preallocated memory, and each layer runs ~15 aten ops over the
@@ -438,10 +457,10 @@ class Agent(nn.Module):
         if n == 0:
             return self._empty_actions(), state
         if self.device.type == "cpu":
-            # One C++ call for the whole network part when supported (amago_fast.native_policy);
-            # None: the PyTorch rollout path below, unchanged. The native path runs no autograd
-            # op, so it skips the inference-mode context (~10 µs a call as a decorator).
-            params = native_params(self, r, state, ids)
+            # One C++ call for the whole network part when supported (native_step); None: the
+            # PyTorch rollout path below, unchanged. The native path runs no autograd op, so it
+            # skips the inference-mode context (~10 µs a call as a decorator).
+            params = self.native_step_params(r, state, ids)
             if params is not None:
                 return self._actions_from_params(params, sample), state
         with torch.inference_mode():

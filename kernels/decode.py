@@ -166,6 +166,17 @@ class RingKVCache:
         self._scales_np = (self.scales.numpy()
                            if self.scales is not None and self._kv_np is not None else None)
 
+    @property
+    def counts_np(self) -> np.ndarray | None:
+        """CPU caches: the per-env step counts as the NumPy array ``counts`` shares memory with
+        (a native step writes the keys/values and increments these in place); None on GPU."""
+        return self._counts_np
+
+    @property
+    def scales_np(self) -> np.ndarray | None:
+        """CPU int8 caches: the row scales ``(2, N, H, C)`` as a NumPy view; None otherwise."""
+        return self._scales_np
+
     def lengths(self) -> torch.Tensor:
         """``(num_envs,)`` number of filled slots, ``min(counts, capacity)``."""
         return self.counts.clamp(max=self.capacity)

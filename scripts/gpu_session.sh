@@ -23,6 +23,7 @@ OUTDIR=${1:-${OUT:-/tmp/gpu_session}}
 mkdir -p "$OUTDIR"
 cd "$(dirname "$0")/.."
 IMPORT_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/amago_import.XXXXXX")
+trap 'rm -rf "$IMPORT_ROOT"' EXIT
 mkdir "$IMPORT_ROOT/amago_fast"
 for entry in "$PWD"/amago_fast/*; do ln -s "$entry" "$IMPORT_ROOT/amago_fast/"; done
 ln -s "$PWD/kernels" "$IMPORT_ROOT/amago_fast/kernels"

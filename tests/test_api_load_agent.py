@@ -93,7 +93,7 @@ def test_loaded_policy_acts_exactly_as_the_agent_under_the_collector(tiny_run, s
 def test_native_and_pytorch_steps_and_a_single_env_agree(tiny_run):
     run, _ = tiny_run
     native, torch_path = load_agent(run), load_agent(run)
-    torch_path.agent.native_policy = False
+    torch_path.agent.use_native_step = False
     env_a = make_env("tmaze-passive", 1, seed=3, corridor_length=3)
     env_b = make_env("tmaze-passive", 1, seed=3, corridor_length=3)
     a, _, _ = _plain_loop(native, env_a, 20)

@@ -1,4 +1,4 @@
-"""Native (C++) policy step (amago_fast.native_policy) against the PyTorch rollout path.
+"""Native (C++) policy step (amago_fast.nets.native_step) against the PyTorch rollout path.
 
 The oracle is the agent's own PyTorch rollout step (``rollout_forward`` → ``rollout_step`` →
 actor plan) run on a twin state; both paths must produce the same distribution parameters
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from amago_fast import native_policy as npol
 from amago_fast.agent import Agent, AgentConfig
+from amago_fast.nets import native_step as nstep
 from amago_fast.nets.timestep import run_mlp_plan
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec, GoalSpec
 
 pytestmark = pytest.mark.skipif(
-    not npol.available(), reason="amago_fast._core was built without PolicyEngine")
+    not nstep.available(), reason="amago_fast._core was built without PolicyEngine")
 
 # float32 caches: the native step must match the PyTorch path to float32 rounding (1e-5); the
 # float16 default (last-bit rounding flips between the paths) has its own tests below.
@@ -65,6 +65,21 @@ def _rows(spec: EnvSpec, n: int, rng: np.random.Generator) -> dict[str, np.ndarr
     return rows
 
 
+def engine_for(agent: Agent, use_simd: bool = True):
+    """The agent's engine for its current parameter version (None: not supported)."""
+    return agent.native_step.engine(agent._rollout_plans(), use_simd)
+
+
+def engine_config(agent: Agent) -> dict:
+    """The engine's constructor dict for the agent's current rollout plan."""
+    return nstep.engine_config(agent.tstep_encoder, agent.traj_encoder, agent._rollout_plans())
+
+
+def built(agent: Agent, use_simd: bool = True) -> nstep.StepEngine:
+    """The agent's native step as built for its current rollout plan."""
+    return agent.native_step.built(agent._rollout_plans(), use_simd)
+
+
 def _agent(spec: EnvSpec, seed: int = 0, normalize: bool = True, **cfg) -> Agent:
     torch.manual_seed(seed)
     agent = Agent(spec, AgentConfig(**{**TINY, **cfg}))
@@ -89,8 +104,8 @@ def _torch_params(agent: Agent, rows, state, ids) -> np.ndarray:
 @torch.inference_mode()
 def _native_params(agent: Agent, rows, state, ids, use_simd: bool = True) -> np.ndarray:
     r = agent._check_rows(rows, rows["time_index"].shape[0])
-    out = npol.native_params(agent, r, state, ids, use_simd=use_simd)
-    assert out is not None, npol.unsupported_reason(agent)
+    out = agent.native_step_params(r, state, ids, use_simd=use_simd)
+    assert out is not None, agent.native_step.unsupported_reason()
     return out
 
 
@@ -134,11 +149,11 @@ def _drive(agent: Agent, steps: int, n: int = 4, seed: int = 0, t0=None) -> None
         _assert_close(p_nat, p_ref, f"step {step}: params")
         _assert_same_memory(s_nat, s_ref, f"step {step}")
         # Mixed state through the public act (greedy), switching path every 3 steps.
-        agent.native_policy = (step // 3) % 2 == 0
+        agent.use_native_step = (step // 3) % 2 == 0
         try:
             a_mix, s_mix = agent.act(rows, s_mix, sample=False, env_ids=ids)
         finally:
-            agent.native_policy = True
+            agent.use_native_step = True
         if spec.action.kind == "discrete":
             np.testing.assert_array_equal(a_mix, p_ref.argmax(-1), err_msg=f"step {step}")
         elif spec.action.kind == "multidiscrete":
@@ -182,7 +197,7 @@ CASES = {
 def test_native_step_matches_torch_path(case):
     cfg, action, goals, *image = CASES[case]
     agent = _agent(_spec(action, goals, *image), **cfg)
-    assert npol.unsupported_reason(agent) is None
+    assert agent.native_step.unsupported_reason() is None
     _drive(agent, steps=2 * TINY["context_len"] + 3)
 
 
@@ -225,11 +240,11 @@ def test_parameter_change_rebuilds_engine_and_copies_work():
     state = agent.init_state(3)
     for t in range(4):
         agent.act(dict(_rows(agent.spec, 3, rng), time_index=np.full(3, t)), state, sample=True)
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     with torch.no_grad():
         agent.traj_encoder.layers[0].ff1.weight.mul_(1.5)
         agent.actor.net[0].bias.add_(0.3)
-    assert npol.engine_for(agent) is not eng
+    assert engine_for(agent) is not eng
     # Checkpoint-style copies mid-rollout: a deep-copied agent and state continue identically
     # (native) to the original continued on the PyTorch path.
     twin, twin_state = copy.deepcopy(agent), copy.deepcopy(state)
@@ -243,11 +258,11 @@ def test_parameter_change_rebuilds_engine_and_copies_work():
 
 def test_dispatch_and_unsupported_configs():
     agent = _agent(_spec())
-    assert npol.unsupported_reason(agent) is None
+    assert agent.native_step.unsupported_reason() is None
     gru = _agent(_spec(), traj_encoder="gru")
-    assert npol.unsupported_reason(gru) is None
+    assert gru.native_step.unsupported_reason() is None
     gru.traj_encoder.register_forward_hook(lambda m, i, o: None)  # must see the PyTorch call
-    assert "hooks on the GRUTrajEncoder" in npol.unsupported_reason(gru)
+    assert "hooks on the GRUTrajEncoder" in gru.native_step.unsupported_reason()
     rng = np.random.default_rng(3)
     st = gru.init_state(2)  # still acts, through the PyTorch path
     acts, _ = gru.act(dict(_rows(gru.spec, 2, rng), time_index=np.zeros(2, np.int64)), st,
@@ -258,7 +273,7 @@ def test_dispatch_and_unsupported_configs():
     agent.actor.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     st = agent.init_state(2)
     rows = agent._check_rows(dict(_rows(agent.spec, 2, rng), time_index=np.zeros(2, np.int64)), 2)
-    assert npol.native_params(agent, rows, st, None) is None
+    assert agent.native_step_params(rows, st, None) is None
     agent.act(rows, st, sample=True)
     assert seen
 
@@ -283,7 +298,7 @@ def test_large_cnn_batches_take_pytorch_embeddings(monkeypatch):
     """Above NATIVE_CNN_MAX_MACS per step the CNN runs in PyTorch and the engine takes its
     embeddings (same parameters); at or below it the engine runs it on the pixels."""
     agent = _image_agent()
-    entry = npol._entry(agent, True)
+    entry = built(agent)
     assert entry.cnn_macs > 0
     seen = []
 
@@ -296,9 +311,9 @@ def test_large_cnn_batches_take_pytorch_embeddings(monkeypatch):
             return self.engine.step(*args)
 
     entry.engine = Recorder(entry.engine)
-    monkeypatch.setattr(npol, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs - 1)  # 3 rows: PyTorch
+    monkeypatch.setattr(nstep, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs - 1)  # 3 rows: PyTorch
     _check_image_steps(agent, steps=3)
-    monkeypatch.setattr(npol, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs)  # the engine's CNN
+    monkeypatch.setattr(nstep, "NATIVE_CNN_MAX_MACS", 3 * entry.cnn_macs)  # the engine's CNN
     _check_image_steps(agent, steps=3)
     assert seen == [np.float32] * 3 + [np.uint8] * 3
 
@@ -310,14 +325,14 @@ def test_image_cnn_runs_in_the_engine_unless_hooked_or_custom():
     built sends the whole step to PyTorch. Every case matches the PyTorch path."""
     agent = _image_agent()
     _check_image_steps(agent)
-    assert npol._entry(agent, True).native_images
+    assert built(agent).native_images
     # Hooked after the engine was built: the PyTorch path, and the hook sees the call.
     calls = []
     agent.tstep_encoder.image_encoders["pixels"].register_forward_hook(
         lambda m, i, o: calls.append(o.shape))
     rows = agent._check_rows(dict(_rows(agent.spec, 3, np.random.default_rng(1)),
                                   time_index=np.zeros(3, np.int64)), 3)
-    assert npol.native_params(agent, rows, agent.init_state(3), None) is None
+    assert agent.native_step_params(rows, agent.init_state(3), None) is None
     agent.act(rows, agent.init_state(3), sample=True)
     assert calls == [(3, 7)]
     # Hooked before: the engine takes the module's embedding (the hook sees each step).
@@ -325,12 +340,12 @@ def test_image_cnn_runs_in_the_engine_unless_hooked_or_custom():
     hooked.tstep_encoder.image_encoders["pixels"].register_forward_hook(
         lambda m, i, o: calls.append(o.shape))
     _check_image_steps(hooked)
-    assert not npol._entry(hooked, True).native_images and len(calls) == 1 + 2 * 6
+    assert not built(hooked).native_images and len(calls) == 1 + 2 * 6
     # CNNs the engine does not run: reflect padding, and a module that is not an ImageEncoder.
     reflect = _image_agent()
     reflect.tstep_encoder.image_encoders["pixels"].convs[2].padding_mode = "reflect"
     _check_image_steps(reflect)
-    assert not npol._entry(reflect, True).native_images
+    assert not built(reflect).native_images
     custom = _image_agent()
     lin = torch.nn.Linear(9 * 8 * 3, 7)
 
@@ -341,7 +356,7 @@ def test_image_cnn_runs_in_the_engine_unless_hooked_or_custom():
     custom.tstep_encoder.image_encoders["pixels"] = Pixels()
     custom.refresh_inference_cache()
     _check_image_steps(custom)
-    assert not npol._entry(custom, True).native_images
+    assert not built(custom).native_images
 
 
 def test_image_cnn_odd_geometries_match_pytorch():
@@ -366,12 +381,12 @@ def test_image_cnn_odd_geometries_match_pytorch():
         cnn.out = torch.nn.Linear(flat, 5)
         agent.refresh_inference_cache()
         _check_image_steps(agent, steps=4)
-        assert npol._entry(agent, True).native_images, shape
+        assert built(agent).native_images, shape
 
 
 def test_image_arrays_are_checked():
     agent = _image_agent()
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     state = agent.init_state(2)
     rows = dict(_rows(agent.spec, 2, np.random.default_rng(2)), time_index=np.zeros(2, np.int64))
     good = dict(fields=[rows["obs"]], action=rows["action"], reward=rows["reward"],
@@ -418,7 +433,7 @@ def test_bad_inputs_raise_and_leave_state_unchanged():
     state = agent.init_state(4)
     for t in range(3):
         agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
     rows["aux"] = rows["aux"].astype(np.float32)  # the glue widens float16; the engine does not
     good = dict(fields=[rows["obs"], rows["aux"]], action=rows["action"], reward=rows["reward"],
@@ -489,28 +504,28 @@ def test_bad_inputs_raise_and_leave_state_unchanged():
 
 def test_engine_config_rejects_bad_weights():
     agent = _agent(_spec())
-    cfg = npol.engine_config(agent, agent._rollout_plans())
-    npol.PolicyEngine(cfg)
+    cfg = engine_config(agent)
+    nstep.PolicyEngine(cfg)
     bad = copy.copy(cfg)
     bad["layers"] = [dict(cfg["layers"][0], wt_qkv=cfg["layers"][0]["wt_qkv"][:, :5].copy())]
     with pytest.raises(ValueError, match="qkv"):
-        npol.PolicyEngine(bad)
+        nstep.PolicyEngine(bad)
     bad = dict(cfg, b_in=cfg["b_in"].astype(np.float64))
     with pytest.raises(TypeError, match="b_in"):
-        npol.PolicyEngine(bad)
+        nstep.PolicyEngine(bad)
     bad = dict(cfg, action_kind="multibinary")
     with pytest.raises(ValueError, match="action_kind"):
-        npol.PolicyEngine(bad)
+        nstep.PolicyEngine(bad)
     with pytest.raises(ValueError, match="need action_nvec"):
-        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete"))
+        nstep.PolicyEngine(dict(cfg, action_kind="multidiscrete"))
     with pytest.raises(ValueError, match="sum to action_dim"):  # action_dim is 3 here
-        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[2, 2]))
+        nstep.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[2, 2]))
     with pytest.raises(ValueError, match=">= 1"):
-        npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[3, 0]))
-    npol.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[1, 2]))
+        nstep.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[3, 0]))
+    nstep.PolicyEngine(dict(cfg, action_kind="multidiscrete", action_nvec=[1, 2]))
     for threads in (0, 17):
         with pytest.raises(ValueError, match="threads"):
-            npol.PolicyEngine(cfg, True, threads)
+            nstep.PolicyEngine(cfg, True, threads)
 
 
 def test_gru_engine_baseline_and_avx2_agree_and_follow_weight_changes():
@@ -520,11 +535,11 @@ def test_gru_engine_baseline_and_avx2_agree_and_follow_weight_changes():
     agent = _agent(_spec(), traj_encoder="gru", d_model=24, num_layers=2)
     rng = np.random.default_rng(11)
     s1 = _builds_agree(agent, 30, rng)
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     with torch.no_grad():
         agent.traj_encoder.gru.weight_hh_l1.mul_(1.7)
         agent.traj_encoder.in_proj.bias.add_(0.2)
-    assert npol.engine_for(agent) is not eng
+    assert engine_for(agent) is not eng
     twin, twin_state = copy.deepcopy(agent), copy.deepcopy(s1)
     for t in range(30, 40):
         rows = dict(_rows(agent.spec, 5, rng), time_index=np.full(5, t, np.int64))
@@ -539,7 +554,7 @@ def test_gru_step_bad_inputs_raise_and_leave_hidden_unchanged():
     state = agent.init_state(4)
     for t in range(3):
         agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     hidden = state.memory.numpy()
     assert np.abs(hidden).max() > 0
     rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
@@ -569,7 +584,7 @@ def test_gru_step_bad_inputs_raise_and_leave_hidden_unchanged():
     # A Transformer engine refuses a hidden state.
     tf = _agent(_spec())
     tf_state = tf.init_state(4)
-    tf_eng = npol.engine_for(tf)
+    tf_eng = engine_for(tf)
     with pytest.raises(ValueError, match="only for a GRU"):
         tf_eng.step(**{**good, "kv": [c.kv.numpy() for c in tf_state.memory],
                        "counts": [c._counts_np for c in tf_state.memory],
@@ -588,17 +603,17 @@ def test_gru_state_the_engine_cannot_take_goes_through_pytorch():
         state.memory = mem
         rows = agent._check_rows(dict(_rows(agent.spec, 3, rng),
                                       time_index=np.zeros(3, np.int64)), 3)
-        assert npol.native_params(agent, rows, state, None) is None
+        assert agent.native_step_params(rows, state, None) is None
         assert not mem.any()
 
 
 def _twin_engines(monkeypatch, agent: Agent, threads: tuple[int, int], parallel_min: int = 0):
     """(agent, copy) whose engines get threads[0] / threads[1] threads (built on first use)."""
     twin = copy.deepcopy(agent)
-    monkeypatch.setattr(npol, "PARALLEL_MIN", parallel_min)
+    monkeypatch.setattr(nstep, "PARALLEL_MIN", parallel_min)
     for a, k in ((agent, threads[0]), (twin, threads[1])):
-        monkeypatch.setattr(npol, "THREADS", k)
-        assert npol.engine_for(a).threads == k
+        monkeypatch.setattr(nstep, "THREADS", k)
+        assert engine_for(a).threads == k
     return agent, twin
 
 
@@ -611,7 +626,7 @@ def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
     rng = np.random.default_rng(7)
     n = 6
     s1, s2 = one.init_state(n), two.init_state(n)
-    split_before = npol.engine_for(two).split_runs
+    split_before = engine_for(two).split_runs
     for t in range(60):  # past the capacity; every 3rd step an async subset
         ids = None if t % 3 else np.sort(rng.choice(n, size=4, replace=False))
         b = n if ids is None else ids.size
@@ -621,7 +636,7 @@ def test_threaded_attention_is_bit_identical(monkeypatch, kv_dtype):
         np.testing.assert_array_equal(p1, p2, err_msg=f"step {t}")
     # The engine backs off (runs inline for a while) after a split that did not run in
     # parallel, e.g. on a busy machine; its first one is always split.
-    assert npol.engine_for(two).split_runs > split_before
+    assert engine_for(two).split_runs > split_before
     for c1, c2 in zip(s1.memory, s2.memory):
         assert c1.kv.dtype == getattr(torch, kv_dtype)
         assert torch.equal(c1.kv, c2.kv)
@@ -639,22 +654,22 @@ def test_threaded_cnn_is_bit_identical(monkeypatch):
     one, two = _twin_engines(monkeypatch, agent, (1, 2), parallel_min=1 << 40)
     rng = np.random.default_rng(8)
     s1, s2 = one.init_state(4), two.init_state(4)
-    split_before = npol.engine_for(two).split_runs
+    split_before = engine_for(two).split_runs
     for t in range(4):
         rows = dict(_rows(spec, 4, rng), time_index=np.full(4, t, np.int64))
         np.testing.assert_array_equal(_native_params(one, rows, s1, None),
                                       _native_params(two, rows, s2, None), err_msg=f"step {t}")
-    assert npol.engine_for(two).split_runs > split_before
-    assert npol.engine_for(one).split_runs == 0
+    assert engine_for(two).split_runs > split_before
+    assert engine_for(one).split_runs == 0
 
 
 def test_engine_reports_its_team(monkeypatch):
     """THREADS reaches the engine (default threshold); the constructor's default is inline."""
     agent = _agent(_spec())
-    monkeypatch.setattr(npol, "THREADS", 2)
-    monkeypatch.setattr(npol, "PARALLEL_MIN", -1)
-    assert npol.engine_for(agent).threads == 2
-    assert npol.PolicyEngine(npol.engine_config(agent, agent._rollout_plans())).threads == 1
+    monkeypatch.setattr(nstep, "THREADS", 2)
+    monkeypatch.setattr(nstep, "PARALLEL_MIN", -1)
+    assert engine_for(agent).threads == 2
+    assert nstep.PolicyEngine(engine_config(agent)).threads == 1
 
 
 # float16 cache: each key/value is rounded once (relative error <= 2^-11 = 4.9e-4). Through the
@@ -732,7 +747,7 @@ def test_bad_policy_threads_variable_is_a_clear_error():
     import sys
 
     env = {**os.environ, "AMAGO_FAST_POLICY_THREADS": "two"}
-    res = subprocess.run([sys.executable, "-c", "import amago_fast.native_policy"],
+    res = subprocess.run([sys.executable, "-c", "import amago_fast.nets.native_step"],
                          capture_output=True, text=True, env=env)
     assert res.returncode != 0
     assert "AMAGO_FAST_POLICY_THREADS must be an integer, got 'two'" in res.stderr
@@ -771,16 +786,16 @@ def test_auto_cache_dtype_follows_the_step_that_runs(monkeypatch):
     agent = _agent(_spec(), kv_cache_dtype="auto")
     assert agent.rollout_kv_dtype() == torch.float16
     assert all(c.kv.dtype == torch.float16 for c in agent.init_state(2).memory)
-    agent.native_policy = False
+    agent.use_native_step = False
     assert agent.init_state(2).memory[0].kv.dtype == torch.float32
-    agent.native_policy = True
+    agent.use_native_step = True
     handle = agent.actor.register_forward_hook(lambda *a: None)
     assert agent.rollout_kv_dtype() == torch.float32
     handle.remove()
-    monkeypatch.setattr(npol, "ENABLED", False)
+    monkeypatch.setattr(nstep, "ENABLED", False)
     assert agent.rollout_kv_dtype() == torch.float32
-    monkeypatch.setattr(npol, "ENABLED", True)
-    monkeypatch.setattr(npol, "PolicyEngine", None)
+    monkeypatch.setattr(nstep, "ENABLED", True)
+    monkeypatch.setattr(nstep, "PolicyEngine", None)
     assert agent.rollout_kv_dtype() == torch.float32
     for kv in ("float32", "float16", "int8"):
         agent.config.kv_cache_dtype = kv
@@ -866,7 +881,7 @@ def test_int8_cache_bad_scales_are_rejected_and_change_nothing():
     state = agent.init_state(4)
     for t in range(3):
         agent.act(dict(_rows(agent.spec, 4, rng), time_index=np.full(4, t)), state, sample=True)
-    eng = npol.engine_for(agent)
+    eng = engine_for(agent)
     rows = dict(_rows(agent.spec, 4, rng), time_index=np.full(4, 3, np.int64))
     rows["aux"] = rows["aux"].astype(np.float32)
     scales = [c._scales_np for c in state.memory]
@@ -914,8 +929,8 @@ def test_sample_categorical_matches_numpy_reference():
         p[6, 0] = np.inf
         u = rng.random(b)
         u[:3] = [0.0, np.nextafter(1.0, 0.0), 0.5]
-        got = npol.sample_categorical(p, u)
-        want = npol.sample_categorical_reference(p, u)
+        got = nstep.sample_categorical(p, u)
+        want = nstep.sample_categorical_reference(p, u)
         assert got.dtype == np.int32 and got.shape == (b,)
         assert got.min() >= 0 and got.max() <= n - 1
         bad = np.flatnonzero(got != want)
@@ -925,8 +940,8 @@ def test_sample_categorical_matches_numpy_reference():
             margin = np.abs(cdf - (u[bad] * cdf[:, -1])[:, None]).min(-1) / cdf[:, -1]
             assert bad.size <= 2 and (margin < 1e-6).all(), (n, bad, margin)
         assert got[5] == 0 and got[6] == 0
-    if npol._SAMPLE_CATEGORICAL is not None:
-        f = npol._SAMPLE_CATEGORICAL
+    if nstep._SAMPLE_CATEGORICAL is not None:
+        f = nstep._SAMPLE_CATEGORICAL
         p = np.zeros((4, 3), np.float32)
         u = np.full(4, 0.5)
         out = np.empty(4, np.int32)

@@ -201,14 +201,14 @@ def test_gymnasium_suite_presets_build_and_collect(name, module, tmp_path):
     """The presets of the optional gymnasium suites (skipped when not installed) build and
     collect through the adapter, with the native policy step (MiniGrid: its grid flattened)."""
     pytest.importorskip(module)
-    from amago_fast import native_policy
+    from amago_fast.nets import native_step
     from amago_fast.presets import get_preset
 
     with built_trainer(get_preset(name), tmp_path / "run") as t:
         stats = t.collector.collect(64)
         assert stats["env_steps"] >= 64 and t.buffer.total_steps_added == stats["env_steps"]
-        if native_policy.available():
-            assert native_policy.unsupported_reason(t.agent) is None
+        if native_step.available():
+            assert t.agent.native_step.unsupported_reason() is None
 
 
 @pytest.mark.usefixtures("keep_torch_threads")

@@ -1,5 +1,5 @@
-// Adapter between Python (amago_fast.native_policy) and the pure C++ policy engine: builds the
-// Model from a dict of NumPy arrays (checked: dtype float32, C-contiguous, shapes chained; the
+// Adapter between Python (amago_fast.nets.native_step) and the pure C++ policy engine: builds
+// the Model from a dict of NumPy arrays (checked: dtype float32, C-contiguous, shapes chained; the
 // arrays are kept alive and read in place), and checks every input of a step before anything
 // is written — so a rejected call raises a TypeError/ValueError naming the input and leaves the
 // caches and counts unchanged — then releases the GIL for the step.

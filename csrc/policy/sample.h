@@ -1,5 +1,5 @@
 // Sampling an action from the actor's categorical head (pure C++), for the rollout step: the
-// rule of amago_fast.native_policy.sample_categorical_reference (NumPy), step for step, so the
+// rule of amago_fast.nets.native_step.sample_categorical_reference (NumPy), step for step, so the
 // two differ only where expf's last bit decides which side of a CDF boundary u falls on.
 #ifndef AMAGO_FAST_POLICY_SAMPLE_H_
 #define AMAGO_FAST_POLICY_SAMPLE_H_

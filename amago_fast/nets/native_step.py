@@ -1,30 +1,31 @@
-"""Native (C++) rollout step of the stock :class:`~amago_fast.agent.Agent` on CPU.
+"""Native (C++) rollout step of the stock networks on CPU, owned by the agent.
 
 ``Agent.act`` on CPU spends almost all its time in PyTorch's per-op dispatch (~40 aten ops of
 10-25 µs each for the tiny agent: 1.9 ms per 8-env step). ``amago_fast._core.PolicyEngine``
 runs the same network part of the step — timestep features and MLP, Transformer decode over
 the ring KV caches (or a GRU over its hidden state, or the memory-free FF encoder), output
 norm, the actor MLP of the main gamma — in one C++ call and returns the main gamma's
-distribution parameters; sampling is shared with the PyTorch path
-(``Agent._actions_from_params``: discrete actions through :func:`sample_categorical`), so both
-paths consume the same random numbers.
+distribution parameters; sampling is shared with the PyTorch path (the agent turns parameters
+into actions for both; discrete actions through :func:`sample_categorical`), so both paths
+consume the same random numbers.
 
-The engine reads the weights in place from the agent's existing rollout plans
-(``Agent._rollout_plans``: σ-reparam effective weights, softmax scale folded into the query
-rows, normaliser constants), so it is rebuilt exactly when they are: once per parameter
-version (``Agent._inference_key``). It writes each step's keys/values into the *same*
+:class:`NativeStep` takes the encoders and the actor, and per call the rollout plans the agent
+caches per parameter version (σ-reparam effective weights, softmax scale folded into the query
+rows, normaliser constants): it reads the weights in place from those plans, so its engine is
+rebuilt exactly when they are. It writes each step's keys/values into the *same*
 ``RingKVCache`` tensors the PyTorch path uses (zero-copy NumPy views) and increments their
 counts, so ``init_state`` / ``reset_state`` / checkpoints keep working and the two paths can be
-switched mid-rollout.
+switched mid-rollout. It knows nothing of the agent (the agent imports this module, never the
+reverse).
 
-Used when ``_core`` has the engine and the agent is supported (see :func:`unsupported_reason`):
-CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``; "auto" picks float16 here),
-vector and image observations (stock CNNs run natively as im2col + GEMM; others, or hooked
-ones, in PyTorch with the rest of the step native on their embeddings), Transformer, GRU (the
-hidden state's rows updated in place, as the PyTorch path does) or FF trajectory encoder,
-discrete, multi-discrete or continuous actions, stock module types, an actor without hooks
-(``Agent._actor_plain``).
-``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.native_policy = False``, forces
+Used when ``_core`` has the engine and the networks are supported (see
+:func:`unsupported_reason`): CPU, float32, float16 or int8 caches (``AgentConfig.kv_cache_dtype``;
+"auto" picks float16 here), vector and image observations (stock CNNs run natively as im2col +
+GEMM; others, or hooked ones, in PyTorch with the rest of the step native on their
+embeddings), Transformer, GRU (the hidden state's rows updated in place, as the PyTorch path
+does) or FF trajectory encoder, discrete, multi-discrete or continuous actions, stock module
+types, an actor without hooks (the agent checks that before calling).
+``AMAGO_FAST_NATIVE_POLICY=0`` in the environment, or ``agent.use_native_step = False``, forces
 the PyTorch path.
 """
 
@@ -32,8 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,11 +43,6 @@ from amago_fast.kernels.decode import RingKVCache
 from amago_fast.nets.timestep import ImageEncoder, TimestepEncoder, mlp_plan
 from amago_fast.nets.trajectory import FFTrajEncoder, GRUTrajEncoder, TransformerTrajEncoder
 
-if TYPE_CHECKING:
-    from amago_fast.agent import Agent, AgentState
-
-# _core comes through the buffer's loader: the one place that honours AMAGO_FAST_CORE_PATH (the
-# sanitizer build) and warns once when the extension is missing (then act uses PyTorch).
 PolicyEngine = getattr(_core, "PolicyEngine", None) if _core is not None else None
 
 ENABLED = os.environ.get("AMAGO_FAST_NATIVE_POLICY", "1") != "0"
@@ -80,12 +75,6 @@ PARALLEL_MIN = _env_int("AMAGO_FAST_POLICY_PARALLEL_MIN", -1)
 # its thread setting on bigger hosts. BENCHMARKS.md "Image observations".
 NATIVE_CNN_MAX_MACS = _env_int("AMAGO_FAST_NATIVE_CNN_MAX_MACS", 250_000_000)
 
-# agent → (rollout plan tuple the engine was built from, engine or None, reason or None).
-# Kept beside the agent (not in its __dict__) so deep copies and pickles of the agent never see
-# the C++ object; the copy builds its own engine lazily.
-_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def available() -> bool:
     """The extension was built with the policy engine."""
     return PolicyEngine is not None
@@ -95,17 +84,18 @@ def _has_hooks(module: torch.nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
-def unsupported_reason(agent: Agent) -> str | None:
-    """Why ``agent`` cannot take the native step (None: it can). Static properties only; the
-    per-call conditions (actor hooks, cache dtype) are checked by :func:`native_params`."""
+def unsupported_reason(tstep_encoder: torch.nn.Module, traj_encoder: torch.nn.Module,
+                       actor: torch.nn.Module, device: torch.device) -> str | None:
+    """Why these networks on ``device`` cannot take the native step (None: they can). Static
+    properties only; the per-call conditions (actor hooks, cache dtype) are checked per step."""
     if PolicyEngine is None:
         return "amago_fast._core was built without PolicyEngine"
-    if agent.device.type != "cpu":
-        return f"device {agent.device} (native step is CPU only)"
-    enc = agent.tstep_encoder
+    if device.type != "cpu":
+        return f"device {device} (native step is CPU only)"
+    enc = tstep_encoder
     if type(enc) is not TimestepEncoder or "rollout_forward" in vars(enc):
         return "custom timestep encoder"
-    traj = agent.traj_encoder
+    traj = traj_encoder
     if (type(traj) not in (TransformerTrajEncoder, GRUTrajEncoder, FFTrajEncoder)
             or "rollout_step" in vars(traj)):
         return f"trajectory encoder {type(traj).__name__} (custom: PyTorch path)"
@@ -118,7 +108,7 @@ def unsupported_reason(agent: Agent) -> str | None:
             or traj.in_proj.bias is None or type(traj.norm_out) is not torch.nn.LayerNorm
             or not traj.norm_out.elementwise_affine):
         return "a modified GRU encoder (stock nn.GRU with biases, Linear in_proj, LayerNorm)"
-    if any(p.dtype != torch.float32 for m in (enc, traj, agent.actor) for p in m.parameters()):
+    if any(p.dtype != torch.float32 for m in (enc, traj, actor) for p in m.parameters()):
         return "non-float32 parameters"
     return None
 
@@ -172,13 +162,6 @@ def _image_configs(enc: TimestepEncoder) -> list[dict] | None:
     return out
 
 
-def runs_natively(agent: Agent) -> bool:
-    """``act`` on ``agent`` takes the native step (enabled, supported, plain actor) — what
-    ``kv_cache_dtype="auto"`` keys on."""
-    return (ENABLED and agent.native_policy and unsupported_reason(agent) is None
-            and agent._actor_plain())
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     """A float32 C-contiguous NumPy array of ``t``: a view when it already is one."""
     a = t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
@@ -202,15 +185,21 @@ def _norm(n: tuple | None) -> tuple | None:
     return None if n is None else (_np(n[1]), _np(n[2]), float(n[3]))
 
 
-def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
-    """The engine's constructor dict from the agent's rollout ``plan``
-    (``Agent._rollout_plans()``): arrays are views of the plan tensors where contiguous."""
+def _width(enc: TimestepEncoder, key: str) -> int:
+    return int(np.prod(enc.field_shapes[key]))
+
+
+def engine_config(tstep_encoder: TimestepEncoder, traj_encoder: torch.nn.Module,
+                  plan: tuple) -> dict[str, Any]:
+    """The engine's constructor dict from the rollout ``plan`` (the agent's cached
+    ``(key, timestep plan, trajectory plan, actor plan)``): arrays are views of the plan
+    tensors where contiguous."""
     _, tplan, jplan, aplan = plan
-    enc = agent.tstep_encoder
-    a = agent.spec.action
+    enc = tstep_encoder
+    a = enc.spec.action
     cfg: dict[str, Any] = {
-        "norm_widths": [enc._flat_dims[k] for k in enc.norm_keys],
-        "raw_widths": [enc._flat_dims[k] for k in enc.raw_keys],
+        "norm_widths": [_width(enc, k) for k in enc.norm_keys],
+        "raw_widths": [_width(enc, k) for k in enc.raw_keys],
         "images": _image_configs(enc) if enc.image_keys else [],
         "norm_mean": None if tplan.norm_mean is None else _np(tplan.norm_mean),
         "norm_std": None if tplan.norm_std is None else _np(tplan.norm_std),
@@ -226,9 +215,10 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
         # keys (their place in the features), its embedding computed by PyTorch each step.
         cfg["raw_widths"] += [enc.image_features] * len(enc.image_keys)
     if a.kind == "continuous":
-        cfg["act_low"] = _np(enc._act_low)
-        cfg["act_range"] = _np(enc._act_range)
-    traj = agent.traj_encoder
+        low = np.asarray(a.low, np.float32)
+        cfg["act_low"] = _np(low)
+        cfg["act_range"] = _np(np.asarray(a.high, np.float32) - low)
+    traj = traj_encoder
     if isinstance(traj, FFTrajEncoder):
         cfg["traj"] = "ff"
         cfg["ff"] = _ops(mlp_plan(traj.net))
@@ -271,9 +261,9 @@ def engine_config(agent: Agent, plan: tuple) -> dict[str, Any]:
     return cfg
 
 
-class _Entry:
-    """The engine of one agent for one rollout plan, plus the NumPy views of the last state's
-    ring caches (rebuilt when the state's cache objects change)."""
+class StepEngine:
+    """The engine built for one rollout plan, plus the NumPy views of the last state's ring
+    caches (rebuilt when the state's cache objects change)."""
 
     __slots__ = ("plan", "engine", "reason", "use_simd", "native_images", "cnn_macs", "memory",
                  "caches", "kv", "counts", "scales")
@@ -289,104 +279,130 @@ class _Entry:
         self.counts: list[np.ndarray] = []
         self.scales: list[np.ndarray] | None = None
 
-
-def _entry(agent: Agent, use_simd: bool) -> _Entry:
-    plan = agent._rollout_plans()
-    entry = _ENGINES.get(agent)
-    if entry is not None and entry.plan is plan and entry.use_simd == use_simd:
-        return entry
-    reason = unsupported_reason(agent)
-    engine = None
-    native_images, cnn_macs = False, 0
-    if reason is None:
-        with torch.inference_mode(False), torch.no_grad():
-            cfg = engine_config(agent, plan)
-            engine = PolicyEngine(cfg, use_simd, THREADS, PARALLEL_MIN)
-        native_images = bool(cfg["images"])
-        cnn_macs = sum(c["macs"] for c in cfg["images"] or ())
-    entry = _Entry(plan, engine, reason, use_simd, native_images, cnn_macs)
-    _ENGINES[agent] = entry
-    return entry
-
-
-def engine_for(agent: Agent, use_simd: bool = True):
-    """The agent's engine for its current parameter version (built on first use after a
-    change), or None when the agent is not supported."""
-    return _entry(agent, use_simd).engine
-
-
-def _bind_memory(entry: _Entry, memory: Any) -> bool:
-    """Point ``entry`` at the NumPy views of ``memory``'s ring caches; False when the memory
-    is not CPU ``RingKVCache`` objects of one dtype among float32, float16 and int8 (then the
-    PyTorch path runs)."""
-    caches = entry.caches
-    if (entry.memory is memory and len(memory) == len(caches)
-            and all(c is c0 and c.kv is k0 for c, (c0, k0) in zip(memory, caches))):
+    def bind_memory(self, memory: Any) -> bool:
+        """Point at the NumPy views of ``memory``'s ring caches; False when the memory is not
+        CPU ``RingKVCache`` objects of one dtype among float32, float16 and int8 (then the
+        PyTorch path runs)."""
+        caches = self.caches
+        if (self.memory is memory and len(memory) == len(caches)
+                and all(c is c0 and c.kv is k0 for c, (c0, k0) in zip(memory, caches))):
+            return True
+        if not isinstance(memory, list) or not all(
+                type(c) is RingKVCache and c.dtype == memory[0].dtype
+                and c.dtype in (torch.float32, torch.float16, torch.int8)
+                and c.counts_np is not None
+                for c in memory):
+            return False
+        self.memory = memory
+        self.caches = tuple((c, c.kv) for c in memory)
+        self.kv = [c.kv.numpy() for c in memory]
+        self.counts = [c.counts_np for c in memory]
+        self.scales = ([c.scales_np for c in memory] if memory and memory[0].scales is not None
+                       else None)
         return True
-    if not isinstance(memory, list) or not all(
-            type(c) is RingKVCache and c.dtype == memory[0].dtype
-            and c.dtype in (torch.float32, torch.float16, torch.int8) and c._counts_np is not None
-            for c in memory):
-        return False
-    entry.memory = memory
-    entry.caches = tuple((c, c.kv) for c in memory)
-    entry.kv = [c.kv.numpy() for c in memory]
-    entry.counts = [c._counts_np for c in memory]
-    entry.scales = ([c._scales_np for c in memory] if memory and memory[0].scales is not None
-                    else None)
-    return True
 
 
-def native_params(agent: Agent, rows: dict[str, np.ndarray], state: AgentState,
-                  ids: np.ndarray | None, use_simd: bool = True) -> np.ndarray | None:
-    """The main gamma's distribution parameters (b, P) for validated ``rows`` (see
-    ``Agent._check_rows``) of the envs ``ids`` (None: all), advancing ``state`` in place; None
-    (nothing changed) when the native step does not apply."""
-    if not (ENABLED and agent.native_policy) or PolicyEngine is None:
-        return None
-    if not agent._actor_plain():
-        return None
-    entry = _entry(agent, use_simd)
-    engine = entry.engine
-    if engine is None:
-        return None
-    hidden = None
-    if type(agent.traj_encoder) is TransformerTrajEncoder:
-        if not _bind_memory(entry, state.memory):
+class NativeStep:
+    """The native rollout step of one agent's networks: the timestep encoder, the trajectory
+    encoder and the actor (held, never called here except image CNNs the engine cannot run),
+    and the engine for the current rollout plan (built on first use after a parameter change).
+
+    The engine is a C++ object: copies and pickles of the owner carry the networks' references
+    but not the engine, which the copy builds lazily for its own tensors.
+    """
+
+    def __init__(self, tstep_encoder: TimestepEncoder, traj_encoder: torch.nn.Module,
+                 actor: torch.nn.Module) -> None:
+        self.tstep_encoder, self.traj_encoder, self.actor = tstep_encoder, traj_encoder, actor
+        self._built: StepEngine | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_built"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._built = None
+
+    def unsupported_reason(self) -> str | None:
+        """Why the networks cannot take the native step (None: they can); their device is the
+        actor's (the owner moves its modules together)."""
+        device = next(self.actor.parameters()).device
+        return unsupported_reason(self.tstep_encoder, self.traj_encoder, self.actor, device)
+
+    def enabled(self) -> bool:
+        """Not switched off by ``AMAGO_FAST_NATIVE_POLICY=0`` and the core has the engine."""
+        return ENABLED and PolicyEngine is not None
+
+    def built(self, plan: tuple, use_simd: bool = True) -> StepEngine:
+        """The engine for ``plan`` (built when the plan or ``use_simd`` changed)."""
+        entry = self._built
+        if entry is not None and entry.plan is plan and entry.use_simd == use_simd:
+            return entry
+        reason = self.unsupported_reason()
+        engine = None
+        native_images, cnn_macs = False, 0
+        if reason is None:
+            with torch.inference_mode(False), torch.no_grad():
+                cfg = engine_config(self.tstep_encoder, self.traj_encoder, plan)
+                engine = PolicyEngine(cfg, use_simd, THREADS, PARALLEL_MIN)
+            native_images = bool(cfg["images"])
+            cnn_macs = sum(c["macs"] for c in cfg["images"] or ())
+        entry = StepEngine(plan, engine, reason, use_simd, native_images, cnn_macs)
+        self._built = entry
+        return entry
+
+    def engine(self, plan: tuple, use_simd: bool = True):
+        """The engine for ``plan``, or None when the networks are not supported."""
+        return self.built(plan, use_simd).engine
+
+    def params(self, plan: tuple, rows: dict[str, np.ndarray], memory: Any,
+               ids: np.ndarray | None, use_simd: bool = True) -> np.ndarray | None:
+        """The main gamma's distribution parameters (b, P) for validated ``rows`` (the agent's
+        checked act rows) of the envs ``ids`` (None: all), advancing ``memory`` (ring caches /
+        GRU hidden state) in place; None (nothing changed) when the native step does not apply.
+        The caller has checked that the actor is the stock head without hooks."""
+        if not self.enabled():
             return None
-        kv, counts, scales = entry.kv, entry.counts, entry.scales
-    else:
-        kv = counts = []
-        scales = None
-        if type(agent.traj_encoder) is GRUTrajEncoder:
-            mem = state.memory
-            if not (isinstance(mem, torch.Tensor) and mem.device.type == "cpu"
-                    and mem.dtype == torch.float32 and mem.is_contiguous()):
-                return None  # the PyTorch path takes (or refuses) any other state
-            hidden = mem.detach().numpy()  # a view: the engine updates the rows in place
-    enc = agent.tstep_encoder
-    fields = [_contig(rows[k]) for k in enc.norm_keys]
-    if enc.raw_keys:
-        fields += [_contig(rows[k]) for k in enc.raw_keys]
-    ti = rows["time_index"]
-    images = None
-    if entry.native_images:
-        if any(_has_hooks(enc.image_encoders[k]) for k in enc.image_keys):
-            return None  # hooked after the engine was built: they must see a module call
-        if ti.shape[0] * entry.cnn_macs <= NATIVE_CNN_MAX_MACS:
-            images = [np.ascontiguousarray(rows[k], dtype=np.uint8) for k in enc.image_keys]
-        else:  # a large batch of large images: PyTorch's convolutions, then the engine
+        entry = self.built(plan, use_simd)
+        engine = entry.engine
+        if engine is None:
+            return None
+        hidden = None
+        if type(self.traj_encoder) is TransformerTrajEncoder:
+            if not entry.bind_memory(memory):
+                return None
+            kv, counts, scales = entry.kv, entry.counts, entry.scales
+        else:
+            kv = counts = []
+            scales = None
+            if type(self.traj_encoder) is GRUTrajEncoder:
+                if not (isinstance(memory, torch.Tensor) and memory.device.type == "cpu"
+                        and memory.dtype == torch.float32 and memory.is_contiguous()):
+                    return None  # the PyTorch path takes (or refuses) any other state
+                hidden = memory.detach().numpy()  # a view: the engine updates the rows in place
+        enc = self.tstep_encoder
+        fields = [_contig(rows[k]) for k in enc.norm_keys]
+        if enc.raw_keys:
+            fields += [_contig(rows[k]) for k in enc.raw_keys]
+        ti = rows["time_index"]
+        images = None
+        if entry.native_images:
+            if any(_has_hooks(enc.image_encoders[k]) for k in enc.image_keys):
+                return None  # hooked after the engine was built: they must see a module call
+            if ti.shape[0] * entry.cnn_macs <= NATIVE_CNN_MAX_MACS:
+                images = [np.ascontiguousarray(rows[k], dtype=np.uint8) for k in enc.image_keys]
+            else:  # a large batch of large images: PyTorch's convolutions, then the engine
+                with torch.inference_mode():
+                    images = [e.numpy() for e in enc.image_embeddings(rows)]
+        elif enc.image_keys:
+            # CNNs the engine cannot run stay in PyTorch (called as modules: hooks see the
+            # call); their embeddings enter as the last raw fields, the rest runs natively.
             with torch.inference_mode():
-                images = [e.numpy() for e in enc.image_embeddings(rows)]
-    elif enc.image_keys:
-        # CNNs the engine cannot run stay in PyTorch (called as modules: hooks see the call);
-        # their embeddings enter as the last raw fields, the rest of the step runs natively.
-        with torch.inference_mode():
-            fields += [e.numpy() for e in enc.image_embeddings(rows)]
-    out = np.empty((ti.shape[0], engine.param_dim), np.float32)
-    engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
-                counts, None if ids is None else _contig(ids), out, scales, hidden, images)
-    return out
+                fields += [e.numpy() for e in enc.image_embeddings(rows)]
+        out = np.empty((ti.shape[0], engine.param_dim), np.float32)
+        engine.step(fields, _contig(rows["action"]), _contig(rows["reward"]), _contig(ti), kv,
+                    counts, None if ids is None else _contig(ids), out, scales, hidden, images)
+        return out
 
 
 _SAMPLE_CATEGORICAL = getattr(_core, "sample_categorical", None) if _core is not None else None
