@@ -3,16 +3,33 @@ benchmarks/learning_curves.py resolving to the configs docs/LEARNING.md describe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from amago_fast.bench.curves import CURVES, command, final_result, run_curves, summarize_run
 from amago_fast.cli import main
 from amago_fast.envs import make_env
 from amago_fast.presets import get_preset
+
+
+def _load_learning_curves():
+    """benchmarks/learning_curves.py (a repository tool, not a package module), by path."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curves.py"
+    spec = importlib.util.spec_from_file_location("learning_curves", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+_curves = _load_learning_curves()
+CURVES, command, final_result = _curves.CURVES, _curves.command, _curves.final_result
+run_curves, summarize_run = _curves.run_curves, _curves.summarize_run
 
 
 def _resolved(argv: list[str], capsys) -> dict:
