@@ -223,8 +223,8 @@ def _prune_configs(configs, named_args, **kwargs):
     tiles either exceed an H100's 228 KB of shared memory or spill and only cost compile time.
 
     float32 gets a 4x smaller budget: its IEEE dots run on the CUDA cores as unrolled FMAs, so
-    compilation grows with the tile. On an H200 (session 9, 14 test processes compiling at
-    once) a float32 test compiling the 16 candidates of the three kernels took 71-90 s, and the
+    compilation grows with the tile. On an H200 with 14 test processes compiling at
+    once, a float32 test compiling the 16 candidates of the three kernels took 71-90 s, and the
     D=64 one passed pytest's 150 s limit; tensor-core dtypes compiled theirs in 8-27 s. The
     budget keeps 1 forward, 3 dK/dV and 3 dQ candidates at D=64 (64x32 tiles and smaller)."""
     if len(configs) <= 1:
@@ -260,11 +260,11 @@ def _checked(configs: list, inner: str, outer: str) -> list:
     return configs
 
 
-# Tile lists: on an H100 (bf16, D=64, H=16, L in {512, 2048, 8192}; BENCHMARKS.md "GPU session
-# 7") the autotuner timed 12 forward, 11 dK/dV and 11 dQ candidates, with and without a mask;
-# each list below keeps the configs that reached a top-5 there (the winner was 64x64, 4 warps,
-# 3 stages for all three kernels at L >= 2048). Fewer candidates: each is ~1-3 s of compilation
-# per new dtype/head-dim/mask specialisation the first time a process meets it.
+# Tile lists: on an H100 (bf16, D=64, H=16, L in {512, 2048, 8192}; BENCHMARKS.md, the H100
+# kernel section) the autotuner timed 12 forward, 11 dK/dV and 11 dQ candidates, with and
+# without a mask; each list below keeps the configs that reached a top-5 there (the winner was
+# 64x64, 4 warps, 3 stages for all three kernels at L >= 2048). Fewer candidates: each is ~1-3 s
+# of compilation per new dtype/head-dim/mask specialisation the first time a process meets it.
 def _fwd_configs():
     cuda = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)

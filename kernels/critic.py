@@ -23,7 +23,7 @@ training runs) and the Triton path ``_critic_state_proj_kernel`` / ``_critic_fwd
 ``action_dim = 0`` and one gamma slot whose output units are all (gamma, action) pairs: Q(s, ·)
 from the state, per critic one MLP over N rows instead of N·G.
 
-GPU status (measured on an H100, 2026-11-26; BENCHMARKS.md, "GPU session 7"): the Triton path
+GPU status (measured on an H100; BENCHMARKS.md, the H100 kernel section): the Triton path
 is correct on the GPU (bf16/fp16/fp32 against the reference, deterministic) but slower than the
 reference's cuBLAS matmuls: fwd+bwd at N=24*1024, E=4, hidden 256 ran at 0.65x (G=7) and 0.63x
 (G=18) of the reference in bf16, and at 0.03x in fp32 (IEEE fp32 dots: the two backward kernels

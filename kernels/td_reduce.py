@@ -5,7 +5,7 @@ E critics and the mean over all of them. Shape (see docs/CONTRIBUTING.md): the r
 ``td_target_reduce_reference`` (pure PyTorch), the Triton ``_td_reduce_kernel`` → launcher →
 ``TDTargetReduceFunction`` → functional ``td_target_reduce``. ``backend="auto"`` takes the
 reference on CUDA too: the fused kernel measured 0.22 ms against the reference's 0.07 ms on an
-H100 (N=24576, G=18; BENCHMARKS.md, "GPU session 7").
+H100 (N=24576, G=18; BENCHMARKS.md, the H100 kernel section).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Trajectory buffer benchmark: native core vs NumPy reference vs a plain memcpy, same run.
 
-Cases (issue 2): B=24 windows of L=256 and L=1024 steps; 16-d float32 observations and
+Cases: B=24 windows of L=256 and L=1024 steps; 16-d float32 observations and
 64x64x3 uint8 images; without and with hindsight relabeling (k=3 goals); one 64-env
 ``append_step`` with 16-d observations.
 

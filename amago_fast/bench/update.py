@@ -1,6 +1,6 @@
 """Gradient updates per second of the AMAGO learner, with a same-run "reference-style" baseline.
 
-Two stated model sizes (issue 4): ``small`` = 2 layers, d_model 128, 4 heads, L=128, B=24 and
+Two stated model sizes: ``small`` = 2 layers, d_model 128, 4 heads, L=128, B=24 and
 ``large`` = 3 layers, d_model 256, 8 heads, L=512, B=24. Each update is timed in phases:
 ``sample`` (``TrajectoryBuffer.sample_windows`` from a filled buffer + conversion to tensors),
 ``forward``, ``backward``, ``optimizer`` (clip, AdamW, EMA, PopArt).
@@ -61,7 +61,7 @@ SIZES: dict[str, dict[str, int]] = {
     "large": dict(num_layers=3, d_model=256, num_heads=8, window=512, batch=24),
 }
 REALISTIC: dict[str, dict[str, int]] = {
-    # AMAGO-like training configs (issue 22): d_model 256-768, 3-6 layers, context 256-2048,
+    # AMAGO-like training configs: d_model 256-768, 3-6 layers, context 256-2048,
     # batch 24-32, 7 or 18 gammas; head dims 32/64 (the Triton attention's sizes).
     "amago_256x3_ctx512": dict(num_layers=3, d_model=256, num_heads=8, window=512, batch=24,
                                num_gammas=7),

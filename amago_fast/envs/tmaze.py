@@ -12,8 +12,8 @@ Observation ``observation`` float32 (2,), the "ambiguous position" encoding of N
   - ``[1, y]`` at the junction (y = 0 there, +-1 once in an arm),
   - ``[0, 0]`` everywhere else in the corridor.
 The three kinds never coincide: the cue is in the second entry with a 0 first entry, so the cue
-+1 ``[0, 1]`` differs from the junction ``[1, 0]`` (an earlier version showed ``[c, 0]``, which
-made the cue +1 look exactly like the junction).
++1 ``[0, 1]`` differs from the junction ``[1, 0]`` (a cue in the first entry, ``[c, 0]``, would
+make the cue +1 look exactly like the junction).
 
 Rewards: -1/H for every action other than "right" taken while in the corridor (x < H); at the
 last step of the episode +1 if the agent stands in the cued arm. Optimal return = 1.0, reached by

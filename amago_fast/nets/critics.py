@@ -55,7 +55,7 @@ class _EnsembleMLP(nn.Module):
         self.negative_slope, self.backend = negative_slope, backend
         e, h = num_critics, hidden_dim
         self.w_state = nn.Parameter(torch.empty(e, state_dim, h))
-        if action_dim is not None:  # registered here: parameter order (optimizer state) as before
+        if action_dim is not None:  # registered here: the parameter order checkpoints hold
             self.action_dim = action_dim
             self.w_action = nn.Parameter(torch.empty(e, action_dim, h))
         self.b1 = nn.Parameter(torch.empty(e, b1_rows, h))
