@@ -26,7 +26,6 @@ import amago_fast._native as n
 assert n.NATIVE_AVAILABLE and n.core.__file__ == sys.argv[1], n.core
 from amago_fast.agent import Agent, AgentConfig
 from amago_fast.envs import make_env
-from amago_fast import native_policy as npol
 import numpy as np
 env = make_env("tmaze-passive", 2, corridor_length=3)
 agent = Agent(env.spec, AgentConfig(d_model=16, num_layers=1, num_heads=2, tstep_hidden=16,
@@ -35,12 +34,12 @@ state = agent.init_state(2)
 rows = {**env.reset(), "action": np.zeros(2, np.int32), "reward": np.zeros(2, np.float32),
         "time_index": np.zeros(2, np.int64)}
 agent.act(rows, state, sample=False)
-eng = npol.engine_for(agent)
+eng = agent.native_step.engine(agent._rollout_plans())
 assert eng is not None and not eng.avx2, "the generic build took an AVX2 path"
 print("generic core:", n.core.__file__, "(policy engine: baseline build)")
 PY
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/buffer/test_trajectory_buffer.py tests/buffer/test_native_engine.py tests/buffer/test_stateful.py \
   tests/buffer/test_relabel_tables.py tests/test_native_policy.py \
-  "tests/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
-  "tests/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"
+  "tests/collector/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
+  "tests/collector/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"

@@ -202,7 +202,7 @@ def _agent_policy(spec, size: str, context_len: int | None = None):
 
 def _native_available() -> bool:
     try:
-        from amago_fast.native_policy import available
+        from amago_fast.nets.native_step import available
     except Exception:  # noqa: BLE001 - the Agent is another part; absent -> skipped
         return False
     return available()
@@ -235,7 +235,7 @@ def policy_context_cost(steps_lo: int = 64, steps_hi: int = 1024, measure: int =
                         sizes: tuple[str, ...] = ("tiny", "default"), device: str = "cpu"
                         ) -> dict:
     """Per-step ``Agent.act`` time (8 envs) at rollout step ~steps_lo vs ~steps_hi, for the
-    native step (``amago_fast.native_policy``) and the PyTorch rollout path.
+    native step (``amago_fast.nets.native_step``) and the PyTorch rollout path.
 
     Two rollouts of the same agent (own envs, own states): one is first driven to step
     ``steps_hi``, the other to ``steps_lo``; then they are stepped alternately ``measure`` times
@@ -290,7 +290,7 @@ def _context_row(size: str, ctx: int | None, kv: str | None, path: str, device: 
     agent.to(device)
     if kv is not None:
         agent.config.kv_cache_dtype = kv  # read by init_state
-    agent.native_policy = path == "native"
+    agent.use_native_step = path == "native"
     lo, hi = _rollout_stepper(agent, env_lo), _rollout_stepper(agent, env_hi)
     t_lo: list[float] = []
     t_hi: list[float] = []
@@ -330,7 +330,7 @@ def act_step_cost(steps: int = 300,
                   sizes: tuple[str, ...] = ("tiny", "default", "tiny_gru", "default_gru"),
                   num_envs: tuple[int, ...] = (8, 64), env_name: str = "tmaze-passive") -> dict:
     """Per-step ``Agent.act`` (sync, past the cache capacity): the native step vs the PyTorch
-    rollout path (``agent.native_policy = False``, the baseline) and, at 8 envs, vs the same
+    rollout path (``agent.use_native_step = False``, the baseline) and, at 8 envs, vs the same
     step through the plain modules — ``TimestepEncoder.forward``, the trajectory encoder's
     ``step`` (Transformer: σ-reparam weights recomputed; per-key tensor conversion) and the
     actor — interleaved call by call on twin states; medians and speedups. 64 envs: steps
@@ -365,9 +365,9 @@ def act_step_cost(steps: int = 300,
                     if native:
                         act, s_nat = agent.act(rows, s_nat, sample=True)
                     t1 = time.perf_counter()
-                    agent.native_policy = False
+                    agent.use_native_step = False
                     a_torch, s_torch = agent.act(rows, s_torch, sample=True)
-                    agent.native_policy = True
+                    agent.use_native_step = True
                     t2 = time.perf_counter()
                     if n <= 8:
                         tr = {k: torch.as_tensor(v) for k, v in rows.items()}
@@ -455,23 +455,23 @@ def overhead_breakdown(
         col = Collector(env, RandomPolicy(env.spec), buf)
         raw_env = make_env(name, n, seed=0, **kw, **extra)
         raw = RawStepper(raw_env)
-        r = col._train
+        r = col.rollouts
         writes = {"write_step": _Timed(buf.write_step), "reset_envs": _Timed(buf.reset_envs),
                   "append_step": _Timed(buf.append_step)}
         buf.write_step, buf.reset_envs, buf.append_step = (
             writes["write_step"], writes["reset_envs"], writes["append_step"])
-        if r._write_step is not None:
-            r._write_step = buf.write_step  # bound at construction
+        if r.buffer_write_step is not None:
+            r.buffer_write_step = buf.write_step  # bound at construction
         inner = tuple(writes.values())
-        parts = {"env": _Timed(r._env_step), "policy": _Timed(col.policy.act),
-                 "absorb": _Timed(r._absorb, inner), "absorb_async": _Timed(r._absorb_async, inner),
+        parts = {"env": _Timed(r.env_step), "policy": _Timed(col.policy.act),
+                 "absorb": _Timed(r.absorb, inner), "absorb_async": _Timed(r.absorb_async, inner),
                  **writes}
-        r._env_step = parts["env"]
+        r.env_step = parts["env"]
         col.policy.act = parts["policy"]
-        r._absorb, r._absorb_async = parts["absorb"], parts["absorb_async"]
-        if r._split is not None:  # EnvPool: send, (write,) recv
-            parts["send"], parts["recv"] = _Timed(r._split[0]), _Timed(r._split[1])
-            r._split = (parts["send"], parts["recv"])
+        r.absorb, r.absorb_async = parts["absorb"], parts["absorb_async"]
+        if r.split is not None:  # EnvPool: send, (write,) recv
+            parts["send"], parts["recv"] = _Timed(r.split[0]), _Timed(r.split[1])
+            r.split = (parts["send"], parts["recv"])
         raw.slice(0.0)
         _collector_slice(col, 0.0)
         rows: dict[str, list[float]] = {k: [] for k in
