@@ -98,7 +98,8 @@ def _add_export(sub) -> None:
         "action + state out) of a run's checkpoint with torch.export (amago_fast/export.py); "
         "amago_fast.export.load_exported(OUT) acts with it like load_agent.")
     p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
-    p.add_argument("out", help="the .pt2 file to write (never replaced unless --overwrite)")
+    p.add_argument("out", help="the .pt2 file to write, or .onnx for ONNX (never replaced "
+                   "unless --overwrite)")
     p.add_argument("--batch", type=int, default=1, help="envs the program steps at once")
     p.add_argument("--checkpoint", default="latest",
                    help="'latest', an env-step count or a ckpt-<12 digits> name")

@@ -25,9 +25,15 @@ W-row encoder pass per step instead of one row (fine for deployment; training ne
 The feed-forward (memory-free) encoder has W = 1. GRU encoders keep a recurrent state the
 window cannot reproduce: export refuses them.
 
-Files hold the run's observation/action spec (``extra_files["amago_fast_spec.json"]``), so
-:func:`load_exported` gives back a :class:`~amago_fast.deploy.DeployedPolicy` that keeps the
-bookkeeping (previous action / reward, time index, episode starts) as the eager one does.
+ONNX: a path ending in ``.onnx`` writes the same program through ``torch.onnx.export``
+(opset 18; needs ``pip install 'amago_fast[onnx]'``: onnx and onnxscript, no torch
+requirement), inputs named ``row.<field>``, ``state.<field>``, ``state.filled`` and outputs
+``action``, ``next.<field>``, ``next.filled``; :func:`load_exported` runs it with onnxruntime.
+
+Files hold the run's observation/action spec (``extra_files["amago_fast_spec.json"]``, or the
+ONNX model's metadata), so :func:`load_exported` gives back a
+:class:`~amago_fast.deploy.DeployedPolicy` that keeps the bookkeeping (previous action /
+reward, time index, episode starts) as the eager one does.
 """
 
 from __future__ import annotations
@@ -137,14 +143,44 @@ def export_program(agent: Any, batch: int = 1) -> Any:
     window = window_len(agent)
     cpu = copy.deepcopy(agent).to("cpu").float().eval().requires_grad_(False)
     step = _GreedyStep(cpu, window).eval()
+    example = _example_inputs(cpu.spec, int(batch), window)
     with torch.no_grad():
-        return torch.export.export(step, _example_inputs(cpu.spec, int(batch), window))
+        # One eager call first: module-level caches the forward fills on first use (the
+        # continuous action bounds) then hold real tensors; filled while tracing they would
+        # hold fake ones, which torch.export rejects and later eager calls could not use.
+        step(*example)
+        return torch.export.export(step, example)
+
+
+def io_names(spec: EnvSpec) -> tuple[list[str], list[str]]:
+    """(input names, output names) of the program, in order (the ONNX graph's names)."""
+    names = [name for name, _, _ in _row_fields(spec)]
+    inputs = [f"row.{n}" for n in names] + [f"state.{n}" for n in names] + ["state.filled"]
+    outputs = ["action"] + [f"next.{n}" for n in names] + ["next.filled"]
+    return inputs, outputs
+
+
+def _save_onnx(program: Any, tmp: str, meta: dict, spec: EnvSpec) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter translates through it)
+    except ImportError:
+        raise ValueError("export: ONNX needs onnx and onnxscript: pip install "
+                         "'amago_fast[onnx]'") from None
+    inputs, outputs = io_names(spec)
+    torch.onnx.export(program, (), tmp, dynamo=True, input_names=inputs,
+                      output_names=outputs, verbose=False)
+    model = onnx.load(tmp)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SPEC_ENTRY, json.dumps(meta)
+    onnx.save(model, tmp)
 
 
 def export_policy(agent: Any, path: str | os.PathLike, batch: int = 1,
                   overwrite: bool = False) -> Path:
-    """Write `agent`'s greedy step (see the module docstring) to `path` (``.pt2``),
-    atomically; an existing file is replaced only with ``overwrite=True``."""
+    """Write `agent`'s greedy step (see the module docstring) to `path` (``.pt2``, or
+    ``.onnx`` for ONNX), atomically; an existing file is replaced only with
+    ``overwrite=True``."""
     from amago_fast.spec_io import spec_to_dict
 
     target = Path(path)
@@ -154,13 +190,19 @@ def export_policy(agent: Any, path: str | os.PathLike, batch: int = 1,
         raise FileNotFoundError(f"export: no directory {target.parent}")
     program = export_program(agent, batch)
     meta = {"spec": spec_to_dict(agent.spec), "window": window_len(agent), "batch": int(batch)}
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pt2")
+    onnx_out = target.suffix == ".onnx"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                               suffix=".onnx" if onnx_out else ".pt2")
     os.close(fd)
     try:
-        torch.export.save(program, tmp, extra_files={SPEC_ENTRY: json.dumps(meta)})
+        if onnx_out:
+            _save_onnx(program, tmp, meta, agent.spec)
+        else:
+            torch.export.save(program, tmp, extra_files={SPEC_ENTRY: json.dumps(meta)})
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+        Path(tmp + ".data").unlink(missing_ok=True)  # (ONNX external data: none for these)
     return target
 
 
@@ -169,8 +211,8 @@ class ExportedAgent:
     drives (``init_state`` / ``reset_state`` / ``act``), so a loaded program acts with the same
     bookkeeping as the eager policy. Greedy only; ``num_envs`` must be the exported batch."""
 
-    def __init__(self, program: Any, spec: EnvSpec, window: int, batch: int) -> None:
-        self.module = program.module()
+    def __init__(self, run: Any, spec: EnvSpec, window: int, batch: int) -> None:
+        self.run = run  # list of input tensors -> list of output tensors
         self.spec, self.window, self.batch = spec, window, batch
         self._fields = _row_fields(spec)
 
@@ -191,8 +233,7 @@ class ExportedAgent:
             raise ValueError("an exported policy is greedy (sample=False)")
         inputs = [torch.as_tensor(np.ascontiguousarray(rows[name]), dtype=dt)
                   for name, _, dt in self._fields]
-        with torch.no_grad():
-            out = self.module(*inputs, *state)
+        out = self.run([*inputs, *state])
         return out[0].numpy(), list(out[1:])
 
 
@@ -206,17 +247,45 @@ def load_exported(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported policy")
-    extra = {SPEC_ENTRY: ""}
+    if path.suffix == ".onnx":
+        run, text = _onnx_runner(path)
+    else:
+        extra = {SPEC_ENTRY: ""}
+        try:
+            program = torch.export.load(path, extra_files=extra)
+        except Exception as e:  # a zip that is not an ExportedProgram, a truncated file, ...
+            raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})"
+                             ) from None
+        module, text = program.module(), extra[SPEC_ENTRY]
+
+        def run(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return list(module(*inputs))
     try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as e:  # a zip that is not an ExportedProgram, a truncated file, ...
-        raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})"
-                         ) from None
-    try:
-        meta = json.loads(extra[SPEC_ENTRY])
+        meta = json.loads(text)
         spec = spec_from_dict(meta["spec"], f"{path}:{SPEC_ENTRY}")
         window, batch = int(meta["window"]), int(meta["batch"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: no amago_fast spec in the file ({SPEC_ENTRY}: {e})"
                          ) from None
-    return DeployedPolicy(ExportedAgent(program, spec, window, batch))
+    return DeployedPolicy(ExportedAgent(run, spec, window, batch))
+
+
+def _onnx_runner(path: Path) -> tuple[Any, str]:
+    """(run, spec JSON) of an ONNX export, run by onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(f"{path}: running an ONNX export needs onnxruntime (pip install "
+                         "onnxruntime)") from None
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types for a file that is not a model
+        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__}: {e})") from None
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+        return [torch.from_numpy(np.asarray(o)) for o in out]
+
+    return run, sess.get_modelmeta().custom_metadata_map.get(SPEC_ENTRY, "")

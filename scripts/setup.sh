@@ -38,4 +38,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # Minari datasets in --data (the [minari] extra: minari + h5py; [create] adds jax for
 # minari.DataCollector, which the tests write datasets with); none of them requires torch
 "${PIP[@]}" install "minari[create]==0.5.4" "h5py>=3.8"
+# ONNX export of the policy step (the [onnx] extra): onnx, onnxscript, onnxruntime (no torch)
+"${PIP[@]}" install "onnx>=1.16" "onnxscript>=0.2" "onnxruntime>=1.18"
 .venv/bin/python -c "import amago_fast, amago_fast._core; print('amago_fast', amago_fast.__version__, 'ready')"

@@ -85,3 +85,27 @@ def test_window_reproduces_ring_cache(env_name, kwargs, tmp_path) -> None:
     path = eager.export(tmp_path / "p.pt2")
     _run_both(eager, load_exported(path), env, 25)
     env.close()
+
+
+def test_onnx_export_acts_as_eager(tmp_path) -> None:
+    """The same program through torch.onnx (named inputs, spec in the model's metadata), run
+    by onnxruntime: continuous actions of a 2-layer context-3 agent agree with the eager step
+    past the window."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    env = make_env("aib-di", 2, seed=1)
+    torch.manual_seed(0)
+    cfg = AgentConfig(d_model=16, num_layers=2, num_heads=2, tstep_hidden=16, tstep_out=16,
+                      actor_hidden=16, critic_hidden=16, context_len=3,
+                      kv_cache_dtype="float32")
+    eager = DeployedPolicy(Agent(env.spec, cfg).eval().requires_grad_(False))
+    eager.reset(2)
+    path = eager.export(tmp_path / "p.onnx")
+    model = onnx.load(path)
+    names = [i.name for i in model.graph.input]
+    assert names[0] == "row.observation" and names[-1] == "state.filled"
+    assert [o.name for o in model.graph.output][0] == "action"
+    _run_both(eager, load_exported(path), env, 12)
+    env.close()
