@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "Learner": "amago_fast.learner",
     "load_agent": "amago_fast.deploy",
     "DeployedPolicy": "amago_fast.deploy",
+    "load_exported": "amago_fast.export",
     # data
     "TrajectoryBuffer": "amago_fast.buffer",
     "Collector": "amago_fast.collector",
@@ -57,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "VectorEnv": "amago_fast.envs",
     "GymVectorEnv": "amago_fast.envs",
     "EnvPoolEnv": "amago_fast.envs",
+    "MixtureEnv": "amago_fast.envs",
     "TrialEnv": "amago_fast.user_env",
 }
 
@@ -65,9 +67,10 @@ __all__ = [  # the keys of _EXPORTS (tests/test_api_package.py checks), spelled 
     "TrainConfig", "EnvConfig", "BufferConfig", "ConfigError", "apply_overrides", "load_config",
     "save_config", "get_preset", "list_presets", "AgentConfig", "LearnerConfig",
     "train", "Trainer", "TrainingError", "evaluate_run",
-    "Agent", "Learner", "load_agent", "DeployedPolicy",
+    "Agent", "Learner", "load_agent", "DeployedPolicy", "load_exported",
     "TrajectoryBuffer", "Collector", "EnvSpec", "FieldSpec", "ActionSpec", "GoalSpec",
-    "make_env", "list_envs", "VectorEnv", "GymVectorEnv", "EnvPoolEnv", "TrialEnv",
+    "make_env", "list_envs", "VectorEnv", "GymVectorEnv", "EnvPoolEnv", "MixtureEnv",
+    "TrialEnv",
 ]
 
 
