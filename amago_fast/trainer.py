@@ -705,8 +705,7 @@ class Trainer:
         verified (sizes and sha256; the buffer's arrays by their snapshot manifest) and read
         without running code, before anything of this trainer changes. CheckpointError names
         the checkpoint and what failed."""
-        from amago_fast.buffer import TrajectoryBuffer
-        from amago_fast.buffer import SnapshotError
+        from amago_fast.buffer import SnapshotError, TrajectoryBuffer
 
         ckpt.verify_checkpoint(path)
         # Onto the CPU (load_object): load_state_dict copies weights to the learner's device
