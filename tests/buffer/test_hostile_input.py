@@ -33,7 +33,7 @@ def _state(buf) -> tuple:
     return len(buf), buf.num_trajectories, buf.total_steps_added
 
 
-# ----------------------------------------------------------------------------- bug 6: offsets
+# ----------------------------------------------------------------------------- time offsets
 @pytest.mark.parametrize("cls", ENGINES)
 @pytest.mark.parametrize("offset,expect", [
     (-100, "must be >= 0, got -100"),
@@ -90,7 +90,7 @@ def test_crafted_snapshot_offsets_cannot_wrap_time_index(cls, tmp_path):
         cls.load(tmp_path, verify=False)
 
 
-# ----------------------------------------------------------------------------- bug 7
+# ----------------------------------------------------------------------------- snapshot paths
 @pytest.mark.parametrize("cls", ENGINES)
 @pytest.mark.parametrize("name", ["../outside.bin", "/etc/hostname", "sub/data.bin",
                                   "manifest.json", None])
@@ -123,7 +123,7 @@ def test_snapshot_data_file_must_be_a_regular_file(cls, tmp_path):
         cls.load(snap)
 
 
-# ----------------------------------------------------------------------------- bug 8
+# ----------------------------------------------------------------------- re-entrant match_fn
 @pytest.mark.parametrize("cls", ENGINES)
 def test_match_fn_that_uses_the_same_buffer_is_refused_not_deadlocked(cls):
     spec = goal_env_spec(k=2)
@@ -156,7 +156,7 @@ def test_match_fn_that_uses_the_same_buffer_is_refused_not_deadlocked(cls):
     buf.sample_windows(4, 6)  # the buffer still works
 
 
-# ----------------------------------------------------------------------------- bug 9
+# ----------------------------------------------------------------------------- mmap loads
 def test_load_documents_the_mmap_truncation_hazard():
     doc = TrajectoryBuffer.load.__doc__
     assert "SIGBUS" in doc and "truncated" in doc and "default copies" in doc
