@@ -34,7 +34,7 @@ BUDGET_S=${BUDGET_S:-400}
 DEADLINE_S=${DEADLINE_S:-570}
 PHASES=${PHASES:-env bench_attention bench_critic critic_profile bench_update context_cuda tests_gpu \
   train_cuda tests_kernels}
-KERNEL_TESTS="tests/test_attention.py tests/test_decode.py tests/test_critic.py tests/test_ema.py"
+KERNEL_TESTS="tests/kernels"
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n $WORKERS"
 $PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 150"
@@ -94,8 +94,8 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
         $PY benchmarks/bench_collect.py --context-only --context-device cuda ;;
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
       run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
-        tests/test_decode.py tests/test_ema.py tests/test_critic.py tests/test_learner.py \
-        tests/test_trainer_resume.py tests/test_attention.py tests/test_learner_sync.py ;;
+        tests/kernels tests/test_learner.py tests/test_trainer_resume.py \
+        tests/test_learner_sync.py ;;
     train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
       rm -rf /tmp/gpu_session_run
       run_phase train_cuda 150 "$OUTDIR/session.log" "$OUTDIR/session.log" \

@@ -272,7 +272,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     """In a fresh process without TRITON_INTERPRET: auto → reference, triton → clear error."""
     code = (
         "import torch, sys\n"
-        "sys.path.insert(0, 'tests')\n"
+        "sys.path.insert(0, 'tests/kernels')\n"
         "from test_critic import make_params, make_inputs\n"
         "from amago_fast.kernels.critic import critic_ensemble, critic_ensemble_reference\n"
         "p = make_params(2, 3, 5, 2, 16, 1); s, a = make_inputs(4, 3, 5, 2)\n"
@@ -285,7 +285,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
         "    raise AssertionError('no error')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     res = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
     )
