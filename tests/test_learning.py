@@ -162,3 +162,33 @@ def test_default_command_solves_short_passive_tmaze(tmp_path):
         torch.set_num_threads(threads)
     ev = result["eval"]
     assert ev["episodes"] == 64 and ev["success_ci_low"] >= 0.8, ev
+
+
+@pytest.mark.slow
+def test_continuous_control_pendulum_improves_far_beyond_random(tmp_path):
+    """The continuous actor-critic (tanh-Gaussian DPG + filtered BC, multi-gamma critics) on
+    gymnasium Pendulum-v1: memory-free encoder, 32-step windows of 16, 0.25 updates per env step,
+    3-step TD targets. Measured (seed 0, shared 2-core box): greedy return -1 410 at 5k env
+    steps, -584 at 20k, -354 at 40k, -198 [-246, -149] at 50k, 114 s user CPU; random actions
+    -1 200 to -1 400 (docs/LEARNING.md). Guards the continuous path, which no other learning
+    check exercises; with 1-step targets the same settings ended at -487 at 50k."""
+    from amago_fast.profiles import size_config
+
+    typed = {"env.name": "gym:Pendulum-v1", "total_env_steps": 40_000, "device": "cpu",
+             "agent.traj_encoder": "ff", "window_len": 32, "batch_size": 16,
+             "updates_per_env_step": 0.25, "learner.tau": 0.005, "learner.n_step": 3,
+             "seed": 0, "progress_bar": False, "tensorboard": False,
+             "checkpoint_interval": 0, "eval_interval": 0}
+    cfg = size_config(apply_overrides(get_preset("auto"), typed), explicit=typed)
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg, tmp_path / "run")
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    env = make_env("gym:Pendulum-v1", 16, seed=4242)
+    try:
+        stats = Collector(env, trainer.agent).evaluate(32)
+    finally:
+        env.close()
+    assert stats["return"] > -700, stats
