@@ -49,15 +49,22 @@ def video_names(env_name: str, step: int, episodes: int) -> list[str]:
     return [f"{base}-ep{k:03d}.mp4" for k in range(episodes)]
 
 
-def _render_kwargs(name: str) -> dict[str, Any]:
-    """Extra make_env kwargs that make the run's env render in this process."""
+def _render_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The make_env kwargs that make the run's env render in this process (a mixture: each
+    task's own kwargs)."""
     from amago_fast.envs.aib_mujoco import MUJOCO_TASKS
+    from amago_fast.envs.mixture import MIXTURE_NAME
 
+    if name == MIXTURE_NAME and isinstance(kwargs.get("tasks"), list):
+        tasks = [t if not isinstance(t, dict) else
+                 {**t, "kwargs": _render_kwargs(str(t.get("name")), t.get("kwargs") or {})}
+                 for t in kwargs["tasks"]]
+        return {**kwargs, "tasks": tasks}
     if name.startswith("gym:"):
-        return {"render_mode": "rgb_array"}
+        return {**kwargs, "render_mode": "rgb_array"}
     if name in MUJOCO_TASKS:
-        return {"num_workers": 0}
-    return {}
+        return {**kwargs, "num_workers": 0}
+    return kwargs
 
 
 def _writer_module() -> Any:
@@ -118,6 +125,7 @@ def record_videos(
     from amago_fast.config import load_config
     from amago_fast.deploy import load_agent
     from amago_fast.envs import make_env
+    from amago_fast.envs.mixture import MIXTURE_NAME, normalize_tasks
     from amago_fast.trainer import eval_env_kwargs
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
@@ -127,14 +135,19 @@ def record_videos(
     policy = load_agent(run_dir, device=device)
     cfg = load_config(run_dir / "config.json")
     step = int(verify_checkpoint(policy.checkpoint)["step"])
-    names = video_names(cfg.env.name, step, episodes)
+    kwargs = _render_kwargs(cfg.env.name, eval_env_kwargs(cfg, env_kwargs))
+    shown = cfg.env.name
+    if cfg.env.name == MIXTURE_NAME:  # one slot: the task --env-kwargs '{"only": label}'
+        if "only" not in kwargs:      # names, else the first
+            kwargs["only"] = normalize_tasks(kwargs.get("tasks"))[0]["label"]
+        shown = str(kwargs["only"])
+    names = video_names(shown, step, episodes)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--video {out}: exists and is not a directory")
     taken = [n for n in names if os.path.lexists(out / n)]
     if taken:
         raise FileExistsError(f"--video {out}: {taken[0]} exists (videos are never replaced: "
                               "move it or pick another folder)")
-    kwargs = {**eval_env_kwargs(cfg, env_kwargs), **_render_kwargs(cfg.env.name)}
     try:
         env = make_env(cfg.env.name, 1, seed=seed, **kwargs)
     except TypeError as e:

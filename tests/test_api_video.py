@@ -120,3 +120,20 @@ def test_eval_video_env_that_cannot_render(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tmaze-passive' cannot render" in err[0]
     assert not out.exists()
+
+
+def test_eval_video_of_a_mixture_task(tmp_path: Path) -> None:
+    """A mixture run records one task's slot: the first task by default, the one
+    ``--env-kwargs '{"only": label}'`` names otherwise (Acrobot renders 500x500)."""
+    from amago_fast.video import record_videos
+
+    run = _train(tmp_path, "mix", **{"env.kwargs": {}, "env.num_envs": 2,
+                                     "env.mixture": ["gym:CartPole-v1", "gym:Acrobot-v1"]})
+    first = record_videos(run, tmp_path / "v", episodes=1)
+    other = record_videos(run, tmp_path / "v", episodes=1, env_kwargs={"only": "gym-Acrobot-v1"})
+    assert first[0].name.startswith("gym-CartPole-v1-") and other[0].name.startswith(
+        "gym-Acrobot-v1-")
+    reader = iio.get_reader(other[0], format="FFMPEG")
+    frame = np.asarray(reader.get_data(0))
+    reader.close()
+    assert frame.shape == (500, 500, 3)
