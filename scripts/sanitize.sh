@@ -24,6 +24,6 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 "$PY" -c "import amago_fast._native as n; assert n.NATIVE_AVAILABLE and n.core.__file__ == '$SO', n.core; print('sanitized core:', n.core.__file__)"
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/buffer/test_trajectory_buffer.py tests/buffer/test_native_engine.py tests/buffer/test_stateful.py \
-  tests/buffer/test_relabel_tables.py tests/test_native_policy.py \
+  tests/buffer/test_relabel_tables.py tests/nets/test_native_step.py \
   "tests/collector/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
   "tests/collector/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"

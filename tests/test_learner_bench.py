@@ -42,7 +42,7 @@ def test_baseline_learner_matches_fast_learner(monkeypatch):
     buf = filled_buffer(fast.agent.spec, 8, 6, seed=0)
     batch = {k: torch.from_numpy(v) for k, v in buf.sample_windows(3, 8).items()}
     # Same dropout masks for both: the baseline uses F.dropout (as the reference), so ours does
-    # here too (its NumPy-stream masks are tested in test_nets_fastpaths.py).
+    # here too (its NumPy-stream masks are tested in tests/nets/test_nets_fastpaths.py).
     for m in fast.agent.modules():
         if isinstance(m, Dropout):
             m.fast_cpu_mask = False

@@ -19,7 +19,7 @@ from tests._agent_checks import assert_rollout_steps_match_full_forward
 pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
 
 # float32 rollout caches: collected steps must equal the training forward to float32 rounding
-# (the float16 default's tolerance is tested in test_nets / test_native_policy).
+# (the float16 default's tolerance is tested in tests/nets/: test_nets, test_native_step).
 SMALL = dict(d_model=32, num_layers=2, num_heads=4, tstep_hidden=32, tstep_out=32,
              actor_hidden=32, critic_hidden=32, context_len=8, kv_cache_dtype="float32")
 
