@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "train": "amago_fast.api",
     "Trainer": "amago_fast.trainer",
     "TrainingError": "amago_fast.trainer",
-    "evaluate_run": "amago_fast.trainer",
+    "evaluate_run": "amago_fast.evaluation",
     # the agent, learning update and deployment
     "Agent": "amago_fast.agent",
     "Learner": "amago_fast.learner",
@@ -104,8 +104,9 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real names
     )
     from amago_fast.deploy import DeployedPolicy, load_agent
     from amago_fast.envs import EnvPoolEnv, GymVectorEnv, VectorEnv, list_envs, make_env
+    from amago_fast.evaluation import evaluate_run
     from amago_fast.learner import Learner, LearnerConfig
     from amago_fast.presets import get_preset, list_presets
     from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec, GoalSpec
-    from amago_fast.trainer import Trainer, TrainingError, evaluate_run
+    from amago_fast.trainer import Trainer, TrainingError
     from amago_fast.user_env import TrialEnv

@@ -67,6 +67,7 @@ __all__ = [
     "save_object",
     "load_object",
     "lock_run_dir",
+    "model_fingerprint",
     "OBJECT_TYPES",
 ]
 
@@ -502,3 +503,16 @@ def lock_run_dir(run_dir: str | os.PathLike) -> _RunLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return _RunLock(fd, path)
+
+
+def model_fingerprint(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over every parameter and buffer of `module` (or of a state dict): names, dtypes,
+    shapes and bytes. Every rank records its model's in a checkpoint: equal digests across ranks
+    show DDP kept them identical, and resume compares the saved model with the recorded one."""
+    h = hashlib.sha256()
+    sd = module if isinstance(module, dict) else module.state_dict()
+    for name, t in sd.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

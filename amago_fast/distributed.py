@@ -23,8 +23,26 @@ __all__ = [
     "DistContext",
     "init_distributed",
     "launched_by_torchrun",
+    "make_current",
+    "resolve_device",
     "wrap_ddp",
 ]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda if available else cpu; anything else as given. A CUDA device without an
+    index gets the current one (``cuda`` → ``cuda:0``): ``torch.cuda.set_device`` and device
+    comparisons need the index."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def make_current(device: torch.device) -> None:
+    """Make an indexed CUDA ``device`` the calling thread's current device (no-op otherwise)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def launched_by_torchrun() -> bool:

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from amago_fast.config import ConfigError
 from amago_fast.spaces import ACTION, TERMINATED, TRUNCATED, EnvSpec
@@ -353,10 +352,6 @@ def sample_mixed(online: Any, offline: Any, batch_size: int, length: int, share:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
-
-
 def run_offline_phase(trainer: Any) -> bool:
     """The offline updates of ``trainer.cfg.data`` on ``trainer.dataset`` (continuing from
     ``trainer.offline_updates`` after a resume): train metrics every ``data.log_interval``
@@ -372,7 +367,7 @@ def run_offline_phase(trainer: Any) -> bool:
             return True
         batch = trainer.dataset.sample_windows(cfg.batch_size, cfg.window_len,
                                                relabel=trainer.relabel)
-        metrics = trainer.learner.update(_to_torch(batch, trainer.device))
+        metrics = trainer.learner.update(batch)  # Learner.update converts it
         trainer.updates += 1
         trainer.offline_updates += 1
         ran += 1

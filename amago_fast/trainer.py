@@ -20,21 +20,20 @@ import copy
 import importlib
 import math
 import os
-import random
 import shutil
 import signal
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from amago_fast import checkpoint as ckpt
+from amago_fast.components import build_agent, learner_config
 from amago_fast.config import (
     ConfigError,
     TrainConfig,
@@ -46,32 +45,32 @@ from amago_fast.config import (
 from amago_fast.distributed import (
     DistContext,
     init_distributed,
+    make_current,
+    resolve_device,
     wrap_ddp,
 )
-from amago_fast.intervals import format_interval, interval_stats
+from amago_fast.evaluation import (
+    eval_env_kwargs,
+    evaluate_run,
+    flatten_episode_stats,
+    slot_group_returns,
+)
+from amago_fast.intervals import format_interval
 from amago_fast.logger import RunLogger
+from amago_fast.resume import check_resume_overrides, choose_checkpoint, fields_mismatch
+from amago_fast.seeding import rng_state, seed_everything, set_rng_state
 
-__all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent"]
+if TYPE_CHECKING:
+    from amago_fast.collector.background import BackgroundCollector
+
+# resolve_device, build_agent and evaluate_run live in distributed / components / evaluation;
+# they stay importable from here, where callers found them.
+__all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent",
+           "evaluate_run"]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many updates skipped for non-finite values)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → cuda if available else cpu; anything else as given. A CUDA device without an
-    index gets the current one (``cuda`` → ``cuda:0``): ``torch.cuda.set_device`` and device
-    comparisons need the index."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _make_current(device: torch.device) -> None:
-    """Make an indexed CUDA ``device`` the calling thread's current device (no-op otherwise)."""
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -82,66 +81,52 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.log_dir) / name
 
 
-def rng_state() -> dict:
-    """The global RNG states: python, numpy, torch CPU and CUDA."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore `rng_state()` output."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    from amago_fast.learner import restore_cuda_rng_states  # lazy, as elsewhere in this module
-
-    torch.set_rng_state(state["torch"])
-    restore_cuda_rng_states(state.get("cuda"))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_agent(spec: Any, cfg: TrainConfig, device: torch.device):
-    """The agent for `spec`, built with the model seed shared by every rank."""
-    from amago_fast.agent import Agent
-
-    torch.manual_seed(cfg.seed)
-    return Agent(spec, cfg.agent).to(device)
-
-
-def _learner_config(cfg: TrainConfig, device: torch.device):
-    """The learner config with the trainer's device (the learner places the agent there)."""
-    lc = copy.deepcopy(cfg.learner)
-    lc.device = str(device)
-    return lc
-
-
-def _to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    non_blocking = device.type == "cuda"
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=non_blocking)
-        for k, v in batch.items()
-    }
-
-
-def _steps_collected(stats: dict, cfg: TrainConfig) -> int:
-    """Transitions a `collect` call added (its own count when it reports one)."""
-    return int(stats.get("env_steps", cfg.collect_steps_per_iter * cfg.env.num_envs))
-
-
 def _mean(xs) -> float:
     xs = list(xs)
     return float(np.mean(xs)) if xs else math.nan
+
+
+class _LoopMeters:
+    """The loop's running figures between train.csv rows and progress-bar refreshes: env steps
+    and updates per window, the last 100 training episodes' returns and successes, and the
+    metrics pending for the next train row."""
+
+    def __init__(self, train_seconds: float) -> None:
+        # The bar's rates and return refresh every PROGRESS_REFRESH_S seconds of the loop,
+        # whatever log_interval is (a log_interval of thousands of steps left ups=0.0 on
+        # screen for minutes while training).
+        self.bar_t0, self.bar_steps, self.bar_updates = time.perf_counter(), 0, 0
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_success: deque[float] = deque(maxlen=100)
+        self.window_t0, self.window_steps, self.window_updates = time.perf_counter(), 0, 0
+        self.t_start = time.perf_counter()
+        self.t_offset = train_seconds
+        self.pending: dict[str, list[float]] = {}
+
+    def add_collection(self, stats: dict, new_steps: int, env: Any) -> None:
+        """Step 1's bookkeeping: one collection's steps and episode statistics."""
+        self.window_steps += new_steps
+        self.bar_steps += new_steps
+        self.recent_returns.extend(stats.get("returns", []))
+        if "exploration_value" in stats:  # the annealed ε / noise std, in train.csv
+            self.pending.setdefault("exploration_value", []).append(
+                stats["exploration_value"])
+        per_env = stats.get("per_env", {})
+        if len(per_env) > 1:  # several env names: each one's return in the train row
+            for name, sub in per_env.items():
+                if "return" in sub:
+                    self.pending.setdefault(f"return/{name}", []).append(sub["return"])
+        task_stats = getattr(env, "pop_task_stats", None)
+        if callable(task_stats):  # a mixture (env.mixture): each task's own episodes
+            for key, values in task_stats().items():
+                self.pending.setdefault(key, []).extend(values)
+        if "success" in stats:
+            self.recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
+
+    def add_updates(self, done: int) -> None:
+        """Step 2's: the updates just made."""
+        self.window_updates += done
+        self.bar_updates += done
 
 
 class Trainer:
@@ -185,7 +170,7 @@ class Trainer:
         # Triton launches on the *current* device: make it the learner's (--device cuda:1
         # without torchrun would otherwise run kernels on GPU 0). The collector thread sets it
         # again for itself (the current device is per thread).
-        _make_current(self.device)
+        make_current(self.device)
         # Counters (per rank; env_steps here counts this rank's transitions).
         self.env_steps = 0
         self.updates = 0
@@ -310,7 +295,7 @@ class Trainer:
         self.agent = build_agent(spec, cfg, self.device)
         seed_everything(cfg.seed + rank)  # collection/sampling randomness differs per rank
         wrap = wrap_ddp(self.dist, self.device)
-        self.learner = Learner(self.agent, _learner_config(cfg, self.device), wrap_module=wrap)
+        self.learner = Learner(self.agent, learner_config(cfg, self.device), wrap_module=wrap)
         try:
             self.exploration = make_exploration(
                 spec.action, cfg.env.num_envs, seed=cfg.seed + rank, **cfg.exploration
@@ -400,17 +385,11 @@ class Trainer:
             )
         if dist.is_main:  # before the first step: where to look (tail eval.csv, plot, resume)
             _note(f"run directory {self.run_dir}", progress)
-        # The bar's rates and return refresh every PROGRESS_REFRESH_S seconds of the loop,
-        # whatever log_interval is (a log_interval of thousands of steps left ups=0.0 on
-        # screen for minutes while training).
-        bar_t0, bar_steps, bar_updates = time.perf_counter(), 0, 0
-        recent_returns: deque[float] = deque(maxlen=100)
-        recent_success: deque[float] = deque(maxlen=100)
-        window_t0, window_steps, window_updates = time.perf_counter(), 0, 0
-        t_start = time.perf_counter()
-        t_offset = self.train_seconds
-        pending: dict[str, list[float]] = {}
-        thread = _CollectorThread(self) if cfg.overlap_collection and cfg.data.online else None
+        from amago_fast.collector.background import BackgroundCollector, steps_collected
+
+        meters = _LoopMeters(self.train_seconds)
+        thread = (BackgroundCollector(self) if cfg.overlap_collection and cfg.data.online
+                  else None)
         interrupted = False
         try:
             # --- 0. offline updates on the dataset first (amago_fast.offline) ---------------
@@ -426,76 +405,21 @@ class Trainer:
                 if thread is None:
                     stats = self.collector.collect(cfg.collect_steps_per_iter,
                                                    sample=cfg.collect_sample)
-                    new_steps = _steps_collected(stats, cfg)
+                    new_steps = steps_collected(stats, cfg)
                     self.env_steps += new_steps
                 else:
                     stats, new_steps = thread.wait_for_data(self)
-                window_steps += new_steps
-                bar_steps += new_steps
-                recent_returns.extend(stats.get("returns", []))
-                if "exploration_value" in stats:  # the annealed ε / noise std, in train.csv
-                    pending.setdefault("exploration_value", []).append(
-                        stats["exploration_value"])
-                per_env = stats.get("per_env", {})
-                if len(per_env) > 1:  # several env names: each one's return in the train row
-                    for name, sub in per_env.items():
-                        if "return" in sub:
-                            pending.setdefault(f"return/{name}", []).append(sub["return"])
-                task_stats = getattr(self.env, "pop_task_stats", None)
-                if callable(task_stats):  # a mixture (env.mixture): each task's own episodes
-                    for key, values in task_stats().items():
-                        pending.setdefault(key, []).extend(values)
-                if "success" in stats:
-                    recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
+                meters.add_collection(stats, new_steps, self.env)
                 # Ranks agree (one all-reduce) on the slowest rank's env steps, the updates all
                 # of them owe and whether any got a stop signal, so every rank makes the same
                 # number of DDP updates and the same checkpoint/stop decisions.
                 min_steps, owed, stop = self._sync_counters()
                 # --- 2. learn: as many updates as the ratio says are owed ----------------
-                done = self.learn_owed(pending, thread, owed)
-                window_updates += done
-                bar_updates += done
+                meters.add_updates(self.learn_owed(meters.pending, thread, owed))
                 if thread is not None:
                     thread.notify_learner_progress()
                 # --- 3. progress, logs, eval, checkpoint --------------------------------
-                now = time.perf_counter()
-                self.train_seconds = t_offset + (now - t_start)
-                global_steps = min_steps * world
-                if progress is not None:
-                    progress.update(global_steps - progress.n)
-                    if now - bar_t0 >= PROGRESS_REFRESH_S:
-                        dt = now - bar_t0
-                        progress.set_postfix_str(self._progress_text(
-                            bar_steps * world / dt, bar_updates / dt, recent_returns))
-                        bar_t0, bar_steps, bar_updates = now, 0, 0
-                if global_steps >= self.next_log:
-                    dt = max(now - window_t0, 1e-9)
-                    sps = window_steps * world / dt
-                    ups = window_updates / dt
-                    row = {k: _mean(v) for k, v in pending.items()}
-                    row |= {
-                        "env_steps_per_s": sps,
-                        "updates_per_s": ups,
-                        "updates": self.updates,
-                        "skipped_updates": self.skipped_updates,
-                        "buffer_rows": len(self.buffer),
-                        "buffer_fill": len(self.buffer) / cfg.buffer.capacity_steps,
-                        "recent_return": _mean(recent_returns),
-                        "recent_success": _mean(recent_success),
-                    }
-                    self.logger.log("train", row, global_steps, self.train_seconds)
-                    pending.clear()
-                    window_t0, window_steps, window_updates = now, 0, 0
-                    while self.next_log <= global_steps:
-                        self.next_log += cfg.log_interval or cfg.total_env_steps
-                if cfg.eval_interval and global_steps >= self.next_eval:
-                    while self.next_eval <= global_steps:
-                        self.next_eval += cfg.eval_interval
-                    self.evaluate_and_log(thread)
-                if cfg.checkpoint_interval and global_steps >= self.next_checkpoint:
-                    while self.next_checkpoint <= global_steps:
-                        self.next_checkpoint += cfg.checkpoint_interval
-                    self.save_checkpoint(thread)
+                self._report(meters, min_steps, progress, thread)
                 if stop:
                     interrupted = True
                     break
@@ -503,7 +427,7 @@ class Trainer:
             if thread is not None:
                 thread.stop()
                 if not interrupted:  # what the thread collected last is still owed updates
-                    self.learn_owed(pending, None, self._sync_counters()[1])
+                    self.learn_owed(meters.pending, None, self._sync_counters()[1])
             self.save_checkpoint(None)
             if not interrupted and self.last_eval_step != self.env_steps:
                 self.evaluate_and_log(None)
@@ -530,6 +454,50 @@ class Trainer:
         }
         return result
 
+    def _report(self, m: _LoopMeters, min_steps: int, progress: Any,
+                thread: BackgroundCollector | None) -> None:
+        """Step 3 of the loop: the progress bar, a train.csv row, an evaluation and a checkpoint,
+        each when its interval is crossed (by the slowest rank's env steps)."""
+        cfg, world = self.cfg, self.dist.world_size
+        now = time.perf_counter()
+        self.train_seconds = m.t_offset + (now - m.t_start)
+        global_steps = min_steps * world
+        if progress is not None:
+            progress.update(global_steps - progress.n)
+            if now - m.bar_t0 >= PROGRESS_REFRESH_S:
+                dt = now - m.bar_t0
+                progress.set_postfix_str(self._progress_text(
+                    m.bar_steps * world / dt, m.bar_updates / dt, m.recent_returns))
+                m.bar_t0, m.bar_steps, m.bar_updates = now, 0, 0
+        if global_steps >= self.next_log:
+            dt = max(now - m.window_t0, 1e-9)
+            sps = m.window_steps * world / dt
+            ups = m.window_updates / dt
+            row = {k: _mean(v) for k, v in m.pending.items()}
+            row |= {
+                "env_steps_per_s": sps,
+                "updates_per_s": ups,
+                "updates": self.updates,
+                "skipped_updates": self.skipped_updates,
+                "buffer_rows": len(self.buffer),
+                "buffer_fill": len(self.buffer) / cfg.buffer.capacity_steps,
+                "recent_return": _mean(m.recent_returns),
+                "recent_success": _mean(m.recent_success),
+            }
+            self.logger.log("train", row, global_steps, self.train_seconds)
+            m.pending.clear()
+            m.window_t0, m.window_steps, m.window_updates = now, 0, 0
+            while self.next_log <= global_steps:
+                self.next_log += cfg.log_interval or cfg.total_env_steps
+        if cfg.eval_interval and global_steps >= self.next_eval:
+            while self.next_eval <= global_steps:
+                self.next_eval += cfg.eval_interval
+            self.evaluate_and_log(thread)
+        if cfg.checkpoint_interval and global_steps >= self.next_checkpoint:
+            while self.next_checkpoint <= global_steps:
+                self.next_checkpoint += cfg.checkpoint_interval
+            self.save_checkpoint(thread)
+
     def _progress_text(self, sps: float, ups: float, recent_returns) -> str:
         """The bar's postfix: env steps/s and updates/s over the last refresh period, the mean
         return of the last 100 training episodes, and the last evaluation's mean with its 95%
@@ -544,13 +512,13 @@ class Trainer:
 
     def _sync_counters(self) -> tuple[int, int, bool]:
         """(min env steps over ranks, updates owed by every rank, stop requested on any rank)."""
-        owed = self._updates_owed() if len(self.buffer) > 0 else 0
+        owed = self.updates_owed() if len(self.buffer) > 0 else 0
         stop = 1 if self._stop_signal is not None else 0
         min_steps, owed, neg_stop = self.dist.all_min([self.env_steps, owed, -stop])
         return min_steps, owed, neg_stop < 0
 
     def learn_owed(
-        self, pending: dict[str, list[float]], thread: _CollectorThread | None, owed: int
+        self, pending: dict[str, list[float]], thread: BackgroundCollector | None, owed: int
     ) -> int:
         """Run `owed` gradient updates (what the collection ratio says is owed); return how many.
 
@@ -568,11 +536,12 @@ class Trainer:
 
                 batch = sample_mixed(self.buffer, self.dataset, cfg.batch_size, cfg.window_len,
                                      cfg.data.share, self.relabel)
+            # NumPy windows as sampled: Learner.update moves them to the device (one conversion).
             if thread is not None:  # the collector thread copies weights between updates only
                 with thread.weights_lock:
-                    metrics = self.learner.update(_to_torch(batch, self.device))
+                    metrics = self.learner.update(batch)
             else:
-                metrics = self.learner.update(_to_torch(batch, self.device))
+                metrics = self.learner.update(batch)
             self.updates += 1
             done += 1
             owed -= 1
@@ -589,7 +558,8 @@ class Trainer:
                 pending.setdefault(k, []).append(float(v))
         return done
 
-    def _updates_owed(self) -> int:
+    def updates_owed(self) -> int:
+        """Gradient updates the collection ratio says are owed now (0 before learning_starts)."""
         cfg = self.cfg
         if self.env_steps < cfg.learning_starts:
             return 0
@@ -618,7 +588,7 @@ class Trainer:
         return {"max_steps": per_slot * collector.env.num_envs if per_slot else None,
                 "should_stop": lambda: self._stop_signal is not None}
 
-    def evaluate_and_log(self, thread: _CollectorThread | None) -> dict[str, float]:
+    def evaluate_and_log(self, thread: BackgroundCollector | None) -> dict[str, float]:
         """Run `evaluate` (pausing the collector thread if any) and log the result."""
         if thread is not None:
             with thread.weights_lock:
@@ -649,7 +619,7 @@ class Trainer:
             "last_eval_step": self.last_eval_step,
             # Every rank records a digest of its model: equal digests across ranks show DDP kept
             # them identical (tests compare them; resume checks them).
-            "model_fingerprint": model_fingerprint(self.learner.loss_module),
+            "model_fingerprint": ckpt.model_fingerprint(self.learner.loss_module),
         }
         # The collector's state holds the open rollouts, the policy's rollout memory, the
         # exploration state and (built-in envs) the env state. The eval env is rebuilt fresh.
@@ -664,7 +634,7 @@ class Trainer:
             state["eval_sets"] = others
         return state
 
-    def save_checkpoint(self, thread: _CollectorThread | None) -> Path | None:
+    def save_checkpoint(self, thread: BackgroundCollector | None) -> Path | None:
         """Write a full checkpoint (every rank its own part; rank 0 commits)."""
         if thread is not None:
             thread.pause()
@@ -700,96 +670,11 @@ class Trainer:
             if thread is not None:
                 thread.resume()
 
-    def _read_checkpoint(self, path: Path) -> tuple[dict, dict, Any]:
-        """(learner state, this rank's state, its buffer) of checkpoint `path`, every file
-        verified (sizes and sha256; the buffer's arrays by their snapshot manifest) and read
-        without running code, before anything of this trainer changes. CheckpointError names
-        the checkpoint and what failed."""
-        from amago_fast.buffer import SnapshotError, TrajectoryBuffer
-
-        ckpt.verify_checkpoint(path)
-        # Onto the CPU (load_object): load_state_dict copies weights to the learner's device
-        # itself, and RNG states must stay CPU ByteTensors.
-        shared = ckpt.load_object(path / "learner.pt")
-        rank_dir = path / f"rank{self.dist.rank}"
-        state = ckpt.load_object(rank_dir / "state.pt")
-        if not isinstance(shared, dict) or not isinstance(state, dict) or not isinstance(
-                shared.get("learner"), dict) or "loss_module" not in shared["learner"]:
-            raise ckpt.CheckpointError(f"{path}: learner.pt / state.pt do not hold a trainer's "
-                                       "state")
-        try:
-            fingerprint = model_fingerprint(shared["learner"]["loss_module"])
-        except (AttributeError, TypeError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"{path}: learner.pt holds no model weights: {e}") from e
-        # Compare with the model exactly as saved (not as loaded: loading may upgrade an older
-        # checkpoint, e.g. add PopArt's step counter, which changes the loaded state's hash).
-        saved = state.get("model_fingerprint")
-        if saved is not None and saved != fingerprint:
-            who = (f"rank {self.dist.rank}'s model differs from rank 0's in this checkpoint (the "
-                   "ranks had drifted apart before it was written)"
-                   if self.dist.world_size > 1 else
-                   "the model in learner.pt differs from the one this run recorded in state.pt")
-            raise ckpt.CheckpointError(f"{path}: {who}")
-        try:
-            buffer = TrajectoryBuffer.load(rank_dir / "buffer")
-        except SnapshotError as e:
-            raise ckpt.CheckpointError(f"{path}: buffer snapshot: {e}") from e
-        return shared, state, buffer
-
-    def _choose_checkpoint(self) -> tuple[Path, dict, dict, Any] | None:
-        """The newest checkpoint every rank reads intact, with what it holds; None for a run
-        with no checkpoint directory at all (a fresh start, said in a warning).
-
-        A damaged newer checkpoint (missing manifest, truncated or corrupted file, refused
-        pickle) is skipped with a warning and moved aside to ``checkpoints/damaged-<name>-*``
-        (never deleted, and never again mistaken for the newest); when checkpoints exist and
-        none is intact, CheckpointError names each and what failed, and nothing changes."""
-        cands = self.dist.broadcast_object(
-            [str(p) for p in ckpt.checkpoint_candidates(self.run_dir)])
-        if not cands:
-            warnings.warn(f"--resume {self.run_dir}: the run has no checkpoint yet; training "
-                          "starts from step 0", stacklevel=3)
-            return None
-        failed: list[tuple[Path, str]] = []
-        for cand in map(Path, cands):
-            try:
-                got: tuple | None = (cand, *self._read_checkpoint(cand))
-                reason = ""
-            except ckpt.CheckpointError as e:
-                got, reason = None, str(e)
-            ok = self.dist.all_min([0 if got is None else 1])[0] == 1
-            if ok:
-                break
-            failed.append((cand, reason or f"{cand}: damaged on another rank"))
-        else:
-            got = None
-        if got is None:
-            listing = "; ".join(reason for _, reason in failed)
-            raise ckpt.CheckpointError(
-                f"{self.run_dir} has checkpoints but none verifies ({listing}); nothing was "
-                "changed: restore a checkpoint or move the run's checkpoints away")
-        if failed:
-            moved = []
-            if self.dist.is_main:
-                for bad, _ in failed:
-                    dest = bad.parent / f"damaged-{bad.name}-{os.urandom(4).hex()}"
-                    try:
-                        os.replace(bad, dest)
-                        moved.append(dest.name)
-                    except OSError:
-                        moved.append(bad.name)
-            self.dist.barrier()
-            warnings.warn(
-                f"resuming from {got[0].name}: newer checkpoint(s) failed verification "
-                f"({'; '.join(r for _, r in failed)}); kept as {', '.join(moved) or 'is'}",
-                stacklevel=3)
-        return got  # type: ignore[return-value]
-
     def load_checkpoint(self) -> Path | None:
         """Restore everything from the run's newest intact checkpoint (None if it has none)."""
         from amago_fast.collector import Collector
 
-        chosen = self._choose_checkpoint()
+        chosen = choose_checkpoint(self.run_dir, self.dist)
         if chosen is None:
             return None
         path, shared, state, buffer = chosen
@@ -876,316 +761,3 @@ def _note(text: str, progress: Any) -> None:
         progress.write(f"amago-fast: {text}", file=sys.stderr)
     else:
         print(f"amago-fast: {text}", file=sys.stderr, flush=True)
-
-
-# Fields a checkpoint's state fixes: a resume restores the weights (agent architecture), the
-# buffer (capacity, trajectory cap), the per-env collector/env/exploration state (env, env
-# count, exploration kind) and the RNG streams (seed), so an override of them could not take
-# effect. Every other field (schedule, learner settings, evaluation, logging, dropout, KV cache
-# dtype) is applied; env.kwargs may change where the stored observation fields still fit (the
-# checkpoint's buffer is checked against the env, naming a field that does not).
-_RESUME_FIXED = ("env.name", "env.num_envs", "buffer.capacity_steps",
-                 "buffer.max_trajectory_len", "seed", "agent.")
-_RESUME_CHANGEABLE = ("agent.dropout_emb", "agent.dropout_ff", "agent.dropout_attn_out",
-                      "agent.kv_cache_dtype")
-
-
-def check_resume_overrides(saved: TrainConfig, cfg: TrainConfig) -> None:
-    """ConfigError naming every field `cfg` changes from the run's `saved` config that the
-    restored state fixes (see _RESUME_FIXED), with both values."""
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and k not in ("kwargs", "eval_kwargs", "eval_sets",
-                                                 "exploration"):
-                out |= flat(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    old, new = flat(config_to_dict(saved)), flat(config_to_dict(cfg))
-    bad = [f"{k} ({old[k]!r} in the run, {new.get(k)!r} given)" for k in old
-           if k.startswith(_RESUME_FIXED) and k not in _RESUME_CHANGEABLE
-           and old[k] != new.get(k)]
-    kind_old = (old.get("exploration") or {}).get("kind")
-    kind_new = (new.get("exploration") or {}).get("kind")
-    if kind_old != kind_new:
-        bad.append(f"exploration kind ({kind_old!r} in the run, {kind_new!r} given)")
-    if bad:
-        raise ConfigError(f"--resume cannot change {'; '.join(bad)}: the checkpoint's restored "
-                          "state fixes them (start a new run to change them)")
-
-
-def flatten_episode_stats(stats: dict) -> dict[str, float]:
-    """Numeric episode statistics of a collect/evaluate call, per-env ones as `<env>/<key>`."""
-    out = {k: float(v) for k, v in stats.items() if _is_number(v)}
-    if "stopped_early" in stats:  # a step cap or a stop signal cut the evaluation short
-        out["stopped_early"] = 1.0
-    out |= interval_stats(out)  # 95% intervals of the return and success means
-    per_env = stats.get("per_env", {})
-    if len(per_env) > 1:
-        for name, sub in per_env.items():
-            flat = {k: float(v) for k, v in sub.items() if _is_number(v)}
-            for k, v in (flat | interval_stats(flat)).items():
-                out[f"{name}/{k}"] = v
-    return out
-
-
-def slot_group_returns(env: Any, stats: dict) -> dict[str, float]:
-    """Mean return of each group of env slots the env names (``env.slot_groups()``, e.g. AIB's
-    sign-flip instances) as ``return/<group>``, from an exact-count evaluation's slot_returns."""
-    groups = getattr(env, "slot_groups", None)
-    slot_returns = stats.get("slot_returns")
-    if not callable(groups) or not slot_returns:
-        return {}
-    out = {}
-    for group, slots in groups().items():
-        rets = [r for i in slots if i < len(slot_returns) for r in slot_returns[i]]
-        if rets:
-            out[f"return/{group}"] = float(np.mean(rets))
-    return out
-
-
-def model_fingerprint(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
-    """sha256 over every parameter and buffer of `module` (or of a state dict): names, dtypes,
-    shapes and bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    sd = module if isinstance(module, dict) else module.state_dict()
-    for name, t in sd.items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-class _CollectorThread:
-    """Collects in the background while the main thread learns, keeping the update ratio.
-
-    The thread runs `collector.collect` in chunks. After each chunk it copies the learner's
-    latest weights into its policy copy (under `weights_lock`, which the learner holds during an
-    update). It stops collecting when it is more than `slack` env steps ahead of what the
-    learner has consumed (so the ratio holds however fast either side is).
-    """
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.t = trainer
-        self.weights_lock = threading.Lock()
-        self.cv = threading.Condition()
-        self.stats: list[dict] = []
-        self.new_steps = 0
-        self.stopping = False
-        self.paused = False
-        self.busy = False
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="amago-collector", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _ahead(self) -> bool:
-        t, cfg = self.t, self.t.cfg
-        if cfg.updates_per_env_step <= 0 or t.env_steps < cfg.learning_starts:
-            return False
-        slack = 2 * cfg.collect_steps_per_iter * cfg.env.num_envs
-        return t._updates_owed() * 1.0 > slack * cfg.updates_per_env_step + 1
-
-    def _run(self) -> None:
-        t, cfg = self.t, self.t.cfg
-        try:
-            _make_current(t.device)  # per thread: the policy's decode kernels
-            while True:
-                with self.cv:
-                    while not self.stopping and (self.paused or self._ahead()):
-                        self.cv.wait(0.05)
-                    if self.stopping or t.env_steps >= t.total_per_rank:
-                        return
-                    self.busy = True
-                stats = t.collector.collect(cfg.collect_steps_per_iter, sample=cfg.collect_sample)
-                n = _steps_collected(stats, cfg)
-                with self.weights_lock:
-                    t.policy.load_state_dict(t.agent.state_dict())
-                with self.cv:
-                    self.busy = False
-                    t.env_steps += n
-                    self.new_steps += n
-                    self.stats.append(stats)
-                    self.cv.notify_all()
-        except BaseException as e:  # surfaced in the main thread
-            with self.cv:
-                self.error = e
-                self.busy = False
-                self.cv.notify_all()
-
-    def wait_for_data(self, trainer: Trainer) -> tuple[dict, int]:
-        """Block until the thread has collected something (or learning is owed); merge stats."""
-        with self.cv:
-            while (
-                self.error is None
-                and self.new_steps == 0
-                and trainer._updates_owed() == 0
-                and trainer.env_steps < trainer.total_per_rank
-            ):
-                self.cv.wait(0.05)
-            if self.error is not None:
-                raise RuntimeError("the collector thread failed") from self.error
-            stats_list, self.stats = self.stats, []
-            n, self.new_steps = self.new_steps, 0
-        returns: list[float] = []
-        successes: list[float] = []
-        for s in stats_list:
-            returns.extend(s.get("returns", []))
-            if "success" in s:
-                successes.extend([s["success"]] * int(s.get("episodes", 0)))
-        merged: dict[str, Any] = {"returns": returns, "episodes": len(returns)}
-        if successes:
-            merged["success"] = float(np.mean(successes))
-            merged["episodes"] = len(successes)
-        return merged, n
-
-    def notify_learner_progress(self) -> None:
-        with self.cv:
-            self.cv.notify_all()
-
-    def pause(self) -> None:
-        """Stop collecting after the current chunk and wait for it to finish."""
-        with self.cv:
-            self.paused = True
-            while self.busy:
-                self.cv.wait(0.05)
-
-    def resume(self) -> None:
-        with self.cv:
-            self.paused = False
-            self.cv.notify_all()
-
-    def stop(self) -> None:
-        with self.cv:
-            self.stopping = True
-            self.cv.notify_all()
-        if self.thread.is_alive() and threading.current_thread() is not self.thread:
-            self.thread.join()
-
-
-def fields_mismatch(saved_fields: list, env: Any) -> str | None:
-    """Why a run's stored fields (its buffer's schema) do not fit `env`'s transitions, or None
-    when they do: what resume and eval check before any weights load, so that another env,
-    other env kwargs, or the adapters' one-hot Discrete observations read by a run that stored
-    indices are named as such instead of as a weight-shape mismatch."""
-    from amago_fast.collector import check_fields_match
-
-    try:
-        check_fields_match(saved_fields, env)
-    except ValueError as e:
-        now = {f.name: np.dtype(f.dtype) for f in env.spec.observation}
-        for f in saved_fields:
-            stored = _DISCRETE_FORMS.get((np.dtype(f.dtype), now.get(f.name)))
-            if stored is not None:
-                what, option = stored
-                return (f"{e} (Discrete observations are one-hot by default, int32 indices with "
-                        f"discrete_obs='index'; this run stored them as {what}: --env.kwargs "
-                        f"'{{\"discrete_obs\": \"{option}\"}}')")
-        return str(e)
-    return None
-
-
-# (stored dtype, the env's dtype now) of one observation field -> how the run stored its
-# Discrete values and the discrete_obs option that reads them so.
-_DISCRETE_FORMS = {
-    (np.dtype(np.int32), np.dtype(np.uint8)): ("indices", "index"),
-    (np.dtype(np.uint8), np.dtype(np.int32)): ("one-hot", "onehot"),
-}
-
-
-def saved_fields(checkpoint: Path) -> list | None:
-    """The fields rank 0's buffer stored in `checkpoint` (its snapshot manifest's schema), or
-    None when that cannot be read (then nothing is checked)."""
-    from amago_fast.buffer import SnapshotError, snapshot_fields
-
-    try:
-        return snapshot_fields(checkpoint / "rank0" / "buffer")
-    except SnapshotError:
-        return None
-
-
-def eval_env_kwargs(cfg: TrainConfig, extra: dict | None = None) -> dict:
-    """The evaluation env's keyword arguments: ``env.kwargs``, then ``env.eval_kwargs``, then
-    `extra` (e.g. ``amago-fast eval --env-kwargs``) on top."""
-    return {**cfg.env.kwargs, **cfg.env.eval_kwargs, **(extra or {})}
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    *,
-    episodes: int = 32,
-    num_envs: int | None = None,
-    device: str = "cpu",
-    seed: int = 12345,
-    env_kwargs: dict | None = None,
-) -> dict[str, float]:
-    """Load a run's newest checkpoint and run `episodes` greedy episodes; return their stats.
-
-    The env is the run's evaluation env (:func:`eval_env_kwargs`), with `env_kwargs` merged
-    on top (e.g. ``{"split": "eval-out"}`` for actuator inversion's held-out contexts); it
-    must have the training env's observation and action spaces."""
-    from amago_fast.collector import Collector
-    from amago_fast.envs import make_env
-    from amago_fast.learner import Learner
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory)")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
-    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int)
-                                 or num_envs < 1):
-        raise ValueError(f"num_envs must be an int >= 1 (or None: the run's "
-                         f"env.eval_num_envs), got {num_envs!r}")
-    try:
-        dev = resolve_device(device)
-    except RuntimeError:
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)"
-                         ) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: evaluation runs on cpu or cuda[:N]")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    path = ckpt.newest_intact_checkpoint(run_dir)  # CheckpointError when all are damaged
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint")
-    cfg = load_config(run_dir / "config.json")
-    for mod in cfg.env.import_modules:
-        importlib.import_module(mod)
-    if env_kwargs is not None and not isinstance(env_kwargs, dict):
-        raise ValueError(f"env_kwargs must be a dict, got {env_kwargs!r}")
-    kwargs = eval_env_kwargs(cfg, env_kwargs)
-    try:
-        env = make_env(cfg.env.name, cfg.env.eval_num_envs if num_envs is None else num_envs,
-                       seed=seed, **kwargs)
-    except TypeError as e:  # unknown keyword arguments
-        raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs}: {e}") from e
-    try:
-        fields = saved_fields(path)
-        mismatch = fields_mismatch(fields, env) if fields is not None else None
-        if mismatch:
-            raise ValueError(f"eval env {cfg.env.name!r} with kwargs {kwargs} does not fit the "
-                             f"run's checkpoint {path.name}: {mismatch}")
-        agent = build_agent(env.spec, cfg, dev)
-        learner = Learner(agent, _learner_config(cfg, dev))
-        shared = ckpt.load_object(path / "learner.pt")
-        if not isinstance(shared, dict) or not isinstance(shared.get("learner"), dict):
-            raise ckpt.CheckpointError(f"{path}/learner.pt holds no learner state")
-        with warnings.catch_warnings():  # evaluation never samples from the learner's generator
-            warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
-            learner.load_state_dict(shared["learner"])
-        stats = Collector(env, agent).evaluate(episodes)
-    finally:
-        env.close()
-    out = flatten_episode_stats(stats)
-    out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])
-    return out

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from amago_fast import checkpoint as ckpt
+from amago_fast.checkpoint import model_fingerprint
 from amago_fast.config import overrides_to_args
-from amago_fast.trainer import model_fingerprint
 from tests._tiny_run import TINY_TMAZE_RUN
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(

@@ -24,8 +24,9 @@ import pytest
 import torch
 
 from amago_fast import checkpoint as ckpt
+from amago_fast.checkpoint import model_fingerprint
 from amago_fast.config import overrides_to_args, save_config
-from amago_fast.trainer import Trainer, evaluate_run, model_fingerprint
+from amago_fast.trainer import Trainer, evaluate_run
 from tests._tiny_run import TINY_TMAZE_RUN, tiny_tmaze_config
 
 # Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
