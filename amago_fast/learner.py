@@ -29,13 +29,10 @@ embeddings, one backbone pass per update.
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
-import platform
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -44,163 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from amago_fast.agent import Agent
+from amago_fast.cpu_malloc import tune_cpu_malloc
+from amago_fast.graph_update import StaticBatch, ema_where_
 from amago_fast.kernels.td_reduce import td_target_reduce
+from amago_fast.learner_config import LearnerConfig
 from amago_fast.nets.heads import twohot_encode, twohot_expectation
 from amago_fast.popart import PopArt
-
-
-@dataclass
-class LearnerConfig:
-    """Optimisation and RL-objective settings. Defaults and sources: docs/HYPERPARAMETERS.md."""
-
-    lr: float = 1e-4
-    """AdamW learning rate (after warm-up)."""
-    weight_decay: float = 1e-3
-    """AdamW decoupled weight decay."""
-    warmup_steps: int = 500
-    """Linear learning-rate warm-up over this many updates (0: none)."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value."""
-    tau: float = 0.003
-    """EMA rate of the target actor/critics."""
-    num_critics_td: int = 2
-    """Random ensemble subset the TD target is reduced over (REDQ-style)."""
-    dpg_coeff: float = 1.0
-    """Weight of the DPG actor term −Q(s, a~π) ("online" term). 0 gives the AMAGO-2 actor."""
-    bc_coeff: float = 0.1
-    """Weight of the filtered behaviour-cloning term −1[A>0]·log π(a|s) ("offline" term)."""
-    entropy_floor: float = 0.0
-    """(Multi-)discrete actors: the least entropy each state's action distribution keeps, as a
-    fraction of the uniform distribution's (ln n per component); below it the actor loss adds
-    ``entropy_floor_coeff · (floor − H)``, above it nothing. Without a floor the DPG term drives
-    the actor deterministic within a few hundred updates (T-Maze: entropy 0.02 nats of ln 4 at
-    455 updates), after which sampled collection explores nothing. 0 disables; continuous
-    actors refuse a floor (their exploration is the noise schedule)."""
-    entropy_floor_coeff: float = 1.0
-    """Slope of the entropy floor's hinge, in the actor loss's units (PopArt-normalised Q)."""
-    critic_loss_weight: float = 10.0
-    """Weight of the critic loss relative to the actor loss."""
-    reward_multiplier: float = 10.0
-    """Rewards are scaled by this inside the loss only."""
-    n_step: int = 1
-    """TD target horizon n (truncated at terminals and at the window's end)."""
-    popart: bool = True
-    """PopArt normalisation of scalar critics, one set of statistics per gamma."""
-    popart_beta: float = 5e-4
-    """PopArt EMA step of the target moments (bias-corrected: early updates move further, see
-    amago_fast/popart.py)."""
-    popart_init_nu: float = 100.0
-    """PopArt initial second moment (σ starts at 10)."""
-    bf16: bool = False
-    """Run the loss forward under bf16 autocast."""
-    compile: bool = False
-    """torch.compile the loss module. CUDA only: on CPU it warns and runs eagerly."""
-    attention_entropy_every: int = 0
-    """Log attention entropy every N updates (costs an L×L materialisation); 0 = never."""
-    check_batch: bool = True
-    """Validate every batch: keys/shapes/dtypes at once; values (finiteness, action ranges) as
-    device flags — a bad batch changes no state and raises at the metrics read covering it."""
-    seed: int = 0
-    """Seed of the learner's generator (critic subsets, continuous action noise)."""
-    device: str = "cpu"
-    """Device the agent lives on."""
-    stats_every: int = 1
-    """Read the metrics back to the host every N updates: one device sync per read, the only
-    one an update makes. ``Learner.update`` returns them on every N-th call (means over the
-    applied updates since the last read; ``skipped_nonfinite`` counts the skipped ones) and {}
-    in between; ``Learner.read_stats`` reads them at any time. 1: each update's own metrics."""
-    cuda_graph: bool = False
-    """Capture the whole update (checks, forward, backward, clip, AdamW, EMA, PopArt, metric
-    accumulation) as one CUDA graph after ``cuda_graph_warmup`` eager updates and replay it
-    for every later batch: a small model's update is bound by kernel launches, not FLOPs.
-    CUDA only; batches must keep the captured shapes; not with ``compile``,
-    ``attention_entropy_every`` or torch.distributed. Off until measured faster on a GPU."""
-    cuda_graph_warmup: int = 3
-    """Eager updates (on a side stream) before the capture: lazy initialisation — optimizer
-    state, cuBLAS workspaces, Triton autotuning — must happen outside the graph."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        def bad(name: str, why: str):
-            raise ValueError(f"LearnerConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("lr", "grad_clip"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                bad(name, "must be a positive finite number")
-        if not (isinstance(self.entropy_floor, (int, float)) and 0 <= self.entropy_floor < 1):
-            bad("entropy_floor", "must be a fraction in [0, 1) of the uniform entropy")
-        for name in ("weight_decay", "dpg_coeff", "bc_coeff", "critic_loss_weight",
-                     "entropy_floor_coeff"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                bad(name, "must be a non-negative finite number")
-        if not (0.0 < self.tau <= 1.0):
-            bad("tau", "must be in (0, 1]")
-        if not (math.isfinite(self.reward_multiplier) and self.reward_multiplier != 0):
-            bad("reward_multiplier", "must be finite and non-zero")
-        for name in ("warmup_steps", "attention_entropy_every", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                bad(name, "must be a non-negative integer")
-        for name in ("num_critics_td", "n_step", "stats_every", "cuda_graph_warmup"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(name, "must be a positive integer")
-        if not (0.0 < self.popart_beta <= 1.0):
-            bad("popart_beta", "must be in (0, 1]")
-        if not (self.popart_init_nu > 0 and math.isfinite(self.popart_init_nu)):
-            bad("popart_init_nu", "must be positive and finite")
-        if self.dpg_coeff == 0 and self.bc_coeff == 0:
-            bad("bc_coeff", "dpg_coeff and bc_coeff are both 0: the actor would not learn")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"LearnerConfig.device={self.device!r}: {e}") from None
-        if self.cuda_graph:
-            if device.type != "cuda":
-                bad("cuda_graph", f"needs a CUDA device; device is {self.device!r}")
-            if self.compile:
-                bad("cuda_graph", "and compile=True cannot be combined (choose one)")
-            if self.attention_entropy_every:
-                bad("cuda_graph", "cannot record attention entropy (attention_entropy_every=0)")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-_MALLOC_TUNED = False
-
-
-def tune_cpu_malloc() -> bool:
-    """Keep large freed CPU blocks in the heap for reuse instead of returning them to the OS.
-
-    glibc serves large allocations (above a dynamic threshold, 128 KiB to 32 MiB) with ``mmap``
-    and unmaps them on free, so every update's activations (tens of MB) are fresh pages that
-    fault in on first touch: measured 3,000-19,000 minor faults and 14-46 ms of system time per
-    small-bench update (1 thread), mostly inside the bias-broadcast copies of ``addmm`` /
-    ``baddbmm``. With mmap off for blocks < 1 GiB and no heap trimming below 2 GiB, the same
-    update takes 0-1 faults (CPU time ~610-790 → ~530 ms under load). The cost: the process
-    keeps its peak heap (resident memory unchanged in that measurement, ~685 MB). Process-wide
-    and idempotent; a no-op (False) outside glibc Linux. Called by :class:`Learner` on CPU.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h> parameter numbers
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
-    ok = ok and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1
-    _MALLOC_TUNED = ok
-    return ok
+from amago_fast.seeding import restore_cuda_rng_states
+from amago_fast.td_targets import nstep_targets
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -227,57 +75,6 @@ def _masked_stats(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     hi = torch.where(m, x, -math.inf).max()
     stats = torch.stack([mean, var.sqrt(), lo, hi])
     return torch.where(n > 1, stats, 0.0)
-
-
-def _window_shift(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
-    """Rows [start, start+length) along dim 1, zero/False-padded past the window's end."""
-    part = x[:, start:start + length]
-    missing = length - part.shape[1]
-    if missing > 0:
-        pad = torch.zeros((x.shape[0], missing, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        part = torch.cat([part, pad], dim=1)
-    return part
-
-
-def nstep_targets(
-    reward: torch.Tensor,
-    terminated: torch.Tensor,
-    mask: torch.Tensor,
-    next_value: torch.Tensor,
-    gammas: torch.Tensor,
-    n_step: int,
-    reward_multiplier: float,
-) -> torch.Tensor:
-    """n-step TD targets for every transition of every window (pure PyTorch).
-
-    Args:
-        reward, terminated, mask: (B, L+1) row fields; transition t uses row t+1.
-        next_value: (B, L+1, G) bootstrap value V'(row j) (row 0 is never used).
-        gammas: (G,).
-    Returns:
-        (B, L, G) targets; entries of invalid transitions are meaningless (mask them).
-    A transition's sum stops early at a terminal row (no bootstrap) or at the last row that
-    exists (bootstrap from it: a truncated rollout's final row holds its last observation).
-    """
-    B, L1 = mask.shape
-    L = L1 - 1
-    G = gammas.numel()
-    y = torch.zeros(B, L, G, dtype=next_value.dtype, device=next_value.device)
-    disc = torch.ones(B, L, G, dtype=next_value.dtype, device=next_value.device)
-    alive = torch.ones(B, L, dtype=torch.bool, device=mask.device)
-    for i in range(n_step):
-        r = _window_shift(reward, i + 1, L).to(y.dtype)
-        term = _window_shift(terminated, i + 1, L)
-        valid = _window_shift(mask, i + 1, L)
-        next_exists = _window_shift(mask, i + 2, L)
-        v = _window_shift(next_value, i + 1, L)
-        step = alive & valid
-        y = y + (step.unsqueeze(-1) * disc) * (reward_multiplier * r).unsqueeze(-1)
-        disc = torch.where(step.unsqueeze(-1), disc * gammas, disc)
-        stop = step & (term | ~next_exists | (i == n_step - 1))
-        y = y + (stop & ~term).unsqueeze(-1) * disc * v
-        alive = step & ~stop
-    return y
 
 
 class AMAGOLoss(nn.Module):
@@ -446,54 +243,6 @@ class AMAGOLoss(nn.Module):
                 "valid_transitions": trans_valid.sum().to(torch.float32),
             }
         return loss, aux
-
-
-def restore_cuda_rng_states(states: list | None) -> None:
-    """Restore ``torch.cuda.get_rng_state_all()`` output, only onto the same number of GPUs
-    (a run resumed or evaluated on another machine draws afresh there). The states may have
-    been moved by ``torch.load``'s map_location; they must be CPU ByteTensors."""
-    if not states or not torch.cuda.is_available() or len(states) != torch.cuda.device_count():
-        return
-    torch.cuda.set_rng_state_all([torch.as_tensor(t).to("cpu", torch.uint8) for t in states])
-
-
-class StaticBatch:
-    """Fixed device tensors a captured update reads, refilled in place for every replay.
-
-    A CUDA graph replays the kernels it recorded on the memory it recorded them with, so each
-    new batch must be copied into the same tensors. ``copy_in`` checks the whole batch (keys,
-    shapes, dtypes) before it copies anything, so a rejected batch leaves the buffers as they
-    were. Device-agnostic (the copy logic is tested on CPU).
-    """
-
-    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-        self.tensors = {k: torch.empty_like(v) for k, v in batch.items()}
-        self.copy_in(batch)
-
-    def copy_in(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if set(batch) != set(self.tensors):
-            raise ValueError(f"Learner.update (CUDA graph): batch keys {sorted(batch)} differ from "
-                             f"the captured ones {sorted(self.tensors)}")
-        for k, v in batch.items():
-            t = self.tensors[k]
-            if v.shape != t.shape or v.dtype != t.dtype:
-                raise ValueError(
-                    f"Learner.update (CUDA graph): batch[{k!r}] is {tuple(v.shape)} {v.dtype}, "
-                    f"the captured update reads {tuple(t.shape)} {t.dtype} (a captured graph has "
-                    "fixed shapes: keep batch_size and window_len, or set cuda_graph=False)")
-        for k, v in batch.items():
-            self.tensors[k].copy_(v, non_blocking=True)
-        return self.tensors
-
-
-def ema_where_(targets: list[torch.Tensor], onlines: list[torch.Tensor], tau: float,
-               apply: torch.Tensor) -> None:
-    """Target EMA ``t ← t + tau·(o − t)`` for all pairs (one ``_foreach_lerp``) where ``apply``
-    (0-dim bool tensor) is True, an exact no-op where it is False — even when an online tensor
-    is not finite (a zero lerp weight would give 0·inf = NaN) — without reading ``apply`` on
-    the host: one ``where`` per tensor selects the result."""
-    for t, new in zip(targets, torch._foreach_lerp(targets, onlines, tau)):
-        torch.where(apply, new, t, out=t)
 
 
 class Learner:

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["restore_cuda_rng_states", "rng_state", "seed_everything", "set_rng_state"]
 
 
 def rng_state() -> dict:
@@ -26,8 +26,6 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore `rng_state()` output."""
-    from amago_fast.learner import restore_cuda_rng_states  # the learner restores its own too
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -39,3 +37,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def restore_cuda_rng_states(states: list | None) -> None:
+    """Restore ``torch.cuda.get_rng_state_all()`` output, only onto the same number of GPUs
+    (a run resumed or evaluated on another machine draws afresh there). The states may have
+    been moved by ``torch.load``'s map_location; they must be CPU ByteTensors."""
+    if not states or not torch.cuda.is_available() or len(states) != torch.cuda.device_count():
+        return
+    torch.cuda.set_rng_state_all([torch.as_tensor(t).to("cpu", torch.uint8) for t in states])
