@@ -390,7 +390,7 @@ def run_offline_phase(trainer: Any) -> bool:
             trainer.logger.log("eval", {**stats, "offline_updates": trainer.offline_updates},
                                trainer.env_steps, trainer.train_seconds)
         if trainer.skipped_updates > cfg.max_skipped_updates:
-            from amago_fast.trainer import TrainingError
+            from amago_fast.errors import TrainingError
 
             raise TrainingError(f"{trainer.skipped_updates} offline updates were skipped for "
                                 f"NaN/inf losses (max_skipped_updates="

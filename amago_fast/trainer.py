@@ -49,6 +49,7 @@ from amago_fast.distributed import (
     resolve_device,
     wrap_ddp,
 )
+from amago_fast.errors import TrainingError
 from amago_fast.evaluation import (
     eval_env_kwargs,
     evaluate_run,
@@ -67,10 +68,6 @@ if TYPE_CHECKING:
 # they stay importable from here, where callers found them.
 __all__ = ["Trainer", "TrainingError", "resolve_device", "default_run_dir", "build_agent",
            "evaluate_run"]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many updates skipped for non-finite values)."""
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
