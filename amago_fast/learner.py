@@ -252,7 +252,7 @@ class Learner:
     read (``stats_every``): the non-finite skip, PopArt, the learning-rate warm-up, the REDQ
     subset draw and the batch value checks are device tensors, so on a GPU the host queues the
     whole update without waiting and the update can be captured as one CUDA graph
-    (``cuda_graph``). tests/test_learner_sync.py counts the ops that would wait.
+    (``cuda_graph``). tests/training/test_learner_sync.py counts the ops that would wait.
 
     Args:
         agent: the online :class:`Agent` (moved to ``config.device``).

@@ -94,8 +94,8 @@ torch.cuda.get_device_properties(0).multi_processor_count)'"
         $PY benchmarks/bench_collect.py --context-only --context-device cuda ;;
     tests_gpu)  # the tests marked gpu: bf16, long sequences, the trainer's shapes
       run_phase tests_gpu 300 "$OUTDIR/tests.log" "$OUTDIR/tests.log" $PYTEST -m gpu \
-        tests/kernels tests/test_learner.py tests/test_trainer_resume.py \
-        tests/test_learner_sync.py ;;
+        tests/kernels tests/training/test_learner.py tests/training/test_trainer_resume.py \
+        tests/training/test_learner_sync.py ;;
     train_cuda)  # the default command on the GPU (--device auto): T-Maze, a short run
       rm -rf /tmp/gpu_session_run
       run_phase train_cuda 150 "$OUTDIR/session.log" "$OUTDIR/session.log" \

@@ -5,7 +5,7 @@ wait on a GPU are the proxies: ``_local_scalar_dense`` (``.item()``, ``float(t)`
 ``nonzero`` / ``masked_select`` / ``unique`` / boolean indexing (output size depends on the
 data), ``lift_fresh`` (a tensor built from host data: a blocking host-to-device copy), and the
 Python-level ``.tolist()`` / ``.cpu()`` (seen through a torch-function mode: on a CPU tensor they
-dispatch no aten op). Used by tests/test_learner_sync.py and ``bench_update``'s op counts.
+dispatch no aten op). Used by tests/training/test_learner_sync.py and ``bench_update``'s op counts.
 """
 
 from __future__ import annotations

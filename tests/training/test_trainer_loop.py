@@ -11,7 +11,7 @@ import torch
 from amago_fast.config import ConfigError
 from amago_fast.logger import read_csv
 from amago_fast.trainer import Trainer, TrainingError
-from tests.test_trainer_resume import tiny_config
+from tests.training.test_trainer_resume import tiny_config
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 

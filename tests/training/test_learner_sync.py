@@ -21,7 +21,7 @@ from amago_fast.bench.sync import HostSyncDetector
 from amago_fast.learner import Learner, LearnerConfig, StaticBatch
 from amago_fast.nets.layers import Dropout
 from amago_fast.popart import PopArt
-from tests.test_learner import SMALL, make_batch, make_spec
+from tests.training.test_learner import SMALL, make_batch, make_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

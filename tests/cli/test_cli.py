@@ -13,7 +13,7 @@ import pytest
 from amago_fast.bench.suite import format_table, table_rows
 from amago_fast.cli import main
 from amago_fast.config import overrides_to_args
-from tests.test_trainer_resume import TINY
+from tests.training.test_trainer_resume import TINY
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -167,7 +167,7 @@ def test_readme_documents_every_command_and_train_option():
     from amago_fast.config import BufferConfig, EnvConfig, TrainConfig
     from amago_fast.learner import LearnerConfig
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for cmd in ("amago-fast train", "amago-fast eval", "amago-fast bench", "amago-fast plot",
                 "amago-fast presets", "amago-fast aib", "--resume", "--preset", "--print-config",
                 "torchrun",
