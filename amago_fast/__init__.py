@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "Learner": "amago_fast.learner",
     "load_agent": "amago_fast.deploy",
     "DeployedPolicy": "amago_fast.deploy",
-    "load_exported": "amago_fast.export",
+    "load_exported": "amago_fast.exported",
     # data
     "TrajectoryBuffer": "amago_fast.buffer",
     "Collector": "amago_fast.collector",

@@ -96,7 +96,7 @@ def _add_export(sub) -> None:
         "export", help="write a run's greedy policy step as a torch.export program (.pt2)",
         description="Export the one-step greedy policy (observation row + rollout state in, "
         "action + state out) of a run's checkpoint with torch.export (amago_fast/export.py); "
-        "amago_fast.export.load_exported(OUT) acts with it like load_agent.")
+        "amago_fast.exported.load_exported(OUT) acts with it like load_agent.")
     p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
     p.add_argument("out", help="the .pt2 file to write, or .onnx for ONNX (never replaced "
                    "unless --overwrite)")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amago_fast.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "EnvConfig",
@@ -46,10 +48,6 @@ __all__ = [
 
 MAX_SEED = 2**31 - 2**20
 """Largest `seed`: env seeds are seed + 1000 * rank + 500 and EnvPool takes int32 seeds."""
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value. The message starts with the dotted field name."""
 
 
 def _default_agent_config() -> Any:

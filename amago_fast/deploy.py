@@ -367,7 +367,7 @@ class DeployedPolicy:
     def export(self, path: str | os.PathLike, batch: int | None = None, *,
                overwrite: bool = False) -> Path:
         """Write the greedy step as a ``torch.export`` program (``.pt2``) for `batch` envs
-        (default: the envs of the last :meth:`reset`, else 1); :func:`amago_fast.export.
+        (default: the envs of the last :meth:`reset`, else 1); :func:`amago_fast.exported.
         load_exported` runs it with this class's bookkeeping (amago_fast/export.py)."""
         from amago_fast.export import export_policy
 

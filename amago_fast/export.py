@@ -1,5 +1,6 @@
 """The one-step greedy policy as a ``torch.export`` program: ``amago-fast export RUN OUT.pt2``,
-:meth:`amago_fast.DeployedPolicy.export` and :func:`load_exported`.
+:meth:`amago_fast.DeployedPolicy.export`; :func:`amago_fast.exported.load_exported` runs a
+file (kept apart so that writing never imports the deployed policy that runs it).
 
 The program maps (this step's row, the rollout state) to (the greedy action, the next state),
 with no Python and no amago_fast code needed to run it (``torch.export.load``, or AOTInductor /
@@ -50,7 +51,8 @@ from torch import nn
 
 from amago_fast.spaces import ACTION, REWARD, EnvSpec
 
-__all__ = ["export_policy", "load_exported", "ExportedAgent", "SPEC_ENTRY"]
+__all__ = ["export_policy", "export_program", "window_len", "row_fields", "example_inputs",
+           "SPEC_ENTRY"]
 
 SPEC_ENTRY = "amago_fast_spec.json"
 """The name of the spec inside an exported file's extra files."""
@@ -67,7 +69,7 @@ def window_len(agent: Any) -> int:
                      f"{cfg.traj_encoder!r} (a recurrent state is not a window of inputs)")
 
 
-def _row_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def row_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(name, per-step shape, dtype) of the program's row inputs, in order."""
     out = [(f.name, tuple(f.shape), torch.from_numpy(np.zeros(0, f.dtype)).dtype)
            for f in spec.observation]
@@ -85,7 +87,7 @@ class _GreedyStep(nn.Module):
         super().__init__()
         self.tstep_encoder, self.traj_encoder, self.actor = (agent.tstep_encoder,
                                                              agent.traj_encoder, agent.actor)
-        self.fields = _row_fields(agent.spec)
+        self.fields = row_fields(agent.spec)
         self.window = window
         spec = agent.spec.action
         self.kind = spec.kind
@@ -126,8 +128,8 @@ class _GreedyStep(nn.Module):
         return (action, *new_win, new_filled)
 
 
-def _example_inputs(spec: EnvSpec, batch: int, window: int) -> tuple[torch.Tensor, ...]:
-    fields = _row_fields(spec)
+def example_inputs(spec: EnvSpec, batch: int, window: int) -> tuple[torch.Tensor, ...]:
+    fields = row_fields(spec)
     row = [torch.zeros((batch, *shape), dtype=dt) for _, shape, dt in fields]
     win = [torch.zeros((batch, window, *shape), dtype=dt) for _, shape, dt in fields]
     return (*row, *win, torch.zeros(batch, dtype=torch.int64))
@@ -143,7 +145,7 @@ def export_program(agent: Any, batch: int = 1) -> Any:
     window = window_len(agent)
     cpu = copy.deepcopy(agent).to("cpu").float().eval().requires_grad_(False)
     step = _GreedyStep(cpu, window).eval()
-    example = _example_inputs(cpu.spec, int(batch), window)
+    example = example_inputs(cpu.spec, int(batch), window)
     with torch.no_grad():
         # One eager call first: module-level caches the forward fills on first use (the
         # continuous action bounds) then hold real tensors; filled while tracing they would
@@ -154,7 +156,7 @@ def export_program(agent: Any, batch: int = 1) -> Any:
 
 def io_names(spec: EnvSpec) -> tuple[list[str], list[str]]:
     """(input names, output names) of the program, in order (the ONNX graph's names)."""
-    names = [name for name, _, _ in _row_fields(spec)]
+    names = [name for name, _, _ in row_fields(spec)]
     inputs = [f"row.{n}" for n in names] + [f"state.{n}" for n in names] + ["state.filled"]
     outputs = ["action"] + [f"next.{n}" for n in names] + ["next.filled"]
     return inputs, outputs
@@ -204,88 +206,3 @@ def export_policy(agent: Any, path: str | os.PathLike, batch: int = 1,
         Path(tmp).unlink(missing_ok=True)
         Path(tmp + ".data").unlink(missing_ok=True)  # (ONNX external data: none for these)
     return target
-
-
-class ExportedAgent:
-    """An exported step behind the agent interface :class:`~amago_fast.deploy.DeployedPolicy`
-    drives (``init_state`` / ``reset_state`` / ``act``), so a loaded program acts with the same
-    bookkeeping as the eager policy. Greedy only; ``num_envs`` must be the exported batch."""
-
-    def __init__(self, run: Any, spec: EnvSpec, window: int, batch: int) -> None:
-        self.run = run  # list of input tensors -> list of output tensors
-        self.spec, self.window, self.batch = spec, window, batch
-        self._fields = _row_fields(spec)
-
-    def init_state(self, num_envs: int) -> list[torch.Tensor]:
-        if num_envs != self.batch:
-            raise ValueError(f"this exported policy runs {self.batch} envs, not {num_envs} "
-                             "(export again with batch=...)")
-        return list(_example_inputs(self.spec, self.batch, self.window)[len(self._fields):])
-
-    def reset_state(self, state: list[torch.Tensor], env_ids: np.ndarray) -> list[torch.Tensor]:
-        filled = state[-1].clone()
-        filled[torch.as_tensor(np.asarray(env_ids, np.int64))] = 0
-        return [*state[:-1], filled]
-
-    def act(self, rows: dict[str, np.ndarray], state: list[torch.Tensor],
-            sample: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
-        if sample:
-            raise ValueError("an exported policy is greedy (sample=False)")
-        inputs = [torch.as_tensor(np.ascontiguousarray(rows[name]), dtype=dt)
-                  for name, _, dt in self._fields]
-        out = self.run([*inputs, *state])
-        return out[0].numpy(), list(out[1:])
-
-
-def load_exported(path: str | os.PathLike) -> Any:
-    """A :class:`~amago_fast.deploy.DeployedPolicy` running an exported file's program
-    (``reset(batch)`` then ``act(obs, reward, done)`` as with :func:`amago_fast.load_agent`).
-    ValueError names a file that is not an amago_fast export."""
-    from amago_fast.deploy import DeployedPolicy
-    from amago_fast.spec_io import spec_from_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such exported policy")
-    if path.suffix == ".onnx":
-        run, text = _onnx_runner(path)
-    else:
-        extra = {SPEC_ENTRY: ""}
-        try:
-            program = torch.export.load(path, extra_files=extra)
-        except Exception as e:  # a zip that is not an ExportedProgram, a truncated file, ...
-            raise ValueError(f"{path}: not a torch.export program ({type(e).__name__}: {e})"
-                             ) from None
-        module, text = program.module(), extra[SPEC_ENTRY]
-
-        def run(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-            with torch.no_grad():
-                return list(module(*inputs))
-    try:
-        meta = json.loads(text)
-        spec = spec_from_dict(meta["spec"], f"{path}:{SPEC_ENTRY}")
-        window, batch = int(meta["window"]), int(meta["batch"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: no amago_fast spec in the file ({SPEC_ENTRY}: {e})"
-                         ) from None
-    return DeployedPolicy(ExportedAgent(run, spec, window, batch))
-
-
-def _onnx_runner(path: Path) -> tuple[Any, str]:
-    """(run, spec JSON) of an ONNX export, run by onnxruntime."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ValueError(f"{path}: running an ONNX export needs onnxruntime (pip install "
-                         "onnxruntime)") from None
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own error types for a file that is not a model
-        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__}: {e})") from None
-    names = [i.name for i in sess.get_inputs()]
-
-    def run(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = sess.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
-        return [torch.from_numpy(np.asarray(o)) for o in out]
-
-    return run, sess.get_modelmeta().custom_metadata_map.get(SPEC_ENTRY, "")

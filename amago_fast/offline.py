@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.config import ConfigError
+from amago_fast.errors import ConfigError
 from amago_fast.spaces import ACTION, TERMINATED, TRUNCATED, EnvSpec
 
 __all__ = ["DataConfig", "DatasetError", "OFFLINE_OBJECTIVES", "load_dataset",

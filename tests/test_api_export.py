@@ -13,7 +13,8 @@ from amago_fast.agent import Agent, AgentConfig
 from amago_fast.cli import main
 from amago_fast.deploy import DeployedPolicy, load_agent
 from amago_fast.envs import make_env
-from amago_fast.export import load_exported, window_len
+from amago_fast.export import window_len
+from amago_fast.exported import load_exported
 from amago_fast.trainer import Trainer
 from tests._api_run import solved_tmaze_config
 
