@@ -1,35 +1,13 @@
 """The AMAGO learning update: one gradient step on every timestep of every window in parallel.
 
-Loss (computed in :class:`AMAGOLoss`, an ``nn.Module`` so a trainer can wrap it in
-DistributedDataParallel):
-
-- Critic: for every transition t of a window (valid iff ``mask[:, t+1]``) and every gamma g,
-  regress Q_e,g(s_t, a_t) on the n-step TD target
-  ``y = Σ_i γ^i·R·r_{t+i} + γ^k·(1 - terminal)·V'(s_{t+k})``, where V' is the target critics'
-  value of the target actor's action, reduced over a random subset of the ensemble by min (by
-  mean when the DPG term is off — the min then underestimates strongly), R the reward
-  multiplier. Scalar critics regress in PopArt-normalised units; the AMAGO-2 variant
-  (``critic_type="twohot"``) is a cross-entropy onto the symlog two-hot encoding of y.
-- Actor, per gamma: ``dpg_coeff · (−Q(s, a~π))`` through the critic with ``detach_params=True``
-  (the critic receives no gradient from it) + ``bc_coeff · (−1[A>0]·log π(a_buffer|s))`` with
-  A = Q(s, a_buffer) − Q(s, a~π). Both terms reach the shared sequence model through the actor.
-- Discrete actions with the default state-only critic (``AgentConfig.discrete_critic="state"``):
-  one online pass gives Q(s, ·) for all actions; the critic loss reads Q(s, a_buffer); the
-  bootstrap value is the expectation Σ_a π_target(a|s')·Q_target(s', a) per critic (then the
-  subset min); the DPG term is −Σ_a π(a|s)·Q(s, a) with Q(s, ·) detached (no second critic pass)
-  and the BC advantage Q(s, a_buffer) − Σ_a π(a|s)·Q(s, a).
-- Under ``torch.distributed`` the TD-target moments PopArt moves with are all-reduced
-  (count-weighted) in :meth:`Learner.update`, so PopArt stays identical on every rank.
-- Total = actor + critic_loss_weight · critic. Target actor/critics follow the online ones by EMA.
-
-The sequence model has no target copy: targets are computed from the (detached) online state
-embeddings, one backbone pass per update.
+:class:`Learner` owns the loss module (:class:`amago_fast.loss.AMAGOLoss`, which documents the
+loss itself), the fused AdamW step, the learning-rate warm-up, PopArt's update from the
+(all-reduced) TD-target moments, the non-finite skip, metrics and checkpoint state.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -37,212 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from amago_fast.agent import Agent
 from amago_fast.cpu_malloc import tune_cpu_malloc
 from amago_fast.graph_update import StaticBatch, ema_where_
-from amago_fast.kernels.td_reduce import td_target_reduce
 from amago_fast.learner_config import LearnerConfig
-from amago_fast.nets.heads import twohot_encode, twohot_expectation
-from amago_fast.popart import PopArt
+from amago_fast.loss import NUM_LOSS_SCALARS, AMAGOLoss
 from amago_fast.seeding import restore_cuda_rng_states
-from amago_fast.td_targets import nstep_targets
 
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Mean of x over ``dims`` counting only positions where mask (broadcastable) is True."""
-    m = mask.to(x.dtype).expand_as(x)
-    return (x * m).sum(dims) / m.sum(dims).clamp_min(1.0)
-
-
-_NUM_SCALARS = 11
-"""Scalar metrics per update ahead of the per-gamma ones in the accumulator: loss, critic,
-actor, accept rate, grad norm, entropy, valid transitions, Q mean/std/min/max."""
-
-
-def _masked_stats(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(mean, unbiased std, min, max) of x where mask (broadcastable) is True, as a (4,) tensor;
-    zeros when fewer than 2 entries are selected. Masked reductions, not a boolean index: an
-    index's size depends on the data, so on a GPU it waits for the device."""
-    x = x.float()
-    m = mask.expand_as(x)
-    n = m.sum().float()
-    mean = torch.where(m, x, 0.0).sum() / n.clamp_min(1.0)
-    var = torch.where(m, (x - mean) ** 2, 0.0).sum() / (n - 1.0).clamp_min(1.0)
-    lo = torch.where(m, x, math.inf).min()
-    hi = torch.where(m, x, -math.inf).max()
-    stats = torch.stack([mean, var.sqrt(), lo, hi])
-    return torch.where(n > 1, stats, 0.0)
-
-
-class AMAGOLoss(nn.Module):
-    """The whole AMAGO loss as one module: online agent, target actor/critics, PopArt.
-
-    ``forward(batch, generator)`` returns ``(loss, aux)``; aux holds detached tensors for
-    logging and the TD-target moments PopArt is updated with after the optimizer step.
-    """
-
-    def __init__(self, agent: Agent, config: LearnerConfig) -> None:
-        super().__init__()
-        self.agent, self.config = agent, config
-        if config.num_critics_td > agent.config.num_critics:
-            raise ValueError(
-                f"LearnerConfig.num_critics_td={config.num_critics_td} exceeds "
-                f"AgentConfig.num_critics={agent.config.num_critics}"
-            )
-        self.twohot = agent.config.critic_type == "twohot"
-        action = agent.spec.action
-        if config.entropy_floor > 0 and action.kind == "continuous":
-            raise ValueError(f"LearnerConfig.entropy_floor={config.entropy_floor}: only for "
-                             f"discrete or multi-discrete actions (this agent's are continuous)")
-        # The floor in nats: a fraction of the uniform distribution's entropy.
-        nvec = [action.n] if action.kind == "discrete" else list(getattr(action, "nvec", ()))
-        self.entropy_floor_nats = config.entropy_floor * sum(math.log(n) for n in nvec)
-        self.target_actor = copy.deepcopy(agent.actor).requires_grad_(False)
-        self.target_critics = copy.deepcopy(agent.critics).requires_grad_(False)
-        self.popart = PopArt(agent.num_gammas, config.popart_beta, config.popart_init_nu,
-                             enabled=config.popart and not self.twohot)
-
-    def _values(self, q: torch.Tensor, detach_popart: bool = False) -> torch.Tensor:
-        """Critic outputs (N, E, G, out) → values (N, E, G): PopArt-normalised units for scalar
-        critics, symlog units for two-hot critics (what actor/advantage compare)."""
-        if self.twohot:
-            return (F.softmax(q.float(), -1) * self.agent.twohot_bins).sum(-1)
-        raw = q[..., 0].float()
-        if detach_popart:
-            return self.popart.w.detach() * raw + self.popart.b.detach()
-        return self.popart.normalized(raw)
-
-    @torch.no_grad()
-    def _return_values(self, q: torch.Tensor) -> torch.Tensor:
-        """Target-critic outputs (…, G, out) → values in return units (…, G): PopArt
-        denormalised for scalar critics, the two-hot expectation for two-hot critics."""
-        if self.twohot:
-            return twohot_expectation(q, self.agent.twohot_bins)
-        return self.popart.denormalize(self.popart.normalized(q[..., 0].float()))
-
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-        cfg, agent = self.config, self.agent
-        mask = batch["mask"]
-        time_index = batch["time_index"]
-        B, L1 = mask.shape
-        L = L1 - 1
-        G, E = agent.num_gammas, agent.config.num_critics
-        gammas = agent.gammas
-        trans_valid = mask[:, 1:]  # (B, L)
-
-        h = agent.encode(batch, time_index, mask)  # (B, L1, d)
-        d = h.shape[-1]
-        params = agent.actor(h)  # (B, L1, G, P)
-
-        state_critic = agent.state_critic
-        if state_critic:
-            # Q(s, ·) for every row and action in one online pass: the critic loss reads the
-            # buffer action's entry, the actor's DPG term and the BC advantage reuse it detached.
-            A = agent.critics.num_actions
-            q_all = agent.critics(h.reshape(B * L1, d))  # (B·L1, E, G, A, O)
-            q_all = q_all.reshape(B, L1, E, G, A, -1).transpose(3, 4)  # (B, L1, E, A, G, O)
-
-        # ---- TD targets (no gradient): target actor at every row, target critics.
-        with torch.no_grad():
-            h_det = h.detach()
-            t_params = self.target_actor(h_det)
-            if state_critic:
-                q_next = self.target_critics(h_det.reshape(B * L1, d)).transpose(2, 3)
-                v_next_a = self._return_values(q_next)  # (B·L1, E, A, G)
-                probs_next = F.softmax(t_params.float(), -1).reshape(B * L1, 1, G, A)
-                v_next = (v_next_a * probs_next.transpose(-1, -2)).sum(-2)  # (B·L1, E, G)
-            else:
-                a_next = self.target_actor.critic_input(t_params, generator)
-                q_next = self.target_critics(h_det.reshape(B * L1, d),
-                                             a_next.reshape(B * L1, G, -1).to(h.dtype))
-                v_next = self._return_values(q_next)  # (B·L1, E, G)
-            v_min, v_mean = td_target_reduce(v_next.unsqueeze(-1), cfg.num_critics_td, generator)
-            v_boot = (v_min if cfg.dpg_coeff > 0 else v_mean).reshape(B, L1, G)
-            y = nstep_targets(batch["reward"], batch["terminated"], mask, v_boot.float(),
-                              gammas, cfg.n_step, cfg.reward_multiplier)  # (B, L, G)
-
-        # ---- critic on buffer actions (transition t: state row t, action from row t+1).
-        a_buf = batch["action"][:, 1:]
-        if state_critic:
-            q_rows = q_all[:, :-1]  # (B, L, E, A, G, O)
-            idx = a_buf.long().reshape(B, L, 1, 1, 1, 1).expand(B, L, E, 1, G, q_rows.shape[-1])
-            q_buf = q_rows.gather(3, idx).squeeze(3)  # (B, L, E, G, O)
-        else:
-            a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
-            a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
-            q_buf = agent.critics(h[:, :-1].reshape(B * L, d),
-                                  a_feat.reshape(B * L, G, -1).to(h.dtype))
-            q_buf = q_buf.reshape(B, L, E, G, -1)
-        tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
-        if self.twohot:
-            target_dist = twohot_encode(y, agent.twohot_bins)  # (B, L, G, K)
-            logp = F.log_softmax(q_buf.float(), -1)
-            critic_elem = -(logp * target_dist.unsqueeze(2)).sum(-1)  # (B, L, E, G)
-        else:
-            q_n = self.popart.normalized(q_buf[..., 0].float())
-            y_n = self.popart.normalize_target(y).unsqueeze(2)
-            critic_elem = (q_n - y_n) ** 2
-        critic_per_gamma = _masked_mean(critic_elem, tmask, (0, 1, 2))  # (G,)
-        critic_loss = critic_per_gamma.mean()
-
-        # ---- actor: DPG through a parameter-detached critic + filtered BC.
-        if state_critic:
-            # −Σ_a π(a|s)·Q(s, a) with Q detached: the gradient reaches the actor only.
-            probs = F.softmax(params.float(), -1).transpose(-1, -2)  # (B, L1, A, G)
-            q_vals = self._values(q_all.detach(), detach_popart=True).mean(2)  # (B, L1, A, G)
-            v_pi = (probs * q_vals).sum(-2)  # (B, L1, G)
-        else:
-            a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
-            q_pi = agent.critics(h.detach().reshape(B * L1, d),
-                                 a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
-            v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)
-        row_mask = mask.unsqueeze(-1)
-        dpg_per_gamma = _masked_mean(-v_pi, row_mask, (0, 1))
-        with torch.no_grad():
-            adv = self._values(q_buf.detach()).mean(2) - v_pi[:, :-1].detach()  # (B, L, G)
-            accept = (adv > 0).to(h.dtype)
-        logp_buf = agent.actor.log_prob(params[:, :-1], a_buf)  # (B, L, G)
-        tmask_g = trans_valid.unsqueeze(-1)
-        bc_per_gamma = _masked_mean(-(accept * logp_buf), tmask_g, (0, 1))
-        actor_per_gamma = cfg.dpg_coeff * dpg_per_gamma + cfg.bc_coeff * bc_per_gamma
-        if self.entropy_floor_nats > 0:
-            # Per state, so that no state (the T-Maze junction) goes deterministic while the
-            # average stays above the floor.
-            short = F.relu(self.entropy_floor_nats - agent.actor.entropy(params))  # (B, L1, G)
-            floor_per_gamma = _masked_mean(short, row_mask, (0, 1))
-            actor_per_gamma = actor_per_gamma + cfg.entropy_floor_coeff * floor_per_gamma
-        actor_loss = actor_per_gamma.mean()
-        loss = actor_loss + cfg.critic_loss_weight * critic_loss
-
-        with torch.no_grad():
-            ym = tmask_g.to(y.dtype)
-            count = ym.sum((0, 1)).clamp_min(1.0)
-            # Q statistics of the main gamma, in return units (after PopArt / two-hot decoding).
-            if self.twohot:
-                q_val = twohot_expectation(q_buf[:, :, :, -1], agent.twohot_bins)  # (B, L, E)
-            else:
-                q_val = self.popart.denormalize(self.popart.normalized(q_buf[..., 0].float()))
-                q_val = q_val[..., -1]  # (B, L, E)
-            aux = {
-                "critic_loss_per_gamma": critic_per_gamma.detach(),
-                "dpg_per_gamma": dpg_per_gamma.detach(),
-                "bc_per_gamma": bc_per_gamma.detach(),
-                "accept_rate": _masked_mean(accept, tmask_g, (0, 1)).mean(),
-                "td_target": y,
-                "target_count": ym.sum((0, 1)),
-                "target_mean": (y * ym).sum((0, 1)) / count,
-                "target_sq_mean": (y.pow(2) * ym).sum((0, 1)) / count,
-                "q_stats": _masked_stats(q_val, trans_valid.unsqueeze(-1)),
-                "actor_entropy": _masked_mean(agent.actor.entropy(params[:, :, -1:].detach()),
-                                              row_mask, (0, 1)).mean(),
-                "critic_loss": critic_loss.detach(),
-                "actor_loss": actor_loss.detach(),
-                "valid_transitions": trans_valid.sum().to(torch.float32),
-            }
-        return loss, aux
+# LearnerConfig and AMAGOLoss are imported from here by users and tests (their own modules:
+# learner_config.py, loss.py); tune_cpu_malloc by the fast-path tests.
+__all__ = ["Learner", "LearnerConfig", "AMAGOLoss", "tune_cpu_malloc"]
 
 
 class Learner:
@@ -330,7 +114,7 @@ class Learner:
         # Metrics accumulated on the device between reads (see read_stats).
         G = self.agent.num_gammas
         f64 = dict(dtype=torch.float64, device=self.device)
-        self._acc = torch.zeros(_NUM_SCALARS + 3 * G, **f64)
+        self._acc = torch.zeros(NUM_LOSS_SCALARS + 3 * G, **f64)
         self._acc_counts = torch.zeros(2, **f64)  # applied, skipped (non-finite)
         self._last_skipped = torch.zeros(2, **f64)  # loss, grad_norm of the last skipped update
         self._bad = torch.zeros(len(self._check_messages), dtype=torch.bool, device=self.device)
@@ -591,7 +375,7 @@ class Learner:
         else:
             self.last_timings = {}
         G = self.agent.num_gammas
-        n_acc = _NUM_SCALARS + 3 * G
+        n_acc = NUM_LOSS_SCALARS + 3 * G
         acc, rest = values[:n_acc], values[n_acc:]
         applied, skipped, last_loss, last_gn = rest[:4]
         rest = rest[4:]
@@ -614,7 +398,7 @@ class Learner:
             "q_mean": m[7], "q_std": m[8], "q_min": m[9], "q_max": m[10],
             "lr": lr, "updates": updates,
         })
-        per_gamma = m[_NUM_SCALARS:]
+        per_gamma = m[NUM_LOSS_SCALARS:]
         for g in range(G):
             metrics[f"critic_loss/g{g}"] = per_gamma[g]
             metrics[f"actor_dpg/g{g}"] = per_gamma[G + g]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from amago_fast.agent import Agent, AgentConfig
-from amago_fast.learner import Learner, LearnerConfig, nstep_targets
+from amago_fast.learner import Learner, LearnerConfig
 from amago_fast.popart import PopArt
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
+from amago_fast.td_targets import nstep_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
