@@ -22,14 +22,11 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from amago_fast import checkpoint as ckpt
@@ -58,6 +55,7 @@ from amago_fast.evaluation import (
 )
 from amago_fast.intervals import format_interval
 from amago_fast.logger import RunLogger
+from amago_fast.loop_meters import PROGRESS_REFRESH_S, LoopMeters, mean_or_nan, note
 from amago_fast.resume import check_resume_overrides, choose_checkpoint, fields_mismatch
 from amago_fast.seeding import rng_state, seed_everything, set_rng_state
 
@@ -76,54 +74,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
         cfg.env.name.replace(":", "_").replace("/", "_") + time.strftime("-%Y%m%d-%H%M%S")
     )
     return Path(cfg.log_dir) / name
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return float(np.mean(xs)) if xs else math.nan
-
-
-class _LoopMeters:
-    """The loop's running figures between train.csv rows and progress-bar refreshes: env steps
-    and updates per window, the last 100 training episodes' returns and successes, and the
-    metrics pending for the next train row."""
-
-    def __init__(self, train_seconds: float) -> None:
-        # The bar's rates and return refresh every PROGRESS_REFRESH_S seconds of the loop,
-        # whatever log_interval is (a log_interval of thousands of steps left ups=0.0 on
-        # screen for minutes while training).
-        self.bar_t0, self.bar_steps, self.bar_updates = time.perf_counter(), 0, 0
-        self.recent_returns: deque[float] = deque(maxlen=100)
-        self.recent_success: deque[float] = deque(maxlen=100)
-        self.window_t0, self.window_steps, self.window_updates = time.perf_counter(), 0, 0
-        self.t_start = time.perf_counter()
-        self.t_offset = train_seconds
-        self.pending: dict[str, list[float]] = {}
-
-    def add_collection(self, stats: dict, new_steps: int, env: Any) -> None:
-        """Step 1's bookkeeping: one collection's steps and episode statistics."""
-        self.window_steps += new_steps
-        self.bar_steps += new_steps
-        self.recent_returns.extend(stats.get("returns", []))
-        if "exploration_value" in stats:  # the annealed ε / noise std, in train.csv
-            self.pending.setdefault("exploration_value", []).append(
-                stats["exploration_value"])
-        per_env = stats.get("per_env", {})
-        if len(per_env) > 1:  # several env names: each one's return in the train row
-            for name, sub in per_env.items():
-                if "return" in sub:
-                    self.pending.setdefault(f"return/{name}", []).append(sub["return"])
-        task_stats = getattr(env, "pop_task_stats", None)
-        if callable(task_stats):  # a mixture (env.mixture): each task's own episodes
-            for key, values in task_stats().items():
-                self.pending.setdefault(key, []).extend(values)
-        if "success" in stats:
-            self.recent_success.extend([stats["success"]] * int(stats.get("episodes", 0)))
-
-    def add_updates(self, done: int) -> None:
-        """Step 2's: the updates just made."""
-        self.window_updates += done
-        self.bar_updates += done
 
 
 class Trainer:
@@ -381,10 +331,10 @@ class Trainer:
                 dynamic_ncols=True,
             )
         if dist.is_main:  # before the first step: where to look (tail eval.csv, plot, resume)
-            _note(f"run directory {self.run_dir}", progress)
+            note(f"run directory {self.run_dir}", progress)
         from amago_fast.collector.background import BackgroundCollector, steps_collected
 
-        meters = _LoopMeters(self.train_seconds)
+        meters = LoopMeters(self.train_seconds)
         thread = (BackgroundCollector(self) if cfg.overlap_collection and cfg.data.online
                   else None)
         interrupted = False
@@ -451,7 +401,7 @@ class Trainer:
         }
         return result
 
-    def _report(self, m: _LoopMeters, min_steps: int, progress: Any,
+    def _report(self, m: LoopMeters, min_steps: int, progress: Any,
                 thread: BackgroundCollector | None) -> None:
         """Step 3 of the loop: the progress bar, a train.csv row, an evaluation and a checkpoint,
         each when its interval is crossed (by the slowest rank's env steps)."""
@@ -470,7 +420,7 @@ class Trainer:
             dt = max(now - m.window_t0, 1e-9)
             sps = m.window_steps * world / dt
             ups = m.window_updates / dt
-            row = {k: _mean(v) for k, v in m.pending.items()}
+            row = {k: mean_or_nan(v) for k, v in m.pending.items()}
             row |= {
                 "env_steps_per_s": sps,
                 "updates_per_s": ups,
@@ -478,8 +428,8 @@ class Trainer:
                 "skipped_updates": self.skipped_updates,
                 "buffer_rows": len(self.buffer),
                 "buffer_fill": len(self.buffer) / cfg.buffer.capacity_steps,
-                "recent_return": _mean(m.recent_returns),
-                "recent_success": _mean(m.recent_success),
+                "recent_return": mean_or_nan(m.recent_returns),
+                "recent_success": mean_or_nan(m.recent_success),
             }
             self.logger.log("train", row, global_steps, self.train_seconds)
             m.pending.clear()
@@ -499,7 +449,7 @@ class Trainer:
         """The bar's postfix: env steps/s and updates/s over the last refresh period, the mean
         return of the last 100 training episodes, and the last evaluation's mean with its 95%
         interval (success when the env reports it, else return)."""
-        text = f"sps={sps:.0f} ups={ups:.1f} ret={_mean(recent_returns):.3g}"
+        text = f"sps={sps:.0f} ups={ups:.1f} ret={mean_or_nan(recent_returns):.3g}"
         ev = self.last_eval
         shown = format_interval(ev, "success") or format_interval(ev, "return")
         if shown:
@@ -745,16 +695,3 @@ class Trainer:
     def _restore_signal_handlers(old: dict) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-PROGRESS_REFRESH_S = 2.0
-"""Seconds between refreshes of the progress bar's rates, return and last evaluation."""
-
-
-def _note(text: str, progress: Any) -> None:
-    """One `amago-fast: ...` line on stderr (through tqdm when a bar is shown, so the bar is
-    not torn)."""
-    if progress is not None:
-        progress.write(f"amago-fast: {text}", file=sys.stderr)
-    else:
-        print(f"amago-fast: {text}", file=sys.stderr, flush=True)
