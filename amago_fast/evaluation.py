@@ -127,8 +127,10 @@ def evaluate_run(
             warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
             learner.load_state_dict(shared["learner"])
         stats = Collector(env, agent).evaluate(episodes)
+        # per group of slots (a mixture's tasks, AIB's action signs) as return/<group>
+        groups = slot_group_returns(env, stats)
     finally:
         env.close()
-    out = flatten_episode_stats(stats)
+    out = flatten_episode_stats(stats) | groups
     out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])
     return out

@@ -158,3 +158,9 @@ def test_multitask_preset_logs_each_task(tmp_path: Path, capsys) -> None:
     assert main(["eval", str(run), "--episodes", "2", "--env-kwargs",
                  '{"only": "tmaze-4"}']) == 0
     assert json.loads(capsys.readouterr().out)["length"] == 5.0
+    # the whole mixture: each task's mean return beside the overall one (one episode per
+    # eval slot, so that both tasks' slots get one: exact-count quotas fill slots in order)
+    n_eval = cfg["env"]["eval_num_envs"]
+    assert main(["eval", str(run), "--episodes", str(n_eval)]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert {"return/tmaze-4", "return/tmaze-8"} <= set(whole), whole
