@@ -19,7 +19,8 @@ from amago_fast.distributed import resolve_device
 from amago_fast.intervals import interval_stats
 from amago_fast.resume import fields_mismatch, saved_fields
 
-__all__ = ["eval_env_kwargs", "evaluate_run", "flatten_episode_stats", "slot_group_returns"]
+__all__ = ["eval_env_kwargs", "evaluate_run", "evaluation_row", "flatten_episode_stats",
+           "slot_group_returns"]
 
 
 def flatten_episode_stats(stats: dict) -> dict[str, float]:
@@ -50,6 +51,12 @@ def slot_group_returns(env: Any, stats: dict) -> dict[str, float]:
         if rets:
             out[f"return/{group}"] = float(np.mean(rets))
     return out
+
+
+def evaluation_row(env: Any, stats: dict) -> dict[str, float]:
+    """One evaluation's figures as logged and printed: the flattened episode statistics plus
+    each slot group's mean return (a mixture's tasks, AIB's action signs)."""
+    return flatten_episode_stats(stats) | slot_group_returns(env, stats)
 
 
 def _is_number(v: Any) -> bool:
@@ -126,11 +133,8 @@ def evaluate_run(
         with warnings.catch_warnings():  # evaluation never samples from the learner's generator
             warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
             learner.load_state_dict(shared["learner"])
-        stats = Collector(env, agent).evaluate(episodes)
-        # per group of slots (a mixture's tasks, AIB's action signs) as return/<group>
-        groups = slot_group_returns(env, stats)
+        out = evaluation_row(env, Collector(env, agent).evaluate(episodes))
     finally:
         env.close()
-    out = flatten_episode_stats(stats) | groups
     out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])
     return out

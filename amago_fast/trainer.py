@@ -47,12 +47,7 @@ from amago_fast.distributed import (
     wrap_ddp,
 )
 from amago_fast.errors import TrainingError
-from amago_fast.evaluation import (
-    eval_env_kwargs,
-    evaluate_run,
-    flatten_episode_stats,
-    slot_group_returns,
-)
+from amago_fast.evaluation import eval_env_kwargs, evaluate_run, evaluation_row
 from amago_fast.intervals import format_interval
 from amago_fast.logger import RunLogger
 from amago_fast.loop_meters import PROGRESS_REFRESH_S, LoopMeters, mean_or_nan, note
@@ -523,7 +518,7 @@ class Trainer:
         for label, collector in self.eval_collectors.items():
             stats = collector.evaluate(self.cfg.eval_episodes, **self._eval_limits(collector))
             self.eval_env_steps += int(stats.get("env_steps", 0))
-            flat = flatten_episode_stats(stats) | slot_group_returns(collector.env, stats)
+            flat = evaluation_row(collector.env, stats)
             out |= {(f"{label}/{k}" if label else k): v for k, v in flat.items()}
         return out
 
