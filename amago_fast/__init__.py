@@ -62,7 +62,7 @@ _EXPORTS: dict[str, str] = {
     "TrialEnv": "amago_fast.user_env",
 }
 
-__all__ = [  # the keys of _EXPORTS (tests/test_api_package.py checks), spelled out for tools
+__all__ = [  # the keys of _EXPORTS (tests/api/test_package.py checks), spelled out for tools
     "__version__",
     "TrainConfig", "EnvConfig", "BufferConfig", "ConfigError", "apply_overrides", "load_config",
     "save_config", "get_preset", "list_presets", "AgentConfig", "LearnerConfig",

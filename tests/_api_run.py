@@ -1,4 +1,4 @@
-"""Runs shared by the tests/test_api_* files."""
+"""Runs shared by the tests/api/ files."""
 
 from __future__ import annotations
 

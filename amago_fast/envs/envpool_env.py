@@ -31,7 +31,7 @@ Steps call the pool's C++ ``_send`` / ``_recv`` directly (:class:`_DirectCalls`)
 has the plain single-player layout (every task we use; checked at construction): EnvPool's
 public ``send``/``recv`` re-pack every batch in Python (``optree`` unflattening, action dicts,
 dtype casts) — measured 50 µs vs 30 µs of main-thread time per CartPole batch of 32, 69 vs 36 µs
-at 64 envs. The results are the same arrays (tests/test_envs.py checks both paths step
+at 64 envs. The results are the same arrays (tests/envs/test_envs.py checks both paths step
 for step); ``direct_calls=False`` or any other layout uses the public API.
 """
 

@@ -1077,7 +1077,7 @@ def test_collector_checkpoint_keeps_the_actuator_inversion_context_stream():
     uninterrupted one would draw after a reset at that point — not the stream's start again."""
     import pickle
 
-    from tests.test_envs import _actinv_cartpole, _actinv_contexts_after_reset
+    from tests.envs.test_envs import _actinv_cartpole, _actinv_contexts_after_reset
 
     a = _actinv_cartpole(3, n=2)
     col_a = Collector(a, RandomPolicy(a.spec, seed=0))

@@ -78,7 +78,7 @@ class CreatesFile:
         return (open, (self.path, "w"))
 
 
-# ----------------------------------------------------------------------------- critical
+# ----------------------------------------------------------------------------- crafted checkpoints
 @pytest.mark.parametrize("which", ["learner.pt", "rank0/state.pt"])
 def test_crafted_checkpoint_is_refused_and_runs_no_code(trained, tmp_path, which):
     run = _copy(trained, "run48", tmp_path / "run")
@@ -123,7 +123,7 @@ def test_state_files_round_trip_without_pickled_objects(trained):
     assert not (trained / "never.pt").exists()
 
 
-# ----------------------------------------------------------------------------- bug 1
+# ----------------------------------------------------------------------------- damaged checkpoints
 def test_damaged_newest_checkpoint_falls_back_with_a_warning_and_is_kept(trained, tmp_path):
     run = _copy(trained, "run96", tmp_path / "run")
     root = ckpt.checkpoint_root(run)
@@ -208,7 +208,7 @@ def test_pruning_never_deletes_a_checkpoint_that_fails_verification(tmp_path):
     assert first.exists() and not second.exists()  # the intact one is pruned
 
 
-# ----------------------------------------------------------------------------- bug 2
+# -------------------------------------------------------------------- run directory lock and access
 def test_one_trainer_per_run_directory(trained, tmp_path):
     run = _copy(trained, "run48", tmp_path / "run")
     holder = subprocess.Popen(
@@ -262,7 +262,7 @@ def test_read_only_run_dir_is_named(tmp_path):
         ro.chmod(0o755)
 
 
-# ----------------------------------------------------------------------------- bug 3
+# ----------------------------------------------------------------------------- resume overrides
 def test_resume_refuses_overrides_the_restored_state_fixes(trained, tmp_path):
     """`--resume --buffer.capacity_steps 300` used to write 300 into config.json while the
     restored buffer kept its capacity (buffer_fill > 1)."""

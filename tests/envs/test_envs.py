@@ -1242,7 +1242,7 @@ def test_check_actions_rejects_out_of_range_discrete(bad, dtype):
         check_actions(spec, np.array([0, 3], dtype), 3, "e")
 
 
-# --- audit fixes (AIB, T-Maze)
+# ---------------------------------------------------------------------------- env state, T-Maze cue
 def _actinv_cartpole(seed, n=4):
     # Time-limit-only episodes of 5 steps: episode starts do not depend on the simulator state.
     base = EnvPoolEnv("CartpoleSwingup-v1", n, seed=seed, max_episode_steps=5)
@@ -1393,7 +1393,7 @@ def test_tmaze_cue_is_not_aliased_with_the_junction(active):
 LEFT_ACTION = 2
 
 
-# --- audit fixes (env adapters)
+# ----------------------------------------------------------------------------- adapter faults
 def _track_elapsed(env, steps, ids):
     """Step an async CartPole pool `steps` times with the last batch's ids; every env must come
     back with elapsed_step one more than when last seen (0 after an episode end), and a batch must

@@ -19,7 +19,7 @@ from amago_fast.presets import get_preset
 
 def _load_learning_curves():
     """benchmarks/learning_curves.py (a repository tool, not a package module), by path."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curves.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_curves.py"
     spec = importlib.util.spec_from_file_location("learning_curves", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module while the class is built

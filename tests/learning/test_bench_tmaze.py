@@ -46,7 +46,7 @@ def test_bench_tmaze_script_exits_cleanly(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tmaze.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_tmaze.py"
     out = subprocess.run(
         [sys.executable, str(script), "--corridor", "3", "--seeds", "0", "--time-limit", "120",
          "--eval-interval", "256", "--eval-episodes", "4", "--log-dir", str(tmp_path),
