@@ -10,8 +10,9 @@ int32; key ``observation``), Discrete and MultiDiscrete (one-hot uint8 vectors; 
 those (one field per element: ``observation_0``, ...), and a Dict of those or of such Tuples
 (its keys; a Tuple entry ``k`` as ``k_0``, ``k_1``, ...; names must not clash with the buffer's
 reserved names). A MiniGrid template mission ("go to the {color} door": a ``MissionSpace``
-with ``ordered_placeholders``) is stored as the one-hot of each placeholder's value; free-text
-missions (DoorKey's constant one, BabyAI's generated ones) are refused like Text.
+with ``ordered_placeholders``) is stored as the one-hot of each placeholder's value; a constant
+mission (one possible string: MemoryS7's, DoorKey's) is dropped; generated free-text missions
+(BabyAI's) are refused like Text.
 Actions: Discrete and MultiDiscrete (0-based for the agent; a space's ``start`` is added
 before the env steps), 1-d bounded Box. Anything else (Text, Graph,
 Sequence, OneOf, a Dict inside a Dict or Tuple, ...) raises ValueError naming the space.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import warnings
 from typing import Any
 
@@ -53,6 +55,72 @@ from amago_fast.envs.base import (
 )
 from amago_fast.envs.envpool_env import is_envpool_pool
 from amago_fast.spaces import RESERVED_FIELDS, ActionSpec, EnvSpec, FieldSpec
+
+# Packages that register their gymnasium ids when imported, by id prefix: an id such as
+# ``popgym-RepeatFirstEasy-v0`` or ``MiniGrid-MemoryS7-v0`` then works with only the env name
+# given, as gymnasium's own ``"module:EnvId"`` form does.
+ID_PACKAGES: tuple[tuple[str, str], ...] = (
+    ("popgym-", "popgym"),
+    ("MiniGrid-", "minigrid"),
+    ("BabyAI-", "minigrid"),
+    ("ALE/", "ale_py"),
+    ("Craftax", "craftax"),
+)
+
+
+def resolve_gym_id(env_id: str) -> str:
+    """`env_id` registered with gymnasium, importing the package that registers it: the
+    ``module`` of a ``"module:EnvId"`` id, else the package of a known prefix (ID_PACKAGES).
+    Returns the bare id; raises ValueError naming the id (and the package to install)."""
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return env_id
+    module, sep, bare = env_id.partition(":")
+    if sep:
+        if not module or not bare:
+            raise ValueError(f"gymnasium id {env_id!r}: expected 'module:EnvId'")
+        candidates = [module]
+    else:
+        bare = env_id
+        candidates = [pkg for prefix, pkg in ID_PACKAGES if env_id.startswith(prefix)]
+    for pkg in candidates:
+        try:
+            importlib.import_module(pkg)
+        except ImportError as e:
+            raise ValueError(f"gymnasium id {bare!r} needs the package {pkg!r}, which does not "
+                             f"import here ({e}); pip install it") from None
+    if bare not in gym.registry:
+        raise ValueError(f"unknown gymnasium id {bare!r}" + (
+            f" (importing {candidates[0]!r} did not register it)" if candidates else ""))
+    return bare
+
+
+# Attributes by which suites declare their episode limit when the gymnasium registration gives
+# none (no TimeLimit wrapper): POPGym's ``max_episode_length``, MiniGrid's ``max_steps``.
+EPISODE_LIMIT_ATTRS = ("max_episode_length", "max_steps")
+
+
+def declared_episode_limit(vec: Any) -> int | None:
+    """The most steps an episode of vector env `vec` can last: its registration's
+    ``max_episode_steps``, else the first of EPISODE_LIMIT_ATTRS that every sub-env declares as
+    the same positive integer, else None (the profiles then size for an unlimited env)."""
+    limit = getattr(getattr(vec, "spec", None), "max_episode_steps", None)
+    if limit:
+        return int(limit)
+    get_attr = getattr(vec, "get_attr", None)
+    if not callable(get_attr):
+        return None
+    for attr in EPISODE_LIMIT_ATTRS:
+        try:
+            values = set(get_attr(attr))
+        except Exception:  # noqa: BLE001 - a sub-env without it (any error type a wrapper raises)
+            continue
+        if len(values) == 1:
+            (value,) = values
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+                return int(value)
+    return None
 
 
 def _leaf_field(name: str, space: Any, where: str,
@@ -92,6 +160,23 @@ def _placeholder_missions(space: Any) -> bool:
     ph = getattr(space, "ordered_placeholders", None)
     return callable(getattr(space, "mission_func", None)) and bool(ph) and all(
         isinstance(p, (list, tuple)) and len(p) > 0 for p in ph)
+
+
+def _constant_mission(space: Any) -> bool:
+    """A MiniGrid ``MissionSpace`` with one possible mission (no placeholders, e.g. MemoryS7's
+    "go to the matching object at the end of the hallway"): it tells the agent nothing, so it is
+    dropped rather than refused."""
+    import inspect
+
+    func = getattr(space, "mission_func", None)
+    if not callable(func) or getattr(space, "ordered_placeholders", None):
+        return False
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.default is inspect.Parameter.empty and p.kind in (
+        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 # Most template missions MissionOneHot enumerates (MiniGrid's largest, PutNear, has 324).
@@ -226,7 +311,7 @@ def observation_fields(
     dict_keys = set(space.spaces) if isinstance(space, gs.Dict) else set()
     fields, plan = [], []
     for path, name, sub, key in entries:
-        if key in ignore_keys:
+        if key in ignore_keys or _constant_mission(sub):
             continue
         if isinstance(sub, gs.Dict):
             raise ValueError(f"{where}: unsupported nested observation space {key!r}: {sub!r}"
@@ -398,8 +483,7 @@ class GymVectorEnv(VectorEnv):
             if vectorization not in ("sync", "async"):
                 raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
             num_envs = positive_int(num_envs)
-            if env not in gym.registry:
-                raise ValueError(f"unknown gymnasium id {env!r}")
+            env = resolve_gym_id(env)
             self._build = (env, num_envs, vectorization, dict(make_kwargs))
             self.vec = self._make_vec()
             env_name = name or f"gym:{env}"
@@ -434,7 +518,7 @@ class GymVectorEnv(VectorEnv):
         self._next_seed: int | None = seed
         self._faulted = False  # a step or reset raised: the vector env may be broken
         self._rebuilds = 0
-        max_steps = getattr(getattr(self.vec, "spec", None), "max_episode_steps", None)
+        max_steps = declared_episode_limit(self.vec)
         self.spec = EnvSpec(env_name, tuple(fields), action, max_episode_steps=max_steps,
                             extra={"backend": "gymnasium"})
         self._obs_checks = _observation_checks(self.vec.single_observation_space, env_name,

@@ -23,6 +23,7 @@ from amago_fast.envs.actuator_inversion import (
     actuator_subsets,
 )
 from amago_fast.envs.trials import first_vs_later, make_trial_env
+from tests._envs import actinv_cartpole, actinv_contexts_after_reset
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
 
@@ -1026,7 +1027,7 @@ def test_minigrid_template_mission_is_kept_one_hot(mode):
     install): the mission is a 6-bit one-hot field equal to the colour in the env's own mission
     string, step after step across episode ends, sync and async (gymnasium's shared memory
     cannot hold MissionSpace: the adapter then builds the async env without it). DoorKey's
-    free-text mission is still refused, naming ignore_keys."""
+    constant mission (one possible string) is dropped: it tells the agent nothing."""
     pytest.importorskip("minigrid")
     colours = ["blue", "green", "grey", "purple", "red", "yellow"]  # the template's list
     env = make_env("gym:MiniGrid-GoToDoor-5x5-v0", 2, seed=2, vectorization=mode,
@@ -1046,8 +1047,13 @@ def test_minigrid_template_mission_is_kept_one_hot(mode):
         ends += int((te | tr).sum())
     assert ends > 0
     env.close(), twin.close()
-    with pytest.raises(ValueError, match=r"mission.*ignore_keys=\['mission'\]"):
-        make_env("gym:MiniGrid-DoorKey-5x5-v0", 1, flatten_keys=["image"])
+    door_key = make_env("gym:MiniGrid-DoorKey-5x5-v0", 1, flatten_keys=["image"])
+    try:
+        names = [f.name for f in door_key.spec.observation]
+        assert "mission" not in names and "image" in names
+        assert "mission" not in door_key.reset()
+    finally:
+        door_key.close()
 
 
 def test_minigrid_runs_through_the_collector_and_buffer(tmp_path):
@@ -1243,22 +1249,6 @@ def test_check_actions_rejects_out_of_range_discrete(bad, dtype):
 
 
 # ---------------------------------------------------------------------------- env state, T-Maze cue
-def _actinv_cartpole(seed, n=4):
-    # Time-limit-only episodes of 5 steps: episode starts do not depend on the simulator state.
-    base = EnvPoolEnv("CartpoleSwingup-v1", n, seed=seed, max_episode_steps=5)
-    return ActuatorInversionEnv(base, split="train", seed=seed)
-
-
-def _actinv_contexts_after_reset(env, steps=24):
-    """Contexts of a reset() and of the episodes started over `steps` zero-action steps."""
-    env.reset()
-    out = [(env.sign.copy(), env.inverted.copy())]
-    for _ in range(steps):
-        _, _, _, _, info = env.step(np.zeros((env.num_envs, env.d), np.float32))
-        out.append((env.sign.copy(), info["inverted"].copy()))
-    return out
-
-
 def test_actinv_rng_state_resume_continues_the_context_stream():
     """Env A runs, saves its context RNG and (as the collector does on resume) resets; a fresh env
     B with another seed loads the state and resets: both draw the same contexts from there on —
@@ -1266,7 +1256,7 @@ def test_actinv_rng_state_resume_continues_the_context_stream():
     import json
     import pickle
 
-    a = _actinv_cartpole(seed=1)
+    a = actinv_cartpole(seed=1)
     a.reset()
     for _ in range(13):  # two rounds of episode starts draw contexts
         a.step(np.zeros((4, 1), np.float32))
@@ -1274,22 +1264,22 @@ def test_actinv_rng_state_resume_continues_the_context_stream():
     via_json = json.loads(json.dumps(saved))
     via_pickle = pickle.loads(pickle.dumps(saved))
     assert via_json == saved == via_pickle
-    want = _actinv_contexts_after_reset(a)
+    want = actinv_contexts_after_reset(a)
     assert a.rng_state_dict() != saved  # a copy: A's later draws did not change it
     assert len({tuple(inv) for _, inv in want}) > 1  # contexts were redrawn along the way
     for state in (via_json, via_pickle):
-        b = _actinv_cartpole(seed=7)
+        b = actinv_cartpole(seed=7)
         b.load_rng_state_dict(state)
-        got = _actinv_contexts_after_reset(b)
+        got = actinv_contexts_after_reset(b)
         for (ws, wi), (gs, gi) in zip(want, got):
             np.testing.assert_array_equal(gs, ws)
             np.testing.assert_array_equal(gi, wi)
         b.close()
     # Without the state, a restarted env replays the stream from its start instead.
-    fresh = _actinv_contexts_after_reset(_actinv_cartpole(seed=1))
+    fresh = actinv_contexts_after_reset(actinv_cartpole(seed=1))
     assert any((f[1] != w[1]).any() for f, w in zip(fresh, want))
     # state_dict() (what the trainer saves for the eval env) is the same state.
-    c = _actinv_cartpole(seed=9)
+    c = actinv_cartpole(seed=9)
     c.load_state_dict(a.state_dict())
     assert c.rng_state_dict() == a.rng_state_dict()
     a.close()
@@ -1298,7 +1288,7 @@ def test_actinv_rng_state_resume_continues_the_context_stream():
 def test_actinv_rng_state_rejects_wrong_or_corrupt_state_unchanged():
     import json
 
-    env = _actinv_cartpole(seed=2, n=2)
+    env = actinv_cartpole(seed=2, n=2)
     good = env.rng_state_dict()
     before = env.rng.bit_generator.state
     other = ActuatorInversionEnv(EnvPoolEnv("BallInCupCatch-v1", 2, seed=0), seed=0)
