@@ -12,7 +12,8 @@
   read from the env itself (one copy is built and closed): context T + 1 and window T (one
   whole rollout per window; T-Maze corridor H: T = H + 1, so context H + 2, window H + 1), a
   critic horizon that reaches T (largest gamma ≥ 1 - 1/T), the bilevel ε schedule over T steps
-  for discrete actions (each rollout exploring from a uniformly drawn step on), and an update
+  for discrete actions (each rollout exploring from a step drawn log-uniformly from either end),
+  and an update
   ratio that keeps the rows replayed per env step constant (``replay_rows / (batch_size *
   window)`` updates per env step: 0.29 at T = 51, 0.03 at T = 500), so an env step costs
   about the same compute whatever the episode length.
@@ -202,10 +203,13 @@ def sized_overrides(profile: str, limit: int | None, discrete: bool,
             "kind": "bilevel", "horizon": int(limit), "anneal_steps": p.anneal_steps,
             "eps_first_start": 1.0, "eps_first_end": 0.05,
             "eps_last_start": 0.8, "eps_last_end": 0.01,
-            # every rollout explores from a uniformly drawn step on (the policy alone before
-            # it): passive T-Maze 50, seed 0, 8k env steps: greedy success 0.48 with it, 0.00
-            # with half the rollouts exploring from step 0, 0.00 with all (docs/LEARNING.md)
+            # every rollout explores from a step drawn log-uniformly from either end (the
+            # policy alone before it): a decision after a long stretch that any random action
+            # spoils (T-Maze's junction) is reached in a share that falls with log T, not 1/T.
+            # Passive T-Maze 50, 8k env steps, seeds 0-3: greedy success 0.48/0.48/0.58/0.56 vs
+            # 0.52/0.52/0.00/0.00 from a uniform step, 0.00 from step 0 (docs/LEARNING.md)
             "late_start_prob": 1.0,
+            "late_start_draw": "ends",
         }
     elif discrete:
         exploration = {"kind": "epsilon_greedy", "eps_start": 1.0, "eps_end": 0.05,
