@@ -13,10 +13,11 @@
   whole rollout per window; T-Maze corridor H: T = H + 1, so context H + 2, window H + 1), a
   critic horizon that reaches T (largest gamma ≥ 1 - 1/T), the bilevel ε schedule over T steps
   for discrete actions (each rollout exploring from a step drawn log-uniformly from either end),
-  and an update
-  ratio that keeps the rows replayed per env step constant (``replay_rows / (batch_size *
-  window)`` updates per env step: 0.29 at T = 51, 0.03 at T = 500), so an env step costs
-  about the same compute whatever the episode length.
+  a batch that keeps the rows per update near ``rows_per_update`` (cpu: 24 windows at T = 51,
+  4 at T = 500) and an update ratio that keeps the rows replayed per env step constant
+  (``replay_rows / (batch_size * window)`` updates per env step: 0.29 at T = 51, 0.18 at
+  T = 500), so an env step costs about the same compute whatever the episode length and long
+  episodes still get many updates.
 
 Envs without a limit get context / window 128 (cpu) or 256 (gpu) and per-step ε-greedy.
 `size_config` returns a new config and records nothing else: the resolved values are saved in
@@ -51,6 +52,15 @@ class Profile:
     """Learning-rate warmup updates."""
     replay_rows: float
     """Rows replayed per env step: updates_per_env_step = replay_rows / (batch * window)."""
+    rows_per_update: int
+    """Rows an update aims to see: batch = rows_per_update / window, within [min_batch,
+    max_batch]. Long episodes then get fewer windows per update and more updates, not the same
+    few updates over ever larger batches (CartPole-v1, T = 500, 24 windows per update: 480
+    updates in 20k env steps and a greedy return of 9, docs/LEARNING.md)."""
+    min_batch: int
+    """Fewest windows per update."""
+    max_batch: int
+    """Most windows per update."""
     max_updates_per_env_step: float
     """Ceiling of the update ratio (short episodes)."""
     min_updates_per_env_step: float
@@ -94,9 +104,10 @@ _GPU_MODEL = {
 
 PROFILES: dict[str, Profile] = {
     # The T-Maze preset's tuned ratio (0.3 updates per env step at window 51, batch 24) is
-    # 367 rows per env step; the cpu profile keeps that.
+    # 367 rows per env step and 1 224 rows per update; the cpu profile keeps both.
     "cpu": Profile(
         model=_CPU_MODEL, lr=1e-3, warmup_steps=50, replay_rows=360.0,
+        rows_per_update=24 * 51, min_batch=4, max_batch=24,
         max_updates_per_env_step=0.5, min_updates_per_env_step=0.01, max_window=1024,
         unlimited_window=128, num_envs=8, eval_num_envs=16, eval_episodes=64,
         total_env_steps=50_000, anneal_steps=25_000, learning_starts_min=500,
@@ -104,6 +115,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         model=_GPU_MODEL, lr=3e-4, warmup_steps=500, replay_rows=720.0,
+        rows_per_update=24 * 256, min_batch=8, max_batch=24,
         max_updates_per_env_step=1.0, min_updates_per_env_step=0.02, max_window=4096,
         unlimited_window=256, num_envs=16, eval_num_envs=32, eval_episodes=128,
         total_env_steps=2_000_000, anneal_steps=1_000_000, learning_starts_min=5_000,
@@ -120,9 +132,6 @@ SIZED_FIELDS = (
     "eval_interval", "eval_episodes", "checkpoint_interval", "log_interval", "torch_threads",
     "buffer.capacity_steps",
 )
-
-_BATCH = 24
-
 
 def resolve_profile(profile: str, device: str) -> str:
     """``cpu`` or ``gpu`` for the profile name and the run's ``device`` setting."""
@@ -190,7 +199,8 @@ def sized_overrides(profile: str, limit: int | None, discrete: bool,
     p = PROFILES[profile]
     envs = num_envs or p.num_envs
     window = min(limit, p.max_window) if limit else p.unlimited_window
-    ups = p.replay_rows / (_BATCH * window)
+    batch = int(min(p.max_batch, max(p.min_batch, round(p.rows_per_update / window))))
+    ups = p.replay_rows / (batch * window)
     ups = round(min(p.max_updates_per_env_step, max(p.min_updates_per_env_step, ups)), 4)
     ep = limit or window
     learning_starts = min(p.learning_starts_max, max(p.learning_starts_min, envs * ep))
@@ -224,7 +234,7 @@ def sized_overrides(profile: str, limit: int | None, discrete: bool,
         "learner.lr": p.lr,
         "learner.warmup_steps": p.warmup_steps,
         "window_len": window,
-        "batch_size": _BATCH,
+        "batch_size": batch,
         "env.num_envs": p.num_envs,
         "env.eval_num_envs": p.eval_num_envs,
         "exploration": exploration,

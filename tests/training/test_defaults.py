@@ -73,7 +73,9 @@ def test_gym_preset_is_profile_sized_for_the_task(capsys):
     assert cfg["window_len"] == 200 and cfg["agent"]["context_len"] == 201
     assert cfg["exploration"]["kind"] == "gaussian"
     assert 0.99 in cfg["agent"]["gammas"] and max(cfg["agent"]["gammas"]) >= 1 - 1 / 200
-    assert cfg["updates_per_env_step"] == pytest.approx(360 / (24 * 200), abs=1e-4)
+    # 1 224 rows per update: 6 windows of 200, and 360 rows replayed per env step
+    assert cfg["batch_size"] == 6
+    assert cfg["updates_per_env_step"] == pytest.approx(360 / (6 * 200), abs=1e-4)
 
 
 def test_bad_profile_is_one_line(capsys):
@@ -92,7 +94,12 @@ def test_profile_rules():
     assert default_torch_threads(16) == 4 and default_torch_threads(64) == 4
     long = sized_overrides("cpu", 1001, True)
     assert long["window_len"] == 1001 and max(long["agent.gammas"]) == pytest.approx(0.999)
-    assert long["updates_per_env_step"] == pytest.approx(0.015, abs=1e-3)
+    # long episodes: the fewest windows per update (4), more updates rather than larger ones
+    assert long["batch_size"] == 4
+    assert long["updates_per_env_step"] == pytest.approx(360 / (4 * 1001), abs=1e-4)
+    short = sized_overrides("cpu", 51, True)
+    assert short["batch_size"] == 24 and short["window_len"] == 51
+    assert sized_overrides("gpu", 1001, True)["batch_size"] == 8
     none = sized_overrides("gpu", None, True)
     assert none["window_len"] == 256 and none["exploration"]["kind"] == "epsilon_greedy"
     assert none["agent.d_model"] == 128
