@@ -15,22 +15,11 @@ import pytest
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
 from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec, plain_env_spec
 from amago_fast.spaces import ActionSpec, EnvSpec, FieldSpec
-from tests._buffers import NUMPY
+from tests._buffers import NUMPY, assert_same_batches, engine_pair, race
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
 
 STRATEGIES = [None, "none", "all", "some", "final", "future"]
-
-
-def _pair(spec, **kw):
-    return (TrajectoryBuffer.from_env_spec(spec, **kw),
-            NUMPY.from_env_spec(spec, **kw))
-
-
-def _assert_equal_batches(x, y, what=""):
-    assert x.keys() == y.keys()
-    for k in x:
-        np.testing.assert_array_equal(x[k], y[k], err_msg=f"{what} {k}")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +30,7 @@ def _assert_equal_batches(x, y, what=""):
 def test_native_equals_reference_exactly(goal_dtype, match, eps):
     spec = goal_env_spec(k=3, goal_dim=2, match=match, eps=eps, goal_dtype=goal_dtype)
     # small capacity: wrap-around, evictions and max-length cuts all happen
-    native, ref = _pair(spec, capacity_steps=97, num_envs=3, max_trajectory_len=17, seed=123)
+    native, ref = engine_pair(spec, capacity_steps=97, num_envs=3, max_trajectory_len=17, seed=123)
     roll = GoalRollouts(spec, 3, seed=7, p_truncate=0.04, values=2)
     drive([native, ref], roll, 120)
     for _ in range(2):
@@ -54,14 +43,14 @@ def test_native_equals_reference_exactly(goal_dtype, match, eps):
             for L, mode in ((1, "timesteps"), (9, "trajectories"), (40, "timesteps")):
                 x = native.sample_windows(11, L, relabel=rel, mode=mode)
                 y = ref.sample_windows(11, L, relabel=rel, mode=mode)
-                _assert_equal_batches(x, y, f"{strategy} L={L} {mode}")
+                assert_same_batches(x, y, f"{strategy} L={L} {mode}")
     for k in native.storage.ring:
         np.testing.assert_array_equal(native.storage.ring[k], ref.storage.ring[k])
 
 
 def test_native_match_fn_slow_path_equals_reference():
     spec = goal_env_spec(k=2, goal_dim=3)
-    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=1)
+    native, ref = engine_pair(spec, capacity_steps=200, num_envs=2, seed=1)
     drive([native, ref], GoalRollouts(spec, 2, seed=3, values=2), 120)
 
     def near(achieved, goals):  # L1 distance <= 1: a predicate the built-ins do not offer
@@ -69,7 +58,7 @@ def test_native_match_fn_slow_path_equals_reference():
 
     for strategy in ("all", "future"):
         rel = RelabelConfig(strategy, 1.0, match_fn=near)
-        _assert_equal_batches(native.sample_windows(9, 12, relabel=rel),
+        assert_same_batches(native.sample_windows(9, 12, relabel=rel),
                               ref.sample_windows(9, 12, relabel=rel), strategy)
 
     def broken(achieved, goals):
@@ -93,17 +82,17 @@ def test_gather_threads_do_not_change_results():
     for _ in range(3):  # > 64 KiB per call: the pool is used
         outs = [b.sample_windows(24, 64) for b in bufs]
         for o in outs[1:]:
-            _assert_equal_batches(outs[0], o)
+            assert_same_batches(outs[0], o)
 
 
 def test_big_batch_equals_reference_with_images():
     spec = plain_env_spec(obs_dim=16, image=(8, 8, 3))
-    native, ref = _pair(spec, capacity_steps=1500, num_envs=4, seed=2, num_threads=3)
+    native, ref = engine_pair(spec, capacity_steps=1500, num_envs=4, seed=2, num_threads=3)
     drive([native, ref], GoalRollouts(spec, 4, seed=4, p_truncate=0.02), 300)
-    _assert_equal_batches(native.sample_windows(24, 100), ref.sample_windows(24, 100))
+    assert_same_batches(native.sample_windows(24, 100), ref.sample_windows(24, 100))
     out = native.allocate_batch(24, 100)
     native.sample_windows(24, 100, out=out)
-    _assert_equal_batches(out, ref.sample_windows(24, 100))
+    assert_same_batches(out, ref.sample_windows(24, 100))
 
 
 def test_core_path_override_loads_that_module():
@@ -216,12 +205,7 @@ def test_append_while_sampling_never_tears_or_overwrites():
             errors.append(f"sampler {seed}: {e!r}")
             stop.set()
 
-    threads = [threading.Thread(target=collector)] + [
-        threading.Thread(target=sampler, args=(i,)) for i in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
+    race(collector, sampler, timeout=120)
     assert not errors, errors[:2]
     assert checked[0] >= min_checked
     assert buf.total_steps_added == steps_done[0] * num_envs
@@ -273,7 +257,7 @@ def _torch_backed_out(buf, B, L, pin):
 
 def test_sample_into_torch_backed_arrays_without_copies():
     spec = goal_env_spec(k=2)
-    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=8)
+    native, ref = engine_pair(spec, capacity_steps=200, num_envs=2, seed=8)
     drive([native, ref], GoalRollouts(spec, 2, seed=1), 80)
     tensors, out = _torch_backed_out(native, 5, 9, pin=False)
     native.sample_windows(5, 9, out=out, relabel=RelabelConfig("some", 0.5))
@@ -289,7 +273,7 @@ def test_sample_into_pinned_memory():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA for pinned memory")
     spec = plain_env_spec(obs_dim=4)
-    native, ref = _pair(spec, capacity_steps=200, num_envs=2, seed=8)
+    native, ref = engine_pair(spec, capacity_steps=200, num_envs=2, seed=8)
     drive([native, ref], GoalRollouts(spec, 2, seed=1), 80)
     out = native.allocate_batch(5, 9, pin_memory=True)
     native.sample_windows(5, 9, out=out)
@@ -342,8 +326,8 @@ def _write_step_streams(spec, buffers_ws, buffers_two_calls, steps, seed):
 def test_write_step_equals_reset_plus_append_and_reference(goals):
     spec = goal_env_spec(k=2, goal_dim=2) if goals else plain_env_spec(obs_dim=5)
     kw = dict(capacity_steps=89, num_envs=3, max_trajectory_len=13, seed=5)
-    native_ws, ref_ws = _pair(spec, **kw)
-    native_two, ref_two = _pair(spec, **kw)
+    native_ws, ref_ws = engine_pair(spec, **kw)
+    native_two, ref_two = engine_pair(spec, **kw)
     appended = _write_step_streams(spec, [native_ws, ref_ws], [native_two, ref_two], 150, seed=3)
     bufs = [native_ws, ref_ws, native_two, ref_two]
     assert appended > 100 and all(b.total_steps_added == appended for b in bufs)
@@ -352,7 +336,7 @@ def test_write_step_equals_reset_plus_append_and_reference(goals):
         np.testing.assert_array_equal(b.storage.open_lengths(), native_ws.storage.open_lengths())
         for k in b.storage.ring:
             np.testing.assert_array_equal(b.storage.ring[k], native_ws.storage.ring[k], err_msg=k)
-    _assert_equal_batches(native_ws.sample_windows(8, 6), ref_ws.sample_windows(8, 6))
+    assert_same_batches(native_ws.sample_windows(8, 6), ref_ws.sample_windows(8, 6))
 
 
 @pytest.mark.parametrize("engine", ["native", "reference"])

@@ -13,32 +13,18 @@ import pytest
 
 from amago_fast.buffer import NATIVE_AVAILABLE, RelabelConfig, TrajectoryBuffer
 from amago_fast.buffer.synthetic import GoalRollouts, drive, goal_env_spec
-from tests._buffers import NUMPY
+from tests._buffers import assert_same_samples, engine_pair, race
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="amago_fast._core not built")
 
 STRATEGIES = ["none", "all", "some", "final", "future"]
 
 
-def _pair(spec, **kw):
-    return (TrajectoryBuffer.from_env_spec(spec, **kw),
-            NUMPY.from_env_spec(spec, **kw))
-
-
-def _assert_same(native, ref, B, L, relabel, mode="timesteps", what=""):
-    x = native.sample_windows(B, L, relabel=relabel, mode=mode)
-    y = ref.sample_windows(B, L, relabel=relabel, mode=mode)
-    assert x.keys() == y.keys()
-    for k in x:
-        np.testing.assert_array_equal(x[k], y[k], err_msg=f"{what} {k}")
-    return x
-
-
 def _assert_all_strategies(native, ref, lengths=(1, 7, 40), what="", p=0.8):
     for strategy in STRATEGIES:
         for L in lengths:
             for mode in ("timesteps", "trajectories"):
-                _assert_same(native, ref, 13, L, RelabelConfig(strategy, p), mode,
+                assert_same_samples(native, ref, 13, L, RelabelConfig(strategy, p), mode,
                              f"{what} {strategy} L={L} {mode}")
 
 
@@ -77,13 +63,13 @@ FLOAT_VALUES = [0.0, -0.0, np.nan, 1.0, -1.0, np.inf]
 def test_exact_value_classes_match_numpy_equality(dtype, values):
     """-0 == 0, NaN equals nothing (not even itself): the hashed classes must follow `==`."""
     spec = goal_env_spec(k=3, goal_dim=2, goal_dtype=dtype)
-    native, ref = _pair(spec, capacity_steps=400, num_envs=1, max_trajectory_len=60, seed=5)
+    native, ref = engine_pair(spec, capacity_steps=400, num_envs=1, max_trajectory_len=60, seed=5)
     rng = np.random.default_rng(1)
     for i in range(9):
         rows = _trajectory(spec, int(rng.integers(3, 90)), rng, values, active0=i % 4)
         native.add_trajectory(rows, time_offset=i)
         ref.add_trajectory(rows, time_offset=i)
-    x = _assert_same(native, ref, 64, 30, RelabelConfig("all", 1.0))
+    x = assert_same_samples(native, ref, 64, 30, RelabelConfig("all", 1.0))
     assert x["reward"].sum() > 0
     _assert_all_strategies(native, ref, what=str(np.dtype(dtype)))
 
@@ -91,19 +77,19 @@ def test_exact_value_classes_match_numpy_equality(dtype, values):
 def test_signed_zero_instruction_is_reached_and_nan_goal_never():
     """Hand-built piece: goal 0 = -0.0 is reached by an achieved +0.0; goal 1 = NaN never."""
     spec = goal_env_spec(k=2, goal_dim=1)
-    native, ref = _pair(spec, capacity_steps=50, num_envs=1, seed=0)
+    native, ref = engine_pair(spec, capacity_steps=50, num_envs=1, seed=0)
     rng = np.random.default_rng(0)
     rows = _trajectory(spec, 6, rng, [5.0])
     rows["goal"][:] = np.array([[-0.0], [np.nan]], np.float32)
     rows["achieved"][:, 0] = [0.0, 3.0, 0.0, np.nan, 2.0, np.nan, 4.0]
     for b in (native, ref):
         b.add_trajectory(rows)
-    out = _assert_same(native, ref, 4, 6, RelabelConfig("none"))
+    out = assert_same_samples(native, ref, 4, 6, RelabelConfig("none"))
     np.testing.assert_array_equal(out["reward"][0, 1:], [0, 1, 0, 0, 0, 0])
     np.testing.assert_array_equal(out["goal_active"][0], [0, 0, 1, 1, 1, 1, 1])
     # relabeled goal 1 = an achieved value after row 2 (rows 3..6): 2.0 or 4.0 complete it on
     # their row; NaN rows never do
-    out = _assert_same(native, ref, 16, 6, RelabelConfig("future", 1.0))
+    out = assert_same_samples(native, ref, 16, 6, RelabelConfig("future", 1.0))
     for b in range(16):
         g1 = out["goal"][b, 0, 1, 0]
         if np.isnan(g1):
@@ -118,7 +104,7 @@ def test_tables_of_evicted_pieces_are_not_reused():
     piece (or one of a piece now overwritten at the same ring position) would change the
     successes. Checked after every commit, as the ring wraps and evicts."""
     spec = goal_env_spec(k=3, goal_dim=2)
-    native, ref = _pair(spec, capacity_steps=70, num_envs=1, max_trajectory_len=40, seed=11)
+    native, ref = engine_pair(spec, capacity_steps=70, num_envs=1, max_trajectory_len=40, seed=11)
     rng = np.random.default_rng(2)
     for i in range(30):
         values = [float(10 * i + v) for v in range(3)]
@@ -127,7 +113,8 @@ def test_tables_of_evicted_pieces_are_not_reused():
         ref.add_trajectory(rows, time_offset=i)
         assert native.num_trajectories == ref.num_trajectories
         for strategy in ("none", "all", "future"):
-            _assert_same(native, ref, 9, 12, RelabelConfig(strategy, 1.0), what=f"{i} {strategy}")
+            assert_same_samples(native, ref, 9, 12, RelabelConfig(strategy, 1.0),
+                                what=f"{i} {strategy}")
     np.testing.assert_array_equal(native.storage.pieces(), ref.storage.pieces())
 
 
@@ -138,7 +125,7 @@ def test_max_length_cut_pieces_carry_goal_state(match, eps, dtype):
     """Streamed rollouts cut every 23 transitions: continuation pieces start with goals already
     completed (row 0's goal_active > 0), and windows longer than a piece see all of it."""
     spec = goal_env_spec(k=4, goal_dim=1, match=match, eps=eps, goal_dtype=dtype)
-    native, ref = _pair(spec, capacity_steps=500, num_envs=3, max_trajectory_len=23, seed=3)
+    native, ref = engine_pair(spec, capacity_steps=500, num_envs=3, max_trajectory_len=23, seed=3)
     roll = GoalRollouts(spec, 3, seed=4, p_truncate=0.005, values=8)
     drive([native, ref], roll, 150)
     pieces = native.storage.pieces()  # (id, pos, rows, offset)
@@ -151,7 +138,7 @@ def test_tolerance_scan_past_the_window_start():
     """Long pieces, short windows late in them: the tolerance path scans from the last original
     success (before the window) through the window."""
     spec = goal_env_spec(k=3, goal_dim=2, match="tolerance", eps=0.3)
-    native, ref = _pair(spec, capacity_steps=2000, num_envs=1, seed=8)
+    native, ref = engine_pair(spec, capacity_steps=2000, num_envs=1, seed=8)
     rng = np.random.default_rng(3)
     for i in range(5):
         rows = _trajectory(spec, 300, rng, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
@@ -164,7 +151,7 @@ def test_tolerance_scan_past_the_window_start():
 def test_match_fn_slow_path_agrees_with_tables_and_reference():
     """A Python predicate equal to the built-in exact match gives the tables' windows."""
     spec = goal_env_spec(k=3, goal_dim=2)
-    native, ref = _pair(spec, capacity_steps=300, num_envs=2, max_trajectory_len=31, seed=6)
+    native, ref = engine_pair(spec, capacity_steps=300, num_envs=2, max_trajectory_len=31, seed=6)
     drive([native, ref], GoalRollouts(spec, 2, seed=9, p_truncate=0.01, values=3), 140)
 
     def exact(achieved, goals):
@@ -172,7 +159,7 @@ def test_match_fn_slow_path_agrees_with_tables_and_reference():
 
     for strategy in STRATEGIES:
         slow = RelabelConfig(strategy, 0.9, match_fn=exact)
-        x = _assert_same(native, ref, 11, 25, slow, what=strategy)
+        x = assert_same_samples(native, ref, 11, 25, slow, what=strategy)
         native._sample_counter -= 1
         fast = native.sample_windows(11, 25, relabel=RelabelConfig(strategy, 0.9))
         for k in x:
@@ -182,7 +169,7 @@ def test_match_fn_slow_path_agrees_with_tables_and_reference():
 @pytest.mark.parametrize("mmap", [False, True])
 def test_save_load_rebuilds_the_tables(tmp_path, mmap):
     spec = goal_env_spec(k=3, goal_dim=2)
-    native, ref = _pair(spec, capacity_steps=250, num_envs=3, max_trajectory_len=29, seed=12)
+    native, ref = engine_pair(spec, capacity_steps=250, num_envs=3, max_trajectory_len=29, seed=12)
     roll = GoalRollouts(spec, 3, seed=13, p_truncate=0.01, values=3)
     drive([native, ref], roll, 130)  # wrapped and evicted, envs mid-trajectory
     native.save(tmp_path / "snap")
@@ -245,12 +232,7 @@ def test_relabeled_sampling_while_committing_and_evicting():
             errors.append(f"sampler {i}: {e!r}")
             stop.set()
 
-    threads = [threading.Thread(target=collector)] + [
-        threading.Thread(target=sampler, args=(i,)) for i in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=60)
+    race(collector, sampler, timeout=60)
     assert not errors, errors[:2]
     assert checked[0] >= 100
 
@@ -259,12 +241,12 @@ def test_many_goals_use_the_heap_scratch():
     """k = 40 goals of 3 float32s: the per-window scratch (16k + goal bytes + k = 1160 bytes)
     no longer fits the 512-byte stack buffer."""
     spec = goal_env_spec(k=40, goal_dim=3)
-    native, ref = _pair(spec, capacity_steps=600, num_envs=1, max_trajectory_len=150, seed=21)
+    native, ref = engine_pair(spec, capacity_steps=600, num_envs=1, max_trajectory_len=150, seed=21)
     rng = np.random.default_rng(4)
     for i in range(6):
         rows = _trajectory(spec, int(rng.integers(20, 200)), rng, [0.0, 1.0], active0=3 * i)
         native.add_trajectory(rows, time_offset=i)
         ref.add_trajectory(rows, time_offset=i)
-    x = _assert_same(native, ref, 16, 50, RelabelConfig("all", 1.0))
+    x = assert_same_samples(native, ref, 16, 50, RelabelConfig("all", 1.0))
     assert x["reward"].sum() > 0
     _assert_all_strategies(native, ref, lengths=(9, 120), what="k=40")

@@ -1077,29 +1077,29 @@ def test_collector_checkpoint_keeps_the_actuator_inversion_context_stream():
     uninterrupted one would draw after a reset at that point — not the stream's start again."""
     import pickle
 
-    from tests.envs.test_envs import _actinv_cartpole, _actinv_contexts_after_reset
+    from tests._envs import actinv_cartpole, actinv_contexts_after_reset
 
-    a = _actinv_cartpole(3, n=2)
+    a = actinv_cartpole(3, n=2)
     col_a = Collector(a, RandomPolicy(a.spec, seed=0))
     col_a.collect(2 * 30)
     sd = pickle.loads(pickle.dumps(col_a.state_dict()))
     assert sd["env_rng"] is not None
-    want = _actinv_contexts_after_reset(a)  # reset: what the restored collector's collect does
-    b = _actinv_cartpole(11, n=2)
+    want = actinv_contexts_after_reset(a)  # reset: what the restored collector's collect does
+    b = actinv_cartpole(11, n=2)
     col_b = Collector(b, RandomPolicy(b.spec, seed=0))
     col_b.load_state_dict(sd)
-    got = _actinv_contexts_after_reset(b)
+    got = actinv_contexts_after_reset(b)
     for (ws, wi), (gs, gi) in zip(want, got):
         np.testing.assert_array_equal(gs, ws)
         np.testing.assert_array_equal(gi, wi)
     # The stream continued: a fresh env of the same seed draws other contexts.
-    fresh = _actinv_contexts_after_reset(_actinv_cartpole(3, n=2))
+    fresh = actinv_contexts_after_reset(actinv_cartpole(3, n=2))
     assert any((f[1] != w[1]).any() for f, w in zip(fresh, want))
     # A corrupt RNG state is refused before the collector changes.
     bad = dict(sd, env_rng={**sd["env_rng"], "split": "eval-out"})
     steps = col_b.total_env_steps
     with pytest.raises(ValueError):
-        Collector(_actinv_cartpole(5, n=2), RandomPolicy(b.spec, seed=0)).load_state_dict(bad)
+        Collector(actinv_cartpole(5, n=2), RandomPolicy(b.spec, seed=0)).load_state_dict(bad)
     assert col_b.total_env_steps == steps
     for env in (a, b):
         env.close()

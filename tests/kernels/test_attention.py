@@ -8,9 +8,6 @@ the output and for dq, dk, dv. Grids stay tiny (each interpreted program costs ~
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -22,13 +19,10 @@ from amago_fast.kernels.attention import (
     causal_attention,
     causal_attention_reference,
 )
+from tests._kernels import DEVICE, needs_cuda_compiler, needs_triton, run_without_interpreter
 
-pytestmark = pytest.mark.skipif(
-    not _utils.INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 before import (tests/conftest.py) or a GPU",
-)
+pytestmark = needs_triton
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
@@ -278,9 +272,7 @@ def test_triton_on_cpu_without_interpreter_raises():
             print("OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = run_without_interpreter(code, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr
 
 
@@ -314,28 +306,18 @@ COMPILE_CHECK = textwrap.dedent(
 )
 
 
-def _can_compile_for_cuda() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _can_compile_for_cuda(), reason="triton's NVIDIA backend is missing")
+@needs_cuda_compiler
 @pytest.mark.parametrize("dtype", [("bfloat16", "bf16", 64)])
 def test_kernels_compile_for_sm90(dtype):
     """Without a GPU: the real (non-interpreted) kernels lower through Triton's NVIDIA backend and
     ptxas for an H100 (sm_90) with every mask path on, within shared memory. Catches type and
     layout errors the interpreter does not."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", COMPILE_CHECK, *map(str, dtype)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = run_without_interpreter(COMPILE_CHECK, *map(str, dtype))
     assert res.returncode == 0 and "COMPILED" in res.stdout, res.stderr[-3000:]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _can_compile_for_cuda(), reason="triton's NVIDIA backend is missing")
+@needs_cuda_compiler
 @pytest.mark.parametrize("dtype", [("float16", "fp16", 32), ("float32", "fp32", 128),
                                    ("bfloat16", "bf16", 128)])
 def test_kernels_compile_for_sm90_more_dtypes(dtype):

@@ -5,8 +5,6 @@ PyTorch's own error at the same input precision, plus a small atol.
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,12 +18,8 @@ from amago_fast.kernels.critic import (
 )
 from amago_fast.kernels.td_reduce import td_target_reduce, td_target_reduce_reference
 from amago_fast.nets.critics import CriticEnsemble, StateCriticEnsemble
+from tests._kernels import DEVICE, needs_triton, run_without_interpreter
 
-needs_interpreter = pytest.mark.skipif(
-    not (_utils.INTERPRET or torch.cuda.is_available()),
-    reason="Triton path needs TRITON_INTERPRET=1 set before import, or a GPU",
-)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
@@ -167,7 +161,7 @@ def test_reference_matches_per_critic_per_gamma_mlp():
                 torch.testing.assert_close(q[i, c, k], h2 @ p[5][c] + p[6][c])
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("e,g,o", [(1, 1, 1), (4, 7, 5), (1, 7, 1), (4, 1, 5)])
 def test_triton_matches_reference(e, g, o, dtype):
@@ -176,7 +170,7 @@ def test_triton_matches_reference(e, g, o, dtype):
     check_against_reference(e, g, o, d_s=11, d_a=3, h=80, n=37, dtype=dtype)
 
 
-@needs_interpreter
+@needs_triton
 def test_triton_matches_reference_default_hidden():
     # The trainer's hidden size (256), d_s larger than one K block (70 > 64).
     # Unconstrained weights: in fp32 both implementations are ~1e-7 from the oracle, far too
@@ -184,7 +178,7 @@ def test_triton_matches_reference_default_hidden():
     check_against_reference(4, 2, 1, d_s=70, d_a=6, h=256, n=17, dtype=torch.float32, margin=False)
 
 
-@needs_interpreter
+@needs_triton
 def test_triton_is_deterministic():
     params = make_params(4, 3, 11, 3, 80, 5, device=DEVICE)
     state, action = make_inputs(37, 3, 11, 3, device=DEVICE)
@@ -196,7 +190,7 @@ def test_triton_is_deterministic():
         assert torch.equal(x, y)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_detach_params_gives_state_and_action_grads_only(backend):
     torch.manual_seed(0)
@@ -215,7 +209,7 @@ def test_detach_params_gives_state_and_action_grads_only(backend):
     torch.testing.assert_close(a1.grad, a2.grad)
 
 
-@needs_interpreter
+@needs_triton
 def test_triton_input_grads_only_and_no_grad():
     """Only the grads that are asked for are computed (and they match the full computation)."""
     params = make_params(4, 2, 11, 3, 80, 1, device=DEVICE)
@@ -284,11 +278,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
         "else:\n"
         "    raise AssertionError('no error')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
-    )
+    res = run_without_interpreter(code, in_repo=True)
     assert res.returncode == 0, res.stderr
 
 
@@ -323,7 +313,7 @@ def test_td_target_reduce_reference_semantics():
     assert len(draws) > 1
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("shape,subset", [((37, 4, 7, 1), 2), ((5, 1, 3, 1), 1), ((9, 5, 2, 3), 3)])
 def test_td_target_reduce_triton_matches_reference(shape, subset):
     q = torch.randn(*shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
@@ -348,7 +338,7 @@ def test_td_target_reduce_triton_matches_reference(shape, subset):
     torch.testing.assert_close(g3, g4)
 
 
-@needs_interpreter
+@needs_triton
 def test_td_target_reduce_triton_nan_propagates_like_reference():
     q = torch.randn(3, 4, 2, 1).to(DEVICE)
     q[1, :, 0, 0] = float("nan")
@@ -423,7 +413,7 @@ def test_state_critic_matches_per_critic_mlp_loop():
             torch.testing.assert_close(q[i, c], out)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("e,o", [(4, 28), (1, 5)])
 def test_triton_state_only_matches_reference(e, o, dtype):
@@ -432,7 +422,7 @@ def test_triton_state_only_matches_reference(e, o, dtype):
     check_against_reference(e=e, g=1, o=o, d_s=24, d_a=0, h=32, n=37, dtype=dtype, device=DEVICE)
 
 
-@needs_interpreter
+@needs_triton
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_state_critic_module_grads_and_detach(backend):
     torch.manual_seed(1)

@@ -4,15 +4,10 @@ times; ring bookkeeping; bad input leaves the cache unchanged."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from amago_fast.kernels import _utils
 from amago_fast.kernels import decode as _decode
 from amago_fast.kernels.attention import causal_attention, causal_attention_reference
 from amago_fast.kernels.decode import (
@@ -21,10 +16,12 @@ from amago_fast.kernels.decode import (
     decode_attention_reference,
     quantize_int8_rows,
 )
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON_OK = _utils.INTERPRET or torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(not TRITON_OK, reason="needs TRITON_INTERPRET=1 or a GPU")
+from tests._kernels import (
+    DEVICE,
+    needs_cuda_compiler,
+    needs_triton,
+    run_without_interpreter,
+)
 
 
 def rollout(N, C, H, D, T, resets, dtype, backend, device=DEVICE, seed=0, with_cache=False):
@@ -408,21 +405,11 @@ print("COMPILED")
 """
 
 
-def _can_compile_for_cuda() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _can_compile_for_cuda(), reason="triton's NVIDIA backend is missing")
+@needs_cuda_compiler
 def test_decode_kernels_compile_for_sm90():
     """Without a GPU: the real decode kernels lower through Triton's NVIDIA backend and ptxas
     for sm_90 (bf16 cache, D=64; int8 cache with scales, D=32)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", COMPILE_CHECK], env=env, capture_output=True,
-                         text=True, timeout=600)
+    res = run_without_interpreter(COMPILE_CHECK)
     assert res.returncode == 0 and "COMPILED" in res.stdout, res.stderr[-3000:]
 
 

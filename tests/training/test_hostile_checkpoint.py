@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from amago_fast import checkpoint as ckpt
 from amago_fast.config import ConfigError
 from amago_fast.trainer import Trainer, evaluate_run
+from tests._checkpoints import reseal
 from tests._tiny_run import tiny_tmaze_config
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
@@ -55,17 +55,6 @@ def trained(tmp_path_factory) -> Path:
 def _copy(trained: Path, name: str, dest: Path) -> Path:
     shutil.copytree(trained / name, dest)
     return dest
-
-
-def reseal(path: Path) -> None:
-    """Rewrite a checkpoint manifest's sizes and sha256 for its files as they are now (what an
-    attacker crafting a run directory would do)."""
-    manifest = json.loads((path / ckpt.MANIFEST).read_text())
-    for rel, entry in manifest["files"].items():
-        entry["size"] = (path / rel).stat().st_size
-        if "sha256" in entry:
-            entry["sha256"] = hashlib.sha256((path / rel).read_bytes()).hexdigest()
-    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
 
 
 class CreatesFile:

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +25,7 @@ from amago_fast import checkpoint as ckpt
 from amago_fast.checkpoint import model_fingerprint
 from amago_fast.config import overrides_to_args, save_config
 from amago_fast.trainer import Trainer, evaluate_run
+from tests._checkpoints import reseal
 from tests._tiny_run import TINY_TMAZE_RUN, tiny_tmaze_config
 
 # Schedule keys on top of TINY_TMAZE_RUN (the model and env sizes).
@@ -184,12 +183,7 @@ def test_checkpoint_from_before_popart_step_counter_resumes(tmp_path):
     state = ckpt.load_object(path / "rank0" / "state.pt")
     state["model_fingerprint"] = model_fingerprint(model)
     ckpt.save_object(state, path / "rank0" / "state.pt")
-    manifest = json.loads((path / ckpt.MANIFEST).read_text())
-    for rel, entry in manifest["files"].items():
-        entry["size"] = (path / rel).stat().st_size
-        if "sha256" in entry:
-            entry["sha256"] = hashlib.sha256((path / rel).read_bytes()).hexdigest()
-    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    reseal(path)
 
     second = Trainer.resume(run_dir, {"total_env_steps": 64}).train()
     assert second["env_steps"] == 64 and second["updates"] > first["updates"]
