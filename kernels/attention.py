@@ -27,6 +27,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from amago_fast.kernels._launch import (
+    block_divides,
+    dot_precision,
+    last_dim_contiguous,
+    optional_operand,
+    short_autotune_bench,
+)
 from amago_fast.kernels._utils import autotune_configs, launch_device, resolve_backend
 
 __all__ = [
@@ -244,22 +251,6 @@ def _prune_configs(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _prune_configs}
 
 
-def _autotune_bench(kernel_call, quantiles):
-    """Time one candidate config: 10 ms warm-up and 40 ms of repeats instead of Triton's 25/100,
-    so a new shape costs ~50 ms of GPU time per candidate rather than ~125 ms; the kernels ran
-    0.08-1.5 ms at the benchmark's shapes on an H100, so 40 ms still gives >= 25 repeats."""
-    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
-
-
-def _checked(configs: list, inner: str, outer: str) -> list:
-    """The block-range arithmetic in the kernels needs the inner loop's block to divide the
-    program's block (e.g. BLOCK_N | BLOCK_M in the forward); refuse configs that break it."""
-    for c in configs:
-        if c.kwargs[outer] % c.kwargs[inner]:
-            raise ValueError(f"attention autotune config {c.kwargs}: {inner} must divide {outer}")
-    return configs
-
-
 # Tile lists: on an H100 (bf16, D=64, H=16, L in {512, 2048, 8192}; BENCHMARKS.md, the H100
 # kernel section) the autotuner timed 12 forward, 11 dK/dV and 11 dQ candidates, with and
 # without a mask; each list below keeps the configs that reached a top-5 there (the winner was
@@ -274,11 +265,11 @@ def _fwd_configs():
         ]
     ]
     interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
-    return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
+    return block_divides(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M", "attention")
 
 
 @triton.autotune(configs=_fwd_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
-                 do_bench=_autotune_bench)
+                 do_bench=short_autotune_bench)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Mask, Out, Lse,
@@ -427,11 +418,11 @@ def _dkdv_configs():
         ]
     ]
     interp = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4)
-    return _checked(autotune_configs(cuda, interp), "BLOCK_M", "BLOCK_N")
+    return block_divides(autotune_configs(cuda, interp), "BLOCK_M", "BLOCK_N", "attention")
 
 
 @triton.autotune(configs=_dkdv_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
-                 do_bench=_autotune_bench)
+                 do_bench=short_autotune_bench)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DK, DV,
@@ -551,11 +542,11 @@ def _dq_configs():
         ]
     ]
     interp = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4)
-    return _checked(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M")
+    return block_divides(autotune_configs(cuda, interp), "BLOCK_N", "BLOCK_M", "attention")
 
 
 @triton.autotune(configs=_dq_configs(), key=_AUTOTUNE_KEY, prune_configs_by=_PRUNE,
-                 do_bench=_autotune_bench)
+                 do_bench=short_autotune_bench)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, Mask, Lse, Delta, DQ,
@@ -624,21 +615,22 @@ def _attn_bwd_dq_kernel(
     tl.store(DQ + g_off, dq.to(DQ.dtype.element_ty), mask=q_in[:, None])
 
 
+#: The autotuned kernels by phase: what `amago-fast bench attention` reads its autotune tables from
+#: and pre-compiles every candidate of (``configs``, ``configs_timings``, ``best_config``).
+AUTOTUNED_KERNELS = {
+    "fwd": _attn_fwd_kernel, "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel,
+}
+
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-
-
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _kernel_flags(q: torch.Tensor, window: int | None, L: int):
     has_window = window is not None and window < L
     dtype_key = str(q.dtype).removeprefix("torch.")
     # fp32 inputs: exact fp32 products (PyTorch's fp32 matmul default), not TF32.
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    return has_window, (window if has_window else L), dtype_key, precision
+    return has_window, (window if has_window else L), dtype_key, dot_precision(q.dtype)
 
 
 def _attn_fwd(q, k, v, valid_mask, window, scale):
@@ -656,8 +648,7 @@ def _attn_fwd(q, k, v, valid_mask, window, scale):
     out = torch.empty((B, L, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
-    mask = valid_mask if valid_mask is not None else q  # dummy pointer when HAS_MASK is False
-    mstride = (valid_mask.stride(0), valid_mask.stride(1)) if valid_mask is not None else (0, 0)
+    mask, mstride = optional_operand(valid_mask, q, 2)  # q: unread when HAS_MASK is False
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
     _attn_fwd_kernel[grid](
         q, k, v, mask, out, lse,
@@ -675,7 +666,7 @@ def _attn_fwd(q, k, v, valid_mask, window, scale):
 
 def _attn_bwd(do, q, k, v, out, lse, valid_mask, window, scale):
     B, L, H, D = q.shape
-    do = _last_dim_contiguous(do)
+    do = last_dim_contiguous(do)
     delta = torch.empty_like(lse)
     _attn_bwd_preprocess_kernel[(triton.cdiv(L, 64), B * H)](
         out, do, delta,
@@ -686,8 +677,7 @@ def _attn_bwd(do, q, k, v, out, lse, valid_mask, window, scale):
     # Contiguous gradients whatever the input strides (dK and dV share one stride set).
     dq, dk, dv = (torch.empty((B, L, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
     has_window, w, dtype_key, precision = _kernel_flags(q, window, L)
-    mask = valid_mask if valid_mask is not None else q
-    mstride = (valid_mask.stride(0), valid_mask.stride(1)) if valid_mask is not None else (0, 0)
+    mask, mstride = optional_operand(valid_mask, q, 2)
     common = (
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -724,7 +714,7 @@ class CausalAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, valid_mask, window, softmax_scale):
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
         mask_u8 = valid_mask.to(torch.uint8).contiguous() if valid_mask is not None else None
         with launch_device(q):
             out, lse = _attn_fwd(q, k, v, mask_u8, window, softmax_scale)

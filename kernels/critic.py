@@ -38,7 +38,13 @@ from typing import NamedTuple
 
 import torch
 
-from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, launch_device, resolve_backend
+from amago_fast.kernels._launch import (
+    dot_precision,
+    pointer_or_stand_in,
+    pow2_at_least_16,
+    split_count,
+)
+from amago_fast.kernels._utils import INTERPRET, launch_device, resolve_backend
 
 try:
     import triton
@@ -230,15 +236,46 @@ _MAX_ACTION_DIM = 128
 _MAX_OUT_DIM = 128
 
 
-def _pow2_at_least_16(x: int) -> int:
-    return max(16, 1 << (int(x) - 1).bit_length())
-
-
 if triton is not None:
 
     @triton.jit
     def _leaky(x, NEG_SLOPE: tl.constexpr):
         return tl.where(x > 0, x, x * NEG_SLOPE)
+
+    @triton.jit
+    def _tile(ptr, rows, row_stride, cols, row_ok, col_ok):
+        """The (rows x cols) tile at ``ptr + rows * row_stride + cols``; 0 outside the masks."""
+        return tl.load(ptr + rows[:, None] * row_stride + cols[None, :],
+                       mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _store_tile(ptr, rows, row_stride, cols, row_ok, col_ok, value):
+        """``value`` into the (rows x cols) tile at ``ptr + rows * row_stride + cols``."""
+        tl.store(ptr + rows[:, None] * row_stride + cols[None, :], value,
+                 mask=row_ok[:, None] & col_ok[None, :])
+
+    @triton.jit
+    def _tile_at(ptr, rows, row_stride, off, cols, row_ok, col_ok):
+        """The (rows x cols) tile at ``ptr + rows * row_stride + off + cols``; 0 outside."""
+        return tl.load(ptr + rows[:, None] * row_stride + off + cols[None, :],
+                       mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _store_tile_at(ptr, rows, row_stride, off, cols, row_ok, col_ok, value):
+        """``value`` into the (rows x cols) tile at ``ptr + rows * row_stride + off + cols``."""
+        tl.store(ptr + rows[:, None] * row_stride + off + cols[None, :], value,
+                 mask=row_ok[:, None] & col_ok[None, :])
+
+    @triton.jit
+    def _layer1(A, P, B1, wa, rows, row_ok, offs_a, a_ok, offs_h, h_ok, e, g, G, D_A, E,
+                H: tl.constexpr, PRECISION: tl.constexpr):
+        """Gamma g's action rows ``a`` and ``z1 = a @ W_a[e] + P[rows, e] + b1[e, g]`` in fp32:
+        the first layer every kernel after the state projection starts from."""
+        cd = A.dtype.element_ty
+        a = _tile_at(A, rows, G * D_A, g * D_A, offs_a, row_ok, a_ok)
+        b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
+        p = _tile_at(P, rows, E * H, e * H, offs_h, row_ok, h_ok)
+        return a, tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
 
     @triton.jit
     def _critic_state_proj_kernel(
@@ -260,22 +297,10 @@ if triton is not None:
         for k0 in range(0, D_S, BLOCK_DS):
             offs_k = k0 + tl.arange(0, BLOCK_DS)
             k_ok = offs_k < D_S
-            s = tl.load(
-                S + rows[:, None] * D_S + offs_k[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            ws = tl.load(
-                WS + e * D_S * H + offs_k[:, None] * H + offs_h[None, :],
-                mask=k_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            ).to(cd)
+            s = _tile(S, rows, D_S, offs_k, row_ok, k_ok)
+            ws = _tile(WS + e * D_S * H, offs_k, H, offs_h, k_ok, h_ok).to(cd)
             p = tl.dot(s, ws, p, input_precision=PRECISION)
-        tl.store(
-            P_OUT + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-            p,
-            mask=row_ok[:, None] & h_ok[None, :],
-        )
+        _store_tile_at(P_OUT, rows, E * H, e * H, offs_h, row_ok, h_ok, p)
 
     @triton.jit
     def _critic_fwd_kernel(
@@ -299,51 +324,26 @@ if triton is not None:
         h_ok = offs_h < H
         offs_a = tl.arange(0, D_A_PAD)
         a_ok = offs_a < D_A
-        wa = tl.load(
-            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-            mask=a_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        ).to(cd)
+        wa = _tile(WA + e * D_A * H, offs_a, H, offs_h, a_ok, h_ok).to(cd)
         offs_o = tl.arange(0, O_PAD)
         o_ok = offs_o < O
         b3 = tl.load(B3 + e * O + offs_o, mask=o_ok, other=0.0).to(cd).to(tl.float32)
         for g in range(0, G):
-            a = tl.load(
-                A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                mask=row_ok[:, None] & a_ok[None, :],
-                other=0.0,
-            )
-            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
-            p = tl.load(
-                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                mask=row_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            )
-            z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
+            _, z1 = _layer1(A, P, B1, wa, rows, row_ok, offs_a, a_ok, offs_h, h_ok, e, g, G, D_A,
+                             E, H, PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             q = tl.zeros((BLOCK_N, O_PAD), dtype=tl.float32)
             for j0 in range(0, H_PAD, BLOCK_H):
                 offs_j = j0 + tl.arange(0, BLOCK_H)
                 j_ok = offs_j < H
-                w2 = tl.load(
-                    W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-                    mask=h_ok[:, None] & j_ok[None, :],
-                    other=0.0,
-                ).to(cd)
+                w2 = _tile(W2 + e * H * H, offs_h, H, offs_j, h_ok, j_ok).to(cd)
                 b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
                 h2 = _leaky(tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :], NEG_SLOPE)
-                w3 = tl.load(
-                    W3 + e * H * O + offs_j[:, None] * O + offs_o[None, :],
-                    mask=j_ok[:, None] & o_ok[None, :],
-                    other=0.0,
-                ).to(cd)
+                w3 = _tile(W3 + e * H * O, offs_j, O, offs_o, j_ok, o_ok).to(cd)
                 q = tl.dot(h2.to(cd), w3, q, input_precision=PRECISION)
             q += b3[None, :]
-            tl.store(
-                Q + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                q.to(Q.dtype.element_ty),
-                mask=row_ok[:, None] & o_ok[None, :],
-            )
+            _store_tile_at(Q, rows, E * G * O, (e * G + g) * O, offs_o, row_ok, o_ok,
+                           q.to(Q.dtype.element_ty))
 
     @triton.jit
     def _critic_bwd_rows_kernel(
@@ -367,42 +367,20 @@ if triton is not None:
         a_ok = offs_a < D_A
         offs_o = tl.arange(0, O_PAD)
         o_ok = offs_o < O
-        wa = tl.load(
-            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-            mask=a_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        ).to(cd)
+        wa = _tile(WA + e * D_A * H, offs_a, H, offs_h, a_ok, h_ok).to(cd)
         dp = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
         dwa = tl.zeros((H_PAD, D_A_PAD), dtype=tl.float32)
         for g in range(0, G):
-            a = tl.load(
-                A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                mask=row_ok[:, None] & a_ok[None, :],
-                other=0.0,
-            )
-            b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0).to(cd).to(tl.float32)
-            p = tl.load(
-                P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                mask=row_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            )
-            z1 = tl.dot(a, wa, p + b1[None, :], input_precision=PRECISION)
+            a, z1 = _layer1(A, P, B1, wa, rows, row_ok, offs_a, a_ok, offs_h, h_ok, e, g, G, D_A,
+                             E, H, PRECISION)
             h1 = _leaky(z1, NEG_SLOPE).to(cd)
             # Rows past N load dq = 0, so they contribute nothing below.
-            dq = tl.load(
-                DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                mask=row_ok[:, None] & o_ok[None, :],
-                other=0.0,
-            ).to(cd)
+            dq = _tile_at(DQ, rows, E * G * O, (e * G + g) * O, offs_o, row_ok, o_ok).to(cd)
             dh1 = tl.zeros((BLOCK_N, H_PAD), dtype=tl.float32)
             for j0 in range(0, H_PAD, BLOCK_H):
                 offs_j = j0 + tl.arange(0, BLOCK_H)
                 j_ok = offs_j < H
-                w2 = tl.load(
-                    W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-                    mask=h_ok[:, None] & j_ok[None, :],
-                    other=0.0,
-                ).to(cd)
+                w2 = _tile(W2 + e * H * H, offs_h, H, offs_j, h_ok, j_ok).to(cd)
                 b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
                 z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
                 w3t = tl.load(
@@ -423,16 +401,9 @@ if triton is not None:
             # spill ~1.2 KB (sm_90, bf16, 32 rows / 8 warps); this way 16 B.
             dwa = tl.dot(tl.trans(dz1c), a, dwa, input_precision=PRECISION)
             da = tl.dot(dz1c, tl.trans(wa), input_precision=PRECISION)
-            tl.store(
-                DA_PART + e * N * G * D_A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                da,
-                mask=row_ok[:, None] & a_ok[None, :],
-            )
-        tl.store(
-            DP + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-            dp,
-            mask=row_ok[:, None] & h_ok[None, :],
-        )
+            _store_tile_at(DA_PART + e * N * G * D_A, rows, G * D_A, g * D_A, offs_a, row_ok,
+                           a_ok, da)
+        _store_tile_at(DP, rows, E * H, e * H, offs_h, row_ok, h_ok, dp)
         tl.store(
             DWA_PART + (pid_n * E + e) * D_A * H + offs_a[None, :] * H + offs_h[:, None],
             dwa,
@@ -461,16 +432,8 @@ if triton is not None:
         o_ok = offs_o < O
         offs_j = pid_j * BLOCK_H + tl.arange(0, BLOCK_H)
         j_ok = offs_j < H
-        wa = tl.load(
-            WA + e * D_A * H + offs_a[:, None] * H + offs_h[None, :],
-            mask=a_ok[:, None] & h_ok[None, :],
-            other=0.0,
-        ).to(cd)
-        w2 = tl.load(
-            W2 + e * H * H + offs_h[:, None] * H + offs_j[None, :],
-            mask=h_ok[:, None] & j_ok[None, :],
-            other=0.0,
-        ).to(cd)
+        wa = _tile(WA + e * D_A * H, offs_a, H, offs_h, a_ok, h_ok).to(cd)
+        w2 = _tile(W2 + e * H * H, offs_h, H, offs_j, h_ok, j_ok).to(cd)
         b2 = tl.load(B2 + e * H + offs_j, mask=j_ok, other=0.0).to(cd).to(tl.float32)
         w3t = tl.load(
             W3 + e * H * O + offs_j[None, :] * O + offs_o[:, None],
@@ -485,43 +448,28 @@ if triton is not None:
             rows = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # N < 2**31
             row_ok = rows < N
             for g in range(0, G):
-                a = tl.load(
-                    A + rows[:, None] * (G * D_A) + g * D_A + offs_a[None, :],
-                    mask=row_ok[:, None] & a_ok[None, :],
-                    other=0.0,
-                )
-                b1 = tl.load(B1 + (e * G + g) * H + offs_h, mask=h_ok, other=0.0)
-                p = tl.load(
-                    P + rows[:, None] * (E * H) + e * H + offs_h[None, :],
-                    mask=row_ok[:, None] & h_ok[None, :],
-                    other=0.0,
-                )
-                z1 = tl.dot(a, wa, p + b1.to(cd).to(tl.float32)[None, :], input_precision=PRECISION)
+                _, z1 = _layer1(A, P, B1, wa, rows, row_ok, offs_a, a_ok, offs_h, h_ok, e, g, G,
+                                D_A, E, H, PRECISION)
                 h1 = _leaky(z1, NEG_SLOPE).to(cd)
                 z2 = tl.dot(h1, w2, input_precision=PRECISION) + b2[None, :]
                 h2 = _leaky(z2, NEG_SLOPE).to(cd)
-                dq = tl.load(
-                    DQ + rows[:, None] * (E * G * O) + (e * G + g) * O + offs_o[None, :],
-                    mask=row_ok[:, None] & o_ok[None, :],
-                    other=0.0,
-                ).to(cd)
+                dq = _tile_at(DQ, rows, E * G * O, (e * G + g) * O, offs_o, row_ok, o_ok).to(cd)
                 dh2 = tl.dot(dq, w3t, input_precision=PRECISION)
                 dz2 = tl.where(z2 > 0, dh2, dh2 * NEG_SLOPE)
                 acc_b2 += tl.sum(dz2, axis=0)
                 acc_w2 = tl.dot(tl.trans(h1), dz2.to(cd), acc_w2, input_precision=PRECISION)
                 acc_w3 = tl.dot(tl.trans(h2), dq, acc_w3, input_precision=PRECISION)
         base = pid_s * E + e
-        tl.store(
-            DW2_PART + base * H * H + offs_h[:, None] * H + offs_j[None, :],
-            acc_w2,
-            mask=h_ok[:, None] & j_ok[None, :],
-        )
-        tl.store(
-            DW3_PART + base * H * O + offs_j[:, None] * O + offs_o[None, :],
-            acc_w3,
-            mask=j_ok[:, None] & o_ok[None, :],
-        )
+        _store_tile(DW2_PART + base * H * H, offs_h, H, offs_j, h_ok, j_ok, acc_w2)
+        _store_tile(DW3_PART + base * H * O, offs_j, O, offs_o, j_ok, o_ok, acc_w3)
         tl.store(DB2_PART + base * H + offs_j, acc_b2, mask=j_ok)
+
+    #: The Triton kernels by phase, for the static sm_90 register/spill check
+    #: (``amago_fast.bench.critic.run_ptxas``).
+    TRITON_KERNELS = {
+        "state_proj": _critic_state_proj_kernel, "fwd": _critic_fwd_kernel,
+        "bwd_rows": _critic_bwd_rows_kernel, "bwd_weights": _critic_bwd_weights_kernel,
+    }
 
 
 class _Config(NamedTuple):
@@ -552,13 +500,9 @@ def _config(state: torch.Tensor, action: torch.Tensor, params: CriticParams) -> 
     d_a = action.shape[2]
     h = params.w2.shape[1]
     o = params.w3.shape[2]
-    h_pad = _pow2_at_least_16(h)
-    # fp32 inputs: TF32 tensor cores only where PyTorch's own matmuls may use them too, so the
-    # kernel's error stays within the tolerance rule against PyTorch at the same setting.
-    if state.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        precision = "ieee"
-    else:
-        precision = "tf32"
+    h_pad = pow2_at_least_16(h)
+    # fp32 inputs: TF32 tensor cores only where PyTorch's own matmuls may use them too.
+    precision = dot_precision(state.dtype, follow_matmul_setting=True)
     if INTERPRET:  # tiny blocks: many programs exercise the row masks and split loops
         rows = (16, 16, 16, 16)
     elif h_pad <= 256:
@@ -567,11 +511,11 @@ def _config(state: torch.Tensor, action: torch.Tensor, params: CriticParams) -> 
         rows = (32, 16, 16, 16)
     return _Config(
         *rows,
-        block_ds=min(64, _pow2_at_least_16(d_s)),
-        d_a_pad=_pow2_at_least_16(d_a),
+        block_ds=min(64, pow2_at_least_16(d_s)),
+        d_a_pad=pow2_at_least_16(d_a),
         h_pad=h_pad,
         block_h=min(h_pad, 64),
-        o_pad=_pow2_at_least_16(o),
+        o_pad=pow2_at_least_16(o),
         precision=precision,
         num_warps=4 if INTERPRET else 8,
         num_stages_fwd=2,
@@ -595,12 +539,6 @@ def _triton_supported(action: torch.Tensor, params: CriticParams) -> str | None:
     return None
 
 
-def _ptr_arg(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself, or a one-element stand-in when ``t`` is empty (action_dim = 0: every access
-    to it is masked off inside the kernels, but the launcher still needs a valid pointer)."""
-    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
-
-
 def _critic_forward_launch(
     state: torch.Tensor,
     action: torch.Tensor,
@@ -622,7 +560,7 @@ def _critic_forward_launch(
         PRECISION=cfg.precision, num_warps=cfg.num_warps,
     )  # fmt: skip
     _critic_fwd_kernel[(triton.cdiv(n, cfg.block_n_fwd), e)](
-        _ptr_arg(action), p, _ptr_arg(params.w_action), *params[2:], q,
+        pointer_or_stand_in(action), p, pointer_or_stand_in(params.w_action), *params[2:], q,
         n, g, d_a, o, e, H=h,
         NEG_SLOPE=negative_slope,
         BLOCK_N=cfg.block_n_fwd, D_A_PAD=cfg.d_a_pad,
@@ -652,6 +590,7 @@ def _critic_backward_launch(
     num_blocks = triton.cdiv(n, cfg.block_n_rows)
     need_state, need_action, need_ws, need_wa, need_b1, need_w2, need_b2, need_w3, need_b3 = needs
     grads: list[torch.Tensor | None] = [None] * 9
+    a_ptr, wa_ptr = pointer_or_stand_in(action), pointer_or_stand_in(params.w_action)
     consts = dict(
         H=h, NEG_SLOPE=negative_slope, D_A_PAD=cfg.d_a_pad, H_PAD=cfg.h_pad,
         BLOCK_H=cfg.block_h, O_PAD=cfg.o_pad, PRECISION=cfg.precision, num_warps=cfg.num_warps,
@@ -663,8 +602,8 @@ def _critic_backward_launch(
         dwa_part = torch.empty((num_blocks, e, d_a, h), dtype=f32, device=dev)
         db1_part = torch.empty((num_blocks, e, g, h), dtype=f32, device=dev)
         _critic_bwd_rows_kernel[(num_blocks, e)](
-            _ptr_arg(action), p, _ptr_arg(params.w_action), params.b1, params.w2, params.b2,
-            params.w3, dq, dp, _ptr_arg(da_part), _ptr_arg(dwa_part), db1_part,
+            a_ptr, p, wa_ptr, params.b1, params.w2, params.b2, params.w3, dq, dp,
+            pointer_or_stand_in(da_part), pointer_or_stand_in(dwa_part), db1_part,
             n, g, d_a, o, e, BLOCK_N=cfg.block_n_rows, **consts,
         )  # fmt: skip
         dp_flat = dp.view(n, e * h)
@@ -683,21 +622,14 @@ def _critic_backward_launch(
     if need_w2 or need_b2 or need_w3:
         num_chunks = triton.cdiv(cfg.h_pad, cfg.block_h)
         num_row_blocks = triton.cdiv(n, cfg.block_n_weights)
-        # Enough programs to fill the GPU ~4 times over; a pure function of shape and device,
-        # so the summation order (and the result) is the same every run.
-        # Under the interpreter (no SMs to fill) use up to 3 splits so that tests exercise the
-        # strided split loop and the partial-sum reduction.
-        if dev.type == "cuda":
-            splits = -(-4 * cuda_sm_count(dev) // (e * num_chunks))
-            splits = max(1, min(num_row_blocks, splits))
-        else:
-            splits = min(num_row_blocks, 3)
+        # Deterministic split count (see split_count); up to 3 splits off the GPU.
+        splits = split_count(dev, e * num_chunks, num_row_blocks, dev.type == "cuda", 3)
         dw2_part = torch.empty((splits, e, h, h), dtype=f32, device=dev)
         dw3_part = torch.empty((splits, e, h, o), dtype=f32, device=dev)
         db2_part = torch.empty((splits, e, h), dtype=f32, device=dev)
         _critic_bwd_weights_kernel[(e, num_chunks, splits)](
-            _ptr_arg(action), p, _ptr_arg(params.w_action), params.b1, params.w2, params.b2,
-            params.w3, dq, dw2_part, dw3_part, db2_part,
+            a_ptr, p, wa_ptr, params.b1, params.w2, params.b2, params.w3, dq,
+            dw2_part, dw3_part, db2_part,
             n, g, d_a, o, e, splits, BLOCK_N=cfg.block_n_weights, **consts,
         )  # fmt: skip
         if need_w2:

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from amago_fast.kernels._utils import INTERPRET, cuda_sm_count, launch_device, resolve_backend
+from amago_fast.kernels._launch import last_dim_contiguous, split_count
+from amago_fast.kernels._utils import INTERPRET, launch_device, resolve_backend
 
 __all__ = [
     "DecodeStep",
@@ -587,14 +588,11 @@ def _decode_launch(q: torch.Tensor, cache: RingKVCache, scale: float,
             f"decode_attention: the Triton kernel needs a power-of-two head_dim >= 16, got {D}"
         )
     C = cache.capacity
-    q = q if q.stride(-1) == 1 else q.contiguous()
+    q = last_dim_contiguous(q)
     block_n = 16 if INTERPRET else 64
     max_splits = triton.cdiv(C, block_n)
-    if INTERPRET:
-        num_splits = min(max_splits, 2)  # still exercises the split/combine path, few programs
-    else:
-        # Enough programs to cover the GPU ~4 times over; never more splits than BLOCK_N tiles.
-        num_splits = max(1, min(max_splits, triton.cdiv(4 * cuda_sm_count(q.device), N * H)))
+    # At most one split per BLOCK_N tile; 2 under the interpreter (the split/combine path).
+    num_splits = split_count(q.device, N * H, max_splits, not INTERPRET, 2)
     split_size = triton.cdiv(triton.cdiv(C, num_splits), block_n) * block_n
     num_splits = triton.cdiv(C, split_size)
     part_acc = torch.empty((N * H * num_splits, D), device=q.device, dtype=torch.float32)

@@ -53,6 +53,9 @@ if triton is not None:
         tl.store(MEAN_OUT + offs, (total / E).to(MEAN_OUT.dtype.element_ty), mask=ok)
         tl.store(ARG_OUT + offs, arg, mask=ok)
 
+    #: The Triton kernel, for the static sm_90 register check (``amago_fast.bench.critic``).
+    TRITON_KERNELS = {"td_reduce": _td_reduce_kernel}
+
 
 def _draw_subset(num_critics: int, subset_size: int, generator: torch.Generator | None):
     """Sorted critic indices of one REDQ subset, drawn once per call on the generator's device."""

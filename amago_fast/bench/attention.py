@@ -94,8 +94,7 @@ def _autotune_tables(top: int = 5) -> dict:
         return t[0] if isinstance(t, (list, tuple)) else t
 
     tables = {}
-    for kind, kern in (("fwd", A._attn_fwd_kernel), ("bwd_dkdv", A._attn_bwd_dkdv_kernel),
-                       ("bwd_dq", A._attn_bwd_dq_kernel)):
+    for kind, kern in A.AUTOTUNED_KERNELS.items():
         timings = getattr(kern, "configs_timings", None)
         if not timings:
             continue
@@ -193,7 +192,7 @@ def _compile_one(job: tuple) -> str:
     index, heads, head_dim, dtype_name, has_mask, device = job
     from amago_fast.kernels import attention as A
 
-    for kern in (A._attn_fwd_kernel, A._attn_bwd_dkdv_kernel, A._attn_bwd_dq_kernel):
+    for kern in A.AUTOTUNED_KERNELS.values():
         kern.configs = [kern.configs[index % len(kern.configs)]]
         kern.cache.clear()
     q, k, v, g, mask = _inputs(1, 256, heads, head_dim, getattr(torch, dtype_name), device, True)
@@ -219,8 +218,7 @@ def precompile(workers: int, heads: int = 16, head_dim: int = 64,
 
     from amago_fast.kernels import attention as A
 
-    n = max(len(k.configs) for k in (A._attn_fwd_kernel, A._attn_bwd_dkdv_kernel,
-                                     A._attn_bwd_dq_kernel))
+    n = max(len(k.configs) for k in A.AUTOTUNED_KERNELS.values())
     name = str(dtype).removeprefix("torch.")
     jobs = [(i, heads, head_dim, name, m, device) for i in range(n) for m in (False, True)]
     t0 = time.perf_counter()

@@ -259,23 +259,23 @@ def _ptxas_worker(dtype: str = "bf16") -> list[dict]:
     # (kernel, pointer signature, constexprs, num_warps, num_stages): the launcher's GPU config.
     kernels = [
         (
-            c._critic_state_proj_kernel,
+            c.TRITON_KERNELS["state_proj"],
             dict(S=x, WS=f, P_OUT=f),
             dict(H=256, BLOCK_N=64, BLOCK_DS=64, H_PAD=256, PRECISION=prec),
             8,
             2,
         ),
         (
-            c._critic_fwd_kernel,
+            c.TRITON_KERNELS["fwd"],
             dict(A=x, P=f, WA=f, B1=f, W2=f, B2=f, W3=f, B3=f, Q=x),
             dict(layer, BLOCK_N=32),
             8,
             2,
         ),
-        (c._critic_bwd_rows_kernel, bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
-        (c._critic_bwd_weights_kernel, bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
+        (c.TRITON_KERNELS["bwd_rows"], bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
+        (c.TRITON_KERNELS["bwd_weights"], bwd_ptrs, dict(layer, BLOCK_N=32), 8, 1),
         (
-            td._td_reduce_kernel,
+            td.TRITON_KERNELS["td_reduce"],
             dict(Q=f, SUBSET="*i32", MIN_OUT=f, MEAN_OUT=f, ARG_OUT="*i32"),
             dict(E=4, BLOCK=1024),
             4,

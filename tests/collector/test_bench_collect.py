@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amago_fast.bench import collect as bench
+from amago_fast.bench import policy_step
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered.*")
 
@@ -48,7 +49,7 @@ def test_replay_env_replays_the_recorded_steps():
 def test_policy_context_cost_reports_its_fields():
     """The context check on a short run: both rollouts reach their times, the bytes attention
     reads follow the cache dtype and the filled length (tiny model: 2 layers, d_model 64)."""
-    out = bench.policy_context_cost(steps_lo=4, steps_hi=16, measure=3, sizes=("tiny",))
+    out = policy_step.policy_context_cost(steps_lo=4, steps_hi=16, measure=3, sizes=("tiny",))
     hi = out["tiny_capacity_hi"]
     assert hi["context_len"] == 16
     native = hi.get("native", hi["torch"])
@@ -64,15 +65,15 @@ def test_policy_context_cost_reports_its_fields():
 def test_policy_context_cost_keeps_other_rows_when_one_fails(monkeypatch):
     """A path or cache dtype that raises (say, a kernel that does not compile on some GPU) is
     reported in its own row; the other rows are still measured."""
-    real = bench._context_row
+    real = policy_step._context_row
 
     def int8_breaks(size, ctx, kv, *args, **kwargs):
         if kv == "int8":
             raise RuntimeError("int8 decode failed to compile")
         return real(size, ctx, kv, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "_context_row", int8_breaks)
-    out = bench.policy_context_cost(steps_lo=2, steps_hi=6, measure=2, sizes=("tiny",))
+    monkeypatch.setattr(policy_step, "_context_row", int8_breaks)
+    out = policy_step.policy_context_cost(steps_lo=2, steps_hi=6, measure=2, sizes=("tiny",))
     bad = out["tiny_capacity_hi_kv_int8"]
     assert bad and all(v == {"error": "RuntimeError: int8 decode failed to compile"}
                        for v in bad.values())
