@@ -7,19 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-BUILD=build/generic
-GEN=()
-command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
-cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DAMAGO_FAST_GENERIC=ON \
-  -DPython_EXECUTABLE="$PY" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >/dev/null
-cmake --build "$BUILD" -j 2
-SO=$(ls "$PWD/$BUILD"/_core*.so | head -n 1)
+source scripts/_alt_core.sh
+build_alt_core build/generic -DCMAKE_BUILD_TYPE=Release -DAMAGO_FAST_GENERIC=ON
 if command -v objdump >/dev/null 2>&1; then
   YMM=$(objdump -d --no-show-raw-insn "$SO" | grep -c "ymm" || true)
   echo "generic core: $YMM instructions on ymm registers"
   [ "$YMM" = 0 ] || { echo "generic_check: the generic build holds AVX instructions" >&2; exit 1; }
 fi
-export AMAGO_FAST_CORE_PATH="$SO"
 "$PY" - "$SO" <<'PY'
 import sys
 import amago_fast._native as n
@@ -38,8 +32,4 @@ eng = agent.native_step.engine(agent._rollout_plans())
 assert eng is not None and not eng.avx2, "the generic build took an AVX2 path"
 print("generic core:", n.core.__file__, "(policy engine: baseline build)")
 PY
-"$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
-  tests/buffer/test_trajectory_buffer.py tests/buffer/test_native_engine.py tests/buffer/test_stateful.py \
-  tests/buffer/test_relabel_tables.py tests/nets/test_native_step.py \
-  "tests/collector/test_collector.py::test_native_bookkeeping_equals_numpy_reference[tmaze-passive-kw3-25]" \
-  "tests/collector/test_collector.py::test_native_bookkeeping_rejects_bad_arrays" "$@"
+run_native_tests "$@"
