@@ -66,7 +66,7 @@ _MEDIUM_MODEL: dict[str, Any] = {
 
 def _tmaze(active: bool) -> dict[str, Any]:
     # Settings measured to solve passive T-Maze (corridor 20, greedy success 1.0) by ~3500 env
-    # steps (~900 updates, ~30 s user CPU) on a shared 2-core CPU (tests/test_learning.py).
+    # steps (~900 updates, ~30 s user CPU) on a shared 2-core CPU (tests/learning/test_learning.py).
     # For another corridor length set env.kwargs, agent.context_len (H + 2), window_len (H + 1)
     # and exploration.horizon (H + 1) together (benchmarks/bench_tmaze.py does).
     corridor = 20
