@@ -10,7 +10,8 @@ from amago_fast.bench import tmaze
 
 
 def test_bench_tmaze_reports_time_to_solved_or_the_limit(tmp_path, capsys):
-    tmaze.main(["--corridor", "3", "--seeds", "0", "--time-limit", "15", "--eval-interval", "256",
+    # 45 s: at load ~8 on 2 cores, 15 s did not reach the first evaluation (256 env steps).
+    tmaze.main(["--corridor", "3", "--seeds", "0", "--time-limit", "45", "--eval-interval", "256",
                 "--eval-episodes", "8", "--log-dir", str(tmp_path),
                 "--override", "learning_starts=256", "--override", "env.num_envs=4"])
     out = json.loads(capsys.readouterr().out)
@@ -25,7 +26,7 @@ def test_bench_tmaze_reports_time_to_solved_or_the_limit(tmp_path, capsys):
         assert run["env_steps_to_solved"] == history[-1]["env_steps"]
         assert out["median_seconds_to_solved"] == run["seconds_to_solved"]
     else:  # the time limit stopped it
-        assert run["total_wall_seconds"] >= 15
+        assert run["total_wall_seconds"] >= 45
         assert out["median_seconds_to_solved"] is None
     cfg = json.loads((tmp_path / "corridor3_seed0" / "config.json").read_text())
     assert cfg["window_len"] == 4 and cfg["agent"]["context_len"] == 5
