@@ -115,7 +115,7 @@ class RawStepper:
         self.env = env
         self.rng = np.random.default_rng(0)
         self.pool = getattr(env, "pool", None)
-        self.direct = getattr(env, "_direct", None) if direct else None
+        self.direct = getattr(env, "direct_plan", None) if direct else None
         if direct and self.direct is None:
             raise ValueError(f"{env.spec.name}: no direct EnvPool calls to time")
         self.info = None
@@ -424,7 +424,7 @@ def run(
                     cols[f"collector_agent_{size}"] = Collector(
                         fresh(), ag, _buffer(spec, n), nan_policy="flag")
         raws = {"raw": RawStepper(fresh())}
-        if getattr(raws["raw"].env, "_direct", None) is not None:
+        if getattr(raws["raw"].env, "direct_plan", None) is not None:
             raws["raw_direct"] = RawStepper(fresh(), direct=True)
         times: dict[str, list[float]] = {**{k: [] for k in raws}, **{k: [] for k in cols}}
         nonfinite = {"steps": 0}

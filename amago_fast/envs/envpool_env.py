@@ -372,6 +372,13 @@ class EnvPoolEnv(VectorEnv):
     def batch_size(self) -> int:
         return self._batch_size
 
+    @property
+    def direct_plan(self) -> _DirectCalls | None:
+        """The pool's C++ ``_send`` / ``_recv`` calls this env steps through (None when
+        ``direct_calls`` is off or the pool offers none): what a benchmark times to separate
+        EnvPool's own cost from the framework's."""
+        return self._direct
+
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         self._check_open()
         if seed is not None and seed != self._seed:
