@@ -101,26 +101,41 @@ def resolve_gym_id(env_id: str) -> str:
 EPISODE_LIMIT_ATTRS = ("max_episode_length", "max_steps")
 
 
-def declared_episode_limit(vec: Any) -> int | None:
+def declared_episode_limit(vec: Any, build: tuple | None = None) -> int | None:
     """The most steps an episode of vector env `vec` can last: its registration's
-    ``max_episode_steps``, else the first of EPISODE_LIMIT_ATTRS that every sub-env declares as
-    the same positive integer, else None (the profiles then size for an unlimited env)."""
+    ``max_episode_steps``, else the first of EPISODE_LIMIT_ATTRS that the env declares as a
+    positive integer, else None (the profiles then size for an unlimited env). The attribute is
+    read from a sync vector env's first sub-env, or, for an async one built from an id
+    (`build`: the adapter's ``(id, num_envs, mode, make kwargs)``), from one more copy made in
+    this process and closed: asking async workers for an attribute they lack shuts them down."""
     limit = getattr(getattr(vec, "spec", None), "max_episode_steps", None)
     if limit:
         return int(limit)
-    get_attr = getattr(vec, "get_attr", None)
-    if not callable(get_attr):
-        return None
-    for attr in EPISODE_LIMIT_ATTRS:
+    subs = getattr(vec, "envs", None)
+    probe, made = None, False
+    if subs:
+        probe = subs[0]
+    elif build is not None:
+        import gymnasium as gym
+
+        env_id, _, _, kwargs = build
         try:
-            values = set(get_attr(attr))
-        except Exception:  # noqa: BLE001 - a sub-env without it (any error type a wrapper raises)
-            continue
-        if len(values) == 1:
-            (value,) = values
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+            probe, made = gym.make(env_id, **kwargs), True
+        except Exception:  # noqa: BLE001 - no probe: the limit stays undeclared
+            return None
+    if probe is None:
+        return None
+    try:
+        base = getattr(probe, "unwrapped", probe)
+        for attr in EPISODE_LIMIT_ATTRS:
+            value = getattr(base, attr, None)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+                    and value > 0:
                 return int(value)
-    return None
+        return None
+    finally:
+        if made:
+            probe.close()
 
 
 def _leaf_field(name: str, space: Any, where: str,
@@ -518,7 +533,7 @@ class GymVectorEnv(VectorEnv):
         self._next_seed: int | None = seed
         self._faulted = False  # a step or reset raised: the vector env may be broken
         self._rebuilds = 0
-        max_steps = declared_episode_limit(self.vec)
+        max_steps = declared_episode_limit(self.vec, self._build)
         self.spec = EnvSpec(env_name, tuple(fields), action, max_episode_steps=max_steps,
                             extra={"backend": "gymnasium"})
         self._obs_checks = _observation_checks(self.vec.single_observation_space, env_name,

@@ -55,18 +55,20 @@ def test_unresolvable_ids_are_one_line_errors(env_id, match):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("env_id,package,limit", [
     ("popgym-RepeatFirstEasy-v0", "popgym", 51),  # POPGym's max_episode_length
     ("MiniGrid-MemoryS7-v0", "minigrid", 245),  # MiniGrid's max_steps (5 * 7 ** 2)
 ])
-def test_suite_declared_episode_limits_reach_the_spec(env_id, package, limit):
+def test_suite_declared_episode_limits_reach_the_spec(env_id, package, limit, mode):
     """Neither registration has a TimeLimit; the suites' own attributes give the limit the
-    profiles size context, window and exploration from. Random play never runs past it."""
+    profiles size context, window and exploration from. Random play never runs past it, and
+    async workers survive the lookup (asking them for an attribute they lack kills them)."""
     pytest.importorskip(package)
     import numpy as np
 
-    env = make_env(f"gym:{env_id}", 2, seed=0, **({"flatten_keys": ["image"]}
-                                                   if package == "minigrid" else {}))
+    env = make_env(f"gym:{env_id}", 2, seed=0, vectorization=mode,
+                   **({"flatten_keys": ["image"]} if package == "minigrid" else {}))
     try:
         assert env.spec.max_episode_steps == limit
         env.reset()
