@@ -4,8 +4,9 @@
 
 ENV_ID is any ``--env.name`` (``gym:CartPole-v1``, ``gym:popgym-CountRecallEasy-v0``,
 ``tmaze-passive``, ...). Each env runs `--episodes` whole episodes of uniform-random actions
-through the real Collector (counted exactly, as ``amago-fast eval`` counts them); one JSON
-object per env: mean return and success with their 95% intervals, mean episode length. The
+through the real Collector (counted exactly, as ``amago-fast eval`` counts them); prints a JSON
+list, one object per env: mean return and success with their 95% intervals, mean episode
+length. The
 reference line of a learning table (docs/LEARNING.md) comes from here.
 """
 
