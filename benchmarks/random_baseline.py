@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error(f"--episodes must be >= 1, got {args.episodes}")
-    print(json.dumps([random_baseline(e, args.episodes, args.seed) for e in args.envs],
-                     indent=1))
+    rows = []
+    for env_name in args.envs:
+        try:
+            rows.append(random_baseline(env_name, args.episodes, args.seed))
+        except (ValueError, TypeError) as e:  # an unknown id, a package that is not installed
+            ap.error(f"{env_name}: {e}")
+    print(json.dumps(rows, indent=1))
     return 0
 
 

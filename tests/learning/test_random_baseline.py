@@ -34,3 +34,10 @@ def test_bad_episode_count_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         _module().main(["tmaze-passive", "--episodes", "0"])
     assert "--episodes must be >= 1" in capsys.readouterr().err
+
+
+def test_unknown_env_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        _module().main(["gym:NoSuchEnv-v9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "gym:NoSuchEnv-v9: unknown gymnasium id 'NoSuchEnv-v9'" in err[-1]
