@@ -4,7 +4,9 @@
   replaced by a uniform random one. eps anneals linearly from `eps_start` to `eps_end` over
   `anneal_steps` env steps; as in AMAGO each env i has its own multiplier u_i ~ U(0, 1), redrawn
   at each of its rollout starts, so eps_i = eps(t) * u_i and some envs explore much more than
-  others (``randomize=False`` gives every env u_i = 1).
+  others (``randomize=False`` gives every env u_i = 1; ``multiplier_floor`` f > 0 draws u_i
+  log-uniformly from [f, 1] instead, as Ape-X spreads ε over its actors, so that a share of the
+  rollouts act almost on-policy).
   Optionally ε applies only in a window of each rollout's steps (``horizon``, ``explore_first``,
   ``explore_last``): steps t < explore_first or t >= horizon - explore_last explore, the others
   take the policy's own action. This is for tasks such as passive T-Maze, whose H - 1
@@ -52,7 +54,8 @@ class _Annealed:
     kind = "annealed"
 
     def __init__(
-        self, num_envs: int, start: float, end: float, anneal_steps: int, randomize: bool, seed: int
+        self, num_envs: int, start: float, end: float, anneal_steps: int, randomize: bool,
+        seed: int, multiplier_floor: float = 0.0,
     ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -60,6 +63,12 @@ class _Annealed:
             raise ValueError(f"exploration start/end must be >= 0, got {start}, {end}")
         if anneal_steps < 0:
             raise ValueError(f"anneal_steps must be >= 0, got {anneal_steps}")
+        if isinstance(multiplier_floor, bool) or not isinstance(
+                multiplier_floor, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(multiplier_floor) < 1.0:
+            raise ValueError(f"multiplier_floor must be a number in [0, 1), got "
+                             f"{multiplier_floor!r}")
+        self.multiplier_floor = float(multiplier_floor)
         self.num_envs = int(num_envs)
         self.start, self.end, self.anneal_steps = float(start), float(end), int(anneal_steps)
         self.randomize = bool(randomize)
@@ -68,9 +77,13 @@ class _Annealed:
         self.scale = self._draw_scale(self.num_envs)
 
     def _draw_scale(self, n: int) -> np.ndarray:
-        if self.randomize:
-            return self.rng.random(n)
-        return np.ones(n)
+        if not self.randomize:
+            return np.ones(n)
+        if self.multiplier_floor > 0.0:
+            # log-uniform in [floor, 1]: every decade of ε gets the same share of rollouts, so
+            # a share of them act almost on-policy (Ape-X's per-actor ε spread)
+            return np.power(self.multiplier_floor, self.rng.random(n))
+        return self.rng.random(n)
 
     def current(self) -> float:
         """The annealed value before the per-env multiplier."""
@@ -129,6 +142,7 @@ class EpsilonGreedy(_Annealed):
         horizon: int | None = None,
         explore_first: int = 0,
         explore_last: int = 0,
+        multiplier_floor: float = 0.0,
     ) -> None:
         if not action.is_discrete:
             raise ValueError("EpsilonGreedy needs a discrete or multi-discrete action space")
@@ -149,7 +163,8 @@ class EpsilonGreedy(_Annealed):
         self.action = action
         self.horizon = None if horizon is None else int(horizon)
         self.explore_first, self.explore_last = int(explore_first), int(explore_last)
-        super().__init__(num_envs, eps_start, eps_end, anneal_steps, randomize, seed)
+        super().__init__(num_envs, eps_start, eps_end, anneal_steps, randomize, seed,
+                         multiplier_floor)
         # steps each env has acted in its current rollout (only used with a window)
         self.rollout_t = np.zeros(self.num_envs, np.int64)
 
@@ -224,6 +239,7 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         seed: int = 0,
         late_start_prob: float = 0.0,
         late_start_draw: str = "uniform",
+        multiplier_floor: float = 0.0,
     ) -> None:
         if late_start_draw not in LATE_START_DRAWS:
             raise ValueError(f"late_start_draw must be one of {list(LATE_START_DRAWS)}, got "
@@ -244,7 +260,7 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         # The parent's window is off (horizon=None there): every step may explore, with the
         # step-dependent ε below.
         super().__init__(action, num_envs, eps_first_start, eps_first_end, anneal_steps,
-                         randomize, seed)
+                         randomize, seed, multiplier_floor=multiplier_floor)
         self.rollout_horizon = int(horizon)
         self.last_start, self.last_end = float(eps_last_start), float(eps_last_end)
         self.late_start_prob = float(late_start_prob)
@@ -317,6 +333,7 @@ class GaussianNoise(_Annealed):
         anneal_steps: int = 1_000_000,
         randomize: bool = True,
         seed: int = 0,
+        multiplier_floor: float = 0.0,
     ) -> None:
         if action.kind != "continuous":
             raise ValueError("GaussianNoise needs a continuous action space")
@@ -324,7 +341,8 @@ class GaussianNoise(_Annealed):
         self.low = np.asarray(action.low, np.float32)
         self.high = np.asarray(action.high, np.float32)
         self.half_range = (self.high - self.low) / 2
-        super().__init__(num_envs, std_start, std_end, anneal_steps, randomize, seed)
+        super().__init__(num_envs, std_start, std_end, anneal_steps, randomize, seed,
+                         multiplier_floor)
 
     def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
         actions = np.asarray(actions, dtype=np.float32)
