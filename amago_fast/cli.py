@@ -69,7 +69,13 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run's newest checkpoint with greedy episodes")
     p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
-    p.add_argument("--episodes", type=int, default=32, help="greedy episodes to run")
+    p.add_argument("--episodes", type=int, default=32, help="episodes to run")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sample", dest="sample", action="store_const", const=True, default=None,
+                     help="act with draws from the policy (default: as the run evaluated, its "
+                     "eval_sample)")
+    how.add_argument("--greedy", dest="sample", action="store_const", const=False,
+                     help="act with the policy's greedy action")
     p.add_argument(
         "--num-envs", type=int, default=None, help="parallel eval envs (default: config)"
     )
@@ -296,6 +302,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         env_kwargs=env_kwargs,
+        sample=args.sample,
     )
     print(json.dumps(stats, indent=2, default=float))
     if args.video is not None:

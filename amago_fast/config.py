@@ -169,7 +169,13 @@ class TrainConfig:
     eval_interval: int = 5_000
     """Run evaluation episodes every this many env transitions (0: only at the end)."""
     eval_episodes: int = 16
-    """Greedy (no exploration) episodes per evaluation."""
+    """Episodes per evaluation (no exploration noise; see `eval_sample`)."""
+    eval_sample: bool = False
+    """Evaluation acts with draws from the policy's distribution (AMAGO's default) instead of
+    its greedy action. The profiles set it for discrete actions, whose training collection
+    samples too: on MiniGrid MemoryS7 the argmax policy of a 50k-step run looped until the time
+    limit in 64 of 64 episodes (return 0.00) where its samples scored 0.43 (docs/LEARNING.md).
+    eval.csv's ``sampled`` column says which."""
     eval_max_steps: int = 0
     """Env steps per eval env slot one evaluation may take before it stops unfinished (logged
     as eval.csv's stopped_early = 1): an env whose episodes never end cannot hang training.

@@ -77,8 +77,12 @@ def evaluate_run(
     device: str = "cpu",
     seed: int = 12345,
     env_kwargs: dict | None = None,
+    sample: bool | None = None,
 ) -> dict[str, float]:
-    """Load a run's newest checkpoint and run `episodes` greedy episodes; return their stats.
+    """Load a run's newest checkpoint and run `episodes` episodes; return their stats.
+
+    ``sample``: act with draws from the policy (True) or its greedy action (False); None: as
+    the run evaluated during training (its ``eval_sample``). The stats' ``sampled`` says which.
 
     The env is the run's evaluation env (:func:`eval_env_kwargs`), with `env_kwargs` merged
     on top (e.g. ``{"split": "eval-out"}`` for actuator inversion's held-out contexts); it
@@ -92,6 +96,8 @@ def evaluate_run(
         raise FileNotFoundError(f"{run_dir} has no config.json (not a run directory)")
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
+    if sample is not None and not isinstance(sample, bool):
+        raise ValueError(f"sample must be True, False or None, got {sample!r}")
     if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int)
                                  or num_envs < 1):
         raise ValueError(f"num_envs must be an int >= 1 (or None: the run's "
@@ -133,7 +139,10 @@ def evaluate_run(
         with warnings.catch_warnings():  # evaluation never samples from the learner's generator
             warnings.filterwarnings("ignore", message=".*sampling generator", category=UserWarning)
             learner.load_state_dict(shared["learner"])
-        out = evaluation_row(env, Collector(env, agent).evaluate(episodes))
+        if sample is None:
+            sample = cfg.eval_sample
+        out = evaluation_row(env, Collector(env, agent).evaluate(episodes, sample=sample))
+        out["sampled"] = float(sample)
     finally:
         env.close()
     out["checkpoint_env_steps"] = float(ckpt.verify_checkpoint(path)["step"])

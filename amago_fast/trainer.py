@@ -511,14 +511,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
-        """Greedy episodes (no exploration) on the eval envs; returns their statistics."""
+        """Episodes without exploration noise (greedy, or sampled with ``eval_sample``) on the
+        eval envs; returns their statistics."""
         if self.cfg.eval_episodes == 0:
             return {}
         out: dict[str, float] = {}
         for label, collector in self.eval_collectors.items():
-            stats = collector.evaluate(self.cfg.eval_episodes, **self._eval_limits(collector))
+            stats = collector.evaluate(self.cfg.eval_episodes, sample=self.cfg.eval_sample,
+                                       **self._eval_limits(collector))
             self.eval_env_steps += int(stats.get("env_steps", 0))
-            flat = evaluation_row(collector.env, stats)
+            flat = evaluation_row(collector.env, stats) | {"sampled": float(self.cfg.eval_sample)}
             out |= {(f"{label}/{k}" if label else k): v for k, v in flat.items()}
         return out
 

@@ -181,3 +181,38 @@ def test_typed_num_envs_sets_the_cadence(capsys):
                         "--device", "cpu")
     assert cfg["env"]["num_envs"] == 2 and cfg["collect_steps_per_iter"] == 16
     assert cfg["eval_interval"] == max(1_000, 4 * 2 * 51) and cfg["learning_starts"] == 500
+
+
+def test_profiles_sample_discrete_evaluations_only():
+    assert sized_overrides("cpu", 51, True)["eval_sample"] is True
+    assert sized_overrides("gpu", None, True)["eval_sample"] is True
+    assert sized_overrides("cpu", 200, False)["eval_sample"] is False
+
+
+@pytest.mark.usefixtures("keep_torch_threads")
+def test_eval_sample_reaches_eval_csv_and_evaluate_run(tmp_path, capsys):
+    """The run's evaluations say whether they sampled; `evaluate_run` follows the run's setting
+    unless told, and its greedy episodes repeat exactly for one env seed."""
+    from amago_fast.config import overrides_to_args
+    from amago_fast.evaluation import evaluate_run
+    from tests._tiny_run import TINY_TMAZE_RUN
+
+    run_dir = tmp_path / "run"
+    args = {**TINY_TMAZE_RUN, "total_env_steps": 32, "eval_interval": 16, "eval_episodes": 4,
+            "checkpoint_interval": 0, "eval_sample": True}
+    assert main(["train", "--run-dir", str(run_dir), *overrides_to_args(args)]) == 0
+    capsys.readouterr()
+    with open(run_dir / "eval.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(float(r["sampled"]) == 1.0 for r in rows)
+    assert evaluate_run(run_dir, episodes=8)["sampled"] == 1.0
+    greedy = [evaluate_run(run_dir, episodes=8, sample=False, seed=3) for _ in range(2)]
+    timing = ("seconds", "steps_per_second")
+    same = [{k: v for k, v in g.items() if k not in timing} for g in greedy]
+    assert greedy[0]["sampled"] == 0.0 and same[0] == same[1]
+    with pytest.raises(ValueError, match="sample"):
+        evaluate_run(run_dir, episodes=8, sample="yes")
+    assert main(["eval", str(run_dir), "--episodes", "4", "--greedy"]) == 0
+    assert json.loads(capsys.readouterr().out)["sampled"] == 0.0
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--sample", "--greedy"])
