@@ -67,7 +67,8 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a run's newest checkpoint with greedy episodes")
+    p = sub.add_parser("eval", help="evaluate a run's newest checkpoint (greedy or sampled "
+                       "episodes)")
     p.add_argument("run_dir", help="a run directory written by `amago-fast train`")
     p.add_argument("--episodes", type=int, default=32, help="episodes to run")
     how = p.add_mutually_exclusive_group()
