@@ -41,6 +41,14 @@ class LearnerConfig:
     actors refuse a floor (their exploration is the noise schedule)."""
     entropy_floor_coeff: float = 1.0
     """Slope of the entropy floor's hinge, in the actor loss's units (PopArt-normalised Q)."""
+    mean_reg: float = 0.0
+    """Continuous actors: adds ``mean_reg · ½·μ²`` (μ the tanh-Gaussian's pre-tanh mean, averaged
+    over rows, gammas and action dims) to the actor loss, as the original SAC code's policy
+    regulariser (1e-3 there). While the critic is nearly flat (a sparse goal not yet found),
+    Adam turns its noise-level action gradients into full-size steps in one direction and the
+    DPG term walks μ into tanh's flat tails, where its gradient vanishes: every failed DI /
+    DI-Friction run of docs/AIB.md ended with one saturated action, ~(−1, −1) in every state,
+    the point mass pinned in a corner. 0 disables."""
     critic_loss_weight: float = 10.0
     """Weight of the critic loss relative to the actor loss."""
     reward_multiplier: float = 10.0
@@ -97,7 +105,7 @@ class LearnerConfig:
         if not (isinstance(self.entropy_floor, (int, float)) and 0 <= self.entropy_floor < 1):
             bad("entropy_floor", "must be a fraction in [0, 1) of the uniform entropy")
         for name in ("weight_decay", "dpg_coeff", "bc_coeff", "critic_loss_weight",
-                     "entropy_floor_coeff"):
+                     "entropy_floor_coeff", "mean_reg"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "must be a non-negative finite number")

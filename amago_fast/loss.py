@@ -87,6 +87,9 @@ class AMAGOLoss(nn.Module):
             )
         self.twohot = agent.config.critic_type == "twohot"
         action = agent.spec.action
+        if config.mean_reg > 0 and action.kind != "continuous":
+            raise ValueError(f"LearnerConfig.mean_reg={config.mean_reg}: only for continuous "
+                             f"actions (this agent's are {action.kind})")
         if config.entropy_floor > 0 and action.kind == "continuous":
             raise ValueError(f"LearnerConfig.entropy_floor={config.entropy_floor}: only for "
                              f"discrete or multi-discrete actions (this agent's are continuous)")
@@ -207,6 +210,10 @@ class AMAGOLoss(nn.Module):
             short = F.relu(self.entropy_floor_nats - agent.actor.entropy(params))  # (B, L1, G)
             floor_per_gamma = _masked_mean(short, row_mask, (0, 1))
             actor_per_gamma = actor_per_gamma + cfg.entropy_floor_coeff * floor_per_gamma
+        if cfg.mean_reg > 0:
+            mu = agent.actor.pre_tanh_mean(params).float()  # (B, L1, G, D)
+            mean_sq = _masked_mean(0.5 * mu.pow(2).mean(-1), row_mask, (0, 1))  # (G,)
+            actor_per_gamma = actor_per_gamma + cfg.mean_reg * mean_sq
         actor_loss = actor_per_gamma.mean()
         loss = actor_loss + cfg.critic_loss_weight * critic_loss
 

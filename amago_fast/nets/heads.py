@@ -66,6 +66,12 @@ class ActorHead(nn.Module):
         mean, raw_std = params.chunk(2, dim=-1)
         return mean, bounded_log_std(raw_std)
 
+    def pre_tanh_mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The tanh-Gaussian's mean before the tanh (…, G, action_dim); continuous only."""
+        if self.spec.kind != "continuous":
+            raise ValueError("pre_tanh_mean: only continuous actors have a tanh-Gaussian")
+        return self._gaussian(params)[0]
+
     def log_prob(self, params: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """log π(buffer action) for every gamma: params (…, G, P), action (…, *shape) → (…, G)."""
         if self.spec.kind == "continuous":

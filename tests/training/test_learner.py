@@ -642,3 +642,48 @@ def test_entropy_floor_is_refused_for_continuous_actions_and_out_of_range():
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="entropy_floor"):
             LearnerConfig(entropy_floor=bad).validate()
+
+
+def _mean_abs_pre_tanh(learner, rows) -> float:
+    with torch.no_grad():
+        h = learner.agent.encode(rows, rows["time_index"], rows["mask"])
+        actor = learner.agent.actor
+        return float(actor.pre_tanh_mean(actor(h)).abs().mean())
+
+
+def test_mean_reg_pulls_a_saturated_continuous_actor_back():
+    """An actor whose pre-tanh mean sits at 4 in every state (tanh 0.9993: the saturated
+    constant policy of the failed DI runs), critic and BC weighted off and a negligible DPG
+    weight: the regulariser brings the mean back toward 0; without it the mean stays."""
+    results = {}
+    for reg in (0.0, 1e-2):
+        learner = make_learner("continuous", dpg_coeff=1e-6, bc_coeff=0.0,
+                               critic_loss_weight=0.0, mean_reg=reg, lr=3e-2, weight_decay=0.0)
+        actor = learner.agent.actor
+        dim = int(np.prod(learner.agent.spec.action.shape))
+        last = actor.net[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            bias = last.bias.view(learner.agent.num_gammas, -1)
+            bias.zero_()
+            bias[:, :dim] = 4.0
+        batch = make_batch(learner.agent.spec)
+
+        rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+        before = _mean_abs_pre_tanh(learner, rows)
+        for _ in range(60):
+            learner.update(batch)
+        results[reg] = (before, _mean_abs_pre_tanh(learner, rows))
+    assert results[0.0][0] == pytest.approx(4.0, abs=1e-3), results
+    assert results[0.0][1] > 3.9, results
+    assert results[1e-2][1] < 2.0, results
+
+
+def test_mean_reg_is_refused_for_discrete_actions_and_negative():
+    with pytest.raises(ValueError, match="mean_reg=0.001: only for continuous"):
+        make_learner("discrete", mean_reg=1e-3)
+    for bad in (-1e-3, float("nan")):
+        with pytest.raises(ValueError, match="mean_reg"):
+            LearnerConfig(mean_reg=bad).validate()
+    with pytest.raises(ValueError, match="pre_tanh_mean"):
+        make_learner("discrete").agent.actor.pre_tanh_mean(torch.zeros(1, 2, 4))
