@@ -34,7 +34,8 @@
   The profiles use p = 1 (amago_fast/profiles.py, docs/LEARNING.md).
 - :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
-  same per-env multiplier scheme.
+  same per-env multiplier scheme. Its first `uniform_steps` env steps act uniformly at random
+  over the action box instead (TD3 / SAC's start steps; the AIB protocol's random vector steps).
 
 Both are seeded, count env steps through :meth:`advance`, and save/restore with
 ``state_dict()`` / ``load_state_dict()``. Evaluation simply does not call them.
@@ -334,9 +335,14 @@ class GaussianNoise(_Annealed):
         randomize: bool = True,
         seed: int = 0,
         multiplier_floor: float = 0.0,
+        uniform_steps: int = 0,
     ) -> None:
         if action.kind != "continuous":
             raise ValueError("GaussianNoise needs a continuous action space")
+        if isinstance(uniform_steps, bool) or not isinstance(uniform_steps, (int, np.integer)) \
+                or uniform_steps < 0:
+            raise ValueError(f"uniform_steps must be an integer >= 0, got {uniform_steps!r}")
+        self.uniform_steps = int(uniform_steps)
         self.action = action
         self.low = np.asarray(action.low, np.float32)
         self.high = np.asarray(action.high, np.float32)
@@ -350,6 +356,12 @@ class GaussianNoise(_Annealed):
         std = self.per_env(env_ids)
         if std.shape[0] != n:
             raise ValueError(f"{n} actions for {std.shape[0]} envs")
+        if self.steps < self.uniform_steps:
+            # TD3 / SAC start steps: the untrained policy's action is close to one constant
+            # push in every state (pre-tanh means ±0.3–0.6 across states of a fresh aib-di
+            # agent, spread 0.1–0.2), which pins a point mass to a wall before any update.
+            u = self.rng.random(actions.shape).astype(np.float32)
+            return (self.low + u * (self.high - self.low)).astype(np.float32)
         noise = self.rng.standard_normal(actions.shape).astype(np.float32)
         noisy = actions + noise * (std[:, None].astype(np.float32) * self.half_range)
         return np.clip(noisy, self.low, self.high).astype(np.float32)
