@@ -217,6 +217,12 @@ def test_aib_preset_names_cover_every_task():
     assert cfg.total_env_steps == 105_000 * 20 and cfg.learning_starts == 100_000
     assert cfg.agent.context_len == 25 and cfg.window_len == 24 and not cfg.collect_sample
     assert get_preset("aib-di-ff").agent.traj_encoder == "ff"
+    # DI / DI-Friction explore with AMAGO's schedule (1M steps per actor); ODE keeps its own
+    amago = {"std_start": 1.0, "std_end": 0.05, "anneal_steps": 20_000_000}
+    for name in ("aib-di", "aib-di-friction", "aib-di-ff", "aib-di-friction-ff"):
+        assert get_preset(name).exploration == amago, name
+    assert get_preset("aib-ode").exploration == {"std_start": 0.3, "std_end": 0.1,
+                                                 "anneal_steps": 1_000_000}
 
 
 # ----------------------------------------------------------------------------- protocol
