@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from amago_fast.spaces import ActionSpec
+from amago_fast.spaces import ActionSpec, random_actions
 
 
 class _Annealed:
@@ -360,8 +360,7 @@ class GaussianNoise(_Annealed):
             # TD3 / SAC start steps: the untrained policy's action is close to one constant
             # push in every state (pre-tanh means ±0.3–0.6 across states of a fresh aib-di
             # agent, spread 0.1–0.2), which pins a point mass to a wall before any update.
-            u = self.rng.random(actions.shape).astype(np.float32)
-            return (self.low + u * (self.high - self.low)).astype(np.float32)
+            return random_actions(self.action, n, self.rng)
         noise = self.rng.standard_normal(actions.shape).astype(np.float32)
         noisy = actions + noise * (std[:, None].astype(np.float32) * self.half_range)
         return np.clip(noisy, self.low, self.high).astype(np.float32)

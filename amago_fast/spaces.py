@@ -6,6 +6,7 @@ environment's spec is enough to build a buffer schema and an agent.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -190,3 +191,32 @@ class EnvSpec:
             FieldSpec(TERMINATED, (), np.bool_),
             FieldSpec(TRUNCATED, (), np.bool_),
         ]
+
+
+def random_actions(action: ActionSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` uniform random actions in the storage dtype (int32 / float32).
+
+    Integers are drawn as floor(u * n) from one ``rng.random`` call: ``rng.integers`` costs
+    ~15 µs for 32 values on this machine (its per-call set-up), ``random`` + scale ~2 µs; the
+    bias of flooring a 53-bit uniform is < 2^-50. The benchmark's raw EnvPool loop draws its
+    actions with this same function, so both sides of the overhead ratio pay the same.
+    """
+    if action.kind == "discrete":
+        return (rng.random(n) * action.n).astype(np.int32)
+    scale, low = _action_scale(action)
+    if action.kind == "multidiscrete":
+        return (rng.random((n, scale.size)) * scale).astype(np.int32)
+    u = rng.random((n, *action.shape), dtype=np.float32)
+    u *= scale
+    u += low
+    return u
+
+
+@functools.lru_cache(maxsize=64)
+def _action_scale(action: ActionSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """(nvec as float64, None) or (high - low, low) as float32, built once per action spec
+    (converting the spec's tuples each call cost ~5 µs of a ~2 µs draw)."""
+    if action.kind == "multidiscrete":
+        return np.asarray(action.nvec, np.float64), None
+    low = np.asarray(action.low, np.float32)
+    return np.asarray(action.high, np.float32) - low, low
