@@ -456,17 +456,37 @@ class _RunLock:
     """An exclusive ``flock`` on ``<run_dir>/.lock``, released by :meth:`release` (or when the
     process dies: the kernel drops flocks with their last descriptor)."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, created: tuple[Path, ...] = (),
+                 created_file: bool = False) -> None:
         self.fd: int | None = fd
         self.path = path
+        # What taking the lock added to the file system (directories deepest first, and whether
+        # the lock file itself is new), so that a run refused before it wrote anything can
+        # leave the file system as it found it.
+        self.created = created
+        self.created_file = created_file
 
-    def release(self) -> None:
-        if self.fd is not None:
-            import fcntl
+    def release(self, undo_if_unused: bool = False) -> None:
+        """Drop the lock. With `undo_if_unused`, also remove the lock file and the directories
+        taking the lock created, where nothing else was written into them (a run refused while
+        its parts were built leaves no trace; one that wrote anything keeps it all)."""
+        if self.fd is None:
+            return
+        import fcntl
 
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if undo_if_unused and self.created_file:
+            run_dir = self.path.parent
+            try:
+                unused = [p.name for p in run_dir.iterdir()] == [self.path.name]
+                if unused:  # unlink while still holding the flock: no other trainer sees it
+                    self.path.unlink()
+                    for d in self.created:
+                        d.rmdir()  # deepest first; stops at the first that is not empty
+            except OSError:
+                pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
 
 def lock_run_dir(run_dir: str | os.PathLike) -> _RunLock:
@@ -478,10 +498,16 @@ def lock_run_dir(run_dir: str | os.PathLike) -> _RunLock:
 
     run_dir = Path(run_dir)
     path = run_dir / ".lock"
+    created: list[Path] = []
+    for d in (run_dir, *run_dir.parents):
+        if os.path.lexists(d):
+            break
+        created.append(d)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(run_dir, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "not writable")
+        created_file = not os.path.lexists(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} cannot be used: "
@@ -502,7 +528,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> _RunLock:
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return _RunLock(fd, path)
+    return _RunLock(fd, path, tuple(created), created_file)
 
 
 def model_fingerprint(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:

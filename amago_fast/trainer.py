@@ -267,13 +267,19 @@ class Trainer:
         Rank 0 holds the run directory's lock (:func:`amago_fast.checkpoint.lock_run_dir`) from
         before anything is built until training returns: a second trainer on the same
         directory is refused (RunLockedError), and an unusable directory (read-only, under a
-        regular file) is named (RunDirError) before any env or agent is built."""
+        regular file) is named (RunDirError) before any env or agent is built. A run refused
+        before it wrote anything removes the lock file and the directories it created."""
         lock = ckpt.lock_run_dir(self.run_dir) if self.dist.is_main else None
+        failed = True
         try:
-            return self._train_locked()
+            stats = self._train_locked()
+            failed = False
+            return stats
         finally:
             if lock is not None:
-                lock.release()
+                # A run refused before it wrote anything (a bad config caught while its parts
+                # are built) leaves no directory behind.
+                lock.release(undo_if_unused=failed)
 
     def _train_locked(self) -> dict:
         cfg, dist = self.cfg, self.dist

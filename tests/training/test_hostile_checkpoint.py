@@ -272,3 +272,33 @@ def test_resume_refuses_overrides_the_restored_state_fixes(trained, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["learner"]["lr"] == 5e-4 and saved["env"]["eval_num_envs"] == 3
     assert t.learner.config.lr == 5e-4 and t.eval_env.num_envs == 3
+
+
+@pytest.mark.parametrize("existing", ["none", "parent", "empty_run_dir"])
+def test_config_refused_while_building_leaves_no_trace(tmp_path, existing):
+    """A config error found while the trainer builds its parts (bad exploration kwargs) used
+    to leave the run directory behind holding only `.lock`: the refused call changes nothing."""
+    base = tmp_path / "runs"
+    run = base / "a" / "run"
+    if existing == "parent":
+        base.mkdir()
+    elif existing == "empty_run_dir":
+        run.mkdir(parents=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cfg = _config()
+    cfg.exploration = {**cfg.exploration, "not_a_field": 1}
+    with pytest.raises((ConfigError, TypeError, ValueError), match="not_a_field"):
+        Trainer(cfg, run).train()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_that_wrote_files_keeps_them_when_it_fails(tmp_path):
+    """Only an unused directory is removed: one with the user's files in it keeps them."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    cfg = _config()
+    cfg.exploration = {**cfg.exploration, "not_a_field": 1}
+    with pytest.raises((ConfigError, TypeError, ValueError), match="not_a_field"):
+        Trainer(cfg, run).train()
+    assert (run / "notes.txt").read_text() == "mine"
