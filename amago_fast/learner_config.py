@@ -41,6 +41,16 @@ class LearnerConfig:
     actors refuse a floor (their exploration is the noise schedule)."""
     entropy_floor_coeff: float = 1.0
     """Slope of the entropy floor's hinge, in the actor loss's units (PopArt-normalised Q)."""
+    entropy_coeff: float = 0.0
+    """Weight α of a maximum-entropy bonus in the actor loss, ``α · E[log π(a|s)]`` per state
+    (exact −H for (multi-)discrete actors; for continuous ones the log-density of the same
+    reparametrised sample the DPG term feeds the critic, tanh's change of variables included),
+    in the actor loss's units (PopArt-normalised Q per nat). The policy then tends to
+    π ∝ exp(Q/α): states whose actions the critic cannot yet tell apart (the T-Maze junction
+    before the cue is tied to the turn) keep exploring while states with a clear best action
+    go deterministic, and a continuous actor cannot walk its mean into tanh's flat tails,
+    where the change of variables makes log π large. The critic's targets are not made
+    soft (no −α log π in the TD target). 0 disables."""
     mean_reg: float = 0.0
     """Continuous actors: adds ``mean_reg · ½·μ²`` (μ the tanh-Gaussian's pre-tanh mean, averaged
     over rows, gammas and action dims) to the actor loss, as the original SAC code's policy
@@ -105,7 +115,7 @@ class LearnerConfig:
         if not (isinstance(self.entropy_floor, (int, float)) and 0 <= self.entropy_floor < 1):
             bad("entropy_floor", "must be a fraction in [0, 1) of the uniform entropy")
         for name in ("weight_decay", "dpg_coeff", "bc_coeff", "critic_loss_weight",
-                     "entropy_floor_coeff", "mean_reg"):
+                     "entropy_floor_coeff", "mean_reg", "entropy_coeff"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "must be a non-negative finite number")

@@ -191,7 +191,10 @@ class AMAGOLoss(nn.Module):
             q_vals = self._values(q_all.detach(), detach_popart=True).mean(2)  # (B, L1, A, G)
             v_pi = (probs * q_vals).sum(-2)  # (B, L1, G)
         else:
-            a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
+            if cfg.entropy_coeff > 0:  # the same draws as critic_input, plus their density
+                a_pi, logp_pi = agent.actor.rsample_with_log_prob(params, generator)
+            else:
+                a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
             q_pi = agent.critics(h.detach().reshape(B * L1, d),
                                  a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
             v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)
@@ -210,6 +213,13 @@ class AMAGOLoss(nn.Module):
             short = F.relu(self.entropy_floor_nats - agent.actor.entropy(params))  # (B, L1, G)
             floor_per_gamma = _masked_mean(short, row_mask, (0, 1))
             actor_per_gamma = actor_per_gamma + cfg.entropy_floor_coeff * floor_per_gamma
+        if cfg.entropy_coeff > 0:
+            if state_critic or agent.spec.action.kind != "continuous":
+                neg_entropy = -agent.actor.entropy(params)  # (B, L1, G), exact
+            else:
+                neg_entropy = logp_pi.float()  # one-sample estimate, differentiable
+            entropy_per_gamma = _masked_mean(neg_entropy, row_mask, (0, 1))
+            actor_per_gamma = actor_per_gamma + cfg.entropy_coeff * entropy_per_gamma
         if cfg.mean_reg > 0:
             mu = agent.actor.pre_tanh_mean(params).float()  # (B, L1, G, D)
             mean_sq = _masked_mean(0.5 * mu.pow(2).mean(-1), row_mask, (0, 1))  # (G,)

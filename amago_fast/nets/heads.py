@@ -105,6 +105,24 @@ class ActorHead(nn.Module):
             return torch.tanh(mean + log_std.exp() * noise)
         return torch.cat([F.softmax(p.float(), dim=-1) for p in self._split(params)], dim=-1)
 
+    def rsample_with_log_prob(
+        self, params: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous only: the reparametrised tanh-Gaussian sample :meth:`critic_input` draws
+        (the same random numbers from `generator`) and its log-density (…, G), including tanh's
+        change of variables, computed from the pre-tanh sample so that it stays finite and
+        differentiable where the sample saturates."""
+        if self.spec.kind != "continuous":
+            raise ValueError("rsample_with_log_prob: only continuous actors sample a density")
+        mean, log_std = self._gaussian(params)
+        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype,
+                            generator=generator)
+        u = mean + log_std.exp() * noise
+        normal_lp = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), exact and stable for any u.
+        log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        return torch.tanh(u), (normal_lp - log_det).sum(-1)
+
     def buffer_critic_input(self, action: torch.Tensor) -> torch.Tensor:
         """Buffer actions → critic inputs (…, critic_action_dim): one-hot / scaled vectors."""
         return action_features(action, self.spec)

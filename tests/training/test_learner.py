@@ -687,3 +687,106 @@ def test_mean_reg_is_refused_for_discrete_actions_and_negative():
             LearnerConfig(mean_reg=bad).validate()
     with pytest.raises(ValueError, match="pre_tanh_mean"):
         make_learner("discrete").agent.actor.pre_tanh_mean(torch.zeros(1, 2, 4))
+
+
+# ----------------------------------------------------------------------------- entropy bonus
+def test_rsample_with_log_prob_draws_critic_inputs_sample_and_its_density():
+    """Same random numbers as critic_input; the density equals log_prob of that action (the
+    atanh route) where the sample is not saturated, and stays finite with finite gradients
+    where it is (pre-tanh mean 30: atanh of the rounded action would be inf)."""
+    learner = make_learner("continuous")
+    actor = learner.agent.actor
+    G = learner.agent.num_gammas
+    params = torch.randn(7, G, actor.param_dim) * 0.5
+    a_ref = actor.critic_input(params, torch.Generator().manual_seed(5))
+    a, logp = actor.rsample_with_log_prob(params, torch.Generator().manual_seed(5))
+    assert torch.equal(a, a_ref)
+    assert logp.shape == (7, G)
+    scale = torch.tensor([2.0, 1.0])  # the spec's half-ranges: log_prob takes env actions
+    inside = a.abs().amax(-1) < 0.98
+    # log_prob scores one action per row for every gamma: score each gamma's own sample.
+    for g in range(G):
+        lp = actor.log_prob(params, a[:, g] * scale)[:, g]
+        ok = inside[:, g]
+        assert ok.any()
+        torch.testing.assert_close(logp[ok, g], lp[ok], rtol=1e-4, atol=1e-4)
+    sat = params.clone()
+    sat[..., :2] = 30.0
+    sat.requires_grad_(True)
+    _, logp_sat = actor.rsample_with_log_prob(sat, torch.Generator().manual_seed(1))
+    logp_sat.sum().backward()
+    assert torch.isfinite(logp_sat).all() and torch.isfinite(sat.grad).all()
+    assert (logp_sat > 50).all()  # saturation is very unlikely under max-entropy: a big log π
+    with pytest.raises(ValueError, match="only continuous"):
+        make_learner("discrete").agent.actor.rsample_with_log_prob(torch.zeros(1, G, 3))
+
+
+def test_entropy_bonus_adds_alpha_times_negative_entropy_to_the_actor_loss():
+    """Discrete: actor loss(α) − actor loss(0) = α · mean over gammas of the masked mean of
+    −H(π(·|s)) over valid rows (everything else equal: same weights, same batch)."""
+    batch = make_batch(make_spec("discrete"))
+    losses, ent = {}, None
+    for alpha in (0.0, 0.3):
+        learner = make_learner("discrete", entropy_coeff=alpha)
+        learner.model.eval()  # no dropout: both learners compute the same forward pass
+        rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+        with torch.no_grad():
+            _, aux = learner.loss_module(rows, torch.Generator().manual_seed(0))
+            losses[alpha] = float(aux["actor_loss"])
+            h = learner.agent.encode(rows, rows["time_index"], rows["mask"])
+            H = learner.agent.actor.entropy(learner.agent.actor(h))  # (B, L1, G)
+            m = rows["mask"].unsqueeze(-1).float()
+            ent = float(((H * m).sum((0, 1)) / m.sum((0, 1))).mean())
+    assert losses[0.3] - losses[0.0] == pytest.approx(-0.3 * ent, rel=1e-4, abs=1e-6)
+
+
+def test_entropy_bonus_pulls_a_saturated_continuous_actor_back():
+    """The DI collapse (docs/AIB.md): pre-tanh mean at 4 in every state, critic and BC off and
+    a negligible DPG weight. With α = 0.05 the tanh change of variables in log π brings the
+    mean back toward 0 within 60 updates; with α = 0 it stays."""
+    results = {}
+    for alpha in (0.0, 0.05):
+        learner = make_learner("continuous", dpg_coeff=1e-6, bc_coeff=0.0,
+                               critic_loss_weight=0.0, entropy_coeff=alpha, lr=3e-2,
+                               weight_decay=0.0)
+        actor = learner.agent.actor
+        dim = int(np.prod(learner.agent.spec.action.shape))
+        with torch.no_grad():
+            actor.net[-1].weight.zero_()
+            bias = actor.net[-1].bias.view(learner.agent.num_gammas, -1)
+            bias.zero_()
+            bias[:, :dim] = 4.0
+        batch = make_batch(learner.agent.spec)
+        rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+        before = _mean_abs_pre_tanh(learner, rows)
+        for _ in range(60):
+            learner.update(batch)
+        results[alpha] = (before, _mean_abs_pre_tanh(learner, rows))
+    assert results[0.0][1] > 3.9, results
+    assert results[0.05][1] < 2.0, results
+
+
+def test_entropy_bonus_makes_the_discrete_policy_boltzmann_in_q():
+    """With the critic fixed, −Σπ·Q + α·Σπ·log π is minimised by π = softmax(Q/α): a state
+    whose actions the critic cannot tell apart stays uniform, one with a clear best action
+    goes (near) deterministic. Checked on the loss's own formula via gradient descent."""
+    q = torch.tensor([[1.0, 1.0, -1.0], [2.0, 0.0, 0.0]])
+    alpha = 0.2
+    logits = torch.zeros_like(q, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    head = make_learner("discrete").agent.actor
+    for _ in range(2000):
+        probs = torch.softmax(logits, -1)
+        params = logits.unsqueeze(1)  # (N, G=1, n)
+        loss = (-(probs * q).sum(-1) - alpha * head.entropy(params)[:, 0]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(torch.softmax(logits, -1), torch.softmax(q / alpha, -1),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_entropy_coeff_rejects_negative_and_nan():
+    for bad in (-1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="entropy_coeff"):
+            LearnerConfig(entropy_coeff=bad).validate()
