@@ -73,8 +73,10 @@ class Learner:
             else:
                 self.model = torch.compile(self.model)
         self.online_params = [p for p in self.agent.parameters() if p.requires_grad]
+        head = self.loss_module.dynamics_head
         self.trainable = self.online_params + [
-            p for p in self.loss_module.popart.parameters() if p.requires_grad]
+            p for p in self.loss_module.popart.parameters() if p.requires_grad] + (
+            [p for p in head.parameters() if p.requires_grad] if head is not None else [])
         # Applied (not skipped) updates, on the device: the warm-up and PopArt read it there.
         self._applied = torch.zeros((), dtype=torch.float64, device=self.device)
         # The learning rate as a device tensor AdamW reads (warm-up computed on the device).
@@ -335,7 +337,8 @@ class Learner:
             torch.stack([loss.float(), aux["critic_loss"].float(), aux["actor_loss"].float(),
                          aux["accept_rate"].float(), grad_norm.float(),
                          aux["actor_entropy"].float(), aux["valid_transitions"].float()]),
-            aux["q_stats"].float(), aux["critic_loss_per_gamma"].float(),
+            aux["q_stats"].float(), aux["model_loss"].float().reshape(1),
+            aux["critic_loss_per_gamma"].float(),
             aux["dpg_per_gamma"].float(), aux["bc_per_gamma"].float(),
         ]).to(torch.float64)
         self._acc.add_(torch.where(ok, vec, 0.0))
@@ -398,6 +401,8 @@ class Learner:
             "q_mean": m[7], "q_std": m[8], "q_min": m[9], "q_max": m[10],
             "lr": lr, "updates": updates,
         })
+        if self.loss_module.dynamics_head is not None:
+            metrics["model_loss"] = m[11]
         per_gamma = m[NUM_LOSS_SCALARS:]
         for g in range(G):
             metrics[f"critic_loss/g{g}"] = per_gamma[g]

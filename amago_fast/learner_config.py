@@ -51,6 +51,16 @@ class LearnerConfig:
     go deterministic, and a continuous actor cannot walk its mean into tanh's flat tails,
     where the change of variables makes log π large. The critic's targets are not made
     soft (no −α log π in the TD target). 0 disables."""
+    dynamics_coeff: float = 0.0
+    """Weight of an auxiliary model loss: from the shared sequence embedding of state t and
+    the action taken there, an MLP head predicts the next measured observation (standardised,
+    see ``TimestepEncoder.measured_observation``) and the symlog reward; its mean squared
+    error is added to the loss and reaches the sequence model. It makes the memory encode the
+    hidden dynamics (the AIB sign flip, a mass) before any reward has been found, as the
+    decoders of meta-RL context encoders do; AMAGO itself has no such term. 0 disables (no
+    head is built)."""
+    dynamics_hidden: int = 128
+    """Hidden width of the dynamics head (two hidden layers)."""
     mean_reg: float = 0.0
     """Continuous actors: adds ``mean_reg · ½·μ²`` (μ the tanh-Gaussian's pre-tanh mean, averaged
     over rows, gammas and action dims) to the actor loss, as the original SAC code's policy
@@ -115,7 +125,7 @@ class LearnerConfig:
         if not (isinstance(self.entropy_floor, (int, float)) and 0 <= self.entropy_floor < 1):
             bad("entropy_floor", "must be a fraction in [0, 1) of the uniform entropy")
         for name in ("weight_decay", "dpg_coeff", "bc_coeff", "critic_loss_weight",
-                     "entropy_floor_coeff", "mean_reg", "entropy_coeff"):
+                     "entropy_floor_coeff", "mean_reg", "entropy_coeff", "dynamics_coeff"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "must be a non-negative finite number")
@@ -127,7 +137,8 @@ class LearnerConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(name, "must be a non-negative integer")
-        for name in ("num_critics_td", "n_step", "stats_every", "cuda_graph_warmup"):
+        for name in ("num_critics_td", "n_step", "stats_every", "cuda_graph_warmup",
+                     "dynamics_hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "must be a positive integer")

@@ -19,7 +19,11 @@ can wrap it in DistributedDataParallel; :class:`amago_fast.learner.Learner` step
   and the BC advantage Q(s, a_buffer) − Σ_a π(a|s)·Q(s, a).
 - Under ``torch.distributed`` the TD-target moments PopArt moves with are all-reduced
   (count-weighted) in :meth:`Learner.update`, so PopArt stays identical on every rank.
-- Total = actor + critic_loss_weight · critic. Target actor/critics follow the online ones by EMA.
+- Optional model term (``dynamics_coeff``): a head on the state embedding and the action
+  predicts the next standardised measured observation and the symlog reward (mean squared
+  error over valid transitions that do not cross a rollout start).
+- Total = actor + critic_loss_weight · critic (+ dynamics_coeff · model). Target actor/critics
+  follow the online ones by EMA.
 
 The sequence model has no target copy: targets are computed from the (detached) online state
 embeddings, one backbone pass per update.
@@ -38,6 +42,8 @@ from amago_fast.agent import Agent
 from amago_fast.kernels.td_reduce import td_target_reduce
 from amago_fast.learner_config import LearnerConfig
 from amago_fast.nets.heads import twohot_encode, twohot_expectation
+from amago_fast.nets.layers import mlp
+from amago_fast.nets.timestep import action_feature_dim, action_features, symlog
 from amago_fast.popart import PopArt
 from amago_fast.td_targets import nstep_targets
 
@@ -50,9 +56,9 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> 
     return (x * m).sum(dims) / m.sum(dims).clamp_min(1.0)
 
 
-NUM_LOSS_SCALARS = 11
+NUM_LOSS_SCALARS = 12
 """Scalar metrics per update ahead of the per-gamma ones in the accumulator: loss, critic,
-actor, accept rate, grad norm, entropy, valid transitions, Q mean/std/min/max."""
+actor, accept rate, grad norm, entropy, valid transitions, Q mean/std/min/max, model loss."""
 
 
 def _masked_stats(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,6 +106,30 @@ class AMAGOLoss(nn.Module):
         self.target_critics = copy.deepcopy(agent.critics).requires_grad_(False)
         self.popart = PopArt(agent.num_gammas, config.popart_beta, config.popart_init_nu,
                              enabled=config.popart and not self.twohot)
+        # The model head (dynamics_coeff): [h_t, a_t] → [next measured obs, symlog r].
+        self.dynamics_head: nn.Module | None = None
+        if config.dynamics_coeff > 0:
+            out = agent.tstep_encoder.measured_dim + 1
+            self.dynamics_head = mlp(agent.config.d_model + action_feature_dim(action),
+                                     config.dynamics_hidden, out, 2)
+
+    def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor,
+                    trans_valid: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the dynamics head over the valid transitions t → t+1 whose
+        row t+1 is not a rollout start (its observation does not follow from row t's)."""
+        agent = self.agent
+        B, L1 = batch["mask"].shape
+        with torch.no_grad():
+            nxt = {k: v[:, 1:] for k, v in batch.items() if v.dim() >= 2}
+            target = [symlog(batch["reward"][:, 1:].float()).unsqueeze(-1)]
+            obs = agent.tstep_encoder.measured_observation(nxt, torch.Size((B, L1 - 1)))
+            if obs is not None:
+                target.insert(0, obs.float())
+            target = torch.cat(target, -1)
+            valid = trans_valid & (batch["time_index"][:, 1:] != 0)
+        a_feat = action_features(batch["action"][:, 1:], agent.spec.action).to(h.dtype)
+        pred = self.dynamics_head(torch.cat([h[:, :-1], a_feat], -1)).float()
+        return _masked_mean((pred - target).pow(2).mean(-1), valid, (0, 1))
 
     def _values(self, q: torch.Tensor, detach_popart: bool = False) -> torch.Tensor:
         """Critic outputs (N, E, G, out) → values (N, E, G): PopArt-normalised units for scalar
@@ -226,6 +256,10 @@ class AMAGOLoss(nn.Module):
             actor_per_gamma = actor_per_gamma + cfg.mean_reg * mean_sq
         actor_loss = actor_per_gamma.mean()
         loss = actor_loss + cfg.critic_loss_weight * critic_loss
+        model_loss = torch.zeros((), device=h.device)
+        if self.dynamics_head is not None:
+            model_loss = self._model_loss(batch, h, trans_valid)
+            loss = loss + cfg.dynamics_coeff * model_loss
 
         with torch.no_grad():
             ym = tmask_g.to(y.dtype)
@@ -250,6 +284,7 @@ class AMAGOLoss(nn.Module):
                                               row_mask, (0, 1)).mean(),
                 "critic_loss": critic_loss.detach(),
                 "actor_loss": actor_loss.detach(),
+                "model_loss": model_loss.detach(),
                 "valid_transitions": trans_valid.sum().to(torch.float32),
             }
         return loss, aux

@@ -162,6 +162,21 @@ class TimestepEncoder(nn.Module):
         x = self._vector(rows, self.norm_keys, valid.shape)
         self.normalizer.update(x, valid, check_finite=check_finite)
 
+    @property
+    def measured_dim(self) -> int:
+        """Width of :meth:`measured_observation`: the standardised (float, non-goal) fields."""
+        return sum(int(np.prod(self.field_shapes[k])) for k in self.norm_keys)
+
+    def measured_observation(self, rows: dict[str, torch.Tensor],
+                             lead: torch.Size) -> torch.Tensor | None:
+        """The measured vector observation as the network sees it (…, measured_dim): the
+        float, non-goal fields concatenated and standardised by the running statistics (raw
+        when ``normalize_inputs`` is off); None when the spec has no such field."""
+        x = self._vector(rows, self.norm_keys, lead)
+        if x is None or self.normalizer is None:
+            return x
+        return self.normalizer(x)
+
     def forward(self, rows: dict[str, torch.Tensor], time_index: torch.Tensor) -> torch.Tensor:
         """``rows``: observation keys, ``action``, ``reward``, leading dims ``time_index.shape``.
 

@@ -790,3 +790,82 @@ def test_entropy_coeff_rejects_negative_and_nan():
     for bad in (-1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="entropy_coeff"):
             LearnerConfig(entropy_coeff=bad).validate()
+
+
+# ----------------------------------------------------------------------------- model loss
+def _model_loss_oracle(learner, batch) -> float:
+    """The dynamics head's loss written out from the batch: next standardised measured obs and
+    symlog reward, squared error averaged over features, then over transitions whose row t+1
+    is valid and not a rollout start."""
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    agent, head = learner.agent, learner.loss_module.dynamics_head
+    with torch.no_grad():
+        h = agent.encode(rows, rows["time_index"], rows["mask"])
+        norm = agent.tstep_encoder.normalizer
+        obs_next = rows["obs"][:, 1:].float()
+        obs_next = norm(obs_next) if norm is not None else obs_next
+        r = rows["reward"][:, 1:].float()
+        target = torch.cat([obs_next, (torch.sign(r) * torch.log1p(r.abs())).unsqueeze(-1)], -1)
+        a = rows["action"][:, 1:].float()
+        low = torch.tensor(agent.spec.action.low)
+        high = torch.tensor(agent.spec.action.high)
+        a = 2 * (a - low) / (high - low) - 1
+        pred = head(torch.cat([h[:, :-1], a], -1))
+        err = (pred - target).pow(2).mean(-1)
+        valid = rows["mask"][:, 1:] & (rows["time_index"][:, 1:] != 0)
+        return float(err[valid].mean())
+
+
+def test_model_loss_matches_the_written_out_oracle_and_joins_the_total():
+    batch = make_batch(make_spec("continuous"))
+    batch["time_index"][2, 5:] -= batch["time_index"][2, 5]  # a rollout start inside window 2
+    learner = make_learner("continuous", dynamics_coeff=0.5)
+    learner.model.eval()
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    with torch.no_grad():
+        loss, aux = learner.loss_module(rows, torch.Generator().manual_seed(0))
+    assert float(aux["model_loss"]) == pytest.approx(_model_loss_oracle(learner, batch), rel=1e-5)
+    base = make_learner("continuous")
+    base.model.eval()
+    with torch.no_grad():
+        loss0, aux0 = base.loss_module(rows, torch.Generator().manual_seed(0))
+    assert float(loss) - float(loss0) == pytest.approx(0.5 * float(aux["model_loss"]), rel=1e-4)
+    assert float(aux0["model_loss"]) == 0.0 and base.loss_module.dynamics_head is None
+
+
+def test_model_loss_trains_the_head_and_the_sequence_model():
+    """With every other term weighted off, updates on one batch cut the model loss, and its
+    gradient reaches the shared sequence model (the point of the term)."""
+    learner = make_learner("continuous", dynamics_coeff=1.0, dpg_coeff=1e-6, bc_coeff=0.0,
+                           critic_loss_weight=0.0, weight_decay=0.0)
+    batch = make_batch(learner.agent.spec)
+    traj = learner.agent.traj_encoder
+    before = [p.detach().clone() for p in traj.parameters()]
+    first = learner.update(batch)["model_loss"]
+    for _ in range(80):
+        last = learner.update(batch)["model_loss"]
+    assert last < 0.5 * first, (first, last)
+    assert any(not torch.equal(b, p) for b, p in zip(before, traj.parameters()))
+    assert "model_loss" not in make_learner("continuous").update(batch)
+
+
+def test_model_head_is_saved_and_resumed_bit_identically():
+    a = make_learner("discrete", dynamics_coeff=0.3)
+    batches = [make_batch(a.agent.spec, seed=s) for s in range(4)]
+    for b in batches[:2]:
+        a.update(b)
+    sd = copy.deepcopy(a.state_dict())
+    assert any(k.startswith("dynamics_head.") for k in sd["loss_module"])
+    ma = [a.update(b) for b in batches[2:]]
+    b_ = make_learner("discrete", dynamics_coeff=0.3, seed=7)
+    b_.load_state_dict(sd)
+    assert [b_.update(b) for b in batches[2:]] == ma
+    with pytest.raises(ValueError):  # a checkpoint without the head does not fit one with it
+        b_.load_state_dict(make_learner("discrete").state_dict())
+
+
+def test_dynamics_config_rejects_bad_values():
+    for field, bad in (("dynamics_coeff", -0.1), ("dynamics_coeff", float("nan")),
+                       ("dynamics_hidden", 0)):
+        with pytest.raises(ValueError, match=field):
+            LearnerConfig(**{field: bad}).validate()
