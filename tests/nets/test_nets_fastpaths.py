@@ -185,4 +185,9 @@ def test_tune_cpu_malloc_reuses_freed_blocks():
     if tuned == "untunable":
         pytest.skip("not glibc Linux")
     untuned = float(_faults_per_round("untuned"))
+    if untuned < 2000:
+        # Seen once in a loaded full-suite run (0.0 untuned): transparent huge pages or glibc's
+        # dynamic mmap threshold can make even the untuned heap reuse the blocks, and then
+        # there is nothing for the tuning to improve on.
+        pytest.skip(f"the untuned pattern faulted only {untuned:.0f} pages per round here")
     assert float(tuned) < 2000 and float(tuned) < untuned / 2, (tuned, untuned)
