@@ -271,9 +271,10 @@ class Learner:
             bad, batch_ok = None, None
         # Buffers the forward pass moves (σ-reparam power iteration, input statistics) are
         # restored if the step is skipped, so a skipped step changes nothing.
-        buffers = list(self.agent.buffers())
+        buffers = list(self.agent.buffers()) + self.loss_module.model_buffers()
         buffers_before = [b.detach().clone() for b in buffers]
         self.agent.tstep_encoder.update_normalizer(batch, batch["mask"], check_finite=False)
+        self.loss_module.update_model_normalizer(batch)
         traj = self.agent.traj_encoder
         want_entropy = (cfg.attention_entropy_every > 0
                         and self._steps % cfg.attention_entropy_every == 0

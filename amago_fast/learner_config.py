@@ -59,6 +59,12 @@ class LearnerConfig:
     hidden dynamics (the AIB sign flip, a mass) before any reward has been found, as the
     decoders of meta-RL context encoders do; AMAGO itself has no such term. 0 disables (no
     head is built)."""
+    dynamics_target: str = "next"
+    """What the dynamics head predicts of the measured observation: ``"next"``, the next
+    observation standardised by the encoder's input statistics; ``"delta"``, its change from
+    the current one standardised by running statistics of the changes (model-based RL's usual
+    target: an action's effect, e.g. a hidden sign times the force, is then most of the
+    target's variance instead of a small part of the next observation's)."""
     dynamics_hidden: int = 128
     """Hidden width of the dynamics head (two hidden layers)."""
     mean_reg: float = 0.0
@@ -129,6 +135,8 @@ class LearnerConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "must be a non-negative finite number")
+        if self.dynamics_target not in ("next", "delta"):
+            bad("dynamics_target", 'must be "next" or "delta"')
         if not (0.0 < self.tau <= 1.0):
             bad("tau", "must be in (0, 1]")
         if not (math.isfinite(self.reward_multiplier) and self.reward_multiplier != 0):

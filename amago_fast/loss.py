@@ -42,7 +42,7 @@ from amago_fast.agent import Agent
 from amago_fast.kernels.td_reduce import td_target_reduce
 from amago_fast.learner_config import LearnerConfig
 from amago_fast.nets.heads import twohot_encode, twohot_expectation
-from amago_fast.nets.layers import mlp
+from amago_fast.nets.layers import RunningNorm, mlp
 from amago_fast.nets.timestep import action_feature_dim, action_features, symlog
 from amago_fast.popart import PopArt
 from amago_fast.td_targets import nstep_targets
@@ -108,10 +108,36 @@ class AMAGOLoss(nn.Module):
                              enabled=config.popart and not self.twohot)
         # The model head (dynamics_coeff): [h_t, a_t] → [next measured obs, symlog r].
         self.dynamics_head: nn.Module | None = None
+        self.delta_norm: RunningNorm | None = None
         if config.dynamics_coeff > 0:
-            out = agent.tstep_encoder.measured_dim + 1
+            measured = agent.tstep_encoder.measured_dim
             self.dynamics_head = mlp(agent.config.d_model + action_feature_dim(action),
-                                     config.dynamics_hidden, out, 2)
+                                     config.dynamics_hidden, measured + 1, 2)
+            if config.dynamics_target == "delta" and measured:
+                self.delta_norm = RunningNorm(measured)
+
+    def model_buffers(self) -> list[torch.Tensor]:
+        """Buffers the update moves outside the agent (the change statistics of
+        ``dynamics_target="delta"``): the learner restores them with the agent's when an
+        update is skipped."""
+        return list(self.delta_norm.buffers()) if self.delta_norm is not None else []
+
+    def _observation_change(self, batch: dict[str, torch.Tensor]):
+        """Raw measured-observation changes (B, L, measured_dim) of transitions t → t+1 and
+        which of them count: valid, and row t+1 not a rollout start."""
+        B, L1 = batch["mask"].shape
+        x = self.agent.tstep_encoder.measured_observation(batch, torch.Size((B, L1)),
+                                                          standardize=False)
+        valid = batch["mask"][:, 1:] & (batch["time_index"][:, 1:] != 0)
+        return x[:, 1:] - x[:, :-1], valid
+
+    @torch.no_grad()
+    def update_model_normalizer(self, batch: dict[str, torch.Tensor]) -> None:
+        """Fold the batch's observation changes into the delta statistics (no-op unless
+        ``dynamics_target="delta"``); the learner calls it before the forward pass."""
+        if self.delta_norm is not None:
+            delta, valid = self._observation_change(batch)
+            self.delta_norm.update(delta.float(), valid, check_finite=False)
 
     def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor,
                     trans_valid: torch.Tensor) -> torch.Tensor:
@@ -120,11 +146,15 @@ class AMAGOLoss(nn.Module):
         agent = self.agent
         B, L1 = batch["mask"].shape
         with torch.no_grad():
-            nxt = {k: v[:, 1:] for k, v in batch.items() if v.dim() >= 2}
             target = [symlog(batch["reward"][:, 1:].float()).unsqueeze(-1)]
-            obs = agent.tstep_encoder.measured_observation(nxt, torch.Size((B, L1 - 1)))
-            if obs is not None:
-                target.insert(0, obs.float())
+            if self.delta_norm is not None:
+                delta, _ = self._observation_change(batch)
+                target.insert(0, self.delta_norm(delta.float()))
+            else:
+                nxt = {k: v[:, 1:] for k, v in batch.items() if v.dim() >= 2}
+                obs = agent.tstep_encoder.measured_observation(nxt, torch.Size((B, L1 - 1)))
+                if obs is not None:
+                    target.insert(0, obs.float())
             target = torch.cat(target, -1)
             valid = trans_valid & (batch["time_index"][:, 1:] != 0)
         a_feat = action_features(batch["action"][:, 1:], agent.spec.action).to(h.dtype)

@@ -167,13 +167,14 @@ class TimestepEncoder(nn.Module):
         """Width of :meth:`measured_observation`: the standardised (float, non-goal) fields."""
         return sum(int(np.prod(self.field_shapes[k])) for k in self.norm_keys)
 
-    def measured_observation(self, rows: dict[str, torch.Tensor],
-                             lead: torch.Size) -> torch.Tensor | None:
-        """The measured vector observation as the network sees it (…, measured_dim): the
-        float, non-goal fields concatenated and standardised by the running statistics (raw
-        when ``normalize_inputs`` is off); None when the spec has no such field."""
+    def measured_observation(self, rows: dict[str, torch.Tensor], lead: torch.Size,
+                             standardize: bool = True) -> torch.Tensor | None:
+        """The measured vector observation (…, measured_dim): the float, non-goal fields
+        concatenated, standardised by the running statistics as the network sees them (raw
+        with ``standardize=False`` or when ``normalize_inputs`` is off); None when the spec
+        has no such field."""
         x = self._vector(rows, self.norm_keys, lead)
-        if x is None or self.normalizer is None:
+        if x is None or self.normalizer is None or not standardize:
             return x
         return self.normalizer(x)
 

@@ -869,3 +869,52 @@ def test_dynamics_config_rejects_bad_values():
                        ("dynamics_hidden", 0)):
         with pytest.raises(ValueError, match=field):
             LearnerConfig(**{field: bad}).validate()
+
+
+def test_delta_model_target_is_the_standardised_observation_change():
+    """``dynamics_target="delta"``: the head's observation target is (o_{t+1} − o_t)
+    standardised by running statistics of exactly those changes (valid transitions, none into
+    a rollout start), folded in by the update before its forward pass."""
+    batch = make_batch(make_spec("continuous"))
+    batch["time_index"][2, 5:] -= batch["time_index"][2, 5]
+    learner = make_learner("continuous", dynamics_coeff=0.5, dynamics_target="delta")
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    learner.loss_module.update_model_normalizer(rows)
+    obs = rows["obs"].double()
+    delta = obs[:, 1:] - obs[:, :-1]
+    valid = rows["mask"][:, 1:] & (rows["time_index"][:, 1:] != 0)
+    norm = learner.loss_module.delta_norm
+    torch.testing.assert_close(norm.mean, delta[valid].mean(0))
+    torch.testing.assert_close(norm.var, delta[valid].var(0, unbiased=False))
+    learner.model.eval()
+    agent, head = learner.agent, learner.loss_module.dynamics_head
+    with torch.no_grad():
+        _, aux = learner.loss_module(rows, torch.Generator().manual_seed(0))
+        h = agent.encode(rows, rows["time_index"], rows["mask"])
+        std_delta = ((delta - norm.mean) / torch.sqrt(norm.var + norm.eps)).float()
+        r = rows["reward"][:, 1:].float()
+        target = torch.cat([std_delta, (torch.sign(r) * torch.log1p(r.abs())).unsqueeze(-1)], -1)
+        low, high = torch.tensor(agent.spec.action.low), torch.tensor(agent.spec.action.high)
+        a = 2 * (rows["action"][:, 1:].float() - low) / (high - low) - 1
+        err = (head(torch.cat([h[:, :-1], a], -1)) - target).pow(2).mean(-1)
+    assert float(aux["model_loss"]) == pytest.approx(float(err[valid].mean()), rel=1e-5)
+
+
+def test_a_refused_batch_leaves_the_delta_statistics_unchanged():
+    learner = make_learner("continuous", dynamics_coeff=0.5, dynamics_target="delta")
+    batch = make_batch(learner.agent.spec)
+    learner.update(batch)
+    before = copy.deepcopy(learner.state_dict())
+    assert any(k.startswith("delta_norm.") for k in before["loss_module"])
+    bad = copy.deepcopy(batch)
+    bad["obs"][2, 3, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        learner.update(bad)
+    after = learner.state_dict()
+    for k, v in before["loss_module"].items():
+        assert torch.equal(v, after["loss_module"][k]), k
+
+
+def test_dynamics_target_must_be_next_or_delta():
+    with pytest.raises(ValueError, match="dynamics_target"):
+        LearnerConfig(dynamics_target="future").validate()
