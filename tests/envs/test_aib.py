@@ -219,8 +219,14 @@ def test_aib_preset_names_cover_every_task():
     assert get_preset("aib-di-ff").agent.traj_encoder == "ff"
     # DI / DI-Friction explore with AMAGO's schedule (1M steps per actor); ODE keeps its own
     amago = {"std_start": 1.0, "std_end": 0.05, "anneal_steps": 20_000_000}
-    for name in ("aib-di", "aib-di-friction", "aib-di-ff", "aib-di-friction-ff"):
+    for name in ("aib-di-friction", "aib-di-friction-ff"):
         assert get_preset(name).exploration == amago, name
+        assert get_preset(name).learner.dynamics_coeff == 0.0, name
+    # DI: plus the protocol's 5k random vector steps and the model loss (fifth round); the ff
+    # ablation differs from it only in the trajectory encoder
+    for name in ("aib-di", "aib-di-ff"):
+        assert get_preset(name).exploration == amago | {"uniform_steps": 100_000}, name
+        assert get_preset(name).learner.dynamics_coeff == 10.0, name
     assert get_preset("aib-ode").exploration == {"std_start": 0.3, "std_end": 0.1,
                                                  "anneal_steps": 1_000_000}
 
