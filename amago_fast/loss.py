@@ -122,41 +122,42 @@ class AMAGOLoss(nn.Module):
         update is skipped."""
         return list(self.delta_norm.buffers()) if self.delta_norm is not None else []
 
-    def _observation_change(self, batch: dict[str, torch.Tensor]):
-        """Raw measured-observation changes (B, L, measured_dim) of transitions t → t+1 and
-        which of them count: valid, and row t+1 not a rollout start."""
+    @staticmethod
+    def _model_transitions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L) transitions t → t+1 the model loss counts: valid, and row t+1 not a rollout
+        start (its observation does not follow from row t's)."""
+        return batch["mask"][:, 1:] & (batch["time_index"][:, 1:] != 0)
+
+    def _observation_change(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw measured-observation changes (B, L, measured_dim) of transitions t → t+1."""
         B, L1 = batch["mask"].shape
         x = self.agent.tstep_encoder.measured_observation(batch, torch.Size((B, L1)),
                                                           standardize=False)
-        valid = batch["mask"][:, 1:] & (batch["time_index"][:, 1:] != 0)
-        return x[:, 1:] - x[:, :-1], valid
+        return x[:, 1:] - x[:, :-1]
 
     @torch.no_grad()
     def update_model_normalizer(self, batch: dict[str, torch.Tensor]) -> None:
         """Fold the batch's observation changes into the delta statistics (no-op unless
         ``dynamics_target="delta"``); the learner calls it before the forward pass."""
         if self.delta_norm is not None:
-            delta, valid = self._observation_change(batch)
-            self.delta_norm.update(delta.float(), valid, check_finite=False)
+            self.delta_norm.update(self._observation_change(batch).float(),
+                                   self._model_transitions(batch), check_finite=False)
 
-    def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor,
-                    trans_valid: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of the dynamics head over the valid transitions t → t+1 whose
-        row t+1 is not a rollout start (its observation does not follow from row t's)."""
+    def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the dynamics head over :meth:`_model_transitions`."""
         agent = self.agent
         B, L1 = batch["mask"].shape
         with torch.no_grad():
             target = [symlog(batch["reward"][:, 1:].float()).unsqueeze(-1)]
             if self.delta_norm is not None:
-                delta, _ = self._observation_change(batch)
-                target.insert(0, self.delta_norm(delta.float()))
+                target.insert(0, self.delta_norm(self._observation_change(batch).float()))
             else:
                 nxt = {k: v[:, 1:] for k, v in batch.items() if v.dim() >= 2}
                 obs = agent.tstep_encoder.measured_observation(nxt, torch.Size((B, L1 - 1)))
                 if obs is not None:
                     target.insert(0, obs.float())
             target = torch.cat(target, -1)
-            valid = trans_valid & (batch["time_index"][:, 1:] != 0)
+            valid = self._model_transitions(batch)
         a_feat = action_features(batch["action"][:, 1:], agent.spec.action).to(h.dtype)
         pred = self.dynamics_head(torch.cat([h[:, :-1], a_feat], -1)).float()
         return _masked_mean((pred - target).pow(2).mean(-1), valid, (0, 1))
@@ -194,6 +195,7 @@ class AMAGOLoss(nn.Module):
         params = agent.actor(h)  # (B, L1, G, P)
 
         state_critic = agent.state_critic
+        logp_pi = None  # log π of the DPG term's continuous sample, when the bonus needs it
         if state_critic:
             # Q(s, ·) for every row and action in one online pass: the critic loss reads the
             # buffer action's entry, the actor's DPG term and the BC advantage reuse it detached.
@@ -251,7 +253,8 @@ class AMAGOLoss(nn.Module):
             q_vals = self._values(q_all.detach(), detach_popart=True).mean(2)  # (B, L1, A, G)
             v_pi = (probs * q_vals).sum(-2)  # (B, L1, G)
         else:
-            if cfg.entropy_coeff > 0:  # the same draws as critic_input, plus their density
+            if cfg.entropy_coeff > 0 and agent.spec.action.kind == "continuous":
+                # the same draws as critic_input, plus their density (the entropy estimate)
                 a_pi, logp_pi = agent.actor.rsample_with_log_prob(params, generator)
             else:
                 a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
@@ -274,8 +277,8 @@ class AMAGOLoss(nn.Module):
             floor_per_gamma = _masked_mean(short, row_mask, (0, 1))
             actor_per_gamma = actor_per_gamma + cfg.entropy_floor_coeff * floor_per_gamma
         if cfg.entropy_coeff > 0:
-            if state_critic or agent.spec.action.kind != "continuous":
-                neg_entropy = -agent.actor.entropy(params)  # (B, L1, G), exact
+            if logp_pi is None:  # (multi-)discrete: exact
+                neg_entropy = -agent.actor.entropy(params)  # (B, L1, G)
             else:
                 neg_entropy = logp_pi.float()  # one-sample estimate, differentiable
             entropy_per_gamma = _masked_mean(neg_entropy, row_mask, (0, 1))
@@ -288,7 +291,7 @@ class AMAGOLoss(nn.Module):
         loss = actor_loss + cfg.critic_loss_weight * critic_loss
         model_loss = torch.zeros((), device=h.device)
         if self.dynamics_head is not None:
-            model_loss = self._model_loss(batch, h, trans_valid)
+            model_loss = self._model_loss(batch, h)
             loss = loss + cfg.dynamics_coeff * model_loss
 
         with torch.no_grad():

@@ -99,11 +99,17 @@ class ActorHead(nn.Module):
         probability vectors for (multi-)discrete, a reparametrised tanh-Gaussian sample for
         continuous."""
         if self.spec.kind == "continuous":
-            mean, log_std = self._gaussian(params)
-            noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype,
-                                generator=generator)
-            return torch.tanh(mean + log_std.exp() * noise)
+            u, _, _ = self._pre_tanh_sample(params, generator)
+            return torch.tanh(u)
         return torch.cat([F.softmax(p.float(), dim=-1) for p in self._split(params)], dim=-1)
+
+    def _pre_tanh_sample(self, params: torch.Tensor, generator: torch.Generator | None):
+        """One reparametrised Gaussian draw before the tanh: (u, the standard-normal noise,
+        log-std), the random numbers taken from `generator`."""
+        mean, log_std = self._gaussian(params)
+        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype,
+                            generator=generator)
+        return mean + log_std.exp() * noise, noise, log_std
 
     def rsample_with_log_prob(
         self, params: torch.Tensor, generator: torch.Generator | None = None
@@ -114,10 +120,7 @@ class ActorHead(nn.Module):
         differentiable where the sample saturates."""
         if self.spec.kind != "continuous":
             raise ValueError("rsample_with_log_prob: only continuous actors sample a density")
-        mean, log_std = self._gaussian(params)
-        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype,
-                            generator=generator)
-        u = mean + log_std.exp() * noise
+        u, noise, log_std = self._pre_tanh_sample(params, generator)
         normal_lp = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), exact and stable for any u.
         log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))

@@ -651,29 +651,30 @@ def _mean_abs_pre_tanh(learner, rows) -> float:
         return float(actor.pre_tanh_mean(actor(h)).abs().mean())
 
 
-def test_mean_reg_pulls_a_saturated_continuous_actor_back():
-    """An actor whose pre-tanh mean sits at 4 in every state (tanh 0.9993: the saturated
-    constant policy of the failed DI runs), critic and BC weighted off and a negligible DPG
-    weight: the regulariser brings the mean back toward 0; without it the mean stays."""
-    results = {}
-    for reg in (0.0, 1e-2):
-        learner = make_learner("continuous", dpg_coeff=1e-6, bc_coeff=0.0,
-                               critic_loss_weight=0.0, mean_reg=reg, lr=3e-2, weight_decay=0.0)
-        actor = learner.agent.actor
-        dim = int(np.prod(learner.agent.spec.action.shape))
-        last = actor.net[-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            bias = last.bias.view(learner.agent.num_gammas, -1)
-            bias.zero_()
-            bias[:, :dim] = 4.0
-        batch = make_batch(learner.agent.spec)
+def _pull_back_from_saturation(**learner_kw) -> tuple[float, float]:
+    """Mean |pre-tanh mean| before and after 60 updates of an actor whose pre-tanh mean sits
+    at 4 in every state (tanh 0.9993: the saturated constant policy of the failed DI runs),
+    critic and BC weighted off and a negligible DPG weight, plus ``learner_kw``."""
+    learner = make_learner("continuous", dpg_coeff=1e-6, bc_coeff=0.0, critic_loss_weight=0.0,
+                           lr=3e-2, weight_decay=0.0, **learner_kw)
+    actor = learner.agent.actor
+    dim = int(np.prod(learner.agent.spec.action.shape))
+    with torch.no_grad():
+        actor.net[-1].weight.zero_()
+        bias = actor.net[-1].bias.view(learner.agent.num_gammas, -1)
+        bias.zero_()
+        bias[:, :dim] = 4.0
+    batch = make_batch(learner.agent.spec)
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    before = _mean_abs_pre_tanh(learner, rows)
+    for _ in range(60):
+        learner.update(batch)
+    return before, _mean_abs_pre_tanh(learner, rows)
 
-        rows = {k: torch.as_tensor(v) for k, v in batch.items()}
-        before = _mean_abs_pre_tanh(learner, rows)
-        for _ in range(60):
-            learner.update(batch)
-        results[reg] = (before, _mean_abs_pre_tanh(learner, rows))
+
+def test_mean_reg_pulls_a_saturated_continuous_actor_back():
+    """The regulariser brings a saturated mean back toward 0; without it the mean stays."""
+    results = {reg: _pull_back_from_saturation(mean_reg=reg) for reg in (0.0, 1e-2)}
     assert results[0.0][0] == pytest.approx(4.0, abs=1e-3), results
     assert results[0.0][1] > 3.9, results
     assert results[1e-2][1] < 2.0, results
@@ -741,29 +742,31 @@ def test_entropy_bonus_adds_alpha_times_negative_entropy_to_the_actor_loss():
 
 
 def test_entropy_bonus_pulls_a_saturated_continuous_actor_back():
-    """The DI collapse (docs/AIB.md): pre-tanh mean at 4 in every state, critic and BC off and
-    a negligible DPG weight. With α = 0.05 the tanh change of variables in log π brings the
-    mean back toward 0 within 60 updates; with α = 0 it stays."""
-    results = {}
-    for alpha in (0.0, 0.05):
-        learner = make_learner("continuous", dpg_coeff=1e-6, bc_coeff=0.0,
-                               critic_loss_weight=0.0, entropy_coeff=alpha, lr=3e-2,
-                               weight_decay=0.0)
-        actor = learner.agent.actor
-        dim = int(np.prod(learner.agent.spec.action.shape))
-        with torch.no_grad():
-            actor.net[-1].weight.zero_()
-            bias = actor.net[-1].bias.view(learner.agent.num_gammas, -1)
-            bias.zero_()
-            bias[:, :dim] = 4.0
-        batch = make_batch(learner.agent.spec)
-        rows = {k: torch.as_tensor(v) for k, v in batch.items()}
-        before = _mean_abs_pre_tanh(learner, rows)
-        for _ in range(60):
-            learner.update(batch)
-        results[alpha] = (before, _mean_abs_pre_tanh(learner, rows))
+    """The DI collapse (docs/AIB.md): with α = 0.05 the tanh change of variables in log π
+    brings a saturated mean back toward 0 within 60 updates; with α = 0 it stays."""
+    results = {alpha: _pull_back_from_saturation(entropy_coeff=alpha) for alpha in (0.0, 0.05)}
     assert results[0.0][1] > 3.9, results
     assert results[0.05][1] < 2.0, results
+
+
+def test_entropy_bonus_works_with_the_action_input_discrete_critic():
+    """A discrete actor whose critic takes the action as input (no Q(s, ·) output) takes the
+    exact entropy too; it used to ask the discrete head for a continuous sample's density."""
+    learner = make_learner(agent_kw=dict(discrete_critic="action_input"), entropy_coeff=0.3)
+    base = make_learner(agent_kw=dict(discrete_critic="action_input"))
+    rows = {k: torch.as_tensor(v) for k, v in make_batch(learner.agent.spec).items()}
+    for lrn in (learner, base):
+        lrn.model.eval()
+    with torch.no_grad():
+        _, aux = learner.loss_module(rows, torch.Generator().manual_seed(0))
+        _, aux0 = base.loss_module(rows, torch.Generator().manual_seed(0))
+        h = learner.agent.encode(rows, rows["time_index"], rows["mask"])
+        H = learner.agent.actor.entropy(learner.agent.actor(h))
+        m = rows["mask"].unsqueeze(-1).float()
+        ent = float(((H * m).sum((0, 1)) / m.sum((0, 1))).mean())
+    assert float(aux["actor_loss"]) - float(aux0["actor_loss"]) == pytest.approx(
+        -0.3 * ent, rel=1e-4, abs=1e-6)
+    assert np.isfinite(learner.update(make_batch(learner.agent.spec))["actor_loss"])
 
 
 def test_entropy_bonus_makes_the_discrete_policy_boltzmann_in_q():
