@@ -144,7 +144,9 @@ class TrainConfig:
     """Keyword arguments of `amago_fast.exploration.make_exploration`, as JSON: eps_start,
     eps_end, anneal_steps, randomize (discrete) or std_start, std_end, anneal_steps (continuous);
     multiplier_floor (either) draws each rollout's multiplier log-uniformly from [floor, 1];
-    uniform_steps (continuous) acts uniformly at random for the first N env steps."""
+    uniform_steps (continuous) acts uniformly at random for the first N env steps;
+    uniform_rollout_prob (continuous) makes each rollout act uniformly at random with that
+    probability, for the whole run."""
     batch_size: int = 24
     """Windows per gradient update (per rank when distributed)."""
     window_len: int = 64

@@ -36,6 +36,9 @@
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
   same per-env multiplier scheme. Its first `uniform_steps` env steps act uniformly at random
   over the action box instead (TD3 / SAC's start steps; the AIB protocol's random vector steps).
+  With ``uniform_rollout_prob`` p > 0, each rollout (drawn at its start, per env) acts uniformly
+  at random for its whole length with probability p, for the whole run: a stream of
+  policy-independent data that keeps reaching states the current policy has stopped visiting.
 
 Both are seeded, count env steps through :meth:`advance`, and save/restore with
 ``state_dict()`` / ``load_state_dict()``. Evaluation simply does not call them.
@@ -336,19 +339,52 @@ class GaussianNoise(_Annealed):
         seed: int = 0,
         multiplier_floor: float = 0.0,
         uniform_steps: int = 0,
+        uniform_rollout_prob: float = 0.0,
     ) -> None:
         if action.kind != "continuous":
             raise ValueError("GaussianNoise needs a continuous action space")
         if isinstance(uniform_steps, bool) or not isinstance(uniform_steps, (int, np.integer)) \
                 or uniform_steps < 0:
             raise ValueError(f"uniform_steps must be an integer >= 0, got {uniform_steps!r}")
+        if isinstance(uniform_rollout_prob, bool) or not isinstance(
+                uniform_rollout_prob, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(uniform_rollout_prob) <= 1.0:
+            raise ValueError(f"uniform_rollout_prob must be a number in [0, 1], got "
+                             f"{uniform_rollout_prob!r}")
         self.uniform_steps = int(uniform_steps)
+        self.uniform_rollout_prob = float(uniform_rollout_prob)
         self.action = action
         self.low = np.asarray(action.low, np.float32)
         self.high = np.asarray(action.high, np.float32)
         self.half_range = (self.high - self.low) / 2
         super().__init__(num_envs, std_start, std_end, anneal_steps, randomize, seed,
                          multiplier_floor)
+        self.uniform_rollout = self._draw_uniform_rollout(self.num_envs)
+
+    def _draw_uniform_rollout(self, n: int) -> np.ndarray:
+        if self.uniform_rollout_prob == 0.0:  # no draw: runs without the option keep their rng
+            return np.zeros(n, np.bool_)
+        return self.rng.random(n) < self.uniform_rollout_prob
+
+    def reset_envs(self, env_ids: np.ndarray) -> None:
+        """New rollouts in `env_ids`: redraw their multipliers and uniform-rollout flags."""
+        super().reset_envs(env_ids)
+        ids = np.asarray(env_ids)
+        if ids.size:
+            self.uniform_rollout[ids] = self._draw_uniform_rollout(ids.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"uniform_rollout": self.uniform_rollout.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # states saved before the option existed carry no flags: no rollout is uniform
+        flags = np.asarray(state.get("uniform_rollout", np.zeros(self.num_envs, np.bool_)),
+                           dtype=np.bool_)
+        if flags.shape != (self.num_envs,):
+            raise ValueError(f"state uniform_rollout has shape {flags.shape}, expected "
+                             f"({self.num_envs},)")
+        super().load_state_dict(state)
+        self.uniform_rollout = flags.copy()
 
     def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
         actions = np.asarray(actions, dtype=np.float32)
@@ -363,7 +399,11 @@ class GaussianNoise(_Annealed):
             return random_actions(self.action, n, self.rng)
         noise = self.rng.standard_normal(actions.shape).astype(np.float32)
         noisy = actions + noise * (std[:, None].astype(np.float32) * self.half_range)
-        return np.clip(noisy, self.low, self.high).astype(np.float32)
+        out = np.clip(noisy, self.low, self.high).astype(np.float32)
+        uniform = self.uniform_rollout if env_ids is None else self.uniform_rollout[env_ids]
+        if uniform.any():
+            out[uniform] = random_actions(self.action, int(uniform.sum()), self.rng)
+        return out
 
 
 EXPLORATION_KINDS = ("epsilon_greedy", "bilevel", "gaussian")
