@@ -6,7 +6,11 @@ Each run directory is one seed of an ``aib-*`` preset (its eval.csv holds the pe
 evaluation of every split). Runs are grouped by task and by trajectory encoder (Transformer vs
 the memory-free ``ff`` ablation); AMAGO's published AER for a split, where there is one, is drawn
 as a dotted line, and with ``--baselines`` the random / zero-action scores of the same protocol
-(benchmarks/aib_baselines.py) as dashed lines. Prints one JSON line per figure written.
+(benchmarks/aib_baselines.py) as dashed lines. With ``--per-sign``, tasks with the sign flip
+draw each sign's return (``<split>/return/sign+1`` and ``sign-1`` in eval.csv) instead of the
+mean: a policy that solves one sign only shows as one high and one flat curve. ``--suffix``
+names the files ``aib_<task>_<suffix>.png`` so a variant does not replace the main figure.
+Prints one JSON line per figure written.
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--baselines", default=None,
                     help="JSON written by benchmarks/aib_baselines.py: random / zero-action lines")
+    ap.add_argument("--per-sign", action="store_true",
+                    help="sign-flip tasks: one curve per sign of the flip instead of the mean")
+    ap.add_argument("--suffix", default="",
+                    help="file name aib_<task>_<suffix>.png (letters, digits, - and _)")
     args = ap.parse_args(argv)
+    if args.suffix and not all(c.isalnum() or c in "-_" for c in args.suffix):
+        ap.error(f"--suffix {args.suffix!r}: use letters, digits, - and _ only")
     baselines = json.loads(Path(args.baselines).read_text()) if args.baselines else {}
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     tasks = {}
@@ -48,12 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, by_encoder in groups.items():
         task = tasks[name]
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+        per_sign = args.per_sign and task.flip
+        curves = ([("/sign-1", "sign -1", 1.0), ("/sign+1", "sign +1", 0.45)] if per_sign
+                  else [("", "", 0.85)])
         for ax, split in zip(axes, AIB_SPLITS):
             for encoder, runs in sorted(by_encoder.items()):
                 for i, (label, rows) in enumerate(runs):
-                    ax.plot([r["env_steps"] for r in rows], [r[f"{split}/return"] for r in rows],
-                            styles.get(encoder, ":"), color=f"C{i}", alpha=0.85,
-                            label=f"{label} ({encoder})")
+                    for key, sign_label, alpha in curves:
+                        pts = [(r["env_steps"], r[f"{split}/return{key}"]) for r in rows
+                               if r.get(f"{split}/return{key}") is not None]
+                        if not pts:
+                            continue
+                        ax.plot(*zip(*pts), styles.get(encoder, ":"), color=f"C{i}",
+                                alpha=alpha, label=f"{label} ({encoder}) {sign_label}".strip())
             for kind, color in (("random", "0.5"), ("zero", "0.75")):
                 value = baselines.get(name, {}).get(f"{kind}/{split}", {}).get("return")
                 if value is not None:
@@ -63,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
             ax.set_title(f"{task.title} {split}")
             ax.set_xlabel("env steps (20 envs)")
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("return (mean of 20 instances x 5 episodes)")
+        axes[0].set_ylabel("return per sign (mean over its instances)" if per_sign
+                           else "return (mean of 20 instances x 5 episodes)")
         axes[-1].legend(fontsize=7, loc="best")
         fig.tight_layout()
-        path = out / f"aib_{name.removeprefix('aib-')}.png"
+        stem = f"aib_{name.removeprefix('aib-')}" + (f"_{args.suffix}" if args.suffix else "")
+        path = out / f"{stem}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        print(json.dumps({"task": name, "figure": str(path),
+        print(json.dumps({"task": name, "figure": str(path), "per_sign": per_sign,
                           "runs": {e: [r[0] for r in v] for e, v in by_encoder.items()}}))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,6 +288,42 @@ def test_protocol_report(di_runs, tmp_path):
     assert rep["splits"]["train"]["amago"] == 66.0
     md = markdown_table([rep])
     assert md.count("| DI |") == 3
+
+
+def test_figures_per_sign_and_suffix(di_runs, tmp_path, capsys, monkeypatch):
+    """benchmarks/aib_figures.py on real runs: --per-sign draws each sign's curve (so the
+    figure has twice the lines of the mean one) and --suffix keeps the main figure's name free;
+    a suffix that could leave the folder is refused."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "aib_figures.py"
+    spec = importlib.util.spec_from_file_location("aib_figures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import matplotlib.pyplot as plt
+
+    lines = {}
+    real_savefig = plt.Figure.savefig
+
+    def count_lines(fig, fname, *a, **k):  # the real savefig, after counting the curves
+        lines[Path(fname).name] = sum(len(ax.get_lines()) for ax in fig.axes)
+        return real_savefig(fig, fname, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", count_lines)
+    assert mod.main(["--out", str(tmp_path), *map(str, di_runs)]) == 0
+    assert mod.main(["--out", str(tmp_path), "--per-sign", "--suffix", "signs",
+                     *map(str, di_runs)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["figure"] for r in rows] == [str(tmp_path / "aib_di.png"),
+                                          str(tmp_path / "aib_di_signs.png")]
+    assert [r["per_sign"] for r in rows] == [False, True]
+    for name in ("aib_di.png", "aib_di_signs.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 seeds x 3 splits, one curve each or one per sign, plus AMAGO's line on the train split
+    assert lines == {"aib_di.png": 2 * 3 + 1, "aib_di_signs.png": 2 * 2 * 3 + 1}
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path), "--suffix", "../x", str(di_runs[0])])
+    assert not (tmp_path.parent / "x.png").exists()
 
 
 def test_protocol_cli(di_runs, tmp_path, capsys):
