@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                 if value is not None:
                     ax.axhline(value, color=color, ls="--", lw=1, label=f"{kind} actions")
             if task.amago.get(split) is not None:
-                ax.axhline(task.amago[split], color="k", ls=":", label="AMAGO (published AER)")
+                ax.axhline(task.amago[split], color="k", ls=":",
+                           label="AMAGO (published AER, all instances)" if per_sign
+                           else "AMAGO (published AER)")
             ax.set_title(f"{task.title} {split}")
             ax.set_xlabel("env steps (20 envs)")
             ax.grid(alpha=0.3)
