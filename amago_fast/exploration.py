@@ -54,6 +54,16 @@ import numpy as np
 from amago_fast.spaces import ActionSpec, random_actions
 
 
+def _unit_number(name: str, value: Any, include_one: bool = True) -> float:
+    """`value` as a float in [0, 1] ([0, 1) with ``include_one=False``), or a ValueError naming
+    `name`; bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (0.0 <= float(value) <= 1.0 if include_one else 0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name} must be a number in [0, {'1]' if include_one else '1)'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
 class _Annealed:
     kind = "annealed"
 
@@ -67,12 +77,8 @@ class _Annealed:
             raise ValueError(f"exploration start/end must be >= 0, got {start}, {end}")
         if anneal_steps < 0:
             raise ValueError(f"anneal_steps must be >= 0, got {anneal_steps}")
-        if isinstance(multiplier_floor, bool) or not isinstance(
-                multiplier_floor, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(multiplier_floor) < 1.0:
-            raise ValueError(f"multiplier_floor must be a number in [0, 1), got "
-                             f"{multiplier_floor!r}")
-        self.multiplier_floor = float(multiplier_floor)
+        self.multiplier_floor = _unit_number("multiplier_floor", multiplier_floor,
+                                             include_one=False)
         self.num_envs = int(num_envs)
         self.start, self.end, self.anneal_steps = float(start), float(end), int(anneal_steps)
         self.randomize = bool(randomize)
@@ -248,17 +254,11 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         if late_start_draw not in LATE_START_DRAWS:
             raise ValueError(f"late_start_draw must be one of {list(LATE_START_DRAWS)}, got "
                              f"{late_start_draw!r}")
-        if isinstance(late_start_prob, bool) or not isinstance(
-                late_start_prob, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(late_start_prob) <= 1.0:
-            raise ValueError(f"late_start_prob must be a number in [0, 1], got "
-                             f"{late_start_prob!r}")
+        _unit_number("late_start_prob", late_start_prob)
         values = {"eps_first_start": eps_first_start, "eps_first_end": eps_first_end,
                   "eps_last_start": eps_last_start, "eps_last_end": eps_last_end}
         for name, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+            _unit_number(name, v)
         if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
             raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
         # The parent's window is off (horizon=None there): every step may explore, with the
@@ -346,13 +346,8 @@ class GaussianNoise(_Annealed):
         if isinstance(uniform_steps, bool) or not isinstance(uniform_steps, (int, np.integer)) \
                 or uniform_steps < 0:
             raise ValueError(f"uniform_steps must be an integer >= 0, got {uniform_steps!r}")
-        if isinstance(uniform_rollout_prob, bool) or not isinstance(
-                uniform_rollout_prob, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(uniform_rollout_prob) <= 1.0:
-            raise ValueError(f"uniform_rollout_prob must be a number in [0, 1], got "
-                             f"{uniform_rollout_prob!r}")
+        self.uniform_rollout_prob = _unit_number("uniform_rollout_prob", uniform_rollout_prob)
         self.uniform_steps = int(uniform_steps)
-        self.uniform_rollout_prob = float(uniform_rollout_prob)
         self.action = action
         self.low = np.asarray(action.low, np.float32)
         self.high = np.asarray(action.high, np.float32)
