@@ -128,11 +128,14 @@ class AMAGOLoss(nn.Module):
         start (its observation does not follow from row t's)."""
         return batch["mask"][:, 1:] & (batch["time_index"][:, 1:] != 0)
 
+    def _measured(self, batch: dict[str, torch.Tensor], standardize: bool) -> torch.Tensor | None:
+        """The window's measured observations (B, L1, measured_dim), or None without any."""
+        return self.agent.tstep_encoder.measured_observation(
+            batch, torch.Size(batch["mask"].shape), standardize=standardize)
+
     def _observation_change(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw measured-observation changes (B, L, measured_dim) of transitions t → t+1."""
-        B, L1 = batch["mask"].shape
-        x = self.agent.tstep_encoder.measured_observation(batch, torch.Size((B, L1)),
-                                                          standardize=False)
+        x = self._measured(batch, standardize=False)
         return x[:, 1:] - x[:, :-1]
 
     @torch.no_grad()
@@ -146,16 +149,14 @@ class AMAGOLoss(nn.Module):
     def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """Mean squared error of the dynamics head over :meth:`_model_transitions`."""
         agent = self.agent
-        B, L1 = batch["mask"].shape
         with torch.no_grad():
             target = [symlog(batch["reward"][:, 1:].float()).unsqueeze(-1)]
             if self.delta_norm is not None:
                 target.insert(0, self.delta_norm(self._observation_change(batch).float()))
-            else:
-                nxt = {k: v[:, 1:] for k, v in batch.items() if v.dim() >= 2}
-                obs = agent.tstep_encoder.measured_observation(nxt, torch.Size((B, L1 - 1)))
+            else:  # standardisation is per element, so the window's rows 1.. are the next ones
+                obs = self._measured(batch, standardize=True)
                 if obs is not None:
-                    target.insert(0, obs.float())
+                    target.insert(0, obs[:, 1:].float())
             target = torch.cat(target, -1)
             valid = self._model_transitions(batch)
         a_feat = action_features(batch["action"][:, 1:], agent.spec.action).to(h.dtype)
