@@ -109,6 +109,15 @@ class AgentConfig:
     (state, action, gamma) as for continuous actions (one-hot for buffer actions, the
     probability vector for the policy; ``CriticEnsemble``: N·G·E rows). Continuous and
     multi-discrete spaces always use "action_input"."""
+    critic_model_input: bool = False
+    """Action-input critics also read the learner's model prediction for the action they score
+    (the dynamics head of ``LearnerConfig.dynamics_coeff``, which must be > 0): Q(s, a, m(s, a))
+    with m the predicted next measured observation and symlog reward. A value learned where an
+    action moves the state one way then carries over to contexts where the same action moves
+    it the other way (the AIB sign flip), because the critic can score the predicted outcome
+    instead of the raw action. The prediction reaches the critic without gradient into the
+    head's parameters (the head is trained by the model loss only); the actor's DPG gradient
+    flows through it to the action. Not part of AMAGO; off by default."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -153,6 +162,8 @@ class AgentConfig:
             bad("twohot_range", "must be a positive finite number")
         if self.discrete_critic not in ("state", "action_input"):
             bad("discrete_critic", "must be 'state' or 'action_input'")
+        if not isinstance(self.critic_model_input, bool):
+            bad("critic_model_input", "must be true or false")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -210,14 +221,20 @@ class Agent(nn.Module):
         out_dim = config.num_bins if config.critic_type == "twohot" else 1
         # True: ``critics(state) -> (N, E, G, A, out)``; False: ``critics(state, action)``.
         self.state_critic = spec.action.kind == "discrete" and config.discrete_critic == "state"
+        if config.critic_model_input and self.state_critic:
+            raise ValueError("AgentConfig.critic_model_input=True: the discrete state critic "
+                             "reads no action; set discrete_critic='action_input'")
         if self.state_critic:
             self.critics: nn.Module = StateCriticEnsemble(
                 config.d_model, spec.action.n, num_gammas=self.num_gammas,
                 num_critics=config.num_critics, hidden_dim=config.critic_hidden, out_dim=out_dim,
             )
         else:
+            # critic_model_input: the action input is [action, model prediction (measured + 1)]
+            model_dim = self.tstep_encoder.measured_dim + 1 if config.critic_model_input else 0
             self.critics = CriticEnsemble(
-                config.d_model, self.actor.critic_action_dim, num_critics=config.num_critics,
+                config.d_model, self.actor.critic_action_dim + model_dim,
+                num_critics=config.num_critics,
                 num_gammas=self.num_gammas, hidden_dim=config.critic_hidden, out_dim=out_dim,
             )
         if config.critic_type == "twohot":

@@ -22,6 +22,9 @@ can wrap it in DistributedDataParallel; :class:`amago_fast.learner.Learner` step
 - Optional model term (``dynamics_coeff``): a head on the state embedding and the action
   predicts the next standardised measured observation and the symlog reward (mean squared
   error over valid transitions that do not cross a rollout start).
+- With ``AgentConfig.critic_model_input`` every critic call reads [a, m(s, a)], m the model
+  head's prediction for that action (no gradient into the head; the DPG term's gradient passes
+  through m to the action).
 - Total = actor + critic_loss_weight · critic (+ dynamics_coeff · model). Target actor/critics
   follow the online ones by EMA.
 
@@ -109,6 +112,11 @@ class AMAGOLoss(nn.Module):
         # The model head (dynamics_coeff): [h_t, a_t] → [next measured obs, symlog r].
         self.dynamics_head: nn.Module | None = None
         self.delta_norm: RunningNorm | None = None
+        # AgentConfig.critic_model_input: the critics read the head's prediction per action.
+        self.model_critic = agent.config.critic_model_input and not agent.state_critic
+        if self.model_critic and config.dynamics_coeff <= 0:
+            raise ValueError("AgentConfig.critic_model_input=True needs the model head: set "
+                             "LearnerConfig.dynamics_coeff > 0")
         if config.dynamics_coeff > 0:
             measured = agent.tstep_encoder.measured_dim
             self.dynamics_head = mlp(agent.config.d_model + action_feature_dim(action),
@@ -163,6 +171,23 @@ class AMAGOLoss(nn.Module):
         pred = self.dynamics_head(torch.cat([h[:, :-1], a_feat], -1)).float()
         return _masked_mean((pred - target).pow(2).mean(-1), valid, (0, 1))
 
+    def _critic_action(self, h: torch.Tensor, a: torch.Tensor, grad_to_action: bool = False
+                       ) -> torch.Tensor:
+        """Critic action inputs (N, G, d_a) for states h (N, d): the actions themselves, or with
+        ``critic_model_input`` [a, m(h, a)], m the dynamics head's prediction. The head's
+        parameters never get a gradient from here (the model loss alone trains them);
+        ``grad_to_action`` keeps the path from m back to ``a`` (the actor's DPG term)."""
+        if not self.model_critic:
+            return a
+        x = torch.cat([h.unsqueeze(-2).expand(*a.shape[:-1], h.shape[-1]), a], -1)
+        if grad_to_action:
+            frozen = {k: v.detach() for k, v in self.dynamics_head.named_parameters()}
+            pred = torch.func.functional_call(self.dynamics_head, frozen, (x,))
+        else:
+            with torch.no_grad():
+                pred = self.dynamics_head(x)
+        return torch.cat([a, pred.to(a.dtype)], -1)
+
     def _values(self, q: torch.Tensor, detach_popart: bool = False) -> torch.Tensor:
         """Critic outputs (N, E, G, out) → values (N, E, G): PopArt-normalised units for scalar
         critics, symlog units for two-hot critics (what actor/advantage compare)."""
@@ -215,8 +240,9 @@ class AMAGOLoss(nn.Module):
                 v_next = (v_next_a * probs_next.transpose(-1, -2)).sum(-2)  # (B·L1, E, G)
             else:
                 a_next = self.target_actor.critic_input(t_params, generator)
-                q_next = self.target_critics(h_det.reshape(B * L1, d),
+                a_next = self._critic_action(h_det.reshape(B * L1, d),
                                              a_next.reshape(B * L1, G, -1).to(h.dtype))
+                q_next = self.target_critics(h_det.reshape(B * L1, d), a_next)
                 v_next = self._return_values(q_next)  # (B·L1, E, G)
             v_min, v_mean = td_target_reduce(v_next.unsqueeze(-1), cfg.num_critics_td, generator)
             v_boot = (v_min if cfg.dpg_coeff > 0 else v_mean).reshape(B, L1, G)
@@ -232,8 +258,9 @@ class AMAGOLoss(nn.Module):
         else:
             a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
             a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
-            q_buf = agent.critics(h[:, :-1].reshape(B * L, d),
-                                  a_feat.reshape(B * L, G, -1).to(h.dtype))
+            a_feat = self._critic_action(h[:, :-1].detach().reshape(B * L, d),
+                                         a_feat.reshape(B * L, G, -1).to(h.dtype))
+            q_buf = agent.critics(h[:, :-1].reshape(B * L, d), a_feat)
             q_buf = q_buf.reshape(B, L, E, G, -1)
         tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
         if self.twohot:
@@ -259,8 +286,10 @@ class AMAGOLoss(nn.Module):
                 a_pi, logp_pi = agent.actor.rsample_with_log_prob(params, generator)
             else:
                 a_pi = agent.actor.critic_input(params, generator)  # (B, L1, G, d_a)
-            q_pi = agent.critics(h.detach().reshape(B * L1, d),
-                                 a_pi.reshape(B * L1, G, -1).to(h.dtype), detach_params=True)
+            h_rows = h.detach().reshape(B * L1, d)
+            a_pi = self._critic_action(h_rows, a_pi.reshape(B * L1, G, -1).to(h.dtype),
+                                       grad_to_action=True)
+            q_pi = agent.critics(h_rows, a_pi, detach_params=True)
             v_pi = self._values(q_pi, detach_popart=True).reshape(B, L1, E, G).mean(2)
         row_mask = mask.unsqueeze(-1)
         dpg_per_gamma = _masked_mean(-v_pi, row_mask, (0, 1))

@@ -921,3 +921,71 @@ def test_a_refused_batch_leaves_the_delta_statistics_unchanged():
 def test_dynamics_target_must_be_next_or_delta():
     with pytest.raises(ValueError, match="dynamics_target"):
         LearnerConfig(dynamics_target="future").validate()
+
+
+# ------------------------------------------------------------ critic reading the model head
+def test_critic_model_input_scores_the_heads_prediction_for_the_action():
+    """``critic_model_input``: the critic's action input is [a, head(h, a)] (oracle written out
+    from the batch), so the buffer Q statistics match a critic fed that input by hand."""
+    batch = make_batch(make_spec("continuous"))
+    learner = make_learner("continuous", agent_kw={"critic_model_input": True},
+                           dynamics_coeff=0.5)
+    agent, head, lm = learner.agent, learner.loss_module.dynamics_head, learner.loss_module
+    measured = agent.tstep_encoder.measured_dim
+    assert agent.critics.action_dim == agent.actor.critic_action_dim + measured + 1
+    learner.model.eval()
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    with torch.no_grad():
+        _, aux = lm(rows, torch.Generator().manual_seed(0))
+        h = agent.encode(rows, rows["time_index"], rows["mask"])[:, :-1]
+        low, high = torch.tensor(agent.spec.action.low), torch.tensor(agent.spec.action.high)
+        a = 2 * (rows["action"][:, 1:].float() - low) / (high - low) - 1
+        x = torch.cat([a, head(torch.cat([h, a], -1))], -1)
+        B, L, d = h.shape
+        G = agent.num_gammas
+        q = agent.critics(h.reshape(B * L, d), x.reshape(B * L, 1, -1).expand(B * L, G, -1))
+        q = lm.popart.denormalize(lm.popart.normalized(q[..., 0].float()))[..., -1]
+        valid = rows["mask"][:, 1:].reshape(B * L)
+        q = q[valid]
+    torch.testing.assert_close(aux["q_stats"][0], q.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux["q_stats"][2], q.min(), rtol=1e-5, atol=1e-6)
+
+
+def test_critic_model_input_trains_the_head_by_the_model_loss_only():
+    """The head's gradient is dynamics_coeff · ∇(model loss) exactly: neither the critic loss
+    nor the actor's DPG term (which differentiates through the prediction to the action)
+    reaches its parameters. Doubling the coefficient doubles the head's gradient and leaves the
+    actor head's gradient (DPG + BC) unchanged."""
+    batch = make_batch(make_spec("continuous"))
+    rows = {k: torch.as_tensor(v) for k, v in batch.items()}
+    grads = []
+    for coeff in (0.5, 1.0):
+        learner = make_learner("continuous", agent_kw={"critic_model_input": True},
+                               dynamics_coeff=coeff)
+        learner.model.eval()
+        loss, _ = learner.loss_module(rows, torch.Generator().manual_seed(0))
+        loss.backward()
+        head = [p.grad.clone() for p in learner.loss_module.dynamics_head.parameters()]
+        actor = [p.grad.clone() for p in learner.agent.actor.parameters()]
+        grads.append((head, actor))
+    (h1, a1), (h2, a2) = grads
+    assert any(g.abs().sum() > 0 for g in h1)
+    for g1, g2 in zip(h1, h2):
+        torch.testing.assert_close(2 * g1, g2, rtol=1e-4, atol=1e-7)
+    for g1, g2 in zip(a1, a2):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in a1)
+
+
+def test_critic_model_input_rejects_configs_without_a_head_or_an_action_input():
+    with pytest.raises(ValueError, match="dynamics_coeff"):
+        make_learner("continuous", agent_kw={"critic_model_input": True})
+    with pytest.raises(ValueError, match="critic_model_input"):
+        make_learner("discrete", agent_kw={"critic_model_input": True}, dynamics_coeff=0.5)
+    with pytest.raises(ValueError, match="critic_model_input"):
+        AgentConfig(critic_model_input="yes")
+    # the discrete action-input critic reads it (one-hot action + prediction)
+    learner = make_learner("discrete", agent_kw={"critic_model_input": True,
+                                                 "discrete_critic": "action_input"},
+                           dynamics_coeff=0.5)
+    assert np.isfinite(learner.update(make_batch(learner.agent.spec))["loss"])
