@@ -112,8 +112,9 @@ class AMAGOLoss(nn.Module):
         # The model head (dynamics_coeff): [h_t, a_t] → [next measured obs, symlog r].
         self.dynamics_head: nn.Module | None = None
         self.delta_norm: RunningNorm | None = None
-        # AgentConfig.critic_model_input: the critics read the head's prediction per action.
-        self.model_critic = agent.config.critic_model_input and not agent.state_critic
+        # AgentConfig.critic_model_input: the critics read the head's prediction per action
+        # (the Agent refuses it for the discrete state critic, which reads no action).
+        self.model_critic = agent.config.critic_model_input
         if self.model_critic and config.dynamics_coeff <= 0:
             raise ValueError("AgentConfig.critic_model_input=True needs the model head: set "
                              "LearnerConfig.dynamics_coeff > 0")
@@ -257,9 +258,10 @@ class AMAGOLoss(nn.Module):
             q_buf = q_rows.gather(3, idx).squeeze(3)  # (B, L, E, G, O)
         else:
             a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
-            a_feat = a_feat.unsqueeze(-2).expand(B, L, G, a_feat.shape[-1])
+            # one action per row for every gamma: the model reads it once, then it is shared
             a_feat = self._critic_action(h[:, :-1].detach().reshape(B * L, d),
-                                         a_feat.reshape(B * L, G, -1).to(h.dtype))
+                                         a_feat.reshape(B * L, 1, -1).to(h.dtype))
+            a_feat = a_feat.expand(B * L, G, a_feat.shape[-1])
             q_buf = agent.critics(h[:, :-1].reshape(B * L, d), a_feat)
             q_buf = q_buf.reshape(B, L, E, G, -1)
         tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
