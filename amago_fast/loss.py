@@ -155,9 +155,16 @@ class AMAGOLoss(nn.Module):
             self.delta_norm.update(self._observation_change(batch).float(),
                                    self._model_transitions(batch), check_finite=False)
 
-    def _model_loss(self, batch: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of the dynamics head over :meth:`_model_transitions`."""
-        agent = self.agent
+    def _model_prediction(self, batch: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """The dynamics head's prediction (B, L, measured_dim + 1) for every row's state and the
+        buffer action taken there: the model loss's input, and (detached) the critic's model
+        input for the buffer actions with ``critic_model_input``."""
+        a_feat = action_features(batch["action"][:, 1:], self.agent.spec.action).to(h.dtype)
+        return self.dynamics_head(torch.cat([h[:, :-1], a_feat], -1)).float()
+
+    def _model_loss(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the prediction (:meth:`_model_prediction`) over
+        :meth:`_model_transitions`."""
         with torch.no_grad():
             target = [symlog(batch["reward"][:, 1:].float()).unsqueeze(-1)]
             if self.delta_norm is not None:
@@ -168,8 +175,6 @@ class AMAGOLoss(nn.Module):
                     target.insert(0, obs[:, 1:].float())
             target = torch.cat(target, -1)
             valid = self._model_transitions(batch)
-        a_feat = action_features(batch["action"][:, 1:], agent.spec.action).to(h.dtype)
-        pred = self.dynamics_head(torch.cat([h[:, :-1], a_feat], -1)).float()
         return _masked_mean((pred - target).pow(2).mean(-1), valid, (0, 1))
 
     def _critic_action(self, h: torch.Tensor, a: torch.Tensor, grad_to_action: bool = False
@@ -220,6 +225,8 @@ class AMAGOLoss(nn.Module):
         h = agent.encode(batch, time_index, mask)  # (B, L1, d)
         d = h.shape[-1]
         params = agent.actor(h)  # (B, L1, G, P)
+        model_pred = (self._model_prediction(batch, h) if self.dynamics_head is not None
+                      else None)  # (B, L, measured_dim + 1)
 
         state_critic = agent.state_critic
         logp_pi = None  # log π of the DPG term's continuous sample, when the bonus needs it
@@ -241,9 +248,9 @@ class AMAGOLoss(nn.Module):
                 v_next = (v_next_a * probs_next.transpose(-1, -2)).sum(-2)  # (B·L1, E, G)
             else:
                 a_next = self.target_actor.critic_input(t_params, generator)
-                a_next = self._critic_action(h_det.reshape(B * L1, d),
-                                             a_next.reshape(B * L1, G, -1).to(h.dtype))
-                q_next = self.target_critics(h_det.reshape(B * L1, d), a_next)
+                h_rows = h_det.reshape(B * L1, d)
+                a_next = self._critic_action(h_rows, a_next.reshape(B * L1, G, -1).to(h.dtype))
+                q_next = self.target_critics(h_rows, a_next)
                 v_next = self._return_values(q_next)  # (B·L1, E, G)
             v_min, v_mean = td_target_reduce(v_next.unsqueeze(-1), cfg.num_critics_td, generator)
             v_boot = (v_min if cfg.dpg_coeff > 0 else v_mean).reshape(B, L1, G)
@@ -257,11 +264,10 @@ class AMAGOLoss(nn.Module):
             idx = a_buf.long().reshape(B, L, 1, 1, 1, 1).expand(B, L, E, 1, G, q_rows.shape[-1])
             q_buf = q_rows.gather(3, idx).squeeze(3)  # (B, L, E, G, O)
         else:
-            a_feat = agent.actor.buffer_critic_input(a_buf)  # (B, L, d_a)
-            # one action per row for every gamma: the model reads it once, then it is shared
-            a_feat = self._critic_action(h[:, :-1].detach().reshape(B * L, d),
-                                         a_feat.reshape(B * L, 1, -1).to(h.dtype))
-            a_feat = a_feat.expand(B * L, G, a_feat.shape[-1])
+            a_feat = agent.actor.buffer_critic_input(a_buf).to(h.dtype)  # (B, L, d_a)
+            if self.model_critic:  # the model loss's own prediction for these actions, detached
+                a_feat = torch.cat([a_feat, model_pred.detach().to(h.dtype)], -1)
+            a_feat = a_feat.reshape(B * L, 1, -1).expand(B * L, G, a_feat.shape[-1])
             q_buf = agent.critics(h[:, :-1].reshape(B * L, d), a_feat)
             q_buf = q_buf.reshape(B, L, E, G, -1)
         tmask = trans_valid[:, :, None, None]  # (B, L, 1, 1)
@@ -323,7 +329,7 @@ class AMAGOLoss(nn.Module):
         loss = actor_loss + cfg.critic_loss_weight * critic_loss
         model_loss = torch.zeros((), device=h.device)
         if self.dynamics_head is not None:
-            model_loss = self._model_loss(batch, h)
+            model_loss = self._model_loss(batch, model_pred)
             loss = loss + cfg.dynamics_coeff * model_loss
 
         with torch.no_grad():
