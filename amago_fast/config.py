@@ -146,7 +146,9 @@ class TrainConfig:
     multiplier_floor (either) draws each rollout's multiplier log-uniformly from [floor, 1];
     uniform_steps (continuous) acts uniformly at random for the first N env steps;
     uniform_rollout_prob (continuous) makes each rollout act uniformly at random with that
-    probability, for the whole run."""
+    probability, for the whole run; decision_rollout_prob (kind bilevel) makes that share of the
+    rollouts explore only at decision points (the steps where the policy's own action changes),
+    with the first-step ε."""
     batch_size: int = 24
     """Windows per gradient update (per rank when distributed)."""
     window_len: int = 64

@@ -32,6 +32,16 @@
   log T instead of 1/T (the junction of a simulated T-Maze: 3.2% of episodes at T = 51 vs 1.3%
   uniform, 2.2% vs 0.22% at T = 301, 1.8% vs 0.08% at T = 1001).
   The profiles use p = 1 (amago_fast/profiles.py, docs/LEARNING.md).
+  With ``decision_rollout_prob`` q, each rollout (drawn at its start) is with probability q a
+  *decision rollout*: it takes the policy's own action everywhere except at decision points,
+  the steps where the policy's action differs from its action at the previous step of the same
+  rollout, where it explores with the first-step ε (times the env's multiplier). A learned
+  corridor is then walked without a spoiling random step and the choice at its end is explored
+  in a share of rollouts that does not fall with the corridor's length (simulated, a policy
+  that walks 50 steps and then turns, at 8k of 25k annealing steps: the turn is replaced by
+  another action in 15% of rollouts with q = 0.5 vs 4.4% without); a decision the policy does
+  not yet make (it walks on where it should turn) is not a decision point, and the other
+  rollouts' late-start schedule alone explores it (1.8% vs 4.1%).
 - :class:`GaussianNoise` (continuous): adds N(0, (std_i * half_range)^2) to the (tanh-bounded)
   policy action and clips to the action bounds; std anneals from `std_start` to `std_end` with the
   same per-env multiplier scheme. Its first `uniform_steps` env steps act uniformly at random
@@ -177,6 +187,13 @@ class EpsilonGreedy(_Annealed):
                          multiplier_floor)
         # steps each env has acted in its current rollout (only used with a window)
         self.rollout_t = np.zeros(self.num_envs, np.int64)
+        # the policy's own action at each env's previous step (before any replacement), and
+        # whether that step belongs to the current rollout: a change of it marks a decision point
+        shape = (self.num_envs,) if action.kind == "discrete" else (self.num_envs,
+                                                                    len(action.nvec))
+        self.prev_action = np.zeros(shape, np.int64)
+        self.has_prev = np.zeros(self.num_envs, bool)
+        self.prev_obs: dict[str, np.ndarray] | None = None  # allocated at the first observations
 
     def reset_envs(self, env_ids: np.ndarray) -> None:
         """New rollouts in `env_ids`: redraw their multipliers and restart their step count."""
@@ -184,6 +201,7 @@ class EpsilonGreedy(_Annealed):
         ids = np.asarray(env_ids)
         if ids.size:
             self.rollout_t[ids] = 0
+            self.has_prev[ids] = False
 
     def in_window(self, env_ids: np.ndarray | None = None) -> np.ndarray:
         """Whether each env's current rollout step is one where ε applies (all True without a
@@ -194,23 +212,83 @@ class EpsilonGreedy(_Annealed):
         return (t < self.explore_first) | (t >= self.horizon - self.explore_last)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rollout_t": self.rollout_t.copy()}
+        return {**super().state_dict(), "rollout_t": self.rollout_t.copy(),
+                "prev_action": self.prev_action.copy(), "has_prev": self.has_prev.copy(),
+                "prev_obs": (None if self.prev_obs is None else
+                             {k: v.copy() for k, v in self.prev_obs.items()})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         t = np.asarray(state.get("rollout_t", np.zeros(self.num_envs)), dtype=np.int64)
         if t.shape != (self.num_envs,):
             raise ValueError(f"state rollout_t has shape {t.shape}, expected ({self.num_envs},)")
+        prev = np.asarray(state.get("prev_action", np.zeros_like(self.prev_action)),
+                          dtype=np.int64)
+        if prev.shape != self.prev_action.shape:
+            raise ValueError(f"state prev_action has shape {prev.shape}, expected "
+                             f"{self.prev_action.shape}")
+        has_prev = np.asarray(state.get("has_prev", np.zeros(self.num_envs, bool)), dtype=bool)
+        if has_prev.shape != (self.num_envs,):
+            raise ValueError(f"state has_prev has shape {has_prev.shape}, expected "
+                             f"({self.num_envs},)")
+        prev_obs = state.get("prev_obs")
+        if prev_obs is not None:
+            if not isinstance(prev_obs, dict) or any(
+                    np.shape(v)[:1] != (self.num_envs,) for v in prev_obs.values()):
+                raise ValueError(f"state prev_obs must map names to arrays of {self.num_envs} "
+                                 "rows")
+            prev_obs = {str(k): np.array(v) for k, v in prev_obs.items()}
         super().load_state_dict(state)
-        self.rollout_t = t.copy()
+        self.rollout_t, self.prev_action, self.has_prev = t.copy(), prev.copy(), has_prev.copy()
+        self.prev_obs = prev_obs
 
-    def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None) -> np.ndarray:
-        """Actions (n, ...) of the envs `env_ids` (all if None) with ε-greedy replacement."""
+    uses_observations = False
+    """Whether :meth:`apply` wants the observations the policy acted on (the collector passes
+    them only then)."""
+
+    def _decision_points(self, actions: np.ndarray, env_ids: np.ndarray | None,
+                         observations: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Whether, at each env's step, the policy's action or (when given) the observation
+        differs from the previous step of the same rollout (a decision point); records both as
+        the new previous ones."""
+        ids = slice(None) if env_ids is None else env_ids
+        n = actions.shape[0]
+        prev = self.prev_action[ids]
+        changed = actions != prev if actions.ndim == 1 else (actions != prev).any(axis=1)
+        if observations is not None:
+            if self.prev_obs is None:
+                self.prev_obs = {k: np.zeros((self.num_envs, *np.shape(v)[1:]),
+                                             np.asarray(v).dtype)
+                                 for k, v in observations.items()}
+            obs = {k: np.asarray(v) for k, v in observations.items()}
+            for k, v in obs.items():  # every check before any state is written
+                if k not in self.prev_obs or v.shape != (n, *self.prev_obs[k].shape[1:]):
+                    raise ValueError(f"observation {k!r} of shape {v.shape} does not match "
+                                     "the exploration's earlier observations")
+            for k, v in obs.items():
+                changed |= (v != self.prev_obs[k][ids]).reshape(n, -1).any(axis=1)
+                self.prev_obs[k][ids] = v
+        decision = self.has_prev[ids] & changed  # computed before the views below are written
+        self.prev_action[ids] = actions
+        self.has_prev[ids] = True
+        return decision
+
+    def _step_eps(self, actions: np.ndarray, env_ids: np.ndarray | None,
+                  observations: dict[str, np.ndarray] | None) -> np.ndarray:
+        """ε of each env for this step (before :meth:`apply` advances the step counts)."""
+        self._decision_points(actions, env_ids, observations)
+        return self.per_env(env_ids) * self.in_window(env_ids)
+
+    def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None,
+              observations: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Actions (n, ...) of the envs `env_ids` (all if None) with ε-greedy replacement;
+        `observations` (name -> (n, ...)), what the policy acted on, mark decision points."""
         actions = np.asarray(actions)
         n = actions.shape[0]
-        eps = self.per_env(env_ids)
-        if eps.shape[0] != n:
-            raise ValueError(f"{n} actions for {eps.shape[0]} envs")
-        replace = (self.rng.random(n) < eps) & self.in_window(env_ids)
+        if self.scale[slice(None) if env_ids is None else env_ids].shape[0] != n:
+            raise ValueError(f"{n} actions for "
+                             f"{self.scale[slice(None) if env_ids is None else env_ids].shape[0]}"
+                             " envs")
+        replace = self.rng.random(n) < self._step_eps(actions, env_ids, observations)
         if env_ids is None:
             self.rollout_t += 1
         else:
@@ -250,11 +328,13 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         late_start_prob: float = 0.0,
         late_start_draw: str = "uniform",
         multiplier_floor: float = 0.0,
+        decision_rollout_prob: float = 0.0,
     ) -> None:
         if late_start_draw not in LATE_START_DRAWS:
             raise ValueError(f"late_start_draw must be one of {list(LATE_START_DRAWS)}, got "
                              f"{late_start_draw!r}")
         _unit_number("late_start_prob", late_start_prob)
+        _unit_number("decision_rollout_prob", decision_rollout_prob)
         values = {"eps_first_start": eps_first_start, "eps_first_end": eps_first_end,
                   "eps_last_start": eps_last_start, "eps_last_end": eps_last_end}
         for name, v in values.items():
@@ -271,6 +351,14 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         self.late_start_draw = late_start_draw
         # The step from which each env's current rollout explores (0: from its first step).
         self.explore_from = self._draw_start(self.num_envs)
+        self.decision_rollout_prob = float(decision_rollout_prob)
+        # Rollouts that explore only at decision points (see :meth:`_step_eps`).
+        self.decision_rollout = self._draw_decision(self.num_envs)
+
+    def _draw_decision(self, n: int) -> np.ndarray:
+        if self.decision_rollout_prob == 0.0:  # no draw: the RNG stream is as without the option
+            return np.zeros(n, bool)
+        return self.rng.random(n) < self.decision_rollout_prob
 
     def _draw_start(self, n: int) -> np.ndarray:
         """Per rollout: with probability late_start_prob a step drawn from the horizon by
@@ -295,17 +383,24 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         ids = np.asarray(env_ids)
         if ids.size:
             self.explore_from[ids] = self._draw_start(ids.size)
+            self.decision_rollout[ids] = self._draw_decision(ids.size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "explore_from": self.explore_from.copy()}
+        return {**super().state_dict(), "explore_from": self.explore_from.copy(),
+                "decision_rollout": self.decision_rollout.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         start = np.asarray(state.get("explore_from", np.zeros(self.num_envs)), dtype=np.int64)
         if start.shape != (self.num_envs,):
             raise ValueError(f"state explore_from has shape {start.shape}, expected "
                              f"({self.num_envs},)")
+        decision = np.asarray(state.get("decision_rollout", np.zeros(self.num_envs, bool)),
+                              dtype=bool)
+        if decision.shape != (self.num_envs,):
+            raise ValueError(f"state decision_rollout has shape {decision.shape}, expected "
+                             f"({self.num_envs},)")
         super().load_state_dict(state)
-        self.explore_from = start.copy()
+        self.explore_from, self.decision_rollout = start.copy(), decision.copy()
 
     def _last(self) -> float:
         if self.anneal_steps == 0:
@@ -321,6 +416,22 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         progress = np.minimum(t / self.rollout_horizon, 1.0)
         first = self.current()
         return (first + (self._last() - first) * progress) * s * (t >= start)
+
+    @property
+    def uses_observations(self) -> bool:  # type: ignore[override]
+        return self.decision_rollout_prob > 0.0
+
+    def _step_eps(self, actions: np.ndarray, env_ids: np.ndarray | None,
+                  observations: dict[str, np.ndarray] | None) -> np.ndarray:
+        """A decision rollout explores only at decision points, with the first-step ε (times
+        the env's multiplier); the other rollouts follow :meth:`per_env`."""
+        decision_point = self._decision_points(actions, env_ids, observations)
+        eps = self.per_env(env_ids)
+        if self.decision_rollout_prob == 0.0:
+            return eps
+        ids = slice(None) if env_ids is None else env_ids
+        at_decision = self.current() * self.scale[ids] * decision_point
+        return np.where(self.decision_rollout[ids], at_decision, eps)
 
 
 class GaussianNoise(_Annealed):

@@ -170,7 +170,11 @@ class RolloutState:
         if not self.policy_trusted:
             actions = check_actions(self.spec.action, actions, m, self.policy_name)
         if explore and self.exploration is not None:
-            actions = self.exploration.apply(actions, ids)
+            if getattr(self.exploration, "uses_observations", False):
+                actions = self.exploration.apply(
+                    actions, ids, observations={k: rows[k] for k in self.obs_names})
+            else:
+                actions = self.exploration.apply(actions, ids)
             if not self.exploration_trusted:
                 actions = check_actions(self.spec.action, actions, m,
                                         f"exploration for {self.spec.name}")

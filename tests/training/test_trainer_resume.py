@@ -247,3 +247,36 @@ def test_gpu_run_resumes_on_the_gpu_and_evaluates_on_the_cpu(tmp_path):
     assert all(c.device.type == "cuda" for c in trainer.collector._train.pstate.memory)
     stats = evaluate_run(run_dir, episodes=2, device="cpu")
     assert stats["checkpoint_env_steps"] >= steps + 64
+
+
+def test_resume_keeps_the_decision_rollout_exploration_state(tmp_path):
+    # The profiles' bilevel schedule with decision rollouts keeps per-env state across steps
+    # (previous action and observation, which rollouts explore only at decision points); a
+    # SIGTERM and resume must give the uninterrupted run's data exactly.
+    bilevel = {"kind": "bilevel", "horizon": 4, "anneal_steps": 200, "late_start_prob": 1.0,
+               "late_start_draw": "ends", "decision_rollout_prob": 0.5}
+    reference_dir = tmp_path / "reference"
+    Trainer(tiny_config(exploration=bilevel), reference_dir).train()
+    reference = final_state(reference_dir)
+    assert reference["collector"]["exploration"]["prev_obs"] is not None
+
+    run_dir = tmp_path / "run"
+    pointer = ckpt.checkpoint_root(run_dir) / "latest"
+
+    def stop_after_first_checkpoint():
+        deadline = time.time() + 300
+        while not pointer.exists() and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+    killer.start()
+    first = Trainer(tiny_config(exploration=bilevel), run_dir).train()
+    killer.join()
+    assert first["interrupted"] and first["env_steps"] < 96
+    Trainer.resume(run_dir).train()
+    resumed = final_state(run_dir)
+    assert_same_state(resumed, reference)
+    ea, eb = resumed["collector"]["exploration"], reference["collector"]["exploration"]
+    for k in ("decision_rollout", "prev_action", "has_prev", "explore_from", "scale"):
+        np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
