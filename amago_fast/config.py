@@ -147,8 +147,8 @@ class TrainConfig:
     uniform_steps (continuous) acts uniformly at random for the first N env steps;
     uniform_rollout_prob (continuous) makes each rollout act uniformly at random with that
     probability, for the whole run; decision_rollout_prob (kind bilevel) makes that share of the
-    rollouts explore only at decision points (the steps where the policy's own action changes),
-    with the first-step ε."""
+    rollouts explore only at decision points (the steps where the policy's own action or the
+    observation changes), with the first-step ε."""
     batch_size: int = 24
     """Windows per gradient update (per rank when distributed)."""
     window_len: int = 64

@@ -12,7 +12,9 @@
   read from the env itself (one copy is built and closed): context T + 1 and window T (one
   whole rollout per window; T-Maze corridor H: T = H + 1, so context H + 2, window H + 1), a
   critic horizon that reaches T (largest gamma ≥ 1 - 1/T), the bilevel ε schedule over T steps
-  for discrete actions (each rollout exploring from a step drawn log-uniformly from either end),
+  for discrete actions (half the rollouts exploring from a step drawn log-uniformly from
+  either end, the other half only at decision points: where the policy's action or the
+  observation changes),
   a batch that keeps the rows per update near ``rows_per_update`` (cpu: 24 windows at T = 51,
   4 at T = 500) and an update ratio that keeps the rows replayed per env step constant
   (``replay_rows / (batch_size * window)`` updates per env step: 0.29 at T = 51, 0.18 at
