@@ -148,7 +148,8 @@ class TrainConfig:
     uniform_rollout_prob (continuous) makes each rollout act uniformly at random with that
     probability, for the whole run; decision_rollout_prob (kind bilevel) makes that share of the
     rollouts explore only at decision points (the steps where the policy's own action or the
-    observation changes), with the first-step ε."""
+    observation changes), with the first-step ε, annealed to decision_eps_end (default
+    eps_first_end)."""
     batch_size: int = 24
     """Windows per gradient update (per rank when distributed)."""
     window_len: int = 64

@@ -35,7 +35,8 @@
   With ``decision_rollout_prob`` q, each rollout (drawn at its start) is with probability q a
   *decision rollout*: it takes the policy's own action everywhere except at decision points,
   the steps where the policy's action or the observation differs from the previous step of the
-  same rollout, where it explores with the first-step ε (times the env's multiplier). A learned
+  same rollout, where it explores with the first-step ε (times the env's multiplier; annealed
+  to ``decision_eps_end``, by default the first step's end value). A learned
   corridor is then walked without a spoiling random step and the choice at its end is explored
   in a share of rollouts that does not fall with the corridor's length. Simulated on passive
   T-Maze 50's observations at 8k of 25k annealing steps, the junction step is explored after a
@@ -330,12 +331,15 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         late_start_draw: str = "uniform",
         multiplier_floor: float = 0.0,
         decision_rollout_prob: float = 0.0,
+        decision_eps_end: float | None = None,
     ) -> None:
         if late_start_draw not in LATE_START_DRAWS:
             raise ValueError(f"late_start_draw must be one of {list(LATE_START_DRAWS)}, got "
                              f"{late_start_draw!r}")
         _unit_number("late_start_prob", late_start_prob)
         _unit_number("decision_rollout_prob", decision_rollout_prob)
+        if decision_eps_end is not None:
+            _unit_number("decision_eps_end", decision_eps_end)
         values = {"eps_first_start": eps_first_start, "eps_first_end": eps_first_end,
                   "eps_last_start": eps_last_start, "eps_last_end": eps_last_end}
         for name, v in values.items():
@@ -353,6 +357,9 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         # The step from which each env's current rollout explores (0: from its first step).
         self.explore_from = self._draw_start(self.num_envs)
         self.decision_rollout_prob = float(decision_rollout_prob)
+        # ε at decision points anneals from eps_first_start to this (default: eps_first_end)
+        self.decision_end = float(eps_first_end if decision_eps_end is None
+                                  else decision_eps_end)
         # Rollouts that explore only at decision points (see :meth:`_step_eps`).
         self.decision_rollout = self._draw_decision(self.num_envs)
 
@@ -424,14 +431,17 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
 
     def _step_eps(self, actions: np.ndarray, env_ids: np.ndarray | None,
                   observations: dict[str, np.ndarray] | None) -> np.ndarray:
-        """A decision rollout explores only at decision points, with the first-step ε (times
-        the env's multiplier); the other rollouts follow :meth:`per_env`."""
+        """A decision rollout explores only at decision points, with ε annealed from the
+        first-step start to ``decision_eps_end`` (times the env's multiplier); the other
+        rollouts follow :meth:`per_env`."""
         decision_point = self._decision_points(actions, env_ids, observations)
         eps = self.per_env(env_ids)
         if self.decision_rollout_prob == 0.0:
             return eps
         ids = slice(None) if env_ids is None else env_ids
-        at_decision = self.current() * self.scale[ids] * decision_point
+        frac = 1.0 if self.anneal_steps == 0 else min(1.0, self.steps / self.anneal_steps)
+        decision_eps = self.start + (self.decision_end - self.start) * frac
+        at_decision = decision_eps * self.scale[ids] * decision_point
         return np.where(self.decision_rollout[ids], at_decision, eps)
 
 

@@ -55,6 +55,26 @@ def test_first_step_eps_is_annealed_at_decision_points():
     assert hits == pytest.approx(0.05 * 0.5 * 0.75, abs=0.004)
 
 
+def test_decision_eps_end_sets_the_annealed_decision_point_eps():
+    n = 40_000
+    e = _bilevel(n, 1.0, seed=12, decision_eps_end=0.3)
+    e.advance(25_000)
+    e.reset_envs(np.arange(n))
+    a = np.zeros(n, np.int32)
+    e.apply(a)
+    turn = np.ones(n, np.int32)
+    assert np.mean(e.apply(turn) != turn) == pytest.approx(0.3 * 0.5 * 0.75, abs=0.01)
+    # half-way through the annealing: 1.0 + (0.3 - 1.0) / 2
+    h = _bilevel(n, 1.0, seed=13, decision_eps_end=0.3)
+    h.advance(12_500)
+    h.reset_envs(np.arange(n))
+    h.apply(a)
+    assert np.mean(h.apply(turn) != turn) == pytest.approx(0.65 * 0.5 * 0.75, abs=0.01)
+    for value in (1.2, -0.5, False):
+        with pytest.raises(ValueError, match="decision_eps_end"):
+            _bilevel(2, 0.5, decision_eps_end=value)
+
+
 def test_a_new_rollout_is_not_a_decision_point():
     n = 10_000
     e = _bilevel(n, 1.0, seed=3)
