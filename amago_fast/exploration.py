@@ -31,7 +31,7 @@
   as AMAGO's schedule does, and a last-step decision is reached in a share that falls with
   log T instead of 1/T (the junction of a simulated T-Maze: 3.2% of episodes at T = 51 vs 1.3%
   uniform, 2.2% vs 0.22% at T = 301, 1.8% vs 0.08% at T = 1001).
-  The profiles use p = 1 (amago_fast/profiles.py, docs/LEARNING.md).
+  The profiles use p = 1 and q = 0.5 (below; amago_fast/profiles.py, docs/LEARNING.md).
   With ``decision_rollout_prob`` q, each rollout (drawn at its start) is with probability q a
   *decision rollout*: it takes the policy's own action everywhere except at decision points,
   the steps where the policy's action or the observation differs from the previous step of the
