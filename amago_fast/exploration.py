@@ -108,12 +108,16 @@ class _Annealed:
             return np.power(self.multiplier_floor, self.rng.random(n))
         return self.rng.random(n)
 
+    def _annealed(self, start: float, end: float) -> float:
+        """`start` moved linearly to `end` over the annealing steps (`end` once they are done)."""
+        if self.anneal_steps == 0:
+            return end
+        frac = min(1.0, self.steps / self.anneal_steps)
+        return start + (end - start) * frac
+
     def current(self) -> float:
         """The annealed value before the per-env multiplier."""
-        if self.anneal_steps == 0:
-            return self.end
-        frac = min(1.0, self.steps / self.anneal_steps)
-        return self.start + (self.end - self.start) * frac
+        return self._annealed(self.start, self.end)
 
     def per_env(self, env_ids: np.ndarray | None = None) -> np.ndarray:
         s = self.scale if env_ids is None else self.scale[env_ids]
@@ -188,15 +192,8 @@ class EpsilonGreedy(_Annealed):
         self.explore_first, self.explore_last = int(explore_first), int(explore_last)
         super().__init__(num_envs, eps_start, eps_end, anneal_steps, randomize, seed,
                          multiplier_floor)
-        # steps each env has acted in its current rollout (only used with a window)
+        # steps each env has acted in its current rollout (a window, the bilevel schedule)
         self.rollout_t = np.zeros(self.num_envs, np.int64)
-        # the policy's own action at each env's previous step (before any replacement), and
-        # whether that step belongs to the current rollout: a change of it marks a decision point
-        shape = (self.num_envs,) if action.kind == "discrete" else (self.num_envs,
-                                                                    len(action.nvec))
-        self.prev_action = np.zeros(shape, np.int64)
-        self.has_prev = np.zeros(self.num_envs, bool)
-        self.prev_obs: dict[str, np.ndarray] | None = None  # allocated at the first observations
 
     def reset_envs(self, env_ids: np.ndarray) -> None:
         """New rollouts in `env_ids`: redraw their multipliers and restart their step count."""
@@ -204,7 +201,6 @@ class EpsilonGreedy(_Annealed):
         ids = np.asarray(env_ids)
         if ids.size:
             self.rollout_t[ids] = 0
-            self.has_prev[ids] = False
 
     def in_window(self, env_ids: np.ndarray | None = None) -> np.ndarray:
         """Whether each env's current rollout step is one where ε applies (all True without a
@@ -215,70 +211,22 @@ class EpsilonGreedy(_Annealed):
         return (t < self.explore_first) | (t >= self.horizon - self.explore_last)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rollout_t": self.rollout_t.copy(),
-                "prev_action": self.prev_action.copy(), "has_prev": self.has_prev.copy(),
-                "prev_obs": (None if self.prev_obs is None else
-                             {k: v.copy() for k, v in self.prev_obs.items()})}
+        return {**super().state_dict(), "rollout_t": self.rollout_t.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         t = np.asarray(state.get("rollout_t", np.zeros(self.num_envs)), dtype=np.int64)
         if t.shape != (self.num_envs,):
             raise ValueError(f"state rollout_t has shape {t.shape}, expected ({self.num_envs},)")
-        prev = np.asarray(state.get("prev_action", np.zeros_like(self.prev_action)),
-                          dtype=np.int64)
-        if prev.shape != self.prev_action.shape:
-            raise ValueError(f"state prev_action has shape {prev.shape}, expected "
-                             f"{self.prev_action.shape}")
-        has_prev = np.asarray(state.get("has_prev", np.zeros(self.num_envs, bool)), dtype=bool)
-        if has_prev.shape != (self.num_envs,):
-            raise ValueError(f"state has_prev has shape {has_prev.shape}, expected "
-                             f"({self.num_envs},)")
-        prev_obs = state.get("prev_obs")
-        if prev_obs is not None:
-            if not isinstance(prev_obs, dict) or any(
-                    np.shape(v)[:1] != (self.num_envs,) for v in prev_obs.values()):
-                raise ValueError(f"state prev_obs must map names to arrays of {self.num_envs} "
-                                 "rows")
-            prev_obs = {str(k): np.array(v) for k, v in prev_obs.items()}
         super().load_state_dict(state)
-        self.rollout_t, self.prev_action, self.has_prev = t.copy(), prev.copy(), has_prev.copy()
-        self.prev_obs = prev_obs
+        self.rollout_t = t.copy()
 
     uses_observations = False
     """Whether :meth:`apply` wants the observations the policy acted on (the collector passes
     them only then)."""
 
-    def _decision_points(self, actions: np.ndarray, env_ids: np.ndarray | None,
-                         observations: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Whether, at each env's step, the policy's action or (when given) the observation
-        differs from the previous step of the same rollout (a decision point); records both as
-        the new previous ones."""
-        ids = slice(None) if env_ids is None else env_ids
-        n = actions.shape[0]
-        prev = self.prev_action[ids]
-        changed = actions != prev if actions.ndim == 1 else (actions != prev).any(axis=1)
-        if observations is not None:
-            if self.prev_obs is None:
-                self.prev_obs = {k: np.zeros((self.num_envs, *np.shape(v)[1:]),
-                                             np.asarray(v).dtype)
-                                 for k, v in observations.items()}
-            obs = {k: np.asarray(v) for k, v in observations.items()}
-            for k, v in obs.items():  # every check before any state is written
-                if k not in self.prev_obs or v.shape != (n, *self.prev_obs[k].shape[1:]):
-                    raise ValueError(f"observation {k!r} of shape {v.shape} does not match "
-                                     "the exploration's earlier observations")
-            for k, v in obs.items():
-                changed |= (v != self.prev_obs[k][ids]).reshape(n, -1).any(axis=1)
-                self.prev_obs[k][ids] = v
-        decision = self.has_prev[ids] & changed  # computed before the views below are written
-        self.prev_action[ids] = actions
-        self.has_prev[ids] = True
-        return decision
-
     def _step_eps(self, actions: np.ndarray, env_ids: np.ndarray | None,
                   observations: dict[str, np.ndarray] | None) -> np.ndarray:
         """ε of each env for this step (before :meth:`apply` advances the step counts)."""
-        self._decision_points(actions, env_ids, observations)
         return self.per_env(env_ids) * self.in_window(env_ids)
 
     def apply(self, actions: np.ndarray, env_ids: np.ndarray | None = None,
@@ -362,6 +310,13 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
                                   else decision_eps_end)
         # Rollouts that explore only at decision points (see :meth:`_step_eps`).
         self.decision_rollout = self._draw_decision(self.num_envs)
+        # The policy's own action at each env's previous step (before any replacement) and the
+        # observation it acted on there, kept only with decision rollouts; rollout_t > 0 says
+        # whether that previous step belongs to the current rollout.
+        shape = (self.num_envs,) if action.kind == "discrete" else (self.num_envs,
+                                                                    len(action.nvec))
+        self.prev_action = np.zeros(shape, np.int64)
+        self.prev_obs: dict[str, np.ndarray] | None = None  # allocated at the first observations
 
     def _draw_decision(self, n: int) -> np.ndarray:
         if self.decision_rollout_prob == 0.0:  # no draw: the RNG stream is as without the option
@@ -395,7 +350,10 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "explore_from": self.explore_from.copy(),
-                "decision_rollout": self.decision_rollout.copy()}
+                "decision_rollout": self.decision_rollout.copy(),
+                "prev_action": self.prev_action.copy(),
+                "prev_obs": (None if self.prev_obs is None else
+                             {k: v.copy() for k, v in self.prev_obs.items()})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         start = np.asarray(state.get("explore_from", np.zeros(self.num_envs)), dtype=np.int64)
@@ -407,14 +365,24 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
         if decision.shape != (self.num_envs,):
             raise ValueError(f"state decision_rollout has shape {decision.shape}, expected "
                              f"({self.num_envs},)")
+        prev = np.asarray(state.get("prev_action", np.zeros_like(self.prev_action)),
+                          dtype=np.int64)
+        if prev.shape != self.prev_action.shape:
+            raise ValueError(f"state prev_action has shape {prev.shape}, expected "
+                             f"{self.prev_action.shape}")
+        prev_obs = state.get("prev_obs")
+        if prev_obs is not None:
+            if not isinstance(prev_obs, dict) or any(
+                    np.shape(v)[:1] != (self.num_envs,) for v in prev_obs.values()):
+                raise ValueError(f"state prev_obs must map names to arrays of {self.num_envs} "
+                                 "rows")
+            prev_obs = {str(k): np.array(v) for k, v in prev_obs.items()}
         super().load_state_dict(state)
         self.explore_from, self.decision_rollout = start.copy(), decision.copy()
+        self.prev_action, self.prev_obs = prev.copy(), prev_obs
 
     def _last(self) -> float:
-        if self.anneal_steps == 0:
-            return self.last_end
-        frac = min(1.0, self.steps / self.anneal_steps)
-        return self.last_start + (self.last_end - self.last_start) * frac
+        return self._annealed(self.last_start, self.last_end)
 
     def per_env(self, env_ids: np.ndarray | None = None) -> np.ndarray:
         """ε of each env at its current rollout step (before :meth:`apply` advances it)."""
@@ -429,19 +397,43 @@ class BilevelEpsilonGreedy(EpsilonGreedy):
     def uses_observations(self) -> bool:  # type: ignore[override]
         return self.decision_rollout_prob > 0.0
 
+    def _decision_points(self, actions: np.ndarray, env_ids: np.ndarray | None,
+                         observations: dict[str, np.ndarray] | None) -> np.ndarray:
+        """Whether, at each env's step, the policy's action or (when given) the observation
+        differs from the previous step of the same rollout (a decision point); records both as
+        the new previous ones."""
+        ids = slice(None) if env_ids is None else env_ids
+        n = actions.shape[0]
+        prev = self.prev_action[ids]
+        changed = actions != prev if actions.ndim == 1 else (actions != prev).any(axis=1)
+        if observations is not None:
+            if self.prev_obs is None:
+                self.prev_obs = {k: np.zeros((self.num_envs, *np.shape(v)[1:]),
+                                             np.asarray(v).dtype)
+                                 for k, v in observations.items()}
+            obs = {k: np.asarray(v) for k, v in observations.items()}
+            for k, v in obs.items():  # every check before any state is written
+                if k not in self.prev_obs or v.shape != (n, *self.prev_obs[k].shape[1:]):
+                    raise ValueError(f"observation {k!r} of shape {v.shape} does not match "
+                                     "the exploration's earlier observations")
+            for k, v in obs.items():
+                changed |= (v != self.prev_obs[k][ids]).reshape(n, -1).any(axis=1)
+                self.prev_obs[k][ids] = v
+        self.prev_action[ids] = actions  # `changed` already holds the comparison
+        return changed & (self.rollout_t[ids] > 0)  # a rollout's first step has no previous
+
     def _step_eps(self, actions: np.ndarray, env_ids: np.ndarray | None,
                   observations: dict[str, np.ndarray] | None) -> np.ndarray:
         """A decision rollout explores only at decision points, with ε annealed from the
         first-step start to ``decision_eps_end`` (times the env's multiplier); the other
         rollouts follow :meth:`per_env`."""
-        decision_point = self._decision_points(actions, env_ids, observations)
         eps = self.per_env(env_ids)
         if self.decision_rollout_prob == 0.0:
             return eps
         ids = slice(None) if env_ids is None else env_ids
-        frac = 1.0 if self.anneal_steps == 0 else min(1.0, self.steps / self.anneal_steps)
-        decision_eps = self.start + (self.decision_end - self.start) * frac
-        at_decision = decision_eps * self.scale[ids] * decision_point
+        decision_eps = self._annealed(self.start, self.decision_end)
+        at_decision = (decision_eps * self.scale[ids]
+                       * self._decision_points(actions, env_ids, observations))
         return np.where(self.decision_rollout[ids], at_decision, eps)
 
 

@@ -131,7 +131,8 @@ def test_env_ids_subsets_track_their_own_previous_actions():
     e.scale[:] = 1.0  # ε = 1 at decision points: replaced unless the draw repeats the action
     ids = np.array([1, 3])
     e.apply(np.zeros(2, np.int32), ids)
-    np.testing.assert_array_equal(e.has_prev, [False, True, False, True])
+    # only envs 1 and 3 have a previous step in their rollout
+    np.testing.assert_array_equal(e.rollout_t > 0, [False, True, False, True])
     e.apply(np.zeros(4, np.int32))  # envs 0 and 2 start here; 1 and 3 repeat: no decision
     np.testing.assert_array_equal(e.prev_action, [0, 0, 0, 0])
     n_replaced = 0
@@ -150,7 +151,7 @@ def test_state_round_trip_and_bad_values():
     b.load_state_dict(a.state_dict())
     np.testing.assert_array_equal(a.decision_rollout, b.decision_rollout)
     np.testing.assert_array_equal(a.prev_action, b.prev_action)
-    np.testing.assert_array_equal(a.has_prev, b.has_prev)
+    np.testing.assert_array_equal(a.rollout_t, b.rollout_t)
     for t in range(5, 20):
         np.testing.assert_array_equal(a.apply(_policy(t, 6, 12)), b.apply(_policy(t, 6, 12)))
     bad = a.state_dict()

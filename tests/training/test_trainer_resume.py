@@ -102,20 +102,27 @@ def reference_run(tmp_path_factory) -> dict:
     return final_state(run_dir)
 
 
-def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
-    run_dir = tmp_path / "run"
+def train_until_sigterm(cfg, run_dir: Path) -> dict:
+    """Train `cfg` in `run_dir`, sending the process a real SIGTERM (handled by the trainer) as
+    soon as the first checkpoint exists; the trainer's result."""
     pointer = ckpt.checkpoint_root(run_dir) / "latest"
 
     def stop_after_first_checkpoint():
         deadline = time.time() + 300
         while not pointer.exists() and time.time() < deadline:
             time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the trainer
+        os.kill(os.getpid(), signal.SIGTERM)
 
     killer = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
     killer.start()
-    first = Trainer(tiny_config(), run_dir).train()
+    result = Trainer(cfg, run_dir).train()
     killer.join()
+    return result
+
+
+def test_sigterm_then_resume_matches_uninterrupted(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    first = train_until_sigterm(tiny_config(), run_dir)
     assert first["interrupted"], "the run finished before the signal arrived"
     assert first["env_steps"] < 96
     stopped_at = final_state(run_dir)
@@ -261,22 +268,11 @@ def test_resume_keeps_the_decision_rollout_exploration_state(tmp_path):
     assert reference["collector"]["exploration"]["prev_obs"] is not None
 
     run_dir = tmp_path / "run"
-    pointer = ckpt.checkpoint_root(run_dir) / "latest"
-
-    def stop_after_first_checkpoint():
-        deadline = time.time() + 300
-        while not pointer.exists() and time.time() < deadline:
-            time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    killer = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
-    killer.start()
-    first = Trainer(tiny_config(exploration=bilevel), run_dir).train()
-    killer.join()
+    first = train_until_sigterm(tiny_config(exploration=bilevel), run_dir)
     assert first["interrupted"] and first["env_steps"] < 96
     Trainer.resume(run_dir).train()
     resumed = final_state(run_dir)
     assert_same_state(resumed, reference)
     ea, eb = resumed["collector"]["exploration"], reference["collector"]["exploration"]
-    for k in ("decision_rollout", "prev_action", "has_prev", "explore_from", "scale"):
+    for k in ("decision_rollout", "prev_action", "rollout_t", "explore_from", "scale"):
         np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
