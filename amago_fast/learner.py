@@ -94,6 +94,7 @@ class Learner:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self._steps = 0  # update calls (the attention-entropy schedule)
+        self._calls_since_reset = 0  # update calls since AdamW's moments were last zeroed
         # Multi-discrete action sizes on the device, for the batch check (made once: a
         # host-to-device copy per update would be a sync of its own).
         action = agent.spec.action
@@ -255,6 +256,10 @@ class Learner:
                 self._step(batch)
             main.wait_stream(side)
         self._steps += 1
+        if cfg.optimizer_reset_interval:
+            self._calls_since_reset += 1
+            if self._calls_since_reset >= cfg.optimizer_reset_interval:
+                self.reset_optimizer_moments()
         self._pending += 1
         if self._pending >= cfg.stats_every:
             return self.read_stats()
@@ -419,6 +424,17 @@ class Learner:
                 metrics[f"attention_entropy/layer{i}"] = e
         return metrics
 
+    def reset_optimizer_moments(self) -> None:
+        """Zero AdamW's first and second moments and step counts in place (a captured CUDA
+        graph keeps reading the same tensors); the weights, the learning rate and its warm-up
+        are unchanged. ``optimizer_reset_interval`` calls this on its schedule."""
+        with torch.no_grad():
+            for state in self.optimizer.state.values():
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    if key in state:
+                        state[key].zero_()
+        self._calls_since_reset = 0
+
     def _restore_optimizer_settings(self) -> None:
         """After ``optimizer.load_state_dict``: a loaded group brings its saved settings (a
         float lr, fused off in checkpoints of a foreach AdamW, a CPU step count); put back this
@@ -528,6 +544,12 @@ class Learner:
         self.loss_module.load_state_dict(theirs)
         self.optimizer.load_state_dict(sd["optimizer"])
         self._restore_optimizer_settings()
+        # AdamW's step count restarts at each moment reset, so it is where the reset schedule
+        # stands (update calls and applied steps differ only by skipped non-finite updates).
+        steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
+        self._calls_since_reset = max(steps, default=0)
+        if self.config.optimizer_reset_interval:
+            self._calls_since_reset %= self.config.optimizer_reset_interval
         self.updates = int(sd["updates"])
         self._drop_graph()
         if gen_matches:

@@ -20,6 +20,14 @@ class LearnerConfig:
     """AdamW learning rate (after warm-up)."""
     weight_decay: float = 1e-3
     """AdamW decoupled weight decay."""
+    optimizer_reset_interval: int = 0
+    """Every this many update calls, AdamW's moment estimates and step counts are zeroed (the
+    weights are kept), so the next steps are again bias-corrected, sign-sized ones (Asadi et al.
+    2023, "Resetting the optimizer in deep RL"). Why: a network that has settled on a solution
+    which ignores an input (T-Maze's cue, while the policy goes to one arm) leaves that plateau
+    slowly under the accumulated moments; on one fixed T-Maze 50 buffer a run's own weights
+    needed 1 750 to > 2 500 updates to tie the cue to the junction, the same weights with a
+    fresh optimizer state 250–500 (docs/LEARNING.md). 0: never."""
     warmup_steps: int = 500
     """Linear learning-rate warm-up over this many updates (0: none)."""
     grad_clip: float = 1.0
@@ -141,7 +149,8 @@ class LearnerConfig:
             bad("tau", "must be in (0, 1]")
         if not (math.isfinite(self.reward_multiplier) and self.reward_multiplier != 0):
             bad("reward_multiplier", "must be finite and non-zero")
-        for name in ("warmup_steps", "attention_entropy_every", "seed"):
+        for name in ("warmup_steps", "attention_entropy_every", "seed",
+                     "optimizer_reset_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 bad(name, "must be a non-negative integer")

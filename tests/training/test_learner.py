@@ -989,3 +989,57 @@ def test_critic_model_input_rejects_configs_without_a_head_or_an_action_input():
                                                  "discrete_critic": "action_input"},
                            dynamics_coeff=0.5)
     assert np.isfinite(learner.update(make_batch(learner.agent.spec))["loss"])
+
+
+def _moments(learner: Learner) -> list[tuple[float, float, float]]:
+    return [(float(s["exp_avg"].abs().sum()), float(s["exp_avg_sq"].abs().sum()),
+             float(s["step"])) for s in learner.optimizer.state.values()]
+
+
+def test_optimizer_reset_interval_zeroes_the_moments_on_schedule_and_keeps_the_weights():
+    a = make_learner(optimizer_reset_interval=3)
+    batches = [make_batch(a.agent.spec, seed=s) for s in range(7)]
+    for b in batches[:2]:
+        a.update(b)
+    assert all(m > 0 and v > 0 and step == 2 for m, v, step in _moments(a))
+    weights = {k: v.clone() for k, v in a.agent.state_dict().items()}
+    # the third call steps (the weights move), then zeroes the moments and step counts
+    a.update(batches[2])
+    assert all(m == 0 and v == 0 and step == 0 for m, v, step in _moments(a))
+    assert any(not torch.equal(v, a.agent.state_dict()[k]) for k, v in weights.items())
+    moved = {k: v.clone() for k, v in a.agent.state_dict().items()}
+    a.reset_optimizer_moments()  # the reset itself never touches a weight
+    assert all(torch.equal(v, a.agent.state_dict()[k]) for k, v in moved.items())
+    for b in batches[3:5]:
+        a.update(b)
+    assert all(step == 2 for *_, step in _moments(a))
+    # without the option the moments keep accumulating
+    plain = make_learner()
+    for b in batches[:4]:
+        plain.update(b)
+    assert all(step == 4 and v > 0 for _, v, step in _moments(plain))
+
+
+def test_optimizer_reset_schedule_resumes_bit_identically():
+    """A checkpoint between two resets continues the schedule where it stood (from AdamW's own
+    step count), so the resumed run resets on the same calls as the uninterrupted one."""
+    a = make_learner(optimizer_reset_interval=3)
+    batches = [make_batch(a.agent.spec, seed=s) for s in range(9)]
+    for b in batches[:4]:  # one reset (after call 3), then one more step
+        a.update(b)
+    sd = copy.deepcopy(a.state_dict())
+    ma = [a.update(b) for b in batches[4:]]  # resets after calls 6 and 9
+    b_ = make_learner(optimizer_reset_interval=3, seed=5)
+    b_.load_state_dict(sd)
+    mb = [b_.update(b) for b in batches[4:]]
+    assert ma == mb
+    for (k, v), v2 in zip(a.state_dict()["loss_module"].items(),
+                          b_.state_dict()["loss_module"].values()):
+        assert torch.equal(v, v2), k
+    assert _moments(a) == _moments(b_) and all(step == 0 for *_, step in _moments(b_))
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_optimizer_reset_interval_rejects_non_integers_and_negatives(value):
+    with pytest.raises(ValueError, match="optimizer_reset_interval"):
+        LearnerConfig(optimizer_reset_interval=value)
