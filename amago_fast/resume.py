@@ -5,6 +5,7 @@ cannot change and the stored observation fields the env must still produce. Used
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -76,6 +77,18 @@ def fields_mismatch(saved_fields: list, env: Any) -> str | None:
                 return (f"{e} (Discrete observations are one-hot by default, int32 indices with "
                         f"discrete_obs='index'; this run stored them as {what}: --env.kwargs "
                         f"'{{\"discrete_obs\": \"{option}\"}}')")
+        shapes = {f.name: tuple(f.shape) for f in env.spec.observation}
+        for f in saved_fields:
+            was, is_ = tuple(f.shape), shapes.get(f.name)
+            if (is_ is not None and was != is_ and math.prod(was) == math.prod(is_)
+                    and {len(was), len(is_)} == {1, 3}):
+                if len(was) == 3:
+                    how, keys = ("as a grid (the gymnasium adapter's MiniGrid default before "
+                                 "code grids were flattened)"), "[]"
+                else:
+                    how, keys = "flat", f'["{f.name}"]'
+                return (f"{e} (this run stored {f.name!r} {how}: --env.kwargs "
+                        f"'{{\"flatten_keys\": {keys}}}')")
         return str(e)
     return None
 

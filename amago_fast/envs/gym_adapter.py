@@ -27,7 +27,8 @@ Three options shape what the agent sees (all also work through ``make_env("gym:<
   to the timestep encoder (a CNN over pixels / 255); MiniGrid's ``image`` is a 7x7x3 grid of
   object, colour and state codes (0..10, not pixels), which the encoder should instead read as
   a normalised vector — ``flatten_keys=("image",)`` does that (and keeps the native policy step,
-  which takes no image inputs).
+  which takes no image inputs). Left unset (None), it is ``("image",)`` for MiniGrid and BabyAI
+  ids (CODE_GRID_PREFIXES) and ``()`` otherwise; ``flatten_keys=()`` keeps the CNN.
 - ``discrete_obs``: ``"onehot"`` (default) or ``"index"``, see above. A Discrete observation is
   a category (a FrozenLake cell, a POPGym card, a MiniGrid direction): fed to the network as
   one number, cell 7 would be read as "more" than cell 6.
@@ -94,6 +95,29 @@ def resolve_gym_id(env_id: str) -> str:
         raise ValueError(f"unknown gymnasium id {bare!r}" + (
             f" (importing {candidates[0]!r} did not register it)" if candidates else ""))
     return bare
+
+
+# Suites whose ``image`` entry is a grid of object/colour/state codes, not pixels: by id prefix.
+# Through the pixel CNN (codes / 255) a MiniGrid key (5) and ball (6) differ by 0.004 of the
+# input range; flattened, the encoder's input normalisation makes them differ by O(1).
+CODE_GRID_PREFIXES = ("MiniGrid-", "BabyAI-")
+
+
+def default_flatten_keys(space: Any, env_id: str | None, ignore_keys: tuple[str, ...]
+                         ) -> tuple[str, ...]:
+    """``flatten_keys`` when the user gives none: ``("image",)`` for an env of a code-grid suite
+    (CODE_GRID_PREFIXES, by the gymnasium id `env_id`) whose Dict observation has a rank-3 uint8
+    ``image`` Box that is not ignored; ``()`` for everything else."""
+    from gymnasium import spaces as gs
+
+    if not env_id or not env_id.startswith(CODE_GRID_PREFIXES):
+        return ()
+    if not isinstance(space, gs.Dict) or "image" in ignore_keys:
+        return ()
+    image = space.spaces.get("image")
+    if isinstance(image, gs.Box) and image.dtype == np.uint8 and len(image.shape) == 3:
+        return ("image",)
+    return ()
 
 
 # Attributes by which suites declare their episode limit when the gymnasium registration gives
@@ -479,7 +503,7 @@ class GymVectorEnv(VectorEnv):
         vectorization: str = "sync",
         name: str | None = None,
         ignore_keys: tuple[str, ...] = (),
-        flatten_keys: tuple[str, ...] = (),
+        flatten_keys: tuple[str, ...] | None = None,
         discrete_obs: str = "onehot",
         **make_kwargs: Any,
     ) -> None:
@@ -499,6 +523,7 @@ class GymVectorEnv(VectorEnv):
                 raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
             num_envs = positive_int(num_envs)
             env = resolve_gym_id(env)
+            source_id: str | None = env
             self._build = (env, num_envs, vectorization, dict(make_kwargs))
             self.vec = self._make_vec()
             env_name = name or f"gym:{env}"
@@ -514,12 +539,16 @@ class GymVectorEnv(VectorEnv):
                 raise ValueError(f"num_envs={num_envs} but the vector env has {env.num_envs}")
             self.vec = env
             spec_id = getattr(getattr(env, "spec", None), "id", None)
+            source_id = spec_id
             env_name = name or f"gym:{spec_id or type(env).__name__}"
         else:
             raise TypeError(
                 f"env must be a gymnasium id or gymnasium.vector.VectorEnv, got {env!r}"
             )
         try:
+            if flatten_keys is None:
+                flatten_keys = default_flatten_keys(self.vec.single_observation_space,
+                                                    source_id, tuple(ignore_keys))
             fields, self._obs = observation_fields(
                 self.vec.single_observation_space, env_name, ignore_keys, flatten_keys,
                 discrete_obs)

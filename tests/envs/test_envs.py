@@ -1688,3 +1688,60 @@ def test_envpool_discrete_observation_tasks_one_hot(task, tmp_path):
     assert stored.shape[1:] == (size,) and (stored.sum(1) == 1).all()
     assert set(stored.argmax(1).tolist()) <= seen
     env.close()
+
+
+def test_minigrid_code_grid_is_flattened_by_default():
+    """MiniGrid's ``image`` holds object/colour/state codes, not pixels: with no flatten_keys
+    given, a MiniGrid id (or a vector env built from one) stores it as a flat vector, so the
+    encoder normalises it instead of running the pixel CNN over codes / 255; flatten_keys=[]
+    keeps the grid (the CNN); an env of another suite with the same layout keeps it too."""
+    pytest.importorskip("minigrid")
+    from amago_fast.nets.timestep import is_image
+
+    env = make_env("gym:MiniGrid-MemoryS7-v0", 2, seed=3)
+    try:
+        f = _field(env.spec, "image")
+        assert f.shape == (147,) and f.dtype == np.uint8 and not is_image(f)
+        obs = env.reset(seed=3)
+        assert obs["image"].shape == (2, 147) and obs["image"].max() <= 10
+    finally:
+        env.close()
+    grid = make_env("gym:MiniGrid-MemoryS7-v0", 1, flatten_keys=[])
+    try:
+        assert is_image(_field(grid.spec, "image"))
+    finally:
+        grid.close()
+    vec = gym.make_vec("MiniGrid-Empty-5x5-v0", num_envs=1, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    built = GymVectorEnv(vec)
+    try:
+        assert _field(built.spec, "image").shape == (147,)
+    finally:
+        built.close()
+    other = GymVectorEnv(gym.vector.SyncVectorEnv(
+        [_GridWithMissionEnv], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP),
+        ignore_keys=["mission"])
+    assert is_image(_field(other.spec, "image"))
+
+
+def test_a_run_that_stored_the_grid_is_told_how_to_read_it_again():
+    """A MiniGrid run made before code grids were flattened by default stored ``image`` as a
+    (7, 7, 3) grid: resume/eval name the field and the flatten_keys that reads it so, and with
+    that option the env fits the run again (and the other way round)."""
+    pytest.importorskip("minigrid")
+    from amago_fast.buffer import TrajectoryBuffer
+    from amago_fast.resume import fields_mismatch
+    from amago_fast.spaces import FieldSpec
+
+    env = make_env("gym:MiniGrid-MemoryS7-v0", 1)
+    grid = make_env("gym:MiniGrid-MemoryS7-v0", 1, flatten_keys=[])
+    try:
+        old = TrajectoryBuffer.from_env_spec(grid.spec, 1000, 1).fields
+        flat = TrajectoryBuffer.from_env_spec(env.spec, 1000, 1).fields
+        assert FieldSpec("image", (7, 7, 3), np.uint8) in old
+        msg = fields_mismatch(old, env)
+        assert "'image'" in msg and "flatten_keys\": []" in msg
+        assert fields_mismatch(old, grid) is None and fields_mismatch(flat, env) is None
+        assert "flatten_keys\": [\"image\"]" in fields_mismatch(flat, grid)
+    finally:
+        env.close(), grid.close()
