@@ -87,6 +87,7 @@ class Learner:
         # flag (found_inf: moments, step count and decay all untouched).
         try:
             self.optimizer = torch.optim.AdamW(self.trainable, lr=self._lr,
+                                               betas=(0.9, config.adam_beta2),
                                                weight_decay=config.weight_decay, fused=True)
         except RuntimeError as e:
             raise ValueError(f"LearnerConfig.device={config.device!r}: the learner needs "
@@ -437,11 +438,12 @@ class Learner:
 
     def _restore_optimizer_settings(self) -> None:
         """After ``optimizer.load_state_dict``: a loaded group brings its saved settings (a
-        float lr, fused off in checkpoints of a foreach AdamW, a CPU step count); put back this
-        learner's device lr tensor and fused kernel, and the step counts on the parameters'
-        device as the fused kernel reads them."""
+        float lr, fused off in checkpoints of a foreach AdamW, a CPU step count, the saved β2);
+        put back this learner's device lr tensor, β2 and fused kernel, and the step counts on
+        the parameters' device as the fused kernel reads them."""
         for group in self.optimizer.param_groups:
-            group.update(lr=self._lr, fused=True, foreach=None, capturable=False)
+            group.update(lr=self._lr, fused=True, foreach=None, capturable=False,
+                         betas=(0.9, self.config.adam_beta2))
         for p, state in self.optimizer.state.items():
             if "step" in state:
                 state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)

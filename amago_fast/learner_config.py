@@ -20,6 +20,9 @@ class LearnerConfig:
     """AdamW learning rate (after warm-up)."""
     weight_decay: float = 1e-3
     """AdamW decoupled weight decay."""
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay β2 (β1 is 0.9): how many updates (~1 / (1 − β2)) the
+    per-parameter gradient scale remembers. 0.999 is torch's default."""
     optimizer_reset_interval: int = 0
     """Every this many update calls, AdamW's moment estimates and step counts are zeroed (the
     weights are kept), so the next steps are again bias-corrected, sign-sized ones (Asadi et al.
@@ -145,6 +148,8 @@ class LearnerConfig:
                 bad(name, "must be a non-negative finite number")
         if self.dynamics_target not in ("next", "delta"):
             bad("dynamics_target", 'must be "next" or "delta"')
+        if not (isinstance(self.adam_beta2, (int, float)) and 0.0 < self.adam_beta2 < 1.0):
+            bad("adam_beta2", "must be in (0, 1)")
         if not (0.0 < self.tau <= 1.0):
             bad("tau", "must be in (0, 1]")
         if not (math.isfinite(self.reward_multiplier) and self.reward_multiplier != 0):

@@ -394,7 +394,7 @@ def test_load_state_dict_rejects_mismatch_and_changes_nothing():
     "field,value",
     [("lr", 0.0), ("tau", 1.5), ("num_critics_td", 0), ("n_step", 0), ("grad_clip", -1.0),
      ("warmup_steps", -1), ("device", "not-a-device"), ("reward_multiplier", 0.0),
-     ("popart_beta", 0.0)],
+     ("popart_beta", 0.0), ("adam_beta2", 1.0), ("adam_beta2", 0.0)],
 )
 def test_learner_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -1043,3 +1043,20 @@ def test_optimizer_reset_schedule_resumes_bit_identically():
 def test_optimizer_reset_interval_rejects_non_integers_and_negatives(value):
     with pytest.raises(ValueError, match="optimizer_reset_interval"):
         LearnerConfig(optimizer_reset_interval=value)
+
+
+def test_adam_beta2_sets_adamws_second_moment_decay_and_survives_a_resume_with_another():
+    """β2 reaches AdamW: after one step from zero moments, exp_avg_sq = (1 − β2)·g² exactly;
+    a learner loading a checkpoint written with another β2 keeps its own config's value."""
+    a = make_learner(adam_beta2=0.99, grad_clip=1e9)
+    batch = make_batch(a.agent.spec)
+    a.update(batch)
+    grads = {id(p): p.grad.detach().clone() for p in a.trainable if p.grad is not None}
+    for p in a.trainable:
+        if id(p) in grads:
+            sq = a.optimizer.state[p]["exp_avg_sq"]
+            torch.testing.assert_close(sq, 0.01 * grads[id(p)] ** 2)
+    assert a.optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    b_ = make_learner()  # β2 0.999
+    b_.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert b_.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
