@@ -42,6 +42,11 @@ def test_tmaze_is_sized_from_its_episode_limit(capsys):
     cfg = _print_config(capsys, "--env.name", "tmaze-passive", "--device", "cpu")
     assert (cfg["agent"]["context_len"], cfg["window_len"]) == (52, 51)
     assert cfg["updates_per_env_step"] == pytest.approx(360 / (24 * 51), abs=1e-4)
+    assert cfg["learner"]["adam_beta2"] == 0.99  # the cpu profile's (torch's 0.999 on gpu)
+    gpu = _print_config(capsys, "--env.name", "tmaze-passive", "--profile", "gpu")
+    assert gpu["learner"]["adam_beta2"] == 0.999
+    typed = _print_config(capsys, "--env.name", "tmaze-passive", "--learner.adam_beta2", "0.95")
+    assert typed["learner"]["adam_beta2"] == 0.95
 
 
 def test_typed_values_win_and_context_bounds_window(capsys):
