@@ -87,7 +87,7 @@ class Learner:
         # flag (found_inf: moments, step count and decay all untouched).
         try:
             self.optimizer = torch.optim.AdamW(self.trainable, lr=self._lr,
-                                               betas=(0.9, config.adam_beta2),
+                                               betas=self._betas(),
                                                weight_decay=config.weight_decay, fused=True)
         except RuntimeError as e:
             raise ValueError(f"LearnerConfig.device={config.device!r}: the learner needs "
@@ -436,6 +436,10 @@ class Learner:
                         state[key].zero_()
         self._calls_since_reset = 0
 
+    def _betas(self) -> tuple[float, float]:
+        """AdamW's (β1, β2): torch's β1, the config's β2."""
+        return (0.9, self.config.adam_beta2)
+
     def _restore_optimizer_settings(self) -> None:
         """After ``optimizer.load_state_dict``: a loaded group brings its saved settings (a
         float lr, fused off in checkpoints of a foreach AdamW, a CPU step count, the saved β2);
@@ -443,7 +447,7 @@ class Learner:
         the parameters' device as the fused kernel reads them."""
         for group in self.optimizer.param_groups:
             group.update(lr=self._lr, fused=True, foreach=None, capturable=False,
-                         betas=(0.9, self.config.adam_beta2))
+                         betas=self._betas())
         for p, state in self.optimizer.state.items():
             if "step" in state:
                 state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
@@ -548,10 +552,10 @@ class Learner:
         self._restore_optimizer_settings()
         # AdamW's step count restarts at each moment reset, so it is where the reset schedule
         # stands (update calls and applied steps differ only by skipped non-finite updates).
-        steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
-        self._calls_since_reset = max(steps, default=0)
-        if self.config.optimizer_reset_interval:
-            self._calls_since_reset %= self.config.optimizer_reset_interval
+        interval = self.config.optimizer_reset_interval
+        if interval:
+            steps = [int(s["step"]) for s in self.optimizer.state.values() if "step" in s]
+            self._calls_since_reset = max(steps, default=0) % interval
         self.updates = int(sd["updates"])
         self._drop_graph()
         if gen_matches:

@@ -73,6 +73,26 @@ def make_learner(kind="discrete", agent_kw=None, **learner_kw) -> Learner:
     return Learner(agent, LearnerConfig(**{"warmup_steps": 0, "lr": 1e-3, **learner_kw}))
 
 
+def assert_resume_is_bit_identical(a: Learner, make_twin, batches: list, split: int) -> Learner:
+    """Update `a` on batches[:split], checkpoint it and continue it on the rest; a twin built by
+    `make_twin` under another process RNG state (everything must come from the state dict)
+    loads the checkpoint and makes the same updates: equal metrics and equal weights. Returns
+    the twin."""
+    for b in batches[:split]:
+        a.update(b)
+    sd = copy.deepcopy(a.state_dict())
+    ma = [a.update(b) for b in batches[split:]]
+    torch.manual_seed(123)
+    twin = make_twin()
+    twin.load_state_dict(sd)
+    mb = [twin.update(b) for b in batches[split:]]
+    assert ma == mb
+    for (k, v), v2 in zip(a.state_dict()["loss_module"].items(),
+                          twin.state_dict()["loss_module"].values()):
+        assert torch.equal(v, v2), k
+    return twin
+
+
 def nstep_oracle(reward, term, mask, value, gammas, n, mult):
     B, L1 = mask.shape
     out = np.zeros((B, L1 - 1, len(gammas)))
@@ -364,18 +384,8 @@ def test_state_dict_resume_is_bit_identical():
     kw = dict(agent_kw=dict(dropout_ff=0.1, dropout_emb=0.1), warmup_steps=3)
     a = make_learner("continuous", **kw)
     batches = [make_batch(a.agent.spec, seed=s) for s in range(4)]
-    for b in batches[:2]:
-        a.update(b)
-    sd = copy.deepcopy(a.state_dict())
-    ma = [a.update(b) for b in batches[2:]]
-    torch.manual_seed(123)  # a different process state: everything must come from the dict
-    b_ = make_learner("continuous", seed=7, **kw)
-    b_.load_state_dict(sd)
-    mb = [b_.update(b) for b in batches[2:]]
-    assert ma == mb
-    for (k, v), v2 in zip(a.state_dict()["loss_module"].items(),
-                          b_.state_dict()["loss_module"].values()):
-        assert torch.equal(v, v2), k
+    assert_resume_is_bit_identical(a, lambda: make_learner("continuous", seed=7, **kw),
+                                   batches, split=2)
 
 
 def test_load_state_dict_rejects_mismatch_and_changes_nothing():
@@ -1025,17 +1035,9 @@ def test_optimizer_reset_schedule_resumes_bit_identically():
     step count), so the resumed run resets on the same calls as the uninterrupted one."""
     a = make_learner(optimizer_reset_interval=3)
     batches = [make_batch(a.agent.spec, seed=s) for s in range(9)]
-    for b in batches[:4]:  # one reset (after call 3), then one more step
-        a.update(b)
-    sd = copy.deepcopy(a.state_dict())
-    ma = [a.update(b) for b in batches[4:]]  # resets after calls 6 and 9
-    b_ = make_learner(optimizer_reset_interval=3, seed=5)
-    b_.load_state_dict(sd)
-    mb = [b_.update(b) for b in batches[4:]]
-    assert ma == mb
-    for (k, v), v2 in zip(a.state_dict()["loss_module"].items(),
-                          b_.state_dict()["loss_module"].values()):
-        assert torch.equal(v, v2), k
+    # checkpoint after one reset (after call 3) and one more step; resets after calls 6 and 9
+    b_ = assert_resume_is_bit_identical(
+        a, lambda: make_learner(optimizer_reset_interval=3, seed=5), batches, split=4)
     assert _moments(a) == _moments(b_) and all(step == 0 for *_, step in _moments(b_))
 
 
